@@ -1,0 +1,322 @@
+"""Header rewriting: build the upstream request head and the client response head.
+
+Each head is serialized into one buffer that starts on the C stack and moves
+to the heap only if it outgrows it, then becomes one bytes object. Hop-by-hop
+headers (RFC 9110 §7.6.1) are dropped, including every header the Connection
+header names; framing headers are written by us from the parsed framing, never
+copied, so the next hop cannot read the body boundaries differently.
+"""
+cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from libc.stdint cimport uint32_t
+from libc.stdio cimport snprintf
+from libc.string cimport memcpy
+
+from fastproxy._http cimport K_CHUNKED, K_LENGTH, MessageHead
+
+# Response framing chosen by the proxy for the client side.
+cdef enum Framing:
+    FR_PASS = 0      # keep the upstream's Content-Length (or no body at all)
+    FR_CHUNKED = 1   # re-frame as chunked
+    FR_CLOSE = 2     # delimit by closing the connection (HTTP/1.0 clients)
+
+FRAME_PASS = FR_PASS
+FRAME_CHUNKED = FR_CHUNKED
+FRAME_CLOSE = FR_CLOSE
+
+cdef enum:
+    STACK_BUF = 4096
+    MAX_CONN_TOKENS = 16
+
+
+cdef struct Writer:
+    char* data
+    size_t len
+    size_t cap
+    bint heap
+
+
+cdef inline int w_reserve(Writer* w, size_t extra, char* stack) except -1:
+    cdef size_t need = w.len + extra
+    cdef size_t cap
+    cdef char* nb
+    if need <= w.cap:
+        return 0
+    cap = w.cap * 2
+    while cap < need:
+        cap *= 2
+    nb = <char*>PyMem_Malloc(cap)
+    if nb == NULL:
+        raise MemoryError()
+    memcpy(nb, w.data, w.len)
+    if w.heap:
+        PyMem_Free(w.data)
+    w.data = nb
+    w.cap = cap
+    w.heap = True
+    return 0
+
+
+cdef inline int w_put(Writer* w, const char* s, size_t n, char* stack) except -1:
+    w_reserve(w, n, stack)
+    memcpy(w.data + w.len, s, n)
+    w.len += n
+    return 0
+
+
+cdef inline int w_bytes(Writer* w, bytes b, char* stack) except -1:
+    return w_put(w, PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b), stack)
+
+
+cdef inline char _lower(char c) noexcept nogil:
+    if c >= b'A' and c <= b'Z':
+        return c + 32
+    return c
+
+
+cdef inline bint _eq(const char* a, size_t n, const char* lower, size_t ln) noexcept nogil:
+    cdef size_t i
+    if n != ln:
+        return False
+    for i in range(n):
+        if _lower(a[i]) != lower[i]:
+            return False
+    return True
+
+
+cdef struct Span:
+    const char* p
+    size_t n
+
+
+cdef int _connection_tokens(MessageHead head, Span* out) noexcept:
+    """Collect the header names listed in Connection headers (up to MAX_CONN_TOKENS)."""
+    cdef const uint32_t* o = head.offsets()
+    cdef const char* raw = PyBytes_AS_STRING(head.raw)
+    cdef const char* v
+    cdef size_t vl, j, start, end
+    cdef int i, count = 0
+    for i in range(head.header_count):
+        if not _eq(raw + o[4 * i], o[4 * i + 1], b"connection", 10):
+            continue
+        v = raw + o[4 * i + 2]
+        vl = o[4 * i + 3]
+        j = 0
+        while j < vl and count < MAX_CONN_TOKENS:
+            while j < vl and (v[j] == b' ' or v[j] == b'\t' or v[j] == b','):
+                j += 1
+            start = j
+            while j < vl and v[j] != b',':
+                j += 1
+            end = j
+            while end > start and (v[end - 1] == b' ' or v[end - 1] == b'\t'):
+                end -= 1
+            if end > start:
+                out[count].p = v + start
+                out[count].n = end - start
+                count += 1
+    return count
+
+
+cdef enum HeaderClass:
+    H_KEEP = 0
+    H_DROP = 1
+    H_XFF = 2
+    H_VIA = 3
+    H_CONTENT_LENGTH = 4
+
+
+cdef inline int _classify(const char* name, size_t n, bint request) noexcept nogil:
+    """What to do with one header when forwarding it."""
+    cdef char c = _lower(name[0]) if n else 0
+    if c == b'c':
+        if _eq(name, n, b"connection", 10):
+            return H_DROP
+        if _eq(name, n, b"content-length", 14):
+            return H_CONTENT_LENGTH
+    elif c == b'k':
+        if _eq(name, n, b"keep-alive", 10):
+            return H_DROP
+    elif c == b'p':
+        if _eq(name, n, b"proxy-connection", 16):
+            return H_DROP
+    elif c == b't':
+        if _eq(name, n, b"te", 2) or _eq(name, n, b"trailer", 7) or _eq(name, n, b"transfer-encoding", 17):
+            return H_DROP
+    elif c == b'u':
+        if _eq(name, n, b"upgrade", 7):
+            return H_DROP
+    elif c == b'h':
+        if _eq(name, n, b"http2-settings", 14):
+            return H_DROP
+        if request and _eq(name, n, b"host", 4):
+            return H_DROP
+    elif c == b'v':
+        if _eq(name, n, b"via", 3):
+            return H_VIA
+    elif c == b'x' and request:
+        if _eq(name, n, b"x-forwarded-for", 15):
+            return H_XFF
+        if _eq(name, n, b"x-forwarded-proto", 17) or _eq(name, n, b"x-forwarded-host", 16):
+            return H_DROP
+    elif c == b'e' and request:
+        if _eq(name, n, b"expect", 6):
+            return H_DROP  # the proxy answers 100-continue itself
+    return H_KEEP
+
+
+cdef inline bint _named_by_connection(const char* name, size_t n, Span* toks, int ntok) noexcept:
+    cdef int k
+    cdef size_t i
+    for k in range(ntok):
+        if toks[k].n == n:
+            for i in range(n):
+                if _lower(name[i]) != _lower(toks[k].p[i]):
+                    break
+            else:
+                return True
+    return False
+
+
+cdef int _copy_headers(Writer* w, char* stack, MessageHead head, bint request,
+                       Writer* xff, Writer* via, bint keep_length) except -1:
+    cdef const uint32_t* o = head.offsets()
+    cdef const char* raw = PyBytes_AS_STRING(head.raw)
+    cdef const char* name
+    cdef size_t nl, vl
+    cdef Span toks[MAX_CONN_TOKENS]
+    cdef int ntok = 0, i, cls
+    cdef Writer* target
+    if head.has_connection_header or not request:
+        ntok = _connection_tokens(head, toks)
+    for i in range(head.header_count):
+        name = raw + o[4 * i]
+        nl = o[4 * i + 1]
+        cls = _classify(name, nl, request)
+        if cls == H_DROP:
+            continue
+        if cls == H_CONTENT_LENGTH and not keep_length:
+            continue
+        if ntok and _named_by_connection(name, nl, toks, ntok):
+            continue
+        vl = o[4 * i + 3]
+        if cls == H_XFF or cls == H_VIA:
+            # Several fields of one name combine into one list (RFC 9110 §5.3).
+            target = xff if cls == H_XFF else via
+            if target.len:
+                w_put(target, b", ", 2, NULL)
+            w_put(target, raw + o[4 * i + 2], vl, NULL)
+            continue
+        w_put(w, name, nl, stack)
+        w_put(w, b": ", 2, stack)
+        w_put(w, raw + o[4 * i + 2], vl, stack)
+        w_put(w, b"\r\n", 2, stack)
+    return 0
+
+
+cdef int _put_list(Writer* w, char* stack, const char* name, size_t nl, Writer* prior,
+                   bytes own) except -1:
+    w_put(w, name, nl, stack)
+    if prior.len:
+        w_put(w, prior.data, prior.len, stack)
+        if own:
+            w_put(w, b", ", 2, stack)
+    w_bytes(w, own, stack)
+    w_put(w, b"\r\n", 2, stack)
+    return 0
+
+
+cdef int _put_length(Writer* w, char* stack, long long n) except -1:
+    cdef char num[32]
+    cdef int k = snprintf(num, 32, b"Content-Length: %lld\r\n", n)
+    w_put(w, num, k, stack)
+    return 0
+
+
+cdef inline void _free(Writer* w) noexcept:
+    if w.heap:
+        PyMem_Free(w.data)
+
+
+def build_request_head(MessageHead head, bytes target, bytes host, bytes client_ip,
+                       bytes proto, bytes via):
+    """The head we send upstream for `head`, as one bytes object.
+
+    `target` is origin-form; `host` goes into Host and X-Forwarded-Host;
+    `client_ip` is appended to X-Forwarded-For; `via` (b"" for none) is our
+    Via entry, e.g. b"1.1 fastproxy".
+    """
+    cdef char stack[STACK_BUF]
+    cdef char xbuf[256]
+    cdef char vbuf[256]
+    cdef Writer w
+    cdef Writer xff
+    cdef Writer vw
+    w.data = stack; w.len = 0; w.cap = STACK_BUF; w.heap = False
+    xff.data = xbuf; xff.len = 0; xff.cap = 256; xff.heap = False
+    vw.data = vbuf; vw.len = 0; vw.cap = 256; vw.heap = False
+    try:
+        w_bytes(&w, head.method, stack)
+        w_put(&w, b" ", 1, stack)
+        w_bytes(&w, target, stack)
+        w_put(&w, b" HTTP/1.1\r\nHost: ", 17, stack)
+        w_bytes(&w, host, stack)
+        w_put(&w, b"\r\n", 2, stack)
+        _copy_headers(&w, stack, head, True, &xff, &vw, False)
+        _put_list(&w, stack, b"X-Forwarded-For: ", 17, &xff, client_ip)
+        w_put(&w, b"X-Forwarded-Proto: ", 19, stack)
+        w_bytes(&w, proto, stack)
+        w_put(&w, b"\r\nX-Forwarded-Host: ", 20, stack)
+        w_bytes(&w, host, stack)
+        w_put(&w, b"\r\n", 2, stack)
+        if via:
+            _put_list(&w, stack, b"Via: ", 5, &vw, via)
+        elif vw.len:
+            _put_list(&w, stack, b"Via: ", 5, &vw, b"")
+        if head.body_kind == K_LENGTH:
+            _put_length(&w, stack, head.content_length)
+        elif head.body_kind == K_CHUNKED:
+            w_put(&w, b"Transfer-Encoding: chunked\r\n", 28, stack)
+        w_put(&w, b"\r\n", 2, stack)
+        return PyBytes_FromStringAndSize(w.data, w.len)
+    finally:
+        _free(&w)
+        _free(&xff)
+        _free(&vw)
+
+
+def build_response_head(MessageHead head, int framing, bint keep_alive, int client_minor,
+                        bytes via):
+    """The head we send to the client for the upstream response `head`."""
+    cdef char stack[STACK_BUF]
+    cdef char vbuf[256]
+    cdef char line[64]
+    cdef Writer w
+    cdef Writer vw
+    cdef Writer unused
+    cdef int k
+    w.data = stack; w.len = 0; w.cap = STACK_BUF; w.heap = False
+    vw.data = vbuf; vw.len = 0; vw.cap = 256; vw.heap = False
+    unused.data = NULL; unused.len = 0; unused.cap = 0; unused.heap = False
+    try:
+        k = snprintf(line, 64, b"HTTP/1.1 %03d ", head.status)
+        w_put(&w, line, k, stack)
+        w_bytes(&w, head.reason, stack)
+        w_put(&w, b"\r\n", 2, stack)
+        _copy_headers(&w, stack, head, False, &unused, &vw, framing == FR_PASS)
+        if via:
+            _put_list(&w, stack, b"Via: ", 5, &vw, via)
+        elif vw.len:
+            _put_list(&w, stack, b"Via: ", 5, &vw, b"")
+        if framing == FR_CHUNKED:
+            w_put(&w, b"Transfer-Encoding: chunked\r\n", 28, stack)
+        if not keep_alive:
+            w_put(&w, b"Connection: close\r\n", 19, stack)
+        elif client_minor == 0:
+            w_put(&w, b"Connection: keep-alive\r\n", 24, stack)
+        w_put(&w, b"\r\n", 2, stack)
+        return PyBytes_FromStringAndSize(w.data, w.len)
+    finally:
+        _free(&w)
+        _free(&vw)

@@ -1,0 +1,1028 @@
+"""Load and validate the fastproxy TOML configuration.
+
+The file is parsed once into immutable objects (frozen dataclasses, tuples,
+read-only mappings); the rest of the proxy only ever sees those objects.
+
+Validation never stops at the first problem: every issue is collected, each
+naming the file, the key path (``routes[2].upstream``,
+``upstreams.backend.servers[0]``) and the reason, and all of them are raised
+together as one :class:`ConfigError`.
+
+``docs/configuration.md`` documents every key below and is kept in step with
+this module; the field tables (``SERVER_FIELDS`` and friends) carry the
+defaults and descriptions so that the reference can later be generated.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import difflib
+import ipaddress
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Final
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ConfigIssue",
+    "FieldSpec",
+    "Limits",
+    "Listener",
+    "LogSettings",
+    "Route",
+    "RouteMatch",
+    "ServerAddress",
+    "ServerSettings",
+    "Timeouts",
+    "Upstream",
+    "load_config",
+    "parse_config",
+    "parse_duration",
+    "parse_size",
+]
+
+
+# --------------------------------------------------------------------------
+# Errors
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    """One problem in a config file: where it is and what is wrong."""
+
+    file: str
+    key: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.key}: {self.reason}"
+
+
+class ConfigError(Exception):
+    """The config was refused; ``errors`` lists every issue found."""
+
+    errors: list[ConfigIssue]
+
+    def __init__(self, errors: Iterable[ConfigIssue]) -> None:
+        self.errors = list(errors)
+        super().__init__(self.errors)
+
+    def __str__(self) -> str:
+        return "\n".join(str(issue) for issue in self.errors)
+
+
+# --------------------------------------------------------------------------
+# Config objects
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    workers: int
+    shutdown_timeout: float
+    via: bool
+    max_connections: int
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_line_bytes: int
+    max_header_bytes: int
+    max_header_count: int
+    max_body_bytes: int  # 0 means unlimited
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    header: float
+    body: float
+    keepalive: float
+    send: float
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    access: str  # "stdout", "stderr", "off" or an absolute file path
+    format: str
+    level: str
+
+
+def _format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return _format_address(self.host, self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerAddress:
+    host: str
+    port: int
+    weight: int
+
+    @property
+    def address(self) -> str:
+        return _format_address(self.host, self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    name: str
+    servers: tuple[ServerAddress, ...]
+    keepalive: int
+    idle_timeout: float
+    connect_timeout: float
+    read_timeout: float
+    send_timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    host: str | None  # lowercased, no trailing dot; None matches any host
+    path_prefix: str
+
+    @property
+    def matches_everything(self) -> bool:
+        return self.host is None and self.path_prefix == "/"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    index: int  # position in the file, 0-based (as in the key path routes[N])
+    match: RouteMatch
+    upstream: str
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: str
+    server: ServerSettings
+    limits: Limits
+    timeouts: Timeouts
+    log: LogSettings
+    listeners: tuple[Listener, ...]
+    upstreams: Mapping[str, Upstream]
+    routes: tuple[Route, ...]
+    warnings: tuple[str, ...]
+
+    def summary(self) -> str:
+        servers = sum(len(u.servers) for u in self.upstreams.values())
+        addresses = ", ".join(listener.address for listener in self.listeners)
+        return (
+            f"config OK: {_plural(len(self.listeners), 'listener')} ({addresses}), "
+            f"{_plural(len(self.upstreams), 'upstream')} ({_plural(servers, 'server')}), "
+            f"{_plural(len(self.routes), 'route')}, "
+            f"{_plural(self.server.workers, 'worker')}"
+        )
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+# --------------------------------------------------------------------------
+# Value syntax: durations and sizes
+
+_DURATION_RE: Final = re.compile(r"([0-9]{1,15}(?:\.[0-9]{1,9})?)(ms|s|m|h)")
+_DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_HINT: Final = 'a number of seconds, or a string like "500ms", "30s", "5m", "1h"'
+
+_SIZE_RE: Final = re.compile(r"([0-9]{1,18})(k|kb|kib|m|mb|mib|g|gb|gib|b)?", re.IGNORECASE)
+_SIZE_UNITS: Final = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_SIZE_HINT: Final = 'a number of bytes, or a string like "512", "16k", "64MiB", "1g"'
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number (int/float >= 0) or a string "500ms"/"30s"/"5m"/"1h"."""
+    if isinstance(value, str):
+        m = _DURATION_RE.fullmatch(value)
+        if m is None:
+            raise ValueError(f"invalid duration {value!r}: expected {_DURATION_HINT}")
+        number, unit = m.groups()
+        # Divide for milliseconds so that "500ms" is exactly 0.5.
+        seconds = float(number) / 1000.0 if unit == "ms" else float(number) * _DURATION_UNITS[unit]
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise ValueError(f"duration {value!r} is too large") from None
+        if not math.isfinite(seconds):
+            raise ValueError(f"duration must be a finite number, found {_describe(value)}")
+    else:
+        raise ValueError(f"expected a duration ({_DURATION_HINT}), found {_describe(value)}")
+    if seconds < 0:
+        raise ValueError(f"duration must not be negative, found {_describe(value)}")
+    return seconds
+
+
+def parse_size(value: object) -> int:
+    """Bytes from an int or a string "512"/"16k"/"16KiB"/"16KB"/"64m"/"1GiB" (1024-based)."""
+    if isinstance(value, str):
+        m = _SIZE_RE.fullmatch(value)
+        if m is None:
+            raise ValueError(f"invalid size {value!r}: expected {_SIZE_HINT} (1024-based)")
+        number, unit = m.groups()
+        size = int(number) * _SIZE_UNITS[(unit or "")[:1].lower()]
+    elif isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    else:
+        raise ValueError(f"expected a size ({_SIZE_HINT}), found {_describe(value)}")
+    if size < 0:
+        raise ValueError(f"size must not be negative, found {_describe(value)}")
+    return size
+
+
+def _toml_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, Mapping):
+        return "table"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    if isinstance(value, _dt.datetime):
+        return "datetime"
+    if isinstance(value, _dt.date):
+        return "date"
+    if isinstance(value, _dt.time):
+        return "time"
+    return type(value).__name__
+
+
+def _describe(value: object) -> str:
+    """'string "x"', 'integer 5', 'table' -- the type and, when short, the value."""
+    kind = _toml_type(value)
+    if isinstance(value, bool):
+        return f"{kind} {'true' if value else 'false'}"
+    if isinstance(value, str):
+        shown = value if len(value) <= 60 else value[:57] + "..."
+        return f"{kind} {shown!r}"
+    if isinstance(value, (int, float)):
+        text = repr(value)
+        return f"{kind} {text}" if len(text) <= 30 else kind
+    return kind
+
+
+def _human_size(n: int) -> str:
+    for suffix, unit in (("g", 1024**3), ("m", 1024**2), ("k", 1024)):
+        if n >= unit and n % unit == 0:
+            return f"{n // unit}{suffix}"
+    return str(n)
+
+
+# --------------------------------------------------------------------------
+# Field converters: each takes the raw TOML value and returns the typed value
+# or raises ValueError with the reason.
+
+Converter = Callable[[object], Any]
+
+_MAX_DURATION: Final = 86400.0  # keeps timer arithmetic far from overflow
+
+
+def _integer(lo: int, hi: int) -> Converter:
+    def convert(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, found {_describe(value)}")
+        if not lo <= value <= hi:
+            raise ValueError(f"must be from {lo} to {hi}, found {value}")
+        return value
+
+    return convert
+
+
+def _duration(*, zero_ok: bool = False) -> Converter:
+    def convert(value: object) -> float:
+        seconds = parse_duration(value)
+        if seconds == 0 and not zero_ok:
+            raise ValueError(f"must be greater than 0, found {_describe(value)}")
+        if seconds > _MAX_DURATION:
+            raise ValueError(f"must be at most 24h, found {_describe(value)}")
+        return seconds
+
+    return convert
+
+
+def _size(lo: int, hi: int | None = None) -> Converter:
+    def convert(value: object) -> int:
+        size = parse_size(value)
+        if size < lo or (hi is not None and size > hi):
+            if hi is None:
+                bounds = f"must be at least {_human_size(lo)} ({lo} bytes)"
+            else:
+                bounds = f"must be from {_human_size(lo)} to {_human_size(hi)} ({lo} to {hi} bytes)"
+            raise ValueError(f"{bounds}, found {_describe(value)}")
+        return size
+
+    return convert
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected a boolean (true or false), found {_describe(value)}")
+    return value
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, found {_describe(value)}")
+    return value
+
+
+def _choice(*options: str) -> Converter:
+    def convert(value: object) -> str:
+        text = _string(value)
+        if text not in options:
+            hint = _suggest(text, options)
+            raise ValueError(f"unsupported value {text!r} (supported: {', '.join(options)}){hint}")
+        return text
+
+    return convert
+
+
+def _workers(value: object) -> int:
+    if isinstance(value, str) and value == "auto":
+        return max(1, min(os.cpu_count() or 1, 1024))
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f'expected an integer or "auto", found {_describe(value)}')
+    if not 1 <= value <= 1024:
+        raise ValueError(f'must be from 1 to 1024 or "auto", found {value}')
+    return value
+
+
+def _access_log(value: object) -> str:
+    text = _string(value)
+    if not text:
+        raise ValueError('must not be empty (use "off" to disable the access log)')
+    if "\x00" in text:
+        raise ValueError("must not contain a NUL character")
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    """One scalar key of a section: its default (as written in TOML), its type
+    as shown in the docs, what it means, and how its value is checked."""
+
+    name: str
+    default: object
+    type: str
+    doc: str
+    convert: Converter
+
+
+SERVER_FIELDS: Final = (
+    FieldSpec(
+        "workers",
+        "auto",
+        'integer 1..1024 or "auto"',
+        'worker processes; "auto" = number of CPUs',
+        _workers,
+    ),
+    FieldSpec(
+        "shutdown_timeout",
+        "30s",
+        "duration",
+        "drain time on SIGTERM/SIGINT before in-flight requests are cut; 0 cuts at once",
+        _duration(zero_ok=True),
+    ),
+    FieldSpec(
+        "via",
+        True,
+        "boolean",
+        'add "Via: 1.1 fastproxy" to forwarded requests and responses',
+        _boolean,
+    ),
+    FieldSpec(
+        "max_connections",
+        10000,
+        "integer 1..1000000",
+        "open client connections per worker; beyond it new connections are closed at once",
+        _integer(1, 1_000_000),
+    ),
+)
+
+LIMITS_FIELDS: Final = (
+    FieldSpec(
+        "max_line_bytes", "8k", "size 256..1m", "request line; over it -> 414", _size(256, 1024**2)
+    ),
+    FieldSpec(
+        "max_header_bytes",
+        "32k",
+        "size 1k..1m",
+        "request line + header section; over it -> 431",
+        _size(1024, 1024**2),
+    ),
+    FieldSpec(
+        "max_header_count",
+        100,
+        "integer 1..10000",
+        "header fields per request; over it -> 431",
+        _integer(1, 10000),
+    ),
+    FieldSpec(
+        "max_body_bytes", "64m", "size", "request body; over it -> 413; 0 means unlimited", _size(0)
+    ),
+)
+
+TIMEOUTS_FIELDS: Final = (
+    FieldSpec(
+        "header",
+        "30s",
+        "duration > 0",
+        "from connection (or end of previous request) until the full request head -> 408",
+        _duration(),
+    ),
+    FieldSpec(
+        "body",
+        "60s",
+        "duration > 0",
+        "max gap between two reads of a request body -> 408",
+        _duration(),
+    ),
+    FieldSpec(
+        "keepalive",
+        "75s",
+        "duration > 0",
+        "idle keep-alive connection between requests -> closed silently",
+        _duration(),
+    ),
+    FieldSpec(
+        "send",
+        "60s",
+        "duration > 0",
+        "client not reading the response (no write progress) -> connection closed",
+        _duration(),
+    ),
+)
+
+LOG_FIELDS: Final = (
+    FieldSpec(
+        "access",
+        "stdout",
+        "string",
+        '"stdout", "stderr", "off", or a file path (relative to the config file)',
+        _access_log,
+    ),
+    FieldSpec(
+        "format",
+        "combined",
+        "string",
+        'access log format; only "combined" (nginx combined)',
+        _choice("combined"),
+    ),
+    FieldSpec(
+        "level",
+        "info",
+        "string",
+        'error log level: "debug", "info", "warning" or "error"',
+        _choice("debug", "info", "warning", "error"),
+    ),
+)
+
+UPSTREAM_FIELDS: Final = (
+    FieldSpec(
+        "keepalive",
+        32,
+        "integer 0..10000",
+        "max idle pooled connections per server (0 disables pooling)",
+        _integer(0, 10000),
+    ),
+    FieldSpec(
+        "idle_timeout",
+        "30s",
+        "duration > 0",
+        "pooled idle connection is closed after this",
+        _duration(),
+    ),
+    FieldSpec(
+        "connect_timeout",
+        "5s",
+        "duration > 0",
+        "connecting to a server; exceeded -> 504",
+        _duration(),
+    ),
+    FieldSpec(
+        "read_timeout",
+        "60s",
+        "duration > 0",
+        "max gap between reads from the upstream -> 504 before the response head, abort after",
+        _duration(),
+    ),
+    FieldSpec(
+        "send_timeout",
+        "60s",
+        "duration > 0",
+        "max time the upstream may stall reading our request",
+        _duration(),
+    ),
+)
+
+_SECTIONS: Final[Mapping[str, tuple[FieldSpec, ...]]] = MappingProxyType(
+    {
+        "server": SERVER_FIELDS,
+        "limits": LIMITS_FIELDS,
+        "timeouts": TIMEOUTS_FIELDS,
+        "log": LOG_FIELDS,
+    }
+)
+_TOP_LEVEL_KEYS: Final = (*_SECTIONS, "listeners", "upstreams", "routes")
+_LISTENER_KEYS: Final = ("address",)
+_UPSTREAM_KEYS: Final = ("servers", *(f.name for f in UPSTREAM_FIELDS))
+_SERVER_KEYS: Final = ("address", "weight")
+_ROUTE_KEYS: Final = ("match", "upstream")
+_MATCH_KEYS: Final = ("host", "path_prefix")
+
+_LOG_STREAMS: Final = ("stdout", "stderr", "off")
+_WEIGHT: Final = _integer(1, 1000)
+
+
+# --------------------------------------------------------------------------
+# Addresses and names
+
+_BARE_KEY_RE: Final = re.compile(r"[A-Za-z0-9_-]+")
+_UPSTREAM_NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]+")
+_LABEL_RE: Final = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+_PORT_RE: Final = re.compile(r"[0-9]{1,5}")
+_PATH_FORBIDDEN_RE: Final = re.compile(r"[\x00-\x20\x7f?#]")
+
+
+def _split_host_port(text: str) -> tuple[str, str, bool]:
+    """Split "host:port" / "[v6]:port" into (host, port text, bracketed)."""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError(f"missing ']' after the IPv6 address in {text!r}")
+        rest = text[end + 1 :]
+        if not rest.startswith(":"):
+            raise ValueError(f'missing port in {text!r} (expected "[v6]:port")')
+        return text[1:end], rest[1:], True
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        raise ValueError(f'missing port in {text!r} (expected "host:port")')
+    if ":" in host:
+        raise ValueError(f'an IPv6 address must be in brackets, e.g. "[::1]:{port}"')
+    return host, port, False
+
+
+def _parse_port(text: str) -> int:
+    if not _PORT_RE.fullmatch(text) or not 1 <= int(text) <= 65535:
+        raise ValueError(f"port must be a number from 1 to 65535, found {text!r}")
+    return int(text)
+
+
+def _ipv6(host: str) -> str:
+    try:
+        return str(ipaddress.IPv6Address(host))
+    except ValueError:
+        raise ValueError(f"invalid IPv6 address {host!r}") from None
+
+
+def _hostname(host: str) -> str:
+    """An IPv4 literal or a DNS name, lowercased and without a trailing dot."""
+    name = host[:-1] if host.endswith(".") else host
+    labels = name.split(".")
+    if labels[-1].isdigit() and labels[-1].isascii():
+        # Looks like an IPv4 address: it must be a valid one.
+        try:
+            return str(ipaddress.IPv4Address(name))
+        except ValueError:
+            raise ValueError(f"invalid IPv4 address {host!r}") from None
+    if not name or len(name) > 253 or not all(_LABEL_RE.fullmatch(lbl) for lbl in labels):
+        raise ValueError(f"invalid host name {host!r}")
+    return name.lower()
+
+
+def _parse_listen_address(value: object) -> tuple[str, int]:
+    if not isinstance(value, str):
+        raise ValueError(f'expected a string like "127.0.0.1:8080", found {_describe(value)}')
+    host, port_text, bracketed = _split_host_port(value)
+    port = _parse_port(port_text)
+    if bracketed:
+        return _ipv6(host), port
+    if host in ("", "*"):
+        return "0.0.0.0", port
+    if host.lower() == "localhost":
+        return "localhost", port
+    try:
+        return str(ipaddress.IPv4Address(host)), port
+    except ValueError:
+        raise ValueError(f'host must be an IP address or "localhost", found {host!r}') from None
+
+
+def _parse_server_address(value: object) -> tuple[str, int]:
+    if not isinstance(value, str):
+        raise ValueError(f'expected a string like "127.0.0.1:9000", found {_describe(value)}')
+    host, port_text, bracketed = _split_host_port(value)
+    if not host:
+        raise ValueError(f"missing host in {value!r}")
+    port = _parse_port(port_text)
+    return (_ipv6(host) if bracketed else _hostname(host)), port
+
+
+def _parse_match_host(value: object) -> str:
+    text = _string(value)
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError(f"missing ']' after the IPv6 address in {text!r}")
+        if text[end + 1 :]:
+            raise ValueError(f"must not include a port, found {text!r}")
+        return f"[{_ipv6(text[1:end])}]"
+    if text.count(":") == 1:
+        raise ValueError(f"must not include a port, found {text!r}")
+    if ":" in text:
+        raise ValueError(f'an IPv6 address must be in brackets, e.g. "[::1]", found {text!r}')
+    return _hostname(text)
+
+
+def _parse_path_prefix(value: object) -> str:
+    text = _string(value)
+    if not text.startswith("/"):
+        raise ValueError(f'must start with "/", found {text!r}')
+    bad = _PATH_FORBIDDEN_RE.search(text)
+    if bad is not None:
+        raise ValueError(f"must not contain {bad.group()!r}, found {text!r}")
+    if not text.isascii():
+        raise ValueError(f"must be ASCII (percent-encode other characters), found {text!r}")
+    return text
+
+
+# --------------------------------------------------------------------------
+# The checker
+
+
+def _key(path: str, name: object) -> str:
+    text = str(name)
+    if not _BARE_KEY_RE.fullmatch(text):
+        text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{path}.{text}" if path else text
+
+
+def _suggest(word: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(candidates), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _shadows(earlier: RouteMatch, later: RouteMatch) -> bool:
+    """True when every request `later` matches is matched by `earlier` first.
+
+    Holds whether the router compares prefixes bytewise or by path segment.
+    """
+    if earlier.host is not None and earlier.host != later.host:
+        return False
+    prefix = earlier.path_prefix
+    if not later.path_prefix.startswith(prefix):
+        return False
+    rest = later.path_prefix[len(prefix) :]
+    return not rest or prefix.endswith("/") or rest.startswith("/")
+
+
+_MISSING: Final = object()
+_INVALID: Final = object()
+
+
+class _Checker:
+    def __init__(self, source: str, base_dir: str) -> None:
+        self.source = source
+        self.base_dir = base_dir
+        self.issues: list[ConfigIssue] = []
+        self.warnings: list[str] = []
+
+    def error(self, key: str, reason: str) -> None:
+        self.issues.append(ConfigIssue(self.source, key, reason))
+
+    def warn(self, key: str, reason: str) -> None:
+        self.warnings.append(str(ConfigIssue(self.source, key, reason)))
+
+    def table(self, value: object, key: str, hint: str = "") -> Mapping[str, Any] | None:
+        if isinstance(value, Mapping):
+            return value
+        self.error(key, f"expected a table{hint}, found {_describe(value)}")
+        return None
+
+    def array(self, value: object, key: str, hint: str = "") -> Sequence[Any] | None:
+        if isinstance(value, (list, tuple)):
+            return value
+        self.error(key, f"expected an array{hint}, found {_describe(value)}")
+        return None
+
+    def known_keys(self, table: Mapping[str, Any], path: str, known: Sequence[str]) -> None:
+        for name in table:
+            if name not in known:
+                self.error(_key(path, name), "unknown key" + _suggest(str(name), known))
+
+    def field(self, table: Mapping[str, Any], path: str, spec: FieldSpec) -> Any:
+        try:
+            return spec.convert(table.get(spec.name, spec.default))
+        except ValueError as exc:
+            self.error(_key(path, spec.name), str(exc))
+            return _INVALID
+
+    def convert(self, key: str, convert: Converter, value: object) -> Any:
+        try:
+            return convert(value)
+        except ValueError as exc:
+            self.error(key, str(exc))
+            return _INVALID
+
+    # -- sections -----------------------------------------------------------
+
+    def section(self, data: Mapping[str, Any], name: str) -> dict[str, Any]:
+        specs = _SECTIONS[name]
+        table = self.table(data.get(name, {}), name)
+        if table is None:
+            table = {}
+        self.known_keys(table, name, [spec.name for spec in specs])
+        return {spec.name: self.field(table, name, spec) for spec in specs}
+
+    def access_log(self, value: object) -> object:
+        if value is _INVALID or value in _LOG_STREAMS:
+            return value
+        assert isinstance(value, str)
+        path = os.path.normpath(os.path.join(self.base_dir, value))
+        directory = os.path.dirname(path)
+        if os.path.isdir(path):
+            self.error("log.access", f"{path!r} is a directory")
+            return _INVALID
+        if not os.path.isdir(directory):
+            self.error("log.access", f"directory {directory!r} does not exist")
+            return _INVALID
+        return path
+
+    def listeners(self, raw: object) -> list[Listener]:
+        if raw is _MISSING:
+            self.error("listeners", "missing: at least one [[listeners]] table is required")
+            return []
+        items = self.array(raw, "listeners", " of tables ([[listeners]])")
+        if items is None:
+            return []
+        if not items:
+            self.error("listeners", "at least one listener is required")
+        result: list[Listener] = []
+        seen: dict[tuple[str, int], int] = {}
+        for i, item in enumerate(items):
+            path = f"listeners[{i}]"
+            table = self.table(item, path)
+            if table is None:
+                continue
+            self.known_keys(table, path, _LISTENER_KEYS)
+            key = f"{path}.address"
+            if "address" not in table:
+                self.error(key, "missing required key")
+                continue
+            parsed = self.convert(key, _parse_listen_address, table["address"])
+            if parsed is _INVALID:
+                continue
+            if parsed in seen:
+                self.error(
+                    key,
+                    f"duplicate address {table['address']!r} "
+                    f"(already used by listeners[{seen[parsed]}])",
+                )
+                continue
+            seen[parsed] = i
+            result.append(Listener(*parsed))
+        return result
+
+    def upstreams(self, raw: object) -> tuple[dict[str, Upstream], set[str] | None]:
+        """The valid upstreams, and every name defined (None if the table is unusable)."""
+        if raw is _MISSING:
+            self.error("upstreams", "missing: at least one [upstreams.NAME] table is required")
+            return {}, None
+        table = self.table(raw, "upstreams", " of upstreams ([upstreams.NAME])")
+        if table is None:
+            return {}, None
+        if not table:
+            self.error("upstreams", "at least one upstream is required")
+        result: dict[str, Upstream] = {}
+        for name, value in table.items():
+            path = _key("upstreams", name)
+            if not isinstance(name, str) or not _UPSTREAM_NAME_RE.fullmatch(name):
+                self.error(path, "invalid upstream name: use only letters, digits, '_', '.', '-'")
+            # Check the body even under a bad name, so that all issues show at once.
+            upstream = self.upstream(str(name), path, value)
+            if upstream is not None:
+                result[name] = upstream
+        return result, {str(name) for name in table}
+
+    def upstream(self, name: str, path: str, raw: object) -> Upstream | None:
+        table = self.table(raw, path)
+        if table is None:
+            return None
+        errors_before = len(self.issues)
+        self.known_keys(table, path, _UPSTREAM_KEYS)
+        servers = self.servers(table.get("servers", _MISSING), f"{path}.servers")
+        values = {spec.name: self.field(table, path, spec) for spec in UPSTREAM_FIELDS}
+        if len(self.issues) != errors_before:
+            return None
+        return Upstream(name=name, servers=tuple(servers), **values)
+
+    def servers(self, raw: object, path: str) -> list[ServerAddress]:
+        if raw is _MISSING:
+            self.error(path, "missing required key")
+            return []
+        items = self.array(raw, path, ' of "host:port" strings or { address, weight } tables')
+        if items is None:
+            return []
+        if not items:
+            self.error(path, "at least one server is required")
+        result: list[ServerAddress] = []
+        seen: dict[tuple[str, int], int] = {}
+        for i, item in enumerate(items):
+            key = f"{path}[{i}]"
+            weight: Any = 1
+            if isinstance(item, Mapping):
+                self.known_keys(item, key, _SERVER_KEYS)
+                if "weight" in item:
+                    weight = self.convert(f"{key}.weight", _WEIGHT, item["weight"])
+                if "address" not in item:
+                    self.error(f"{key}.address", "missing required key")
+                    continue
+                address_key, address = f"{key}.address", item["address"]
+            elif isinstance(item, str):
+                address_key, address = key, item
+            else:
+                self.error(
+                    key,
+                    'expected a string "host:port" or a table '
+                    f"{{ address = ..., weight = ... }}, found {_describe(item)}",
+                )
+                continue
+            parsed = self.convert(address_key, _parse_server_address, address)
+            if parsed is _INVALID or weight is _INVALID:
+                continue
+            if parsed in seen:
+                self.error(
+                    address_key,
+                    f"duplicate server {address!r} (already {path}"
+                    f"[{seen[parsed]}]; use weight instead)",
+                )
+                continue
+            seen[parsed] = i
+            result.append(ServerAddress(parsed[0], parsed[1], weight))
+        return result
+
+    def routes(self, raw: object, upstream_names: set[str] | None) -> list[Route]:
+        if raw is _MISSING:
+            self.error("routes", "missing: at least one [[routes]] table is required")
+            return []
+        items = self.array(raw, "routes", " of tables ([[routes]])")
+        if items is None:
+            return []
+        if not items:
+            self.error("routes", "at least one route is required")
+        result: list[Route] = []
+        for i, item in enumerate(items):
+            route = self.route(i, item, upstream_names)
+            if route is not None:
+                result.append(route)
+        return result
+
+    def route(self, index: int, raw: object, upstream_names: set[str] | None) -> Route | None:
+        path = f"routes[{index}]"
+        table = self.table(raw, path)
+        if table is None:
+            return None
+        errors_before = len(self.issues)
+        self.known_keys(table, path, _ROUTE_KEYS)
+        host: Any = None
+        prefix: Any = "/"
+        match = self.table(table.get("match", {}), f"{path}.match")
+        if match is not None:
+            self.known_keys(match, f"{path}.match", _MATCH_KEYS)
+            if "host" in match:
+                host = self.convert(f"{path}.match.host", _parse_match_host, match["host"])
+            if "path_prefix" in match:
+                prefix = self.convert(
+                    f"{path}.match.path_prefix", _parse_path_prefix, match["path_prefix"]
+                )
+        key = f"{path}.upstream"
+        upstream: Any = _INVALID
+        if "upstream" not in table:
+            self.error(key, "missing required key")
+        else:
+            upstream = self.convert(key, _string, table["upstream"])
+            if (
+                upstream is not _INVALID
+                and upstream_names is not None
+                and upstream not in upstream_names
+            ):
+                defined = ", ".join(sorted(upstream_names)) or "none"
+                self.error(key, f"unknown upstream {upstream!r} (defined: {defined})")
+        if len(self.issues) != errors_before:
+            return None
+        return Route(index=index, match=RouteMatch(host, prefix), upstream=upstream)
+
+    def route_warnings(self, routes: Sequence[Route], upstreams: Iterable[str]) -> None:
+        for j, later in enumerate(routes):
+            for earlier in routes[:j]:
+                if _shadows(earlier.match, later.match):
+                    if earlier.match.matches_everything:
+                        what = "matches every request"
+                    else:
+                        what = "matches every request this route matches"
+                    self.warn(
+                        f"routes[{later.index}]", f"unreachable: routes[{earlier.index}] {what}"
+                    )
+                    break
+        used = {route.upstream for route in routes}
+        for name in upstreams:
+            if name not in used:
+                self.warn(_key("upstreams", name), "not used by any route")
+
+
+# --------------------------------------------------------------------------
+# Entry points
+
+
+def parse_config(
+    data: Mapping[str, Any], source: str = "<config>", *, base_dir: str | None = None
+) -> Config:
+    """Validate already-parsed TOML data and build the immutable Config.
+
+    ``source`` names the file in messages; relative paths (the access log) are
+    resolved against ``base_dir``, by default the directory of ``source`` or,
+    for a pseudo-name like ``"<config>"``, the current directory.
+    """
+    if base_dir is None:
+        base_dir = (
+            os.getcwd() if source.startswith("<") else os.path.dirname(os.path.abspath(source))
+        )
+    ck = _Checker(source, os.path.abspath(base_dir))
+    if not isinstance(data, Mapping):
+        ck.error("(root)", f"expected a table, found {_describe(data)}")
+        raise ConfigError(ck.issues)
+
+    ck.known_keys(data, "", _TOP_LEVEL_KEYS)
+    server = ck.section(data, "server")
+    limits = ck.section(data, "limits")
+    timeouts = ck.section(data, "timeouts")
+    log = ck.section(data, "log")
+    log["access"] = ck.access_log(log["access"])
+
+    line, head = limits["max_line_bytes"], limits["max_header_bytes"]
+    if line is not _INVALID and head is not _INVALID and line > head:
+        ck.error(
+            "limits.max_line_bytes",
+            f"must not exceed limits.max_header_bytes ({head} bytes), found {line} bytes",
+        )
+
+    listeners = ck.listeners(data.get("listeners", _MISSING))
+    upstreams, upstream_names = ck.upstreams(data.get("upstreams", _MISSING))
+    routes = ck.routes(data.get("routes", _MISSING), upstream_names)
+
+    if ck.issues:
+        raise ConfigError(ck.issues)
+    ck.route_warnings(routes, upstreams)
+    return Config(
+        source=source,
+        server=ServerSettings(**server),
+        limits=Limits(**limits),
+        timeouts=Timeouts(**timeouts),
+        log=LogSettings(**log),
+        listeners=tuple(listeners),
+        upstreams=MappingProxyType(dict(upstreams)),
+        routes=tuple(routes),
+        warnings=tuple(ck.warnings),
+    )
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a TOML config file; raise ConfigError listing every issue."""
+    source = os.fspath(path)
+    try:
+        with open(source, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError([ConfigIssue(source, "(file)", f"cannot read: {reason}")]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [ConfigIssue(source, "(toml)", f"not valid UTF-8 (invalid byte at offset {exc.start})")]
+        ) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([ConfigIssue(source, "(toml)", str(exc))]) from None
+    except RecursionError:
+        raise ConfigError([ConfigIssue(source, "(toml)", "nested too deeply")]) from None
+    return parse_config(data, source, base_dir=os.path.dirname(os.path.abspath(source)))

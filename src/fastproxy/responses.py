@@ -1,0 +1,41 @@
+"""Responses the proxy makes itself: errors and interim answers."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from fastproxy.clock import Clock
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+_CACHE: dict[tuple[int, bool], tuple[bytes, bytes]] = {}
+
+
+def local_response(status: int, clock: Clock, keep_alive: bool, head_only: bool = False) -> bytes:
+    """A complete short text response with `status`, e.g. `502 Bad Gateway`."""
+    parts = _CACHE.get((status, keep_alive))
+    if parts is None:
+        phrase = _reason(status)
+        body = f"{status} {phrase}\n".encode()
+        first = (
+            f"HTTP/1.1 {status} {phrase}\r\n"
+            "Server: fastproxy\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n"
+            "Date: "
+        ).encode()
+        parts = (first, b"\r\n\r\n" + body)
+        _CACHE[(status, keep_alive)] = parts
+    first, rest = parts
+    if head_only:
+        return first + clock.http_date + b"\r\n\r\n"
+    return first + clock.http_date + rest

@@ -1,0 +1,268 @@
+"""Upstream servers: keep-alive connection pools and the upstream-side protocol.
+
+An `UpstreamConnection` belongs to one `ServerPool`. While it carries a request
+it forwards the parsed response to its current owner (an exchange in
+proxy.py, seen here only through the `ResponseSink` methods); between requests
+it sits idle in its pool, newest first, until reused or timed out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any, Protocol
+
+from fastproxy._http import HttpParseError, MessageHead, ResponseParser
+from fastproxy.balancer import RoundRobin
+from fastproxy.config import Upstream
+
+if TYPE_CHECKING:
+    from fastproxy.clock import Clock
+
+log = logging.getLogger("fastproxy.upstream")
+
+
+class ResponseSink(Protocol):
+    """What an upstream connection reports to whoever is using it."""
+
+    def upstream_head(self, head: MessageHead) -> None: ...
+    def upstream_body(self, data: Any) -> None: ...
+    def upstream_complete(self) -> None: ...
+    def upstream_lost(self, conn: UpstreamConnection, exc: BaseException | None) -> None: ...
+    def upstream_failed(self, status: int, reason: str) -> None: ...
+    def upstream_write_paused(self, paused: bool) -> None: ...
+
+
+class Registry(Protocol):
+    """The worker-wide view a pool needs: the clock, open connections, shutdown."""
+
+    clock: Clock
+    upstream_conns: set[UpstreamConnection]
+    closing: bool
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "pool", "transport", "parser", "sink", "deadline", "reused", "got_bytes",
+        "closed", "read_paused",
+    )
+
+    def __init__(self, pool: ServerPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = ResponseParser(self)
+        self.sink: ResponseSink | None = None
+        self.deadline = 0.0
+        self.reused = False
+        self.got_bytes = False
+        self.closed = False
+        self.read_paused = False
+
+    # -- owner side ---------------------------------------------------------
+    def attach(self, sink: ResponseSink, head_request: bool) -> None:
+        self.sink = sink
+        self.got_bytes = False
+        self.parser.expect_no_body(head_request)
+        self.deadline = self.pool.registry.clock.now + self.pool.upstream.read_timeout
+
+    def touch(self) -> None:
+        """Progress on the request side: push the read/send deadline out."""
+        self.deadline = self.pool.registry.clock.now + self.pool.upstream.read_timeout
+
+    def release(self, reusable: bool) -> None:
+        """The exchange is over: back to the pool, or closed."""
+        self.sink = None
+        if self.read_paused:
+            self.set_reading(True)
+        if reusable and not self.closed:
+            self.pool.put(self)
+        else:
+            self.close()
+
+    def set_reading(self, on: bool) -> None:
+        if self.transport is None or self.closed:
+            return
+        if on and self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        elif not on and not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def close(self) -> None:
+        self.sink = None
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.sink = None
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.abort()
+
+    def timed_out(self) -> None:
+        sink = self.sink
+        if sink is None:  # idle in the pool for too long
+            self.pool.discard(self)
+            self.close()
+            return
+        self.abort()
+        sink.upstream_failed(504, "upstream timed out")
+
+    # -- asyncio.Protocol -----------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.pool.registry.upstream_conns.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.sink is None:
+            # Nothing was asked: an idle connection must stay silent.
+            self.pool.discard(self)
+            self.abort()
+            return
+        self.got_bytes = True
+        self.deadline = self.pool.registry.clock.now + self.pool.upstream.read_timeout
+        parser = self.parser
+        while True:
+            try:
+                n = parser.feed(data)
+            except HttpParseError as e:
+                self._fail(e.reason)
+                return
+            if n == len(data):
+                return
+            data = data[n:]
+            if self.sink is None:
+                # Bytes after the end of the response: the upstream cannot be trusted.
+                self.abort()
+                return
+
+    def eof_received(self) -> bool:
+        sink = self.sink
+        if sink is not None and self.got_bytes and self.parser.message_needs_eof:
+            try:
+                self.parser.feed_eof()  # completes a close-delimited body
+            except HttpParseError as e:
+                self._fail(e.reason)
+        return False
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.closed = True
+        self.pool.discard(self)
+        self.pool.registry.upstream_conns.discard(self)
+        sink = self.sink
+        if sink is not None:
+            self.sink = None
+            sink.upstream_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.upstream_write_paused(True)
+
+    def resume_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.upstream_write_paused(False)
+
+    # -- parser handler -----------------------------------------------------
+    def on_head(self, head: MessageHead) -> None:
+        self.sink.upstream_head(head)  # type: ignore[union-attr]
+
+    def on_body(self, data: Any) -> None:
+        self.sink.upstream_body(data)  # type: ignore[union-attr]
+
+    def on_message_complete(self) -> None:
+        self.sink.upstream_complete()  # type: ignore[union-attr]
+
+    def _fail(self, reason: str) -> None:
+        sink = self.sink
+        self.abort()
+        if sink is not None:
+            sink.upstream_failed(502, reason)
+
+
+class ConnectWaiter(Protocol):
+    def connected(self, conn: UpstreamConnection) -> None: ...
+    def connect_failed(self, pool: ServerPool, exc: BaseException, timed_out: bool) -> None: ...
+
+
+class ServerPool:
+    """One upstream server: its address, idle connections and reuse counters."""
+
+    __slots__ = ("upstream", "registry", "host", "port", "weight", "label", "idle",
+                 "connects", "reuses")
+
+    def __init__(self, upstream: Upstream, host: str, port: int, weight: int,
+                 registry: Registry) -> None:
+        self.upstream = upstream
+        self.registry = registry
+        self.host = host
+        self.port = port
+        self.weight = weight
+        self.label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.idle: list[UpstreamConnection] = []
+        self.connects = 0
+        self.reuses = 0
+
+    def take(self) -> UpstreamConnection | None:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                conn.reused = True
+                self.reuses += 1
+                return conn
+        return None
+
+    def put(self, conn: UpstreamConnection) -> None:
+        if len(self.idle) >= self.upstream.keepalive or self.registry.closing:
+            conn.close()
+            return
+        conn.deadline = self.registry.clock.now + self.upstream.idle_timeout
+        self.idle.append(conn)
+
+    def discard(self, conn: UpstreamConnection) -> None:
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+
+    def connect(self, waiter: ConnectWaiter) -> None:
+        """Open a new connection; report to `waiter` (no coroutine when pooled)."""
+        self.connects += 1
+        asyncio.get_running_loop().create_task(self._connect(waiter))
+
+    async def _connect(self, waiter: ConnectWaiter) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.upstream.connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: UpstreamConnection(self), self.host, self.port)
+        except TimeoutError as e:
+            waiter.connect_failed(self, e, True)
+            return
+        except OSError as e:
+            waiter.connect_failed(self, e, False)
+            return
+        waiter.connected(conn)
+
+    def close_idle(self) -> None:
+        while self.idle:
+            self.idle.pop().close()
+
+
+class UpstreamGroup:
+    """A named upstream: its servers and the balancer choosing among them."""
+
+    __slots__ = ("config", "pools", "balancer", "name")
+
+    def __init__(self, config: Upstream, registry: Registry) -> None:
+        self.config = config
+        self.name = config.name
+        self.pools = [ServerPool(config, s.host, s.port, s.weight, registry)
+                      for s in config.servers]
+        self.balancer = RoundRobin(self.pools, [s.weight for s in config.servers])
+
+    def order(self) -> list[ServerPool]:
+        """Servers to try for one request: the balancer's pick first."""
+        return self.balancer.order()

@@ -1,0 +1,216 @@
+"""The command line: `fastproxy check`, `--version`, and how serve/demo are reached."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import fastproxy
+from fastproxy import cli
+from fastproxy.config import Config
+
+SRC_DIR = Path(__file__).resolve().parents[1] / "src"
+
+GOOD = """\
+[server]
+workers = 2
+
+[[listeners]]
+address = "127.0.0.1:8080"
+
+[upstreams.backend]
+servers = ["127.0.0.1:9000", { address = "127.0.0.1:9001", weight = 2 }]
+
+[upstreams.api]
+servers = ["[::1]:9100"]
+
+[[routes]]
+match = { path_prefix = "/api" }
+upstream = "api"
+
+[[routes]]
+upstream = "backend"
+"""
+
+BAD = """\
+[server]
+wrokers = 2
+
+[[listeners]]
+address = "127.0.0.1:0"
+
+[upstreams.backend]
+servers = ["127.0.0.1:9000"]
+
+[[routes]]
+upstream = "nope"
+"""
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC_DIR), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", "fastproxy", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_check_good_config(tmp_path: Path) -> None:
+    path = write(tmp_path / "good.toml", GOOD)
+    result = run("check", str(path))
+    assert result.returncode == 0
+    assert result.stdout == (
+        "config OK: 1 listener (127.0.0.1:8080), 2 upstreams (3 servers), 2 routes, 2 workers\n"
+    )
+    assert result.stderr == ""
+
+
+def test_check_prints_warnings_on_stderr(tmp_path: Path) -> None:
+    text = GOOD + '\n[[routes]]\nmatch = { host = "a.com" }\nupstream = "api"\n'
+    path = write(tmp_path / "warn.toml", text)
+    result = run("check", str(path))
+    assert result.returncode == 0
+    assert result.stdout.startswith("config OK: 1 listener (127.0.0.1:8080), ")
+    assert result.stderr == (
+        f"warning: {path}: routes[2]: unreachable: routes[1] matches every request\n"
+    )
+
+
+def test_check_bad_config(tmp_path: Path) -> None:
+    path = write(tmp_path / "bad.toml", BAD)
+    result = run("check", str(path))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"error: {path}: server.wrokers: unknown key; did you mean 'workers'?",
+        f"error: {path}: listeners[0].address: port must be a number from 1 to 65535, found '0'",
+        f"error: {path}: routes[0].upstream: unknown upstream 'nope' (defined: backend)",
+    ]
+    assert "Traceback" not in result.stderr
+
+
+def test_check_toml_syntax_error(tmp_path: Path) -> None:
+    path = write(tmp_path / "syntax.toml", "[server]\nworkers = = 2\n")
+    result = run("check", str(path))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: {path}: (toml): ")
+    assert "line 2" in line
+    assert "Traceback" not in result.stderr
+
+
+def test_check_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "absent.toml"
+    result = run("check", str(path))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == f"error: {path}: (file): cannot read: No such file or directory\n"
+
+
+def test_version() -> None:
+    import uvloop
+
+    result = run("--version")
+    assert result.returncode == 0
+    assert result.stdout == (
+        f"fastproxy {fastproxy.__version__} "
+        f"(Python {platform.python_version()}, uvloop {uvloop.__version__})\n"
+    )
+    assert fastproxy.__version__ == "0.1.0"
+    assert result.stderr == ""
+
+
+def test_no_command_is_a_usage_error() -> None:
+    result = run()
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "a command is required" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_arguments_are_a_usage_error() -> None:
+    result = run("check")
+    assert result.returncode == 2
+    assert "the following arguments are required: CONFIG" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# --------------------------------------------------------------------------
+# In-process: serve and demo hand over to modules imported lazily
+
+
+def test_serve_passes_the_loaded_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen: list[Config] = []
+
+    def serve(config: Config) -> int:
+        seen.append(config)
+        return 7
+
+    monkeypatch.setitem(sys.modules, "fastproxy.master", types.SimpleNamespace(serve=serve))
+    path = write(tmp_path / "good.toml", GOOD)
+    assert cli.main(["serve", str(path)]) == 7
+    [config] = seen
+    assert config.source == str(path)
+    assert list(config.upstreams) == ["backend", "api"]
+    assert capsys.readouterr().err == ""
+
+
+def test_serve_refuses_bad_config_without_starting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def serve(config: Config) -> int:
+        raise AssertionError("serve must not be called with a bad config")
+
+    monkeypatch.setitem(sys.modules, "fastproxy.master", types.SimpleNamespace(serve=serve))
+    path = write(tmp_path / "bad.toml", BAD)
+    assert cli.main(["serve", str(path)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"error: {path}: server.wrokers: unknown key; did you mean 'workers'?"
+    assert len(err) == 3
+
+
+@pytest.mark.parametrize(("argv", "port"), [(["demo"], 8080), (["demo", "--port", "9999"], 9999)])
+def test_demo_runs_with_port(monkeypatch: pytest.MonkeyPatch, argv: list[str], port: int) -> None:
+    calls: list[dict[str, Any]] = []
+
+    def run_demo(**kwargs: Any) -> int:
+        calls.append(kwargs)
+        return 0
+
+    monkeypatch.setitem(sys.modules, "fastproxy.demo", types.SimpleNamespace(run_demo=run_demo))
+    assert cli.main(argv) == 0
+    assert calls == [{"port": port}]
+
+
+def test_keyboard_interrupt_exits_130_quietly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def serve(config: Config) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(sys.modules, "fastproxy.master", types.SimpleNamespace(serve=serve))
+    path = write(tmp_path / "good.toml", GOOD)
+    assert cli.main(["serve", str(path)]) == 130
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == ""

@@ -1,0 +1,1045 @@
+"""Config loading and validation: every key, every error path."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fastproxy.config import (
+    Config,
+    ConfigError,
+    ConfigIssue,
+    Limits,
+    Listener,
+    LogSettings,
+    Route,
+    RouteMatch,
+    ServerAddress,
+    ServerSettings,
+    Timeouts,
+    Upstream,
+    load_config,
+    parse_config,
+    parse_duration,
+    parse_size,
+)
+
+SRC = "test.toml"
+
+FULL_CONFIG = """\
+[server]
+workers = 4
+shutdown_timeout = "10s"
+via = false
+max_connections = 500
+
+[limits]
+max_line_bytes = "4k"
+max_header_bytes = "16KiB"
+max_header_count = 50
+max_body_bytes = "1g"
+
+[timeouts]
+header = "500ms"
+body = 20
+keepalive = "5m"
+send = 1.5
+
+[log]
+access = "access.log"
+format = "combined"
+level = "debug"
+
+[[listeners]]
+address = "127.0.0.1:8080"
+
+[[listeners]]
+address = "[::1]:8443"
+
+[upstreams.backend]
+servers = ["127.0.0.1:9000", { address = "127.0.0.1:9001", weight = 2 }]
+keepalive = 0
+idle_timeout = "1h"
+connect_timeout = "2s"
+read_timeout = "90s"
+send_timeout = "15s"
+
+[upstreams."api.v1"]
+servers = [{ address = "Api.Internal.:9100" }]
+
+[[routes]]
+match = { host = "API.Example.com.", path_prefix = "/api" }
+upstream = "api.v1"
+
+[[routes]]
+upstream = "backend"
+"""
+
+
+def minimal(**sections: Any) -> dict[str, Any]:
+    """The smallest valid config, with some top-level sections replaced."""
+    data: dict[str, Any] = {
+        "listeners": [{"address": "127.0.0.1:8080"}],
+        "upstreams": {"backend": {"servers": ["127.0.0.1:9000"]}},
+        "routes": [{"upstream": "backend"}],
+    }
+    data.update(sections)
+    return data
+
+
+def issues(data: Any) -> list[tuple[str, str]]:
+    """(key, reason) for every issue parse_config reports (it must report some)."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, SRC)
+    assert all(issue.file == SRC for issue in info.value.errors)
+    return [(issue.key, issue.reason) for issue in info.value.errors]
+
+
+def one_issue(data: Any) -> tuple[str, str]:
+    found = issues(data)
+    assert len(found) == 1, found
+    return found[0]
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------
+# A full config and the defaults
+
+
+def test_full_config_loads_into_objects(tmp_path: Path) -> None:
+    path = write(tmp_path / "proxy.toml", FULL_CONFIG)
+    config = load_config(path)
+
+    assert config.source == str(path)
+    assert config.server == ServerSettings(
+        workers=4, shutdown_timeout=10.0, via=False, max_connections=500
+    )
+    assert config.limits == Limits(
+        max_line_bytes=4096,
+        max_header_bytes=16384,
+        max_header_count=50,
+        max_body_bytes=1024**3,
+    )
+    assert config.timeouts == Timeouts(header=0.5, body=20.0, keepalive=300.0, send=1.5)
+    assert config.log == LogSettings(
+        access=str(tmp_path / "access.log"), format="combined", level="debug"
+    )
+    assert config.listeners == (
+        Listener("127.0.0.1", 8080),
+        Listener("::1", 8443),
+    )
+    assert list(config.upstreams) == ["backend", "api.v1"]
+    assert config.upstreams["backend"] == Upstream(
+        name="backend",
+        servers=(
+            ServerAddress("127.0.0.1", 9000, 1),
+            ServerAddress("127.0.0.1", 9001, 2),
+        ),
+        keepalive=0,
+        idle_timeout=3600.0,
+        connect_timeout=2.0,
+        read_timeout=90.0,
+        send_timeout=15.0,
+    )
+    assert config.upstreams["api.v1"].servers == (ServerAddress("api.internal", 9100, 1),)
+    assert config.routes == (
+        Route(0, RouteMatch("api.example.com", "/api"), "api.v1"),
+        Route(1, RouteMatch(None, "/"), "backend"),
+    )
+    assert config.warnings == ()
+    assert config.summary() == (
+        "config OK: 2 listeners (127.0.0.1:8080, [::1]:8443), "
+        "2 upstreams (3 servers), 2 routes, 4 workers"
+    )
+
+
+def test_config_is_immutable(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path / "proxy.toml", FULL_CONFIG))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.server.workers = 8  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.routes = ()  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.upstreams["backend"].servers[0].weight = 5  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        config.upstreams["other"] = config.upstreams["backend"]  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        config.listeners.append(Listener("127.0.0.1", 1))  # type: ignore[attr-defined]
+    assert isinstance(config.upstreams["backend"].servers, tuple)
+    # slots=True: no per-instance dict to smuggle attributes into.
+    with pytest.raises((AttributeError, TypeError)):
+        config.limits.extra = 1  # type: ignore[attr-defined]
+    assert not hasattr(config.limits, "__dict__")
+
+
+def test_config_does_not_alias_the_input() -> None:
+    data = minimal()
+    config = parse_config(data, SRC)
+    data["upstreams"]["backend"]["servers"].append("127.0.0.1:1")
+    data["upstreams"]["other"] = {"servers": ["127.0.0.1:2"]}
+    assert len(config.upstreams["backend"].servers) == 1
+    assert list(config.upstreams) == ["backend"]
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    config = parse_config(minimal(), SRC)
+    assert config.server == ServerSettings(
+        workers=3, shutdown_timeout=30.0, via=True, max_connections=10000
+    )
+    assert config.limits == Limits(
+        max_line_bytes=8192,
+        max_header_bytes=32768,
+        max_header_count=100,
+        max_body_bytes=64 * 1024**2,
+    )
+    assert config.timeouts == Timeouts(header=30.0, body=60.0, keepalive=75.0, send=60.0)
+    assert config.log == LogSettings(access="stdout", format="combined", level="info")
+    assert config.upstreams["backend"] == Upstream(
+        name="backend",
+        servers=(ServerAddress("127.0.0.1", 9000, 1),),
+        keepalive=32,
+        idle_timeout=30.0,
+        connect_timeout=5.0,
+        read_timeout=60.0,
+        send_timeout=60.0,
+    )
+    assert config.routes == (Route(0, RouteMatch(None, "/"), "backend"),)
+    assert config.summary() == (
+        "config OK: 1 listener (127.0.0.1:8080), 1 upstream (1 server), 1 route, 3 workers"
+    )
+
+
+@pytest.mark.parametrize(("cpus", "workers"), [(None, 1), (1, 1), (64, 64), (4096, 1024)])
+def test_workers_auto_follows_cpu_count(
+    monkeypatch: pytest.MonkeyPatch, cpus: int | None, workers: int
+) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: cpus)
+    config = parse_config(minimal(server={"workers": "auto"}), SRC)
+    assert config.server.workers == workers
+
+
+def test_zero_shutdown_timeout_and_zero_body_limit_are_allowed() -> None:
+    config = parse_config(
+        minimal(server={"shutdown_timeout": 0}, limits={"max_body_bytes": 0}), SRC
+    )
+    assert config.server.shutdown_timeout == 0.0
+    assert config.limits.max_body_bytes == 0
+
+
+# --------------------------------------------------------------------------
+# Durations and sizes
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (0, 0.0),
+        (5, 5.0),
+        (0.25, 0.25),
+        ("500ms", 0.5),
+        ("30s", 30.0),
+        ("1.5s", 1.5),
+        ("5m", 300.0),
+        ("1h", 3600.0),
+        ("0s", 0.0),
+    ],
+)
+def test_parse_duration(value: object, seconds: float) -> None:
+    result = parse_duration(value)
+    assert result == seconds
+    assert type(result) is float
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("30", "invalid duration '30': expected a number of seconds, or a string like"),
+        ("10 s", "invalid duration '10 s'"),
+        ("5d", "invalid duration '5d'"),
+        ("-1s", "invalid duration '-1s'"),
+        ("1S", "invalid duration '1S'"),
+        ("", "invalid duration ''"),
+        (-1, "duration must not be negative, found integer -1"),
+        (-0.5, "duration must not be negative, found float -0.5"),
+        (float("inf"), "duration must be a finite number, found float inf"),
+        (float("nan"), "duration must be a finite number, found float nan"),
+        (True, "expected a duration (a number of seconds, or a string like"),
+        ([1], "found array"),
+        (None, "found NoneType"),
+    ],
+)
+def test_parse_duration_rejects(value: object, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_duration(value)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "size"),
+    [
+        (0, 0),
+        (1000, 1000),
+        ("512", 512),
+        ("512b", 512),
+        ("16k", 16384),
+        ("16K", 16384),
+        ("16KB", 16384),
+        ("16KiB", 16384),
+        ("64m", 64 * 1024**2),
+        ("64MiB", 64 * 1024**2),
+        ("64mb", 64 * 1024**2),
+        ("1g", 1024**3),
+        ("1GiB", 1024**3),
+        ("1GB", 1024**3),
+    ],
+)
+def test_parse_size(value: object, size: int) -> None:
+    assert parse_size(value) == size
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("1.5k", "invalid size '1.5k': expected a number of bytes, or a string like"),
+        ("16 k", "invalid size '16 k'"),
+        ("16kk", "invalid size '16kk'"),
+        ("1t", "invalid size '1t'"),
+        ("k", "invalid size 'k'"),
+        ("-1", "invalid size '-1'"),
+        ("", "invalid size ''"),
+        (-1, "size must not be negative, found integer -1"),
+        (1024.0, "expected a size (a number of bytes, or a string like"),
+        (False, "found boolean false"),
+    ],
+)
+def test_parse_size_rejects(value: object, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_size(value)
+    assert message in str(info.value)
+
+
+# --------------------------------------------------------------------------
+# Files: syntax errors, missing and unreadable files
+
+
+def test_toml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path / "bad.toml", "[server]\nvia = true\nworkers = \n[limits]\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    [issue] = info.value.errors
+    assert issue.file == str(path)
+    assert issue.key == "(toml)"
+    assert "(at line 3, column 11)" in issue.reason
+    assert str(info.value) == f"{path}: (toml): {issue.reason}"
+
+
+def test_missing_file_is_one_issue(tmp_path: Path) -> None:
+    path = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.errors == [
+        ConfigIssue(str(path), "(file)", "cannot read: No such file or directory")
+    ]
+
+
+def test_directory_instead_of_file_is_one_issue(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path)
+    assert info.value.errors == [
+        ConfigIssue(str(tmp_path), "(file)", "cannot read: Is a directory")
+    ]
+
+
+def test_non_utf8_file_is_one_issue(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b"# caf\xe9\n[server]\nvia = true\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.errors == [
+        ConfigIssue(str(path), "(toml)", "not valid UTF-8 (invalid byte at offset 5)")
+    ]
+
+
+def test_top_level_must_be_a_table() -> None:
+    assert one_issue([1, 2]) == ("(root)", "expected a table, found array")
+
+
+# --------------------------------------------------------------------------
+# Unknown keys
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "reason"),
+    [
+        (minimal(listners=[]), "listners", "unknown key; did you mean 'listeners'?"),
+        (minimal(server={"wrokers": 2}), "server.wrokers", "unknown key; did you mean 'workers'?"),
+        (minimal(server={"server_header": "x"}), "server.server_header", "unknown key"),
+        (
+            minimal(timeouts={"idle": "5s"}),
+            "timeouts.idle",
+            "unknown key",
+        ),
+        (
+            minimal(limits={"max_body_size": 1}),
+            "limits.max_body_size",
+            "unknown key; did you mean 'max_body_bytes'?",
+        ),
+        (
+            minimal(listeners=[{"address": "127.0.0.1:80", "adress": "x"}]),
+            "listeners[0].adress",
+            "unknown key; did you mean 'address'?",
+        ),
+        (
+            minimal(routes=[{"upstream": "backend", "upstrem": "x"}]),
+            "routes[0].upstrem",
+            "unknown key; did you mean 'upstream'?",
+        ),
+        (
+            minimal(routes=[{"upstream": "backend", "match": {"hots": "a.com"}}]),
+            "routes[0].match.hots",
+            "unknown key; did you mean 'host'?",
+        ),
+        (
+            minimal(upstreams={"backend": {"servers": ["a:1"], "keepalve": 3}}),
+            "upstreams.backend.keepalve",
+            "unknown key; did you mean 'keepalive'?",
+        ),
+        (
+            minimal(upstreams={"backend": {"servers": [{"address": "a:1", "wieght": 2}]}}),
+            "upstreams.backend.servers[0].wieght",
+            "unknown key; did you mean 'weight'?",
+        ),
+    ],
+)
+def test_unknown_keys(data: dict[str, Any], key: str, reason: str) -> None:
+    assert one_issue(data) == (key, reason)
+
+
+# --------------------------------------------------------------------------
+# Wrong types and out-of-range values
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "reason"),
+    [
+        (minimal(server="fast"), "server", "expected a table, found string 'fast'"),
+        (
+            minimal(server={"workers": "many"}),
+            "server.workers",
+            "expected an integer or \"auto\", found string 'many'",
+        ),
+        (
+            minimal(server={"workers": 2.0}),
+            "server.workers",
+            'expected an integer or "auto", found float 2.0',
+        ),
+        (
+            minimal(server={"workers": 0}),
+            "server.workers",
+            'must be from 1 to 1024 or "auto", found 0',
+        ),
+        (
+            minimal(server={"workers": 1025}),
+            "server.workers",
+            'must be from 1 to 1024 or "auto", found 1025',
+        ),
+        (
+            minimal(server={"via": "yes"}),
+            "server.via",
+            "expected a boolean (true or false), found string 'yes'",
+        ),
+        (
+            minimal(server={"max_connections": True}),
+            "server.max_connections",
+            "expected an integer, found boolean true",
+        ),
+        (
+            minimal(server={"max_connections": 0}),
+            "server.max_connections",
+            "must be from 1 to 1000000, found 0",
+        ),
+        (
+            minimal(limits={"max_header_count": 1.5}),
+            "limits.max_header_count",
+            "expected an integer, found float 1.5",
+        ),
+        (
+            minimal(limits={"max_header_count": 10001}),
+            "limits.max_header_count",
+            "must be from 1 to 10000, found 10001",
+        ),
+        (
+            minimal(limits={"max_header_bytes": "512"}),
+            "limits.max_header_bytes",
+            "must be from 1k to 1m (1024 to 1048576 bytes), found string '512'",
+        ),
+        (
+            minimal(limits={"max_header_bytes": "2m"}),
+            "limits.max_header_bytes",
+            "must be from 1k to 1m (1024 to 1048576 bytes), found string '2m'",
+        ),
+        (
+            minimal(limits={"max_line_bytes": "64k"}),
+            "limits.max_line_bytes",
+            "must not exceed limits.max_header_bytes (32768 bytes), found 65536 bytes",
+        ),
+        (
+            minimal(limits={"max_body_bytes": "lots"}),
+            "limits.max_body_bytes",
+            "invalid size 'lots': expected a number of bytes, or a string like "
+            '"512", "16k", "64MiB", "1g" (1024-based)',
+        ),
+        (
+            minimal(timeouts={"header": "0s"}),
+            "timeouts.header",
+            "must be greater than 0, found string '0s'",
+        ),
+        (
+            minimal(timeouts={"body": 0}),
+            "timeouts.body",
+            "must be greater than 0, found integer 0",
+        ),
+        (
+            minimal(timeouts={"keepalive": "2d"}),
+            "timeouts.keepalive",
+            "invalid duration '2d': expected a number of seconds, or a string like "
+            '"500ms", "30s", "5m", "1h"',
+        ),
+        (
+            minimal(timeouts={"send": "25h"}),
+            "timeouts.send",
+            "must be at most 24h, found string '25h'",
+        ),
+        (
+            minimal(server={"shutdown_timeout": -1}),
+            "server.shutdown_timeout",
+            "duration must not be negative, found integer -1",
+        ),
+        (
+            minimal(log={"format": "json"}),
+            "log.format",
+            "unsupported value 'json' (supported: combined)",
+        ),
+        (
+            minimal(log={"level": "warn"}),
+            "log.level",
+            "unsupported value 'warn' (supported: debug, info, warning, error); "
+            "did you mean 'warning'?",
+        ),
+        (minimal(log={"level": 3}), "log.level", "expected a string, found integer 3"),
+        (
+            minimal(log={"access": ""}),
+            "log.access",
+            'must not be empty (use "off" to disable the access log)',
+        ),
+        (
+            minimal(listeners={"address": "127.0.0.1:80"}),
+            "listeners",
+            "expected an array of tables ([[listeners]]), found table",
+        ),
+        (
+            minimal(listeners=["127.0.0.1:80"]),
+            "listeners[0]",
+            "expected a table, found string '127.0.0.1:80'",
+        ),
+        (
+            minimal(listeners=[{"address": 8080}]),
+            "listeners[0].address",
+            'expected a string like "127.0.0.1:8080", found integer 8080',
+        ),
+        (minimal(listeners=[{}]), "listeners[0].address", "missing required key"),
+        (
+            minimal(upstreams=[]),
+            "upstreams",
+            "expected a table of upstreams ([upstreams.NAME]), found array",
+        ),
+        (
+            minimal(upstreams={"backend": "127.0.0.1:9000"}),
+            "upstreams.backend",
+            "expected a table, found string '127.0.0.1:9000'",
+        ),
+        (
+            minimal(upstreams={"backend": {"servers": "127.0.0.1:9000"}}),
+            "upstreams.backend.servers",
+            'expected an array of "host:port" strings or { address, weight } tables, '
+            "found string '127.0.0.1:9000'",
+        ),
+        (
+            minimal(upstreams={"backend": {"servers": [9000]}}),
+            "upstreams.backend.servers[0]",
+            'expected a string "host:port" or a table { address = ..., weight = ... }, '
+            "found integer 9000",
+        ),
+        (
+            minimal(upstreams={"backend": {"servers": ["a:1"], "keepalive": -1}}),
+            "upstreams.backend.keepalive",
+            "must be from 0 to 10000, found -1",
+        ),
+        (
+            minimal(upstreams={"backend": {"servers": ["a:1"], "connect_timeout": "0ms"}}),
+            "upstreams.backend.connect_timeout",
+            "must be greater than 0, found string '0ms'",
+        ),
+        (
+            minimal(upstreams={"backend": {"servers": ["a:1"], "read_timeout": "soon"}}),
+            "upstreams.backend.read_timeout",
+            "invalid duration 'soon': expected a number of seconds, or a string like "
+            '"500ms", "30s", "5m", "1h"',
+        ),
+        (
+            minimal(routes={"upstream": "backend"}),
+            "routes",
+            "expected an array of tables ([[routes]]), found table",
+        ),
+        (
+            minimal(routes=[{"upstream": 1}]),
+            "routes[0].upstream",
+            "expected a string, found integer 1",
+        ),
+        (minimal(routes=[{}]), "routes[0].upstream", "missing required key"),
+        (
+            minimal(routes=[{"upstream": "backend", "match": "/api"}]),
+            "routes[0].match",
+            "expected a table, found string '/api'",
+        ),
+        (
+            minimal(routes=[{"upstream": "backend", "match": {"path_prefix": "api"}}]),
+            "routes[0].match.path_prefix",
+            "must start with \"/\", found 'api'",
+        ),
+        (
+            minimal(routes=[{"upstream": "backend", "match": {"path_prefix": "/a b"}}]),
+            "routes[0].match.path_prefix",
+            "must not contain ' ', found '/a b'",
+        ),
+        (
+            minimal(routes=[{"upstream": "backend", "match": {"path_prefix": "/a?x=1"}}]),
+            "routes[0].match.path_prefix",
+            "must not contain '?', found '/a?x=1'",
+        ),
+        (
+            minimal(routes=[{"upstream": "backend", "match": {"host": "a.com:8080"}}]),
+            "routes[0].match.host",
+            "must not include a port, found 'a.com:8080'",
+        ),
+        (
+            minimal(routes=[{"upstream": "backend", "match": {"host": "a b.com"}}]),
+            "routes[0].match.host",
+            "invalid host name 'a b.com'",
+        ),
+        (
+            minimal(routes=[{"upstream": "backend", "match": {"host": ["a.com"]}}]),
+            "routes[0].match.host",
+            "expected a string, found array",
+        ),
+    ],
+)
+def test_wrong_values(data: dict[str, Any], key: str, reason: str) -> None:
+    assert one_issue(data) == (key, reason)
+
+
+def test_match_host_is_normalised() -> None:
+    routes = [
+        {"upstream": "backend", "match": {"host": "WWW.Example.COM."}},
+        {"upstream": "backend", "match": {"host": "[0:0::1]"}},
+        {"upstream": "backend", "match": {"host": "10.0.0.1", "path_prefix": "/x/"}},
+    ]
+    config = parse_config(minimal(routes=routes), SRC)
+    assert [route.match for route in config.routes] == [
+        RouteMatch("www.example.com", "/"),
+        RouteMatch("[::1]", "/"),
+        RouteMatch("10.0.0.1", "/x/"),
+    ]
+
+
+# --------------------------------------------------------------------------
+# Addresses
+
+
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [
+        ("127.0.0.1", "missing port in '127.0.0.1' (expected \"host:port\")"),
+        ("127.0.0.1:", "port must be a number from 1 to 65535, found ''"),
+        ("127.0.0.1:0", "port must be a number from 1 to 65535, found '0'"),
+        ("127.0.0.1:70000", "port must be a number from 1 to 65535, found '70000'"),
+        ("127.0.0.1:http", "port must be a number from 1 to 65535, found 'http'"),
+        ("127.0.0.1:-80", "port must be a number from 1 to 65535, found '-80'"),
+        (":0", "port must be a number from 1 to 65535, found '0'"),
+        ("::1:8080", 'an IPv6 address must be in brackets, e.g. "[::1]:8080"'),
+        ("[::1:8080", "missing ']' after the IPv6 address in '[::1:8080'"),
+        ("[::1]", "missing port in '[::1]' (expected \"[v6]:port\")"),
+        ("[::1]8080", "missing port in '[::1]8080' (expected \"[v6]:port\")"),
+        ("[zz::1]:80", "invalid IPv6 address 'zz::1'"),
+        ("[127.0.0.1]:80", "invalid IPv6 address '127.0.0.1'"),
+        ("example.com:80", "host must be an IP address or \"localhost\", found 'example.com'"),
+        ("256.0.0.1:80", "host must be an IP address or \"localhost\", found '256.0.0.1'"),
+    ],
+)
+def test_bad_listener_address(address: str, reason: str) -> None:
+    data = minimal(listeners=[{"address": "127.0.0.1:8080"}, {"address": address}])
+    assert one_issue(data) == ("listeners[1].address", reason)
+
+
+@pytest.mark.parametrize(
+    ("address", "host", "port", "formatted"),
+    [
+        ("127.0.0.1:8080", "127.0.0.1", 8080, "127.0.0.1:8080"),
+        ("[::1]:8080", "::1", 8080, "[::1]:8080"),
+        ("[0:0:0:0:0:0:0:1]:443", "::1", 443, "[::1]:443"),
+        ("[::]:80", "::", 80, "[::]:80"),
+        (":8080", "0.0.0.0", 8080, "0.0.0.0:8080"),
+        ("*:65535", "0.0.0.0", 65535, "0.0.0.0:65535"),
+        ("localhost:1", "localhost", 1, "localhost:1"),
+        ("LocalHost:2", "localhost", 2, "localhost:2"),
+    ],
+)
+def test_listener_address_round_trip(address: str, host: str, port: int, formatted: str) -> None:
+    config = parse_config(minimal(listeners=[{"address": address}]), SRC)
+    assert config.listeners == (Listener(host, port),)
+    assert config.listeners[0].address == formatted
+    again = parse_config(minimal(listeners=[{"address": formatted}]), SRC)
+    assert again.listeners == config.listeners
+
+
+def test_duplicate_listener_addresses() -> None:
+    data = minimal(
+        listeners=[
+            {"address": "127.0.0.1:8080"},
+            {"address": ":9090"},
+            {"address": "0.0.0.0:9090"},
+            {"address": "[::1]:8080"},
+            {"address": "[0::1]:8080"},
+        ]
+    )
+    assert issues(data) == [
+        ("listeners[2].address", "duplicate address '0.0.0.0:9090' (already used by listeners[1])"),
+        ("listeners[4].address", "duplicate address '[0::1]:8080' (already used by listeners[3])"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [
+        ("backend", "missing port in 'backend' (expected \"host:port\")"),
+        (":80", "missing host in ':80'"),
+        ("a..b:80", "invalid host name 'a..b'"),
+        ("-a.com:80", "invalid host name '-a.com'"),
+        ("999.1.1.1:80", "invalid IPv4 address '999.1.1.1'"),
+        ("host:0", "port must be a number from 1 to 65535, found '0'"),
+        ("host:65536", "port must be a number from 1 to 65535, found '65536'"),
+        ("::1:80", 'an IPv6 address must be in brackets, e.g. "[::1]:80"'),
+        ("[fe80::zz]:80", "invalid IPv6 address 'fe80::zz'"),
+    ],
+)
+def test_bad_upstream_server_address(address: str, reason: str) -> None:
+    data = minimal(upstreams={"backend": {"servers": ["127.0.0.1:1", address]}})
+    assert one_issue(data) == ("upstreams.backend.servers[1]", reason)
+
+
+def test_upstream_server_hosts_are_normalised() -> None:
+    servers = ["App-1.Internal.:80", "my_service:8000", "[::ffff:1.2.3.4]:9", "10.0.0.1:1"]
+    config = parse_config(minimal(upstreams={"backend": {"servers": servers}}), SRC)
+    assert config.upstreams["backend"].servers == (
+        ServerAddress("app-1.internal", 80, 1),
+        ServerAddress("my_service", 8000, 1),
+        ServerAddress("::ffff:102:304", 9, 1),
+        ServerAddress("10.0.0.1", 1, 1),
+    )
+    assert [s.address for s in config.upstreams["backend"].servers] == [
+        "app-1.internal:80",
+        "my_service:8000",
+        "[::ffff:102:304]:9",
+        "10.0.0.1:1",
+    ]
+
+
+def test_table_server_address_errors_name_the_address_key() -> None:
+    data = minimal(upstreams={"backend": {"servers": [{"address": "nope"}, {"weight": 3}]}})
+    assert issues(data) == [
+        ("upstreams.backend.servers[0].address", "missing port in 'nope' (expected \"host:port\")"),
+        ("upstreams.backend.servers[1].address", "missing required key"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("weight", "reason"),
+    [
+        (0, "must be from 1 to 1000, found 0"),
+        (1001, "must be from 1 to 1000, found 1001"),
+        ("2", "expected an integer, found string '2'"),
+        (1.5, "expected an integer, found float 1.5"),
+        (True, "expected an integer, found boolean true"),
+    ],
+)
+def test_bad_weight(weight: object, reason: str) -> None:
+    data = minimal(upstreams={"backend": {"servers": [{"address": "a:1", "weight": weight}]}})
+    assert one_issue(data) == ("upstreams.backend.servers[0].weight", reason)
+
+
+def test_duplicate_server_in_upstream() -> None:
+    data = minimal(upstreams={"backend": {"servers": ["A:1", {"address": "a:1", "weight": 2}]}})
+    assert one_issue(data) == (
+        "upstreams.backend.servers[1].address",
+        "duplicate server 'a:1' (already upstreams.backend.servers[0]; use weight instead)",
+    )
+
+
+# --------------------------------------------------------------------------
+# Upstreams and routes
+
+
+def test_empty_servers() -> None:
+    data = minimal(upstreams={"backend": {"servers": []}})
+    assert one_issue(data) == ("upstreams.backend.servers", "at least one server is required")
+
+
+def test_missing_servers() -> None:
+    data = minimal(upstreams={"backend": {"keepalive": 4}})
+    assert one_issue(data) == ("upstreams.backend.servers", "missing required key")
+
+
+def test_bad_upstream_name_is_quoted_and_its_body_still_checked() -> None:
+    data = minimal(
+        upstreams={"backend": {"servers": ["a:1"]}, "bad name": {"servers": []}},
+    )
+    assert issues(data) == [
+        ('upstreams."bad name"', "invalid upstream name: use only letters, digits, '_', '.', '-'"),
+        ('upstreams."bad name".servers', "at least one server is required"),
+    ]
+
+
+def test_upstream_name_with_dot_is_quoted_in_key_paths() -> None:
+    data = minimal(upstreams={"api.v1": {"servers": ["a:0"]}}, routes=[{"upstream": "api.v1"}])
+    assert one_issue(data) == (
+        'upstreams."api.v1".servers[0]',
+        "port must be a number from 1 to 65535, found '0'",
+    )
+
+
+def test_unknown_upstream_in_route() -> None:
+    data = minimal(
+        upstreams={"backend": {"servers": ["a:1"]}, "api": {"servers": ["b:1"]}},
+        routes=[{"upstream": "backend"}, {"upstream": "nope", "match": {"host": "x.com"}}],
+    )
+    assert one_issue(data) == (
+        "routes[1].upstream",
+        "unknown upstream 'nope' (defined: api, backend)",
+    )
+
+
+def test_route_naming_an_invalid_upstream_reports_only_the_upstream() -> None:
+    # The upstream is defined (with an error); the route must not add a second issue.
+    data = minimal(upstreams={"backend": {"servers": []}})
+    assert issues(data) == [("upstreams.backend.servers", "at least one server is required")]
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (
+            {},
+            [
+                ("listeners", "missing: at least one [[listeners]] table is required"),
+                ("upstreams", "missing: at least one [upstreams.NAME] table is required"),
+                ("routes", "missing: at least one [[routes]] table is required"),
+            ],
+        ),
+        (
+            {"listeners": [], "upstreams": {}, "routes": []},
+            [
+                ("listeners", "at least one listener is required"),
+                ("upstreams", "at least one upstream is required"),
+                ("routes", "at least one route is required"),
+            ],
+        ),
+        (
+            {"listeners": [{"address": ":80"}], "routes": [{"upstream": "backend"}]},
+            [("upstreams", "missing: at least one [upstreams.NAME] table is required")],
+        ),
+    ],
+)
+def test_missing_required_sections(data: dict[str, Any], expected: list[tuple[str, str]]) -> None:
+    assert issues(data) == expected
+
+
+def test_multiple_errors_are_reported_together(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "many.toml",
+        """\
+[server]
+wrokers = 2
+via = "yes"
+
+[limits]
+max_header_count = 0
+
+[[listeners]]
+address = "localhost"
+
+[upstreams.backend]
+servers = ["127.0.0.1:9000", { address = "127.0.0.1:9001", weight = 0 }]
+
+[[routes]]
+match = { path_prefix = "api" }
+upstream = "backend"
+
+[[routes]]
+upstream = "frontend"
+""",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    expected = [
+        ConfigIssue(str(path), "server.wrokers", "unknown key; did you mean 'workers'?"),
+        ConfigIssue(
+            str(path), "server.via", "expected a boolean (true or false), found string 'yes'"
+        ),
+        ConfigIssue(str(path), "limits.max_header_count", "must be from 1 to 10000, found 0"),
+        ConfigIssue(
+            str(path),
+            "listeners[0].address",
+            "missing port in 'localhost' (expected \"host:port\")",
+        ),
+        ConfigIssue(
+            str(path), "upstreams.backend.servers[1].weight", "must be from 1 to 1000, found 0"
+        ),
+        ConfigIssue(str(path), "routes[0].match.path_prefix", "must start with \"/\", found 'api'"),
+        ConfigIssue(
+            str(path), "routes[1].upstream", "unknown upstream 'frontend' (defined: backend)"
+        ),
+    ]
+    assert info.value.errors == expected
+    assert str(info.value) == "\n".join(f"{i.file}: {i.key}: {i.reason}" for i in expected)
+
+
+# --------------------------------------------------------------------------
+# Warnings
+
+
+def test_route_after_catch_all_is_unreachable() -> None:
+    data = minimal(
+        routes=[
+            {"upstream": "backend", "match": {"host": "a.com"}},
+            {"upstream": "backend", "match": {}},
+            {"upstream": "backend", "match": {"path_prefix": "/api"}},
+            {"upstream": "backend", "match": {"host": "b.com"}},
+        ]
+    )
+    config = parse_config(data, SRC)
+    assert config.warnings == (
+        f"{SRC}: routes[2]: unreachable: routes[1] matches every request",
+        f"{SRC}: routes[3]: unreachable: routes[1] matches every request",
+    )
+    assert len(config.routes) == 4
+
+
+def test_route_shadowed_by_a_broader_prefix_is_unreachable() -> None:
+    data = minimal(
+        routes=[
+            {"upstream": "backend", "match": {"path_prefix": "/api"}},
+            {"upstream": "backend", "match": {"path_prefix": "/apix"}},
+            {"upstream": "backend", "match": {"host": "a.com", "path_prefix": "/api/v1"}},
+            {"upstream": "backend", "match": {"host": "a.com", "path_prefix": "/"}},
+        ]
+    )
+    config = parse_config(data, SRC)
+    assert config.warnings == (
+        f"{SRC}: routes[2]: unreachable: routes[0] matches every request this route matches",
+    )
+
+
+def test_unused_upstream_is_a_warning() -> None:
+    data = minimal(upstreams={"backend": {"servers": ["a:1"]}, "spare": {"servers": ["b:1"]}})
+    config = parse_config(data, SRC)
+    assert config.warnings == (f"{SRC}: upstreams.spare: not used by any route",)
+
+
+# --------------------------------------------------------------------------
+# The access log path
+
+
+def test_relative_access_log_resolves_against_config_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "etc" / "logs").mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    text = FULL_CONFIG.replace('access = "access.log"', 'access = "logs/./access.log"')
+    write(tmp_path / "etc" / "proxy.toml", text)
+    config = load_config(Path("..") / "etc" / "proxy.toml")
+    assert config.log.access == str(tmp_path / "etc" / "logs" / "access.log")
+    assert os.path.isabs(config.log.access)
+
+
+def test_relative_access_log_without_a_file_uses_base_dir(tmp_path: Path) -> None:
+    config = parse_config(minimal(log={"access": "a.log"}), SRC, base_dir=str(tmp_path))
+    assert config.log.access == str(tmp_path / "a.log")
+
+
+def test_absolute_access_log_is_kept(tmp_path: Path) -> None:
+    target = str(tmp_path / "x.log")
+    config = parse_config(minimal(log={"access": target}), SRC, base_dir="/")
+    assert config.log.access == target
+
+
+@pytest.mark.parametrize("stream", ["stdout", "stderr", "off"])
+def test_access_log_streams_are_kept(stream: str) -> None:
+    config = parse_config(minimal(log={"access": stream}), SRC)
+    assert config.log.access == stream
+
+
+def test_access_log_in_missing_directory(tmp_path: Path) -> None:
+    data = minimal(log={"access": "nodir/access.log"})
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, SRC, base_dir=str(tmp_path))
+    assert [(i.key, i.reason) for i in info.value.errors] == [
+        ("log.access", f"directory {str(tmp_path / 'nodir')!r} does not exist")
+    ]
+
+
+def test_access_log_that_is_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(minimal(log={"access": "."}), SRC, base_dir=str(tmp_path))
+    assert [(i.key, i.reason) for i in info.value.errors] == [
+        ("log.access", f"{str(tmp_path)!r} is a directory")
+    ]
+
+
+# --------------------------------------------------------------------------
+# Robustness: odd inputs give issues, never a crash
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: d.update(server=None),
+        lambda d: d.update(listeners=[None]),
+        lambda d: d["upstreams"].update({1: {"servers": ["a:1"]}}),
+        lambda d: d["upstreams"]["backend"].update(servers=[[], {}]),
+        lambda d: d.update(routes=[[]]),
+        lambda d: d["routes"][0].update(match={"host": "", "path_prefix": ""}),
+    ],
+)
+def test_odd_input_is_reported_not_raised(mutate: Any) -> None:
+    data = copy.deepcopy(minimal())
+    mutate(data)
+    assert issues(data)
+
+
+def test_config_type_is_exported() -> None:
+    config = parse_config(minimal(), SRC)
+    assert isinstance(config, Config)
+    assert config.source == SRC
