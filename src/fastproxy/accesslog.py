@@ -67,10 +67,11 @@ class AccessLog:
         )
         self._add(line)
 
-    def refused(self, ip: bytes, status: int) -> None:
+    def refused(self, ip: bytes, status: int, sent: int) -> None:
         """A request that could not be parsed: no request line to show."""
         if self.enabled:
-            self._add('%s - - [%s] "-" %d 0 "-" "-"\n' % (ip.decode(), self._clock.log_time, status))
+            self._add('%s - - [%s] "-" %d %d "-" "-"\n' % (ip.decode(), self._clock.log_time,
+                                                           status, sent))
 
     def _add(self, line: str) -> None:
         self._lines.append(line)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastproxy._http import HttpParseError, MessageHead, RequestParser
 from fastproxy.proxy import Exchange
-from fastproxy.responses import local_response
+from fastproxy.responses import local_body_size, local_response
 
 if TYPE_CHECKING:
     from fastproxy.worker import Worker
@@ -34,7 +34,7 @@ WAIT_SEND = 4       # the client does not read our response -> abort
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "worker", "transport", "parser", "exchange", "pending", "holds", "ip", "proto",
-        "deadline", "waiting", "write_paused", "requests", "closed",
+        "deadline", "waiting", "write_paused", "requests", "closed", "eof",
     )
 
     def __init__(self, worker: Worker) -> None:
@@ -51,6 +51,7 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = False
         self.requests = 0
         self.closed = False
+        self.eof = False
 
     # -- asyncio.Protocol -----------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -75,6 +76,9 @@ class ClientConnection(asyncio.Protocol):
         self._wait(WAIT_HEAD, worker.timeouts.header)
 
     def data_received(self, data: bytes) -> None:
+        if self.pending is not None:  # reading is held; keep order
+            self.pending += data
+            return
         if self.waiting == WAIT_IDLE:
             self._wait(WAIT_HEAD, self.worker.timeouts.header)
         self._feed(data)
@@ -82,6 +86,7 @@ class ClientConnection(asyncio.Protocol):
     def eof_received(self) -> bool:
         # A half-closed client still gets the answer to a request it completed.
         ex = self.exchange
+        self.eof = True
         return ex is not None and ex.req_done and not ex.finished
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -154,7 +159,7 @@ class ClientConnection(asyncio.Protocol):
         self.requests += 1
         if self.closed:
             return
-        if not keep_alive or self.worker.closing:
+        if not keep_alive or self.worker.closing or (self.eof and self.pending is None):
             self.closed = True
             self.transport.close()  # flushes what is written, then closes
             return
@@ -201,7 +206,7 @@ class ClientConnection(asyncio.Protocol):
                 ex.conn.abort()
                 ex.conn = None
             ex.finished = True
-        self.worker.access_log.refused(self.ip, status)
+        self.worker.access_log.refused(self.ip, status, local_body_size(status))
         log.info("client %s: %d %s", self.ip.decode(), status, reason)
         self.closed = True
         self.transport.write(local_response(status, self.worker.clock, False))

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from fastproxy._http import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, MessageHead
 from fastproxy._rewrite import FRAME_CHUNKED, FRAME_CLOSE, FRAME_PASS
 from fastproxy._rewrite import build_request_head, build_response_head
-from fastproxy.responses import CONTINUE, local_response
+from fastproxy.responses import CONTINUE, local_body_size, local_response
 from fastproxy.router import normalize_host
 from fastproxy.upstream import ServerPool, UpstreamConnection
 
@@ -99,7 +99,8 @@ class Exchange:
                 return
             self.host = authority
             self.target = path
-        group = worker.router.match(normalize_host(self.host), self.target)
+        path = self.target if self.target != b"*" else b"/"
+        group = worker.router.match(normalize_host(self.host), path)
         if group is None:
             self.respond_local(404)
             return
@@ -300,9 +301,8 @@ class Exchange:
         self.status = status
         self.keep = keep
         self.resp_started = True
-        body = local_response(status, self.worker.clock, keep, req.is_head_request)
-        self.sent = 0 if req.is_head_request else len(body) - body.index(b"\r\n\r\n") - 4
-        self.client.write(body)
+        self.sent = 0 if req.is_head_request else local_body_size(status)
+        self.client.write(local_response(status, self.worker.clock, keep, req.is_head_request))
         if close or self.req_done:
             self.finish(keep)
 

@@ -16,6 +16,11 @@ def _reason(status: int) -> str:
         return "Error"
 
 
+def local_body_size(status: int) -> int:
+    """Length of the body `local_response` sends for `status` (for the access log)."""
+    return len(f"{status} {_reason(status)}\n")
+
+
 _CACHE: dict[tuple[int, bool], tuple[bytes, bytes]] = {}
 
 

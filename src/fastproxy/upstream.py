@@ -85,9 +85,12 @@ class UpstreamConnection(asyncio.Protocol):
         if on and self.read_paused:
             self.read_paused = False
             self.transport.resume_reading()
+            self.touch()
         elif not on and not self.read_paused:
+            # Held back by a slow client: its send timeout applies, not our read timeout.
             self.read_paused = True
             self.transport.pause_reading()
+            self.deadline = 0.0
 
     def close(self) -> None:
         self.sink = None
@@ -165,14 +168,19 @@ class UpstreamConnection(asyncio.Protocol):
             self.sink.upstream_write_paused(False)
 
     # -- parser handler -----------------------------------------------------
+    # The sink may let go in the middle of one feed (the client went away):
+    # the rest of that chunk is then dropped.
     def on_head(self, head: MessageHead) -> None:
-        self.sink.upstream_head(head)  # type: ignore[union-attr]
+        if self.sink is not None:
+            self.sink.upstream_head(head)
 
     def on_body(self, data: Any) -> None:
-        self.sink.upstream_body(data)  # type: ignore[union-attr]
+        if self.sink is not None:
+            self.sink.upstream_body(data)
 
     def on_message_complete(self) -> None:
-        self.sink.upstream_complete()  # type: ignore[union-attr]
+        if self.sink is not None:
+            self.sink.upstream_complete()
 
     def _fail(self, reason: str) -> None:
         sink = self.sink
