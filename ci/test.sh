@@ -87,7 +87,9 @@ install_system_packages() {
 find_python() {
     local candidate
     for candidate in "${PYTHON:-}" python3.11 python3 python; do
-        [ -n "$candidate" ] && command -v "$candidate" >/dev/null 2>&1 || continue
+        if [ -z "$candidate" ] || ! command -v "$candidate" >/dev/null 2>&1; then
+            continue
+        fi
         if "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
             printf '%s\n' "$candidate"
             return 0
