@@ -49,6 +49,9 @@ cdef class HttpParser:
     cdef int _offs_cap
     cdef int _span_state
     cdef size_t _url_len
+    cdef size_t _trailer_len
+    cdef char _tail[2]
+    cdef size_t _line_len
     cdef size_t _proto_len
     cdef size_t _head_raw
     cdef bint _in_head
@@ -68,6 +71,8 @@ cdef class HttpParser:
 
     cdef _setup(self, handler, size_t max_line, size_t max_head, int max_count)
     cdef int _append(self, const char* at, size_t length) except -1
+    cdef char _two_back(self, const char* at) noexcept
+    cdef int _trailer(self, size_t length) noexcept
     cdef int _fail(self, int status, str reason) except -1
     cdef int _headers_complete(self) except -1
     cdef int _validate_request(self, MessageHead head) except -1

@@ -13,7 +13,7 @@ proxy must not forward ambiguously (RFC 9112 §3.2, §6.1, §6.3).
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
-from libc.stdint cimport uint32_t
+from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcpy
 
 from fastproxy.llhttp cimport *
@@ -106,6 +106,8 @@ cdef class MessageHead:
 
     cpdef bytes get(self, bytes name):
         """First value of header `name` (give it lower-case), or None."""
+        if name is None:
+            raise TypeError("header name must be bytes")
         cdef const uint32_t* o = self.offsets()
         cdef const char* raw = PyBytes_AS_STRING(self.raw)
         cdef const char* want = PyBytes_AS_STRING(name)
@@ -116,7 +118,7 @@ cdef class MessageHead:
                 return raw[o[4 * i + 2]:o[4 * i + 2] + o[4 * i + 3]]
         return None
 
-    def get_all(self, bytes name) -> list:
+    def get_all(self, bytes name not None) -> list:
         """Every value of header `name` (lower-case), in order."""
         cdef const uint32_t* o = self.offsets()
         cdef const char* raw = PyBytes_AS_STRING(self.raw)
@@ -153,6 +155,8 @@ cdef int cb_message_begin(llhttp_t* p) noexcept:
     self._len = 0
     self._n = 0
     self._url_len = 0
+    self._trailer_len = 0
+    self._line_len = 0
     self._proto_len = 0
     self._span_state = SPAN_IDLE
     self._in_head = True
@@ -160,10 +164,21 @@ cdef int cb_message_begin(llhttp_t* p) noexcept:
     return 0
 
 
+cdef int cb_method(llhttp_t* p, const char* at, size_t length) noexcept:
+    cdef HttpParser self = <HttpParser>p.data
+    self._line_len += length
+    return 0
+
+
 cdef int cb_url(llhttp_t* p, const char* at, size_t length) noexcept:
     cdef HttpParser self = <HttpParser>p.data
+    if self._url_len == 0 and self._two_back(at) == b' ':
+        # llhttp skips any number of spaces before the target; RFC 9112 allows one.
+        self._error = HttpParseError(400, "more than one space in the request line")
+        return -1
     self._url_len += length
-    if self._url_len > self._max_line:
+    # The request line: method SP target SP HTTP/1.x (the 10 bytes of " HTTP/1.1" and a space).
+    if self._line_len + self._url_len + 10 > self._max_line:
         self._error = HttpParseError(414, "request target too long")
         return -1
     try:
@@ -178,9 +193,12 @@ cdef int cb_protocol(llhttp_t* p, const char* at, size_t length) noexcept:
     # llhttp also accepts RTSP/ and ICE/ request lines; a proxy takes HTTP only.
     cdef HttpParser self = <HttpParser>p.data
     cdef size_t i
+    if self._proto_len == 0 and self._is_request and self._two_back(at) == b' ':
+        self._error = HttpParseError(400, "more than one space in the request line")
+        return -1
     for i in range(length):
         if self._proto_len >= 4 or at[i] != b"HTTP"[self._proto_len]:
-            self._error = HttpParseError(400, "protocol is not HTTP")
+            self._error = HttpParseError(400 if self._is_request else 502, "protocol is not HTTP")
             return -1
         self._proto_len += 1
     return 0
@@ -200,7 +218,7 @@ cdef int cb_status(llhttp_t* p, const char* at, size_t length) noexcept:
 cdef int cb_header_field(llhttp_t* p, const char* at, size_t length) noexcept:
     cdef HttpParser self = <HttpParser>p.data
     if not self._in_head:
-        return 0  # a trailer field: counted by the raw limit, then dropped
+        return self._trailer(length)
     try:
         if self._span_state != SPAN_FIELD:
             if self._n >= self._max_count:
@@ -235,7 +253,7 @@ cdef int cb_header_field_complete(llhttp_t* p) noexcept:
 cdef int cb_header_value(llhttp_t* p, const char* at, size_t length) noexcept:
     cdef HttpParser self = <HttpParser>p.data
     if not self._in_head:
-        return 0
+        return self._trailer(length)
     self._span_state = SPAN_VALUE
     try:
         self._append(at, length)
@@ -354,6 +372,19 @@ cdef class HttpParser:
         self._len = need
         return 0
 
+    cdef char _two_back(self, const char* at) noexcept:
+        """The byte two before `at`, looking back into the previous feed if needed."""
+        cdef size_t back = at - self._data_ptr
+        return at[-2] if back >= 2 else self._tail[back]
+
+    cdef int _trailer(self, size_t length) noexcept:
+        """Trailer fields are dropped, but they count against the head limit."""
+        self._trailer_len += length + 4
+        if self._trailer_len > self._max_head:
+            self._error = HttpParseError(431 if self._is_request else 502, "trailer section too large")
+            return -1
+        return 0
+
     cdef int _fail(self, int status, str reason) except -1:
         raise HttpParseError(status, reason)
 
@@ -371,11 +402,11 @@ cdef class HttpParser:
         head.http_minor = p.http_minor
         head.is_request = self._is_request
         head.content_length = -1
-        if p.http_major == 0:
-            self._fail(400, "HTTP/0.9 is not supported")
-        if p.http_major != 1:
-            self._fail(505, "HTTP version not supported")
         if self._is_request:
+            if p.http_major == 0:
+                self._fail(400, "HTTP/0.9 is not supported")
+            if p.http_major != 1:
+                self._fail(505, "HTTP version not supported")
             head.method = <bytes>_METHOD_NAMES[p.method] if p.method < 64 else None
             head.target = head.raw[:start]
             if head.method is None:
@@ -383,12 +414,18 @@ cdef class HttpParser:
             self._validate_request(head)
             p.upgrade = 0  # no tunnelling yet: an Upgrade request is proxied as a plain one
         else:
+            if p.http_major != 1:
+                self._fail(502, "upstream answered with an unsupported HTTP version")
+            if p.status_code < 100:
+                self._fail(502, "upstream sent an invalid status code")
             head.status = p.status_code
             head.reason = head.raw[:start]
-            if self._skip_body:
-                rc = 1
+            if self._skip_body or p.status_code < 200:
+                rc = 1  # HEAD answers and interim (1xx) responses never have a body
             if p.upgrade or p.status_code == 101:
                 self._fail(502, "upstream switched protocols without a request for it")
+        if (p.flags & F_CONTENT_LENGTH) and p.content_length > <uint64_t>0x7fffffffffffffff:
+            self._fail(400 if self._is_request else 502, "Content-Length too large")
         if rc == 1 or (p.flags & F_SKIPBODY) or (not self._is_request and (
                 p.status_code < 200 or p.status_code == 204 or p.status_code == 304)):
             head.body_kind = K_NONE
@@ -401,7 +438,9 @@ cdef class HttpParser:
             head.body_kind = K_NONE
         else:
             head.body_kind = K_UNTIL_CLOSE
-        head.keep_alive = llhttp_should_keep_alive(p) and head.body_kind != K_UNTIL_CLOSE
+        # llhttp ignores "close" next to "keep-alive" in HTTP/1.0; close wins.
+        head.keep_alive = (llhttp_should_keep_alive(p) and not (p.flags & F_CONNECTION_CLOSE)
+                           and head.body_kind != K_UNTIL_CLOSE)
         self.head = head
         self._on_head(head)
         return rc
@@ -443,7 +482,9 @@ cdef class HttpParser:
             elif c == b't' and _name_is(name, nl, b"transfer-encoding", 17):
                 tes += 1
                 if not _value_is(value, vl, b"chunked", 7):
-                    self._fail(501, "unsupported transfer coding")
+                    if vl > 7 and _value_is(value + vl - 7, 7, b"chunked", 7):
+                        self._fail(501, "unsupported transfer coding")
+                    self._fail(400, "a request body must be chunked last (RFC 9112 6.3)")
             elif c == b'e' and _name_is(name, nl, b"expect", 6):
                 if _value_is(value, vl, b"100-continue", 12):
                     head.expect_continue = True
@@ -511,10 +552,20 @@ cdef class HttpParser:
             return pos
         finally:
             self._data = None
+            # The last two bytes seen, for a look back across feeds.
+            if n >= 2:
+                self._tail[0] = base[n - 2]
+                self._tail[1] = base[n - 1]
+            elif n == 1:
+                self._tail[0] = self._tail[1]
+                self._tail[1] = base[0]
 
     def feed_eof(self):
         """The peer closed: end a close-delimited body, or raise if a message was cut."""
-        cdef llhttp_errno_t err = llhttp_finish(&self._p)
+        cdef llhttp_errno_t err
+        if not self._mid_message:
+            return  # between messages: a clean close
+        err = llhttp_finish(&self._p)
         if self._error is not None:
             e = self._error
             self._error = None
@@ -540,6 +591,7 @@ cdef class RequestParser(HttpParser):
         llhttp_init(&self._p, HTTP_REQUEST, &self._settings)
         self._setup(handler, max_line_bytes, max_header_bytes, max_header_count)
         self._settings.on_url = cb_url
+        self._settings.on_method = cb_method
         self._settings.on_protocol = cb_protocol
 
 
@@ -550,6 +602,7 @@ cdef class ResponseParser(HttpParser):
         llhttp_init(&self._p, HTTP_RESPONSE, &self._settings)
         self._setup(handler, max_header_bytes, max_header_bytes, max_header_count)
         self._settings.on_status = cb_status
+        self._settings.on_protocol = cb_protocol
 
     def expect_no_body(self, bint skip):
         """Call before each response: True when it answers a HEAD request."""

@@ -27,7 +27,6 @@ FRAME_CLOSE = FR_CLOSE
 
 cdef enum:
     STACK_BUF = 4096
-    MAX_CONN_TOKENS = 16
 
 
 cdef struct Writer:
@@ -85,38 +84,41 @@ cdef inline bint _eq(const char* a, size_t n, const char* lower, size_t ln) noex
     return True
 
 
-cdef struct Span:
-    const char* p
-    size_t n
+cdef bint _listed(const char* v, size_t vl, const char* name, size_t nl) noexcept nogil:
+    """Is `name` one of the comma-separated tokens in `v` (case-insensitive)?"""
+    cdef size_t j = 0, start, end
+    while j < vl:
+        while j < vl and (v[j] == b' ' or v[j] == b'\t' or v[j] == b','):
+            j += 1
+        start = j
+        while j < vl and v[j] != b',':
+            j += 1
+        end = j
+        while end > start and (v[end - 1] == b' ' or v[end - 1] == b'\t'):
+            end -= 1
+        if end - start == nl and _eq_ci(v + start, name, nl):
+            return True
+    return False
 
 
-cdef int _connection_tokens(MessageHead head, Span* out) noexcept:
-    """Collect the header names listed in Connection headers (up to MAX_CONN_TOKENS)."""
+cdef inline bint _eq_ci(const char* a, const char* b, size_t n) noexcept nogil:
+    cdef size_t i
+    for i in range(n):
+        if _lower(a[i]) != _lower(b[i]):
+            return False
+    return True
+
+
+cdef bint _named_by_connection(MessageHead head, const char* name, size_t nl) noexcept:
+    """Does any Connection header of `head` list `name`? (RFC 9110 §7.6.1)"""
     cdef const uint32_t* o = head.offsets()
     cdef const char* raw = PyBytes_AS_STRING(head.raw)
-    cdef const char* v
-    cdef size_t vl, j, start, end
-    cdef int i, count = 0
+    cdef int i
     for i in range(head.header_count):
-        if not _eq(raw + o[4 * i], o[4 * i + 1], b"connection", 10):
-            continue
-        v = raw + o[4 * i + 2]
-        vl = o[4 * i + 3]
-        j = 0
-        while j < vl and count < MAX_CONN_TOKENS:
-            while j < vl and (v[j] == b' ' or v[j] == b'\t' or v[j] == b','):
-                j += 1
-            start = j
-            while j < vl and v[j] != b',':
-                j += 1
-            end = j
-            while end > start and (v[end - 1] == b' ' or v[end - 1] == b'\t'):
-                end -= 1
-            if end > start:
-                out[count].p = v + start
-                out[count].n = end - start
-                count += 1
-    return count
+        if _eq(raw + o[4 * i], o[4 * i + 1], b"connection", 10):
+            if _listed(raw + o[4 * i + 2], o[4 * i + 3], name, nl):
+                return True
+    return False
 
 
 cdef enum HeaderClass:
@@ -166,30 +168,15 @@ cdef inline int _classify(const char* name, size_t n, bint request) noexcept nog
     return H_KEEP
 
 
-cdef inline bint _named_by_connection(const char* name, size_t n, Span* toks, int ntok) noexcept:
-    cdef int k
-    cdef size_t i
-    for k in range(ntok):
-        if toks[k].n == n:
-            for i in range(n):
-                if _lower(name[i]) != _lower(toks[k].p[i]):
-                    break
-            else:
-                return True
-    return False
-
-
 cdef int _copy_headers(Writer* w, char* stack, MessageHead head, bint request,
                        Writer* xff, Writer* via, bint keep_length) except -1:
     cdef const uint32_t* o = head.offsets()
     cdef const char* raw = PyBytes_AS_STRING(head.raw)
     cdef const char* name
     cdef size_t nl, vl
-    cdef Span toks[MAX_CONN_TOKENS]
-    cdef int ntok = 0, i, cls
+    cdef int i, cls
     cdef Writer* target
-    if head.has_connection_header or not request:
-        ntok = _connection_tokens(head, toks)
+    cdef bint check_connection = head.has_connection_header or not request
     for i in range(head.header_count):
         name = raw + o[4 * i]
         nl = o[4 * i + 1]
@@ -198,7 +185,8 @@ cdef int _copy_headers(Writer* w, char* stack, MessageHead head, bint request,
             continue
         if cls == H_CONTENT_LENGTH and not keep_length:
             continue
-        if ntok and _named_by_connection(name, nl, toks, ntok):
+        # Framing is ours: a Connection token cannot remove Content-Length.
+        if check_connection and cls != H_CONTENT_LENGTH and _named_by_connection(head, name, nl):
             continue
         vl = o[4 * i + 3]
         if cls == H_XFF or cls == H_VIA:
@@ -228,8 +216,8 @@ cdef int _put_list(Writer* w, char* stack, const char* name, size_t nl, Writer* 
 
 
 cdef int _put_length(Writer* w, char* stack, long long n) except -1:
-    cdef char num[32]
-    cdef int k = snprintf(num, 32, b"Content-Length: %lld\r\n", n)
+    cdef char num[64]
+    cdef int k = snprintf(num, 64, b"Content-Length: %lld\r\n", n)
     w_put(w, num, k, stack)
     return 0
 
@@ -239,8 +227,8 @@ cdef inline void _free(Writer* w) noexcept:
         PyMem_Free(w.data)
 
 
-def build_request_head(MessageHead head, bytes target, bytes host, bytes client_ip,
-                       bytes proto, bytes via):
+def build_request_head(MessageHead head not None, bytes target not None, bytes host not None,
+                       bytes client_ip not None, bytes proto not None, bytes via not None):
     """The head we send upstream for `head`, as one bytes object.
 
     `target` is origin-form; `host` goes into Host and X-Forwarded-Host;
@@ -286,8 +274,8 @@ def build_request_head(MessageHead head, bytes target, bytes host, bytes client_
         _free(&vw)
 
 
-def build_response_head(MessageHead head, int framing, bint keep_alive, int client_minor,
-                        bytes via):
+def build_response_head(MessageHead head not None, int framing, bint keep_alive,
+                        int client_minor, bytes via not None):
     """The head we send to the client for the upstream response `head`."""
     cdef char stack[STACK_BUF]
     cdef char vbuf[256]

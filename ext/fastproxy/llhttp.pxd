@@ -24,6 +24,7 @@ cdef extern from "llhttp.h":
         llhttp_cb on_message_begin
         llhttp_data_cb on_protocol
         llhttp_data_cb on_url
+        llhttp_data_cb on_method
         llhttp_data_cb on_status
         llhttp_data_cb on_header_field
         llhttp_data_cb on_header_value
@@ -49,6 +50,7 @@ cdef extern from "llhttp.h":
         F_CONTENT_LENGTH
         F_SKIPBODY
         F_TRANSFER_ENCODING
+        F_CONNECTION_CLOSE
 
     enum llhttp_method:
         HTTP_HEAD

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -79,12 +80,16 @@ def run_backends(addresses: list[tuple[str, int]]) -> None:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        stop = loop.create_future()
+        stop: asyncio.Future[None] = loop.create_future()
+
+        def request_stop() -> None:
+            if not stop.done():
+                stop.set_result(None)
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+            loop.add_signal_handler(sig, request_stop)
         for i, (host, port) in enumerate(addresses, 1):
-            name = f"demo-{i}"
-            await loop.create_server(lambda name=name: DemoBackend(name), host, port)
+            await loop.create_server(functools.partial(DemoBackend, f"demo-{i}"), host, port)
         await stop
 
     uvloop.run(main())

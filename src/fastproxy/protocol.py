@@ -195,8 +195,8 @@ class ClientConnection(asyncio.Protocol):
     def _refuse(self, status: int, reason: str) -> None:
         """A request we cannot trust: answer `status` and close; nothing is forwarded."""
         ex = self.exchange
+        self.exchange = None
         if ex is not None and not ex.finished:
-            self.exchange = None
             if ex.resp_started:
                 # A bad chunk after the response began: the framing is gone.
                 ex.client_lost()
@@ -206,7 +206,11 @@ class ClientConnection(asyncio.Protocol):
                 ex.conn.abort()
                 ex.conn = None
             ex.finished = True
-        self.worker.access_log.refused(self.ip, status, local_body_size(status))
+            ex.status = status
+            ex.sent = local_body_size(status)
+            self.worker.access_log.record(ex)
+        else:
+            self.worker.access_log.refused(self.ip, status, local_body_size(status))
         log.info("client %s: %d %s", self.ip.decode(), status, reason)
         self.closed = True
         self.transport.write(local_response(status, self.worker.clock, False))

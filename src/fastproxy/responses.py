@@ -9,7 +9,14 @@ from fastproxy.clock import Clock
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
+# RFC 9110 renamed these; Python's HTTPStatus keeps the old names before 3.13.
+_PHRASES = {413: "Content Too Large", 414: "URI Too Long", 416: "Range Not Satisfiable",
+            422: "Unprocessable Content"}
+
+
 def _reason(status: int) -> str:
+    if status in _PHRASES:
+        return _PHRASES[status]
     try:
         return HTTPStatus(status).phrase
     except ValueError:
