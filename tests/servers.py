@@ -16,7 +16,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+import zlib
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,12 @@ class Received:
     headers: list[tuple[str, str]]
     body: bytes
     conn_id: int
+    # The body exactly as framed on the wire (chunk sizes and CRLFs included);
+    # empty when the origin streams request bodies (`Origin.stream_request_bodies`).
+    wire_body: bytes = b""
+    # Length and zlib.crc32 of the decoded body, also set when it is streamed.
+    body_length: int = 0
+    body_crc32: int = 0
 
     def header(self, name: str) -> str | None:
         name = name.lower()
@@ -56,6 +63,16 @@ class Reply:
     delay: float = 0.0
     raw: bytes | None = None
     close: bool = False
+    # `stream` sends the body piece by piece, draining after each one, so a peer
+    # that does not read stalls the generator: with `stream_length` it is framed
+    # by Content-Length, else chunked (or close-delimited with `close_delimited`).
+    stream: Iterable[bytes] | None = None
+    stream_length: int | None = None
+    # `reset`: after writing `raw` (if any), reset the connection (RST) instead of answering.
+    reset: bool = False
+    # `close_after`: close the connection right after a normal keep-alive response,
+    # without announcing it (a server closing an idle keep-alive connection).
+    close_after: bool = False
 
 
 Handler = Callable[[Received], "Reply | Awaitable[Reply]"]
@@ -86,7 +103,10 @@ def _parse_head(data: bytes) -> tuple[str, str, str, list[tuple[str, str]]]:
     return method, target, version, headers
 
 
-async def _read_body(reader: asyncio.StreamReader, headers: list[tuple[str, str]]) -> bytes:
+async def _read_body(reader: asyncio.StreamReader, headers: list[tuple[str, str]],
+                     wire: bytearray | None = None) -> bytes:
+    if wire is None:
+        wire = bytearray()
     te = [v for k, v in headers if k.lower() == "transfer-encoding"]
     cl = [v for k, v in headers if k.lower() == "content-length"]
     if te and cl:
@@ -97,20 +117,79 @@ async def _read_body(reader: asyncio.StreamReader, headers: list[tuple[str, str]
         body = bytearray()
         while True:
             size_line = await reader.readuntil(b"\r\n")
-            size = int(size_line[:-2], 16)
+            wire += size_line
+            size = _chunk_size(size_line)
             if size == 0:
                 trailer = await reader.readuntil(b"\r\n")
+                wire += trailer
                 if trailer != b"\r\n":
                     raise BadRequest("trailers are not expected")
                 return bytes(body)
-            body += await reader.readexactly(size)
+            data = await reader.readexactly(size)
+            body += data
+            wire += data
+            crlf = await reader.readexactly(2)
+            wire += crlf
+            if crlf != b"\r\n":
+                raise BadRequest("chunk not followed by CRLF")
+    if cl:
+        if len(cl) != 1 or not cl[0].isdigit():
+            raise BadRequest(f"bad Content-Length {cl}")
+        data = await reader.readexactly(int(cl[0]))
+        wire += data
+        return data
+    return b""
+
+
+def _chunk_size(size_line: bytes) -> int:
+    digits = size_line[:-2]
+    if not digits or any(c not in b"0123456789abcdefABCDEF" for c in digits):
+        raise BadRequest(f"bad chunk size line {size_line!r} (extensions are not expected)")
+    return int(digits, 16)
+
+
+async def _stream_body(reader: asyncio.StreamReader, headers: list[tuple[str, str]],
+                       origin: Origin) -> tuple[int, int]:
+    """Read a request body in pieces without keeping it: (length, crc32)."""
+    te = [v for k, v in headers if k.lower() == "transfer-encoding"]
+    cl = [v for k, v in headers if k.lower() == "content-length"]
+    if te and cl:
+        raise BadRequest("both Transfer-Encoding and Content-Length")
+    if origin.body_read_delay:
+        await asyncio.sleep(origin.body_read_delay)
+    length = 0
+    crc = 0
+
+    async def take(n: int) -> None:
+        nonlocal length, crc
+        while n > 0:
+            data = await reader.read(min(n, origin.body_read_size))
+            if not data:
+                raise asyncio.IncompleteReadError(b"", n)
+            n -= len(data)
+            length += len(data)
+            crc = zlib.crc32(data, crc)
+            origin.body_bytes_read += len(data)
+            if origin.body_chunk_delay:
+                await asyncio.sleep(origin.body_chunk_delay)
+
+    if te:
+        if te != ["chunked"]:
+            raise BadRequest(f"unexpected Transfer-Encoding {te}")
+        while True:
+            size = _chunk_size(await reader.readuntil(b"\r\n"))
+            if size == 0:
+                if await reader.readuntil(b"\r\n") != b"\r\n":
+                    raise BadRequest("trailers are not expected")
+                return length, crc
+            await take(size)
             if await reader.readexactly(2) != b"\r\n":
                 raise BadRequest("chunk not followed by CRLF")
     if cl:
         if len(cl) != 1 or not cl[0].isdigit():
             raise BadRequest(f"bad Content-Length {cl}")
-        return await reader.readexactly(int(cl[0]))
-    return b""
+        await take(int(cl[0]))
+    return length, crc
 
 
 class Origin:
@@ -128,6 +207,16 @@ class Origin:
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        # Request bodies: with `stream_request_bodies` they are read in pieces of
+        # `body_read_size` and not kept (Received.body stays b""; body_length and
+        # body_crc32 are set), after waiting `body_read_delay` and with
+        # `body_chunk_delay` between pieces: a slow reader.
+        self.stream_request_bodies = False
+        self.body_read_delay = 0.0
+        self.body_chunk_delay = 0.0
+        self.body_read_size = 256 * 1024
+        self.body_bytes_read = 0      # streamed request body bytes read so far
+        self.stream_bytes_sent = 0    # `Reply.stream` body bytes written and drained so far
 
     @property
     def address(self) -> str:
@@ -185,9 +274,17 @@ class Origin:
                     return
                 self.raw += head
                 method, target, version, headers = _parse_head(head)
-                body = await _read_body(reader, headers)
-                self.raw += body
-                req = Received(method, target, version, headers, body, conn_id)
+                if self.stream_request_bodies:
+                    length, crc = await _stream_body(reader, headers, self)
+                    req = Received(method, target, version, headers, b"", conn_id,
+                                   body_length=length, body_crc32=crc)
+                else:
+                    wire = bytearray()
+                    body = await _read_body(reader, headers, wire)
+                    self.raw += body
+                    req = Received(method, target, version, headers, body, conn_id,
+                                   wire_body=bytes(wire), body_length=len(body),
+                                   body_crc32=zlib.crc32(body))
                 self.requests.append(req)
                 reply = self.handler(req)
                 if asyncio.iscoroutine(reply):
@@ -195,6 +292,16 @@ class Origin:
                 assert isinstance(reply, Reply)
                 if reply.delay:
                     await asyncio.sleep(reply.delay)
+                if reply.reset:
+                    if reply.raw:
+                        writer.write(reply.raw)
+                        await writer.drain()
+                    sock = writer.get_extra_info("socket")
+                    if sock is not None:  # linger 0: close() sends RST
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                        b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    writer.transport.abort()
+                    return
                 if reply.raw is not None:
                     writer.write(reply.raw)
                     await writer.drain()
@@ -203,7 +310,7 @@ class Origin:
                         return
                     continue
                 await self._send(writer, req, reply)
-                if reply.close or reply.close_delimited:
+                if reply.close or reply.close_delimited or reply.close_after:
                     writer.close()
                     return
         except BadRequest as e:
@@ -222,7 +329,11 @@ class Origin:
         lines = [f"HTTP/1.1 {reply.status} {phrase}"]
         lines += [f"{k}: {v}" for k, v in reply.headers]
         no_body = req.method == "HEAD" or reply.status in (204, 304) or reply.status < 200
-        if reply.chunks is not None:
+        if reply.stream is not None and reply.stream_length is not None:
+            lines.append(f"Content-Length: {reply.stream_length}")
+        elif reply.stream is not None and not reply.close_delimited:
+            lines.append("Transfer-Encoding: chunked")
+        elif reply.chunks is not None:
             lines.append("Transfer-Encoding: chunked")
         elif reply.close_delimited:
             lines.append("Connection: close")
@@ -231,7 +342,19 @@ class Origin:
         if reply.close:
             lines.append("Connection: close")
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        if not no_body:
+        if not no_body and reply.stream is not None:
+            chunked = reply.stream_length is None and not reply.close_delimited
+            for piece in reply.stream:
+                if chunked:
+                    if piece:
+                        writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                else:
+                    writer.write(piece)
+                await writer.drain()
+                self.stream_bytes_sent += len(piece)
+            if chunked:
+                writer.write(b"0\r\n\r\n")
+        elif not no_body:
             if reply.chunks is not None:
                 for chunk in reply.chunks:
                     writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
@@ -300,6 +423,16 @@ class ProxyProcess:
         except OSError:
             return []
 
+    def wait_worker_pids(self, count: int, timeout: float = 10.0) -> list[int]:
+        """The worker PIDs once there are `count` of them (the listener accepts
+        connections before the master has forked its workers)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pids = self.worker_pids()
+            if len(pids) == count or time.monotonic() >= deadline:
+                return pids
+            time.sleep(0.02)
+
     def signal(self, sig: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(sig)
@@ -332,19 +465,196 @@ class ProxyProcess:
 
 def config_toml(upstreams: dict[str, list[str]], port: int, access_log: Path, *,
                 workers: int = 1, extra: str = "", routes: str | None = None,
-                upstream_extra: str = "", server_extra: str = "") -> str:
+                upstream_extra: str = "", server_extra: str = "",
+                shutdown_timeout: str = "5s") -> str:
     """A config with one listener on `port`, the given upstreams and a catch-all route
     to the first upstream unless `routes` is given. `extra` (whole tables such as
     [limits] or [timeouts]) is appended verbatim; `server_extra` goes into [server]
-    and `upstream_extra` into every [upstreams.NAME]."""
-    out = [f"[server]\nworkers = {workers}\nshutdown_timeout = \"5s\"\n{server_extra}\n",
+    and `upstream_extra` into every [upstreams.NAME]. A server may also be given as an
+    `(address, weight)` tuple. `access_log` may be `Path("off")` for `access = "off"`."""
+    out = [f"[server]\nworkers = {workers}\nshutdown_timeout = \"{shutdown_timeout}\"\n"
+           f"{server_extra}\n",
            f"[log]\naccess = \"{access_log}\"\nlevel = \"info\"\n",
            f"[[listeners]]\naddress = \"127.0.0.1:{port}\"\n"]
     for name, servers in upstreams.items():
-        quoted = ", ".join(f'"{s}"' for s in servers)
+        quoted = ", ".join(f'"{s}"' if isinstance(s, str)
+                           else f'{{ address = "{s[0]}", weight = {s[1]} }}' for s in servers)
         out.append(f"[upstreams.{name}]\nservers = [{quoted}]\n{upstream_extra}\n")
     if routes is None:
         routes = f"[[routes]]\nupstream = \"{next(iter(upstreams))}\"\n"
     out.append(routes)
     out.append(extra)
     return "\n".join(out)
+
+
+@dataclass
+class RawResponse:
+    """One response as `RawClient` read it, with the exact bytes received."""
+
+    version: str
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    raw: bytes
+    framing: str        # "none", "length", "chunked" or "close"
+    complete: bool      # False when the connection ended before the body did
+    wire_body: bytes = b""  # the body as framed on the wire
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return None
+
+    def header_all(self, name: str) -> list[str]:
+        name = name.lower()
+        return [v for k, v in self.headers if k.lower() == name]
+
+    def header_names(self) -> list[str]:
+        return [k.lower() for k, _ in self.headers]
+
+
+class RawClient:
+    """A blocking socket client that writes exact bytes and reads responses strictly."""
+
+    def __init__(self, port: int, timeout: float = 5.0, rcvbuf: int | None = None) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(timeout)
+        self.sock.connect(("127.0.0.1", port))
+        self.buf = bytearray()
+        self.eof = False
+
+    def __enter__(self) -> RawClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self) -> bool:
+        """Read more into the buffer; False at end of stream (FIN or reset)."""
+        if self.eof:
+            return False
+        try:
+            data = self.sock.recv(1 << 16)
+        except ConnectionResetError:
+            data = b""
+        if not data:
+            self.eof = True
+            return False
+        self.buf += data
+        return True
+
+    def _take(self, n: int) -> bytes:
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+    def read_until(self, sep: bytes, limit: int = 1 << 20) -> bytes | None:
+        while True:
+            i = self.buf.find(sep)
+            if i >= 0:
+                return self._take(i + len(sep))
+            if len(self.buf) > limit or not self._fill():
+                return None
+
+    def read_exactly(self, n: int) -> bytes:
+        """Up to `n` bytes: fewer only if the connection ended."""
+        while len(self.buf) < n and self._fill():
+            pass
+        return self._take(min(n, len(self.buf)))
+
+    def read_all(self) -> bytes:
+        """Everything until the peer closes."""
+        while self._fill():
+            pass
+        return self._take(len(self.buf))
+
+    def closed_by_peer(self, timeout: float = 5.0) -> bool:
+        """True if the peer closes (nothing more is buffered or arrives first)."""
+        if self.buf:
+            return False
+        old = self.sock.gettimeout()
+        self.sock.settimeout(timeout)
+        try:
+            return not self._fill()
+        except TimeoutError:
+            return False
+        finally:
+            self.sock.settimeout(old)
+
+    def read_response(self, head_request: bool = False) -> RawResponse:
+        """Read one response (a 1xx too: call again for the final one)."""
+        head = self.read_until(b"\r\n\r\n")
+        if head is None:
+            raise ConnectionError(f"connection ended before a response head: {bytes(self.buf)!r}")
+        lines = head[:-4].split(b"\r\n")
+        version, _, rest = lines[0].partition(b" ")
+        status_s, _, reason = rest.partition(b" ")
+        status = int(status_s)
+        headers = []
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep or name != name.strip():
+                raise ValueError(f"bad response header line {line!r}")
+            headers.append((name.decode("latin-1"), value.strip().decode("latin-1")))
+        resp = RawResponse(version.decode(), status, reason.decode("latin-1"), headers,
+                           b"", head, "none", True)
+        te = resp.header_all("transfer-encoding")
+        cl = resp.header_all("content-length")
+        if head_request or status < 200 or status in (204, 304):
+            return resp
+        wire = bytearray()
+        if te:
+            if te != ["chunked"]:
+                raise ValueError(f"unexpected Transfer-Encoding {te}")
+            resp.framing = "chunked"
+            body = bytearray()
+            while True:
+                line = self.read_until(b"\r\n")
+                if line is None:
+                    resp.complete = False
+                    wire += self._take(len(self.buf))
+                    break
+                wire += line
+                size = int(line[:-2], 16)
+                if size == 0:
+                    trailer = self.read_until(b"\r\n")
+                    if trailer is None:
+                        resp.complete = False
+                    else:
+                        wire += trailer
+                    break
+                data = self.read_exactly(size + 2)
+                wire += data
+                body += data[:size]
+                if len(data) < size + 2:
+                    resp.complete = False
+                    break
+                if data[size:] != b"\r\n":
+                    raise ValueError("chunk not followed by CRLF")
+            resp.body = bytes(body)
+        elif cl:
+            resp.framing = "length"
+            n = int(cl[0])
+            data = self.read_exactly(n)
+            wire += data
+            resp.body = data
+            resp.complete = len(data) == n
+        else:
+            resp.framing = "close"
+            data = self.read_all()
+            wire += data
+            resp.body = data
+        resp.wire_body = bytes(wire)
+        resp.raw = head + bytes(wire)
+        return resp

@@ -14,7 +14,7 @@ cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.stdint cimport uint32_t, uint64_t
-from libc.string cimport memcpy
+from libc.string cimport memchr, memcpy
 
 from fastproxy.llhttp cimport *
 
@@ -466,6 +466,8 @@ cdef class HttpParser:
                     self._fail(400, "asterisk-form target is only for OPTIONS")
             elif not (tl > 7 and (_value_is(t, 7, b"http://", 7) or (tl > 8 and _value_is(t, 8, b"https://", 8)))):
                 self._fail(400, "malformed request target")
+        if memchr(t, b'#', tl) != NULL:
+            self._fail(400, "fragment in request target")
         for i in range(self._n):
             name = raw + o[4 * i]
             nl = o[4 * i + 1]

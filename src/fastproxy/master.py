@@ -138,6 +138,11 @@ class Supervisor:
             return
         self.stopping = True
         self.restart_at.clear()
+        # Our copies of the listening sockets would keep accepting into queues
+        # nobody reads: close them so new connections are refused at once.
+        for socks in self.slots:
+            for s in socks:
+                s.close()
         timeout = 0.0 if fast else self.config.server.shutdown_timeout
         self.stop_deadline = time.monotonic() + timeout + 5
         log.info("stopping %d workers (%s)", len(self.pids), "fast" if fast else "graceful")
@@ -158,9 +163,15 @@ def serve(config: Config) -> int:
     slots: list[list[socket.socket]] = []
     try:
         for _ in range(config.server.workers):
-            slots.append([open_listener(listener) for listener in config.listeners])
+            slot: list[socket.socket] = []
+            slots.append(slot)
+            for listener in config.listeners:
+                try:
+                    slot.append(open_listener(listener))
+                except OSError as e:
+                    raise OSError(f"cannot listen on {listener.address}: {e.strerror or e}") from e
     except OSError as e:
-        log.error("cannot listen: %s", e)
+        log.error("%s", e)
         for socks in slots:
             for s in socks:
                 s.close()

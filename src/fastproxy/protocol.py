@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from fastproxy._http import HttpParseError, MessageHead, RequestParser
@@ -124,7 +125,7 @@ class ClientConnection(asyncio.Protocol):
     def on_body(self, data: Any) -> None:
         ex = self.exchange
         if ex is not None:
-            self.deadline = self.worker.clock.now + self.worker.timeouts.body
+            self.deadline = monotonic() + self.worker.timeouts.body
             ex.request_body(data)
 
     def on_message_complete(self) -> None:
@@ -217,8 +218,9 @@ class ClientConnection(asyncio.Protocol):
         self.transport.close()
 
     def _wait(self, what: int, seconds: float) -> None:
+        # A fresh reading: the tick's cached time may be up to one tick old.
         self.waiting = what
-        self.deadline = self.worker.clock.now + seconds if what else 0.0
+        self.deadline = monotonic() + seconds if what else 0.0
 
     def timed_out(self) -> None:
         """Called by the worker's tick when `deadline` has passed."""

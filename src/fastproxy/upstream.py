@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from time import monotonic
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fastproxy._http import HttpParseError, MessageHead, ResponseParser
@@ -63,11 +64,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.sink = sink
         self.got_bytes = False
         self.parser.expect_no_body(head_request)
-        self.deadline = self.pool.registry.clock.now + self.pool.upstream.read_timeout
+        self.deadline = monotonic() + self.pool.upstream.read_timeout
 
     def touch(self) -> None:
         """Progress on the request side: push the read/send deadline out."""
-        self.deadline = self.pool.registry.clock.now + self.pool.upstream.read_timeout
+        self.deadline = monotonic() + self.pool.upstream.read_timeout
 
     def release(self, reusable: bool) -> None:
         """The exchange is over: back to the pool, or closed."""
@@ -125,7 +126,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.abort()
             return
         self.got_bytes = True
-        self.deadline = self.pool.registry.clock.now + self.pool.upstream.read_timeout
+        self.deadline = monotonic() + self.pool.upstream.read_timeout
         parser = self.parser
         while True:
             try:
@@ -226,7 +227,7 @@ class ServerPool:
         if len(self.idle) >= self.upstream.keepalive or self.registry.closing:
             conn.close()
             return
-        conn.deadline = self.registry.clock.now + self.upstream.idle_timeout
+        conn.deadline = monotonic() + self.upstream.idle_timeout
         self.idle.append(conn)
 
     def discard(self, conn: UpstreamConnection) -> None:
