@@ -66,7 +66,7 @@ class Reply:
     # `stream` sends the body piece by piece, draining after each one, so a peer
     # that does not read stalls the generator: with `stream_length` it is framed
     # by Content-Length, else chunked (or close-delimited with `close_delimited`).
-    stream: Iterable[bytes] | None = None
+    stream: Iterable[bytes | memoryview] | None = None
     stream_length: int | None = None
     # `reset`: after writing `raw` (if any), reset the connection (RST) instead of answering.
     reset: bool = False
@@ -331,9 +331,7 @@ class Origin:
         no_body = req.method == "HEAD" or reply.status in (204, 304) or reply.status < 200
         if reply.stream is not None and reply.stream_length is not None:
             lines.append(f"Content-Length: {reply.stream_length}")
-        elif reply.stream is not None and not reply.close_delimited:
-            lines.append("Transfer-Encoding: chunked")
-        elif reply.chunks is not None:
+        elif (reply.stream is not None and not reply.close_delimited) or reply.chunks is not None:
             lines.append("Transfer-Encoding: chunked")
         elif reply.close_delimited:
             lines.append("Connection: close")
@@ -537,7 +535,7 @@ class RawClient:
     def close(self) -> None:
         self.sock.close()
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes | bytearray | memoryview) -> None:
         self.sock.sendall(data)
 
     def _fill(self) -> bool:
@@ -620,13 +618,13 @@ class RawClient:
             resp.framing = "chunked"
             body = bytearray()
             while True:
-                line = self.read_until(b"\r\n")
-                if line is None:
+                size_line = self.read_until(b"\r\n")
+                if size_line is None:
                     resp.complete = False
                     wire += self._take(len(self.buf))
                     break
-                wire += line
-                size = int(line[:-2], 16)
+                wire += size_line
+                size = int(size_line[:-2], 16)
                 if size == 0:
                     trailer = self.read_until(b"\r\n")
                     if trailer is None:
@@ -658,3 +656,43 @@ class RawClient:
         resp.wire_body = bytes(wire)
         resp.raw = head + bytes(wire)
         return resp
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+class RssSampler:
+    """Samples a process's VmRSS every 20 ms in a thread (for at most `limit` s)."""
+
+    def __init__(self, pid: int, limit: float = 60.0) -> None:
+        self.pid = pid
+        self.limit = limit
+        self.start_kib = rss_kib(pid)
+        self.max_kib = self.start_kib
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.limit
+        while not self._stop.wait(0.02) and time.monotonic() < deadline:
+            try:
+                self.max_kib = max(self.max_kib, rss_kib(self.pid))
+            except OSError:
+                return
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    @property
+    def growth_mib(self) -> float:
+        return (self.max_kib - self.start_kib) / 1024

@@ -108,7 +108,10 @@ class ClientConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.write_paused = False
         if self.waiting == WAIT_SEND:
-            self._wait(WAIT_NONE, 0.0)
+            if self.exchange is None:
+                self._wait(WAIT_IDLE, self.worker.timeouts.keepalive)
+            else:
+                self._wait(WAIT_NONE, 0.0)
         if self.exchange is not None:
             self.exchange.client_write_paused(False)
 

@@ -40,6 +40,7 @@ class ClientSide(Protocol):
     transport: Any
     ip: bytes
     proto: bytes
+    write_paused: bool
 
     def write(self, data: bytes) -> None: ...
     def exchange_done(self, exchange: Exchange, keep_alive: bool) -> None: ...
@@ -92,8 +93,14 @@ class Exchange:
         if target[:1] != b"/" and target != b"*":
             # absolute-form (RFC 9112 §3.2.2): the authority replaces Host.
             rest = target.split(b"://", 1)[1]
-            slash = rest.find(b"/")
-            authority, path = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
+            end = len(rest)
+            for stop in (b"/", b"?"):
+                i = rest.find(stop)
+                if 0 <= i < end:
+                    end = i
+            authority, path = rest[:end], rest[end:]
+            if path[:1] != b"/":
+                path = b"/" + path
             if not authority or b"@" in authority:
                 self.respond_local(400, close=True)
                 return
@@ -143,6 +150,10 @@ class Exchange:
     def _attach(self, conn: UpstreamConnection) -> None:
         self.conn = conn
         conn.attach(self, self.head.is_head_request)
+        if self.client.write_paused:
+            # A pipelined request behind a response the client has not read yet:
+            # its pause signal came before this connection existed.
+            conn.set_reading(False)
         host = self.host if self.host is not None else self.pool.label.encode()  # type: ignore[union-attr]
         worker = self.worker
         out = build_request_head(self.head, self.target, host, self.client.ip,
