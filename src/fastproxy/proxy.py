@@ -56,7 +56,7 @@ class Exchange:
         "client", "worker", "head", "target", "host", "started", "status", "sent",
         "req_bytes", "req_done", "pending", "pending_size", "candidates", "pool",
         "conn", "resp_started", "resp_head", "framing", "keep", "finished",
-        "local", "interim", "retried", "upstream_label",
+        "local", "interim", "retried", "upstream_label", "out",
     )
 
     def __init__(self, client: ClientSide, worker: Worker, head: MessageHead) -> None:
@@ -84,6 +84,9 @@ class Exchange:
         self.interim = False
         self.retried = False
         self.upstream_label = "-"
+        # Client-bound bytes of the current upstream read, written with one
+        # writelines (one syscall) when the read is handled.
+        self.out: list[Any] = []
 
     # -- phase 1: route and limits -------------------------------------------
     def begin(self) -> None:
@@ -235,22 +238,36 @@ class Exchange:
         self.status = head.status
         self.resp_head = head
         self.resp_started = True
-        self.client.write(build_response_head(head, framing, keep, req.http_minor,
-                                              self.worker.via))
+        self.out.append(build_response_head(head, framing, keep, req.http_minor,
+                                            self.worker.via))
 
     def upstream_body(self, data: Any) -> None:
         n = len(data)
         self.sent += n
         if self.framing == FRAME_CHUNKED:
-            self.client.transport.writelines((b"%x\r\n" % n, data, _CRLF))
+            self.out += (b"%x\r\n" % n, data, _CRLF)
         else:
-            self.client.transport.write(data)
+            self.out.append(data)
+
+    def upstream_read_done(self) -> None:
+        if self.out:
+            self._flush()
+
+    def _flush(self) -> None:
+        out = self.out
+        self.out = []
+        if len(out) == 1:
+            self.client.transport.write(out[0])
+        else:
+            self.client.transport.writelines(out)
 
     def upstream_complete(self) -> None:
         if self.interim:
             return
         if self.framing == FRAME_CHUNKED:
-            self.client.transport.write(_LAST_CHUNK)
+            self.out.append(_LAST_CHUNK)
+        if self.out:
+            self._flush()
         conn = self.conn
         self.conn = None
         if conn is not None:
