@@ -1,0 +1,856 @@
+#!/usr/bin/env python3
+"""End-to-end comparison: fastproxy vs nginx as reverse proxies, same upstream.
+
+    python benchmarks/e2e.py                 # 3 cases x 3 rounds x 10 s, ~3.5 min
+    python benchmarks/e2e.py --quick         # 1 round x 3 s, under 90 s
+    python benchmarks/e2e.py --cases 1k --rounds 3 --duration 5
+    python benchmarks/e2e.py --cases 1k --profile /tmp/profile.txt   # + py-spy on the worker
+
+Everything listens on 127.0.0.1 only. The script starts, in a temporary
+directory, one upstream nginx (static 1 KiB and 64 KiB files, keep-alive on),
+one nginx reverse proxy and one fastproxy (both 1 worker, up to 32 idle
+upstream keep-alive connections: --upstream-keepalive) in front of it, checks
+with curl that both proxies return the upstream's files byte for byte, then
+runs wrk against each proxy in turn (A B A B ...) and reports medians over the
+rounds: requests/s, p50 and p99 latency, requests per CPU-second of the proxy
+(utime+stime of the master and its workers, from /proc/PID/stat, before and
+after each run), the CPU share of the upstream and of wrk, and how many new
+connections the proxy opened to the upstream (the upstream's stub_status).
+
+With taskset and at least 2 CPUs, the proxy under test runs on CPU 0 and wrk
+and the upstream nginx share CPU 1. Every run is bounded by its duration; every
+process started here is stopped by its PID at exit, also on errors and signals.
+A run with socket errors or non-2xx responses fails the whole benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import random
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+FILES = {"/1k.bin": 1024, "/64k.bin": 65536}
+# case -> (path, send "Connection: close", what it measures)
+CASES = {
+    "1k": ("/1k.bin", False, "keep-alive, 1 KiB response"),
+    "64k": ("/64k.bin", False, "keep-alive, 64 KiB response"),
+    "close": ("/1k.bin", True, "new connection per request (Connection: close), 1 KiB"),
+}
+PROXIES = ("fastproxy", "nginx")
+WARMUP_SECONDS = 2
+PROXY_CPU = "0"
+LOAD_CPU = "1"  # wrk and the upstream nginx
+KEEPALIVE_REQUESTS = 1_000_000  # nginx's default of 1000 would make wrk reconnect
+
+
+class BenchError(RuntimeError):
+    """Something that makes the measurement meaningless: stop and say why."""
+
+
+# -- processes ----------------------------------------------------------------------
+
+
+@dataclass
+class Started:
+    name: str
+    proc: subprocess.Popen[bytes]
+    stop_signal: int
+    log_path: Path
+    extra_pids: tuple[int, ...] = ()  # workers seen while it ran, stopped if orphaned
+
+
+class Processes:
+    """Every process this script starts, stopped by PID (also from atexit)."""
+
+    def __init__(self) -> None:
+        self.started: list[Started] = []
+
+    def start(self, name: str, argv: list[str], log_path: Path, stop_signal: int) -> Started:
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL)
+        item = Started(name, proc, stop_signal, log_path)
+        self.started.append(item)
+        return item
+
+    def stop(self, item: Started, timeout: float = 10.0) -> None:
+        proc = item.proc
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, item.stop_signal)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        # A worker outlives its master only if the master was killed: stop it too,
+        # after checking that the PID still names a process of ours (ppid 1 now).
+        for pid in item.extra_pids:
+            st = _stat(pid)
+            if st is not None and st[1] in (1, proc.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        if item in self.started:
+            self.started.remove(item)
+
+    def stop_all(self) -> None:
+        for item in reversed(list(self.started)):
+            try:
+                self.stop(item)
+            except Exception as e:  # keep stopping the others
+                print(f"warning: could not stop {item.name} ({item.proc.pid}): {e}",
+                      file=sys.stderr)
+
+
+PROCS = Processes()
+atexit.register(PROCS.stop_all)
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through finally blocks, then atexit
+
+
+def _stat(pid: int) -> tuple[str, int, int, int] | None:
+    """(state, ppid, utime ticks, stime ticks) of `pid`, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2:].split()
+    # fields[0] is field 3 (state): ppid is field 4, utime 14, stime 15.
+    return fields[0].decode(), int(fields[1]), int(fields[11]), int(fields[12])
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            st = _stat(int(entry))
+            if st is not None and st[1] == pid:
+                out.append(int(entry))
+    return sorted(out)
+
+
+def process_tree(pid: int) -> list[int]:
+    return [pid, *children(pid)]
+
+
+def cpu_times(pids: list[int]) -> tuple[float, float]:
+    """(user, system) CPU seconds used so far by `pids`, together."""
+    user = system = 0
+    for pid in pids:
+        st = _stat(pid)
+        if st is None:
+            raise BenchError(f"process {pid} disappeared during the run")
+        user += st[2]
+        system += st[3]
+    return user / CLK_TCK, system / CLK_TCK
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    return sum(cpu_times(pids))
+
+
+def busy_cpu_seconds() -> float:
+    """CPU time the machine's processes (and the hypervisor, as steal) used so far.
+
+    From /proc/stat: user + nice + system + steal. irq/softirq time is left out,
+    as it belongs to no process (loopback TCP work lands there too)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is inside user)
+    return (sum(fields[:3]) + fields[7]) / CLK_TCK
+
+
+def affinity(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Cpus_allowed_list:"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "?"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tail(path: Path, n: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+# -- servers ------------------------------------------------------------------------
+
+
+def _nginx_common(prefix: Path, name: str) -> str:
+    temp = "\n".join(f"    {kind}_temp_path {prefix}/tmp_{kind};"
+                     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    return (f"worker_processes 1;\npid {prefix}/{name}.pid;\n"
+            f"error_log {prefix}/error.log warn;\n"
+            "events { worker_connections 4096; }\n"
+            "http {\n    access_log off;\n"
+            f"    keepalive_requests {KEEPALIVE_REQUESTS};\n{temp}\n")
+
+
+def upstream_conf(prefix: Path, port: int) -> str:
+    return _nginx_common(prefix, "upstream") + f"""\
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_timeout 75s;
+    server {{
+        listen 127.0.0.1:{port};
+        root {prefix}/www;
+        location / {{ }}
+        location = /status {{ stub_status; }}  # counts the connections the proxies open
+    }}
+}}
+"""
+
+
+def nginx_proxy_conf(prefix: Path, port: int, upstream_port: int, keepalive: int) -> str:
+    return _nginx_common(prefix, "proxy") + f"""\
+    upstream backend {{
+        server 127.0.0.1:{upstream_port};
+        keepalive {keepalive};
+        keepalive_requests {KEEPALIVE_REQUESTS};
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+def fastproxy_conf(port: int, upstream_port: int, keepalive: int) -> str:
+    return f"""\
+[server]
+workers = 1
+shutdown_timeout = "2s"
+
+[log]
+access = "off"
+level = "warning"
+
+[[listeners]]
+address = "127.0.0.1:{port}"
+
+[upstreams.backend]
+servers = ["127.0.0.1:{upstream_port}"]
+keepalive = {keepalive}
+
+[[routes]]
+upstream = "backend"
+"""
+
+
+def pinned(cpu: str | None, argv: list[str]) -> list[str]:
+    return ["taskset", "-c", cpu, *argv] if cpu is not None else argv
+
+
+def start_nginx(name: str, prefix: Path, conf: str, cpu: str | None) -> Started:
+    conf_path = prefix / "nginx.conf"
+    conf_path.write_text(conf)
+    argv = pinned(cpu, ["nginx", "-p", str(prefix), "-e", str(prefix / "error.log"),
+                        "-c", str(conf_path), "-g", "daemon off;"])
+    return PROCS.start(name, argv, prefix / "stdout.log", signal.SIGTERM)
+
+
+def start_fastproxy(prefix: Path, conf: str, cpu: str | None) -> Started:
+    conf_path = prefix / "fastproxy.toml"
+    conf_path.write_text(conf)
+    argv = pinned(cpu, [sys.executable, "-m", "fastproxy", "serve", str(conf_path)])
+    return PROCS.start("fastproxy", argv, prefix / "fastproxy.log", signal.SIGTERM)
+
+
+def http_get(port: int, path: str, out: Path, extra: tuple[str, ...] = ()) -> tuple[int, int]:
+    """One request with curl: (status, body bytes); the body goes to `out`."""
+    res = subprocess.run(
+        ["curl", "-sS", "--max-time", "5", "-o", str(out), "-w", "%{http_code} %{size_download}",
+         *extra, f"http://127.0.0.1:{port}{path}"],
+        capture_output=True, text=True, timeout=15, check=False)
+    if res.returncode != 0:
+        return 0, 0
+    code, size = res.stdout.split()
+    return int(code), int(float(size))
+
+
+def upstream_accepts(port: int) -> int:
+    """Connections the upstream nginx has accepted so far (stub_status), this one included."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as resp:
+        text = resp.read().decode()
+    m = re.search(r"^\s*(\d+)\s+\d+\s+\d+\s*$", text, re.M)
+    if not m:
+        raise BenchError(f"cannot read the upstream's stub_status:\n{text}")
+    return int(m.group(1))
+
+
+def wait_ready(item: Started, port: int, scratch: Path, timeout: float = 15.0) -> None:
+    """Ready when a real request through it succeeds (listening alone is not enough:
+    fastproxy's master opens the socket before its worker accepts)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if item.proc.poll() is not None:
+            raise BenchError(f"{item.name} exited with {item.proc.returncode}:\n"
+                             f"{tail(item.log_path)}")
+        if http_get(port, "/1k.bin", scratch)[0] == 200:
+            return
+        time.sleep(0.1)
+    raise BenchError(f"{item.name} did not answer on 127.0.0.1:{port} within {timeout:.0f}s:\n"
+                     f"{tail(item.log_path)}")
+
+
+def verify(name: str, port: int, www: Path, scratch: Path) -> None:
+    for path, size in FILES.items():
+        for extra in ((), ("-H", "Connection: close")):
+            code, got = http_get(port, path, scratch, extra)
+            if code != 200 or got != size or scratch.read_bytes() != (www / path[1:]).read_bytes():
+                raise BenchError(f"{name}: GET {path} {' '.join(extra)} gave status {code}, "
+                                 f"{got} bytes (expected 200 with the {size}-byte file)")
+    print(f"  verified: {name} serves /1k.bin and /64k.bin from the upstream byte for byte "
+          "(keep-alive and Connection: close)")
+
+
+# -- wrk ----------------------------------------------------------------------------
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+_SIZE = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if not m:
+        raise BenchError(f"cannot read wrk latency {text!r}")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+@dataclass
+class WrkResult:
+    requests: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p75_ms: float
+    p90_ms: float
+    p99_ms: float
+    bytes_read: float
+    socket_errors: dict[str, int]
+    non_2xx: int
+
+
+def parse_wrk(out: str) -> WrkResult:
+    def find(pattern: str) -> re.Match[str]:
+        m = re.search(pattern, out)
+        if not m:
+            raise BenchError(f"cannot read wrk output (no match for {pattern!r}):\n{out}")
+        return m
+
+    pct = {}
+    for p in (50, 75, 90, 99):
+        m = re.search(rf"(?m)^\s+{p}%\s+(\S+)", out)
+        if m:
+            pct[p] = _ms(m.group(1))
+    if len(pct) != 4:
+        raise BenchError(f"wrk printed no latency distribution (--latency):\n{out}")
+    done = find(r"(\d+) requests in ([\d.]+)(us|ms|s|m), ([\d.]+)([KMGT]?B) read")
+    errors = {"connect": 0, "read": 0, "write": 0, "timeout": 0}
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        errors = dict(zip(errors, map(int, m.groups()), strict=True))
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return WrkResult(
+        requests=int(done.group(1)),
+        seconds=_ms(done.group(2) + done.group(3)) / 1000,
+        rps=float(find(r"Requests/sec:\s+([\d.]+)").group(1)),
+        p50_ms=pct[50], p75_ms=pct[75], p90_ms=pct[90], p99_ms=pct[99],
+        bytes_read=float(done.group(4)) * _SIZE[done.group(5)],
+        socket_errors=errors,
+        non_2xx=int(m.group(1)) if m else 0,
+    )
+
+
+def run_wrk(port: int, path: str, close: bool, seconds: int, args: argparse.Namespace,
+            cpu: str | None) -> tuple[WrkResult, str, float]:
+    """One wrk run: the parsed result, wrk's output and wrk's own CPU seconds."""
+    argv = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{seconds}s", "--latency",
+            "--timeout", "5s"]
+    if close:
+        argv += ["-H", "Connection: close"]
+    argv.append(f"http://127.0.0.1:{port}{path}")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    res = subprocess.run(pinned(cpu, argv), capture_output=True, text=True,
+                         timeout=seconds + 30, check=False)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if res.returncode != 0:
+        raise BenchError(f"wrk failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
+    wrk_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return parse_wrk(res.stdout), res.stdout, wrk_cpu
+
+
+def check_run(label: str, result: WrkResult, raw: str, body_size: int) -> None:
+    problems = []
+    if result.non_2xx:
+        problems.append(f"{result.non_2xx} non-2xx responses")
+    if any(result.socket_errors.values()):
+        problems.append(f"socket errors {result.socket_errors}")
+    if result.requests == 0:
+        problems.append("no requests completed")
+    # wrk's byte count is rounded to 2 decimals of its unit: allow 1 % slack.
+    elif result.bytes_read < 0.99 * result.requests * body_size:
+        problems.append(f"only {result.bytes_read / result.requests:.0f} bytes per response "
+                        f"(the body alone is {body_size})")
+    if problems:
+        raise BenchError(f"{label}: " + "; ".join(problems) + f"\nwrk output:\n{raw}")
+
+
+# -- measurement --------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    case: str
+    proxy: str
+    round: int
+    rps: float
+    p50_ms: float
+    p75_ms: float
+    p90_ms: float
+    p99_ms: float
+    requests: int
+    seconds: float
+    proxy_cpu_s: float
+    proxy_cpu_pct: float
+    proxy_kernel_pct: float  # share of the proxy's CPU time spent in the kernel (stime)
+    req_per_cpu_s: float
+    upstream_cpu_pct: float
+    wrk_cpu_pct: float
+    upstream_conns: int
+    upstream_conns_per_1k_req: float
+    other_cpu_pct: float  # process CPU on the machine not spent by proxy, upstream or wrk
+
+
+def measure(case: str, proxy: str, rnd: int, port: int, proxy_pid: int, upstream_pid: int,
+            upstream_port: int, args: argparse.Namespace,
+            cpus: tuple[str | None, str | None]) -> Run:
+    path, close, _ = CASES[case]
+    pids = process_tree(proxy_pid)
+    up_pids = process_tree(upstream_pid)
+    accepts0 = upstream_accepts(upstream_port)
+    busy0 = busy_cpu_seconds()
+    (user0, sys0), up0, t0 = cpu_times(pids), cpu_seconds(up_pids), time.monotonic()
+    result, raw, wrk_cpu = run_wrk(port, path, close, args.duration, args, cpus[1])
+    (user1, sys1), up1, t1 = cpu_times(pids), cpu_seconds(up_pids), time.monotonic()
+    busy1 = busy_cpu_seconds()
+    conns = upstream_accepts(upstream_port) - accepts0 - 1  # minus the status request's own
+    if process_tree(proxy_pid) != pids:
+        raise BenchError(f"{proxy}: its worker processes changed during the run "
+                         f"({pids} -> {process_tree(proxy_pid)}): a worker died?")
+    check_run(f"{case}/{proxy} round {rnd}", result, raw, FILES[path])
+    cpu = (user1 + sys1) - (user0 + sys0)
+    wall = t1 - t0
+    return Run(case=case, proxy=proxy, round=rnd, rps=result.rps, p50_ms=result.p50_ms,
+               p75_ms=result.p75_ms, p90_ms=result.p90_ms, p99_ms=result.p99_ms,
+               requests=result.requests, seconds=result.seconds, proxy_cpu_s=round(cpu, 3),
+               proxy_cpu_pct=round(100 * cpu / wall, 1),
+               proxy_kernel_pct=round(100 * (sys1 - sys0) / cpu, 1) if cpu > 0 else float("nan"),
+               req_per_cpu_s=round(result.requests / cpu, 1) if cpu > 0 else float("nan"),
+               upstream_cpu_pct=round(100 * (up1 - up0) / wall, 1),
+               wrk_cpu_pct=round(100 * wrk_cpu / wall, 1), upstream_conns=conns,
+               upstream_conns_per_1k_req=round(1000 * conns / max(result.requests, 1), 2),
+               other_cpu_pct=round(100 * max(0.0, (busy1 - busy0) - cpu - (up1 - up0) - wrk_cpu)
+                                   / wall, 1))
+
+
+METRICS = ("rps", "p50_ms", "p99_ms", "req_per_cpu_s", "proxy_cpu_pct", "proxy_kernel_pct",
+           "upstream_cpu_pct",
+           "wrk_cpu_pct", "upstream_conns_per_1k_req", "other_cpu_pct")
+
+
+def medians(runs: list[Run]) -> dict[str, float]:
+    return {m: round(statistics.median(getattr(r, m) for r in runs), 3) for m in METRICS}
+
+
+# -- report -------------------------------------------------------------------------
+
+
+def versions() -> dict[str, str]:
+    import uvloop
+
+    import fastproxy
+
+    def first_line(argv: list[str]) -> str:
+        try:
+            res = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+        except OSError as e:
+            return f"unavailable ({e})"
+        return (res.stdout + res.stderr).strip().splitlines()[0]
+
+    root = str(HERE.parent)
+    commit = first_line(["git", "-C", root, "rev-parse", "--short", "HEAD"])
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        if subprocess.run(["git", "-C", root, "diff", "--quiet", "HEAD", "--", "src", "ext"],
+                          capture_output=True, timeout=10, check=False).returncode == 1:
+            commit += " + uncommitted changes in src/ or ext/"
+    return {
+        "commit": commit,
+        "python": platform.python_version(),
+        "uvloop": uvloop.__version__,
+        "fastproxy": fastproxy.__version__,
+        "nginx": first_line(["nginx", "-v"]),
+        "wrk": first_line(["wrk", "-v"]),
+        "kernel": platform.release(),
+    }
+
+
+def machine() -> dict[str, object]:
+    model = "?"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"nproc": os.cpu_count(), "cpu_model": model}
+
+
+def fmt(x: float, digits: int = 2) -> str:
+    if x != x:  # NaN
+        return "n/a"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None or value != value else f"{value:.2f}"
+
+
+def table(summary: dict[str, dict[str, object]]) -> str:
+    lines = [
+        "| case | proxy | req/s | p50 ms | p99 ms | req per proxy CPU-s "
+        "| proxy CPU % (kernel share) | upstream + wrk CPU % | new upstream conns per 1k req |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for case, data in summary.items():
+        med: dict[str, dict[str, float]] = data["median"]  # type: ignore[assignment]
+        for proxy in PROXIES:
+            m = med[proxy]
+            lines.append(f"| {case} | {proxy} | {fmt(m['rps'])} | {fmt(m['p50_ms'])} | "
+                         f"{fmt(m['p99_ms'])} | {fmt(m['req_per_cpu_s'])} | "
+                         f"{fmt(m['proxy_cpu_pct'], 0)} ({fmt(m['proxy_kernel_pct'], 0)}) | "
+                         f"{fmt(m['upstream_cpu_pct'], 0)} + {fmt(m['wrk_cpu_pct'], 0)} | "
+                         f"{fmt(m['upstream_conns_per_1k_req'], 1)} |")
+        r = {key: _ratio(value) for key, value in data["ratio"].items()}  # type: ignore[attr-defined]
+        lines.append(f"| {case} | **fastproxy / nginx** | **{r['rps']}** | {r['p50_ms']} "
+                     f"| {r['p99_ms']} | **{r['req_per_cpu_s']}** | | | |")
+    return "\n".join(lines)
+
+
+def _no_nan(value: object) -> object:
+    """NaN (a measurement that could not be made) as JSON null."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_nan(v) for v in value]
+    return value
+
+
+# -- profile ------------------------------------------------------------------------
+
+
+_LINE = re.compile(r":\d+\)$")
+
+
+def _ours(frame: str) -> bool:
+    return "(fastproxy/" in frame or "(_http.pyx" in frame or "(_rewrite.pyx" in frame
+
+
+def summarize_profile(path: Path, top: int = 12) -> str:
+    """Top frames of a py-spy `--format raw` file (collapsed stacks, `a;b;c COUNT`).
+
+    Line numbers are dropped so that a function is one entry. Three views: the
+    leaf frame (where the CPU was when sampled: a syscall, the interpreter, C
+    code); the innermost fastproxy frame (its own code plus everything it called
+    that is not ours: what each of our functions costs in all); and inclusive
+    time of our functions. Plus the syscalls (a libc leaf) by the function of ours
+    that made them.
+    """
+    own: Counter[str] = Counter()
+    by_ours: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    syscalls: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = [_LINE.sub(")", f) for f in stack.split(";")]
+        # The worker was forked from the master's serve(): skip the frames above its loop.
+        if "Worker.run (fastproxy/worker.py)" in frames:
+            frames = frames[frames.index("Worker.run (fastproxy/worker.py)") + 1:]
+        total += n
+        own[frames[-1] if frames else "?"] += n
+        inner = [f for f in frames if _ours(f)]
+        owner = inner[-1] if inner else "(event loop, no fastproxy frame)"
+        by_ours[owner] += n
+        if frames and "(libc.so" in frames[-1]:
+            syscalls[f"{frames[-1].split(' ')[0]}() <- {owner}"] += n
+        for frame in set(inner):
+            inclusive[frame] += n
+    if not total:
+        return "(no samples)"
+
+    def block(title: str, counts: Counter[str]) -> list[str]:
+        return ["", title, *(f"  {100 * n / total:5.1f}%  {frame}"
+                             for frame, n in counts.most_common(top))]
+
+    in_libc = sum(syscalls.values())
+    return "\n".join([f"{total} samples (active only; idle waits are not sampled); "
+                      f"{100 * in_libc / total:.1f}% with a libc call (a syscall) as the leaf",
+                      *block("self, by leaf frame:", own),
+                      *block("syscalls, by innermost fastproxy frame:", syscalls),
+                      *block("by innermost fastproxy frame (own code + what it calls):",
+                             by_ours),
+                      *block("inclusive, fastproxy frames:", inclusive)])
+
+
+def profile_worker(worker_pid: int, port: int, out: Path, args: argparse.Namespace,
+                   cpus: tuple[str | None, str | None]) -> None:
+    spy = shutil.which("py-spy")
+    if spy is None:
+        raise BenchError("--profile needs py-spy (pip install py-spy)")
+    seconds = args.duration
+    print(f"\nprofiling fastproxy worker {worker_pid} with py-spy for {seconds}s during a 1k run")
+    argv = pinned(cpus[1], [spy, "record", "--native", "--rate", "250", "--format", "raw",
+                            "-o", str(out), "--pid", str(worker_pid), "-d", str(seconds)])
+    log = out.with_suffix(out.suffix + ".log")
+    item = PROCS.start("py-spy", argv, log, signal.SIGINT)
+    try:
+        time.sleep(0.5)  # let py-spy attach
+        result, raw, _ = run_wrk(port, "/1k.bin", False, seconds, args, cpus[1])
+        check_run("profile run", result, raw, FILES["/1k.bin"])
+        item.proc.wait(seconds + 30)
+    finally:
+        PROCS.stop(item)
+    if item.proc.returncode != 0 or not out.exists():
+        raise BenchError(f"py-spy failed ({item.proc.returncode}):\n{tail(log)}")
+    print(f"  (rate under the profiler: {result.rps:,.0f} req/s; not part of the table)")
+    print(f"  raw profile: {out}\n")
+    print(summarize_profile(out))
+
+
+# -- main ---------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="1 round of 3 s runs (under 90 s)")
+    p.add_argument("--rounds", type=int, help="A B rounds per case (default 3; --quick: 1)")
+    p.add_argument("--duration", type=int, help="seconds per wrk run (default 10; --quick: 3)")
+    p.add_argument("--cases", default="1k,64k,close",
+                   help=f"comma-separated, from: {', '.join(CASES)} (default all)")
+    p.add_argument("--connections", type=int, default=50, help="wrk -c (default 50)")
+    p.add_argument("--threads", type=int, default=1, help="wrk -t (default 1)")
+    p.add_argument("--upstream-keepalive", type=int, default=32, metavar="N",
+                   help="idle upstream connections each proxy keeps (nginx `keepalive N`, "
+                        "fastproxy `keepalive = N`; default 32)")
+    p.add_argument("--json", type=Path, help="where to write the results "
+                   "(default benchmarks/results/e2e-<date>.json)")
+    p.add_argument("--no-pin", action="store_true", help="do not use taskset")
+    p.add_argument("--profile", type=Path, metavar="PATH",
+                   help="after measuring, run py-spy (raw format) on the fastproxy worker "
+                        "during one extra 1k run and print the top frames")
+    args = p.parse_args(argv)
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.duration = args.duration or (3 if args.quick else 10)
+    args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    bad = [c for c in args.cases if c not in CASES]
+    if bad or not args.cases:
+        p.error(f"unknown case(s) {', '.join(bad) or '(none)'}; choose from {', '.join(CASES)}")
+    if args.rounds < 1 or args.duration < 1:
+        p.error("--rounds and --duration must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+    for tool in ("nginx", "wrk", "curl"):
+        if shutil.which(tool) is None:
+            print(f"error: {tool} is not installed (apt-get install -y wrk nginx curl)",
+                  file=sys.stderr)
+            return 2
+    pin = not args.no_pin and shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
+    cpus: tuple[str | None, str | None] = (PROXY_CPU, LOAD_CPU) if pin else (None, None)
+    pinning = ("proxy under test on CPU 0; wrk and the upstream nginx on CPU 1 (taskset)"
+               if pin else "not pinned (no taskset, fewer than 2 CPUs, or --no-pin)")
+    budget = len(args.cases) * 2 * (args.rounds * (args.duration + 0.6) + WARMUP_SECONDS)
+    print(f"fastproxy vs nginx, cases {','.join(args.cases)}: {args.rounds} round(s) x "
+          f"{args.duration}s per proxy, wrk -t{args.threads} -c{args.connections}; "
+          f"about {budget + 10:.0f}s")
+    print(f"pinning: {pinning}")
+
+    tmp = Path(tempfile.mkdtemp(prefix="fastproxy-e2e-"))
+    try:
+        return _bench(args, tmp, cpus, pinning)
+    except BenchError as e:
+        print(f"\nerror: {e}", file=sys.stderr)
+        return 1
+    finally:
+        PROCS.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _bench(args: argparse.Namespace, tmp: Path, cpus: tuple[str | None, str | None],
+           pinning: str) -> int:
+    # nginx workers may run as an unprivileged user: let them read the tree.
+    os.chmod(tmp, 0o755)
+    up_dir, ngx_dir, fp_dir = tmp / "upstream", tmp / "nginx", tmp / "fastproxy"
+    www = up_dir / "www"
+    for d in (up_dir, ngx_dir, fp_dir, www):
+        d.mkdir(exist_ok=True)
+        os.chmod(d, 0o755)
+    rng = random.Random(0)
+    for path, size in FILES.items():
+        f = www / path[1:]
+        f.write_bytes(rng.randbytes(size))
+        os.chmod(f, 0o644)
+    scratch = tmp / "check.bin"
+
+    up_port, ngx_port, fp_port = free_port(), free_port(), free_port()
+    upstream = start_nginx("upstream nginx", up_dir, upstream_conf(up_dir, up_port), cpus[1])
+    wait_ready(upstream, up_port, scratch)
+    verify("upstream nginx", up_port, www, scratch)
+    keep = args.upstream_keepalive
+    servers = {
+        "nginx": start_nginx("nginx", ngx_dir, nginx_proxy_conf(ngx_dir, ngx_port, up_port, keep),
+                             cpus[0]),
+        "fastproxy": start_fastproxy(fp_dir, fastproxy_conf(fp_port, up_port, keep), cpus[0]),
+    }
+    ports = {"nginx": ngx_port, "fastproxy": fp_port}
+    for name in PROXIES:
+        wait_ready(servers[name], ports[name], scratch)
+        verify(name, ports[name], www, scratch)
+        tree = process_tree(servers[name].proc.pid)
+        servers[name].extra_pids = tuple(tree[1:])
+        print(f"  {name}: master {tree[0]}, workers {tree[1:]}, "
+              f"CPUs {affinity(tree[-1])}")
+    upstream.extra_pids = tuple(children(upstream.proc.pid))
+
+    runs: list[Run] = []
+    summary: dict[str, dict[str, object]] = {}
+    for case in args.cases:
+        path, close, what = CASES[case]
+        print(f"\n[{case}] {what}: GET {path}")
+        for name in PROXIES:  # warm-up, not recorded
+            result, raw, _ = run_wrk(ports[name], path, close, WARMUP_SECONDS, args, cpus[1])
+            check_run(f"{case}/{name} warm-up", result, raw, FILES[path])
+        case_runs: list[Run] = []
+        for rnd in range(1, args.rounds + 1):
+            for name in PROXIES:
+                time.sleep(0.5)
+                r = measure(case, name, rnd, ports[name], servers[name].proc.pid,
+                            upstream.proc.pid, up_port, args, cpus)
+                case_runs.append(r)
+                print(f"  round {rnd} {name:9s} {r.rps:8,.0f} req/s  p50 {r.p50_ms:5.2f} ms  "
+                      f"p99 {r.p99_ms:6.2f} ms  {r.req_per_cpu_s:7,.0f} req/CPU-s  "
+                      f"CPU: proxy {r.proxy_cpu_pct:.0f}% (sys {r.proxy_kernel_pct:.0f}%), "
+                      f"upstream {r.upstream_cpu_pct:.0f}%, wrk {r.wrk_cpu_pct:.0f}%, "
+                      f"other {r.other_cpu_pct:.0f}%  new upstream conns {r.upstream_conns}")
+        runs += case_runs
+        med = {name: medians([r for r in case_runs if r.proxy == name]) for name in PROXIES}
+        ratio = {m: round(med["fastproxy"][m] / med["nginx"][m], 3) if med["nginx"][m] else
+                 None for m in METRICS}
+        summary[case] = {"description": what, "path": path, "median": med, "ratio": ratio}
+
+    print()
+    for name in PROXIES:
+        for line in (servers[name].log_path.parent / "error.log", servers[name].log_path):
+            if line.exists() and line.stat().st_size:
+                print(f"note: {name} log {line} is not empty:\n{tail(line, 5)}")
+    stamp = dt.datetime.now().astimezone()
+    report = {
+        "date": stamp.isoformat(timespec="seconds"),
+        "machine": machine(),
+        "versions": versions(),
+        "pinning": pinning,
+        "settings": {
+            "rounds": args.rounds, "duration_s": args.duration,
+            "warmup_s": WARMUP_SECONDS, "wrk": f"-t{args.threads} -c{args.connections} "
+            f"--latency --timeout 5s", "order": "fastproxy, nginx alternating each round",
+            "statistic": "median over rounds",
+            "nginx_keepalive_requests": KEEPALIVE_REQUESTS,
+            "upstream_keepalive": args.upstream_keepalive,
+        },
+        "configs": {
+            "upstream_nginx": upstream_conf(Path("TMP/upstream"), up_port),
+            "nginx": nginx_proxy_conf(Path("TMP/nginx"), ngx_port, up_port,
+                                      args.upstream_keepalive),
+            "fastproxy": fastproxy_conf(fp_port, up_port, args.upstream_keepalive),
+        },
+        "max_other_cpu_pct": max(r.other_cpu_pct for r in runs),
+        "cases": summary,
+        "runs": [asdict(r) for r in runs],
+    }
+    print(f"## fastproxy vs nginx ({stamp:%Y-%m-%d %H:%M}, medians of {args.rounds} round(s) "
+          f"x {args.duration}s, wrk -t{args.threads} -c{args.connections})\n")
+    print(f"Pinning: {pinning}. Ratios: fastproxy / nginx (req/s and req per CPU-s: higher is "
+          "better for fastproxy; latency: lower is better).\n")
+    print(table(summary))
+    busiest = max(r.other_cpu_pct for r in runs)
+    if busiest > 20:
+        print(f"\nwarning: other processes used up to {busiest:.0f}% of a CPU during a run "
+              "(see other_cpu_pct in the JSON): absolute figures are unreliable, the ratios "
+              "and req per CPU-s less so")
+    json_path = args.json or HERE / "results" / f"e2e-{stamp:%Y-%m-%d-%H%M%S}.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(_no_nan(report), indent=2, allow_nan=False) + "\n")
+    print(f"\nresults written to {json_path}")
+
+    if args.profile:
+        worker = servers["fastproxy"].extra_pids[-1]
+        profile_worker(worker, fp_port, args.profile, args, cpus)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
