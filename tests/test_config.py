@@ -208,7 +208,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.upstreams["backend"] == Upstream(
         name="backend",
         servers=(ServerAddress("127.0.0.1", 9000, 1),),
-        keepalive=32,
+        keepalive=128,
         idle_timeout=30.0,
         connect_timeout=5.0,
         read_timeout=60.0,

@@ -420,6 +420,7 @@ cdef class HttpParser:
                 self._fail(502, "upstream sent an invalid status code")
             head.status = p.status_code
             head.reason = head.raw[:start]
+            head.has_connection_header = self._has_header(b"connection", 10)
             if self._skip_body or p.status_code < 200:
                 rc = 1  # HEAD answers and interim (1xx) responses never have a body
             if p.upgrade or p.status_code == 101:
@@ -444,6 +445,13 @@ cdef class HttpParser:
         self.head = head
         self._on_head(head)
         return rc
+
+    cdef bint _has_header(self, const char* lower, size_t ln) noexcept:
+        cdef int i
+        for i in range(self._n):
+            if _name_is(self._buf + self._offs[4 * i], self._offs[4 * i + 1], lower, ln):
+                return True
+        return False
 
     cdef int _validate_request(self, MessageHead head) except -1:
         cdef const uint32_t* o = <const uint32_t*>self._offs

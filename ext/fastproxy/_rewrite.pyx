@@ -176,7 +176,7 @@ cdef int _copy_headers(Writer* w, char* stack, MessageHead head, bint request,
     cdef size_t nl, vl
     cdef int i, cls
     cdef Writer* target
-    cdef bint check_connection = head.has_connection_header or not request
+    cdef bint check_connection = head.has_connection_header
     for i in range(head.header_count):
         name = raw + o[4 * i]
         nl = o[4 * i + 1]

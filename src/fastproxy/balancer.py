@@ -32,8 +32,3 @@ class RoundRobin(Generic[T]):
                 best = i
         current[best] -= self._total
         return self._peers[best]
-
-    def order(self) -> list[T]:
-        """The next pick followed by every other peer once: the retry order."""
-        first = self.pick()
-        return [first] + [p for p in self._peers if p is not first]

@@ -499,7 +499,7 @@ LOG_FIELDS: Final = (
 UPSTREAM_FIELDS: Final = (
     FieldSpec(
         "keepalive",
-        32,
+        128,
         "integer 0..10000",
         "max idle pooled connections per server (0 disables pooling)",
         _integer(0, 10000),

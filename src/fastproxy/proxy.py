@@ -19,7 +19,7 @@ from fastproxy._rewrite import FRAME_CHUNKED, FRAME_CLOSE, FRAME_PASS
 from fastproxy._rewrite import build_request_head, build_response_head
 from fastproxy.responses import CONTINUE, local_body_size, local_response
 from fastproxy.router import normalize_host
-from fastproxy.upstream import ServerPool, UpstreamConnection
+from fastproxy.upstream import ServerPool, UpstreamConnection, UpstreamGroup
 
 if TYPE_CHECKING:
     from fastproxy.worker import Worker
@@ -54,7 +54,7 @@ HOLD_UPSTREAM = 2  # client reading held because the upstream cannot take more y
 class Exchange:
     __slots__ = (
         "client", "worker", "head", "target", "host", "started", "status", "sent",
-        "req_bytes", "req_done", "pending", "pending_size", "candidates", "pool",
+        "req_bytes", "req_done", "pending", "pending_size", "group", "tried", "pool",
         "conn", "resp_started", "resp_head", "framing", "keep", "finished",
         "local", "interim", "retried", "upstream_label", "out",
     )
@@ -72,7 +72,8 @@ class Exchange:
         self.req_done = False
         self.pending: list[Any] | None = []
         self.pending_size = 0
-        self.candidates: list[ServerPool] = []
+        self.group: UpstreamGroup | None = None
+        self.tried: list[ServerPool] | None = None  # servers that failed to connect
         self.pool: ServerPool | None = None
         self.conn: UpstreamConnection | None = None
         self.resp_started = False
@@ -110,7 +111,8 @@ class Exchange:
             self.host = authority
             self.target = path
         path = self.target if self.target != b"*" else b"/"
-        group = worker.router.match(normalize_host(self.host), path)
+        router = worker.router
+        group = router.match(normalize_host(self.host) if router.by_host else b"", path)
         if group is None:
             self.respond_local(404)
             return
@@ -120,12 +122,11 @@ class Exchange:
             return
         if head.expect_continue and head.body_kind != BODY_NONE and head.http_minor == 1:
             self.client.write(CONTINUE)
-        self.candidates = group.order()
-        self._next_server()
+        self.group = group
+        self._use_server(group.pick())
 
     # -- phase 2: an upstream connection -------------------------------------
-    def _next_server(self) -> None:
-        pool = self.candidates.pop(0)
+    def _use_server(self, pool: ServerPool) -> None:
         self.pool = pool
         self.upstream_label = pool.label
         conn = pool.take()
@@ -145,8 +146,13 @@ class Exchange:
             return
         log.warning("upstream %s: connect %s: %s", pool.label,
                     "timed out" if timed_out else "failed", exc or type(exc).__name__)
-        if self.candidates:
-            self._next_server()  # nothing was sent: another server may take it
+        tried = self.tried
+        if tried is None:
+            tried = self.tried = []
+        tried.append(pool)
+        untried = [p for p in self.group.pools if p not in tried]  # type: ignore[union-attr]
+        if untried:
+            self._use_server(untried[0])  # nothing was sent: another server may take it
         else:
             self.respond_error(504 if timed_out else 502)
 

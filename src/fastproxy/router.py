@@ -26,7 +26,7 @@ def normalize_host(host: bytes | None) -> bytes:
 class Router(Generic[T]):
     """Routes in file order; `match` returns the target of the first that matches."""
 
-    __slots__ = ("_table",)
+    __slots__ = ("_table", "by_host")
 
     def __init__(self, routes: Sequence[Route], targets: Mapping[str, T]) -> None:
         self._table = tuple(
@@ -37,6 +37,8 @@ class Router(Generic[T]):
             )
             for r in routes
         )
+        # Without host rules the Host header need not be normalized per request.
+        self.by_host = any(host is not None for host, _, _ in self._table)
 
     def match(self, host: bytes, path: bytes) -> T | None:
         for want_host, prefix, target in self._table:

@@ -39,6 +39,7 @@ class Registry(Protocol):
     """The worker-wide view a pool needs: the clock, open connections, shutdown."""
 
     clock: Clock
+    loop: asyncio.AbstractEventLoop
     upstream_conns: set[UpstreamConnection]
     closing: bool
 
@@ -243,10 +244,10 @@ class ServerPool:
     def connect(self, waiter: ConnectWaiter) -> None:
         """Open a new connection; report to `waiter` (no coroutine when pooled)."""
         self.connects += 1
-        asyncio.get_running_loop().create_task(self._connect(waiter))
+        self.registry.loop.create_task(self._connect(waiter))
 
     async def _connect(self, waiter: ConnectWaiter) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.registry.loop
         try:
             async with asyncio.timeout(self.upstream.connect_timeout):
                 _, conn = await loop.create_connection(
@@ -276,6 +277,5 @@ class UpstreamGroup:
                       for s in config.servers]
         self.balancer = RoundRobin(self.pools, [s.weight for s in config.servers])
 
-    def order(self) -> list[ServerPool]:
-        """Servers to try for one request: the balancer's pick first."""
-        return self.balancer.order()
+    def pick(self) -> ServerPool:
+        return self.balancer.pick()

@@ -48,10 +48,12 @@ class Worker:
         self._servers: list[Any] = []
         self._stopped: asyncio.Future[None] | None = None
         self._drain_deadline = 0.0
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set in run()
 
     def run(self) -> int:
         loop = uvloop.new_event_loop()
         asyncio.set_event_loop(loop)
+        self.loop = loop
         try:
             loop.run_until_complete(self._main())
         finally:
@@ -107,4 +109,4 @@ class Worker:
                 if self._stopped is not None and not self._stopped.done():
                     self._stopped.set_result(None)
                 return
-        asyncio.get_running_loop().call_later(TICK, self._tick)
+        self.loop.call_later(TICK, self._tick)
