@@ -98,6 +98,9 @@ class ClientConnection(asyncio.Protocol):
             self.exchange = None
             ex.client_lost()
         self.pending = None
+        # The parser holds our bound methods: drop it so this connection is
+        # freed by reference counting, not left for the cyclic GC.
+        self.parser = None
 
     def pause_writing(self) -> None:
         self.write_paused = True

@@ -164,6 +164,7 @@ class UpstreamConnection(asyncio.Protocol):
         if sink is not None:
             self.sink = None
             sink.upstream_lost(self, exc)
+        self.parser = None  # type: ignore[assignment]  # holds our bound methods: break the cycle
 
     def pause_writing(self) -> None:
         if self.sink is not None:

@@ -9,6 +9,7 @@ connection.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -54,6 +55,9 @@ class Worker:
         loop = uvloop.new_event_loop()
         asyncio.set_event_loop(loop)
         self.loop = loop
+        # Everything made so far (config, modules) lives as long as the worker:
+        # keep it out of the cyclic GC's generations.
+        gc.freeze()
         try:
             loop.run_until_complete(self._main())
         finally:
