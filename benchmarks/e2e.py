@@ -689,9 +689,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"comma-separated, from: {', '.join(CASES)} (default all)")
     p.add_argument("--connections", type=int, default=50, help="wrk -c (default 50)")
     p.add_argument("--threads", type=int, default=1, help="wrk -t (default 1)")
-    p.add_argument("--upstream-keepalive", type=int, default=32, metavar="N",
+    p.add_argument("--upstream-keepalive", type=int, default=128, metavar="N",
                    help="idle upstream connections each proxy keeps (nginx `keepalive N`, "
-                        "fastproxy `keepalive = N`; default 32)")
+                        "fastproxy `keepalive = N`; default 128, fastproxy's default: nginx's "
+                        "usual 32 is below wrk's 50 connections and makes both proxies "
+                        "reopen upstream connections)")
     p.add_argument("--json", type=Path, help="where to write the results "
                    "(default benchmarks/results/e2e-<date>.json)")
     p.add_argument("--no-pin", action="store_true", help="do not use taskset")

@@ -75,6 +75,6 @@ cdef class HttpParser:
     cdef int _trailer(self, size_t length) noexcept
     cdef int _fail(self, int status, str reason) except -1
     cdef int _headers_complete(self) except -1
-    cdef bint _has_header(self, const char* lower, size_t ln) noexcept
+    cdef bint _has_header(self, const char* lit, size_t ln) noexcept
     cdef int _validate_request(self, MessageHead head) except -1
     cpdef Py_ssize_t feed(self, object data) except -1

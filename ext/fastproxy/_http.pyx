@@ -16,6 +16,7 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memchr, memcpy
 
+from fastproxy.ascii cimport is_lower_literal, lower
 from fastproxy.llhttp cimport *
 
 
@@ -56,23 +57,6 @@ cdef _load_method_names():
 _load_method_names()
 
 
-cdef inline char _lower(char c) noexcept nogil:
-    if c >= b'A' and c <= b'Z':
-        return c + 32
-    return c
-
-
-cdef inline bint _name_is(const char* name, size_t n, const char* lower, size_t ln) noexcept nogil:
-    """Case-insensitive compare of a header name with a lower-case literal."""
-    cdef size_t i
-    if n != ln:
-        return False
-    for i in range(n):
-        if _lower(name[i]) != lower[i]:
-            return False
-    return True
-
-
 cdef inline bint _valid_host(const char* v, size_t n) noexcept nogil:
     """uri-host [":" port] characters only (RFC 3986 reg-name, IP literals)."""
     cdef size_t i
@@ -86,10 +70,6 @@ cdef inline bint _valid_host(const char* v, size_t n) noexcept nogil:
                 or c == b'='):
             return False
     return True
-
-
-cdef inline bint _value_is(const char* v, size_t n, const char* lower, size_t ln) noexcept nogil:
-    return _name_is(v, n, lower, ln)
 
 
 @cython.freelist(64)
@@ -114,7 +94,7 @@ cdef class MessageHead:
         cdef size_t wl = PyBytes_GET_SIZE(name)
         cdef int i
         for i in range(self.header_count):
-            if _name_is(raw + o[4 * i], o[4 * i + 1], want, wl):
+            if is_lower_literal(raw + o[4 * i], o[4 * i + 1], want, wl):
                 return raw[o[4 * i + 2]:o[4 * i + 2] + o[4 * i + 3]]
         return None
 
@@ -127,7 +107,7 @@ cdef class MessageHead:
         cdef int i
         out = []
         for i in range(self.header_count):
-            if _name_is(raw + o[4 * i], o[4 * i + 1], want, wl):
+            if is_lower_literal(raw + o[4 * i], o[4 * i + 1], want, wl):
                 out.append(raw[o[4 * i + 2]:o[4 * i + 2] + o[4 * i + 3]])
         return out
 
@@ -446,10 +426,10 @@ cdef class HttpParser:
         self._on_head(head)
         return rc
 
-    cdef bint _has_header(self, const char* lower, size_t ln) noexcept:
+    cdef bint _has_header(self, const char* lit, size_t ln) noexcept:
         cdef int i
         for i in range(self._n):
-            if _name_is(self._buf + self._offs[4 * i], self._offs[4 * i + 1], lower, ln):
+            if is_lower_literal(self._buf + self._offs[4 * i], self._offs[4 * i + 1], lit, ln):
                 return True
         return False
 
@@ -472,7 +452,7 @@ cdef class HttpParser:
             if tl == 1 and t[0] == b'*':
                 if head.method != b"OPTIONS":
                     self._fail(400, "asterisk-form target is only for OPTIONS")
-            elif not (tl > 7 and (_value_is(t, 7, b"http://", 7) or (tl > 8 and _value_is(t, 8, b"https://", 8)))):
+            elif not (tl > 7 and (is_lower_literal(t, 7, b"http://", 7) or (tl > 8 and is_lower_literal(t, 8, b"https://", 8)))):
                 self._fail(400, "malformed request target")
         if memchr(t, b'#', tl) != NULL:
             self._fail(400, "fragment in request target")
@@ -483,24 +463,24 @@ cdef class HttpParser:
             vl = o[4 * i + 3]
             if nl == 0:
                 self._fail(400, "empty header name")
-            c = _lower(name[0])
-            if c == b'h' and _name_is(name, nl, b"host", 4):
+            c = lower(name[0])
+            if c == b'h' and is_lower_literal(name, nl, b"host", 4):
                 hosts += 1
                 if not _valid_host(value, vl):
                     self._fail(400, "invalid Host header")
                 head.host = value[:vl]
-            elif c == b't' and _name_is(name, nl, b"transfer-encoding", 17):
+            elif c == b't' and is_lower_literal(name, nl, b"transfer-encoding", 17):
                 tes += 1
-                if not _value_is(value, vl, b"chunked", 7):
-                    if vl > 7 and _value_is(value + vl - 7, 7, b"chunked", 7):
+                if not is_lower_literal(value, vl, b"chunked", 7):
+                    if vl > 7 and is_lower_literal(value + vl - 7, 7, b"chunked", 7):
                         self._fail(501, "unsupported transfer coding")
                     self._fail(400, "a request body must be chunked last (RFC 9112 6.3)")
-            elif c == b'e' and _name_is(name, nl, b"expect", 6):
-                if _value_is(value, vl, b"100-continue", 12):
+            elif c == b'e' and is_lower_literal(name, nl, b"expect", 6):
+                if is_lower_literal(value, vl, b"100-continue", 12):
                     head.expect_continue = True
                 else:
                     self._fail(417, "unsupported expectation")
-            elif c == b'c' and _name_is(name, nl, b"connection", 10):
+            elif c == b'c' and is_lower_literal(name, nl, b"connection", 10):
                 head.has_connection_header = True
         if hosts > 1:
             self._fail(400, "more than one Host header")

@@ -13,6 +13,7 @@ from libc.stdint cimport uint32_t
 from libc.stdio cimport snprintf
 from libc.string cimport memcpy
 
+from fastproxy.ascii cimport equal_ci, is_lower_literal, lower
 from fastproxy._http cimport K_CHUNKED, K_LENGTH, MessageHead
 
 # Response framing chosen by the proxy for the client side.
@@ -68,22 +69,6 @@ cdef inline int w_bytes(Writer* w, bytes b, char* stack) except -1:
     return w_put(w, PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b), stack)
 
 
-cdef inline char _lower(char c) noexcept nogil:
-    if c >= b'A' and c <= b'Z':
-        return c + 32
-    return c
-
-
-cdef inline bint _eq(const char* a, size_t n, const char* lower, size_t ln) noexcept nogil:
-    cdef size_t i
-    if n != ln:
-        return False
-    for i in range(n):
-        if _lower(a[i]) != lower[i]:
-            return False
-    return True
-
-
 cdef bint _listed(const char* v, size_t vl, const char* name, size_t nl) noexcept nogil:
     """Is `name` one of the comma-separated tokens in `v` (case-insensitive)?"""
     cdef size_t j = 0, start, end
@@ -96,17 +81,9 @@ cdef bint _listed(const char* v, size_t vl, const char* name, size_t nl) noexcep
         end = j
         while end > start and (v[end - 1] == b' ' or v[end - 1] == b'\t'):
             end -= 1
-        if end - start == nl and _eq_ci(v + start, name, nl):
+        if end - start == nl and equal_ci(v + start, name, nl):
             return True
     return False
-
-
-cdef inline bint _eq_ci(const char* a, const char* b, size_t n) noexcept nogil:
-    cdef size_t i
-    for i in range(n):
-        if _lower(a[i]) != _lower(b[i]):
-            return False
-    return True
 
 
 cdef bint _named_by_connection(MessageHead head, const char* name, size_t nl) noexcept:
@@ -115,7 +92,7 @@ cdef bint _named_by_connection(MessageHead head, const char* name, size_t nl) no
     cdef const char* raw = PyBytes_AS_STRING(head.raw)
     cdef int i
     for i in range(head.header_count):
-        if _eq(raw + o[4 * i], o[4 * i + 1], b"connection", 10):
+        if is_lower_literal(raw + o[4 * i], o[4 * i + 1], b"connection", 10):
             if _listed(raw + o[4 * i + 2], o[4 * i + 3], name, nl):
                 return True
     return False
@@ -131,39 +108,39 @@ cdef enum HeaderClass:
 
 cdef inline int _classify(const char* name, size_t n, bint request) noexcept nogil:
     """What to do with one header when forwarding it."""
-    cdef char c = _lower(name[0]) if n else 0
+    cdef char c = lower(name[0]) if n else 0
     if c == b'c':
-        if _eq(name, n, b"connection", 10):
+        if is_lower_literal(name, n, b"connection", 10):
             return H_DROP
-        if _eq(name, n, b"content-length", 14):
+        if is_lower_literal(name, n, b"content-length", 14):
             return H_CONTENT_LENGTH
     elif c == b'k':
-        if _eq(name, n, b"keep-alive", 10):
+        if is_lower_literal(name, n, b"keep-alive", 10):
             return H_DROP
     elif c == b'p':
-        if _eq(name, n, b"proxy-connection", 16):
+        if is_lower_literal(name, n, b"proxy-connection", 16):
             return H_DROP
     elif c == b't':
-        if _eq(name, n, b"te", 2) or _eq(name, n, b"trailer", 7) or _eq(name, n, b"transfer-encoding", 17):
+        if is_lower_literal(name, n, b"te", 2) or is_lower_literal(name, n, b"trailer", 7) or is_lower_literal(name, n, b"transfer-encoding", 17):
             return H_DROP
     elif c == b'u':
-        if _eq(name, n, b"upgrade", 7):
+        if is_lower_literal(name, n, b"upgrade", 7):
             return H_DROP
     elif c == b'h':
-        if _eq(name, n, b"http2-settings", 14):
+        if is_lower_literal(name, n, b"http2-settings", 14):
             return H_DROP
-        if request and _eq(name, n, b"host", 4):
+        if request and is_lower_literal(name, n, b"host", 4):
             return H_DROP
     elif c == b'v':
-        if _eq(name, n, b"via", 3):
+        if is_lower_literal(name, n, b"via", 3):
             return H_VIA
     elif c == b'x' and request:
-        if _eq(name, n, b"x-forwarded-for", 15):
+        if is_lower_literal(name, n, b"x-forwarded-for", 15):
             return H_XFF
-        if _eq(name, n, b"x-forwarded-proto", 17) or _eq(name, n, b"x-forwarded-host", 16):
+        if is_lower_literal(name, n, b"x-forwarded-proto", 17) or is_lower_literal(name, n, b"x-forwarded-host", 16):
             return H_DROP
     elif c == b'e' and request:
-        if _eq(name, n, b"expect", 6):
+        if is_lower_literal(name, n, b"expect", 6):
             return H_DROP  # the proxy answers 100-continue itself
     return H_KEEP
 

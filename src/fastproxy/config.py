@@ -446,7 +446,8 @@ TIMEOUTS_FIELDS: Final = (
         "header",
         "30s",
         "duration > 0",
-        "from connection (or the first byte of the next request) until the full request head -> 408",
+        "from connection (or the first byte of the next request) until the full request"
+        " head -> 408",
         _duration(),
     ),
     FieldSpec(

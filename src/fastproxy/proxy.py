@@ -15,8 +15,13 @@ import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fastproxy._http import BODY_CHUNKED, BODY_LENGTH, BODY_NONE, MessageHead
-from fastproxy._rewrite import FRAME_CHUNKED, FRAME_CLOSE, FRAME_PASS
-from fastproxy._rewrite import build_request_head, build_response_head
+from fastproxy._rewrite import (
+    FRAME_CHUNKED,
+    FRAME_CLOSE,
+    FRAME_PASS,
+    build_request_head,
+    build_response_head,
+)
 from fastproxy.responses import CONTINUE, local_body_size, local_response
 from fastproxy.router import normalize_host
 from fastproxy.upstream import ServerPool, UpstreamConnection, UpstreamGroup
@@ -232,7 +237,7 @@ class Exchange:
         req = self.head
         keep = req.keep_alive and self.req_done and not self.worker.closing
         kind = head.body_kind
-        if kind == BODY_NONE or kind == BODY_LENGTH:
+        if kind in (BODY_NONE, BODY_LENGTH):
             framing = FRAME_PASS
         elif req.http_minor == 1:
             framing = FRAME_CHUNKED

@@ -102,15 +102,14 @@ class Worker:
         for conn in [c for c in self.upstream_conns if c.deadline and c.deadline <= now]:
             conn.timed_out()
         self.access_log.flush()
-        if self.closing:
-            if not self.clients or now >= self._drain_deadline:
-                if self.clients:
-                    log.warning("shutdown timeout: cutting %d connections", len(self.clients))
-                for client in list(self.clients):
-                    client.abort()
-                for conn in list(self.upstream_conns):
-                    conn.abort()
-                if self._stopped is not None and not self._stopped.done():
-                    self._stopped.set_result(None)
-                return
+        if self.closing and (not self.clients or now >= self._drain_deadline):
+            if self.clients:
+                log.warning("shutdown timeout: cutting %d connections", len(self.clients))
+            for client in list(self.clients):
+                client.abort()
+            for conn in list(self.upstream_conns):
+                conn.abort()
+            if self._stopped is not None and not self._stopped.done():
+                self._stopped.set_result(None)
+            return
         self.loop.call_later(TICK, self._tick)
