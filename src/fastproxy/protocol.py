@@ -14,7 +14,7 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from fastproxy._http import HttpParseError, MessageHead, RequestParser
-from fastproxy.proxy import Exchange
+from fastproxy.proxy import HOLD_UPSTREAM, Exchange
 from fastproxy.responses import local_body_size, local_response
 
 if TYPE_CHECKING:
@@ -163,6 +163,8 @@ class ClientConnection(asyncio.Protocol):
     def exchange_done(self, exchange: Exchange, keep_alive: bool) -> None:
         if self.exchange is exchange:
             self.exchange = None
+        if self.holds & HOLD_UPSTREAM:
+            self.hold_reading(HOLD_UPSTREAM, False)  # that upstream is not ours any more
         self.requests += 1
         if self.closed:
             return

@@ -58,7 +58,7 @@ HOLD_UPSTREAM = 2  # client reading held because the upstream cannot take more y
 
 class Exchange:
     __slots__ = (
-        "client", "worker", "head", "target", "host", "started", "status", "sent",
+        "client", "worker", "head", "target", "host", "status", "sent",
         "req_bytes", "req_done", "pending", "pending_size", "group", "tried", "pool",
         "conn", "resp_started", "resp_head", "framing", "keep", "finished",
         "local", "interim", "retried", "upstream_label", "out",
@@ -70,7 +70,6 @@ class Exchange:
         self.head = head
         self.target = head.target
         self.host = head.host
-        self.started = worker.clock.now
         self.status = 0
         self.sent = 0
         self.req_bytes = 0
