@@ -306,9 +306,9 @@ cdef class HttpParser:
     """
 
     def __cinit__(self):
-        self._cap = 1024
+        self._cap = 512  # a typical request head fits; grows by doubling
         self._buf = <char*>PyMem_Malloc(self._cap)
-        self._offs_cap = 32
+        self._offs_cap = 16
         self._offs = <uint32_t*>PyMem_Malloc(self._offs_cap * 4 * sizeof(uint32_t))
         if self._buf == NULL or self._offs == NULL:
             raise MemoryError()
