@@ -421,3 +421,24 @@ def test_reason_phrases_are_rfc9110(origin: Origin, make_proxy: ProxyFactory, cl
         assert resp.status == status
         got[status] = (resp.reason, resp.body.decode())
     assert got == {s: (PHRASES[s], f"{s} {PHRASES[s]}\n") for s in got}
+
+
+def test_413_reaches_a_client_still_sending_its_body(origin: Origin, make_proxy: ProxyFactory,
+                                                     clients) -> None:
+    """The client sends a too-large body without waiting (no Expect). Closing with its
+    bytes unread would make the kernel send a reset that can destroy the 413 before the
+    client reads it; the proxy must half-close and drain instead (a lingering close)."""
+    proxy = make_proxy({"backend": [origin.address]}, extra=BODY_LIMIT)
+    for _ in range(3):
+        c = clients(proxy.port)
+        c.send(b"POST /big HTTP/1.1\r\n" + H + b"Content-Length: 4000000\r\n\r\n")
+        sent = 0
+        c.sock.settimeout(5)
+        try:
+            while sent < 4_000_000:
+                sent += c.sock.send(b"x" * 65536)
+        except OSError:
+            pass  # the proxy may stop reading after a while: what matters is the answer
+        resp = c.response()
+        assert resp.status == 413, resp
+        assert resp.headers.get("connection") == "close"

@@ -5,6 +5,7 @@ worker goes on serving."""
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -279,3 +280,43 @@ def test_all_servers_refuse_is_502(make_proxy: Callable[..., ProxyProcess]) -> N
     proxy = make_proxy({"backend": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]})
     r = requests.get(proxy.url("/x"), timeout=5)
     assert (r.status_code, r.text) == (502, "502 Bad Gateway\n")
+
+
+def test_upstream_that_stops_reading_the_body_is_504_within_send_timeout(
+        make_origin: Callable[..., Origin], make_proxy: Callable[..., ProxyProcess]) -> None:
+    """send_timeout bounds how long the upstream may stall reading our request;
+    read_timeout (long here) must not be what ends it."""
+    origin = make_origin()
+    origin.stream_request_bodies = True
+    origin.body_read_delay = 30.0  # reads the head, then nothing for the whole test
+    proxy = make_proxy({"backend": [origin.address]},
+                       upstream_extra='send_timeout = "1s"\nread_timeout = "20s"',
+                       extra='[limits]\nmax_body_bytes = 0\n')
+    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=15)
+    total = 256 * 1024 * 1024
+    sock.sendall(b"POST /up HTTP/1.1\r\nHost: a.test\r\nContent-Length: %d\r\n\r\n" % total)
+
+    def upload() -> None:
+        chunk = b"u" * 65536
+        try:
+            for _ in range(total // len(chunk)):
+                sock.sendall(chunk)
+        except OSError:
+            pass  # the proxy gave up on the request and closed
+
+    sender = threading.Thread(target=upload, daemon=True)
+    start = time.monotonic()
+    sender.start()
+    try:
+        got = b""
+        while b"\r\n\r\n" not in got:
+            data = sock.recv(65536)
+            if not data:
+                break
+            got += data
+        elapsed = time.monotonic() - start
+        assert got.startswith(b"HTTP/1.1 504 "), got[:200]
+        assert elapsed < 10, elapsed
+    finally:
+        sock.close()
+        sender.join(10)

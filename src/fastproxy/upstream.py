@@ -47,7 +47,7 @@ class Registry(Protocol):
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "pool", "transport", "parser", "sink", "deadline", "reused", "got_bytes",
-        "closed", "read_paused",
+        "closed", "read_paused", "write_paused",
     )
 
     def __init__(self, pool: ServerPool) -> None:
@@ -60,6 +60,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.got_bytes = False
         self.closed = False
         self.read_paused = False
+        self.write_paused = False
 
     # -- owner side ---------------------------------------------------------
     def attach(self, sink: ResponseSink, head_request: bool) -> None:
@@ -69,8 +70,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.deadline = monotonic() + self.pool.upstream.read_timeout
 
     def touch(self) -> None:
-        """Progress on the request side: push the read/send deadline out."""
-        self.deadline = monotonic() + self.pool.upstream.read_timeout
+        """Progress on the request side: push the read deadline out."""
+        if not self.write_paused:
+            self.deadline = monotonic() + self.pool.upstream.read_timeout
 
     def release(self, reusable: bool) -> None:
         """The exchange is over: back to the pool, or closed."""
@@ -167,10 +169,15 @@ class UpstreamConnection(asyncio.Protocol):
         self.parser = None  # type: ignore[assignment]  # holds our bound methods: break the cycle
 
     def pause_writing(self) -> None:
+        # The upstream stalls reading our request: send_timeout runs from now.
+        self.write_paused = True
+        self.deadline = monotonic() + self.pool.upstream.send_timeout
         if self.sink is not None:
             self.sink.upstream_write_paused(True)
 
     def resume_writing(self) -> None:
+        self.write_paused = False
+        self.deadline = monotonic() + self.pool.upstream.read_timeout
         if self.sink is not None:
             self.sink.upstream_write_paused(False)
 
