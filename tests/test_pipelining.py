@@ -192,3 +192,28 @@ def test_pipelined_responses_respect_client_back_pressure(
     stats = f"{fetched} of {n} responses fetched, RSS +{growth_while_stalled:.1f} MiB"
     assert fetched < n // 2, stats
     assert growth_while_stalled < 16, stats
+
+
+def test_bytes_after_a_response_never_answer_the_next_pipelined_request(
+        make_origin: Callable[..., Origin], make_proxy: Callable[..., ProxyProcess]) -> None:
+    """The origin answers HEAD /a and, in the same write, appends a whole extra
+    response. The connection must not be handed to the pipelined GET /b while those
+    bytes are still being read: /b gets the origin's real answer, never 'smuggled'."""
+    extra = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled"
+
+    def handler(req: Received) -> Reply:
+        if req.target == "/a":
+            return Reply(raw=b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n" + extra)
+        return Reply(body=b"real " + req.target.encode())
+
+    origin = make_origin(handler)
+    proxy = make_proxy({"backend": [origin.address]})
+    for _ in range(5):
+        with RawClient(proxy.port) as c:
+            c.send(b"HEAD /a HTTP/1.1\r\nHost: a.test\r\n\r\n"
+                   b"GET /b HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            first = c.read_response(head_request=True)
+            second = c.read_response()
+            assert first.status == 200
+            assert (second.status, second.body) == (200, b"real /b")
+

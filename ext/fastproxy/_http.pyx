@@ -197,6 +197,7 @@ cdef int cb_status(llhttp_t* p, const char* at, size_t length) noexcept:
 
 cdef int cb_header_field(llhttp_t* p, const char* at, size_t length) noexcept:
     cdef HttpParser self = <HttpParser>p.data
+    cdef uint32_t* grown
     if not self._in_head:
         return self._trailer(length)
     try:
@@ -204,10 +205,11 @@ cdef int cb_header_field(llhttp_t* p, const char* at, size_t length) noexcept:
             if self._n >= self._max_count:
                 self._fail(431, "too many header fields")
             if self._n >= self._offs_cap:
+                grown = <uint32_t*>PyMem_Realloc(self._offs, self._offs_cap * 8 * sizeof(uint32_t))
+                if grown == NULL:
+                    raise MemoryError()  # the old table stays valid (and is freed later)
+                self._offs = grown
                 self._offs_cap *= 2
-                self._offs = <uint32_t*>PyMem_Realloc(self._offs, self._offs_cap * 4 * sizeof(uint32_t))
-                if self._offs == NULL:
-                    raise MemoryError()
             self._offs[4 * self._n] = <uint32_t>self._len
             self._n += 1
             self._span_state = SPAN_FIELD

@@ -88,7 +88,10 @@ class ClientConnection(asyncio.Protocol):
         # A half-closed client still gets the answer to a request it completed.
         ex = self.exchange
         self.eof = True
-        return ex is not None and ex.req_done and not ex.finished
+        if ex is not None and ex.req_done and not ex.finished:
+            return True  # keep the transport open to send the answer
+        self.closed = True  # the transport closes now
+        return False
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.closed = True
@@ -131,7 +134,8 @@ class ClientConnection(asyncio.Protocol):
     def on_body(self, data: Any) -> None:
         ex = self.exchange
         if ex is not None:
-            self.deadline = monotonic() + self.worker.timeouts.body
+            if self.waiting == WAIT_BODY:
+                self.deadline = monotonic() + self.worker.timeouts.body
             ex.request_body(data)
 
     def on_message_complete(self) -> None:
@@ -142,8 +146,18 @@ class ClientConnection(asyncio.Protocol):
             ex.request_complete()
 
     # -- used by the exchange -------------------------------------------------
+    # uvloop raises on writes to a closed handle: nothing is written once we
+    # (or the client's EOF) started closing.
     def write(self, data: bytes) -> None:
-        self.transport.write(data)
+        if not self.closed:
+            self.transport.write(data)
+
+    def write_all(self, parts: list[Any]) -> None:
+        if not self.closed:
+            if len(parts) == 1:
+                self.transport.write(parts[0])
+            else:
+                self.transport.writelines(parts)
 
     def abort(self) -> None:
         if not self.closed:
@@ -226,6 +240,8 @@ class ClientConnection(asyncio.Protocol):
         self.transport.close()
 
     def _wait(self, what: int, seconds: float) -> None:
+        if self.write_paused and self.waiting == WAIT_SEND:
+            return  # the client is not reading: its send timeout keeps running
         # A fresh reading: the tick's cached time may be up to one tick old.
         self.waiting = what
         self.deadline = monotonic() + seconds if what else 0.0

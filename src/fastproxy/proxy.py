@@ -48,6 +48,7 @@ class ClientSide(Protocol):
     write_paused: bool
 
     def write(self, data: bytes) -> None: ...
+    def write_all(self, parts: list[Any]) -> None: ...
     def exchange_done(self, exchange: Exchange, keep_alive: bool) -> None: ...
     def hold_reading(self, reason: int, on: bool) -> None: ...
     def abort(self) -> None: ...
@@ -175,11 +176,13 @@ class Exchange:
         self.pending = None
         if pending:
             pending.insert(0, out)
-            conn.transport.writelines(pending)  # type: ignore[union-attr]
             if self.pending_size > _PENDING_LIMIT:
+                # Before the write: if it fills the upstream's buffer, its
+                # pause_writing holds the client again.
                 self.client.hold_reading(HOLD_UPSTREAM, False)
+            conn.send_all(pending)
         else:
-            conn.transport.write(out)  # type: ignore[union-attr]
+            conn.send(out)
 
     # -- request body, client -> upstream ------------------------------------
     def request_body(self, data: Any) -> None:
@@ -204,7 +207,7 @@ class Exchange:
             parts = (data,)
         conn = self.conn
         if conn is not None:
-            conn.transport.writelines(parts)  # type: ignore[union-attr]
+            conn.send_all(parts)
             conn.touch()
         elif self.pending is not None:
             self.pending.extend(parts)
@@ -220,7 +223,7 @@ class Exchange:
             return
         if self.head.body_kind == BODY_CHUNKED:
             if self.conn is not None:
-                self.conn.transport.write(_LAST_CHUNK)  # type: ignore[union-attr]
+                self.conn.send(_LAST_CHUNK)
             elif self.pending is not None:
                 self.pending.append(_LAST_CHUNK)
 
@@ -266,10 +269,7 @@ class Exchange:
     def _flush(self) -> None:
         out = self.out
         self.out = []
-        if len(out) == 1:
-            self.client.transport.write(out[0])
-        else:
-            self.client.transport.writelines(out)
+        self.client.write_all(out)
 
     def upstream_complete(self) -> None:
         if self.interim:

@@ -47,7 +47,7 @@ class Registry(Protocol):
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "pool", "transport", "parser", "sink", "deadline", "reused", "got_bytes",
-        "closed", "read_paused", "write_paused",
+        "closed", "read_paused", "write_paused", "in_read", "parked",
     )
 
     def __init__(self, pool: ServerPool) -> None:
@@ -61,6 +61,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.read_paused = False
         self.write_paused = False
+        self.in_read = False   # inside data_received
+        self.parked = False    # released during that read: pool it once the read is done
 
     # -- owner side ---------------------------------------------------------
     def attach(self, sink: ResponseSink, head_request: bool) -> None:
@@ -80,9 +82,23 @@ class UpstreamConnection(asyncio.Protocol):
         if self.read_paused:
             self.set_reading(True)
         if reusable and not self.closed:
-            self.pool.put(self)
+            if self.in_read:
+                # Not into the pool before the rest of this read is checked: a
+                # pipelined request could otherwise take it and be answered with
+                # bytes the upstream sent before it saw that request.
+                self.parked = True
+            else:
+                self.pool.put(self)
         else:
             self.close()
+
+    def send(self, data: Any) -> None:
+        if not self.closed:
+            self.transport.write(data)  # type: ignore[union-attr]
+
+    def send_all(self, parts: Any) -> None:
+        if not self.closed:
+            self.transport.writelines(parts)  # type: ignore[union-attr]
 
     def set_reading(self, on: bool) -> None:
         if self.transport is None or self.closed:
@@ -132,22 +148,31 @@ class UpstreamConnection(asyncio.Protocol):
         self.got_bytes = True
         self.deadline = monotonic() + self.pool.upstream.read_timeout
         parser = self.parser
-        while True:
-            try:
-                n = parser.feed(data)
-            except HttpParseError as e:
-                self._fail(e.reason)
-                return
-            if n == len(data):
-                sink = self.sink
-                if sink is not None:
-                    sink.upstream_read_done()
-                return
-            data = data[n:]
-            if self.sink is None:
-                # Bytes after the end of the response: the upstream cannot be trusted.
-                self.abort()
-                return
+        self.in_read = True
+        try:
+            while True:
+                try:
+                    n = parser.feed(data)
+                except HttpParseError as e:
+                    self._fail(e.reason)
+                    return
+                if n == len(data):
+                    sink = self.sink
+                    if sink is not None:
+                        sink.upstream_read_done()
+                    break
+                data = data[n:]
+                if self.sink is None:
+                    # Bytes after the end of the response: the upstream cannot be trusted.
+                    self.parked = False
+                    self.abort()
+                    return
+        finally:
+            self.in_read = False
+        if self.parked:
+            self.parked = False
+            if not self.closed:
+                self.pool.put(self)
 
     def eof_received(self) -> bool:
         sink = self.sink
@@ -156,6 +181,10 @@ class UpstreamConnection(asyncio.Protocol):
                 self.parser.feed_eof()  # completes a close-delimited body
             except HttpParseError as e:
                 self._fail(e.reason)
+        # The transport closes now; connection_lost comes later. Stop writes and
+        # pooling from this moment (uvloop raises on writes to a closed handle).
+        self.closed = True
+        self.pool.discard(self)
         return False
 
     def connection_lost(self, exc: BaseException | None) -> None:
