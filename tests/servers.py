@@ -255,6 +255,13 @@ class Origin:
                 self._server.close()
             for w in list(self._writers):
                 w.transport.abort()
+            # Handlers still waiting (a delayed reply, a hanging path) end here,
+            # not as "Task was destroyed but it is pending" at interpreter exit.
+            me = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not me]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(shutdown(), loop).result(5)
         loop.call_soon_threadsafe(loop.stop)
