@@ -9,6 +9,7 @@ exactly as a user would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -17,7 +18,7 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -704,3 +705,24 @@ class RssSampler:
     @property
     def growth_mib(self) -> float:
         return (self.max_kib - self.start_kib) / 1024
+
+
+@contextlib.contextmanager
+def origin_and_proxy(workdir: Path, handler: Handler | None = None,
+                     **options: object) -> Iterator[tuple[Origin, ProxyProcess]]:
+    """An origin and a proxy in front of it, for module-scoped fixtures (a proxy per
+    test would dominate the run time of tests that only send requests). `options`
+    go to `config_toml`. Both are stopped on exit, also on failure."""
+    origin = Origin(handler).start()
+    proxy: ProxyProcess | None = None
+    try:
+        port = free_port()
+        proxy = ProxyProcess(config_toml({"backend": [origin.address]}, port,
+                                         workdir / "access.log", **options),  # type: ignore[arg-type]
+                             workdir, port)
+        proxy.start()
+        yield origin, proxy
+    finally:
+        if proxy is not None and proxy.proc is not None:
+            proxy.stop()
+        origin.stop()

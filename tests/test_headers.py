@@ -5,11 +5,10 @@ order, duplicates included."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
-from servers import Origin, ProxyProcess, RawClient, Received, Reply, config_toml, free_port
+from servers import Origin, ProxyProcess, RawClient, Received, Reply, origin_and_proxy
 
 HOP_BY_HOP = ["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"]
 
@@ -19,19 +18,8 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Origin, P
     """One default origin and proxy for the tests below that only send requests
     (starting a proxy per test dominates their run time); each test uses its own
     request targets and finds its requests by target."""
-    origin = Origin().start()
-    proxy: ProxyProcess | None = None
-    try:
-        workdir: Path = tmp_path_factory.mktemp("headers-proxy")
-        port = free_port()
-        proxy = ProxyProcess(config_toml({"backend": [origin.address]}, port,
-                                         workdir / "access.log"), workdir, port)
-        proxy.start()
-        yield origin, proxy
-    finally:
-        if proxy is not None and proxy.proc is not None:
-            proxy.stop()
-        origin.stop()
+    with origin_and_proxy(tmp_path_factory.mktemp("headers-proxy")) as pair:
+        yield pair
 
 
 @pytest.fixture

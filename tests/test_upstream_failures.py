@@ -12,7 +12,15 @@ from collections.abc import Callable, Iterator
 import pytest
 import requests
 
-from servers import Origin, ProxyProcess, RawClient, Received, Reply, config_toml, free_port
+from servers import (
+    Origin,
+    ProxyProcess,
+    RawClient,
+    Received,
+    Reply,
+    free_port,
+    origin_and_proxy,
+)
 
 CUT_LENGTH = (b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nX-Cut: yes\r\n\r\n" + b"a" * 100)
 CUT_CHUNKED = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -45,20 +53,9 @@ def faulty(req: Received) -> Reply:
 def faulty_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Origin, ProxyProcess]]:
     """One `faulty` origin and its proxy, shared by the tests of this module that
     use them (each failure is per request; the tests check the worker survives)."""
-    origin = Origin(faulty).start()
-    proxy: ProxyProcess | None = None
-    try:
-        workdir = tmp_path_factory.mktemp("faulty-proxy")
-        port = free_port()
-        proxy = ProxyProcess(config_toml({"backend": [origin.address]}, port,
-                                         workdir / "access.log",
-                                         upstream_extra='read_timeout = "1s"'), workdir, port)
-        proxy.start()
-        yield origin, proxy
-    finally:
-        if proxy is not None and proxy.proc is not None:
-            proxy.stop()
-        origin.stop()
+    with origin_and_proxy(tmp_path_factory.mktemp("faulty-proxy"), faulty,
+                          upstream_extra='read_timeout = "1s"') as pair:
+        yield pair
 
 
 @pytest.fixture
