@@ -35,7 +35,7 @@ WAIT_SEND = 4       # the client does not read our response -> abort
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "worker", "transport", "parser", "exchange", "pending", "holds", "ip", "proto",
-        "deadline", "waiting", "write_paused", "requests", "closed", "eof",
+        "deadline", "waiting", "write_paused", "closed", "eof",
     )
 
     def __init__(self, worker: Worker) -> None:
@@ -50,7 +50,6 @@ class ClientConnection(asyncio.Protocol):
         self.deadline = 0.0
         self.waiting = WAIT_NONE
         self.write_paused = False
-        self.requests = 0
         self.closed = False
         self.eof = False
 
@@ -59,7 +58,6 @@ class ClientConnection(asyncio.Protocol):
         worker = self.worker
         self.transport = transport
         if len(worker.clients) >= worker.max_connections or worker.closing:
-            worker.refused += 1
             self.closed = True
             transport.abort()  # type: ignore[attr-defined]
             return
@@ -179,7 +177,6 @@ class ClientConnection(asyncio.Protocol):
             self.exchange = None
         if self.holds & HOLD_UPSTREAM:
             self.hold_reading(HOLD_UPSTREAM, False)  # that upstream is not ours any more
-        self.requests += 1
         if self.closed:
             return
         if not keep_alive or self.worker.closing or (self.eof and self.pending is None):

@@ -11,14 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from time import monotonic
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from fastproxy._http import HttpParseError, MessageHead, ResponseParser
 from fastproxy.balancer import RoundRobin
 from fastproxy.config import Upstream
-
-if TYPE_CHECKING:
-    from fastproxy.clock import Clock
 
 log = logging.getLogger("fastproxy.upstream")
 
@@ -36,9 +33,8 @@ class ResponseSink(Protocol):
 
 
 class Registry(Protocol):
-    """The worker-wide view a pool needs: the clock, open connections, shutdown."""
+    """The worker-wide view a pool needs: the loop, open connections, shutdown."""
 
-    clock: Clock
     loop: asyncio.AbstractEventLoop
     upstream_conns: set[UpstreamConnection]
     closing: bool

@@ -42,7 +42,6 @@ class Worker:
         self.clients: set[ClientConnection] = set()
         self.upstream_conns: set[UpstreamConnection] = set()
         self.closing = False
-        self.refused = 0
         self.groups = {name: UpstreamGroup(up, self) for name, up in config.upstreams.items()}
         self.router: Router[UpstreamGroup] = Router(config.routes, self.groups)
         self.access_log = AccessLog(config.log, self.clock)
