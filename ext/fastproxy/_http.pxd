@@ -1,3 +1,4 @@
+cimport cython
 from libc.stdint cimport uint32_t
 from fastproxy.llhttp cimport llhttp_t, llhttp_settings_t
 
@@ -33,13 +34,20 @@ cdef class MessageHead:
     cpdef bytes get(self, bytes name)
 
 
+# What a parser reports to. Compiled owners (the connection protocols in
+# _proxy.pyx) subclass it and are called as C methods; any other object with
+# on_head/on_body/on_message_complete is wrapped in a forwarding subclass.
+cdef class ParserHandler:
+    cdef int on_head(self, MessageHead head) except -1
+    cdef int on_body(self, object data) except -1
+    cdef int on_message_complete(self) except -1
+
+
 cdef class HttpParser:
     cdef llhttp_t _p
     cdef llhttp_settings_t _settings
     cdef bint _is_request
-    cdef object _on_head
-    cdef object _on_body
-    cdef object _on_complete
+    cdef ParserHandler _handler
     # head accumulation
     cdef char* _buf
     cdef size_t _len
@@ -78,3 +86,13 @@ cdef class HttpParser:
     cdef bint _has_header(self, const char* lit, size_t ln) noexcept
     cdef int _validate_request(self, MessageHead head) except -1
     cpdef Py_ssize_t feed(self, object data) except -1
+
+
+@cython.final
+cdef class RequestParser(HttpParser):
+    pass
+
+
+@cython.final
+cdef class ResponseParser(HttpParser):
+    pass

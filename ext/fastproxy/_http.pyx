@@ -278,7 +278,7 @@ cdef int cb_body(llhttp_t* p, const char* at, size_t length) noexcept:
             chunk = memoryview(self._data)[off:off + length]
         else:
             chunk = PyBytes_FromStringAndSize(at, length)
-        self._on_body(chunk)
+        self._handler.on_body(chunk)
     except BaseException as e:
         self._error = e
         return -1
@@ -292,12 +292,48 @@ cdef int cb_message_complete(llhttp_t* p) noexcept:
     self._message_done = True
     self._mid_message = False
     try:
-        self._on_complete()
+        self._handler.on_message_complete()
     except BaseException as e:
         self._error = e
         return -1
     # Stop here: the owner decides when the next (pipelined) message starts.
     return HPE_PAUSED
+
+
+cdef class ParserHandler:
+    """Receives what a parser finds; the C-level interface of a parser's owner."""
+
+    cdef int on_head(self, MessageHead head) except -1:
+        raise NotImplementedError
+
+    cdef int on_body(self, object data) except -1:
+        raise NotImplementedError
+
+    cdef int on_message_complete(self) except -1:
+        raise NotImplementedError
+
+
+@cython.final
+cdef class _MethodHandler(ParserHandler):
+    """Forwards to the bound methods of a plain Python handler object."""
+    cdef object _head, _body, _complete
+
+    def __cinit__(self, handler):
+        self._head = handler.on_head
+        self._body = handler.on_body
+        self._complete = handler.on_message_complete
+
+    cdef int on_head(self, MessageHead head) except -1:
+        self._head(head)
+        return 0
+
+    cdef int on_body(self, object data) except -1:
+        self._body(data)
+        return 0
+
+    cdef int on_message_complete(self) except -1:
+        self._complete()
+        return 0
 
 
 cdef class HttpParser:
@@ -332,9 +368,10 @@ cdef class HttpParser:
     cdef _setup(self, handler, size_t max_line, size_t max_head, int max_count):
         if max_head < 64 or max_count < 1 or max_line < 1:
             raise ValueError("parser limits must be positive")
-        self._on_head = handler.on_head
-        self._on_body = handler.on_body
-        self._on_complete = handler.on_message_complete
+        if isinstance(handler, ParserHandler):
+            self._handler = <ParserHandler>handler
+        else:
+            self._handler = _MethodHandler(handler)
         self._max_line = max_line
         self._max_head = max_head
         self._max_count = max_count
@@ -425,7 +462,7 @@ cdef class HttpParser:
         head.keep_alive = (llhttp_should_keep_alive(p) and not (p.flags & F_CONNECTION_CLOSE)
                            and head.body_kind != K_UNTIL_CLOSE)
         self.head = head
-        self._on_head(head)
+        self._handler.on_head(head)
         return rc
 
     cdef bint _has_header(self, const char* lit, size_t ln) noexcept:

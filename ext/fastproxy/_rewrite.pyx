@@ -17,11 +17,6 @@ from fastproxy.ascii cimport equal_ci, is_lower_literal, lower
 from fastproxy._http cimport K_CHUNKED, K_LENGTH, MessageHead
 
 # Response framing chosen by the proxy for the client side.
-cdef enum Framing:
-    FR_PASS = 0      # keep the upstream's Content-Length (or no body at all)
-    FR_CHUNKED = 1   # re-frame as chunked
-    FR_CLOSE = 2     # delimit by closing the connection (HTTP/1.0 clients)
-
 FRAME_PASS = FR_PASS
 FRAME_CHUNKED = FR_CHUNKED
 FRAME_CLOSE = FR_CLOSE
@@ -98,6 +93,33 @@ cdef bint _named_by_connection(MessageHead head, const char* name, size_t nl) no
     return False
 
 
+cdef bint _connection_names_more(MessageHead head) noexcept:
+    """Does a Connection header list anything besides keep-alive (whose header we drop anyway)?"""
+    cdef const uint32_t* o = head.offsets()
+    cdef const char* raw = PyBytes_AS_STRING(head.raw)
+    cdef const char* v
+    cdef size_t j, vl, start, end
+    cdef int i
+    for i in range(head.header_count):
+        if not is_lower_literal(raw + o[4 * i], o[4 * i + 1], b"connection", 10):
+            continue
+        v = raw + o[4 * i + 2]
+        vl = o[4 * i + 3]
+        j = 0
+        while j < vl:
+            while j < vl and (v[j] == b' ' or v[j] == b'\t' or v[j] == b','):
+                j += 1
+            start = j
+            while j < vl and v[j] != b',':
+                j += 1
+            end = j
+            while end > start and (v[end - 1] == b' ' or v[end - 1] == b'\t'):
+                end -= 1
+            if end > start and not is_lower_literal(v + start, end - start, b"keep-alive", 10):
+                return True
+    return False
+
+
 cdef enum HeaderClass:
     H_KEEP = 0
     H_DROP = 1
@@ -153,7 +175,8 @@ cdef int _copy_headers(Writer* w, char* stack, MessageHead head, bint request,
     cdef size_t nl, vl
     cdef int i, cls
     cdef Writer* target
-    cdef bint check_connection = head.has_connection_header
+    # Headers named by Connection are dropped; the usual "keep-alive" names none we keep.
+    cdef bint check_connection = head.has_connection_header and _connection_names_more(head)
     for i in range(head.header_count):
         name = raw + o[4 * i]
         nl = o[4 * i + 1]
@@ -212,6 +235,18 @@ def build_request_head(MessageHead head not None, bytes target not None, bytes h
     `client_ip` is appended to X-Forwarded-For; `via` (b"" for none) is our
     Via entry, e.g. b"1.1 fastproxy".
     """
+    return request_head(head, target, host, client_ip, proto, via)
+
+
+def build_response_head(MessageHead head not None, int framing, bint keep_alive,
+                        int client_minor, bytes via not None):
+    """The head we send to the client for the upstream response `head`."""
+    return response_head(head, framing, keep_alive, client_minor, via)
+
+
+# The C entry points (see _rewrite.pxd); arguments are never None.
+cdef bytes request_head(MessageHead head, bytes target, bytes host, bytes client_ip,
+                        bytes proto, bytes via):
     cdef char stack[STACK_BUF]
     cdef char xbuf[256]
     cdef char vbuf[256]
@@ -251,9 +286,8 @@ def build_request_head(MessageHead head not None, bytes target not None, bytes h
         _free(&vw)
 
 
-def build_response_head(MessageHead head not None, int framing, bint keep_alive,
-                        int client_minor, bytes via not None):
-    """The head we send to the client for the upstream response `head`."""
+cdef bytes response_head(MessageHead head, int framing, bint keep_alive, int client_minor,
+                         bytes via):
     cdef char stack[STACK_BUF]
     cdef char vbuf[256]
     cdef char line[64]

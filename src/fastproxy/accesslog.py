@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 from fastproxy.config import LogSettings
 
 if TYPE_CHECKING:
+    from fastproxy._proxy import Exchange
     from fastproxy.clock import Clock
-    from fastproxy.proxy import Exchange
 
 _UNSAFE = re.compile(rb'["\\\x00-\x1f\x7f-\xff]')
 _FLUSH_BYTES = 64 * 1024

@@ -6,9 +6,6 @@ from http import HTTPStatus
 
 from fastproxy.clock import Clock
 
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-
 # RFC 9110 renamed these; Python's HTTPStatus keeps the old names before 3.13.
 _PHRASES = {413: "Content Too Large", 414: "URI Too Long", 416: "Range Not Satisfiable",
             422: "Unprocessable Content"}

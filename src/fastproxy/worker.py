@@ -1,9 +1,9 @@
 """One worker process: a uvloop event loop serving its share of the listeners.
 
-The worker owns the per-process state that requests share: the router, the
-upstream pools, the clock, the access log, the open connections and their
-deadlines. Deadlines are checked by one periodic tick instead of a timer per
-connection.
+The worker builds the per-process state that requests share — the compiled
+`Core` (limits, timeouts, open connections), the router, the upstream pools,
+the clock and the access log — and runs the loop. Deadlines are checked by
+one periodic tick instead of a timer per connection.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ from typing import Any
 
 import uvloop
 
+from fastproxy._proxy import Core
+from fastproxy._router import Router
 from fastproxy.accesslog import AccessLog
 from fastproxy.clock import Clock
 from fastproxy.config import Config
-from fastproxy.protocol import ClientConnection
-from fastproxy.router import Router
-from fastproxy.upstream import UpstreamConnection, UpstreamGroup
+from fastproxy.responses import local_body_size, local_response
+from fastproxy.upstream import UpstreamGroup
 
 log = logging.getLogger("fastproxy.worker")
 
@@ -34,17 +35,12 @@ class Worker:
         self.config = config
         self.sockets = sockets
         self.clock = Clock()
-        self.limits = config.limits
-        self.timeouts = config.timeouts
-        self.max_body = config.limits.max_body_bytes
-        self.max_connections = config.server.max_connections
-        self.via = b"1.1 fastproxy" if config.server.via else b""
-        self.clients: set[ClientConnection] = set()
-        self.upstream_conns: set[UpstreamConnection] = set()
-        self.closing = False
-        self.groups = {name: UpstreamGroup(up, self) for name, up in config.upstreams.items()}
-        self.router: Router[UpstreamGroup] = Router(config.routes, self.groups)
         self.access_log = AccessLog(config.log, self.clock)
+        self.core = Core(config, None, self.access_log, self.clock, local_response,
+                         local_body_size)
+        self.groups = {name: UpstreamGroup(up, self.core)
+                       for name, up in config.upstreams.items()}
+        self.core.router = Router(config.routes, self.groups)
         self._servers: list[Any] = []
         self._stopped: asyncio.Future[None] | None = None
         self._drain_deadline = 0.0
@@ -54,6 +50,7 @@ class Worker:
         loop = uvloop.new_event_loop()
         asyncio.set_event_loop(loop)
         self.loop = loop
+        self.core.loop = loop
         # Everything made so far (config, modules) lives as long as the worker:
         # keep it out of the cyclic GC's generations.
         gc.freeze()
@@ -68,8 +65,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         self._stopped = loop.create_future()
         for sock in self.sockets:
-            server = await loop.create_server(lambda: ClientConnection(self), sock=sock,
-                                              backlog=1024)
+            server = await loop.create_server(self.core.new_client, sock=sock, backlog=1024)
             self._servers.append(server)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.shutdown)
@@ -78,16 +74,14 @@ class Worker:
 
     def shutdown(self) -> None:
         """Stop accepting; finish what is in flight, up to shutdown_timeout."""
-        if self.closing:
+        core = self.core
+        if core.closing:
             return
-        self.closing = True
+        core.closing = True
         self._drain_deadline = self.clock.now + self.config.server.shutdown_timeout
         for server in self._servers:
             server.close()
-        for client in list(self.clients):
-            if client.exchange is None and not client.closed:
-                client.closed = True
-                client.transport.close()
+        core.close_idle_clients()
         for group in self.groups.values():
             for pool in group.pools:
                 pool.close_idle()
@@ -96,18 +90,13 @@ class Worker:
         clock = self.clock
         clock.tick()
         now = clock.now
-        for client in [c for c in self.clients if c.deadline and c.deadline <= now]:
-            client.timed_out()
-        for conn in [c for c in self.upstream_conns if c.deadline and c.deadline <= now]:
-            conn.timed_out()
+        core = self.core
+        core.expire(now)
         self.access_log.flush()
-        if self.closing and (not self.clients or now >= self._drain_deadline):
-            if self.clients:
-                log.warning("shutdown timeout: cutting %d connections", len(self.clients))
-            for client in list(self.clients):
-                client.abort()
-            for conn in list(self.upstream_conns):
-                conn.abort()
+        if core.closing and (not core.clients or now >= self._drain_deadline):
+            if core.clients:
+                log.warning("shutdown timeout: cutting %d connections", len(core.clients))
+            core.abort_all()
             if self._stopped is not None and not self._stopped.done():
                 self._stopped.set_result(None)
             return

@@ -1,0 +1,1047 @@
+# cython: freethreading_compatible = False
+"""The connection state machine of a worker, compiled.
+
+`ClientConnection`    the client socket's asyncio protocol: bytes in, parsed
+                      requests out, in order; client timeouts and back-pressure.
+`Exchange`            one request from its head to the end of its response. It
+                      alone knows the phase order: route -> limits -> (100
+                      Continue) -> balancer pick -> pooled or new upstream
+                      connection -> rewritten head + streamed body -> response
+                      head rewrite -> streamed response -> access log ->
+                      keep-alive or close.
+`UpstreamConnection`  the upstream socket's protocol; reports the parsed
+                      response to the exchange using it.
+`ServerPool`          one upstream server: its idle keep-alive connections.
+`Core`                the per-worker state these share.
+
+The parsers call these classes as C methods (`ParserHandler`); they call each
+other, the router (`_router`), the balancer (`_balance`) and the header
+rewriter (`_rewrite`) as C functions. No Python frame runs per request unless
+the access log is on. This module imports only the standard library and the
+other ext modules; the worker passes in the Python-layer objects it needs
+(access log, local-response maker, config values).
+"""
+cimport cython
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+
+from fastproxy._http cimport (
+    K_CHUNKED,
+    K_LENGTH,
+    K_NONE,
+    MessageHead,
+    ParserHandler,
+    RequestParser,
+    ResponseParser,
+)
+from fastproxy._balance cimport Balancer
+from fastproxy._rewrite cimport FR_CHUNKED, FR_CLOSE, FR_PASS, request_head, response_head
+from fastproxy._router cimport Router
+
+import asyncio
+import logging
+
+from fastproxy._http import HttpParseError
+
+log_client = logging.getLogger("fastproxy.client")
+log_proxy = logging.getLogger("fastproxy.proxy")
+log_upstream = logging.getLogger("fastproxy.upstream")
+
+# Methods whose request may be sent again when a reused connection turns out
+# dead before any byte of the answer (RFC 9110 §9.2.2), when it has no body.
+cdef frozenset _IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT",
+                                        b"DELETE"])
+cdef bytes _CRLF = b"\r\n"
+cdef bytes _LAST_CHUNK = b"0\r\n\r\n"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+cdef bytes _CONTINUE = CONTINUE
+
+cdef class Core
+cdef class ClientConnection
+cdef class Exchange
+cdef class UpstreamConnection
+cdef class ServerPool
+
+cdef enum:
+    PENDING_LIMIT = 64 * 1024  # request body bytes buffered before an upstream is ready
+
+# Why the client's reading is held (bits of ClientConnection.holds).
+cdef enum:
+    HOLD_PIPELINE = 1  # a pipelined request waits for the response before it
+    HOLD_UPSTREAM = 2  # the upstream cannot take more of the request body yet
+
+# What the deadline of a client connection means when it passes.
+cdef enum:
+    WAIT_NONE = 0
+    WAIT_HEAD = 1  # reading a request head -> 408
+    WAIT_IDLE = 2  # keep-alive, between requests -> close quietly
+    WAIT_BODY = 3  # reading a request body -> 408
+    WAIT_SEND = 4  # the client does not read our response -> abort
+
+
+cdef inline double monotonic() noexcept nogil:
+    """time.monotonic() without a Python call (the same clock)."""
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
+
+
+cdef class Core:
+    """What the connections of one worker share: limits, timeouts, the router,
+    the access log, the registries of open connections, the closing flag."""
+
+    cdef public object loop     # set by the worker once its loop exists
+    cdef readonly set clients
+    cdef readonly set upstream_conns
+    cdef public bint closing
+    cdef public Router router   # -> the upstream group (upstream.UpstreamGroup)
+    cdef object access_log      # .record(exchange), .refused(ip, status, sent)
+    cdef bint log_on
+    cdef object clock
+    cdef object local_response  # (status, clock, keep_alive, head_only) -> bytes
+    cdef object local_body_size  # status -> int
+    cdef double t_header, t_body, t_keepalive, t_send
+    cdef size_t max_line, max_head
+    cdef int max_count
+    cdef long long max_body
+    cdef Py_ssize_t max_connections
+    cdef bytes via
+
+    def __init__(self, config, router, access_log, clock, local_response, local_body_size):
+        limits = config.limits
+        timeouts = config.timeouts
+        self.clients = set()
+        self.upstream_conns = set()
+        self.router = router
+        self.access_log = access_log
+        self.log_on = access_log.enabled
+        self.clock = clock
+        self.local_response = local_response
+        self.local_body_size = local_body_size
+        self.t_header = timeouts.header
+        self.t_body = timeouts.body
+        self.t_keepalive = timeouts.keepalive
+        self.t_send = timeouts.send
+        self.max_line = limits.max_line_bytes
+        self.max_head = limits.max_header_bytes
+        self.max_count = limits.max_header_count
+        self.max_body = limits.max_body_bytes
+        self.max_connections = config.server.max_connections
+        self.via = b"1.1 fastproxy" if config.server.via else b""
+
+    def new_client(self):
+        """The protocol factory of the listeners."""
+        return ClientConnection(self)
+
+    def expire(self, double now):
+        """Act on every deadline that has passed (the worker's tick calls this)."""
+        cdef ClientConnection client
+        cdef UpstreamConnection conn
+        for client in [c for c in self.clients
+                       if (<ClientConnection>c).deadline and (<ClientConnection>c).deadline <= now]:
+            client.timed_out()
+        for conn in [c for c in self.upstream_conns
+                     if (<UpstreamConnection>c).deadline and
+                     (<UpstreamConnection>c).deadline <= now]:
+            conn.timed_out()
+
+    def close_idle_clients(self):
+        """Shutdown: close the client connections that are between requests."""
+        cdef ClientConnection client
+        for client in list(self.clients):
+            if client.exchange is None and not client.closed:
+                client.closed = True
+                client.transport.close()
+
+    def abort_all(self):
+        """End of a shutdown: cut every connection still open."""
+        cdef ClientConnection client
+        cdef UpstreamConnection conn
+        for client in list(self.clients):
+            client.abort()
+        for conn in list(self.upstream_conns):
+            conn.abort()
+
+
+# -- the client side ------------------------------------------------------------------
+
+@cython.final
+cdef class ClientConnection(ParserHandler):
+    """One accepted client socket. Feeds the request parser, starts an
+    `Exchange` per request head, holds pipelined bytes until the previous
+    response is complete, enforces the client-side timeouts and relays
+    back-pressure between the client socket and the exchange."""
+
+    cdef Core core
+    cdef readonly object transport
+    cdef RequestParser parser
+    cdef readonly Exchange exchange
+    cdef bytes pending          # pipelined bytes held until the current exchange ends
+    cdef int holds
+    cdef readonly bytes ip
+    cdef readonly bytes proto
+    cdef double deadline
+    cdef int waiting
+    cdef bint write_paused
+    cdef bint closed
+    cdef bint eof
+
+    def __cinit__(self, Core core not None):
+        self.core = core
+        self.ip = b"-"
+        self.proto = b"http"
+
+    # -- asyncio.Protocol ---------------------------------------------------------
+    def connection_made(self, transport):
+        cdef Core core = self.core
+        self.transport = transport
+        if len(core.clients) >= core.max_connections or core.closing:
+            self.closed = True
+            transport.abort()
+            return
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.ip = (<str>peer[0]).encode("ascii")
+        self.parser = RequestParser(self, max_line_bytes=core.max_line,
+                                    max_header_bytes=core.max_head,
+                                    max_header_count=core.max_count)
+        core.clients.add(self)
+        self._wait(WAIT_HEAD, core.t_header)
+
+    def data_received(self, bytes data):
+        if self.pending is not None:  # reading is held; keep order
+            self.pending += data
+            return
+        if self.waiting == WAIT_IDLE:
+            self._wait(WAIT_HEAD, self.core.t_header)
+        self._feed(data)
+
+    def eof_received(self):
+        # A half-closed client still gets the answer to a request it completed.
+        cdef Exchange ex = self.exchange
+        self.eof = True
+        if ex is not None and ex.req_done and not ex.finished:
+            return True  # keep the transport open to send the answer
+        self.closed = True  # the transport closes now
+        return False
+
+    def connection_lost(self, exc):
+        cdef Exchange ex = self.exchange
+        self.closed = True
+        self.core.clients.discard(self)
+        if ex is not None:
+            self.exchange = None
+            ex.client_lost()
+        self.pending = None
+        # The parser holds a reference to us: drop it so this connection is
+        # freed by reference counting, not left for the cyclic GC.
+        self.parser = None
+
+    def pause_writing(self):
+        self.write_paused = True
+        self._wait(WAIT_SEND, self.core.t_send)
+        if self.exchange is not None:
+            self.exchange.client_write_paused(True)
+
+    def resume_writing(self):
+        self.write_paused = False
+        if self.waiting == WAIT_SEND:
+            if self.exchange is None:
+                self._wait(WAIT_IDLE, self.core.t_keepalive)
+            else:
+                self._wait(WAIT_NONE, 0.0)
+        if self.exchange is not None:
+            self.exchange.client_write_paused(False)
+
+    # -- request parser handler -----------------------------------------------------
+    cdef int on_head(self, MessageHead head) except -1:
+        cdef Exchange ex = new_exchange(self, head)
+        self.exchange = ex
+        if head.body_kind:
+            self._wait(WAIT_BODY, self.core.t_body)
+        else:
+            self._wait(WAIT_NONE, 0.0)
+        ex.begin()
+        return 0
+
+    cdef int on_body(self, object data) except -1:
+        cdef Exchange ex = self.exchange
+        if ex is not None:
+            if self.waiting == WAIT_BODY:
+                self.deadline = monotonic() + self.core.t_body
+            ex.request_body(data)
+        return 0
+
+    cdef int on_message_complete(self) except -1:
+        cdef Exchange ex = self.exchange
+        if self.waiting == WAIT_BODY:
+            self._wait(WAIT_NONE, 0.0)
+        if ex is not None:
+            ex.request_complete()
+        return 0
+
+    # -- used by the exchange ---------------------------------------------------------
+    # uvloop raises on writes to a closed handle: nothing is written once we
+    # (or the client's EOF) started closing.
+    cdef int write(self, bytes data) except -1:
+        if not self.closed:
+            self.transport.write(data)
+        return 0
+
+    cdef int write_all(self, list parts) except -1:
+        if not self.closed:
+            if len(parts) == 1:
+                self.transport.write(parts[0])
+            else:
+                self.transport.writelines(parts)
+        return 0
+
+    cdef int abort(self) except -1:
+        if not self.closed:
+            self.closed = True
+            self.transport.abort()
+        return 0
+
+    cdef int hold_reading(self, int reason, bint on) except -1:
+        cdef int before = self.holds
+        self.holds = (before | reason) if on else (before & ~reason)
+        if self.closed:
+            return 0
+        if before and not self.holds:
+            self.transport.resume_reading()
+        elif not before and self.holds:
+            self.transport.pause_reading()
+        return 0
+
+    cdef int exchange_done(self, Exchange exchange, bint keep_alive) except -1:
+        cdef Core core = self.core
+        cdef bytes pending
+        if self.exchange is exchange:
+            self.exchange = None
+        if self.holds & HOLD_UPSTREAM:
+            self.hold_reading(HOLD_UPSTREAM, False)  # that upstream is not ours any more
+        if self.closed:
+            return 0
+        if not keep_alive or core.closing or (self.eof and self.pending is None):
+            self.closed = True
+            self.transport.close()  # flushes what is written, then closes
+            return 0
+        if self.write_paused:
+            self._wait(WAIT_SEND, core.t_send)
+        else:
+            self._wait(WAIT_IDLE, core.t_keepalive)
+        pending = self.pending
+        if pending is not None:
+            self.pending = None
+            self.hold_reading(HOLD_PIPELINE, False)
+            self._wait(WAIT_HEAD, core.t_header)
+            self._feed(pending)
+        return 0
+
+    # -- internals --------------------------------------------------------------------
+    cdef int _feed(self, bytes data) except -1:
+        cdef RequestParser parser = self.parser
+        cdef Py_ssize_t n
+        while not self.closed:
+            try:
+                n = parser.feed(data)
+            except HttpParseError as e:
+                self._refuse(e.status, e.reason)
+                return 0
+            if n == len(data):
+                return 0
+            data = data[n:]
+            if self.exchange is not None:
+                # The next request is pipelined: hold it until this response is out.
+                self.pending = data
+                self.hold_reading(HOLD_PIPELINE, True)
+                return 0
+        return 0
+
+    cdef int _refuse(self, int status, str reason) except -1:
+        """A request we cannot trust: answer `status` and close; nothing is forwarded."""
+        cdef Core core = self.core
+        cdef Exchange ex = self.exchange
+        self.exchange = None
+        if ex is not None and not ex.finished:
+            if ex.resp_started:
+                # A bad chunk after the response began: the framing is gone.
+                ex.client_lost()
+                self.abort()
+                return 0
+            if ex.conn is not None:
+                ex.conn.abort()
+                ex.conn = None
+            ex.finished = True
+            ex.status = status
+            ex.sent = core.local_body_size(status)
+            if core.log_on:
+                core.access_log.record(ex)
+        elif core.log_on:
+            core.access_log.refused(self.ip, status, core.local_body_size(status))
+        log_client.info("client %s: %d %s", self.ip.decode(), status, reason)
+        self.closed = True
+        self.transport.write(core.local_response(status, core.clock, False))
+        self.transport.close()
+        return 0
+
+    cdef inline void _wait(self, int what, double seconds) noexcept:
+        if self.write_paused and self.waiting == WAIT_SEND:
+            return  # the client is not reading: its send timeout keeps running
+        self.waiting = what
+        self.deadline = monotonic() + seconds if what else 0.0
+
+    cdef int timed_out(self) except -1:
+        """The worker's tick found `deadline` passed."""
+        cdef int what = self.waiting
+        self.waiting = WAIT_NONE
+        self.deadline = 0.0
+        if self.closed:
+            return 0
+        if what == WAIT_IDLE or (what == WAIT_HEAD and not self.parser._mid_message):
+            self.closed = True  # nothing asked: close quietly, as nginx does
+            self.transport.close()
+        elif what == WAIT_HEAD or (what == WAIT_BODY and not (
+                self.exchange is not None and self.exchange.resp_started)):
+            self._refuse(408, "request timed out")
+        else:
+            if self.exchange is not None:
+                self.exchange.client_lost()
+                self.exchange = None
+            self.abort()
+        return 0
+
+
+# -- one request ----------------------------------------------------------------------
+
+cdef Exchange new_exchange(ClientConnection client, MessageHead head):
+    cdef Exchange ex = Exchange.__new__(Exchange)
+    ex.client = client
+    ex.core = client.core
+    ex.head = head
+    ex.target = head.target
+    ex.host = head.host
+    ex.upstream_label = "-"
+    ex.out = []
+    return ex
+
+
+@cython.final
+@cython.freelist(64)
+cdef class Exchange:
+    """One request, from its head to the end of its response."""
+
+    cdef readonly ClientConnection client
+    cdef Core core
+    cdef readonly MessageHead head
+    cdef readonly bytes target
+    cdef readonly bytes host
+    cdef readonly int status
+    cdef readonly long long sent
+    cdef long long req_bytes
+    cdef bint req_done
+    cdef bint connecting        # between the pick and an attached connection
+    cdef list pending           # request body that arrived while connecting
+    cdef Py_ssize_t pending_size
+    cdef object group
+    cdef list tried             # servers that failed to connect
+    cdef ServerPool pool
+    cdef UpstreamConnection conn
+    cdef bint resp_started
+    cdef MessageHead resp_head
+    cdef int framing
+    cdef bint keep
+    cdef bint finished
+    cdef bint local
+    cdef bint interim
+    cdef bint retried
+    cdef readonly str upstream_label
+    # Client-bound bytes of the current upstream read, written with one
+    # writelines (one syscall) when the read is handled.
+    cdef list out
+
+    # -- phase 1: route and limits ----------------------------------------------------
+    cdef int begin(self) except -1:
+        cdef MessageHead head = self.head
+        cdef Core core = self.core
+        cdef bytes target = self.target
+        cdef bytes rest, authority, path
+        cdef Py_ssize_t end, i
+        if target[:1] != b"/" and target != b"*":
+            # absolute-form (RFC 9112 §3.2.2): the authority replaces Host.
+            rest = target.split(b"://", 1)[1]
+            end = len(rest)
+            for stop in (b"/", b"?"):
+                i = rest.find(stop)
+                if 0 <= i < end:
+                    end = i
+            authority, path = rest[:end], rest[end:]
+            if path[:1] != b"/":
+                path = b"/" + path
+            if not authority or b"@" in authority:
+                self.respond_local(400, True)
+                return 0
+            self.host = authority
+            self.target = path
+        group = core.router.route(self.host, self.target if self.target != b"*" else b"/")
+        if group is None:
+            self.respond_local(404, False)
+            return 0
+        if core.max_body and head.body_kind == K_LENGTH and head.content_length > core.max_body:
+            self.respond_local(413, True)
+            return 0
+        if head.expect_continue and head.body_kind != K_NONE and head.http_minor == 1:
+            self.client.write(_CONTINUE)
+        self.group = group
+        self.use_server(<ServerPool?>(<Balancer?>group.balancer).pick())
+        return 0
+
+    # -- phase 2: an upstream connection ---------------------------------------------
+    cdef int use_server(self, ServerPool pool) except -1:
+        cdef UpstreamConnection conn
+        self.pool = pool
+        self.upstream_label = pool.label
+        conn = pool.take()
+        if conn is not None:
+            self.attach(conn)
+        else:
+            self.connecting = True
+            pool.connect(self)
+        return 0
+
+    cdef int connected(self, UpstreamConnection conn) except -1:
+        if self.finished:
+            conn.pool.put(conn)  # fresh and unused: keep it for the next request
+            return 0
+        self.attach(conn)
+        return 0
+
+    cdef int connect_failed(self, ServerPool pool, object exc, bint timed_out) except -1:
+        if self.finished:
+            return 0
+        log_upstream.warning("upstream %s: connect %s: %s", pool.label,
+                             "timed out" if timed_out else "failed",
+                             exc or type(exc).__name__)
+        if self.tried is None:
+            self.tried = []
+        self.tried.append(pool)
+        for other in self.group.pools:
+            if other not in self.tried:
+                self.use_server(<ServerPool?>other)  # nothing was sent: another may take it
+                return 0
+        self.respond_error(504 if timed_out else 502)
+        return 0
+
+    cdef int attach(self, UpstreamConnection conn) except -1:
+        cdef ClientConnection client = self.client
+        cdef list pending = self.pending
+        cdef bytes out
+        self.conn = conn
+        self.connecting = False
+        self.pending = None
+        conn.attach(self, self.head.is_head_request)
+        if client.write_paused:
+            # A pipelined request behind a response the client has not read yet:
+            # its pause signal came before this connection existed.
+            conn.set_reading(False)
+        out = request_head(self.head, self.target,
+                           self.host if self.host is not None else self.pool.label_bytes,
+                           client.ip, client.proto, self.core.via)
+        if pending:
+            pending.insert(0, out)
+            if self.pending_size > PENDING_LIMIT:
+                # Before the write: if it fills the upstream's buffer, its
+                # pause_writing holds the client again.
+                client.hold_reading(HOLD_UPSTREAM, False)
+            conn.send_all(pending)
+        else:
+            conn.send(out)
+        return 0
+
+    # -- request body, client -> upstream ---------------------------------------------
+    cdef int request_body(self, object data) except -1:
+        cdef Py_ssize_t n = len(data)
+        cdef Core core = self.core
+        cdef UpstreamConnection conn = self.conn
+        cdef tuple parts
+        self.req_bytes += n
+        if core.max_body and self.req_bytes > core.max_body:
+            if conn is not None:
+                conn.abort()
+                self.conn = None
+            if not self.resp_started:
+                self.respond_local(413, True)
+            else:
+                self.client.abort()
+                self.finish(False)
+            return 0
+        if self.local:
+            return 0  # answered already; the body is read and dropped
+        if self.head.body_kind == K_CHUNKED:
+            parts = (b"%x\r\n" % n, data, _CRLF)
+        else:
+            parts = (data,)
+        if conn is not None:
+            conn.send_all(parts)
+            conn.touch()
+        elif self.connecting:
+            if self.pending is None:
+                self.pending = []
+            self.pending.extend(parts)
+            self.pending_size += n
+            if self.pending_size > PENDING_LIMIT:
+                self.client.hold_reading(HOLD_UPSTREAM, True)
+        return 0
+
+    cdef int request_complete(self) except -1:
+        self.req_done = True
+        if self.local:
+            if not self.finished:
+                self.finish(self.keep)
+            return 0
+        if self.head.body_kind == K_CHUNKED:
+            if self.conn is not None:
+                self.conn.send(_LAST_CHUNK)
+            elif self.connecting:
+                if self.pending is None:
+                    self.pending = []
+                self.pending.append(_LAST_CHUNK)
+        return 0
+
+    cdef int upstream_write_paused(self, bint paused) except -1:
+        self.client.hold_reading(HOLD_UPSTREAM, paused)
+        return 0
+
+    # -- response, upstream -> client ----------------------------------------------------
+    cdef int upstream_head(self, MessageHead head) except -1:
+        cdef MessageHead req = self.head
+        cdef bint keep
+        cdef int framing
+        if head.status < 200:
+            self.interim = True  # 1xx: we answered 100-continue ourselves
+            return 0
+        self.interim = False
+        keep = req.keep_alive and self.req_done and not self.core.closing
+        if head.body_kind == K_NONE or head.body_kind == K_LENGTH:
+            framing = FR_PASS
+        elif req.http_minor == 1:
+            framing = FR_CHUNKED
+        else:
+            framing = FR_CLOSE
+            keep = False
+        self.framing = framing
+        self.keep = keep
+        self.status = head.status
+        self.resp_head = head
+        self.resp_started = True
+        self.out.append(response_head(head, framing, keep, req.http_minor, self.core.via))
+        return 0
+
+    cdef int upstream_body(self, object data) except -1:
+        cdef Py_ssize_t n = len(data)
+        self.sent += n
+        if self.framing == FR_CHUNKED:
+            self.out.append(b"%x\r\n" % n)
+            self.out.append(data)
+            self.out.append(_CRLF)
+        else:
+            self.out.append(data)
+        return 0
+
+    cdef int flush(self) except -1:
+        cdef list out = self.out
+        if out:
+            self.out = []
+            self.client.write_all(out)
+        return 0
+
+    cdef int upstream_complete(self) except -1:
+        cdef UpstreamConnection conn
+        if self.interim:
+            return 0
+        if self.framing == FR_CHUNKED:
+            self.out.append(_LAST_CHUNK)
+        self.flush()
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.release(self.req_done and self.resp_head.keep_alive)
+        self.finish(self.keep)
+        return 0
+
+    cdef int upstream_lost(self, UpstreamConnection conn, object exc) except -1:
+        self.conn = None
+        if self.finished:
+            return 0
+        if not self.resp_started:
+            if (conn.reused and not conn.got_bytes and not self.retried
+                    and self.head.body_kind == K_NONE and self.head.method in _IDEMPOTENT):
+                # A pooled connection the server had closed: send again on a new one.
+                self.retried = True
+                self.connecting = True
+                self.pool.connect(self)
+                return 0
+            log_upstream.warning("upstream %s closed the connection before a response%s",
+                                 conn.pool.label, f": {exc}" if exc else "")
+            self.respond_error(502)
+        else:
+            log_upstream.warning("upstream %s closed the connection mid-response",
+                                 conn.pool.label)
+            self.client.abort()
+            self.finish(False)
+        return 0
+
+    cdef int upstream_failed(self, int status, str reason) except -1:
+        self.conn = None
+        if self.finished:
+            return 0
+        log_upstream.warning("upstream %s: %s", self.upstream_label, reason)
+        if not self.resp_started:
+            self.respond_error(status)
+        else:
+            self.client.abort()
+            self.finish(False)
+        return 0
+
+    # -- the client side stalls or goes away ----------------------------------------------
+    cdef int client_write_paused(self, bint paused) except -1:
+        if self.conn is not None:
+            self.conn.set_reading(not paused)
+        return 0
+
+    cdef int client_lost(self) except -1:
+        if self.finished:
+            return 0
+        if self.conn is not None:
+            self.conn.abort()  # mid-exchange: the connection state is unknown
+            self.conn = None
+        if not self.resp_started:
+            self.status = 499  # as nginx logs a client that closed early
+        self.finish(False)
+        return 0
+
+    # -- answers made here ------------------------------------------------------------------
+    cdef int respond_local(self, int status, bint close) except -1:
+        """Answer without an upstream; the request body (if any) is drained."""
+        cdef MessageHead req = self.head
+        cdef Core core = self.core
+        cdef bint keep = not close and req.keep_alive and not core.closing
+        self.local = True
+        self.connecting = False
+        self.status = status
+        self.keep = keep
+        self.resp_started = True
+        self.sent = 0 if req.is_head_request else core.local_body_size(status)
+        self.client.write(core.local_response(status, core.clock, keep, req.is_head_request))
+        if close or self.req_done:
+            self.finish(keep)
+        return 0
+
+    cdef int respond_error(self, int status) except -1:
+        if self.conn is not None:
+            self.conn.abort()
+            self.conn = None
+        self.respond_local(status, not self.req_done)
+        return 0
+
+    cdef int finish(self, bint keep) except -1:
+        cdef Core core = self.core
+        if self.finished:
+            return 0
+        self.finished = True
+        if core.log_on:
+            core.access_log.record(self)
+        self.client.exchange_done(self, keep)
+        return 0
+
+
+# -- the upstream side --------------------------------------------------------------------
+
+@cython.final
+cdef class UpstreamConnection(ParserHandler):
+    """One connection to an upstream server. While it carries a request it
+    reports the parsed response to that exchange; between requests it sits
+    idle in its pool, newest first, until reused or timed out."""
+
+    cdef readonly ServerPool pool
+    cdef object transport
+    cdef ResponseParser parser
+    cdef Exchange sink
+    cdef double deadline
+    cdef bint reused
+    cdef bint got_bytes
+    cdef bint closed
+    cdef bint read_paused
+    cdef bint write_paused
+    cdef bint in_read   # inside data_received
+    cdef bint parked    # released during that read: pool it once the read is done
+
+    def __cinit__(self, ServerPool pool not None):
+        self.pool = pool
+        self.parser = ResponseParser(self)
+
+    # -- owner side -------------------------------------------------------------------
+    cdef int attach(self, Exchange sink, bint head_request) except -1:
+        self.sink = sink
+        self.got_bytes = False
+        self.parser._skip_body = head_request
+        self.deadline = monotonic() + self.pool.read_timeout
+        return 0
+
+    cdef inline void touch(self) noexcept:
+        """Progress on the request side: push the read deadline out."""
+        if not self.write_paused:
+            self.deadline = monotonic() + self.pool.read_timeout
+
+    cdef int release(self, bint reusable) except -1:
+        """The exchange is over: back to the pool, or closed."""
+        self.sink = None
+        if self.read_paused:
+            self.set_reading(True)
+        if reusable and not self.closed:
+            if self.in_read:
+                # Not into the pool before the rest of this read is checked: a
+                # pipelined request could otherwise take it and be answered with
+                # bytes the upstream sent before it saw that request.
+                self.parked = True
+            else:
+                self.pool.put(self)
+        else:
+            self.close()
+        return 0
+
+    cdef int send(self, bytes data) except -1:
+        if not self.closed:
+            self.transport.write(data)
+        return 0
+
+    cdef int send_all(self, object parts) except -1:
+        if not self.closed:
+            self.transport.writelines(parts)
+        return 0
+
+    cdef int set_reading(self, bint on) except -1:
+        if self.transport is None or self.closed:
+            return 0
+        if on and self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+            self.touch()
+        elif not on and not self.read_paused:
+            # Held back by a slow client: its send timeout applies, not our read timeout.
+            self.read_paused = True
+            self.transport.pause_reading()
+            self.deadline = 0.0
+        return 0
+
+    cdef int close(self) except -1:
+        self.sink = None
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+        return 0
+
+    cdef int abort(self) except -1:
+        self.sink = None
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.abort()
+        return 0
+
+    cdef int timed_out(self) except -1:
+        cdef Exchange sink = self.sink
+        if sink is None:  # idle in the pool for too long
+            self.pool.discard(self)
+            self.close()
+            return 0
+        self.abort()
+        sink.upstream_failed(504, "upstream timed out")
+        return 0
+
+    # -- asyncio.Protocol -------------------------------------------------------------
+    def connection_made(self, transport):
+        self.transport = transport
+        self.pool.core.upstream_conns.add(self)
+
+    def data_received(self, bytes data):
+        cdef ResponseParser parser = self.parser
+        cdef Py_ssize_t n
+        if self.sink is None:
+            # Nothing was asked: an idle connection must stay silent.
+            self.pool.discard(self)
+            self.abort()
+            return
+        self.got_bytes = True
+        self.deadline = monotonic() + self.pool.read_timeout
+        self.in_read = True
+        try:
+            while True:
+                try:
+                    n = parser.feed(data)
+                except HttpParseError as e:
+                    self._fail(e.reason)
+                    return
+                if n == len(data):
+                    if self.sink is not None:
+                        self.sink.flush()
+                    break
+                data = data[n:]
+                if self.sink is None:
+                    # Bytes after the end of the response: the upstream cannot be trusted.
+                    self.parked = False
+                    self.abort()
+                    return
+        finally:
+            self.in_read = False
+        if self.parked:
+            self.parked = False
+            if not self.closed:
+                self.pool.put(self)
+
+    def eof_received(self):
+        if self.sink is not None and self.got_bytes and (<object>self.parser).message_needs_eof:
+            try:
+                (<object>self.parser).feed_eof()  # completes a close-delimited body
+            except HttpParseError as e:
+                self._fail(e.reason)
+        # The transport closes now; connection_lost comes later. Stop writes and
+        # pooling from this moment (uvloop raises on writes to a closed handle).
+        self.closed = True
+        self.pool.discard(self)
+        return False
+
+    def connection_lost(self, exc):
+        cdef Exchange sink = self.sink
+        self.closed = True
+        self.pool.discard(self)
+        self.pool.core.upstream_conns.discard(self)
+        if sink is not None:
+            self.sink = None
+            sink.upstream_lost(self, exc)
+        self.parser = None  # it holds a reference to us: break the cycle
+
+    def pause_writing(self):
+        # The upstream stalls reading our request: send_timeout runs from now.
+        self.write_paused = True
+        self.deadline = monotonic() + self.pool.send_timeout
+        if self.sink is not None:
+            self.sink.upstream_write_paused(True)
+
+    def resume_writing(self):
+        self.write_paused = False
+        self.deadline = monotonic() + self.pool.read_timeout
+        if self.sink is not None:
+            self.sink.upstream_write_paused(False)
+
+    # -- response parser handler ------------------------------------------------------
+    # The sink may let go in the middle of one feed (the client went away):
+    # the rest of that chunk is then dropped.
+    cdef int on_head(self, MessageHead head) except -1:
+        if self.sink is not None:
+            self.sink.upstream_head(head)
+        return 0
+
+    cdef int on_body(self, object data) except -1:
+        if self.sink is not None:
+            self.sink.upstream_body(data)
+        return 0
+
+    cdef int on_message_complete(self) except -1:
+        if self.sink is not None:
+            self.sink.upstream_complete()
+        return 0
+
+    cdef int _fail(self, str reason) except -1:
+        cdef Exchange sink = self.sink
+        self.abort()
+        if sink is not None:
+            sink.upstream_failed(502, reason)
+        return 0
+
+
+@cython.final
+cdef class ServerPool:
+    """One upstream server: its address, idle connections and reuse counters."""
+
+    cdef readonly Core core
+    cdef readonly str host
+    cdef readonly int port
+    cdef readonly int weight
+    cdef readonly str label
+    cdef bytes label_bytes       # Host for HTTP/1.0 requests that sent none
+    cdef list idle
+    cdef Py_ssize_t keepalive
+    cdef double read_timeout, send_timeout, idle_timeout, connect_timeout
+    cdef readonly long long connects
+    cdef readonly long long reuses
+
+    def __init__(self, upstream, str host, int port, int weight, Core core not None):
+        self.core = core
+        self.host = host
+        self.port = port
+        self.weight = weight
+        self.label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.label_bytes = self.label.encode()
+        self.idle = []
+        self.keepalive = upstream.keepalive
+        self.read_timeout = upstream.read_timeout
+        self.send_timeout = upstream.send_timeout
+        self.idle_timeout = upstream.idle_timeout
+        self.connect_timeout = upstream.connect_timeout
+
+    @property
+    def idle_count(self):
+        return len(self.idle)
+
+    cdef UpstreamConnection take(self):
+        cdef UpstreamConnection conn
+        while self.idle:
+            conn = self.idle.pop()
+            if not conn.closed:
+                conn.reused = True
+                self.reuses += 1
+                return conn
+        return None
+
+    cdef int put(self, UpstreamConnection conn) except -1:
+        if len(self.idle) >= self.keepalive or self.core.closing:
+            conn.close()
+            return 0
+        conn.deadline = monotonic() + self.idle_timeout
+        self.idle.append(conn)
+        return 0
+
+    cdef int discard(self, UpstreamConnection conn) except -1:
+        # Newest last: a connection that goes away is usually near the end.
+        cdef Py_ssize_t i
+        for i in range(len(self.idle) - 1, -1, -1):
+            if self.idle[i] is conn:
+                del self.idle[i]
+                return 0
+        return 0
+
+    cdef int connect(self, Exchange waiter) except -1:
+        """Open a new connection and report to `waiter` (no coroutine when pooled)."""
+        self.connects += 1
+        self.core.loop.create_task(_connect(self, waiter))
+        return 0
+
+    def close_idle(self):
+        cdef UpstreamConnection conn
+        while self.idle:
+            conn = self.idle.pop()
+            conn.close()
+
+
+async def _connect(ServerPool pool, Exchange waiter):
+    loop = pool.core.loop
+    try:
+        async with asyncio.timeout(pool.connect_timeout):
+            _, conn = await loop.create_connection(
+                lambda: UpstreamConnection(pool), pool.host, pool.port)
+    except TimeoutError as e:
+        waiter.connect_failed(pool, e, True)
+        return
+    except OSError as e:
+        waiter.connect_failed(pool, e, False)
+        return
+    waiter.connected(<UpstreamConnection>conn)

@@ -1,0 +1,58 @@
+"""Type stubs for the compiled fastproxy._proxy extension (ext/fastproxy/_proxy.pyx)."""
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, Final
+
+from fastproxy._http import MessageHead
+from fastproxy._router import Router
+from fastproxy.config import Config, Upstream
+
+CONTINUE: Final[bytes]
+
+class Core:
+    loop: asyncio.AbstractEventLoop
+    clients: set[ClientConnection]
+    upstream_conns: set[UpstreamConnection]
+    closing: bool
+    router: Router | None
+    def __init__(self, config: Config, router: Router | None, access_log: Any, clock: Any,
+                 local_response: Callable[..., bytes],
+                 local_body_size: Callable[[int], int]) -> None: ...
+    def new_client(self) -> ClientConnection: ...
+    def expire(self, now: float) -> None: ...
+    def close_idle_clients(self) -> None: ...
+    def abort_all(self) -> None: ...
+
+class ClientConnection(asyncio.Protocol):
+    transport: Any
+    exchange: Exchange | None
+    ip: bytes
+    proto: bytes
+    def __init__(self, core: Core) -> None: ...
+
+class Exchange:
+    client: ClientConnection
+    head: MessageHead
+    target: bytes
+    host: bytes | None
+    status: int
+    sent: int
+    upstream_label: str
+
+class UpstreamConnection(asyncio.Protocol):
+    pool: ServerPool
+    def __init__(self, pool: ServerPool) -> None: ...
+
+class ServerPool:
+    core: Core
+    host: str
+    port: int
+    weight: int
+    label: str
+    connects: int
+    reuses: int
+    idle_count: int
+    def __init__(self, upstream: Upstream, host: str, port: int, weight: int,
+                 core: Core) -> None: ...
+    def close_idle(self) -> None: ...
