@@ -184,9 +184,11 @@ cdef class ClientConnection(ParserHandler):
     cdef bint write_paused
     cdef bint closed
     cdef bint eof
+    cdef list out               # client-bound bytes of one upstream read (reused)
 
     def __cinit__(self, Core core not None):
         self.core = core
+        self.out = []
         self.ip = b"-"
         self.proto = b"http"
 
@@ -288,6 +290,8 @@ cdef class ClientConnection(ParserHandler):
         return 0
 
     cdef int write_all(self, list parts) except -1:
+        # One gather write: measured cheaper in uvloop than joining a head and
+        # a 1 KiB body into one bytes for write().
         if not self.closed:
             if len(parts) == 1:
                 self.transport.write(parts[0])
@@ -421,7 +425,9 @@ cdef Exchange new_exchange(ClientConnection client, MessageHead head):
     ex.target = head.target
     ex.host = head.host
     ex.upstream_label = "-"
-    ex.out = []
+    ex.out = client.out
+    if ex.out:
+        del ex.out[:]  # left by an exchange that was cut short
     return ex
 
 
@@ -455,8 +461,8 @@ cdef class Exchange:
     cdef bint interim
     cdef bint retried
     cdef readonly str upstream_label
-    # Client-bound bytes of the current upstream read, written with one
-    # writelines (one syscall) when the read is handled.
+    # Client-bound bytes of the current upstream read, written in one call
+    # (one syscall) when the read is handled; the client connection's list.
     cdef list out
 
     # -- phase 1: route and limits ----------------------------------------------------
@@ -650,8 +656,10 @@ cdef class Exchange:
     cdef int flush(self) except -1:
         cdef list out = self.out
         if out:
-            self.out = []
-            self.client.write_all(out)
+            try:
+                self.client.write_all(out)
+            finally:
+                del out[:]  # the transport holds the parts now, not the list
         return 0
 
     cdef int upstream_complete(self) except -1:

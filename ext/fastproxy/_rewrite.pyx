@@ -196,10 +196,16 @@ cdef int _copy_headers(Writer* w, char* stack, MessageHead head, bint request,
                 w_put(target, b", ", 2, NULL)
             w_put(target, raw + o[4 * i + 2], vl, NULL)
             continue
-        w_put(w, name, nl, stack)
-        w_put(w, b": ", 2, stack)
-        w_put(w, raw + o[4 * i + 2], vl, stack)
-        w_put(w, b"\r\n", 2, stack)
+        # "Name: value\r\n" with one capacity check.
+        w_reserve(w, nl + vl + 4, stack)
+        out = w.data + w.len
+        memcpy(out, name, nl)
+        out[nl] = b':'
+        out[nl + 1] = b' '
+        memcpy(out + nl + 2, raw + o[4 * i + 2], vl)
+        out[nl + 2 + vl] = b'\r'
+        out[nl + 3 + vl] = b'\n'
+        w.len += nl + vl + 4
     return 0
 
 
@@ -299,8 +305,13 @@ cdef bytes response_head(MessageHead head, int framing, bint keep_alive, int cli
     vw.data = vbuf; vw.len = 0; vw.cap = 256; vw.heap = False
     unused.data = NULL; unused.len = 0; unused.cap = 0; unused.heap = False
     try:
-        k = snprintf(line, 64, b"HTTP/1.1 %03d ", head.status)
-        w_put(&w, line, k, stack)
+        # "HTTP/1.1 NNN " (the parser guarantees 100 <= status <= 999)
+        memcpy(line, b"HTTP/1.1 ", 9)
+        line[9] = <char>(48 + head.status // 100)
+        line[10] = <char>(48 + head.status // 10 % 10)
+        line[11] = <char>(48 + head.status % 10)
+        line[12] = b' '
+        w_put(&w, line, 13, stack)
         w_bytes(&w, head.reason, stack)
         w_put(&w, b"\r\n", 2, stack)
         _copy_headers(&w, stack, head, False, &unused, &vw, framing == FR_PASS)
