@@ -78,7 +78,7 @@ cdef class HttpParser:
     cdef readonly MessageHead head
 
     cdef _setup(self, handler, size_t max_line, size_t max_head, int max_count)
-    cdef int _append(self, const char* at, size_t length) except -1
+    cdef int _append(self, const char* at, size_t length) noexcept
     cdef char _two_back(self, const char* at) noexcept
     cdef int _trailer(self, size_t length) noexcept
     cdef int _fail(self, int status, str reason) except -1

@@ -162,12 +162,7 @@ cdef int cb_url(llhttp_t* p, const char* at, size_t length) noexcept:
     if self._line_len + self._url_len + 10 > self._max_line:
         self._error = HttpParseError(414, "request target too long")
         return -1
-    try:
-        self._append(at, length)
-    except BaseException as e:
-        self._error = e
-        return -1
-    return 0
+    return self._append(at, length)
 
 
 cdef int cb_protocol(llhttp_t* p, const char* at, size_t length) noexcept:
@@ -188,12 +183,7 @@ cdef int cb_protocol(llhttp_t* p, const char* at, size_t length) noexcept:
 cdef int cb_status(llhttp_t* p, const char* at, size_t length) noexcept:
     cdef HttpParser self = <HttpParser>p.data
     self._url_len += length
-    try:
-        self._append(at, length)
-    except BaseException as e:
-        self._error = e
-        return -1
-    return 0
+    return self._append(at, length)
 
 
 cdef int cb_header_field(llhttp_t* p, const char* at, size_t length) noexcept:
@@ -201,24 +191,21 @@ cdef int cb_header_field(llhttp_t* p, const char* at, size_t length) noexcept:
     cdef uint32_t* grown
     if not self._in_head:
         return self._trailer(length)
-    try:
-        if self._span_state != SPAN_FIELD:
-            if self._n >= self._max_count:
-                self._fail(431, "too many header fields")
-            if self._n >= self._offs_cap:
-                grown = <uint32_t*>PyMem_Realloc(self._offs, self._offs_cap * 8 * sizeof(uint32_t))
-                if grown == NULL:
-                    raise MemoryError()  # the old table stays valid (and is freed later)
-                self._offs = grown
-                self._offs_cap *= 2
-            self._offs[4 * self._n] = <uint32_t>self._len
-            self._n += 1
-            self._span_state = SPAN_FIELD
-        self._append(at, length)
-    except BaseException as e:
-        self._error = e
-        return -1
-    return 0
+    if self._span_state != SPAN_FIELD:
+        if self._n >= self._max_count:
+            self._error = HttpParseError(431, "too many header fields")
+            return -1
+        if self._n >= self._offs_cap:
+            grown = <uint32_t*>PyMem_Realloc(self._offs, self._offs_cap * 8 * sizeof(uint32_t))
+            if grown == NULL:
+                self._error = MemoryError()  # the old table stays valid (and is freed later)
+                return -1
+            self._offs = grown
+            self._offs_cap *= 2
+        self._offs[4 * self._n] = <uint32_t>self._len
+        self._n += 1
+        self._span_state = SPAN_FIELD
+    return self._append(at, length)
 
 
 cdef int cb_header_field_complete(llhttp_t* p) noexcept:
@@ -238,12 +225,7 @@ cdef int cb_header_value(llhttp_t* p, const char* at, size_t length) noexcept:
     if not self._in_head:
         return self._trailer(length)
     self._span_state = SPAN_VALUE
-    try:
-        self._append(at, length)
-    except BaseException as e:
-        self._error = e
-        return -1
-    return 0
+    return self._append(at, length)
 
 
 cdef int cb_header_value_complete(llhttp_t* p) noexcept:
@@ -378,16 +360,24 @@ cdef class HttpParser:
         self._max_count = max_count
         self._p.data = <void*>self
 
-    cdef int _append(self, const char* at, size_t length) except -1:
+    cdef int _append(self, const char* at, size_t length) noexcept:
+        """Copy a span of the head into the buffer; -1 (with _error set) if out of memory.
+
+        No exception handling here or in the callbacks that call it: they run
+        once per header name and value, and a try block costs more than the copy.
+        """
         cdef size_t need = self._len + length
+        cdef size_t cap = self._cap
         cdef char* nb
-        if need > self._cap:
-            while self._cap < need:
-                self._cap *= 2
-            nb = <char*>PyMem_Realloc(self._buf, self._cap)
+        if need > cap:
+            while cap < need:
+                cap *= 2
+            nb = <char*>PyMem_Realloc(self._buf, cap)
             if nb == NULL:
-                raise MemoryError()
+                self._error = MemoryError()
+                return -1
             self._buf = nb
+            self._cap = cap
         memcpy(self._buf + self._len, at, length)
         self._len = need
         return 0
