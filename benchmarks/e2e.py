@@ -1,26 +1,44 @@
 #!/usr/bin/env python3
-"""End-to-end comparison: fastproxy vs nginx as reverse proxies, same upstream.
+"""End-to-end comparison: fastproxy vs nginx vs HAProxy as reverse proxies, same upstream.
 
-    python benchmarks/e2e.py                 # 3 cases x 3 rounds x 10 s, ~3.5 min
+    python benchmarks/e2e.py                 # 3 cases x 3 proxies x 3 rounds x 8 s, ~4.5 min
     python benchmarks/e2e.py --quick         # 1 round x 3 s, under 90 s
     python benchmarks/e2e.py --cases 1k --rounds 3 --duration 5
+    python benchmarks/e2e.py --proxies fastproxy,nginx     # without HAProxy
+    python benchmarks/e2e.py --cases scale   # only fastproxy with 1, 2, 4 workers (opt-in)
+    python benchmarks/e2e.py --scaling       # the default cases + the scale case (run first)
     python benchmarks/e2e.py --cases 1k --profile /tmp/profile.txt   # + py-spy on the worker
 
 Everything listens on 127.0.0.1 only. The script starts, in a temporary
 directory, one upstream nginx (static 1 KiB and 64 KiB files, keep-alive on),
-one nginx reverse proxy and one fastproxy (both 1 worker, up to 32 idle
-upstream keep-alive connections: --upstream-keepalive) in front of it, checks
-with curl that both proxies return the upstream's files byte for byte, then
-runs wrk against each proxy in turn (A B A B ...) and reports medians over the
-rounds: requests/s, p50 and p99 latency, requests per CPU-second of the proxy
-(utime+stime of the master and its workers, from /proc/PID/stat, before and
-after each run), the CPU share of the upstream and of wrk, and how many new
-connections the proxy opened to the upstream (the upstream's stub_status).
+and in front of it the proxies chosen with --proxies (default all three):
+one nginx reverse proxy, one HAProxy (if installed; skipped with a note if
+not) and one fastproxy, each with 1 worker (HAProxy: 1 process, `nbthread 1`)
+and up to 128 idle upstream keep-alive connections (--upstream-keepalive).
+It checks with curl that each proxy returns the upstream's files byte for
+byte, then runs wrk against each proxy in turn (fastproxy, nginx, haproxy,
+fastproxy, ...) and reports medians over the rounds: requests/s, p50 and p99
+latency, requests per CPU-second of the proxy (utime+stime of the master and
+its workers, from /proc/PID/stat, before and after each run), the CPU share of
+the upstream and of wrk, how many new connections the proxy opened to the
+upstream (the upstream's stub_status) and the upstream reuse derived from it,
+100 * (1 - new upstream connections / requests). Ratios: fastproxy / nginx and
+fastproxy / haproxy.
 
 With taskset and at least 2 CPUs, the proxy under test runs on CPU 0 and wrk
-and the upstream nginx share CPU 1. Every run is bounded by its duration; every
-process started here is stopped by its PID at exit, also on errors and signals.
-A run with socket errors or non-2xx responses fails the whole benchmark.
+and the upstream nginx share CPU 1. The default run length went from 10 s to
+8 s per run when HAProxy was added, to stay under 5 minutes.
+
+The `scale` case (opt-in: `--cases scale` or `--scaling`; it runs before the
+others) starts fastproxy afresh with 1, 2 and 4 workers in turn (1 2 4 1 2 4
+...), 1 KiB keep-alive, wrk -t2 -c100, an upstream nginx with 2 workers, and
+pins nothing. On a 2-CPU machine wrk and the upstream compete with the
+proxy's workers for the same cores: it shows whether adding workers helps or
+hurts when everything shares the machine, not clean scaling.
+
+Every run is bounded by its duration; every process started here is stopped by
+its PID at exit, also on errors and signals. A run with socket errors or
+non-2xx responses fails the whole benchmark.
 """
 
 from __future__ import annotations
@@ -57,11 +75,21 @@ CASES = {
     "64k": ("/64k.bin", False, "keep-alive, 64 KiB response"),
     "close": ("/1k.bin", True, "new connection per request (Connection: close), 1 KiB"),
 }
-PROXIES = ("fastproxy", "nginx")
+PROXIES = ("fastproxy", "nginx", "haproxy")  # also the order within a round
 WARMUP_SECONDS = 2
+RUN_OVERHEAD_S = 0.6  # per measured run beyond --duration (pause, wrk start, /proc reads)
 PROXY_CPU = "0"
 LOAD_CPU = "1"  # wrk and the upstream nginx
 KEEPALIVE_REQUESTS = 1_000_000  # nginx's default of 1000 would make wrk reconnect
+# The opt-in worker scaling case: fastproxy only, nothing pinned.
+SCALE = "scale"
+SCALE_PATH = "/1k.bin"
+SCALE_WHAT = ("fastproxy with 1, 2 and 4 workers, keep-alive, 1 KiB response, "
+              "nothing pinned")
+SCALE_WORKERS = (1, 2, 4)
+SCALE_THREADS, SCALE_CONNECTIONS = 2, 100  # wrk -t2 -c100
+SCALE_UPSTREAM_WORKERS = 2
+SCALE_START_S = 2.0  # per fresh fastproxy: start, readiness, verify, stop
 
 
 class BenchError(RuntimeError):
@@ -212,18 +240,18 @@ def tail(path: Path, n: int = 30) -> str:
 # -- servers ------------------------------------------------------------------------
 
 
-def _nginx_common(prefix: Path, name: str) -> str:
+def _nginx_common(prefix: Path, name: str, workers: int = 1) -> str:
     temp = "\n".join(f"    {kind}_temp_path {prefix}/tmp_{kind};"
                      for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    return (f"worker_processes 1;\npid {prefix}/{name}.pid;\n"
+    return (f"worker_processes {workers};\npid {prefix}/{name}.pid;\n"
             f"error_log {prefix}/error.log warn;\n"
             "events { worker_connections 4096; }\n"
             "http {\n    access_log off;\n"
             f"    keepalive_requests {KEEPALIVE_REQUESTS};\n{temp}\n")
 
 
-def upstream_conf(prefix: Path, port: int) -> str:
-    return _nginx_common(prefix, "upstream") + f"""\
+def upstream_conf(prefix: Path, port: int, workers: int = 1) -> str:
+    return _nginx_common(prefix, "upstream", workers) + f"""\
     default_type application/octet-stream;
     sendfile on;
     tcp_nopush on;
@@ -257,10 +285,45 @@ def nginx_proxy_conf(prefix: Path, port: int, upstream_port: int, keepalive: int
 """
 
 
-def fastproxy_conf(port: int, upstream_port: int, keepalive: int) -> str:
+def haproxy_conf(port: int, upstream_port: int, keepalive: int) -> str:
+    """HAProxy set up like the nginx proxy: 1 thread, no logging, pooled upstream keep-alive.
+
+    `http-reuse always` is the closest match to nginx's `keepalive N`: nginx hands
+    any idle cached upstream connection to any request, the first one of a client
+    connection included, and so does `always`. With `safe` (HAProxy's default)
+    the first request of every client connection goes over a connection of its
+    own, so the `close` case (one request per client connection) would open one
+    upstream connection per request. `pool-max-conn N` caps the idle connections
+    kept, like nginx's `keepalive N`. No `log` line: nothing is logged."""
+    return f"""\
+global
+    nbthread 1
+    maxconn 4096
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    maxconn 4096
+    timeout connect 5s
+    timeout client 75s
+    timeout server 75s
+    timeout http-keep-alive 75s
+    timeout http-request 10s
+
+frontend fe
+    bind 127.0.0.1:{port}
+    default_backend be
+
+backend be
+    server s1 127.0.0.1:{upstream_port} pool-max-conn {keepalive}
+"""
+
+
+def fastproxy_conf(port: int, upstream_port: int, keepalive: int, workers: int = 1) -> str:
     return f"""\
 [server]
-workers = 1
+workers = {workers}
 shutdown_timeout = "2s"
 
 [log]
@@ -289,6 +352,23 @@ def start_nginx(name: str, prefix: Path, conf: str, cpu: str | None) -> Started:
     argv = pinned(cpu, ["nginx", "-p", str(prefix), "-e", str(prefix / "error.log"),
                         "-c", str(conf_path), "-g", "daemon off;"])
     return PROCS.start(name, argv, prefix / "stdout.log", signal.SIGTERM)
+
+
+def find_haproxy() -> str | None:
+    """The haproxy binary: on PATH, or in an sbin directory a non-root PATH may lack."""
+    return shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
+
+
+def start_haproxy(binary: str, prefix: Path, conf: str, cpu: str | None) -> Started:
+    conf_path = prefix / "haproxy.cfg"
+    conf_path.write_text(conf)
+    check = subprocess.run([binary, "-c", "-q", "-f", str(conf_path)], capture_output=True,
+                           text=True, timeout=15, check=False)
+    if check.returncode != 0:
+        raise BenchError(f"haproxy rejects its configuration:\n{check.stdout}{check.stderr}")
+    # -db: foreground, one process (no master-worker), stopped by SIGTERM.
+    argv = pinned(cpu, [binary, "-f", str(conf_path), "-db"])
+    return PROCS.start("haproxy", argv, prefix / "haproxy.log", signal.SIGTERM)
 
 
 def start_fastproxy(prefix: Path, conf: str, cpu: str | None) -> Started:
@@ -335,15 +415,45 @@ def wait_ready(item: Started, port: int, scratch: Path, timeout: float = 15.0) -
                      f"{tail(item.log_path)}")
 
 
-def verify(name: str, port: int, www: Path, scratch: Path) -> None:
+def verify(name: str, port: int, www: Path, scratch: Path, quiet: bool = False) -> None:
     for path, size in FILES.items():
         for extra in ((), ("-H", "Connection: close")):
             code, got = http_get(port, path, scratch, extra)
             if code != 200 or got != size or scratch.read_bytes() != (www / path[1:]).read_bytes():
                 raise BenchError(f"{name}: GET {path} {' '.join(extra)} gave status {code}, "
                                  f"{got} bytes (expected 200 with the {size}-byte file)")
-    print(f"  verified: {name} serves /1k.bin and /64k.bin from the upstream byte for byte "
-          "(keep-alive and Connection: close)")
+    if not quiet:
+        print(f"  verified: {name} serves /1k.bin and /64k.bin from the upstream byte for "
+              "byte (keep-alive and Connection: close)")
+
+
+def wait_workers(item: Started, count: int, timeout: float = 15.0) -> list[int]:
+    """The PIDs of the `count` worker processes of `item`, once they are all forked."""
+    deadline = time.monotonic() + timeout
+    while True:
+        workers = children(item.proc.pid)
+        if len(workers) == count:
+            return workers
+        if item.proc.poll() is not None or time.monotonic() > deadline:
+            raise BenchError(f"{item.name}: expected {count} worker(s), found {workers}:\n"
+                             f"{tail(item.log_path)}")
+        time.sleep(0.05)
+
+
+def stop_and_wait(item: Started, timeout: float = 10.0) -> None:
+    """Stop `item` by its PID (SIGTERM, then SIGKILL after 10 s) and wait until none
+    of its workers is left, so that the next instance starts on an idle machine."""
+    PROCS.stop(item)
+    master = item.proc.pid
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [pid for pid in item.extra_pids
+                if (st := _stat(pid)) is not None and st[1] in (1, master)]
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            raise BenchError(f"{item.name}: worker(s) {left} still running after the stop")
+        time.sleep(0.05)
 
 
 # -- wrk ----------------------------------------------------------------------------
@@ -461,13 +571,15 @@ class Run:
     wrk_cpu_pct: float
     upstream_conns: int
     upstream_conns_per_1k_req: float
+    upstream_reuse_pct: float  # 100 * (1 - new upstream connections / requests)
     other_cpu_pct: float  # process CPU on the machine not spent by proxy, upstream or wrk
+    workers: int = 1  # proxy worker processes (nginx, fastproxy) or threads (haproxy)
 
 
 def measure(case: str, proxy: str, rnd: int, port: int, proxy_pid: int, upstream_pid: int,
             upstream_port: int, args: argparse.Namespace,
-            cpus: tuple[str | None, str | None]) -> Run:
-    path, close, _ = CASES[case]
+            cpus: tuple[str | None, str | None], workers: int = 1) -> Run:
+    path, close = (SCALE_PATH, False) if case == SCALE else CASES[case][:2]
     pids = process_tree(proxy_pid)
     up_pids = process_tree(upstream_pid)
     accepts0 = upstream_accepts(upstream_port)
@@ -492,23 +604,30 @@ def measure(case: str, proxy: str, rnd: int, port: int, proxy_pid: int, upstream
                upstream_cpu_pct=round(100 * (up1 - up0) / wall, 1),
                wrk_cpu_pct=round(100 * wrk_cpu / wall, 1), upstream_conns=conns,
                upstream_conns_per_1k_req=round(1000 * conns / max(result.requests, 1), 2),
+               upstream_reuse_pct=round(100 * (1 - conns / max(result.requests, 1)), 2),
                other_cpu_pct=round(100 * max(0.0, (busy1 - busy0) - cpu - (up1 - up0) - wrk_cpu)
-                                   / wall, 1))
+                                   / wall, 1),
+               workers=workers)
 
 
 METRICS = ("rps", "p50_ms", "p99_ms", "req_per_cpu_s", "proxy_cpu_pct", "proxy_kernel_pct",
            "upstream_cpu_pct",
-           "wrk_cpu_pct", "upstream_conns_per_1k_req", "other_cpu_pct")
+           "wrk_cpu_pct", "upstream_conns_per_1k_req", "upstream_reuse_pct", "other_cpu_pct")
 
 
 def medians(runs: list[Run]) -> dict[str, float]:
     return {m: round(statistics.median(getattr(r, m) for r in runs), 3) for m in METRICS}
 
 
+def ratios(num: dict[str, float], den: dict[str, float]) -> dict[str, float | None]:
+    """num / den for every metric (None where den is 0)."""
+    return {m: round(num[m] / den[m], 3) if den[m] else None for m in METRICS}
+
+
 # -- report -------------------------------------------------------------------------
 
 
-def versions() -> dict[str, str]:
+def versions(haproxy: str | None) -> dict[str, str]:
     import uvloop
 
     import fastproxy
@@ -532,6 +651,7 @@ def versions() -> dict[str, str]:
         "uvloop": uvloop.__version__,
         "fastproxy": fastproxy.__version__,
         "nginx": first_line(["nginx", "-v"]),
+        "haproxy": first_line([haproxy, "-v"]) if haproxy else "not installed",
         "wrk": first_line(["wrk", "-v"]),
         "kernel": platform.release(),
     }
@@ -559,25 +679,57 @@ def _ratio(value: float | None) -> str:
     return "n/a" if value is None or value != value else f"{value:.2f}"
 
 
-def table(summary: dict[str, dict[str, object]]) -> str:
+def table(summary: dict[str, dict[str, object]], proxies: list[str]) -> str:
     lines = [
         "| case | proxy | req/s | p50 ms | p99 ms | req per proxy CPU-s "
-        "| proxy CPU % (kernel share) | upstream + wrk CPU % | new upstream conns per 1k req |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| proxy CPU % (kernel share) | upstream + wrk CPU % | new upstream conns per 1k req "
+        "| upstream reuse % |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for case, data in summary.items():
         med: dict[str, dict[str, float]] = data["median"]  # type: ignore[assignment]
-        for proxy in PROXIES:
+        for proxy in proxies:
             m = med[proxy]
             lines.append(f"| {case} | {proxy} | {fmt(m['rps'])} | {fmt(m['p50_ms'])} | "
                          f"{fmt(m['p99_ms'])} | {fmt(m['req_per_cpu_s'])} | "
                          f"{fmt(m['proxy_cpu_pct'], 0)} ({fmt(m['proxy_kernel_pct'], 0)}) | "
                          f"{fmt(m['upstream_cpu_pct'], 0)} + {fmt(m['wrk_cpu_pct'], 0)} | "
-                         f"{fmt(m['upstream_conns_per_1k_req'], 1)} |")
-        r = {key: _ratio(value) for key, value in data["ratio"].items()}  # type: ignore[attr-defined]
-        lines.append(f"| {case} | **fastproxy / nginx** | **{r['rps']}** | {r['p50_ms']} "
-                     f"| {r['p99_ms']} | **{r['req_per_cpu_s']}** | | | |")
+                         f"{fmt(m['upstream_conns_per_1k_req'], 1)} | "
+                         f"{fmt(m['upstream_reuse_pct'])} |")
+        for key, other in (("ratio", "nginx"), ("ratio_haproxy", "haproxy")):
+            if data.get(key) is None:
+                continue
+            r = {k: _ratio(v) for k, v in data[key].items()}  # type: ignore[attr-defined]
+            lines.append(f"| {case} | **fastproxy / {other}** | **{r['rps']}** | {r['p50_ms']} "
+                         f"| {r['p99_ms']} | **{r['req_per_cpu_s']}** | | | | |")
     return "\n".join(lines)
+
+
+def scaling_table(scaling: dict[str, object]) -> str:
+    lines = [
+        "| fastproxy workers | req/s | p50 ms | p99 ms | proxy CPU % (master + workers) "
+        "| req per proxy CPU-s | upstream + wrk CPU % | other CPU % | upstream reuse % |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    med: dict[str, dict[str, float]] = scaling["median"]  # type: ignore[assignment]
+    for n, m in med.items():
+        lines.append(f"| {n} | {fmt(m['rps'])} | {fmt(m['p50_ms'])} | {fmt(m['p99_ms'])} | "
+                     f"{fmt(m['proxy_cpu_pct'], 0)} | {fmt(m['req_per_cpu_s'])} | "
+                     f"{fmt(m['upstream_cpu_pct'], 0)} + {fmt(m['wrk_cpu_pct'], 0)} | "
+                     f"{fmt(m['other_cpu_pct'], 0)} | {fmt(m['upstream_reuse_pct'])} |")
+    for label, ratio in scaling["ratio"].items():  # type: ignore[attr-defined]
+        r = {k: _ratio(v) for k, v in ratio.items()}
+        lines.append(f"| **{label.replace('/', ' / ')}** | **{r['rps']}** | {r['p50_ms']} | "
+                     f"{r['p99_ms']} | **{r['proxy_cpu_pct']}** | {r['req_per_cpu_s']} | | | |")
+    return "\n".join(lines)
+
+
+def scaling_note(ncpu: int | None) -> str:
+    return (f"Nothing is pinned: on this {ncpu}-CPU machine wrk (-t{SCALE_THREADS} "
+            f"-c{SCALE_CONNECTIONS}) and the upstream nginx ({SCALE_UPSTREAM_WORKERS} workers) "
+            "compete with fastproxy's workers for the same cores, so this measures whether "
+            f"adding workers helps or hurts when everything shares {ncpu} cores, not clean "
+            "scaling.")
 
 
 def _no_nan(value: object) -> object:
@@ -680,20 +832,36 @@ def profile_worker(worker_pid: int, port: int, out: Path, args: argparse.Namespa
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    usage = __doc__.split("\n\n")[1]
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                epilog=f"examples:\n{usage}",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="1 round of 3 s runs (under 90 s)")
-    p.add_argument("--rounds", type=int, help="A B rounds per case (default 3; --quick: 1)")
-    p.add_argument("--duration", type=int, help="seconds per wrk run (default 10; --quick: 3)")
+    p.add_argument("--quick", action="store_true",
+                   help="1 round of 3 s runs (under 90 s with the default cases and proxies)")
+    p.add_argument("--rounds", type=int,
+                   help="rounds per case; a round runs each proxy (scale: each worker count) "
+                        "once, in turn (default 3; --quick: 1)")
+    p.add_argument("--duration", type=int, help="seconds per wrk run (default 8; --quick: 3)")
     p.add_argument("--cases", default="1k,64k,close",
-                   help=f"comma-separated, from: {', '.join(CASES)} (default all)")
-    p.add_argument("--connections", type=int, default=50, help="wrk -c (default 50)")
-    p.add_argument("--threads", type=int, default=1, help="wrk -t (default 1)")
+                   help=f"comma-separated, from: {', '.join([*CASES, SCALE])} (default "
+                        f"{','.join(CASES)}; {SCALE} is opt-in: fastproxy only, with "
+                        f"{', '.join(map(str, SCALE_WORKERS))} workers, nothing pinned, wrk "
+                        f"-t{SCALE_THREADS} -c{SCALE_CONNECTIONS})")
+    p.add_argument("--scaling", action="store_true",
+                   help=f"add the {SCALE} case to --cases (it runs before the others)")
+    p.add_argument("--proxies", default=",".join(PROXIES),
+                   help=f"comma-separated, from: {', '.join(PROXIES)} (default all; within a "
+                        "round they run in that order). haproxy is skipped with a note when "
+                        "it is not installed (apt-get install -y haproxy)")
+    p.add_argument("--connections", type=int, default=50,
+                   help=f"wrk -c (default 50; the {SCALE} case uses {SCALE_CONNECTIONS})")
+    p.add_argument("--threads", type=int, default=1,
+                   help=f"wrk -t (default 1; the {SCALE} case uses {SCALE_THREADS})")
     p.add_argument("--upstream-keepalive", type=int, default=128, metavar="N",
                    help="idle upstream connections each proxy keeps (nginx `keepalive N`, "
-                        "fastproxy `keepalive = N`; default 128, fastproxy's default: nginx's "
-                        "usual 32 is below wrk's 50 connections and makes both proxies "
-                        "reopen upstream connections)")
+                        "haproxy `pool-max-conn N`, fastproxy `keepalive = N` per worker; "
+                        "default 128, fastproxy's default: nginx's usual 32 is below wrk's 50 "
+                        "connections and makes the proxies reopen upstream connections)")
     p.add_argument("--json", type=Path, help="where to write the results "
                    "(default benchmarks/results/e2e-<date>.json)")
     p.add_argument("--no-pin", action="store_true", help="do not use taskset")
@@ -702,13 +870,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "during one extra 1k run and print the top frames")
     args = p.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 3)
-    args.duration = args.duration or (3 if args.quick else 10)
-    args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
-    bad = [c for c in args.cases if c not in CASES]
+    args.duration = args.duration or (3 if args.quick else 8)
+    args.cases = list(dict.fromkeys(c.strip() for c in args.cases.split(",") if c.strip()))
+    if args.scaling and SCALE not in args.cases:
+        args.cases.append(SCALE)
+    bad = [c for c in args.cases if c not in CASES and c != SCALE]
     if bad or not args.cases:
-        p.error(f"unknown case(s) {', '.join(bad) or '(none)'}; choose from {', '.join(CASES)}")
+        p.error(f"unknown case(s) {', '.join(bad) or '(none)'}; "
+                f"choose from {', '.join([*CASES, SCALE])}")
+    chosen = {x.strip() for x in args.proxies.split(",") if x.strip()}
+    bad = sorted(chosen - set(PROXIES))
+    if bad or not chosen:
+        p.error(f"unknown proxy(ies) {', '.join(bad) or '(none)'}; "
+                f"choose from {', '.join(PROXIES)}")
+    args.proxies = [x for x in PROXIES if x in chosen]
     if args.rounds < 1 or args.duration < 1:
         p.error("--rounds and --duration must be at least 1")
+    if args.profile and ("fastproxy" not in args.proxies or args.cases == [SCALE]):
+        p.error(f"--profile needs fastproxy in --proxies and a case other than {SCALE}")
     return args
 
 
@@ -721,19 +900,37 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {tool} is not installed (apt-get install -y wrk nginx curl)",
                   file=sys.stderr)
             return 2
+    haproxy = find_haproxy()
+    regular = [c for c in args.cases if c != SCALE]
+    if "haproxy" in args.proxies and haproxy is None:
+        args.proxies.remove("haproxy")
+        if regular:
+            print("note: haproxy is not installed (apt-get install -y haproxy): skipping it")
+    if regular and not args.proxies:
+        print("error: no proxy left to measure (--proxies)", file=sys.stderr)
+        return 2
     pin = not args.no_pin and shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
     cpus: tuple[str | None, str | None] = (PROXY_CPU, LOAD_CPU) if pin else (None, None)
     pinning = ("proxy under test on CPU 0; wrk and the upstream nginx on CPU 1 (taskset)"
                if pin else "not pinned (no taskset, fewer than 2 CPUs, or --no-pin)")
-    budget = len(args.cases) * 2 * (args.rounds * (args.duration + 0.6) + WARMUP_SECONDS)
-    print(f"fastproxy vs nginx, cases {','.join(args.cases)}: {args.rounds} round(s) x "
-          f"{args.duration}s per proxy, wrk -t{args.threads} -c{args.connections}; "
-          f"about {budget + 10:.0f}s")
-    print(f"pinning: {pinning}")
+    budget = 0.0
+    if SCALE in args.cases:
+        budget += 2 + args.rounds * len(SCALE_WORKERS) * (
+            args.duration + RUN_OVERHEAD_S + WARMUP_SECONDS + SCALE_START_S)
+        print(f"{SCALE}: fastproxy with {', '.join(map(str, SCALE_WORKERS))} workers, "
+              f"{args.rounds} round(s) x {args.duration}s each, wrk -t{SCALE_THREADS} "
+              f"-c{SCALE_CONNECTIONS}, nothing pinned")
+    if regular:
+        budget += 5 + len(regular) * len(args.proxies) * (
+            args.rounds * (args.duration + RUN_OVERHEAD_S) + WARMUP_SECONDS + 0.3)
+        print(f"{' vs '.join(args.proxies)}, cases {','.join(regular)}: {args.rounds} round(s) "
+              f"x {args.duration}s per proxy, wrk -t{args.threads} -c{args.connections}")
+        print(f"pinning: {pinning}")
+    print(f"about {budget:.0f}s in all")
 
     tmp = Path(tempfile.mkdtemp(prefix="fastproxy-e2e-"))
     try:
-        return _bench(args, tmp, cpus, pinning)
+        return _bench(args, tmp, cpus, pinning, haproxy)
     except BenchError as e:
         print(f"\nerror: {e}", file=sys.stderr)
         return 1
@@ -742,53 +939,78 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _bench(args: argparse.Namespace, tmp: Path, cpus: tuple[str | None, str | None],
-           pinning: str) -> int:
-    # nginx workers may run as an unprivileged user: let them read the tree.
-    os.chmod(tmp, 0o755)
-    up_dir, ngx_dir, fp_dir = tmp / "upstream", tmp / "nginx", tmp / "fastproxy"
-    www = up_dir / "www"
-    for d in (up_dir, ngx_dir, fp_dir, www):
+def make_dirs(*dirs: Path) -> None:
+    for d in dirs:
         d.mkdir(exist_ok=True)
-        os.chmod(d, 0o755)
+        os.chmod(d, 0o755)  # nginx workers may run as an unprivileged user
+
+
+def write_files(www: Path) -> None:
     rng = random.Random(0)
     for path, size in FILES.items():
         f = www / path[1:]
         f.write_bytes(rng.randbytes(size))
         os.chmod(f, 0o644)
-    scratch = tmp / "check.bin"
 
-    up_port, ngx_port, fp_port = free_port(), free_port(), free_port()
+
+def note_logs(name: str, paths: tuple[Path, ...]) -> None:
+    for path in paths:
+        if path.exists() and path.stat().st_size:
+            print(f"note: {name} log {path} is not empty:\n{tail(path, 5)}")
+
+
+def _regular(args: argparse.Namespace, cases: list[str], tmp: Path, scratch: Path,
+             cpus: tuple[str | None, str | None], haproxy: str | None,
+             ) -> tuple[dict[str, dict[str, object]], list[Run], dict[str, str], int, int]:
+    """The pinned cases: (summary, runs, configs, fastproxy port, fastproxy worker PID)."""
+    proxies = args.proxies
+    up_dir = tmp / "upstream"
+    www = up_dir / "www"
+    dirs = {name: tmp / name for name in proxies}
+    make_dirs(up_dir, www, *dirs.values())
+    write_files(www)
+
+    up_port = free_port()
+    ports = {name: free_port() for name in proxies}
     upstream = start_nginx("upstream nginx", up_dir, upstream_conf(up_dir, up_port), cpus[1])
     wait_ready(upstream, up_port, scratch)
     verify("upstream nginx", up_port, www, scratch)
     keep = args.upstream_keepalive
-    servers = {
-        "nginx": start_nginx("nginx", ngx_dir, nginx_proxy_conf(ngx_dir, ngx_port, up_port, keep),
-                             cpus[0]),
-        "fastproxy": start_fastproxy(fp_dir, fastproxy_conf(fp_port, up_port, keep), cpus[0]),
-    }
-    ports = {"nginx": ngx_port, "fastproxy": fp_port}
-    for name in PROXIES:
+    configs = {"upstream_nginx": upstream_conf(Path("TMP/upstream"), up_port)}
+    servers: dict[str, Started] = {}
+    for name in proxies:
+        if name == "nginx":
+            servers[name] = start_nginx(
+                "nginx", dirs[name], nginx_proxy_conf(dirs[name], ports[name], up_port, keep),
+                cpus[0])
+            configs[name] = nginx_proxy_conf(Path("TMP/nginx"), ports[name], up_port, keep)
+        elif name == "haproxy":
+            assert haproxy is not None
+            configs[name] = haproxy_conf(ports[name], up_port, keep)
+            servers[name] = start_haproxy(haproxy, dirs[name], configs[name], cpus[0])
+        else:
+            configs[name] = fastproxy_conf(ports[name], up_port, keep)
+            servers[name] = start_fastproxy(dirs[name], configs[name], cpus[0])
+    for name in proxies:
         wait_ready(servers[name], ports[name], scratch)
         verify(name, ports[name], www, scratch)
         tree = process_tree(servers[name].proc.pid)
         servers[name].extra_pids = tuple(tree[1:])
-        print(f"  {name}: master {tree[0]}, workers {tree[1:]}, "
-              f"CPUs {affinity(tree[-1])}")
+        workers = f"workers {tree[1:]}" if tree[1:] else "single process"
+        print(f"  {name}: master {tree[0]}, {workers}, CPUs {affinity(tree[-1])}")
     upstream.extra_pids = tuple(children(upstream.proc.pid))
 
     runs: list[Run] = []
     summary: dict[str, dict[str, object]] = {}
-    for case in args.cases:
+    for case in cases:
         path, close, what = CASES[case]
         print(f"\n[{case}] {what}: GET {path}")
-        for name in PROXIES:  # warm-up, not recorded
+        for name in proxies:  # warm-up, not recorded
             result, raw, _ = run_wrk(ports[name], path, close, WARMUP_SECONDS, args, cpus[1])
             check_run(f"{case}/{name} warm-up", result, raw, FILES[path])
         case_runs: list[Run] = []
         for rnd in range(1, args.rounds + 1):
-            for name in PROXIES:
+            for name in proxies:
                 time.sleep(0.5)
                 r = measure(case, name, rnd, ports[name], servers[name].proc.pid,
                             upstream.proc.pid, up_port, args, cpus)
@@ -797,60 +1019,167 @@ def _bench(args: argparse.Namespace, tmp: Path, cpus: tuple[str | None, str | No
                       f"p99 {r.p99_ms:6.2f} ms  {r.req_per_cpu_s:7,.0f} req/CPU-s  "
                       f"CPU: proxy {r.proxy_cpu_pct:.0f}% (sys {r.proxy_kernel_pct:.0f}%), "
                       f"upstream {r.upstream_cpu_pct:.0f}%, wrk {r.wrk_cpu_pct:.0f}%, "
-                      f"other {r.other_cpu_pct:.0f}%  new upstream conns {r.upstream_conns}")
+                      f"other {r.other_cpu_pct:.0f}%  new upstream conns {r.upstream_conns} "
+                      f"(reuse {r.upstream_reuse_pct:.2f}%)")
         runs += case_runs
-        med = {name: medians([r for r in case_runs if r.proxy == name]) for name in PROXIES}
-        ratio = {m: round(med["fastproxy"][m] / med["nginx"][m], 3) if med["nginx"][m] else
-                 None for m in METRICS}
-        summary[case] = {"description": what, "path": path, "median": med, "ratio": ratio}
-
+        med = {name: medians([r for r in case_runs if r.proxy == name]) for name in proxies}
+        both = "fastproxy" in med
+        summary[case] = {
+            "description": what, "path": path, "median": med,
+            "ratio": ratios(med["fastproxy"], med["nginx"]) if both and "nginx" in med else None,
+            "ratio_haproxy": (ratios(med["fastproxy"], med["haproxy"])
+                              if both and "haproxy" in med else None),
+        }
     print()
-    for name in PROXIES:
-        for line in (servers[name].log_path.parent / "error.log", servers[name].log_path):
-            if line.exists() and line.stat().st_size:
-                print(f"note: {name} log {line} is not empty:\n{tail(line, 5)}")
+    for name in proxies:
+        note_logs(name, (dirs[name] / "error.log", servers[name].log_path))
+    fastproxy = servers.get("fastproxy")
+    worker = fastproxy.extra_pids[-1] if fastproxy is not None and fastproxy.extra_pids else 0
+    return summary, runs, configs, ports.get("fastproxy", 0), worker
+
+
+def _scaling(args: argparse.Namespace, tmp: Path, scratch: Path) -> dict[str, object]:
+    """The opt-in scale case: fastproxy with 1, 2, 4 workers, each started afresh."""
+    up_dir = tmp / "upstream-scale"
+    www = up_dir / "www"
+    make_dirs(up_dir, www)
+    write_files(www)
+    print(f"\n[{SCALE}] {SCALE_WHAT}: GET {SCALE_PATH}, wrk -t{SCALE_THREADS} "
+          f"-c{SCALE_CONNECTIONS}, upstream nginx with {SCALE_UPSTREAM_WORKERS} workers")
+    print(f"  {scaling_note(os.cpu_count())}")
+    up_port = free_port()
+    keep = args.upstream_keepalive
+    configs = {"upstream_nginx": upstream_conf(Path("TMP/upstream-scale"), up_port,
+                                               SCALE_UPSTREAM_WORKERS)}
+    sargs = argparse.Namespace(**{**vars(args), "threads": SCALE_THREADS,
+                                  "connections": SCALE_CONNECTIONS})
+    runs: list[Run] = []
+    upstream = start_nginx("upstream nginx (scale)", up_dir,
+                           upstream_conf(up_dir, up_port, SCALE_UPSTREAM_WORKERS), None)
+    try:
+        wait_ready(upstream, up_port, scratch)
+        upstream.extra_pids = tuple(wait_workers(upstream, SCALE_UPSTREAM_WORKERS))
+        verify("upstream nginx (scale)", up_port, www, scratch)
+        for rnd in range(1, args.rounds + 1):
+            for n in SCALE_WORKERS:
+                fp_dir = tmp / f"fastproxy-{n}w"
+                make_dirs(fp_dir)
+                port = free_port()
+                conf = fastproxy_conf(port, up_port, keep, n)
+                configs[f"fastproxy_{n}w"] = conf
+                item = start_fastproxy(fp_dir, conf, None)
+                item.name = f"fastproxy ({n} worker{'s' if n > 1 else ''})"
+                try:
+                    wait_ready(item, port, scratch)
+                    item.extra_pids = tuple(wait_workers(item, n))
+                    verify(item.name, port, www, scratch, quiet=rnd > 1)
+                    result, raw, _ = run_wrk(port, SCALE_PATH, False, WARMUP_SECONDS, sargs,
+                                             None)
+                    check_run(f"{SCALE}/{n}w round {rnd} warm-up", result, raw,
+                              FILES[SCALE_PATH])
+                    time.sleep(0.5)
+                    r = measure(SCALE, "fastproxy", rnd, port, item.proc.pid, upstream.proc.pid,
+                                up_port, sargs, (None, None), workers=n)
+                finally:
+                    stop_and_wait(item)  # before the next one starts
+                runs.append(r)
+                print(f"  round {rnd} {n} worker(s) {r.rps:8,.0f} req/s  p50 {r.p50_ms:5.2f} ms  "
+                      f"p99 {r.p99_ms:6.2f} ms  {r.req_per_cpu_s:7,.0f} req/CPU-s  CPU: proxy "
+                      f"{r.proxy_cpu_pct:.0f}% (master + workers), upstream "
+                      f"{r.upstream_cpu_pct:.0f}%, wrk {r.wrk_cpu_pct:.0f}%, other "
+                      f"{r.other_cpu_pct:.0f}%  upstream reuse {r.upstream_reuse_pct:.2f}%")
+    finally:
+        stop_and_wait(upstream)
+    for n in SCALE_WORKERS:
+        note_logs(f"fastproxy ({n}w)", (tmp / f"fastproxy-{n}w" / "fastproxy.log",))
+    note_logs("upstream nginx (scale)", (up_dir / "error.log", up_dir / "stdout.log"))
+    med = {str(n): medians([r for r in runs if r.workers == n]) for n in SCALE_WORKERS}
+    base = str(SCALE_WORKERS[0])
+    return {
+        "description": SCALE_WHAT, "path": SCALE_PATH,
+        "note": scaling_note(os.cpu_count()),
+        "pinning": "none (proxy, wrk and upstream all unpinned)",
+        "wrk": f"-t{SCALE_THREADS} -c{SCALE_CONNECTIONS} --latency --timeout 5s",
+        "upstream_workers": SCALE_UPSTREAM_WORKERS,
+        "workers": list(SCALE_WORKERS),
+        "order": f"{', '.join(map(str, SCALE_WORKERS))} workers in turn each round, "
+                 f"each a fresh fastproxy with a {WARMUP_SECONDS}s warm-up",
+        "rounds": args.rounds, "duration_s": args.duration,
+        "configs": configs,
+        "max_other_cpu_pct": max(r.other_cpu_pct for r in runs),
+        "median": med,
+        "ratio": {f"{n}w/{base}w": ratios(med[str(n)], med[base]) for n in SCALE_WORKERS[1:]},
+        "runs": [asdict(r) for r in runs],
+    }
+
+
+def _bench(args: argparse.Namespace, tmp: Path, cpus: tuple[str | None, str | None],
+           pinning: str, haproxy: str | None) -> int:
+    os.chmod(tmp, 0o755)  # nginx workers may run as an unprivileged user
+    scratch = tmp / "check.bin"
+    regular = [c for c in args.cases if c != SCALE]
+    scaling = _scaling(args, tmp, scratch) if SCALE in args.cases else None
+    summary: dict[str, dict[str, object]] = {}
+    runs: list[Run] = []
+    configs: dict[str, str] = {}
+    fp_port = fp_worker = 0
+    if regular:
+        summary, runs, configs, fp_port, fp_worker = _regular(args, regular, tmp, scratch, cpus,
+                                                              haproxy)
+
     stamp = dt.datetime.now().astimezone()
-    report = {
+    report: dict[str, object] = {
         "date": stamp.isoformat(timespec="seconds"),
         "machine": machine(),
-        "versions": versions(),
+        "versions": versions(haproxy),
         "pinning": pinning,
         "settings": {
             "rounds": args.rounds, "duration_s": args.duration,
             "warmup_s": WARMUP_SECONDS, "wrk": f"-t{args.threads} -c{args.connections} "
-            f"--latency --timeout 5s", "order": "fastproxy, nginx alternating each round",
+            f"--latency --timeout 5s", "proxies": args.proxies,
+            "order": f"{', '.join(args.proxies)} alternating each round",
             "statistic": "median over rounds",
             "nginx_keepalive_requests": KEEPALIVE_REQUESTS,
             "upstream_keepalive": args.upstream_keepalive,
+            "haproxy_http_reuse": "always",
         },
-        "configs": {
-            "upstream_nginx": upstream_conf(Path("TMP/upstream"), up_port),
-            "nginx": nginx_proxy_conf(Path("TMP/nginx"), ngx_port, up_port,
-                                      args.upstream_keepalive),
-            "fastproxy": fastproxy_conf(fp_port, up_port, args.upstream_keepalive),
-        },
-        "max_other_cpu_pct": max(r.other_cpu_pct for r in runs),
+        "configs": configs,
+        "max_other_cpu_pct": max((r.other_cpu_pct for r in runs), default=None),
         "cases": summary,
         "runs": [asdict(r) for r in runs],
     }
-    print(f"## fastproxy vs nginx ({stamp:%Y-%m-%d %H:%M}, medians of {args.rounds} round(s) "
-          f"x {args.duration}s, wrk -t{args.threads} -c{args.connections})\n")
-    print(f"Pinning: {pinning}. Ratios: fastproxy / nginx (req/s and req per CPU-s: higher is "
-          "better for fastproxy; latency: lower is better).\n")
-    print(table(summary))
-    busiest = max(r.other_cpu_pct for r in runs)
-    if busiest > 20:
-        print(f"\nwarning: other processes used up to {busiest:.0f}% of a CPU during a run "
-              "(see other_cpu_pct in the JSON): absolute figures are unreliable, the ratios "
-              "and req per CPU-s less so")
+    if scaling is not None:
+        report["scaling"] = scaling
+    if regular:
+        print(f"## {' vs '.join(args.proxies)} ({stamp:%Y-%m-%d %H:%M}, medians of "
+              f"{args.rounds} round(s) x {args.duration}s, wrk -t{args.threads} "
+              f"-c{args.connections})\n")
+        others = [x for x in ("nginx", "haproxy") if x in args.proxies]
+        ratio_text = (f"Ratios: {' and '.join(f'fastproxy / {x}' for x in others)} (req/s and "
+                      "req per CPU-s: higher is better for fastproxy; latency: lower is "
+                      "better). " if "fastproxy" in args.proxies and others else "")
+        print(f"Pinning: {pinning}. {ratio_text}Upstream reuse % = 100 * (1 - new upstream "
+              "conns / requests).\n")
+        print(table(summary, args.proxies))
+        busiest = max(r.other_cpu_pct for r in runs)
+        if busiest > 20:
+            print(f"\nwarning: other processes used up to {busiest:.0f}% of a CPU during a run "
+                  "(see other_cpu_pct in the JSON): absolute figures are unreliable, the "
+                  "ratios and req per CPU-s less so")
+    if scaling is not None:
+        print(f"\n## fastproxy worker scaling ({stamp:%Y-%m-%d %H:%M}, medians of "
+              f"{args.rounds} round(s) x {args.duration}s, wrk -t{SCALE_THREADS} "
+              f"-c{SCALE_CONNECTIONS}, upstream nginx with {SCALE_UPSTREAM_WORKERS} workers)\n")
+        print(f"{scaling['note']} Each worker count is a fresh fastproxy; proxy CPU is the "
+              "master plus all its workers, in % of one CPU.\n")
+        print(scaling_table(scaling))
     json_path = args.json or HERE / "results" / f"e2e-{stamp:%Y-%m-%d-%H%M%S}.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(_no_nan(report), indent=2, allow_nan=False) + "\n")
     print(f"\nresults written to {json_path}")
 
     if args.profile:
-        worker = servers["fastproxy"].extra_pids[-1]
-        profile_worker(worker, fp_port, args.profile, args, cpus)
+        profile_worker(fp_worker, fp_port, args.profile, args, cpus)
     return 0
 
 
