@@ -418,7 +418,7 @@ cdef class HttpParser:
             if p.http_major != 1:
                 self._fail(505, "HTTP version not supported")
             head.method = <bytes>_METHOD_NAMES[p.method] if p.method < 64 else None
-            head.target = head.raw[:start]
+            head.target = PyBytes_FromStringAndSize(self._buf, start)
             if head.method is None:
                 self._fail(501, "method not implemented")
             self._validate_request(head)
@@ -429,7 +429,7 @@ cdef class HttpParser:
             if p.status_code < 100:
                 self._fail(502, "upstream sent an invalid status code")
             head.status = p.status_code
-            head.reason = head.raw[:start]
+            head.reason = PyBytes_FromStringAndSize(self._buf, start)
             head.has_connection_header = self._has_header(b"connection", 10)
             if self._skip_body or p.status_code < 200:
                 rc = 1  # HEAD answers and interim (1xx) responses never have a body
