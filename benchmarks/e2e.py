@@ -865,6 +865,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, help="where to write the results "
                    "(default benchmarks/results/e2e-<date>.json)")
     p.add_argument("--no-pin", action="store_true", help="do not use taskset")
+    p.add_argument("--install", action="store_true",
+                   help="install missing nginx, wrk, curl and haproxy with apt-get (root)")
     p.add_argument("--profile", type=Path, metavar="PATH",
                    help="after measuring, run py-spy (raw format) on the fastproxy worker "
                         "during one extra 1k run and print the top frames")
@@ -891,14 +893,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def install_missing(proxies: list[str]) -> None:
+    """--install: the Debian packages of the tools and peers that are missing."""
+    wanted = {"nginx": "nginx", "wrk": "wrk", "curl": "curl"}
+    if "haproxy" in proxies:
+        wanted["haproxy"] = "haproxy"
+    missing = sorted(pkg for tool, pkg in wanted.items()
+                     if shutil.which(tool) is None and shutil.which(tool, path="/usr/sbin") is None)
+    if not missing:
+        return
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        print(f"note: cannot install {', '.join(missing)} (needs root and apt-get)")
+        return
+    print(f"installing {', '.join(missing)} with apt-get")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for argv in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", *missing]):
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env,
+                             check=False)
+        if res.returncode != 0:
+            print(f"note: {' '.join(argv)} failed ({res.returncode}):\n{res.stderr[-2000:]}")
+            return
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGHUP, _on_signal)
+    if args.install:
+        install_missing(args.proxies)
     for tool in ("nginx", "wrk", "curl"):
-        if shutil.which(tool) is None:
-            print(f"error: {tool} is not installed (apt-get install -y wrk nginx curl)",
-                  file=sys.stderr)
+        if shutil.which(tool) is None and shutil.which(tool, path="/usr/sbin") is None:
+            print(f"error: {tool} is not installed (apt-get install -y wrk nginx curl, "
+                  "or run with --install)", file=sys.stderr)
             return 2
     haproxy = find_haproxy()
     regular = [c for c in args.cases if c != SCALE]
