@@ -564,3 +564,34 @@ def test_large_chunked_upload_rechunked(make_origin: Callable[..., Origin],
     assert (r.status, r.body) == (200, f"{total} {crc_of(pattern, total, 700_001)}".encode())
     assert origin.errors == []  # the origin refuses chunk extensions: none arrived
     assert rss.growth_mib < MAX_RSS_GROWTH_MIB, (rss.start_kib, rss.max_kib)
+
+
+def test_many_small_chunks_to_a_slow_client_keep_their_order(
+        make_origin: Callable[..., Origin], make_proxy: Callable[..., ProxyProcess]) -> None:
+    """An upstream read with many chunks makes more output pieces than one direct
+    writev takes, so it goes through the transport; while the transport still
+    holds bytes for a slow client, every later write must queue behind them."""
+    # Runs of small chunks (many output pieces per upstream read: through the
+    # transport) between large ones (few pieces per read: written directly).
+    pieces_ = [(b"%07d|" % i).ljust(64 * 1024 if i % 10 == 9 else 150, b".")
+               for i in range(4000)]
+    origin = make_origin(lambda req: Reply(stream=iter(pieces_))
+                         if req.target == "/many" else Reply())
+    proxy = make_proxy({"backend": [origin.address]})
+    with RawClient(proxy.port, timeout=30, rcvbuf=16 * 1024) as c:
+        c.send(b"GET /many HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        time.sleep(1.0)  # the client's buffers fill; the proxy queues and pauses the upstream
+        head = c.read_until(b"\r\n\r\n")
+        assert head is not None and b"\r\nTransfer-Encoding: chunked\r\n" in head
+        wire = bytearray(c.buf)
+        c.buf.clear()
+        slow_until = time.monotonic() + 1.0
+        while not wire.endswith(b"\r\n0\r\n\r\n"):
+            data = c.sock.recv(4096 if time.monotonic() < slow_until else 1 << 20)
+            assert data, f"connection closed after {len(wire)} bytes"
+            wire += data
+            if time.monotonic() < slow_until:
+                time.sleep(0.005)
+    body = b"".join(parse_chunked_strict(bytes(wire)))
+    assert len(body) == sum(map(len, pieces_))
+    assert body == b"".join(pieces_)

@@ -53,7 +53,6 @@ except ImportError:  # another event loop: always write through the transport
     _PlainTransport = None
 
 log_client = logging.getLogger("fastproxy.client")
-log_proxy = logging.getLogger("fastproxy.proxy")
 log_upstream = logging.getLogger("fastproxy.upstream")
 
 # Methods whose request may be sent again when a reused connection turns out
@@ -132,6 +131,7 @@ cdef int send_parts(object transport, int fd, bint* queued, object parts, bint s
     if fd < 0 or n > MAX_IOV or transport.is_closing():
         # (is_closing: uvloop may have started to close the socket after an error;
         # its fd must not be written to from here any more.)
+        queued[0] = True  # the transport may keep some of it: it goes first
         return send_via_transport(transport, parts, single)
     if queued[0]:
         if transport.get_write_buffer_size():
