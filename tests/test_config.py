@@ -49,6 +49,8 @@ header = "500ms"
 body = 20
 keepalive = "5m"
 send = 1.5
+lingering_time = 0
+lingering_timeout = "2s"
 
 [log]
 access = "access.log"
@@ -130,7 +132,8 @@ def test_full_config_loads_into_objects(tmp_path: Path) -> None:
         max_header_count=50,
         max_body_bytes=1024**3,
     )
-    assert config.timeouts == Timeouts(header=0.5, body=20.0, keepalive=300.0, send=1.5)
+    assert config.timeouts == Timeouts(header=0.5, body=20.0, keepalive=300.0, send=1.5,
+                                       lingering_time=0.0, lingering_timeout=2.0)
     assert config.log == LogSettings(
         access=str(tmp_path / "access.log"), format="combined", level="debug"
     )
@@ -203,7 +206,8 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         max_header_count=100,
         max_body_bytes=64 * 1024**2,
     )
-    assert config.timeouts == Timeouts(header=30.0, body=60.0, keepalive=75.0, send=60.0)
+    assert config.timeouts == Timeouts(header=30.0, body=60.0, keepalive=75.0, send=60.0,
+                                       lingering_time=30.0, lingering_timeout=5.0)
     assert config.log == LogSettings(access="stdout", format="combined", level="info")
     assert config.upstreams["backend"] == Upstream(
         name="backend",

@@ -257,6 +257,81 @@ def test_413_chunked_body_over_limit_mid_stream(one_send: bool, origin: Origin,
     assert access_entries(proxy, 1) == [("POST /up HTTP/1.1", 413, len(err.body))]
 
 
+def upload_after_413(port: int, seconds: float) -> tuple[bytes, str]:
+    """Send a head announcing 8 MiB, then keep sending body bytes for `seconds` after
+    the 413 has arrived. Returns what was read and how the sending ended: "ok" (every
+    send taken), or the error that stopped it (a reset means the proxy closed with
+    unread input instead of lingering)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        sock.sendall(b"POST /up HTTP/1.1\r\n" + H + b"Content-Length: 8388608\r\n\r\n")
+        sock.setblocking(False)
+        got = b""
+        answered_at = None
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                data = sock.recv(65536)
+                got += data
+                if answered_at is None and b"\r\n\r\n" in got:
+                    answered_at = time.monotonic()
+            except BlockingIOError:
+                pass
+            except OSError as e:
+                return got, type(e).__name__
+            if answered_at is not None and time.monotonic() - answered_at > seconds:
+                return got, "ok"
+            try:
+                sock.send(b"u" * 16384)
+            except BlockingIOError:
+                time.sleep(0.002)
+            except OSError as e:
+                return got, type(e).__name__
+        return got, "no answer"
+    finally:
+        sock.close()
+
+
+def test_lingering_close_keeps_reading_after_an_early_answer(origin: Origin,
+                                                             make_proxy: ProxyFactory) -> None:
+    """413 while the client is still uploading: the proxy half-closes after the answer
+    and reads and drops the rest (nginx's lingering close), so the client's sends keep
+    working and it can read the answer; with lingering_time = 0 the proxy closes with
+    unread input and the kernel resets the connection."""
+    lingering = make_proxy({"backend": [origin.address]}, extra=BODY_LIMIT)
+    got, how = upload_after_413(lingering.port, 0.5)
+    assert got.startswith(b"HTTP/1.1 413 Content Too Large\r\n"), got[:100]
+    assert how == "ok"
+
+    abrupt = make_proxy({"backend": [origin.address]},
+                        extra=BODY_LIMIT + "[timeouts]\nlingering_time = 0\n")
+    got, how = upload_after_413(abrupt.port, 0.5)
+    assert how in ("ConnectionResetError", "BrokenPipeError"), (how, got[:100])
+    assert origin.connections == 0
+
+
+def test_lingering_close_ends_when_the_client_is_quiet(origin: Origin,
+                                                      make_proxy: ProxyFactory,
+                                                      clients) -> None:
+    """After lingering_timeout without input the lingering connection is closed."""
+    proxy = make_proxy({"backend": [origin.address]},
+                       extra=BODY_LIMIT + '[timeouts]\nlingering_timeout = "1s"\n')
+    c = clients(proxy.port)
+    c.send(b"POST /up HTTP/1.1\r\n" + H + b"Content-Length: 4096\r\n\r\n" + b"u" * 512)
+    assert_error_response(c.response(), 413, close=True)
+    assert c.wait_closed(1) == ("eof", b"")  # our FIN comes right after the answer
+    c.send(b"u" * 512)  # still read and dropped: the proxy is lingering
+    time.sleep(0.6)
+    c.send(b"u" * 512)  # 0.6 s of quiet did not end it
+    time.sleep(0.6)
+    c.send(b"u" * 512)
+    time.sleep(1.8)  # quiet for more than lingering_timeout (+ one tick): closed
+    with pytest.raises(OSError):  # the first send may still be taken; the reset follows
+        for _ in range(20):
+            c.send(b"u")
+            time.sleep(0.05)
+
+
 # -- 408 and idle timeouts ------------------------------------------------------------------
 
 # Timeouts are checked on the worker's 0.25 s tick against a clock read on that tick,

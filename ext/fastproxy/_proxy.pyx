@@ -85,6 +85,8 @@ cdef enum:
     WAIT_IDLE = 2  # keep-alive, between requests -> close quietly
     WAIT_BODY = 3  # reading a request body -> 408
     WAIT_SEND = 4  # the client does not read our response -> abort
+    WAIT_LINGER = 5  # lingering close: the client sent nothing for a while -> close
+    WAIT_CLOSING = 6  # closed, but the client does not read the rest of our answer -> abort
 
 
 # -- writing to a socket -----------------------------------------------------------------
@@ -194,7 +196,7 @@ cdef class Core:
     cdef object clock
     cdef object local_response  # (status, clock, keep_alive, head_only) -> bytes
     cdef object local_body_size  # status -> int
-    cdef double t_header, t_body, t_keepalive, t_send
+    cdef double t_header, t_body, t_keepalive, t_send, t_linger, t_linger_total
     cdef size_t max_line, max_head
     cdef int max_count
     cdef long long max_body
@@ -216,6 +218,8 @@ cdef class Core:
         self.t_body = timeouts.body
         self.t_keepalive = timeouts.keepalive
         self.t_send = timeouts.send
+        self.t_linger = timeouts.lingering_timeout
+        self.t_linger_total = timeouts.lingering_time
         self.max_line = limits.max_line_bytes
         self.max_head = limits.max_header_bytes
         self.max_count = limits.max_header_count
@@ -243,7 +247,10 @@ cdef class Core:
         """Shutdown: close the client connections that are between requests."""
         cdef ClientConnection client
         for client in list(self.clients):
-            if client.exchange is None and not client.closed:
+            if client.lingering:
+                client.lingering = False
+                client.transport.close()
+            elif client.exchange is None and not client.closed:
                 client.closed = True
                 client.transport.close()
 
@@ -279,6 +286,8 @@ cdef class ClientConnection(ParserHandler):
     cdef bint write_paused
     cdef bint closed
     cdef bint eof
+    cdef readonly bint lingering  # answered and half-closed; reading and dropping input
+    cdef double linger_end
     cdef list out               # client-bound bytes of one upstream read (reused)
     cdef int fd                 # for send_parts: -1 = always through the transport
     cdef bint queued            # the transport may hold unsent bytes
@@ -309,6 +318,9 @@ cdef class ClientConnection(ParserHandler):
         self._wait(WAIT_HEAD, core.t_header)
 
     def data_received(self, bytes data):
+        if self.lingering:  # dropped: the answer is out and the connection ends
+            self.deadline = min(monotonic() + self.core.t_linger, self.linger_end)
+            return
         if self.pending is not None:  # reading is held; keep order
             self.pending += data
             return
@@ -421,8 +433,8 @@ cdef class ClientConnection(ParserHandler):
         if self.closed:
             return 0
         if not keep_alive or core.closing or (self.eof and self.pending is None):
-            self.closed = True
-            self.transport.close()  # flushes what is written, then closes
+            # Bytes of this request or of later ones may still be coming: linger.
+            self._close(not exchange.req_done or self.pending is not None)
             return 0
         if self.write_paused:
             self._wait(WAIT_SEND, core.t_send)
@@ -456,7 +468,7 @@ cdef class ClientConnection(ParserHandler):
                 return 0
         return 0
 
-    cdef int _refuse(self, int status, str reason) except -1:
+    cdef int _refuse(self, int status, str reason, bint linger=True) except -1:
         """A request we cannot trust: answer `status` and close; nothing is forwarded."""
         cdef Core core = self.core
         cdef Exchange ex = self.exchange
@@ -478,12 +490,47 @@ cdef class ClientConnection(ParserHandler):
         elif core.log_on:
             core.access_log.refused(self.ip, status, core.local_body_size(status))
         log_client.info("client %s: %d %s", self.ip.decode(), status, reason)
+        self.write(core.local_response(status, core.clock, False))
+        self._close(linger)
+        return 0
+
+    cdef int _close(self, bint linger) except -1:
+        """End the connection after what was written. With `linger`, when the client
+        may still be sending (the rest of a request body, pipelined requests), do it
+        as nginx's lingering close does: half-close after the answer, then read and
+        drop input until the client has been quiet for lingering_timeout (or
+        lingering_time in all). Closing with unread input would make the kernel
+        send a reset, which can destroy the answer before the client reads it."""
+        cdef Core core = self.core
+        cdef double now
+        if self.closed:
+            return 0
         self.closed = True
-        self.transport.write(core.local_response(status, core.clock, False))
-        self.transport.close()
+        self.pending = None
+        if not linger or self.eof or core.t_linger_total <= 0:
+            self.transport.close()  # flushes what is written, then closes
+            # A client that never reads the rest would keep it open: send timeout.
+            self.waiting = WAIT_CLOSING
+            self.deadline = monotonic() + core.t_send
+            return 0
+        try:
+            self.transport.write_eof()  # FIN once the answer is flushed
+        except Exception:
+            self.transport.close()
+            return 0
+        self.lingering = True
+        if self.holds:
+            self.holds = 0
+            self.transport.resume_reading()
+        now = monotonic()
+        self.linger_end = now + core.t_linger_total
+        self.waiting = WAIT_LINGER
+        self.deadline = min(now + core.t_linger, self.linger_end)
         return 0
 
     cdef inline void _wait(self, int what, double seconds) noexcept:
+        if self.closed:
+            return  # _close set the last deadline
         if self.write_paused and self.waiting == WAIT_SEND:
             return  # the client is not reading: its send timeout keeps running
         self.waiting = what
@@ -494,6 +541,10 @@ cdef class ClientConnection(ParserHandler):
         cdef int what = self.waiting
         self.waiting = WAIT_NONE
         self.deadline = 0.0
+        if what == WAIT_LINGER or what == WAIT_CLOSING:
+            self.lingering = False
+            self.transport.abort()  # what the client did not read by now is dropped
+            return 0
         if self.closed:
             return 0
         if what == WAIT_IDLE or (what == WAIT_HEAD and not self.parser._mid_message):
@@ -501,7 +552,7 @@ cdef class ClientConnection(ParserHandler):
             self.transport.close()
         elif what == WAIT_HEAD or (what == WAIT_BODY and not (
                 self.exchange is not None and self.exchange.resp_started)):
-            self._refuse(408, "request timed out")
+            self._refuse(408, "request timed out", False)  # no lingering for the slow
         else:
             if self.exchange is not None:
                 self.exchange.client_lost()

@@ -103,6 +103,8 @@ class Timeouts:
     body: float
     keepalive: float
     send: float
+    lingering_time: float  # 0: no lingering close
+    lingering_timeout: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -469,6 +471,22 @@ TIMEOUTS_FIELDS: Final = (
         "60s",
         "duration > 0",
         "client not reading the response (no write progress) -> connection closed",
+        _duration(),
+    ),
+    FieldSpec(
+        "lingering_time",
+        "30s",
+        "duration >= 0",
+        "after an answer that ends a connection whose request was not read to the end:"
+        " how long at most to keep reading and dropping what the client still sends"
+        " (0: close at once)",
+        _duration(zero_ok=True),
+    ),
+    FieldSpec(
+        "lingering_timeout",
+        "5s",
+        "duration > 0",
+        "while lingering: close when the client has sent nothing for this long",
         _duration(),
     ),
 )
