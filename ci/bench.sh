@@ -13,4 +13,4 @@ bash "$ROOT/ci/test.sh" --setup-only
 
 [ -d benchmarks ] || { echo "ERROR: no benchmarks/ folder yet" >&2; exit 1; }
 "$VPY" -m pytest benchmarks -q --benchmark-only --benchmark-autosave "$@"
-"$VPY" benchmarks/e2e.py --quick
+"$VPY" benchmarks/e2e.py --quick --install  # --install: HAProxy as the third peer

@@ -1127,7 +1127,7 @@ cdef class ServerPool:
     cdef list idle
     cdef Py_ssize_t keepalive
     cdef double read_timeout, send_timeout, idle_timeout, connect_timeout
-    cdef readonly long long connects
+    cdef readonly long long connects   # counted for the metrics (not exported yet)
     cdef readonly long long reuses
 
     def __init__(self, upstream, str host, int port, int weight, Core core not None):
@@ -1143,10 +1143,6 @@ cdef class ServerPool:
         self.send_timeout = upstream.send_timeout
         self.idle_timeout = upstream.idle_timeout
         self.connect_timeout = upstream.connect_timeout
-
-    @property
-    def idle_count(self):
-        return len(self.idle)
 
     cdef UpstreamConnection take(self):
         cdef UpstreamConnection conn

@@ -52,7 +52,6 @@ class ServerPool:
     label: str
     connects: int
     reuses: int
-    idle_count: int
     def __init__(self, upstream: Upstream, host: str, port: int, weight: int,
                  core: Core) -> None: ...
     def close_idle(self) -> None: ...
