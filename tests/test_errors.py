@@ -517,3 +517,37 @@ def test_413_reaches_a_client_still_sending_its_body(origin: Origin, make_proxy:
         resp = c.response()
         assert resp.status == 413, resp
         assert resp.headers.get("connection") == "close"
+
+
+def test_send_timeout_cuts_a_close_delimited_response_with_a_reset(
+        make_origin: Callable[..., Origin], make_proxy: ProxyFactory) -> None:
+    """An HTTP/1.0 client gets a long response delimited by the close; it stops reading
+    for longer than the send timeout. The proxy must end with a reset: a plain close
+    (FIN after what the kernel already holds) would look like a complete response."""
+    total = 200 * 65536
+    origin = make_origin(lambda req: Reply(stream=(b"y" * 65536 for _ in range(200))))
+    proxy = make_proxy({"backend": [origin.address]}, extra='[timeouts]\nsend = "1s"\n')
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        sock.connect(("127.0.0.1", proxy.port))
+        sock.sendall(b"GET /long HTTP/1.0\r\nHost: example.com\r\n\r\n")
+        time.sleep(1.8)  # more than the send timeout and one tick
+        sock.settimeout(5)
+        got = bytearray()
+        how = "eof"
+        try:
+            while True:
+                data = sock.recv(1 << 20)
+                if not data:
+                    break
+                got += data
+        except ConnectionResetError:
+            how = "reset"
+    finally:
+        sock.close()
+    head, _, body = bytes(got).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"\r\nConnection: close\r\n" in head + b"\r\n"
+    assert len(body) < total
+    assert how == "reset", f"{len(body)} of {total} bytes, then a clean close"

@@ -74,7 +74,6 @@ cdef inline bint _valid_host(const char* v, size_t n) noexcept nogil:
 
 @cython.freelist(64)
 @cython.final
-@cython.freelist(32)
 cdef class MessageHead:
     """The start line and header section of one HTTP message."""
 

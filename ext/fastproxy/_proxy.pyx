@@ -29,6 +29,15 @@ from libc.errno cimport EINTR, errno
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from posix.uio cimport iovec, writev
 
+
+cdef extern from "<sys/socket.h>" nogil:
+    struct linger:
+        int l_onoff
+        int l_linger
+    int SOL_SOCKET
+    int SO_LINGER
+    int setsockopt(int fd, int level, int name, const void* value, unsigned int size)
+
 from fastproxy._http cimport (
     K_CHUNKED,
     K_LENGTH,
@@ -53,7 +62,7 @@ except ImportError:  # another event loop: always write through the transport
     _PlainTransport = None
 
 log_client = logging.getLogger("fastproxy.client")
-log_upstream = logging.getLogger("fastproxy.upstream")
+log_proxy = logging.getLogger("fastproxy.proxy")
 
 # Methods whose request may be sent again when a reused connection turns out
 # dead before any byte of the answer (RFC 9110 §9.2.2), when it has no body.
@@ -259,7 +268,7 @@ cdef class Core:
         cdef ClientConnection client
         cdef UpstreamConnection conn
         for client in list(self.clients):
-            client.abort()
+            client.reset()  # closed ones too: a close may be waiting on a client that never reads
         for conn in list(self.upstream_conns):
             conn.abort()
 
@@ -334,7 +343,10 @@ cdef class ClientConnection(ParserHandler):
         self.eof = True
         if ex is not None and ex.req_done and not ex.finished:
             return True  # keep the transport open to send the answer
-        self.closed = True  # the transport closes now
+        if not self.closed:
+            self.closed = True  # the transport closes now, once its buffer is flushed
+            self.waiting = WAIT_CLOSING
+            self.deadline = monotonic() + self.core.t_send
         return False
 
     def connection_lost(self, exc):
@@ -407,9 +419,27 @@ cdef class ClientConnection(ParserHandler):
         return 0
 
     cdef int abort(self) except -1:
+        """Cut the connection: a reset, so a client never mistakes a cut response
+        (a close-delimited one above all) for a complete one."""
         if not self.closed:
-            self.closed = True
-            self.transport.abort()
+            self.reset()
+        return 0
+
+    cdef int reset(self) except -1:
+        """Abort with a TCP reset, whatever state the connection is in (until
+        connection_lost the socket is still this connection's)."""
+        cdef linger lg
+        self.closed = True
+        self.lingering = False
+        if self.transport is None:
+            return 0
+        if self.fd >= 0:
+            # uvloop's abort() only drops its own buffer; the kernel would still
+            # send what it holds and then a FIN.
+            lg.l_onoff = 1
+            lg.l_linger = 0
+            setsockopt(self.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg))
+        self.transport.abort()
         return 0
 
     cdef int hold_reading(self, int reason, bint on) except -1:
@@ -475,9 +505,10 @@ cdef class ClientConnection(ParserHandler):
         self.exchange = None
         if ex is not None and not ex.finished:
             if ex.resp_started:
-                # A bad chunk after the response began: the framing is gone.
-                ex.client_lost()
+                # A bad chunk after the response began: the framing is gone. Abort
+                # first, so that the exchange ending does not close gracefully.
                 self.abort()
+                ex.client_lost()
                 return 0
             if ex.conn is not None:
                 ex.conn.abort()
@@ -507,16 +538,18 @@ cdef class ClientConnection(ParserHandler):
             return 0
         self.closed = True
         self.pending = None
-        if not linger or self.eof or core.t_linger_total <= 0:
+        if linger and not self.eof and core.t_linger_total > 0:
+            try:
+                self.transport.write_eof()  # FIN once the answer is flushed
+            except Exception:
+                linger = False
+        else:
+            linger = False
+        if not linger:
             self.transport.close()  # flushes what is written, then closes
             # A client that never reads the rest would keep it open: send timeout.
             self.waiting = WAIT_CLOSING
             self.deadline = monotonic() + core.t_send
-            return 0
-        try:
-            self.transport.write_eof()  # FIN once the answer is flushed
-        except Exception:
-            self.transport.close()
             return 0
         self.lingering = True
         if self.holds:
@@ -539,25 +572,32 @@ cdef class ClientConnection(ParserHandler):
     cdef int timed_out(self) except -1:
         """The worker's tick found `deadline` passed."""
         cdef int what = self.waiting
+        cdef double now
+        cdef Exchange ex
         self.waiting = WAIT_NONE
         self.deadline = 0.0
-        if what == WAIT_LINGER or what == WAIT_CLOSING:
-            self.lingering = False
-            self.transport.abort()  # what the client did not read by now is dropped
-            return 0
+        if what == WAIT_LINGER and self.lingering:
+            now = monotonic()
+            if now < self.linger_end and self.transport.get_write_buffer_size():
+                # The answer is still going out: the quiet time counts from its end.
+                self.waiting = WAIT_LINGER
+                self.deadline = min(now + self.core.t_linger, self.linger_end)
+                return 0
         if self.closed:
+            # Lingering is over, or a close waits on a client that does not read.
+            self.reset()
             return 0
         if what == WAIT_IDLE or (what == WAIT_HEAD and not self.parser._mid_message):
-            self.closed = True  # nothing asked: close quietly, as nginx does
-            self.transport.close()
+            self._close(False)  # nothing asked: close quietly, as nginx does
         elif what == WAIT_HEAD or (what == WAIT_BODY and not (
                 self.exchange is not None and self.exchange.resp_started)):
             self._refuse(408, "request timed out", False)  # no lingering for the slow
         else:
-            if self.exchange is not None:
-                self.exchange.client_lost()
-                self.exchange = None
-            self.abort()
+            ex = self.exchange
+            self.exchange = None
+            self.abort()  # first: the exchange ending must not turn it into a graceful close
+            if ex is not None:
+                ex.client_lost()
         return 0
 
 
@@ -662,7 +702,8 @@ cdef class Exchange:
 
     cdef int connected(self, UpstreamConnection conn) except -1:
         if self.finished:
-            conn.pool.put(conn)  # fresh and unused: keep it for the next request
+            if not conn.closed:
+                conn.pool.put(conn)  # fresh and unused: keep it for the next request
             return 0
         self.attach(conn)
         return 0
@@ -670,7 +711,7 @@ cdef class Exchange:
     cdef int connect_failed(self, ServerPool pool, object exc, bint timed_out) except -1:
         if self.finished:
             return 0
-        log_upstream.warning("upstream %s: connect %s: %s", pool.label,
+        log_proxy.warning("upstream %s: connect %s: %s", pool.label,
                              "timed out" if timed_out else "failed",
                              exc or type(exc).__name__)
         if self.tried is None:
@@ -832,11 +873,11 @@ cdef class Exchange:
                 self.connecting = True
                 self.pool.connect(self)
                 return 0
-            log_upstream.warning("upstream %s closed the connection before a response%s",
+            log_proxy.warning("upstream %s closed the connection before a response%s",
                                  conn.pool.label, f": {exc}" if exc else "")
             self.respond_error(502)
         else:
-            log_upstream.warning("upstream %s closed the connection mid-response",
+            log_proxy.warning("upstream %s closed the connection mid-response",
                                  conn.pool.label)
             self.client.abort()
             self.finish(False)
@@ -846,7 +887,7 @@ cdef class Exchange:
         self.conn = None
         if self.finished:
             return 0
-        log_upstream.warning("upstream %s: %s", self.upstream_label, reason)
+        log_proxy.warning("upstream %s: %s", self.upstream_label, reason)
         if not self.resp_started:
             self.respond_error(status)
         else:
@@ -1014,9 +1055,10 @@ cdef class UpstreamConnection(ParserHandler):
 
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport):
+        # Registered in core.upstream_conns by _connect once the connect completed:
+        # a connect that times out after this point never calls connection_lost.
         self.transport = transport
         self.fd = plain_fd(transport)
-        self.pool.core.upstream_conns.add(self)
 
     def data_received(self, bytes data):
         cdef ResponseParser parser = self.parser
@@ -1196,4 +1238,8 @@ async def _connect(ServerPool pool, Exchange waiter):
     except OSError as e:
         waiter.connect_failed(pool, e, False)
         return
+    if (<UpstreamConnection>conn).closed:
+        waiter.connect_failed(pool, ConnectionError("closed right after connecting"), False)
+        return
+    pool.core.upstream_conns.add(conn)
     waiter.connected(<UpstreamConnection>conn)
