@@ -70,8 +70,7 @@ cdef frozenset _IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE", b
                                         b"DELETE"])
 cdef bytes _CRLF = b"\r\n"
 cdef bytes _LAST_CHUNK = b"0\r\n\r\n"
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-cdef bytes _CONTINUE = CONTINUE
+cdef bytes _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 cdef class Core
 cdef class ClientConnection

@@ -64,19 +64,29 @@ cdef inline int w_bytes(Writer* w, bytes b, char* stack) except -1:
     return w_put(w, PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b), stack)
 
 
+cdef inline size_t _next_token(const char* v, size_t vl, size_t* pos,
+                               size_t* start) noexcept nogil:
+    """The next comma-separated token of `v` at or after *pos, without surrounding
+    blanks: its offset in *start, its length returned (0 when empty). *pos moves past it."""
+    cdef size_t j = pos[0], end
+    while j < vl and (v[j] == b' ' or v[j] == b'\t' or v[j] == b','):
+        j += 1
+    start[0] = j
+    while j < vl and v[j] != b',':
+        j += 1
+    end = j
+    while end > start[0] and (v[end - 1] == b' ' or v[end - 1] == b'\t'):
+        end -= 1
+    pos[0] = j
+    return end - start[0]
+
+
 cdef bint _listed(const char* v, size_t vl, const char* name, size_t nl) noexcept nogil:
     """Is `name` one of the comma-separated tokens in `v` (case-insensitive)?"""
-    cdef size_t j = 0, start, end
+    cdef size_t j = 0, start, n
     while j < vl:
-        while j < vl and (v[j] == b' ' or v[j] == b'\t' or v[j] == b','):
-            j += 1
-        start = j
-        while j < vl and v[j] != b',':
-            j += 1
-        end = j
-        while end > start and (v[end - 1] == b' ' or v[end - 1] == b'\t'):
-            end -= 1
-        if end - start == nl and equal_ci(v + start, name, nl):
+        n = _next_token(v, vl, &j, &start)
+        if n == nl and equal_ci(v + start, name, nl):
             return True
     return False
 
@@ -98,7 +108,7 @@ cdef bint _connection_names_more(MessageHead head) noexcept:
     cdef const uint32_t* o = head.offsets()
     cdef const char* raw = PyBytes_AS_STRING(head.raw)
     cdef const char* v
-    cdef size_t j, vl, start, end
+    cdef size_t j, vl, start, n
     cdef int i
     for i in range(head.header_count):
         if not is_lower_literal(raw + o[4 * i], o[4 * i + 1], b"connection", 10):
@@ -107,15 +117,8 @@ cdef bint _connection_names_more(MessageHead head) noexcept:
         vl = o[4 * i + 3]
         j = 0
         while j < vl:
-            while j < vl and (v[j] == b' ' or v[j] == b'\t' or v[j] == b','):
-                j += 1
-            start = j
-            while j < vl and v[j] != b',':
-                j += 1
-            end = j
-            while end > start and (v[end - 1] == b' ' or v[end - 1] == b'\t'):
-                end -= 1
-            if end > start and not is_lower_literal(v + start, end - start, b"keep-alive", 10):
+            n = _next_token(v, vl, &j, &start)
+            if n and not is_lower_literal(v + start, n, b"keep-alive", 10):
                 return True
     return False
 

@@ -2,13 +2,11 @@
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any
 
 from fastproxy._http import MessageHead
 from fastproxy._router import Router
 from fastproxy.config import Config, Upstream
-
-CONTINUE: Final[bytes]
 
 class Core:
     loop: asyncio.AbstractEventLoop
