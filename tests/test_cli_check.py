@@ -106,6 +106,93 @@ def test_check_bad_config(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+ROUTING = """\
+[server]
+workers = 1
+
+[routing]
+merge_slashes = false
+
+[[listeners]]
+address = "127.0.0.1:8080"
+name = "public"
+default_host = "example.com"
+
+[upstreams.api]
+servers = ["127.0.0.1:9100"]
+
+[[routes]]
+name = "health"
+match = { path = "/healthz", methods = ["GET", "HEAD"] }
+respond = { body = "ok\\n", headers = { "Content-Type" = "text/plain" } }
+
+[[routes]]
+name = "old"
+match = { host = ["example.com", "*.example.com"], path_prefix = "/old", whole_segments = true }
+redirect = { to = "https://{host}/new{path}", status = 308 }
+
+[[routes]]
+name = "users"
+match = { path_regex = '^/u/(?P<id>[0-9]+)$', listener = "public", client_ip = "10.0.0.0/8" }
+upstream = "api"
+
+[routes.rewrite]
+regex = '^/u/(.*)$'
+replace = "/users/{1}"
+set_query = { id = "{id}" }
+host = "api.internal"
+
+[routes.request_headers]
+set = { "X-Real-IP" = "{client_ip}" }
+remove = ["X-Debug"]
+
+[routes.response_headers]
+add = { "X-Request-Id" = "{request_id}" }
+
+[[routes]]
+name = "health-again"
+match = { path = "/healthz", methods = "GET", headers = { "X-Probe" = true } }
+upstream = "api"
+"""
+
+
+def test_check_full_routing_schema(tmp_path: Path) -> None:
+    path = write(tmp_path / "routing.toml", ROUTING)
+    result = run("check", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        "config OK: 1 listener (127.0.0.1:8080), 1 upstream (1 server), 4 routes, 1 worker\n"
+    )
+    # The shadow warning names the earlier route by its label.
+    assert result.stderr == (
+        f'warning: {path}: routes[3]: unreachable: routes[0] "health" matches every request'
+        " this route matches\n"
+    )
+
+
+def test_check_reports_every_route_error_with_its_key_path(tmp_path: Path) -> None:
+    text = ROUTING.replace('"*.example.com"', '"a.*.example.com"')
+    text = text.replace('replace = "/users/{1}"', 'replace = "/users/{2}"')
+    text = text.replace('"X-Real-IP" = "{client_ip}"', '"X-Forwarded-For" = "{clientip}"')
+    text = text.replace("status = 308", "status = 200")
+    text = text.replace('listener = "public"', 'listener = "pubic"')
+    path = write(tmp_path / "bad-routing.toml", text)
+    result = run("check", str(path))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"error: {path}: routes[1].match.host[1]: a wildcard must be a whole leading label,"
+        " as in \"*.example.com\", found 'a.*.example.com'",
+        f"error: {path}: routes[1].redirect.status: must be one of 301, 302, 303, 307, 308,"
+        " found 200",
+        f"error: {path}: routes[2].match.listener: unknown listener 'pubic' (defined: public)",
+        f"error: {path}: routes[2].rewrite.replace: {{2}} refers to group 2, but rewrite.regex"
+        " has only 1 group",
+        f'error: {path}: routes[2].request_headers.set."X-Forwarded-For":'
+        " 'X-Forwarded-For' is set by the proxy itself and cannot be edited",
+    ]
+
+
 def test_check_toml_syntax_error(tmp_path: Path) -> None:
     path = write(tmp_path / "syntax.toml", "[server]\nworkers = = 2\n")
     result = run("check", str(path))

@@ -19,6 +19,7 @@ from fastproxy.config import (
     LogSettings,
     Route,
     RouteMatch,
+    RoutingSettings,
     ServerAddress,
     ServerSettings,
     Timeouts,
@@ -57,11 +58,16 @@ access = "access.log"
 format = "combined"
 level = "debug"
 
+[routing]
+merge_slashes = false
+
 [[listeners]]
 address = "127.0.0.1:8080"
 
 [[listeners]]
 address = "[::1]:8443"
+name = "v6"
+default_host = "WWW.Example.COM."
 
 [upstreams.backend]
 servers = ["127.0.0.1:9000", { address = "127.0.0.1:9001", weight = 2 }]
@@ -75,12 +81,37 @@ send_timeout = "15s"
 servers = [{ address = "Api.Internal.:9100" }]
 
 [[routes]]
-match = { host = "API.Example.com.", path_prefix = "/api" }
+name = "api"
+match = { host = "API.Example.com.", path_prefix = "/api//v1" }
 upstream = "api.v1"
 
 [[routes]]
 upstream = "backend"
 """
+
+
+def match(
+    hosts: tuple[str, ...] | None = None,
+    prefixes: tuple[str, ...] = (),
+    listeners: tuple[str, ...] | None = None,
+) -> RouteMatch:
+    """A RouteMatch with only the conditions config.py itself is concerned with."""
+    return RouteMatch(
+        hosts=hosts,
+        paths=(),
+        path_prefixes=prefixes,
+        whole_segments=False,
+        path_regex=None,
+        methods=None,
+        headers=(),
+        query=(),
+        client_ips=None,
+        listeners=listeners,
+    )
+
+
+def upstream_route(index: int, upstream: str, m: RouteMatch, name: str | None = None) -> Route:
+    return Route(index, name, m, upstream, None, None, None, None, None)
 
 
 def minimal(**sections: Any) -> dict[str, Any]:
@@ -137,9 +168,10 @@ def test_full_config_loads_into_objects(tmp_path: Path) -> None:
     assert config.log == LogSettings(
         access=str(tmp_path / "access.log"), format="combined", level="debug"
     )
+    assert config.routing == RoutingSettings(merge_slashes=False)
     assert config.listeners == (
-        Listener("127.0.0.1", 8080),
-        Listener("::1", 8443),
+        Listener("127.0.0.1", 8080, "127.0.0.1:8080", None),
+        Listener("::1", 8443, "v6", "www.example.com"),
     )
     assert list(config.upstreams) == ["backend", "api.v1"]
     assert config.upstreams["backend"] == Upstream(
@@ -156,9 +188,12 @@ def test_full_config_loads_into_objects(tmp_path: Path) -> None:
     )
     assert config.upstreams["api.v1"].servers == (ServerAddress("api.internal", 9100, 1),)
     assert config.routes == (
-        Route(0, RouteMatch("api.example.com", "/api"), "api.v1"),
-        Route(1, RouteMatch(None, "/"), "backend"),
+        # merge_slashes = false keeps the "//" in the prefix.
+        upstream_route(0, "api.v1", match(("api.example.com",), ("/api//v1",)), "api"),
+        upstream_route(1, "backend", match()),
     )
+    assert config.routes[0].label == 'routes[0] "api"'
+    assert config.routes[1].label == "routes[1]"
     assert config.warnings == ()
     assert config.summary() == (
         "config OK: 2 listeners (127.0.0.1:8080, [::1]:8443), "
@@ -177,7 +212,7 @@ def test_config_is_immutable(tmp_path: Path) -> None:
     with pytest.raises(TypeError):
         config.upstreams["other"] = config.upstreams["backend"]  # type: ignore[index]
     with pytest.raises(AttributeError):
-        config.listeners.append(Listener("127.0.0.1", 1))  # type: ignore[attr-defined]
+        config.listeners.append(config.listeners[0])  # type: ignore[attr-defined]
     assert isinstance(config.upstreams["backend"].servers, tuple)
     # slots=True: no per-instance dict to smuggle attributes into.
     with pytest.raises((AttributeError, TypeError)):
@@ -218,7 +253,10 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         read_timeout=60.0,
         send_timeout=60.0,
     )
-    assert config.routes == (Route(0, RouteMatch(None, "/"), "backend"),)
+    assert config.routing == RoutingSettings(merge_slashes=True)
+    assert config.listeners == (Listener("127.0.0.1", 8080, "127.0.0.1:8080", None),)
+    assert config.routes == (upstream_route(0, "backend", match()),)
+    assert config.routes[0].match.matches_everything
     assert config.summary() == (
         "config OK: 1 listener (127.0.0.1:8080), 1 upstream (1 server), 1 route, 3 workers"
     )
@@ -611,7 +649,11 @@ def test_unknown_keys(data: dict[str, Any], key: str, reason: str) -> None:
             "routes[0].upstream",
             "expected a string, found integer 1",
         ),
-        (minimal(routes=[{}]), "routes[0].upstream", "missing required key"),
+        (
+            minimal(routes=[{}]),
+            "routes[0]",
+            "missing action: give one of upstream, redirect, respond",
+        ),
         (
             minimal(routes=[{"upstream": "backend", "match": "/api"}]),
             "routes[0].match",
@@ -643,10 +685,21 @@ def test_unknown_keys(data: dict[str, Any], key: str, reason: str) -> None:
             "invalid host name 'a b.com'",
         ),
         (
-            minimal(routes=[{"upstream": "backend", "match": {"host": ["a.com"]}}]),
+            minimal(routes=[{"upstream": "backend", "match": {"host": 5}}]),
             "routes[0].match.host",
-            "expected a string, found array",
+            "expected a string or an array of strings, found integer 5",
         ),
+        (
+            minimal(routing={"merge_slashes": "yes"}),
+            "routing.merge_slashes",
+            "expected a boolean (true or false), found string 'yes'",
+        ),
+        (
+            minimal(routing={"merge_slash": True}),
+            "routing.merge_slash",
+            "unknown key; did you mean 'merge_slashes'?",
+        ),
+        (minimal(routing=[]), "routing", "expected a table, found array"),
     ],
 )
 def test_wrong_values(data: dict[str, Any], key: str, reason: str) -> None:
@@ -661,9 +714,9 @@ def test_match_host_is_normalised() -> None:
     ]
     config = parse_config(minimal(routes=routes), SRC)
     assert [route.match for route in config.routes] == [
-        RouteMatch("www.example.com", "/"),
-        RouteMatch("[::1]", "/"),
-        RouteMatch("10.0.0.1", "/x/"),
+        match(("www.example.com",)),
+        match(("[::1]",)),
+        match(("10.0.0.1",), ("/x/",)),
     ]
 
 
@@ -711,7 +764,8 @@ def test_bad_listener_address(address: str, reason: str) -> None:
 )
 def test_listener_address_round_trip(address: str, host: str, port: int, formatted: str) -> None:
     config = parse_config(minimal(listeners=[{"address": address}]), SRC)
-    assert config.listeners == (Listener(host, port),)
+    # Without a name, a listener is named by its normalized address.
+    assert config.listeners == (Listener(host, port, formatted, None),)
     assert config.listeners[0].address == formatted
     again = parse_config(minimal(listeners=[{"address": formatted}]), SRC)
     assert again.listeners == config.listeners
@@ -798,6 +852,155 @@ def test_duplicate_server_in_upstream() -> None:
         "upstreams.backend.servers[1].address",
         "duplicate server 'a:1' (already upstreams.backend.servers[0]; use weight instead)",
     )
+
+
+# --------------------------------------------------------------------------
+# Listener names and default hosts
+
+
+def test_listener_names_and_default_hosts() -> None:
+    data = minimal(
+        listeners=[
+            {"address": "127.0.0.1:8080", "name": "public", "default_host": "Bücher.Example."},
+            {"address": "[::1]:8080", "default_host": "[0::1]"},
+            {"address": ":9000", "default_host": "10.0.0.1"},
+        ],
+        routes=[
+            {"upstream": "backend", "match": {"listener": ["public", "[::1]:8080"]}},
+            {"upstream": "backend", "match": {"listener": "0.0.0.0:9000"}},
+        ],
+    )
+    config = parse_config(data, SRC)
+    assert config.listeners == (
+        Listener("127.0.0.1", 8080, "public", "xn--bcher-kva.example"),
+        Listener("::1", 8080, "[::1]:8080", "[::1]"),
+        Listener("0.0.0.0", 9000, "0.0.0.0:9000", "10.0.0.1"),
+    )
+    assert [route.match.listeners for route in config.routes] == [
+        ("public", "[::1]:8080"),
+        ("0.0.0.0:9000",),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("listeners", "expected"),
+    [
+        (
+            [{"address": ":1", "name": "a"}, {"address": ":2", "name": "a"}],
+            [("listeners[1].name", "duplicate listener name 'a' (already used by listeners[0])")],
+        ),
+        (
+            # An explicit name that is another listener's default name.
+            [{"address": ":1"}, {"address": ":2", "name": "0.0.0.0:1"}],
+            [
+                (
+                    "listeners[1].name",
+                    "duplicate listener name '0.0.0.0:1' (already used by listeners[0])",
+                )
+            ],
+        ),
+        (
+            [{"address": ":2", "name": "0.0.0.0:1"}, {"address": ":1"}],
+            [
+                (
+                    "listeners[1]",
+                    "its default name '0.0.0.0:1' (the address) is already used by "
+                    "listeners[0]; give this listener a name",
+                )
+            ],
+        ),
+        ([{"address": ":1", "name": ""}], [("listeners[0].name", "must not be empty")]),
+        (
+            [{"address": ":1", "name": 7}],
+            [("listeners[0].name", "expected a string, found integer 7")],
+        ),
+        (
+            [{"address": ":1", "name": "a\nb"}],
+            [("listeners[0].name", "must not contain control characters, found 'a\\nb'")],
+        ),
+        (
+            [{"address": ":1", "default_host": "*.example.com"}],
+            [
+                (
+                    "listeners[0].default_host",
+                    "must be a single host name, not a wildcard, found '*.example.com'",
+                )
+            ],
+        ),
+        (
+            [{"address": ":1", "default_host": "example.com:80"}],
+            [("listeners[0].default_host", "must not include a port, found 'example.com:80'")],
+        ),
+        (
+            [{"address": ":1", "default_host": ""}],
+            [("listeners[0].default_host", "invalid host name ''")],
+        ),
+        (
+            [{"address": ":1", "default_host": True}],
+            [("listeners[0].default_host", "expected a string, found boolean true")],
+        ),
+        (
+            [{"address": ":1", "nmae": "x"}],
+            [("listeners[0].nmae", "unknown key; did you mean 'name'?")],
+        ),
+    ],
+)
+def test_bad_listener_names(listeners: list[Any], expected: list[tuple[str, str]]) -> None:
+    assert issues(minimal(listeners=listeners)) == expected
+
+
+def test_route_naming_an_unknown_listener() -> None:
+    data = minimal(
+        listeners=[{"address": ":1", "name": "public"}, {"address": ":2"}],
+        routes=[
+            {"upstream": "backend", "match": {"listener": "pubic"}},
+            {"upstream": "backend", "match": {"listener": ["public", "0.0.0.0:3"]}},
+        ],
+    )
+    assert issues(data) == [
+        ("routes[0].match.listener", "unknown listener 'pubic' (defined: 0.0.0.0:2, public)"),
+        (
+            "routes[1].match.listener[1]",
+            "unknown listener '0.0.0.0:3' (defined: 0.0.0.0:2, public)",
+        ),
+    ]
+
+
+def test_route_naming_a_listener_with_a_bad_address_reports_only_the_address() -> None:
+    # The unnamed listener's name (its address) is unknown: the route must not
+    # add a second issue for what is one mistake.
+    data = minimal(
+        listeners=[{"address": "127.0.0.1:0"}],
+        routes=[{"upstream": "backend", "match": {"listener": "127.0.0.1:0"}}],
+    )
+    assert issues(data) == [
+        ("listeners[0].address", "port must be a number from 1 to 65535, found '0'")
+    ]
+
+
+def test_named_listener_with_a_bad_address_keeps_its_name_for_routes() -> None:
+    data = minimal(
+        listeners=[{"address": "127.0.0.1:0", "name": "public"}],
+        routes=[
+            {"upstream": "backend", "match": {"listener": "public"}},
+            {"upstream": "backend", "match": {"listener": "other"}},
+        ],
+    )
+    assert issues(data) == [
+        ("listeners[0].address", "port must be a number from 1 to 65535, found '0'"),
+        ("routes[1].match.listener", "unknown listener 'other' (defined: public)"),
+    ]
+
+
+@pytest.mark.parametrize(("merge", "prefix"), [(True, "/a/b/"), (False, "/a//b/")])
+def test_merge_slashes_applies_to_config_paths(merge: bool, prefix: str) -> None:
+    data = minimal(
+        routing={"merge_slashes": merge},
+        routes=[{"upstream": "backend", "match": {"path_prefix": "/a//b/"}}],
+    )
+    config = parse_config(data, SRC)
+    assert config.routing == RoutingSettings(merge_slashes=merge)
+    assert config.routes[0].match.path_prefixes == (prefix,)
 
 
 # --------------------------------------------------------------------------
@@ -959,9 +1162,31 @@ def test_route_shadowed_by_a_broader_prefix_is_unreachable() -> None:
         ]
     )
     config = parse_config(data, SRC)
+    # Prefixes are bytewise: "/api" takes "/apix..." too.
     assert config.warnings == (
+        f"{SRC}: routes[1]: unreachable: routes[0] matches every request this route matches",
         f"{SRC}: routes[2]: unreachable: routes[0] matches every request this route matches",
     )
+
+
+def test_upstream_used_only_by_a_later_route_is_used() -> None:
+    data = minimal(
+        upstreams={"backend": {"servers": ["a:1"]}, "spare": {"servers": ["b:1"]}},
+        routes=[
+            {"respond": {"status": 204}, "match": {"path": "/healthz"}},
+            {"upstream": "spare", "match": {"host": "a.com"}},
+            {"upstream": "backend"},
+        ],
+    )
+    assert parse_config(data, SRC).warnings == ()
+
+
+def test_upstream_named_only_by_redirects_is_unused() -> None:
+    data = minimal(
+        routes=[{"redirect": {"to": "https://{host}{request_uri}"}}],
+    )
+    config = parse_config(data, SRC)
+    assert config.warnings == (f"{SRC}: upstreams.backend: not used by any route",)
 
 
 def test_unused_upstream_is_a_warning() -> None:

@@ -4,7 +4,9 @@
 `ClientConnection`    the client socket's asyncio protocol: bytes in, parsed
                       requests out, in order; client timeouts and back-pressure.
 `Exchange`            one request from its head to the end of its response. It
-                      alone knows the phase order: route -> limits -> (100
+                      alone knows the phase order: route -> limits ->
+                      action (a redirect or static answer ends here; a
+                      proxy action renders rewrites and header edits) -> (100
                       Continue) -> balancer pick -> pooled or new upstream
                       connection -> rewritten head + streamed body -> response
                       head rewrite -> streamed response -> access log ->
@@ -15,15 +17,14 @@
 `Core`                the per-worker state these share.
 
 The parsers call these classes as C methods (`ParserHandler`); they call each
-other, the router (`_router`), the balancer (`_balance`) and the header
-rewriter (`_rewrite`) as C functions. No Python frame runs per request unless
-the access log is on. This module imports only the standard library and the
+other, the router (`_router`), the route actions (`_actions`), the balancer
+(`_balance`) and the header rewriter (`_rewrite`) as C functions. No Python
+frame runs per request unless the access log is on. This module imports only the standard library and the
 other ext modules; the worker passes in the Python-layer objects it needs
 (access log, local-response maker, config values).
 """
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.bytes cimport PyBytes_AS_STRING
 from cpython.list cimport PyList_Clear
 from libc.errno cimport EINTR, errno
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
@@ -49,7 +50,8 @@ from fastproxy._http cimport (
 )
 from fastproxy._balance cimport Balancer
 from fastproxy._rewrite cimport FR_CHUNKED, FR_CLOSE, FR_PASS, request_head, response_head
-from fastproxy._router cimport Router
+from fastproxy._router cimport RequestContext, Router, Rule, new_context
+from fastproxy._actions cimport LocalAction, ProxyAction
 
 import asyncio
 import logging
@@ -210,6 +212,8 @@ cdef class Core:
     cdef long long max_body
     cdef Py_ssize_t max_connections
     cdef bytes via
+    cdef bint merge_slashes
+    cdef tuple listener_names   # bytes, by listener index
 
     def __init__(self, config, router, access_log, clock, local_response, local_body_size):
         limits = config.limits
@@ -234,10 +238,14 @@ cdef class Core:
         self.max_body = limits.max_body_bytes
         self.max_connections = config.server.max_connections
         self.via = b"1.1 fastproxy" if config.server.via else b""
+        self.merge_slashes = config.routing.merge_slashes
+        self.listener_names = tuple(l.name.encode() for l in config.listeners)
 
-    def new_client(self):
-        """The protocol factory of the listeners."""
-        return ClientConnection(self)
+    def client_factory(self, int listener):
+        """The protocol factory of listener number `listener` (config order)."""
+        def new_client():
+            return ClientConnection(self, listener)
+        return new_client
 
     def expire(self, double now):
         """Act on every deadline that has passed (the worker's tick calls this)."""
@@ -299,9 +307,11 @@ cdef class ClientConnection(ParserHandler):
     cdef list out               # client-bound bytes of one upstream read (reused)
     cdef int fd                 # for send_parts: -1 = always through the transport
     cdef bint queued            # the transport may hold unsent bytes
+    cdef readonly int listener  # index of the listener that accepted it
 
-    def __cinit__(self, Core core not None):
+    def __cinit__(self, Core core not None, int listener=0):
         self.core = core
+        self.listener = listener
         self.out = []
         self.fd = -1
         self.ip = b"-"
@@ -646,6 +656,13 @@ cdef class Exchange:
     cdef bint interim
     cdef bint retried
     cdef readonly str upstream_label
+    cdef readonly RequestContext ctx   # what the route and its templates saw
+    cdef readonly Rule rule
+    cdef bytes upstream_host    # Host sent upstream
+    cdef tuple req_drop         # header edits: names left out, lines added
+    cdef bytes req_extra
+    cdef tuple resp_drop
+    cdef bytes resp_extra
     # Client-bound bytes of the current upstream read, written in one call
     # (one syscall) when the read is handled; the client connection's list.
     cdef list out
@@ -654,36 +671,61 @@ cdef class Exchange:
     cdef int begin(self) except -1:
         cdef MessageHead head = self.head
         cdef Core core = self.core
-        cdef bytes target = self.target
-        cdef bytes rest, authority, path
-        cdef Py_ssize_t end, i
-        if PyBytes_AS_STRING(target)[0] != b'/' and target != b"*":
-            # absolute-form (RFC 9112 §3.2.2): the authority replaces Host.
-            rest = target.split(b"://", 1)[1]
-            end = len(rest)
-            for stop in (b"/", b"?"):
-                i = rest.find(stop)
-                if 0 <= i < end:
-                    end = i
-            authority, path = rest[:end], rest[end:]
-            if path[:1] != b"/":
-                path = b"/" + path
-            if not authority or b"@" in authority:
-                self.respond_local(400, True)
-                return 0
-            self.host = authority
-            self.target = path
-        group = core.router.route(self.host, self.target if self.target != b"*" else b"/")
-        if group is None:
+        cdef ClientConnection client = self.client
+        cdef RequestContext ctx = new_context(
+            head, core.merge_slashes, client.ip, client.proto, client.listener,
+            <bytes>core.listener_names[client.listener])
+        if ctx.path is None:  # a bad authority or path
+            self.respond_local(400, True)
+            return 0
+        self.ctx = ctx
+        self.host = ctx.host_header
+        self.target = ctx.target
+        self.rule = core.router.route(ctx, self.host)
+        if self.rule is None:
             self.respond_local(404, False)
             return 0
         if core.max_body and head.body_kind == K_LENGTH and head.content_length > core.max_body:
             self.respond_local(413, True)
             return 0
+        action = self.rule.action
+        if type(action) is not ProxyAction:
+            self.answer(<LocalAction?>action)
+            return 0
         if head.expect_continue and head.body_kind != K_NONE and head.http_minor == 1:
             self.client.write(_CONTINUE)
-        self.group = group
-        self.use_server(<ServerPool?>(<Balancer?>group.balancer).pick())
+        self.proxy(<ProxyAction>action)
+        return 0
+
+    cdef int proxy(self, ProxyAction action) except -1:
+        cdef RequestContext ctx = self.ctx
+        if action.rewrites and self.target != b"*":
+            self.target = action.target(ctx)
+            if self.target is None:
+                self.respond_local(400, True)
+                return 0
+            self.upstream_host = action.upstream_host(ctx, self.host)
+        else:
+            self.upstream_host = self.host
+        if action.request_edits is not None:
+            self.req_drop = action.request_edits.drop
+            self.req_extra = action.request_edits.render(ctx)
+        if action.response_edits is not None:
+            self.resp_drop = action.response_edits.drop
+            self.resp_extra = action.response_edits.render(ctx)
+        self.group = action.group
+        self.use_server(<ServerPool?>(<Balancer?>self.group.balancer).pick())
+        return 0
+
+    cdef int answer(self, LocalAction action) except -1:
+        """A redirect or a static response; a request body is read and dropped."""
+        cdef MessageHead req = self.head
+        cdef Core core = self.core
+        cdef bint keep = req.keep_alive and not core.closing
+        cdef long long body_len = 0
+        cdef bytes data = action.answer(self.ctx, core.clock.http_date, keep,
+                                        req.is_head_request, &body_len)
+        self.send_local(action.status, data, body_len, keep, False)
         return 0
 
     # -- phase 2: an upstream connection ---------------------------------------------
@@ -726,7 +768,7 @@ cdef class Exchange:
     cdef int attach(self, UpstreamConnection conn) except -1:
         cdef ClientConnection client = self.client
         cdef list pending = self.pending
-        cdef bytes out
+        cdef bytes out, host
         self.conn = conn
         self.connecting = False
         self.pending = None
@@ -735,9 +777,11 @@ cdef class Exchange:
             # A pipelined request behind a response the client has not read yet:
             # its pause signal came before this connection existed.
             conn.set_reading(False)
+        host = self.host if self.host is not None else self.pool.label_bytes
         out = request_head(self.head, self.target,
-                           self.host if self.host is not None else self.pool.label_bytes,
-                           client.ip, client.proto, self.core.via)
+                           self.upstream_host if self.upstream_host else host,
+                           client.ip, client.proto, self.core.via, self.req_drop,
+                           self.req_extra, host)
         if pending:
             pending.insert(0, out)
             if self.pending_size > PENDING_LIMIT:
@@ -825,7 +869,8 @@ cdef class Exchange:
         self.status = head.status
         self.resp_head = head
         self.resp_started = True
-        self.out.append(response_head(head, framing, keep, req.http_minor, self.core.via))
+        self.out.append(response_head(head, framing, keep, req.http_minor, self.core.via,
+                                      self.resp_drop, self.resp_extra))
         return 0
 
     cdef int upstream_body(self, object data) except -1:
@@ -917,13 +962,20 @@ cdef class Exchange:
         cdef MessageHead req = self.head
         cdef Core core = self.core
         cdef bint keep = not close and req.keep_alive and not core.closing
+        self.send_local(status, core.local_response(status, core.clock, keep, req.is_head_request),
+                        0 if req.is_head_request else core.local_body_size(status), keep, close)
+        return 0
+
+    cdef int send_local(self, int status, bytes data, long long body_len, bint keep,
+                        bint close) except -1:
+        """Send a response made here; `close`: end now, without reading the request body."""
         self.local = True
         self.connecting = False
         self.status = status
         self.keep = keep
         self.resp_started = True
-        self.sent = 0 if req.is_head_request else core.local_body_size(status)
-        self.client.write(core.local_response(status, core.clock, keep, req.is_head_request))
+        self.sent = body_len
+        self.client.write(data)
         if close or self.req_done:
             self.finish(keep)
         return 0

@@ -6,7 +6,10 @@ cdef enum Framing:
     FR_CHUNKED = 1   # re-frame as chunked
     FR_CLOSE = 2     # delimit by closing the connection (HTTP/1.0 clients)
 
+# drop: lower-case names of fields to leave out; extra: header lines to add ("Name: v\r\n").
+# forwarded_host: X-Forwarded-Host (the client's host; `host` may be a rewritten one).
 cdef bytes request_head(MessageHead head, bytes target, bytes host, bytes client_ip,
-                        bytes proto, bytes via)
+                        bytes proto, bytes via, tuple drop, bytes extra,
+                        bytes forwarded_host)
 cdef bytes response_head(MessageHead head, int framing, bint keep_alive, int client_minor,
-                         bytes via)
+                         bytes via, tuple drop, bytes extra)

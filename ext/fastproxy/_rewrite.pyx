@@ -170,8 +170,17 @@ cdef inline int _classify(const char* name, size_t n, bint request) noexcept nog
     return H_KEEP
 
 
+cdef bint _dropped(const char* name, size_t nl, tuple drop) noexcept:
+    """Is `name` one of the lower-case names in `drop` (header edits)?"""
+    cdef bytes d
+    for d in drop:
+        if is_lower_literal(name, nl, PyBytes_AS_STRING(d), PyBytes_GET_SIZE(d)):
+            return True
+    return False
+
+
 cdef int _copy_headers(Writer* w, char* stack, MessageHead head, bint request,
-                       Writer* xff, Writer* via, bint keep_length) except -1:
+                       Writer* xff, Writer* via, bint keep_length, tuple drop) except -1:
     cdef const uint32_t* o = head.offsets()
     cdef const char* raw = PyBytes_AS_STRING(head.raw)
     cdef const char* name
@@ -190,6 +199,8 @@ cdef int _copy_headers(Writer* w, char* stack, MessageHead head, bint request,
             continue
         # Framing is ours: a Connection token cannot remove Content-Length.
         if check_connection and cls != H_CONTENT_LENGTH and _named_by_connection(head, name, nl):
+            continue
+        if drop and cls == H_KEEP and _dropped(name, nl, drop):
             continue
         vl = o[4 * i + 3]
         if cls == H_XFF or cls == H_VIA:
@@ -237,25 +248,30 @@ cdef inline void _free(Writer* w) noexcept:
 
 
 def build_request_head(MessageHead head not None, bytes target not None, bytes host not None,
-                       bytes client_ip not None, bytes proto not None, bytes via not None):
+                       bytes client_ip not None, bytes proto not None, bytes via not None,
+                       tuple drop=(), bytes extra=b"", bytes forwarded_host=None):
     """The head we send upstream for `head`, as one bytes object.
 
-    `target` is origin-form; `host` goes into Host and X-Forwarded-Host;
-    `client_ip` is appended to X-Forwarded-For; `via` (b"" for none) is our
-    Via entry, e.g. b"1.1 fastproxy".
+    `target` is origin-form; `host` goes into Host, and into X-Forwarded-Host
+    unless `forwarded_host` (the client's host when a route rewrote Host) is
+    given; `client_ip` is appended to X-Forwarded-For; `via` (b"" for none) is
+    our Via entry, e.g. b"1.1 fastproxy". Header edits: fields named in `drop`
+    (lower-case) are left out and `extra` (complete header lines) is added.
     """
-    return request_head(head, target, host, client_ip, proto, via)
+    return request_head(head, target, host, client_ip, proto, via, drop, extra,
+                        forwarded_host if forwarded_host is not None else host)
 
 
 def build_response_head(MessageHead head not None, int framing, bint keep_alive,
-                        int client_minor, bytes via not None):
+                        int client_minor, bytes via not None, tuple drop=(), bytes extra=b""):
     """The head we send to the client for the upstream response `head`."""
-    return response_head(head, framing, keep_alive, client_minor, via)
+    return response_head(head, framing, keep_alive, client_minor, via, drop, extra)
 
 
 # The C entry points (see _rewrite.pxd); arguments are never None.
 cdef bytes request_head(MessageHead head, bytes target, bytes host, bytes client_ip,
-                        bytes proto, bytes via):
+                        bytes proto, bytes via, tuple drop, bytes extra,
+                        bytes forwarded_host):
     cdef char stack[STACK_BUF]
     cdef char xbuf[256]
     cdef char vbuf[256]
@@ -272,12 +288,14 @@ cdef bytes request_head(MessageHead head, bytes target, bytes host, bytes client
         w_put(&w, b" HTTP/1.1\r\nHost: ", 17, stack)
         w_bytes(&w, host, stack)
         w_put(&w, b"\r\n", 2, stack)
-        _copy_headers(&w, stack, head, True, &xff, &vw, False)
+        _copy_headers(&w, stack, head, True, &xff, &vw, False, drop)
+        if extra:
+            w_bytes(&w, extra, stack)
         _put_list(&w, stack, b"X-Forwarded-For: ", 17, &xff, client_ip)
         w_put(&w, b"X-Forwarded-Proto: ", 19, stack)
         w_bytes(&w, proto, stack)
         w_put(&w, b"\r\nX-Forwarded-Host: ", 20, stack)
-        w_bytes(&w, host, stack)
+        w_bytes(&w, forwarded_host, stack)
         w_put(&w, b"\r\n", 2, stack)
         if via:
             _put_list(&w, stack, b"Via: ", 5, &vw, via)
@@ -296,7 +314,7 @@ cdef bytes request_head(MessageHead head, bytes target, bytes host, bytes client
 
 
 cdef bytes response_head(MessageHead head, int framing, bint keep_alive, int client_minor,
-                         bytes via):
+                         bytes via, tuple drop, bytes extra):
     cdef char stack[STACK_BUF]
     cdef char vbuf[256]
     cdef char line[64]
@@ -317,7 +335,9 @@ cdef bytes response_head(MessageHead head, int framing, bint keep_alive, int cli
         w_put(&w, line, 13, stack)
         w_bytes(&w, head.reason, stack)
         w_put(&w, b"\r\n", 2, stack)
-        _copy_headers(&w, stack, head, False, &unused, &vw, framing == FR_PASS)
+        _copy_headers(&w, stack, head, False, &unused, &vw, framing == FR_PASS, drop)
+        if extra:
+            w_bytes(&w, extra, stack)
         if via:
             _put_list(&w, stack, b"Via: ", 5, &vw, via)
         elif vw.len:

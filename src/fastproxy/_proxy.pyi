@@ -5,7 +5,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastproxy._http import MessageHead
-from fastproxy._router import Router
+from fastproxy._router import RequestContext, Router, Rule
 from fastproxy.config import Config, Upstream
 
 class Core:
@@ -17,7 +17,7 @@ class Core:
     def __init__(self, config: Config, router: Router | None, access_log: Any, clock: Any,
                  local_response: Callable[..., bytes],
                  local_body_size: Callable[[int], int]) -> None: ...
-    def new_client(self) -> ClientConnection: ...
+    def client_factory(self, listener: int) -> Callable[[], ClientConnection]: ...
     def expire(self, now: float) -> None: ...
     def close_idle_clients(self) -> None: ...
     def abort_all(self) -> None: ...
@@ -27,7 +27,8 @@ class ClientConnection(asyncio.Protocol):
     exchange: Exchange | None
     ip: bytes
     proto: bytes
-    def __init__(self, core: Core) -> None: ...
+    listener: int
+    def __init__(self, core: Core, listener: int = 0) -> None: ...
 
 class Exchange:
     client: ClientConnection
@@ -37,6 +38,8 @@ class Exchange:
     status: int
     sent: int
     upstream_label: str
+    ctx: RequestContext | None
+    rule: Rule | None
 
 class UpstreamConnection(asyncio.Protocol):
     pool: ServerPool

@@ -9,8 +9,22 @@ FRAME_CHUNKED: Final = 1
 FRAME_CLOSE: Final = 2
 
 def build_request_head(
-    head: MessageHead, target: bytes, host: bytes, client_ip: bytes, proto: bytes, via: bytes
+    head: MessageHead,
+    target: bytes,
+    host: bytes,
+    client_ip: bytes,
+    proto: bytes,
+    via: bytes,
+    drop: tuple[bytes, ...] = (),
+    extra: bytes = b"",
+    forwarded_host: bytes | None = None,
 ) -> bytes: ...
 def build_response_head(
-    head: MessageHead, framing: int, keep_alive: bool, client_minor: int, via: bytes
+    head: MessageHead,
+    framing: int,
+    keep_alive: bool,
+    client_minor: int,
+    via: bytes,
+    drop: tuple[bytes, ...] = (),
+    extra: bytes = b"",
 ) -> bytes: ...

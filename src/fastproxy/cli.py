@@ -1,4 +1,4 @@
-"""The ``fastproxy`` command line: check, serve, demo, --version.
+"""The ``fastproxy`` command line: check, serve, demo, route explain, --version.
 
 Bad input (a bad config file, bad arguments) is reported as plain lines on
 stderr and a non-zero exit status, never as a traceback. The heavier modules
@@ -8,6 +8,7 @@ stderr and a non-zero exit status, never as a traceback. The heavier modules
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 
@@ -42,6 +43,23 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("config", metavar="CONFIG", help="path to the TOML config file")
     demo = commands.add_parser("demo", help="run a self-contained demo proxy")
     demo.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
+    route = commands.add_parser("route", help="inspect the routes of a config")
+    route_commands = route.add_subparsers(dest="route_command", metavar="SUBCOMMAND")
+    explain = route_commands.add_parser(
+        "explain", help="show which route a request takes and what is sent upstream",
+        description="Run one request through the compiled router of CONFIG and print "
+        "which route matched (and why each earlier one did not), the rewritten "
+        "upstream request or the answer the proxy makes itself.")
+    explain.add_argument("config", metavar="CONFIG", help="path to the TOML config file")
+    explain.add_argument("method", metavar="METHOD", help="request method, e.g. GET")
+    explain.add_argument("url", metavar="URL",
+                         help="http://host[:port]/path?query, or /path?query with -H 'Host: ...'")
+    explain.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
+                         help="a request header (repeatable)")
+    explain.add_argument("--client-ip", default="127.0.0.1", metavar="IP",
+                         help="client address (default: 127.0.0.1)")
+    explain.add_argument("--listener", metavar="NAME",
+                         help="listener name (default: the first listener)")
     return parser
 
 
@@ -56,6 +74,22 @@ def _load(path: str) -> Config | None:
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return config
+
+
+def _explain(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    from fastproxy.routing import ExplainError, explain
+
+    try:
+        lines = explain(config, args.method, args.url, args.header, args.client_ip,
+                        args.listener)
+    except ExplainError as exc:
+        print(f"fastproxy route explain: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print("\n".join(lines))
+    return EXIT_OK
 
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -75,12 +109,18 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         from fastproxy.master import serve
 
         return serve(config)
+    if args.command == "route":
+        if args.route_command != "explain":
+            print("fastproxy route: error: a subcommand is required (explain)", file=sys.stderr)
+            return EXIT_USAGE
+        return _explain(args)
     if args.command == "demo":
         from fastproxy.demo import run_demo
 
         return run_demo(port=args.port)
     parser.print_usage(sys.stderr)
-    print("fastproxy: error: a command is required (check, serve or demo)", file=sys.stderr)
+    print("fastproxy: error: a command is required (check, serve, demo or route)",
+          file=sys.stderr)
     return EXIT_USAGE
 
 
@@ -94,3 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args, parser)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `fastproxy route explain ... | head`
+        # Point stdout at /dev/null so the flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK

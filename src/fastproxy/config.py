@@ -15,8 +15,6 @@ defaults and descriptions so that the reference can later be generated.
 
 from __future__ import annotations
 
-import datetime as _dt
-import difflib
 import ipaddress
 import math
 import os
@@ -26,6 +24,29 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final
+
+# The route schema lives in routeconf; Route and RouteMatch are re-exported here,
+# where the rest of the proxy has always found them.
+from fastproxy.routeconf import INVALID as _INVALID
+from fastproxy.routeconf import MISSING as _MISSING
+from fastproxy.routeconf import (
+    KeyChecker,
+    Route,
+    RouteMatch,
+    RoutingSettings,
+    label_name,
+    parse_routes,
+    route_warnings,
+)
+from fastproxy.routeconf import boolean as _boolean
+from fastproxy.routeconf import describe as _describe
+from fastproxy.routeconf import hostname as _hostname
+from fastproxy.routeconf import ipv6 as _ipv6
+from fastproxy.routeconf import key as _key
+from fastproxy.routeconf import match_host as _match_host
+from fastproxy.routeconf import parse_port as _parse_port
+from fastproxy.routeconf import string as _string
+from fastproxy.routeconf import suggest as _suggest
 
 __all__ = [
     "Config",
@@ -37,6 +58,7 @@ __all__ = [
     "LogSettings",
     "Route",
     "RouteMatch",
+    "RoutingSettings",
     "ServerAddress",
     "ServerSettings",
     "Timeouts",
@@ -122,6 +144,8 @@ def _format_address(host: str, port: int) -> str:
 class Listener:
     host: str
     port: int
+    name: str  # unique; by default the address as normalized ("0.0.0.0:8080")
+    default_host: str | None  # routes a request whose host no route names as this host
 
     @property
     def address(self) -> str:
@@ -151,29 +175,13 @@ class Upstream:
 
 
 @dataclass(frozen=True, slots=True)
-class RouteMatch:
-    host: str | None  # lowercased, no trailing dot; None matches any host
-    path_prefix: str
-
-    @property
-    def matches_everything(self) -> bool:
-        return self.host is None and self.path_prefix == "/"
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    index: int  # position in the file, 0-based (as in the key path routes[N])
-    match: RouteMatch
-    upstream: str
-
-
-@dataclass(frozen=True, slots=True)
 class Config:
     source: str
     server: ServerSettings
     limits: Limits
     timeouts: Timeouts
     log: LogSettings
+    routing: RoutingSettings
     listeners: tuple[Listener, ...]
     upstreams: Mapping[str, Upstream]
     routes: tuple[Route, ...]
@@ -246,42 +254,6 @@ def parse_size(value: object) -> int:
     return size
 
 
-def _toml_type(value: object) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, Mapping):
-        return "table"
-    if isinstance(value, (list, tuple)):
-        return "array"
-    if isinstance(value, _dt.datetime):
-        return "datetime"
-    if isinstance(value, _dt.date):
-        return "date"
-    if isinstance(value, _dt.time):
-        return "time"
-    return type(value).__name__
-
-
-def _describe(value: object) -> str:
-    """'string "x"', 'integer 5', 'table' -- the type and, when short, the value."""
-    kind = _toml_type(value)
-    if isinstance(value, bool):
-        return f"{kind} {'true' if value else 'false'}"
-    if isinstance(value, str):
-        shown = value if len(value) <= 60 else value[:57] + "..."
-        return f"{kind} {shown!r}"
-    if isinstance(value, (int, float)):
-        text = repr(value)
-        return f"{kind} {text}" if len(text) <= 30 else kind
-    return kind
-
-
 def _human_size(n: int) -> str:
     for suffix, unit in (("g", 1024**3), ("m", 1024**2), ("k", 1024)):
         if n >= unit and n % unit == 0:
@@ -333,18 +305,6 @@ def _size(lo: int, hi: int | None = None) -> Converter:
         return size
 
     return convert
-
-
-def _boolean(value: object) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"expected a boolean (true or false), found {_describe(value)}")
-    return value
-
-
-def _string(value: object) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"expected a string, found {_describe(value)}")
-    return value
 
 
 def _choice(*options: str) -> Converter:
@@ -553,20 +513,29 @@ UPSTREAM_FIELDS: Final = (
     ),
 )
 
+ROUTING_FIELDS: Final = (
+    FieldSpec(
+        "merge_slashes",
+        True,
+        "boolean",
+        'collapse runs of "/" in request paths (and in the paths routes name) into one',
+        _boolean,
+    ),
+)
+
 _SECTIONS: Final[Mapping[str, tuple[FieldSpec, ...]]] = MappingProxyType(
     {
         "server": SERVER_FIELDS,
         "limits": LIMITS_FIELDS,
         "timeouts": TIMEOUTS_FIELDS,
         "log": LOG_FIELDS,
+        "routing": ROUTING_FIELDS,
     }
 )
 _TOP_LEVEL_KEYS: Final = (*_SECTIONS, "listeners", "upstreams", "routes")
-_LISTENER_KEYS: Final = ("address",)
+_LISTENER_KEYS: Final = ("address", "name", "default_host")
 _UPSTREAM_KEYS: Final = ("servers", *(f.name for f in UPSTREAM_FIELDS))
 _SERVER_KEYS: Final = ("address", "weight")
-_ROUTE_KEYS: Final = ("match", "upstream")
-_MATCH_KEYS: Final = ("host", "path_prefix")
 
 _LOG_STREAMS: Final = ("stdout", "stderr", "off")
 _WEIGHT: Final = _integer(1, 1000)
@@ -575,11 +544,7 @@ _WEIGHT: Final = _integer(1, 1000)
 # --------------------------------------------------------------------------
 # Addresses and names
 
-_BARE_KEY_RE: Final = re.compile(r"[A-Za-z0-9_-]+")
 _UPSTREAM_NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]+")
-_LABEL_RE: Final = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
-_PORT_RE: Final = re.compile(r"[0-9]{1,5}")
-_PATH_FORBIDDEN_RE: Final = re.compile(r"[\x00-\x20\x7f?#]")
 
 
 def _split_host_port(text: str) -> tuple[str, str, bool]:
@@ -598,34 +563,6 @@ def _split_host_port(text: str) -> tuple[str, str, bool]:
     if ":" in host:
         raise ValueError(f'an IPv6 address must be in brackets, e.g. "[::1]:{port}"')
     return host, port, False
-
-
-def _parse_port(text: str) -> int:
-    if not _PORT_RE.fullmatch(text) or not 1 <= int(text) <= 65535:
-        raise ValueError(f"port must be a number from 1 to 65535, found {text!r}")
-    return int(text)
-
-
-def _ipv6(host: str) -> str:
-    try:
-        return str(ipaddress.IPv6Address(host))
-    except ValueError:
-        raise ValueError(f"invalid IPv6 address {host!r}") from None
-
-
-def _hostname(host: str) -> str:
-    """An IPv4 literal or a DNS name, lowercased and without a trailing dot."""
-    name = host[:-1] if host.endswith(".") else host
-    labels = name.split(".")
-    if labels[-1].isdigit() and labels[-1].isascii():
-        # Looks like an IPv4 address: it must be a valid one.
-        try:
-            return str(ipaddress.IPv4Address(name))
-        except ValueError:
-            raise ValueError(f"invalid IPv4 address {host!r}") from None
-    if not name or len(name) > 253 or not all(_LABEL_RE.fullmatch(lbl) for lbl in labels):
-        raise ValueError(f"invalid host name {host!r}")
-    return name.lower()
 
 
 def _parse_listen_address(value: object) -> tuple[str, int]:
@@ -655,74 +592,20 @@ def _parse_server_address(value: object) -> tuple[str, int]:
     return (_ipv6(host) if bracketed else _hostname(host)), port
 
 
-def _parse_match_host(value: object) -> str:
-    text = _string(value)
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise ValueError(f"missing ']' after the IPv6 address in {text!r}")
-        if text[end + 1 :]:
-            raise ValueError(f"must not include a port, found {text!r}")
-        return f"[{_ipv6(text[1:end])}]"
-    if text.count(":") == 1:
-        raise ValueError(f"must not include a port, found {text!r}")
-    if ":" in text:
-        raise ValueError(f'an IPv6 address must be in brackets, e.g. "[::1]", found {text!r}')
-    return _hostname(text)
-
-
-def _parse_path_prefix(value: object) -> str:
-    text = _string(value)
-    if not text.startswith("/"):
-        raise ValueError(f'must start with "/", found {text!r}')
-    bad = _PATH_FORBIDDEN_RE.search(text)
-    if bad is not None:
-        raise ValueError(f"must not contain {bad.group()!r}, found {text!r}")
-    if not text.isascii():
-        raise ValueError(f"must be ASCII (percent-encode other characters), found {text!r}")
-    return text
-
-
 # --------------------------------------------------------------------------
 # The checker
 
 
-def _key(path: str, name: object) -> str:
-    text = str(name)
-    if not _BARE_KEY_RE.fullmatch(text):
-        text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return f"{path}.{text}" if path else text
-
-
-def _suggest(word: str, candidates: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(candidates), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
-def _shadows(earlier: RouteMatch, later: RouteMatch) -> bool:
-    """True when every request `later` matches is matched by `earlier` first.
-
-    Holds whether the router compares prefixes bytewise or by path segment.
-    """
-    if earlier.host is not None and earlier.host != later.host:
-        return False
-    prefix = earlier.path_prefix
-    if not later.path_prefix.startswith(prefix):
-        return False
-    rest = later.path_prefix[len(prefix) :]
-    return not rest or prefix.endswith("/") or rest.startswith("/")
-
-
-_MISSING: Final = object()
-_INVALID: Final = object()
-
-
-class _Checker:
+class _Checker(KeyChecker):
     def __init__(self, source: str, base_dir: str) -> None:
         self.source = source
         self.base_dir = base_dir
         self.issues: list[ConfigIssue] = []
         self.warnings: list[str] = []
+
+    @property
+    def error_count(self) -> int:
+        return len(self.issues)
 
     def error(self, key: str, reason: str) -> None:
         self.issues.append(ConfigIssue(self.source, key, reason))
@@ -730,36 +613,8 @@ class _Checker:
     def warn(self, key: str, reason: str) -> None:
         self.warnings.append(str(ConfigIssue(self.source, key, reason)))
 
-    def table(self, value: object, key: str, hint: str = "") -> Mapping[str, Any] | None:
-        if isinstance(value, Mapping):
-            return value
-        self.error(key, f"expected a table{hint}, found {_describe(value)}")
-        return None
-
-    def array(self, value: object, key: str, hint: str = "") -> Sequence[Any] | None:
-        if isinstance(value, (list, tuple)):
-            return value
-        self.error(key, f"expected an array{hint}, found {_describe(value)}")
-        return None
-
-    def known_keys(self, table: Mapping[str, Any], path: str, known: Sequence[str]) -> None:
-        for name in table:
-            if name not in known:
-                self.error(_key(path, name), "unknown key" + _suggest(str(name), known))
-
     def field(self, table: Mapping[str, Any], path: str, spec: FieldSpec) -> Any:
-        try:
-            return spec.convert(table.get(spec.name, spec.default))
-        except ValueError as exc:
-            self.error(_key(path, spec.name), str(exc))
-            return _INVALID
-
-    def convert(self, key: str, convert: Converter, value: object) -> Any:
-        try:
-            return convert(value)
-        except ValueError as exc:
-            self.error(key, str(exc))
-            return _INVALID
+        return self.convert(_key(path, spec.name), spec.convert, table.get(spec.name, spec.default))
 
     # -- sections -----------------------------------------------------------
 
@@ -785,29 +640,54 @@ class _Checker:
             return _INVALID
         return path
 
-    def listeners(self, raw: object) -> list[Listener]:
+    def listeners(self, raw: object) -> tuple[list[Listener], set[str] | None]:
+        """The valid listeners, and the names routes may use (None if not all known)."""
         if raw is _MISSING:
             self.error("listeners", "missing: at least one [[listeners]] table is required")
-            return []
+            return [], None
         items = self.array(raw, "listeners", " of tables ([[listeners]])")
         if items is None:
-            return []
+            return [], None
         if not items:
             self.error("listeners", "at least one listener is required")
         result: list[Listener] = []
         seen: dict[tuple[str, int], int] = {}
+        names: dict[str, int] = {}
+        complete = True
         for i, item in enumerate(items):
             path = f"listeners[{i}]"
             table = self.table(item, path)
             if table is None:
+                complete = False
                 continue
             self.known_keys(table, path, _LISTENER_KEYS)
+            name: Any = None
+            if "name" in table:
+                name = self.convert(f"{path}.name", label_name, table["name"])
+                if name is not _INVALID and name in names:
+                    self.error(
+                        f"{path}.name",
+                        f"duplicate listener name {name!r} "
+                        f"(already used by listeners[{names[name]}])",
+                    )
+                    name = _INVALID
+                if name is not _INVALID:
+                    names[name] = i
+            default_host: Any = None
+            if "default_host" in table:
+                default_host = self.convert(
+                    f"{path}.default_host",
+                    lambda v: _match_host(v, wildcard=False),
+                    table["default_host"],
+                )
             key = f"{path}.address"
             if "address" not in table:
                 self.error(key, "missing required key")
+                complete = complete and name is not None
                 continue
             parsed = self.convert(key, _parse_listen_address, table["address"])
             if parsed is _INVALID:
+                complete = complete and name is not None
                 continue
             if parsed in seen:
                 self.error(
@@ -817,8 +697,20 @@ class _Checker:
                 )
                 continue
             seen[parsed] = i
-            result.append(Listener(*parsed))
-        return result
+            if name is None:
+                name = _format_address(*parsed)
+                if name in names:
+                    self.error(
+                        path,
+                        f"its default name {name!r} (the address) is already used by "
+                        f"listeners[{names[name]}]; give this listener a name",
+                    )
+                    continue
+                names[name] = i
+            if name is _INVALID or default_host is _INVALID:
+                continue
+            result.append(Listener(parsed[0], parsed[1], name, default_host))
+        return result, set(names) if complete else None
 
     def upstreams(self, raw: object) -> tuple[dict[str, Upstream], set[str] | None]:
         """The valid upstreams, and every name defined (None if the table is unusable)."""
@@ -898,69 +790,9 @@ class _Checker:
             result.append(ServerAddress(parsed[0], parsed[1], weight))
         return result
 
-    def routes(self, raw: object, upstream_names: set[str] | None) -> list[Route]:
-        if raw is _MISSING:
-            self.error("routes", "missing: at least one [[routes]] table is required")
-            return []
-        items = self.array(raw, "routes", " of tables ([[routes]])")
-        if items is None:
-            return []
-        if not items:
-            self.error("routes", "at least one route is required")
-        result: list[Route] = []
-        for i, item in enumerate(items):
-            route = self.route(i, item, upstream_names)
-            if route is not None:
-                result.append(route)
-        return result
-
-    def route(self, index: int, raw: object, upstream_names: set[str] | None) -> Route | None:
-        path = f"routes[{index}]"
-        table = self.table(raw, path)
-        if table is None:
-            return None
-        errors_before = len(self.issues)
-        self.known_keys(table, path, _ROUTE_KEYS)
-        host: Any = None
-        prefix: Any = "/"
-        match = self.table(table.get("match", {}), f"{path}.match")
-        if match is not None:
-            self.known_keys(match, f"{path}.match", _MATCH_KEYS)
-            if "host" in match:
-                host = self.convert(f"{path}.match.host", _parse_match_host, match["host"])
-            if "path_prefix" in match:
-                prefix = self.convert(
-                    f"{path}.match.path_prefix", _parse_path_prefix, match["path_prefix"]
-                )
-        key = f"{path}.upstream"
-        upstream: Any = _INVALID
-        if "upstream" not in table:
-            self.error(key, "missing required key")
-        else:
-            upstream = self.convert(key, _string, table["upstream"])
-            if (
-                upstream is not _INVALID
-                and upstream_names is not None
-                and upstream not in upstream_names
-            ):
-                defined = ", ".join(sorted(upstream_names)) or "none"
-                self.error(key, f"unknown upstream {upstream!r} (defined: {defined})")
-        if len(self.issues) != errors_before:
-            return None
-        return Route(index=index, match=RouteMatch(host, prefix), upstream=upstream)
-
     def route_warnings(self, routes: Sequence[Route], upstreams: Iterable[str]) -> None:
-        for j, later in enumerate(routes):
-            for earlier in routes[:j]:
-                if _shadows(earlier.match, later.match):
-                    if earlier.match.matches_everything:
-                        what = "matches every request"
-                    else:
-                        what = "matches every request this route matches"
-                    self.warn(
-                        f"routes[{later.index}]", f"unreachable: routes[{earlier.index}] {what}"
-                    )
-                    break
+        for key, reason in route_warnings(routes):
+            self.warn(key, reason)
         used = {route.upstream for route in routes}
         for name in upstreams:
             if name not in used:
@@ -995,6 +827,7 @@ def parse_config(
     timeouts = ck.section(data, "timeouts")
     log = ck.section(data, "log")
     log["access"] = ck.access_log(log["access"])
+    routing = ck.section(data, "routing")
 
     line, head = limits["max_line_bytes"], limits["max_header_bytes"]
     if line is not _INVALID and head is not _INVALID and line > head:
@@ -1003,9 +836,16 @@ def parse_config(
             f"must not exceed limits.max_header_bytes ({head} bytes), found {line} bytes",
         )
 
-    listeners = ck.listeners(data.get("listeners", _MISSING))
+    listeners, listener_names = ck.listeners(data.get("listeners", _MISSING))
     upstreams, upstream_names = ck.upstreams(data.get("upstreams", _MISSING))
-    routes = ck.routes(data.get("routes", _MISSING), upstream_names)
+    routes = parse_routes(
+        ck,
+        data.get("routes", _MISSING),
+        # An invalid merge_slashes is already reported; normalize paths as by default.
+        merge_slashes=routing["merge_slashes"] is not False,
+        upstreams=upstream_names,
+        listeners=listener_names,
+    )
 
     if ck.issues:
         raise ConfigError(ck.issues)
@@ -1016,6 +856,7 @@ def parse_config(
         limits=Limits(**limits),
         timeouts=Timeouts(**timeouts),
         log=LogSettings(**log),
+        routing=RoutingSettings(**routing),
         listeners=tuple(listeners),
         upstreams=MappingProxyType(dict(upstreams)),
         routes=tuple(routes),

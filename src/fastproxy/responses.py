@@ -11,7 +11,8 @@ _PHRASES = {413: "Content Too Large", 414: "URI Too Long", 416: "Range Not Satis
             422: "Unprocessable Content"}
 
 
-def _reason(status: int) -> str:
+def reason_phrase(status: int) -> str:
+    """The reason phrase of `status` (RFC 9110 names)."""
     if status in _PHRASES:
         return _PHRASES[status]
     try:
@@ -22,7 +23,7 @@ def _reason(status: int) -> str:
 
 def local_body_size(status: int) -> int:
     """Length of the body `local_response` sends for `status` (for the access log)."""
-    return len(f"{status} {_reason(status)}\n")
+    return len(f"{status} {reason_phrase(status)}\n")
 
 
 _CACHE: dict[tuple[int, bool], tuple[bytes, bytes]] = {}
@@ -32,7 +33,7 @@ def local_response(status: int, clock: Clock, keep_alive: bool, head_only: bool 
     """A complete short text response with `status`, e.g. `502 Bad Gateway`."""
     parts = _CACHE.get((status, keep_alive))
     if parts is None:
-        phrase = _reason(status)
+        phrase = reason_phrase(status)
         body = f"{status} {phrase}\n".encode()
         first = (
             f"HTTP/1.1 {status} {phrase}\r\n"

@@ -18,11 +18,11 @@ from typing import Any
 import uvloop
 
 from fastproxy._proxy import Core
-from fastproxy._router import Router
 from fastproxy.accesslog import AccessLog
 from fastproxy.clock import Clock
 from fastproxy.config import Config
 from fastproxy.responses import local_body_size, local_response
+from fastproxy.routing import build_router
 from fastproxy.upstream import UpstreamGroup
 
 log = logging.getLogger("fastproxy.worker")
@@ -40,7 +40,7 @@ class Worker:
                          local_body_size)
         self.groups = {name: UpstreamGroup(up, self.core)
                        for name, up in config.upstreams.items()}
-        self.core.router = Router(config.routes, self.groups)
+        self.core.router = build_router(config, self.groups)
         self._servers: list[Any] = []
         self._stopped: asyncio.Future[None] | None = None
         self._drain_deadline = 0.0
@@ -64,8 +64,9 @@ class Worker:
     async def _main(self) -> None:
         loop = asyncio.get_running_loop()
         self._stopped = loop.create_future()
-        for sock in self.sockets:
-            server = await loop.create_server(self.core.new_client, sock=sock, backlog=1024)
+        for index, sock in enumerate(self.sockets):
+            server = await loop.create_server(self.core.client_factory(index), sock=sock,
+                                              backlog=1024)
             self._servers.append(server)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.shutdown)
