@@ -77,7 +77,7 @@ def header_lines(head: bytes) -> list[bytes]:
     ("regex = 'x'\nreplace = \"y\"", "/axbx", b"/aybx"),         # first match only
     ("regex = '^/old/(.*)$'\nreplace = \"/new/{1}\"", "/keep", b"/keep"),
     # The rewritten path is normalized again.
-    ("regex = '^/a/(.*)$'\nreplace = \"/b/{1}/../c\"", "/a/x", b"/b/c"),
+    ("regex = '^/a/(.*)$'\nreplace = \"/b//{1}/%7e\"", "/a/x", b"/b/x/~"),
     ('remove_query = ["utm_source", "utm_medium"]', "/p?utm_source=x&a=1&utm_medium=y",
      b"/p?a=1"),
     ('remove_query = ["a"]', "/p?a=1", b"/p"),
@@ -94,7 +94,7 @@ def test_rewrite_target(rewrite: str, target: str, want: bytes) -> None:
     # What a template brings into the path stays in the path: "?", "#", spaces,
     # quotes are percent-encoded, so the request line keeps its shape.
     ('"/q/{1}/{query}"', "/old/a?x=1&y", b"/q/a/x=1&y?x=1&y"),
-    ('"/q/{request_uri}"', "/old/a?x=1", b"/q/old/a%3Fx=1?x=1"),
+    ('"/q/{request_uri}"', "/old/a?x=1", b"/q/%2Fold%2Fa%3Fx=1?x=1"),
     ('"/q/{listener}"', "/old/a", b"/q/public"),
     ('"/q/{1}"', "/old/%C3%A9%20", b"/q/%C3%A9%20"),
 ])
@@ -106,12 +106,35 @@ def test_rewrite_replace_keeps_the_request_line_intact(replace: str, target: str
     assert line == b"GET " + want + b" HTTP/1.1"
 
 
-def test_rewrite_that_climbs_above_the_root_is_refused() -> None:
+@pytest.mark.parametrize(("regex", "replace", "target"), [
+    ("^/a/(.*)$", "/../{1}", "/a/x"),
+    ("^/a/(.*)$", "/b/{1}/../c", "/a/x"),
+    # A capture of part of a segment cannot make a dot segment either.
+    ("^/x(.*)$", "/api/{1}", "/x../y"),
+    ("^/x(.*)$", "/api/{1}", "/x%2E./y"),
+])
+def test_rewrite_making_a_dot_segment_is_refused(regex: str, replace: str, target: str) -> None:
     _, router = load("[[routes]]\nupstream = \"app\"\n[routes.rewrite]\n"
-                     "regex = '^/a/(.*)$'\nreplace = \"/../{1}\"\n")
-    ctx, action = run(router, "GET", "/a/x")
+                     f"regex = '{regex}'\nreplace = \"{replace}\"\n")
+    ctx, action = run(router, "GET", target)
     assert isinstance(action, ProxyAction)
     assert action.target_for(ctx) is None  # the proxy answers 400
+
+
+def test_variables_stay_inside_one_segment() -> None:
+    # {query} is the client's: its "/", "%" and dots cannot walk the path.
+    _, router = load("[[routes]]\nupstream = \"app\"\n[routes.rewrite]\n"
+                     "regex = '^/q(.*)$'\nreplace = \"/api/search/{query}\"\n")
+    for target, want in [("/q?../../admin", b"/api/search/..%2F..%2Fadmin?../../admin"),
+                         ("/q?p=%2e%2e/%2e%2e", b"/api/search/p=%252e%252e%2F%252e%252e"
+                                                b"?p=%2e%2e/%2e%2e"),
+                         ("/q?p=100%", b"/api/search/p=100%25?p=100%")]:
+        ctx, action = run(router, "GET", target)
+        assert isinstance(action, ProxyAction)
+        assert action.target_for(ctx) == want
+    ctx, action = run(router, "GET", "/q?..")
+    assert isinstance(action, ProxyAction)
+    assert action.target_for(ctx) is None  # a whole ".." segment: refused
 
 
 def test_captures_of_the_match_regex_in_rewrites_and_host() -> None:
@@ -271,3 +294,31 @@ def test_template_variables() -> None:
         '{request_uri}|{client_ip}|{listener}|{{x}}" }\n')
     out = answer(router, "GET", "/a/./b?q=1", host="EX.com.")
     assert out.endswith(b"GET|http|ex.com|/a/b|q=1|/a/b?q=1|192.0.2.7|public|{x}")
+
+
+def test_route_fields_replace_the_built_in_ones() -> None:
+    # Never two Server, Date or Content-Type fields in an answer made here.
+    _, router = load('[[routes]]\nrespond = { body = "x", headers = { "Server" = "mine", '
+                     '"Date" = "Thu, 01 Jan 2026 00:00:00 GMT" } }\n'
+                     '[routes.response_headers]\nadd = { "Content-Type" = "text/html" }\n')
+    head = answer(router, "GET", "/").partition(b"\r\n\r\n")[0].lower()
+    for name in (b"server", b"date", b"content-type"):
+        assert head.count(b"\r\n" + name + b":") == 1, name
+    assert b"\r\nserver: mine" in head and b"\r\ncontent-type: text/html" in head
+
+
+def test_respond_205_has_a_zero_length_and_no_body() -> None:
+    _, router = load('[[routes]]\nrespond = { status = 205 }\n')
+    out = answer(router, "GET", "/")
+    assert out.startswith(b"HTTP/1.1 205 Reset Content\r\n")
+    assert b"\r\nContent-Length: 0\r\n" in out
+    assert out.endswith(b"\r\n\r\n")
+
+
+def test_redirect_location_cannot_carry_a_backslash() -> None:
+    # "/\evil.com" in a Location is "//evil.com" to a browser: the path's
+    # backslash arrives percent-encoded.
+    _, router = load("[[routes]]\nmatch = { path_regex = '^/old(/.*)$' }\n"
+                     'redirect = { to = "{1}" }\n')
+    out = answer(router, "GET", "/old/\\evil.com")
+    assert b"\r\nLocation: /%5Cevil.com\r\n" in out

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastproxy.config import ConfigError, Route, RouteMatch, parse_config
 from fastproxy.routeconf import (
@@ -21,6 +23,7 @@ from fastproxy.routeconf import (
     ValueTest,
     Var,
     parse_template,
+    route_warnings,
     shadows,
 )
 
@@ -728,6 +731,11 @@ REFUSED: list[tuple[dict[str, Any], str, str]] = [
         "must be empty: a 204 response has no body",
     ),
     (
+        {"respond": {"status": 205, "body": "x"}},
+        "routes[0].respond.body",
+        "must be empty: a 205 response has no body",
+    ),
+    (
         {"respond": {"status": 304, "body": "{path}"}},
         "routes[0].respond.body",
         "must be empty: a 304 response has no body",
@@ -1256,3 +1264,37 @@ def test_matches_everything_means_no_condition_at_all() -> None:
         {"listener": "public"},
     ):
         assert not m(**condition).matches_everything, condition
+
+
+# The indexed warning pass against the plain pairwise one it replaces.
+
+_HOSTS = ["a.x", "b.a.x", "*.x", "*.a.x", "c.y", "*.y"]
+
+
+def _pairwise_warnings(routes: list[Route]) -> list[tuple[str, str]]:
+    out = []
+    for j, later in enumerate(routes):
+        for earlier in routes[:j]:
+            if shadows(earlier.match, later.match):
+                what = ("matches every request" if earlier.match.matches_everything
+                        else "matches every request this route matches")
+                out.append((f"routes[{later.index}]", f"unreachable: {earlier.label} {what}"))
+                break
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(
+    st.none() | st.lists(st.sampled_from(_HOSTS), min_size=1, max_size=3, unique=True),
+    st.sampled_from([None, "/", "/a", "/a/b"])), min_size=1, max_size=10))
+def test_indexed_warnings_equal_pairwise(spec: list[tuple[list[str] | None, str | None]]) -> None:
+    routes = []
+    for i, (hosts, prefix) in enumerate(spec):
+        m = RouteMatch(hosts=tuple(hosts) if hosts else None, paths=(),
+                       path_prefixes=(prefix,) if prefix else (), whole_segments=False,
+                       path_regex=None, methods=None, headers=(), query=(), client_ips=None,
+                       listeners=None)
+        routes.append(Route(index=i, name=None, match=m, upstream="u", redirect=None,
+                            respond=None, rewrite=None, request_headers=None,
+                            response_headers=None))
+    assert route_warnings(routes) == _pairwise_warnings(routes)

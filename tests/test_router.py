@@ -315,3 +315,21 @@ def test_compiled_router_matches_reference(
     router = make_router(matches, defaults)
     assert decide(router, head, ip=ip, listener=listener) == ref_route(
         matches, head, ip, listener, defaults)
+
+
+def test_misuse_from_python_is_an_error_not_a_crash() -> None:
+    from fastproxy._router import PathTable, RequestContext
+
+    with pytest.raises(TypeError):
+        Router([object()])  # type: ignore[list-item]
+    with pytest.raises(TypeError):
+        PathTable((object(),))  # type: ignore[arg-type]
+    ctx = new_context(parse("GET", "/x", "h"), True, b"1.1.1.1", b"http", 0, b"")
+    assert PathTable.__new__(PathTable).lookup(ctx) is None  # an empty trie
+    router = make_router([match(hosts=("h",))], defaults=[b"h"])
+    ctx.listener = -1  # no such listener: no default host, no crash
+    assert router.route(ctx, b"other") is None
+    empty = RequestContext()
+    empty.path = None
+    with pytest.raises(ValueError):
+        router.route(empty, b"h")

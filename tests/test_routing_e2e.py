@@ -286,6 +286,14 @@ path = "/respond"
 set = {{ "X-Frame-Options" = "DENY" }}
 
 [[routes]]
+name = "star"
+upstream = "rw"
+[routes.match]
+host = "star.example"
+[routes.rewrite]
+host = "backend.internal"
+
+[[routes]]
 name = "nocontent"
 respond = {{ status = 204 }}
 [routes.match]
@@ -343,7 +351,16 @@ upstream = "rw"
 path_prefix = "/dots/"
 [routes.rewrite]
 regex = '^/dots/(.*)$'
-replace = "/x/../{{1}}"
+replace = "/x//{{1}}/%7e"
+
+[[routes]]
+name = "query-path"
+upstream = "rw"
+[routes.match]
+path = "/query-path"
+[routes.rewrite]
+regex = '^/query-path$'
+replace = "/search/{{query}}"
 
 [[routes]]
 name = "climb"
@@ -942,7 +959,8 @@ def test_respond_defaults(env: Setup) -> None:
     ("/both-ends/x", "/v2/x"),
     ("/both-ends", "/v2/"),
     ("/legacy/a/b?c=d", "/modern/a/b?c=d"),
-    ("/dots/y/z", "/y/z"),                       # the rewritten path is normalized again
+    ("/dots/y/z", "/x/y/z/~"),                   # the rewritten path is normalized again
+    ("/query-path?../admin", "/search/..%2Fadmin?../admin"),  # a variable is one segment
 ])
 def test_path_rewrites(env: Setup, target: str, forwarded: str) -> None:
     resp = send(env, target)
@@ -950,10 +968,11 @@ def test_path_rewrites(env: Setup, target: str, forwarded: str) -> None:
     assert env.origins["rw"].requests[-1].target == forwarded
 
 
-def test_rewrite_climbing_above_root_is_400(env: Setup) -> None:
+@pytest.mark.parametrize("target", ["/climb/x", "/query-path?.."])
+def test_rewrite_making_a_dot_segment_is_400(env: Setup, target: str) -> None:
     before = len(env.origins["rw"].requests)
     with RawClient(env.port) as c:
-        c.send(request_bytes("/climb/x"))
+        c.send(request_bytes(target))
         resp = c.read_response()
         assert resp.status == 400
         assert_closed_cleanly(c)
@@ -1043,3 +1062,25 @@ def test_response_header_edits_with_requests(env: Setup) -> None:
 def test_proxy_log_has_no_tracebacks(env: Setup) -> None:
     log = env.proxy.log()
     assert "Traceback" not in log, log
+
+
+def test_options_star_keeps_its_target_and_gets_the_rewritten_host(env: Setup) -> None:
+    resp = send(env, "*", host="star.example", method="OPTIONS")
+    assert resp.status == 200
+    req = env.origins["rw"].requests[-1]
+    assert (req.method, req.target) == ("OPTIONS", "*")
+    assert req.header("Host") == "backend.internal"
+    assert req.header("X-Forwarded-Host") == "star.example"
+
+
+def test_respond_to_expect_continue_closes_instead_of_waiting(env: Setup) -> None:
+    # The client announces a body and waits for "100 Continue", which a static
+    # answer never sends: the answer says close and the connection ends, so the
+    # body it may still send is not read as the next request.
+    with RawClient(env.port) as c:
+        c.send(b"POST /respond HTTP/1.1\r\nHost: t.example\r\nContent-Length: 10\r\n"
+               b"Expect: 100-continue\r\n\r\n")
+        resp = c.read_response()
+        assert (resp.status, resp.body) == (202, b"hello\n")
+        assert resp.header("Connection") == "close"
+        assert_closed_cleanly(c)

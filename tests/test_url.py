@@ -18,7 +18,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fastproxy._url import IpSet, normalize_host, normalize_path, query_edit, query_get
+from fastproxy._url import (
+    IpSet,
+    escape_path,
+    has_dot_segment,
+    normalize_host,
+    normalize_path,
+    query_edit,
+    query_get,
+)
 
 PROPERTY = settings(max_examples=500, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -66,12 +74,17 @@ def ref_normalize_path(path: bytes, merge_slashes: bool = True) -> bytes | None:
             decoded += bytes([value]) if value in UNRESERVED else b"%" + escape.upper()
             i += 3
         else:
-            decoded += b"%%%02X" % c if c >= 0x80 else bytes([c])
+            decoded += bytes([c]) if c in PATH_CHARS else b"%%%02X" % c
             i += 1
     text = bytes(decoded)
     if merge_slashes:
         text = re.sub(rb"/+", b"/", text)
     return ref_remove_dot_segments(text)
+
+
+# RFC 3986 pchar, "/" and "%": every other byte is percent-encoded.
+PATH_CHARS = frozenset(
+    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:@/%")
 
 
 def ref_normalize_host(host: bytes | None) -> bytes:
@@ -122,7 +135,8 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def ref_contains(networks: list[Network], text: bytes) -> bool:
-    """`text` parsed by ipaddress; an IPv4 address and its ::ffff: form are the same."""
+    """`text` parsed by ipaddress; a ::ffff: client is also its IPv4 address (a
+    dual-stack socket's peer), an IPv4 client is only that."""
     if b"\x00" in text:  # the C side hands inet_pton a C string
         return False
     try:
@@ -132,8 +146,6 @@ def ref_contains(networks: list[Network], text: bytes) -> bool:
     forms: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [address]
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         forms.append(address.ipv4_mapped)
-    if isinstance(address, ipaddress.IPv4Address):
-        forms.append(ipaddress.IPv6Address(f"::ffff:{address}"))
     return any(form.version == net.version and form in net for form in forms for net in networks)
 
 
@@ -191,6 +203,11 @@ PATHS: list[tuple[bytes, bytes | None, bytes | None]] = [
     (b"/caf%c3%a9", b"/caf%C3%A9", b"/caf%C3%A9"),
     (b"/caf%C3%A9", b"/caf%C3%A9", b"/caf%C3%A9"),
     (b"/\x80\xff", b"/%80%FF", b"/%80%FF"),
+    # Bytes RFC 3986 keeps out of paths are data, never separators: "\\" must not
+    # reach an upstream (or a browser, via a Location) that reads it as "/".
+    (b"/old/\\evil.com", b"/old/%5Cevil.com", b"/old/%5Cevil.com"),
+    (b'/a"<>^`{|}', b"/a%22%3C%3E%5E%60%7B%7C%7D", b"/a%22%3C%3E%5E%60%7B%7C%7D"),
+    (b"/a;b=c,d:e@f!$&'()*+", b"/a;b=c,d:e@f!$&'()*+", b"/a;b=c,d:e@f!$&'()*+"),  # pchar
     (b"//a//b", b"/a/b", b"//a//b"),
     (b"///", b"/", b"///"),
     (b"/a//", b"/a/", b"/a//"),
@@ -478,14 +495,16 @@ def nets(*texts: str) -> IpSet:
     (("10.0.0.0/8",), b"::ffff:10.1.2.3", True),
     (("10.0.0.0/8",), b"::FFFF:a01:203", True),     # the same, in hex
     (("10.0.0.0/8",), b"::10.1.2.3", False),        # IPv4-compatible is not mapped
-    (("::ffff:10.0.0.0/104",), b"10.1.2.3", True),
+    (("::ffff:10.0.0.0/104",), b"10.1.2.3", False),  # an IPv4 client: IPv4 networks only
+    (("::ffff:10.0.0.0/104",), b"::ffff:10.1.2.3", True),
     (("::1/128",), b"::1", True),
     (("::1/128",), b"0:0:0:0:0:0:0:1", True),
     (("::1/128",), b"::2", False),
     (("::1/128",), b"127.0.0.1", False),
     (("0.0.0.0/0",), b"203.0.113.9", True),
     (("0.0.0.0/0",), b"2001:db8::1", False),
-    (("::/0",), b"203.0.113.9", True),              # ::/0 holds ::ffff:0:0/96 too
+    (("::/0",), b"203.0.113.9", False),             # ::/0 holds ::ffff:0:0/96, not IPv4
+    (("::/0",), b"::ffff:203.0.113.9", True),
     (("192.168.1.0/25",), b"192.168.1.127", True),
     (("192.168.1.0/25",), b"192.168.1.128", False),
     (("2001:db8::/33",), b"2001:db8:7fff::1", True),
@@ -571,3 +590,26 @@ def test_ip_set_matches_ipaddress(data: st.DataObject, candidates: list[Network]
                      | st.text("0123456789abcdefABCDEF:.%", max_size=24).map(str.encode)
                      | st.binary(max_size=20))
     assert ip_set.contains(text) is ref_contains(candidates, text)
+
+
+@pytest.mark.parametrize(("path", "segment", "want"), [
+    (b"/a/b", False, b"/a/b"),
+    (b"/a b?c#d", False, b"/a%20b%3Fc%23d"),
+    (b"/a/b%2F", True, b"%2Fa%2Fb%252F"),
+    (b"x=1&y", True, b"x=1&y"),
+    (b"\\", True, b"%5C"),
+])
+def test_escape_path(path: bytes, segment: bool, want: bytes) -> None:
+    out = escape_path(path, segment)
+    assert out == want
+    if want == path:
+        assert out is path
+
+
+@pytest.mark.parametrize(("path", "want"), [
+    (b"/a/b", False), (b"/a/./b", True), (b"/a/..", True), (b"/..a", False),
+    (b"/a/%2e%2E/b", True), (b"/a/.%2e", True), (b"/.../", False), (b"/%2e%2e%2e", False),
+    (b".", True), (b"/a/b.", False), (b"/a/%2Fb/..%2F", False), (b"", False),
+])
+def test_has_dot_segment(path: bytes, want: bool) -> None:
+    assert has_dot_segment(path) is want

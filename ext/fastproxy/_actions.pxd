@@ -10,7 +10,7 @@ cdef class Template:
     cdef tuple _parts       # bytes literals, int variable codes, 1-tuples of capture keys
     cdef bytes _constant    # the value when there is no variable, else None
 
-    cdef bytes render(self, RequestContext ctx, object groups)
+    cdef bytes render(self, RequestContext ctx, object groups, bint in_path=*)
 
 
 cdef class HeaderEdits:
@@ -47,8 +47,9 @@ cdef class LocalAction(Action):
     cdef Template _body
     cdef tuple _headers         # (lower-case name, b"Name: ", Template)
     cdef bytes _status_line
-    cdef bint _has_type
-    cdef bint _bodiless         # 204 and 304 have no body
+    cdef bint _has_type         # the route names Content-Type (or removes it)
+    cdef bint _own_date         # ... or Date
+    cdef bint _bodiless         # 204, 205 and 304 have no body
 
     cdef bytes answer(self, RequestContext ctx, bytes date, bint keep, bint head_only,
                       long long* body_len)

@@ -7,10 +7,10 @@ variable comes from bytes the parser already validated (no CR, LF or NUL can
 appear), so a rendered header value cannot split a header.
 """
 cimport cython
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_GET_SIZE
 
 from fastproxy._router cimport RequestContext
-from fastproxy._url cimport normalize_path, query_edit
+from fastproxy._url cimport escape_path, has_dot_segment, normalize_path, query_edit
 
 # Variable codes of templates.
 cdef enum:
@@ -70,8 +70,10 @@ cdef class Template:
         self._constant = (b"".join(parts) if all(isinstance(p, bytes) for p in parts)
                           else None)
 
-    cdef bytes render(self, RequestContext ctx, object groups):
-        """The value for this request; `groups` is the re.Match captures refer to."""
+    cdef bytes render(self, RequestContext ctx, object groups, bint in_path=False):
+        """The value for this request; `groups` is the re.Match captures refer to.
+        `in_path`: the result becomes a path, and each variable but {path} stays
+        within one segment ("/", "%" and what a path cannot hold are escaped)."""
         if self._constant is not None:
             return self._constant
         out = []
@@ -79,7 +81,9 @@ cdef class Template:
             if type(part) is bytes:
                 out.append(part)
             elif type(part) is int:
-                out.append(_variable(ctx, <int>part))
+                value = _variable(ctx, <int>part)
+                out.append(escape_path(value, True) if in_path and <int>part != V_PATH
+                           else value)
             else:
                 value = groups.group((<tuple>part)[0]) if groups is not None else None
                 out.append(value if value is not None else b"")
@@ -116,33 +120,6 @@ cdef class Action:
     pass
 
 
-cdef inline bint _path_byte(unsigned char c) noexcept nogil:
-    """May `c` appear as is in a path? (RFC 3986 pchar, "/", and "%" of escapes)"""
-    return ((c >= b'a' and c <= b'z') or (c >= b'A' and c <= b'Z') or (c >= b'0' and c <= b'9')
-            or c == b'-' or c == b'.' or c == b'_' or c == b'~' or c == b'!' or c == b'$'
-            or c == b'&' or c == b"'" or c == b'(' or c == b')' or c == b'*' or c == b'+'
-            or c == b',' or c == b';' or c == b'=' or c == b':' or c == b'@' or c == b'/'
-            or c == b'%')
-
-
-cdef bytes _path_escaped(bytes path):
-    """`path` with every byte a path cannot hold percent-encoded."""
-    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(path)
-    cdef Py_ssize_t i, n = PyBytes_GET_SIZE(path)
-    for i in range(n):
-        if not _path_byte(p[i]):
-            break
-    else:
-        return path
-    out = bytearray(path[:i])
-    for i in range(i, n):
-        if _path_byte(p[i]):
-            out.append(p[i])
-        else:
-            out += b"%%%02X" % p[i]
-    return bytes(out)
-
-
 @cython.final
 cdef class ProxyAction(Action):
     """Proxy to an upstream group, after the route's rewrites."""
@@ -169,7 +146,7 @@ cdef class ProxyAction(Action):
 
     cdef bytes target(self, RequestContext ctx):
         """The rewritten request target (path and query); None when the
-        rewritten path is not a valid one (it climbs above the root)."""
+        rewritten path is refused (a "." or ".." segment from the replace)."""
         cdef bytes path = ctx.path
         cdef bytes query
         cdef bint changed = False
@@ -181,9 +158,13 @@ cdef class ProxyAction(Action):
         if self._regex is not None:
             m = self._regex.search(path)
             if m is not None:
-                # Variables may bring "?", spaces etc.: they stay part of the path.
-                path = _path_escaped(
-                    path[:m.start()] + self._replace.render(ctx, m) + path[m.end():])
+                # Whatever the template brings stays part of the path ("?" and
+                # spaces escaped), and may not add "." or ".." segments: the
+                # client's bytes must not choose where the request goes.
+                path = escape_path(
+                    path[:m.start()] + self._replace.render(ctx, m, True) + path[m.end():])
+                if has_dot_segment(path):
+                    return None
                 changed = True
         if self._add is not None:
             path = self._add + path[1:] if self._add.endswith(b"/") else self._add + path
@@ -227,15 +208,21 @@ cdef class LocalAction(Action):
         the Location of a redirect among them."""
         self.kind = kind
         self.status = status
-        self._bodiless = status == 204 or status == 304
+        # No content for 204, 205 and 304 (RFC 9110 §15.3.5, 15.3.6, 15.4.5).
+        self._bodiless = status == 204 or status == 205 or status == 304
         self._body = Template(body) if body is not None and not self._bodiless else None
         self.response_edits = HeaderEdits(response_headers) if response_headers else None
         drop = self.response_edits.drop if self.response_edits is not None else ()
         own = [(name.lower().encode(), name.encode() + b": ", Template(value))
                for name, value in headers]
         self._headers = tuple(h for h in own if h[0] not in drop)
-        self._has_type = any(h[0] == b"content-type" for h in own) or b"content-type" in drop
-        server = b"" if b"server" in drop else b"Server: fastproxy\r\n"
+        # The route's own fields replace ours (never two Server, Date or Content-Type).
+        named = {h[0] for h in own} | set(drop)
+        if response_headers:
+            named.update(n.lower().encode() for n, _ in response_headers.add)
+        self._has_type = b"content-type" in named
+        self._own_date = b"date" in named
+        server = b"" if b"server" in named else b"Server: fastproxy\r\n"
         self._status_line = b"HTTP/1.1 %d %s\r\n%s" % (status, reason.encode(), server)
 
     cdef bytes answer(self, RequestContext ctx, bytes date, bint keep, bint head_only,
@@ -251,11 +238,14 @@ cdef class LocalAction(Action):
             out.append(self.response_edits.render(ctx))
         if body and not self._has_type:
             out.append(b"Content-Type: " + _PLAIN_TEXT + b"\r\n")
-        if not self._bodiless:
+        if not self._bodiless or self.status == 205:  # 205: "Content-Length: 0"
             out.append(b"Content-Length: %d\r\n" % PyBytes_GET_SIZE(body))
-        out.append(b"Connection: keep-alive\r\nDate: " if keep else b"Connection: close\r\nDate: ")
-        out.append(date)
-        out.append(b"\r\n\r\n")
+        out.append(b"Connection: keep-alive\r\n" if keep else b"Connection: close\r\n")
+        if not self._own_date:
+            out.append(b"Date: ")
+            out.append(date)
+            out.append(b"\r\n")
+        out.append(b"\r\n")
         if head_only:
             body_len[0] = 0
         else:

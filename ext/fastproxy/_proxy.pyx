@@ -243,6 +243,8 @@ cdef class Core:
 
     def client_factory(self, int listener):
         """The protocol factory of listener number `listener` (config order)."""
+        if not 0 <= listener < len(self.listener_names):
+            raise ValueError(f"no listener number {listener}")
         def new_client():
             return ClientConnection(self, listener)
         return new_client
@@ -699,14 +701,14 @@ cdef class Exchange:
 
     cdef int proxy(self, ProxyAction action) except -1:
         cdef RequestContext ctx = self.ctx
-        if action.rewrites and self.target != b"*":
-            self.target = action.target(ctx)
-            if self.target is None:
-                self.respond_local(400, True)
-                return 0
+        self.upstream_host = self.host
+        if action.rewrites:
+            if self.target != b"*":  # OPTIONS * keeps its target
+                self.target = action.target(ctx)
+                if self.target is None:
+                    self.respond_local(400, True)
+                    return 0
             self.upstream_host = action.upstream_host(ctx, self.host)
-        else:
-            self.upstream_host = self.host
         if action.request_edits is not None:
             self.req_drop = action.request_edits.drop
             self.req_extra = action.request_edits.render(ctx)
@@ -723,9 +725,14 @@ cdef class Exchange:
         cdef Core core = self.core
         cdef bint keep = req.keep_alive and not core.closing
         cdef long long body_len = 0
-        cdef bytes data = action.answer(self.ctx, core.clock.http_date, keep,
-                                        req.is_head_request, &body_len)
-        self.send_local(action.status, data, body_len, keep, False)
+        cdef bytes data
+        # A client waiting for "100 Continue" may never send the body it announced:
+        # end the connection after the answer (lingering) rather than wait for it.
+        cdef bint close = req.expect_continue and req.body_kind != K_NONE and not self.req_done
+        if close:
+            keep = False
+        data = action.answer(self.ctx, core.clock.http_date, keep, req.is_head_request, &body_len)
+        self.send_local(action.status, data, body_len, keep, close)
         return 0
 
     # -- phase 2: an upstream connection ---------------------------------------------

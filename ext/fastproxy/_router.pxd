@@ -77,6 +77,7 @@ cdef class PathTable:
     cdef int* _scratch              # hit positions of one lookup (at most one per entry)
 
     cdef _flatten(self, list nodes)
+    cdef _free(self)
     cdef inline int _child(self, int node, unsigned char byte) noexcept nogil
     cdef int _walk(self, const char* p, Py_ssize_t pl) noexcept nogil
     cdef Rule find(self, RequestContext ctx)
@@ -90,5 +91,6 @@ cdef class Router:
     cdef PathTable _any
     cdef tuple _defaults            # per listener: (host bytes, PathTable) or None
 
+    cdef PathTable _table_for(self, bytes host)
     cdef PathTable resolve_host(self, RequestContext ctx, bytes host_header)
     cpdef Rule route(self, RequestContext ctx, bytes host_header)

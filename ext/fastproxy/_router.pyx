@@ -118,7 +118,10 @@ cpdef RequestContext new_context(MessageHead head, bint merge_slashes, bytes cli
         return ctx
     if PyBytes_AS_STRING(target)[0] != b'/':
         # absolute-form (RFC 9112 §3.2.2): the authority replaces Host.
-        rest = target.split(b"://", 1)[1]
+        i = target.find(b"://")
+        if i < 0:
+            return ctx  # path None (the parser lets only http(s)://... through)
+        rest = target[i + 3:]
         end = len(rest)
         for stop in (b"/", b"?"):
             i = rest.find(stop)
@@ -198,15 +201,6 @@ cdef class Rule:
                 return True
         return False
 
-    def covers_wildcard(self, bytes suffix):
-        """Does this rule accept every host that ends with `suffix` (".example.com")?"""
-        if self.any_host:
-            return True
-        for own in self._suffixes:
-            if suffix.endswith(own):
-                return True
-        return False
-
     @property
     def trie_paths(self):
         """(path, entry kind) pairs this rule puts into a trie."""
@@ -229,10 +223,14 @@ cdef class Rule:
 
     cdef bint check_path(self, bytes path) noexcept:
         cdef bytes p
-        cdef Py_ssize_t n, pl = PyBytes_GET_SIZE(path)
-        cdef const char* s = PyBytes_AS_STRING(path)
+        cdef Py_ssize_t n, pl
+        cdef const char* s
         if not self.has_path:
             return True
+        if path is None:
+            return False
+        pl = PyBytes_GET_SIZE(path)
+        s = PyBytes_AS_STRING(path)
         for p in self._paths:
             if p == path:
                 return True
@@ -317,7 +315,15 @@ cdef class PathTable:
     """The candidate rules of one host class: a byte trie of their exact paths
     and prefixes, plus the rules the trie cannot decide for (checked in order)."""
 
+    def __cinit__(self):
+        self.rules = ()
+        self.always = ()
+        self._flatten([({}, [])])  # an empty trie until __init__ runs
+
     def __init__(self, tuple rules):
+        for rule in rules:
+            if not isinstance(rule, Rule):
+                raise TypeError(f"PathTable needs Rule objects, not {type(rule).__name__}")
         self.rules = rules
         always = []
         nodes = [({}, [])]  # (children: byte -> node id, entries: [(position, kind)])
@@ -342,6 +348,7 @@ cdef class PathTable:
         cdef int n = len(nodes), edges = sum(len(c) for c, _ in nodes)
         cdef int entries = sum(len(e) for _, e in nodes)
         cdef int i, k = 0, m = 0
+        self._free()
         self._nodes = n
         self._entries = entries
         self._node_edges = <int*>PyMem_Malloc(sizeof(int) * 4 * n)
@@ -368,13 +375,18 @@ cdef class PathTable:
                 self._entry_kind[m] = kind
                 m += 1
 
-    def __dealloc__(self):
+    cdef _free(self):
         PyMem_Free(self._node_edges)
         PyMem_Free(self._edge_byte)
         PyMem_Free(self._edge_child)
         PyMem_Free(self._entry_pos)
         PyMem_Free(self._entry_kind)
         PyMem_Free(self._scratch)
+        self._node_edges = self._edge_child = self._entry_pos = self._scratch = NULL
+        self._edge_byte = self._entry_kind = NULL
+
+    def __dealloc__(self):
+        self._free()
 
     @property
     def node_count(self):
@@ -425,7 +437,10 @@ cdef class PathTable:
 
     cdef Rule find(self, RequestContext ctx):
         cdef bytes path = ctx.path
-        cdef int hits = self._walk(PyBytes_AS_STRING(path), PyBytes_GET_SIZE(path))
+        cdef int hits
+        if path is None:
+            raise ValueError("the request context has no path (an invalid request)")
+        hits = self._walk(PyBytes_AS_STRING(path), PyBytes_GET_SIZE(path))
         cdef tuple always = self.always
         cdef Py_ssize_t na = len(always)
         cdef int i = 0, j = 0, pos, last = -1
@@ -459,38 +474,61 @@ cdef class Router:
         """`rules` in file order; `listener_defaults[i]` is listener i's default
         host (normalized bytes) or None."""
         self.rules = tuple(rules)
+        for r in self.rules:
+            if not isinstance(r, Rule):
+                raise TypeError(f"Router needs Rule objects, not {type(r).__name__}")
         self.by_host = any(not (<Rule>r).any_host for r in self.rules)
+        any_host = [r for r in self.rules if (<Rule>r).any_host]
+        by_name = {}    # exact host -> the rules naming it
+        by_suffix = {}  # ".suffix" -> the rules with that wildcard
+        for r in self.rules:
+            for h in (<Rule>r)._hosts:
+                by_name.setdefault(h, []).append(r)
+            for x in (<Rule>r)._suffixes:
+                by_suffix.setdefault(x, []).append(r)
         shared = {}  # equal candidate lists share one table
 
         def table(candidates):
-            key = tuple((<Rule>r).index for r in candidates)
+            ordered = sorted(set(candidates), key=lambda r: (<Rule>r).index)
+            key = tuple((<Rule>r).index for r in ordered)
             found = shared.get(key)
             if found is None:
-                found = shared[key] = PathTable(tuple(candidates))
+                found = shared[key] = PathTable(tuple(ordered))
             return found
 
-        self._any = table([r for r in self.rules if (<Rule>r).any_host])
-        names = set()
-        suffixes = set()
-        for r in self.rules:
-            names.update((<Rule>r)._hosts)
-            suffixes.update((<Rule>r)._suffixes)
-        self._exact = {h: table([r for r in self.rules if r.matches_host(h)]) for h in names}
-        self._wild = {s: table([r for r in self.rules if r.covers_wildcard(s)])
-                      for s in suffixes}
+        def wildcards_over(bytes name, Py_ssize_t first):
+            # The rules of every wildcard ".x" that `name` ends with, from position `first`.
+            out = []
+            for i in range(first, len(name)):
+                if name[i] == 0x2E:  # "."
+                    out.extend(by_suffix.get(name[i:], ()))
+            return out
+
+        # A host's candidates: the rules naming it, the wildcards over it, any-host
+        # rules. Built from the indexes above, not by testing every rule per host.
+        self._any = table(any_host)
+        self._exact = {h: table(named + wildcards_over(h, 1) + any_host)
+                       for h, named in by_name.items()}
+        self._wild = {x: table(wildcards_over(x, 0) + any_host) for x in by_suffix}
         self._defaults = tuple(
             (d, self._table_for(d)) if d is not None else None for d in listener_defaults)
 
-    def _table_for(self, bytes host):
+    cdef PathTable _table_for(self, bytes host):
         """The table of a normalized host, or None when no rule names it."""
-        found = self._exact.get(host)
+        cdef PathTable found = self._exact.get(host)
+        cdef Py_ssize_t i
+        cdef const char* h
         if found is None and self._wild:
-            for i in range(1, len(host)):
-                if host[i] == 0x2E:  # "."
+            h = PyBytes_AS_STRING(host)
+            for i in range(1, PyBytes_GET_SIZE(host)):
+                if h[i] == b'.':
                     found = self._wild.get(host[i:])
                     if found is not None:
                         break
         return found
+
+    def table_for(self, bytes host not None):
+        return self._table_for(host)
 
     @property
     def table_count(self):
@@ -501,7 +539,7 @@ cdef class Router:
         cdef bytes host
         cdef PathTable found = None
         cdef tuple default = None
-        if ctx.listener < len(self._defaults):
+        if 0 <= ctx.listener < len(self._defaults):
             default = self._defaults[ctx.listener]
         ctx._default_host = default[0] if default is not None else None
         ctx._host = None

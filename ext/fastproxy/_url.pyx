@@ -83,7 +83,7 @@ cdef bint _path_is_normal(const unsigned char* p, Py_ssize_t n, bint merge) noex
             if _unreserved(<unsigned char>(hi * 16 + lo)):
                 return False
             i += 2
-        elif c >= 0x80:
+        elif not path_char(c):
             return False
         i += 1
     return not _is_dot_segment(p + seg, n - seg)
@@ -115,7 +115,9 @@ cdef Py_ssize_t _decode_path(const unsigned char* p, Py_ssize_t n, bint merge,
                 j += 3
             i += 3
             continue
-        if c >= 0x80:
+        if not path_char(c):
+            # Bytes >= 0x80 and those RFC 3986 keeps out of paths ("\\", '"', "<",
+            # "{", ...): as data, never something an upstream may read as "/".
             out[j] = b'%'
             out[j + 1] = HEX[c >> 4]
             out[j + 2] = HEX[c & 15]
@@ -160,6 +162,59 @@ cdef Py_ssize_t _remove_dot_segments(unsigned char* b, Py_ssize_t m) noexcept no
             w += e - r
         r = e
     return w
+
+
+cpdef bytes escape_path(bytes path, bint segment=False):
+    """`path` with every byte a path cannot hold as is percent-encoded; with
+    `segment`, "/" and "%" too (a value that must stay inside one segment)."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(path)
+    cdef Py_ssize_t i, n = PyBytes_GET_SIZE(path), j = 0
+    cdef unsigned char c
+    cdef bytes out
+    cdef unsigned char* q
+    for i in range(n):
+        c = p[i]
+        if not path_char(c) or (segment and (c == b'/' or c == b'%')):
+            break
+    else:
+        return path
+    out = PyBytes_FromStringAndSize(NULL, 3 * n)
+    q = <unsigned char*>PyBytes_AS_STRING(out)
+    for i in range(n):
+        c = p[i]
+        if not path_char(c) or (segment and (c == b'/' or c == b'%')):
+            q[j] = b'%'
+            q[j + 1] = HEX[c >> 4]
+            q[j + 2] = HEX[c & 15]
+            j += 3
+        else:
+            q[j] = c
+            j += 1
+    return out[:j]
+
+
+cpdef bint has_dot_segment(bytes path):
+    """Does `path` hold a "." or ".." segment, also spelled with %2E?"""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(path)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(path), i = 0, start, dots
+    while i <= n:
+        start = i
+        dots = 0
+        while i < n and p[i] != b'/':
+            if p[i] == b'.':
+                dots += 1
+                i += 1
+            elif (p[i] == b'%' and i + 2 < n and p[i + 1] == b'2'
+                    and (p[i + 2] == b'E' or p[i + 2] == b'e')):
+                dots += 1
+                i += 3
+            else:
+                dots = 3  # not only dots
+                i += 1
+        if 0 < dots <= 2 and i > start:
+            return True
+        i += 1
+    return False
 
 
 cpdef bytes normalize_path(bytes path, bint merge_slashes=True):
@@ -435,8 +490,9 @@ cpdef bytes query_edit(bytes query, tuple remove, tuple set_pairs):
 # -- client addresses -------------------------------------------------------------------
 
 
-cdef bint _parse_ip(const char* text, Py_ssize_t n, unsigned char* addr) noexcept nogil:
-    """Client address text into 16 bytes (IPv4 as ::ffff:a.b.c.d), False if unparsable.
+cdef int _parse_ip(const char* text, Py_ssize_t n, unsigned char* addr) noexcept nogil:
+    """Client address text into 16 bytes (IPv4 as ::ffff:a.b.c.d): 4 or 6 for the
+    family of the text, 0 if unparsable.
 
     An IPv6 zone ("fe80::1%eth0", as getnameinfo reports link-local peers) is
     dropped: it names an interface, not part of the address a rule matches.
@@ -453,7 +509,7 @@ cdef bint _parse_ip(const char* text, Py_ssize_t n, unsigned char* addr) noexcep
         memset(addr, 0, 10)
         addr[10] = 0xFF
         addr[11] = 0xFF
-        return inet_pton(AF_INET, buf, addr + 12) == 1
+        return 4 if inet_pton(AF_INET, buf, addr + 12) == 1 else 0
     zone = <const char*>memchr(text, b'%', n)
     if zone != NULL:
         # One non-empty zone, as ipaddress accepts it.
@@ -464,7 +520,7 @@ cdef bint _parse_ip(const char* text, Py_ssize_t n, unsigned char* addr) noexcep
         return False
     memcpy(buf, text, n)
     buf[n] = 0
-    return inet_pton(AF_INET6, buf, addr) == 1
+    return 6 if inet_pton(AF_INET6, buf, addr) == 1 else 0
 
 
 cdef inline bint _in_network(const unsigned char* addr, const IpNetwork* net) noexcept nogil:
@@ -480,7 +536,8 @@ cdef class IpSet:
 
     IPv4 is kept in its IPv4-mapped IPv6 form, so one 16-byte comparison serves
     both families and a dual-stack socket's "::ffff:10.1.2.3" peer matches
-    "10.0.0.0/8".
+    "10.0.0.0/8". An IPv4 client matches IPv4 networks only: "::/0" covers the
+    mapped range, but not a peer of an IPv4 socket.
     """
 
     def __init__(self, networks):
@@ -503,7 +560,9 @@ cdef class IpSet:
                 arr[i].addr[11] = 0xFF
                 memcpy(arr[i].addr + 12, PyBytes_AS_STRING(packed), 4)
                 arr[i].prefix = net.prefixlen + 96
+                arr[i].v4 = True
             else:
+                arr[i].v4 = False
                 memcpy(arr[i].addr, PyBytes_AS_STRING(packed), 16)
                 arr[i].prefix = net.prefixlen
         PyMem_Free(self._nets)
@@ -517,11 +576,15 @@ cdef class IpSet:
         """Is the client address text `ip` in one of the networks? False if unparsable."""
         cdef unsigned char addr[16]
         cdef Py_ssize_t i
+        cdef int family
         if ip is None:
             raise TypeError("IpSet.contains() needs bytes, not None")
-        if not _parse_ip(PyBytes_AS_STRING(ip), PyBytes_GET_SIZE(ip), addr):
+        family = _parse_ip(PyBytes_AS_STRING(ip), PyBytes_GET_SIZE(ip), addr)
+        if family == 0:
             return False
         for i in range(self._n):
+            if family == 4 and not self._nets[i].v4:
+                continue
             if _in_network(addr, &self._nets[i]):
                 return True
         return False

@@ -524,7 +524,7 @@ PROXY_OWNED_HEADERS: Final = frozenset(
     }
 )
 _REDIRECT_STATUSES: Final = (301, 302, 303, 307, 308)
-_NO_BODY_STATUSES: Final = (204, 304)
+_NO_BODY_STATUSES: Final = (204, 205, 304)
 
 _ROUTE_KEYS: Final = (
     "name",
@@ -1233,11 +1233,36 @@ def shadows(a: RouteMatch, b: RouteMatch) -> bool:
     )
 
 
+def _covering_host_keys(host: str) -> list[str]:
+    """Keys of the host patterns that may cover `host`: itself, and ".x" for every
+    wildcard "*.x" that it ends with."""
+    name = host[2:] if host.startswith("*.") else host
+    keys = [host]
+    if host.startswith("*."):
+        keys.append(host[1:])
+    keys.extend(name[i:] for i in range(len(name)) if name[i] == ".")
+    return keys
+
+
 def route_warnings(routes: Sequence[Route]) -> list[tuple[str, str]]:
-    """(key, reason) for every route that an earlier route leaves unreachable."""
+    """(key, reason) for every route that an earlier route leaves unreachable.
+
+    Only earlier routes that can cover the later one's first host are compared
+    (found through an index by host), so thousands of host routes stay cheap.
+    """
     result: list[tuple[str, str]] = []
-    for j, later in enumerate(routes):
-        for earlier in routes[:j]:
+    any_host: list[Route] = []
+    by_key: dict[str, list[Route]] = {}  # exact host, or ".x" for "*.x"
+    for later in routes:
+        hosts = later.match.hosts
+        if hosts is None:
+            candidates = any_host
+        else:
+            found = list(any_host)
+            for key in _covering_host_keys(hosts[0]):
+                found.extend(by_key.get(key, ()))
+            candidates = sorted(found, key=lambda r: r.index)
+        for earlier in candidates:
             if shadows(earlier.match, later.match):
                 if earlier.match.matches_everything:
                     what = "matches every request"
@@ -1245,4 +1270,9 @@ def route_warnings(routes: Sequence[Route]) -> list[tuple[str, str]]:
                     what = "matches every request this route matches"
                 result.append((f"routes[{later.index}]", f"unreachable: {earlier.label} {what}"))
                 break
+        if hosts is None:
+            any_host.append(later)
+        else:
+            for h in hosts:
+                by_key.setdefault(h[1:] if h.startswith("*.") else h, []).append(later)
     return result
