@@ -1,22 +1,29 @@
 #!/usr/bin/env bash
 # The project's test command (see README): installs what the tests need, runs
 # pytest, proves that the sdist carries the pinned third-party C sources and
-# builds without network, then runs the parser fuzz target for a bounded time.
+# builds without network, then runs the fuzz targets (parser, config loader,
+# URL helpers), each for a bounded time.
 #
 #   ci/test.sh                 everything (what CI runs, through .ci/run)
 #   ci/test.sh PYTEST_ARGS...  only pytest, with these arguments (a subset)
 #   ci/test.sh --setup-only    system packages + .venv + editable install, nothing else
 #
 # Environment: PYTHON (interpreter for the venv, default python3.11/python3),
-# FASTPROXY_VENV (default .venv in the repo), FASTPROXY_FUZZ_SECONDS (default 20).
+# FASTPROXY_VENV (default .venv in the repo), FASTPROXY_FUZZ_SECONDS (parser fuzzing,
+# default 20), FASTPROXY_FUZZ_SMALL_SECONDS (config and URL fuzzing, each, default 10).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 VENV="${FASTPROXY_VENV:-$ROOT/.venv}"
 VPY="$VENV/bin/python"
-FUZZ_TARGET="tests/fuzz/fuzz_parser.py"
 FUZZ_SECONDS="${FASTPROXY_FUZZ_SECONDS:-20}"
+FUZZ_SMALL_SECONDS="${FASTPROXY_FUZZ_SMALL_SECONDS:-10}"
+FUZZ_TARGETS=(  # target=seconds, run in this order
+    "tests/fuzz/fuzz_parser.py=$FUZZ_SECONDS"
+    "tests/fuzz/fuzz_config.py=$FUZZ_SMALL_SECONDS"
+    "tests/fuzz/fuzz_url.py=$FUZZ_SMALL_SECONDS"
+)
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PIP_PROGRESS_BAR=off
 export DEBIAN_FRONTEND=noninteractive
 
@@ -245,23 +252,30 @@ PY
 }
 
 run_fuzz() {
-    if [ ! -f "$FUZZ_TARGET" ]; then
-        log "skipping fuzzing: $FUZZ_TARGET does not exist yet"
-        return 0
-    fi
     if ! "$VPY" -c 'import atheris' 2>/dev/null; then
         warn "skipping fuzzing: atheris is not installed (see the install step above)"
         return 0
     fi
-    log "fuzzing: $FUZZ_TARGET -max_total_time=$FUZZ_SECONDS"
     mkdir -p "$ROOT/build/fuzz-artifacts"
-    # timeout is a backstop in case the target ignores libFuzzer's time limit.
-    timeout --kill-after=30 $((FUZZ_SECONDS * 3 + 60)) \
-        "$VPY" "$FUZZ_TARGET" -max_total_time="$FUZZ_SECONDS" \
-        -artifact_prefix="$ROOT/build/fuzz-artifacts/" 2>"$WORK/fuzz.log" \
-        || { tail -n 60 "$WORK/fuzz.log" >&2
-             die "fuzzing $FUZZ_TARGET failed; crash inputs are in build/fuzz-artifacts/"; }
-    tail -n 3 "$WORK/fuzz.log"
+    local entry target seconds fuzz_log
+    for entry in "${FUZZ_TARGETS[@]}"; do
+        target="${entry%=*}"
+        seconds="${entry##*=}"
+        if [ ! -f "$target" ]; then
+            log "skipping fuzzing: $target does not exist yet"
+            continue
+        fi
+        log "fuzzing: $target -max_total_time=$seconds"
+        fuzz_log="$WORK/fuzz-$(basename "$target" .py).log"
+        # timeout is a backstop in case the target ignores libFuzzer's time limit.
+        timeout --kill-after=30 $((seconds * 3 + 60)) \
+            "$VPY" "$target" -max_total_time="$seconds" \
+            -artifact_prefix="$ROOT/build/fuzz-artifacts/" 2>"$fuzz_log" \
+            || { tail -n 60 "$fuzz_log" >&2
+                 die "fuzzing $target failed; crash inputs are in build/fuzz-artifacts/" \
+                     "(replay one: $VPY $target build/fuzz-artifacts/crash-...)"; }
+        tail -n 3 "$fuzz_log"
+    done
 }
 
 # Repeats pytest's counts last, as "pytest: N passed, N failed, N skipped".

@@ -560,6 +560,11 @@ REFUSED: list[tuple[dict[str, Any], str, str]] = [
         "invalid regular expression: missing ), unterminated subpattern at position 2",
     ),
     (
+        matching(path_regex="^/café$"),
+        "routes[0].match.path_regex",
+        "must be ASCII: a path is matched percent-encoded (write é as %C3%A9)",
+    ),
+    (
         # Matched on bytes: a str-only flag is refused here, not in the worker.
         matching(path_regex=r"(?u)^/\w+$"),
         "routes[0].match.path_regex",

@@ -848,6 +848,11 @@ class _RouteParser:
         if compiled is INVALID:
             return None
         assert isinstance(compiled, re.Pattern)
+        if not compiled.pattern.isascii():
+            # Paths are matched in their normalized form, where "é" is "%C3%A9".
+            self.ck.error(path, "must be ASCII: a path is matched percent-encoded "
+                                "(write é as %C3%A9)")
+            return None
         clashes = [name for name in compiled.groupindex if name in VARIABLES]
         if clashes:
             self.ck.error(

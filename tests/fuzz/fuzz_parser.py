@@ -9,7 +9,7 @@ exception allowed; anything else, or a broken invariant, is a crash.
     python tests/fuzz/fuzz_parser.py -max_total_time=20
     python tests/fuzz/fuzz_parser.py crash-<sha1>        # replay one input
 
-Without corpus arguments it reads the seeds in tests/fuzz/corpus/ and keeps what
+Without corpus arguments it reads the seeds in tests/fuzz/corpus/parser/ and keeps what
 it learns in build/fuzz-corpus/ (ignored by git); without -dict it uses
 tests/fuzz/http.dict.
 
@@ -47,7 +47,7 @@ from fastproxy._rewrite import (
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-SEEDS = HERE / "corpus"
+SEEDS = HERE / "corpus" / "parser"
 DICT = HERE / "http.dict"
 WORK_CORPUS = ROOT / "build" / "fuzz-corpus"
 
