@@ -184,3 +184,16 @@ def test_bad_config_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_subcommand_required(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["route"]) == 2
     assert "a subcommand is required (explain)" in capsys.readouterr().err
+
+
+def test_query_reason_shows_the_value_the_rule_read(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "q.toml"
+    path.write_text(CONFIG.split("[[routes]]")[0]
+                    + '[[routes]]\nmatch = { query = { v = "2" } }\nupstream = "api"\n'
+                    + '[[routes]]\nupstream = "web"\n')
+    code, out, _ = explain(capsys, str(path), "GET", "/x?v=%31&v=2")
+    assert code == 0
+    assert 'routes[0]: no — query v: wanted "2", found "1"' in out  # the first, decoded
+    code, out, _ = explain(capsys, str(path), "GET", "/x")
+    assert 'routes[0]: no — query v: wanted "2", found absent' in out

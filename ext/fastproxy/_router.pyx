@@ -210,10 +210,6 @@ cdef class Rule:
         return out
 
     # -- the decision ------------------------------------------------------------------
-    def failed(self, RequestContext ctx not None):
-        """The Failed code of the first condition that does not hold (0: a match)."""
-        return self.check(ctx)
-
     cdef int check(self, RequestContext ctx) except -1:
         if not self.any_host and not self.matches_host(ctx.route_host):
             return F_HOST
@@ -388,10 +384,6 @@ cdef class PathTable:
     def __dealloc__(self):
         self._free()
 
-    @property
-    def node_count(self):
-        return self._nodes
-
     cdef inline int _child(self, int node, unsigned char byte) noexcept nogil:
         cdef int lo = self._node_edges[4 * node]
         cdef int hi = lo + self._node_edges[4 * node + 1]
@@ -526,9 +518,6 @@ cdef class Router:
                     if found is not None:
                         break
         return found
-
-    def table_for(self, bytes host not None):
-        return self._table_for(host)
 
     @property
     def table_count(self):

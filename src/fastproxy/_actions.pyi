@@ -7,7 +7,6 @@ from typing import Any, Final, final
 from fastproxy import routeconf
 from fastproxy._router import RequestContext
 
-PROXY: Final = 0
 REDIRECT: Final = 1
 RESPOND: Final = 2
 VARIABLES: Final[dict[str, int]]

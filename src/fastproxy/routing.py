@@ -19,6 +19,7 @@ from fastproxy._actions import REDIRECT, RESPOND, LocalAction, ProxyAction
 from fastproxy._http import HttpParseError, MessageHead, RequestParser
 from fastproxy._rewrite import build_request_head
 from fastproxy._router import RequestContext, Router, Rule, new_context
+from fastproxy._url import query_get
 from fastproxy.config import Config, Route
 from fastproxy.responses import reason_phrase
 
@@ -156,7 +157,7 @@ def _describe_match(route: Route) -> str:
     return ", ".join(parts) if parts else "every request"
 
 
-def _test_found(kind: str, values: list[bytes]) -> str:
+def _test_found(values: list[bytes]) -> str:
     if not values:
         return "absent"
     return ", ".join(_q(v) for v in values)
@@ -182,17 +183,17 @@ def _why(route: Route, code: int, ctx: RequestContext, head: MessageHead,
         return f"method {head.method.decode()} is not {' | '.join(m.methods)}"
     if what == _F_HEADER:
         t = m.headers[index]
-        found = _test_found(t.kind, head.get_all(t.name.encode()))
+        found = _test_found(head.get_all(t.name.encode()))
         want = {"present": "present", "absent": "absent"}.get(t.kind) or (
             f"{_q(t.value or '')}" if t.kind == "equals" else f"~ {t.value!r}")
         return f"header {t.name}: wanted {want}, found {found}"
     if what == _F_QUERY:
         t = m.query[index]
-        pairs = urllib.parse.parse_qsl(ctx.query.decode("latin-1"), keep_blank_values=True)
-        values = [v.encode("latin-1", "replace") for k, v in pairs if k == t.name]
+        first = query_get(ctx.query, t.name.encode()) if ctx.has_query else None
+        values = [first] if first is not None else []  # the rule reads the first only
         want = {"present": "present", "absent": "absent"}.get(t.kind) or (
             f"{_q(t.value or '')}" if t.kind == "equals" else f"~ {t.value!r}")
-        return f"query {t.name}: wanted {want}, found {_test_found(t.kind, values)}"
+        return f"query {t.name}: wanted {want}, found {_test_found(values)}"
     if what == _F_CLIENT:
         assert m.client_ips is not None
         nets = " | ".join(str(n) for n in m.client_ips)
