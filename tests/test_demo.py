@@ -110,6 +110,13 @@ def test_demo_serves_and_stops_on_ctrl_c(demo: tuple[subprocess.Popen[bytes], in
         bad = requests.get(f"http://127.0.0.1:{port}/", headers={"Host": "bad host"}, timeout=5)
         assert bad.status_code == 400
 
+        health = s.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+        assert (health.status_code, health.text) == (200, "ok\n")
+        api = json.loads(s.get(f"http://127.0.0.1:{port}/api/users?x=1", timeout=5).text)
+        assert api["path"] == "/users?x=1"
+        assert len(api["headers"]["X-Request-Id"]) == 32
+    assert "route explain" in out.read_text()
+
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C goes to the whole foreground group
     assert proc.wait(10) == 0, out.read_text()
     deadline = time.monotonic() + 5

@@ -98,7 +98,9 @@ def run_backends(addresses: list[tuple[str, int]]) -> None:
 def run_demo(port: int = 8080) -> int:
     from fastproxy.master import serve
 
-    text = resources.files("fastproxy").joinpath("data", DEMO_CONFIG).read_text()
+    config_file = resources.files("fastproxy").joinpath("data", DEMO_CONFIG)
+    text = config_file.read_text()
+    config_path = str(config_file)
     data = tomllib.loads(text)
     data["listeners"][0]["address"] = f"127.0.0.1:{port}"
     try:
@@ -126,8 +128,11 @@ fastproxy demo: a proxy on {url} in front of demo upstreams on
   curl -s {url}/ | grep backend       # run twice: the backends alternate
   curl -s -o /dev/null -w '%{{size_download}} bytes\\n' {url}/big
   curl -i -H 'Host: bad host' {url}/  # a malformed request gets a 400
+  curl -i {url}/healthz               # answered by the proxy itself (a respond route)
+  curl -s {url}/api/users             # "/api" stripped, an X-Request-Id added
+  fastproxy route explain {config_path} GET {url}/api/users   # why it went there
 
-The config it runs: fastproxy/data/{DEMO_CONFIG} (also in examples/). Ctrl-C stops it.
+The config it runs: {config_path} (also examples/{DEMO_CONFIG}). Ctrl-C stops it.
 """, flush=True)
     try:
         return serve(config)
