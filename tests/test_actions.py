@@ -14,7 +14,7 @@ from fastproxy._rewrite import build_request_head, build_response_head
 from fastproxy._router import RequestContext, Router, new_context
 from fastproxy.config import Config, parse_config
 from fastproxy.routing import build_router
-from test_router import parse
+from test_router import HeadSink, parse
 
 BASE = """
 [[listeners]]
@@ -196,19 +196,7 @@ def test_response_header_edits() -> None:
                      'set = { "X-Frame-Options" = "DENY" }\nadd = { "X-Served-For" = "{host}" }\n')
     ctx, action = run(router, "GET", "/", host="Example.com:80")
     assert isinstance(action, ProxyAction) and action.response_edits is not None
-    class Keep:
-        head = None
-
-        def on_head(self, h: object) -> None:
-            self.head = h
-
-        def on_body(self, d: bytes) -> None:
-            pass
-
-        def on_message_complete(self) -> None:
-            pass
-
-    keep = Keep()
+    keep = HeadSink()
     ResponseParser(keep).feed(b"HTTP/1.1 200 OK\r\nServer: gunicorn\r\nX-Powered-By: php\r\n"
                               b"X-Frame-Options: SAMEORIGIN\r\nContent-Length: 0\r\n\r\n")
     edits = action.response_edits

@@ -22,7 +22,9 @@ from fastproxy._url import normalize_path
 from fastproxy.routeconf import Route, RouteMatch, ValueTest
 
 
-class _Sink:
+class HeadSink:
+    """A parser handler that keeps the last head (request or response)."""
+
     head: MessageHead | None = None
 
     def on_head(self, head: MessageHead) -> None:
@@ -41,7 +43,7 @@ def parse(method: str, target: str, host: str | None, headers: Sequence[tuple[st
     if host is not None:
         lines.append(f"Host: {host}")
     lines += [f"{k}: {v}" for k, v in headers]
-    sink = _Sink()
+    sink = HeadSink()
     RequestParser(sink).feed(("\r\n".join(lines) + "\r\n\r\n").encode())
     assert sink.head is not None
     return sink.head
