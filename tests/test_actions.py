@@ -310,3 +310,20 @@ def test_redirect_location_cannot_carry_a_backslash() -> None:
                      'redirect = { to = "{1}" }\n')
     out = answer(router, "GET", "/old/\\evil.com")
     assert b"\r\nLocation: /%5Cevil.com\r\n" in out
+
+
+def test_header_cookie_and_query_variables() -> None:
+    _, router = load('[[routes]]\nrespond = { body = "{header.X-User}|{cookie.sid}|{query.v}|'
+                     '{header.missing}|{cookie.none}|{query.none}" }\n')
+    out = answer(router, "GET", "/?v=a%20b&v=2", headers=(
+        ("x-user", "alice"), ("Cookie", "theme=dark; sid=abc123 ; x=1")))
+    assert out.endswith(b"\r\n\r\nalice|abc123|a b|||")
+
+
+def test_a_decoded_query_value_cannot_split_a_header() -> None:
+    _, router = load('[[routes]]\nupstream = "app"\n[routes.request_headers]\n'
+                     'set = { "X-V" = "{query.v}" }\n')
+    head = upstream_request(router, "GET", "/?v=a%0D%0AX-Evil:%201")
+    lines = header_lines(head)
+    assert b"X-V: a%0D%0AX-Evil:%201" in lines  # ":" is a path character
+    assert not any(line.startswith(b"X-Evil") for line in lines)

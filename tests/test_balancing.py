@@ -86,3 +86,82 @@ def test_down_server_is_skipped(make_origin: Callable[..., Origin],
     proxy = make_proxy({"pool": [f"127.0.0.1:{free_port()}", up.address]})
     assert names_of([get(proxy.port, f"/d{i}") for i in range(6)]) == ["up"] * 6
     assert len(up.requests) == 6
+
+
+# -- the other algorithms, end to end ------------------------------------------------------
+
+
+def get_as(port: int, path: str, headers: dict[str, str]) -> str:
+    """The name of the origin that answered a GET with `headers`."""
+    import requests
+
+    r = requests.get(f"http://127.0.0.1:{port}{path}", headers=headers, timeout=5)
+    assert r.status_code == 200, r.text
+    return r.text.split(" ", 1)[0]
+
+
+@pytest.mark.parametrize("algorithm", ["ring", "maglev"])
+def test_hash_key_keeps_a_user_on_one_server(algorithm: str, make_origin: Callable[..., Origin],
+                                             make_proxy: ProxyFactory) -> None:
+    origins = [make_origin(name=n) for n in ("a", "b", "c")]
+    proxy = make_proxy({"pool": [o.address for o in origins]}, workers=2,
+                       upstream_extra=f'balance = "{algorithm}"\nhash_key = "{{header.X-User}}"')
+    seen: dict[str, set[str]] = {}
+    for i in range(90):
+        user = f"user{i % 30}"
+        seen.setdefault(user, set()).add(get_as(proxy.port, f"/r{i}", {"X-User": user}))
+    # Each user always on one server (on fresh connections, so both workers served),
+    # and the 30 users spread over all three.
+    assert all(len(servers) == 1 for servers in seen.values()), seen
+    assert {s for servers in seen.values() for s in servers} == {"a", "b", "c"}
+
+
+def test_hash_key_defaults_to_the_client_address(make_origin: Callable[..., Origin],
+                                                 make_proxy: ProxyFactory) -> None:
+    origins = [make_origin(name=n) for n in ("a", "b", "c")]
+    proxy = make_proxy({"pool": [o.address for o in origins]}, upstream_extra='balance = "ring"')
+    names = {get_as(proxy.port, f"/r{i}", {}) for i in range(12)}
+    assert len(names) == 1  # one client address: one server
+
+
+def test_least_conn_avoids_the_busy_server(make_origin: Callable[..., Origin],
+                                           make_proxy: ProxyFactory) -> None:
+    import threading
+
+    from servers import Reply
+
+    def handler(name: str) -> Callable[..., Reply]:
+        def answer(req: object) -> Reply:
+            slow = getattr(req, "target", "").startswith("/slow")
+            return Reply(body=f"{name} {getattr(req, 'target', '')}".encode(),
+                         delay=1.5 if slow else 0.0)
+        return answer
+
+    origins = [make_origin(handler("a"), name="a"), make_origin(handler("b"), name="b")]
+    proxy = make_proxy({"pool": [o.address for o in origins]},
+                       upstream_extra='balance = "least_conn"')
+    slow_result: list[str] = []
+    slow = threading.Thread(target=lambda: slow_result.append(get_as(proxy.port, "/slow", {})))
+    slow.start()
+    try:
+        deadline = __import__("time").monotonic() + 5
+        while not any(o.requests for o in origins):
+            assert __import__("time").monotonic() < deadline, "the slow request never arrived"
+            __import__("time").sleep(0.01)
+        busy = "a" if origins[0].requests else "b"
+        quick = [get_as(proxy.port, f"/q{i}", {}) for i in range(6)]
+        assert busy not in quick, (busy, quick)  # one in flight there, none on the other
+    finally:
+        slow.join(10)
+    assert slow_result == [busy]
+
+
+@pytest.mark.parametrize("algorithm", ["random", "p2c", "ewma", "weighted"])
+def test_other_algorithms_serve_every_server(algorithm: str, make_origin: Callable[..., Origin],
+                                             make_proxy: ProxyFactory) -> None:
+    origins = [make_origin(name=n) for n in ("a", "b")]
+    proxy = make_proxy({"pool": [o.address for o in origins]},
+                       upstream_extra=f'balance = "{algorithm}"')
+    names = Counter(get_as(proxy.port, f"/r{i}", {}) for i in range(60))
+    assert set(names) == {"a", "b"}, names
+    assert sum(names.values()) == 60

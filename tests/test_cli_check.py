@@ -301,3 +301,15 @@ def test_keyboard_interrupt_exits_130_quietly(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == ""
+
+
+@pytest.mark.parametrize("name", ["demo.toml", "routing.toml", "balancing.toml"])
+def test_shipped_examples_pass_check_without_warnings(name: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from fastproxy.cli import main
+
+    path = Path(__file__).resolve().parent.parent / "examples" / name
+    assert main(["check", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("config OK:")
+    assert "warning" not in err and "error" not in err

@@ -1272,3 +1272,53 @@ def test_config_type_is_exported() -> None:
     config = parse_config(minimal(), SRC)
     assert isinstance(config, Config)
     assert config.source == SRC
+
+
+# -- balancing keys ---------------------------------------------------------------------------
+
+def with_upstream(**keys: Any) -> dict[str, Any]:
+    return minimal(upstreams={"backend": {"servers": ["127.0.0.1:9000", "127.0.0.1:9001"],
+                                          **keys}})
+
+
+@pytest.mark.parametrize("algorithm", ["round_robin", "weighted", "least_conn", "random",
+                                       "p2c", "ewma", "ring", "maglev"])
+def test_balance_algorithms_accepted(algorithm: str) -> None:
+    up = parse_config(with_upstream(balance=algorithm), SRC).upstreams["backend"]
+    assert up.balance == algorithm
+    hashing = algorithm in ("ring", "maglev")
+    assert (up.hash_key is not None) is hashing
+    if hashing:
+        assert up.hash_key is not None and up.hash_key.source == "{client_ip}"  # the default
+
+
+def test_balance_defaults() -> None:
+    up = parse_config(minimal(), SRC).upstreams["backend"]
+    assert (up.balance, up.hash_key, up.balance_factor) == ("round_robin", None, 0.0)
+
+
+def test_hash_key_and_factor() -> None:
+    up = parse_config(with_upstream(balance="maglev", hash_key="{cookie.sid}{header.X-User}",
+                                    balance_factor=1.25), SRC).upstreams["backend"]
+    assert up.hash_key is not None and up.hash_key.source == "{cookie.sid}{header.X-User}"
+    assert up.balance_factor == 1.25
+
+
+@pytest.mark.parametrize(("keys", "key", "reason"), [
+    ({"balance": "round-robin"}, "upstreams.backend.balance",
+     "unsupported value 'round-robin' (supported: round_robin, weighted, least_conn, random, "
+     "p2c, ewma, ring, maglev); did you mean 'round_robin'?"),
+    ({"hash_key": "{client_ip}"}, "upstreams.backend.hash_key",
+     'only used with balance = "ring" or "maglev"'),
+    ({"balance": "p2c", "balance_factor": 1.5}, "upstreams.backend.balance_factor",
+     'only used with balance = "ring" or "maglev"'),
+    ({"balance": "ring", "balance_factor": 0.5}, "upstreams.backend.balance_factor",
+     "must be 0 (off) or above 1 and at most 100, found 0.5"),
+    ({"balance": "ring", "balance_factor": "2"}, "upstreams.backend.balance_factor",
+     "expected a number, found string '2'"),
+    ({"balance": "ring", "hash_key": ""}, "upstreams.backend.hash_key", "must not be empty"),
+    ({"balance": "ring", "hash_key": "{1}"}, "upstreams.backend.hash_key",
+     "{1} refers to a regex group, but there is no match.path_regex"),
+])
+def test_balance_keys_refused(keys: dict[str, Any], key: str, reason: str) -> None:
+    assert one_issue(with_upstream(**keys)) == (key, reason)

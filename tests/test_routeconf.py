@@ -28,6 +28,7 @@ from fastproxy.routeconf import (
 )
 
 SRC = "routes.toml"
+KNOWN = ", ".join(VARIABLES) + ", header.NAME, cookie.NAME, query.NAME"
 UPSTREAMS = {"backend": {"servers": ["127.0.0.1:9000"]}, "api": {"servers": ["127.0.0.1:9001"]}}
 LISTENERS = [{"address": "127.0.0.1:8080", "name": "public"}, {"address": "127.0.0.1:8081"}]
 
@@ -712,7 +713,7 @@ REFUSED: list[tuple[dict[str, Any], str, str]] = [
     (
         {"redirect": {"to": "/{hots}"}},
         "routes[0].redirect.to",
-        f"unknown variable {{hots}} (known: {', '.join(VARIABLES)}); did you mean 'host'?",
+        f"unknown variable {{hots}} (known: {KNOWN}); did you mean 'host'?",
     ),
     # respond
     (
@@ -808,7 +809,7 @@ REFUSED: list[tuple[dict[str, Any], str, str]] = [
     (
         up(match={"path_regex": "^/(?P<id>x)"}, rewrite={"regex": "^/(a)", "replace": "/{id}"}),
         "routes[0].rewrite.replace",
-        f"unknown variable {{id}} (known: {', '.join(VARIABLES)})",
+        f"unknown variable {{id}} (known: {KNOWN})",
     ),
     (
         up(rewrite={"regex": "^/(?P<path>a)", "replace": "/"}),
@@ -860,7 +861,7 @@ REFUSED: list[tuple[dict[str, Any], str, str]] = [
     (
         up(rewrite={"host": "{nope}"}),
         "routes[0].rewrite.host",
-        f"unknown variable {{nope}} (known: {', '.join(VARIABLES)})",
+        f"unknown variable {{nope}} (known: {KNOWN})",
     ),
     # header edits
     (
@@ -881,7 +882,7 @@ REFUSED: list[tuple[dict[str, Any], str, str]] = [
     (
         up(request_headers={"set": {"X-Real-IP": "{clientip}"}}),
         'routes[0].request_headers.set."X-Real-IP"',
-        f"unknown variable {{clientip}} (known: {', '.join(VARIABLES)}); did you mean 'client_ip'?",
+        f"unknown variable {{clientip}} (known: {KNOWN}); did you mean 'client_ip'?",
     ),
     (
         up(request_headers={"add": {"x-forwarded-for": "1.2.3.4"}}),
@@ -1082,7 +1083,7 @@ def test_template_parts(source: str, regex: str | None, parts: tuple[str | Var, 
         (
             "{Host}",
             None,
-            f"unknown variable {{Host}} (known: {', '.join(VARIABLES)}); did you mean 'host'?",
+            f"unknown variable {{Host}} (known: {KNOWN}); did you mean 'host'?",
         ),
         ("{1}", None, "{1} refers to a regex group, but there is no match.path_regex"),
         ("{0}", None, "{0} refers to a regex group, but there is no match.path_regex"),
@@ -1091,7 +1092,7 @@ def test_template_parts(source: str, regex: str | None, parts: tuple[str | Var, 
         (
             "{name}",
             "^/(?P<id>a)(?P<nam>b)$",
-            f"unknown variable {{name}} (known: {', '.join(VARIABLES)}; "
+            f"unknown variable {{name}} (known: {KNOWN}; "
             "groups of match.path_regex: id, nam); did you mean 'nam'?",
         ),
     ],
@@ -1303,3 +1304,18 @@ def test_indexed_warnings_equal_pairwise(spec: list[tuple[list[str] | None, str 
                             respond=None, rewrite=None, request_headers=None,
                             response_headers=None))
     assert route_warnings(routes) == _pairwise_warnings(routes)
+
+
+@pytest.mark.parametrize(("source", "want"), [
+    ("{header.X-User}", Var("header.x-user", False)),
+    ("{cookie.sid}", Var("cookie.sid", False)),
+    ("{query.Page}", Var("query.Page", False)),
+])
+def test_lookup_variables(source: str, want: Var) -> None:
+    assert parse_template(source).parts == (want,)
+
+
+@pytest.mark.parametrize("source", ["{header.}", "{header}", "{cookies.x}", "{header.a b}"])
+def test_lookup_variables_refused(source: str) -> None:
+    with pytest.raises(ValueError):
+        parse_template(source)

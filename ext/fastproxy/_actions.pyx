@@ -7,10 +7,10 @@ variable comes from bytes the parser already validated (no CR, LF or NUL can
 appear), so a rendered header value cannot split a header.
 """
 cimport cython
-from cpython.bytes cimport PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 
 from fastproxy._router cimport RequestContext
-from fastproxy._url cimport escape_path, has_dot_segment, normalize_path, query_edit
+from fastproxy._url cimport escape_path, has_dot_segment, normalize_path, query_edit, query_get
 
 # Variable codes of templates.
 cdef enum:
@@ -23,6 +23,12 @@ cdef enum:
     V_CLIENT_IP = 6
     V_REQUEST_ID = 7
     V_LISTENER = 8
+    # Lookups: a (code, name) pair in a template's parts.
+    V_HEADER = 9
+    V_COOKIE = 10
+    V_QUERY_ARG = 11
+
+_LOOKUPS = {"header": V_HEADER, "cookie": V_COOKIE, "query": V_QUERY_ARG}
 
 REDIRECT = A_REDIRECT
 RESPOND = A_RESPOND
@@ -52,6 +58,49 @@ cdef bytes _variable(RequestContext ctx, int code):
     return ctx.listener_name
 
 
+cdef bytes _cookie(bytes header, bytes name):
+    """The value of cookie `name` in a Cookie header ("a=1; b=2"), or None."""
+    cdef Py_ssize_t start = 0, end, eq, n = len(header)
+    while start < n:
+        end = header.find(b";", start)
+        if end < 0:
+            end = n
+        eq = header.find(b"=", start, end)
+        if eq > 0 and header[start:eq].strip() == name:
+            return header[eq + 1:end].strip()
+        start = end + 1
+    return None
+
+
+cdef bytes _lookup(RequestContext ctx, int code, bytes name):
+    """{header.NAME}, {cookie.NAME}, {query.NAME}: b"" when absent. Every value
+    comes from parsed request bytes, and a decoded query value with a control
+    byte is percent-encoded again: no CR, LF or NUL."""
+    cdef bytes value = None
+    if code == V_HEADER:
+        if ctx.head is not None:
+            value = ctx.head.get(name)
+    elif code == V_COOKIE:
+        if ctx.head is not None:
+            header = ctx.head.get(b"cookie")
+            if header is not None:
+                value = _cookie(header, name)
+    elif ctx.has_query:
+        value = query_get(ctx.query, name)
+        if value is not None and _has_control(value):
+            value = escape_path(value, True)  # decoded "%0D%0A" must not split a header
+    return value if value is not None else b""
+
+
+cdef bint _has_control(bytes value):
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(value)
+    cdef Py_ssize_t i
+    for i in range(PyBytes_GET_SIZE(value)):
+        if p[i] < 0x20 or p[i] == 0x7F:
+            return True
+    return False
+
+
 @cython.final
 cdef class Template:
     """A config template (routeconf.Template) ready to render."""
@@ -63,6 +112,9 @@ cdef class Template:
                 parts.append(part.encode())
             elif part.capture:
                 parts.append((part.name,))
+            elif "." in part.name:
+                kind, _, name = part.name.partition(".")
+                parts.append((<int>_LOOKUPS[kind], name.encode()))
             else:
                 parts.append(<int>VARIABLES[part.name])
         self._parts = tuple(parts)
@@ -83,6 +135,9 @@ cdef class Template:
                 value = _variable(ctx, <int>part)
                 out.append(escape_path(value, True) if in_path and <int>part != V_PATH
                            else value)
+            elif len(<tuple>part) == 2:
+                value = _lookup(ctx, (<tuple>part)[0], (<tuple>part)[1])
+                out.append(escape_path(value, True) if in_path else value)
             else:
                 value = groups.group((<tuple>part)[0]) if groups is not None else None
                 out.append(value if value is not None else b"")

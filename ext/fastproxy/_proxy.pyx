@@ -25,7 +25,10 @@ other ext modules; the worker passes in the Python-layer objects it needs
 """
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.list cimport PyList_Clear
+from libc.math cimport NAN
+from libc.stdint cimport uint64_t
 from libc.errno cimport EINTR, errno
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from posix.uio cimport iovec, writev
@@ -48,10 +51,10 @@ from fastproxy._http cimport (
     RequestParser,
     ResponseParser,
 )
-from fastproxy._balance cimport Balancer
+from fastproxy._balance cimport Balancer, hash_bytes
 from fastproxy._rewrite cimport FR_CHUNKED, FR_CLOSE, FR_PASS, request_head, response_head
 from fastproxy._router cimport RequestContext, Router, Rule, new_context
-from fastproxy._actions cimport LocalAction, ProxyAction
+from fastproxy._actions cimport LocalAction, ProxyAction, Template
 
 import asyncio
 import logging
@@ -612,6 +615,13 @@ cdef class ClientConnection(ParserHandler):
         return 0
 
 
+# What the balancer hears when a request leaves its server (Exchange.peer_done).
+cdef enum:
+    PEER_ANSWERED = 0
+    PEER_FAILED = 1
+    PEER_UNKNOWN = 2
+
+
 # -- one request ----------------------------------------------------------------------
 
 cdef Exchange new_exchange(ClientConnection client, MessageHead head):
@@ -622,6 +632,7 @@ cdef Exchange new_exchange(ClientConnection client, MessageHead head):
     ex.target = head.target
     ex.host = head.host
     ex.upstream_label = "-"
+    ex.peer = -1
     ex.out = client.out
     if ex.out:
         PyList_Clear(ex.out)  # left by an exchange cut short
@@ -646,6 +657,9 @@ cdef class Exchange:
     cdef list pending           # request body that arrived while connecting
     cdef Py_ssize_t pending_size
     cdef object group
+    cdef Balancer balancer
+    cdef Py_ssize_t peer        # index of `pool` in the balancer, -1 when none is in use
+    cdef double peer_start      # when the request went to that peer
     cdef list tried             # servers that failed to connect
     cdef ServerPool pool
     cdef UpstreamConnection conn
@@ -716,8 +730,17 @@ cdef class Exchange:
             self.resp_drop = action.response_edits.drop
             self.resp_extra = action.response_edits.render(ctx)
         self.group = action.group
-        self.use_server(<ServerPool?>(<Balancer?>self.group.balancer).pick())
+        self.balancer = <Balancer?>self.group.balancer
+        self.use_server(self.balancer.select(self.hash_key(ctx)))
         return 0
+
+    cdef uint64_t hash_key(self, RequestContext ctx) except? 0:
+        """The xxh3 of the upstream's hash_key for this request (0 when it has none)."""
+        template = self.group.hash_key
+        if template is None:
+            return 0
+        cdef bytes key = (<Template>template).render(ctx, ctx.captures)
+        return hash_bytes(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
 
     cdef int answer(self, LocalAction action) except -1:
         """A redirect or a static response; a request body is read and dropped."""
@@ -736,8 +759,13 @@ cdef class Exchange:
         return 0
 
     # -- phase 2: an upstream connection ---------------------------------------------
-    cdef int use_server(self, ServerPool pool) except -1:
+    cdef int use_server(self, Py_ssize_t peer) except -1:
+        """Send the request to the balancer's peer number `peer`."""
         cdef UpstreamConnection conn
+        cdef ServerPool pool = <ServerPool?>self.balancer.peers[peer]
+        self.peer = peer
+        self.peer_start = monotonic()
+        self.balancer.started(peer)
         self.pool = pool
         self.upstream_label = pool.label
         conn = pool.take()
@@ -765,9 +793,10 @@ cdef class Exchange:
         if self.tried is None:
             self.tried = []
         self.tried.append(pool)
-        for other in self.group.pools:
+        self.peer_done(PEER_FAILED)
+        for i, other in enumerate(self.balancer.peers):
             if other not in self.tried:
-                self.use_server(<ServerPool?>other)  # nothing was sent: another may take it
+                self.use_server(i)  # nothing was sent: another may take it
                 return 0
         self.respond_error(504 if timed_out else 502)
         return 0
@@ -960,6 +989,7 @@ cdef class Exchange:
             self.conn = None
         if not self.resp_started:
             self.status = 499  # as nginx logs a client that closed early
+        self.peer_done(PEER_ANSWERED if self.resp_head is not None else PEER_UNKNOWN)
         self.finish(False)
         return 0
 
@@ -994,11 +1024,28 @@ cdef class Exchange:
         self.respond_local(status, not self.req_done)
         return 0
 
+    cdef int peer_done(self, int outcome) except -1:
+        """Tell the balancer the request left its peer: with its duration when the
+        upstream answered, as a failure when it did not, without a sample when
+        the client went away first."""
+        cdef double seconds
+        if self.peer >= 0:
+            if outcome == PEER_ANSWERED:
+                seconds = monotonic() - self.peer_start
+            elif outcome == PEER_FAILED:
+                seconds = -1.0
+            else:
+                seconds = NAN
+            self.balancer.finished(self.peer, seconds)
+            self.peer = -1
+        return 0
+
     cdef int finish(self, bint keep) except -1:
         cdef Core core = self.core
         if self.finished:
             return 0
         self.finished = True
+        self.peer_done(PEER_ANSWERED if self.resp_head is not None else PEER_FAILED)
         if core.log_on:
             core.access_log.record(self)
         self.client.exchange_done(self, keep)

@@ -34,8 +34,10 @@ from fastproxy.routeconf import (
     Route,
     RouteMatch,
     RoutingSettings,
+    Template,
     label_name,
     parse_routes,
+    parse_template,
     route_warnings,
 )
 from fastproxy.routeconf import boolean as _boolean
@@ -172,6 +174,9 @@ class Upstream:
     connect_timeout: float
     read_timeout: float
     send_timeout: float
+    balance: str = "round_robin"
+    hash_key: Template | None = None  # ring and maglev: what is hashed
+    balance_factor: float = 0.0  # ring and maglev: bounded load (0 = off)
 
 
 @dataclass(frozen=True, slots=True)
@@ -513,6 +518,45 @@ UPSTREAM_FIELDS: Final = (
     ),
 )
 
+BALANCE_ALGORITHMS: Final = (
+    "round_robin", "weighted", "least_conn", "random", "p2c", "ewma", "ring", "maglev"
+)
+HASH_ALGORITHMS: Final = ("ring", "maglev")
+
+
+def _balance_factor(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected a number, found {_describe(value)}")
+    if value != 0 and not 1.0 < value <= 100.0:
+        raise ValueError(f"must be 0 (off) or above 1 and at most 100, found {value}")
+    return float(value)
+
+
+def _hash_template(value: object) -> Template:
+    """hash_key: a template over request variables (no regex captures)."""
+    template = parse_template(_string(value))
+    if not template.parts:
+        raise ValueError("must not be empty")
+    return template
+
+
+BALANCE_FIELDS: Final = (
+    FieldSpec(
+        "balance",
+        "round_robin",
+        " | ".join(BALANCE_ALGORITHMS),
+        "how a server is chosen per request",
+        _choice(*BALANCE_ALGORITHMS),
+    ),
+    FieldSpec(
+        "balance_factor",
+        0,
+        "0, or a number above 1",
+        "ring/maglev: no server takes more than factor x the average in-flight requests",
+        _balance_factor,
+    ),
+)
+
 ROUTING_FIELDS: Final = (
     FieldSpec(
         "merge_slashes",
@@ -534,7 +578,9 @@ _SECTIONS: Final[Mapping[str, tuple[FieldSpec, ...]]] = MappingProxyType(
 )
 _TOP_LEVEL_KEYS: Final = (*_SECTIONS, "listeners", "upstreams", "routes")
 _LISTENER_KEYS: Final = ("address", "name", "default_host")
-_UPSTREAM_KEYS: Final = ("servers", *(f.name for f in UPSTREAM_FIELDS))
+_UPSTREAM_KEYS: Final = (
+    "servers", "hash_key", *(f.name for f in UPSTREAM_FIELDS), *(f.name for f in BALANCE_FIELDS)
+)
 _SERVER_KEYS: Final = ("address", "weight")
 
 _LOG_STREAMS: Final = ("stdout", "stderr", "off")
@@ -740,10 +786,24 @@ class _Checker(KeyChecker):
         errors_before = len(self.issues)
         self.known_keys(table, path, _UPSTREAM_KEYS)
         servers = self.servers(table.get("servers", _MISSING), f"{path}.servers")
-        values = {spec.name: self.field(table, path, spec) for spec in UPSTREAM_FIELDS}
+        values = {spec.name: self.field(table, path, spec)
+                  for spec in (*UPSTREAM_FIELDS, *BALANCE_FIELDS)}
+        hashing = values["balance"] in HASH_ALGORITHMS
+        hash_key: Template | None = None
+        only_hashing = 'only used with balance = "ring" or "maglev"'
+        if "hash_key" in table:
+            key = _key(path, "hash_key")
+            if not hashing:
+                self.error(key, only_hashing)
+            else:
+                hash_key = self.convert(key, _hash_template, table["hash_key"])
+        elif hashing:
+            hash_key = parse_template("{client_ip}")
+        if "balance_factor" in table and not hashing:
+            self.error(_key(path, "balance_factor"), only_hashing)
         if len(self.issues) != errors_before:
             return None
-        return Upstream(name=name, servers=tuple(servers), **values)
+        return Upstream(name=name, servers=tuple(servers), hash_key=hash_key, **values)
 
     def servers(self, raw: object, path: str) -> list[ServerAddress]:
         if raw is _MISSING:

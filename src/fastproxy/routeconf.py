@@ -413,7 +413,12 @@ VARIABLES: Final = (
     "request_id",
     "listener",
 )
-_VAR_NAME_RE: Final = re.compile(r"[0-9]+|[A-Za-z_][A-Za-z0-9_]*")
+_VAR_NAME_RE: Final = re.compile(
+    r"[0-9]+|[A-Za-z_][A-Za-z0-9_]*|(?:header|cookie|query)\.[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+)
+# {header.NAME}, {cookie.NAME}, {query.NAME}: a request header (the first field;
+# name case-insensitive), a cookie, a query argument (decoded); "" when absent.
+LOOKUP_VARIABLES: Final = ("header", "cookie", "query")
 
 
 def parse_template(
@@ -483,9 +488,12 @@ def _variable(
         return Var(number, True)
     if name in VARIABLES:
         return Var(name, False)
+    kind, dot, what = name.partition(".")
+    if dot and kind in LOOKUP_VARIABLES:
+        return Var(f"{kind}.{what.lower()}" if kind == "header" else name, False)
     if not check_captures or (regex is not None and name in regex.groupindex):
         return Var(name, True)
-    known = ", ".join(VARIABLES)
+    known = ", ".join(VARIABLES) + ", header.NAME, cookie.NAME, query.NAME"
     groups = list(regex.groupindex) if regex is not None else []
     if groups:
         known += f"; groups of {regex_key}: {', '.join(groups)}"
