@@ -165,3 +165,55 @@ def test_other_algorithms_serve_every_server(algorithm: str, make_origin: Callab
     names = Counter(get_as(proxy.port, f"/r{i}", {}) for i in range(60))
     assert set(names) == {"a", "b"}, names
     assert sum(names.values()) == 60
+
+
+# -- sticky sessions -------------------------------------------------------------------------
+
+
+def sticky_get(port: int, cookie: str | None) -> tuple[str, str | None]:
+    """(origin name, Set-Cookie or None) of a GET sending `cookie` as fpsrv."""
+    import requests
+
+    headers = {"Cookie": f"theme=dark; fpsrv={cookie}"} if cookie is not None else {}
+    r = requests.get(f"http://127.0.0.1:{port}/s", headers=headers, timeout=5)
+    assert r.status_code == 200, r.text
+    return r.text.split(" ", 1)[0], r.headers.get("Set-Cookie")
+
+
+def test_sticky_cookie_keeps_a_client_on_its_server(make_origin: Callable[..., Origin],
+                                                    make_proxy: ProxyFactory) -> None:
+    origins = [make_origin(name=n) for n in ("a", "b", "c")]
+    proxy = make_proxy({"pool": [o.address for o in origins]}, workers=2,
+                       upstream_extra='sticky = { cookie = "fpsrv", max_age = "1h" }')
+    first, set_cookie = sticky_get(proxy.port, None)
+    assert set_cookie is not None
+    name, _, rest = set_cookie.partition("=")
+    value, _, attributes = rest.partition(";")
+    assert name == "fpsrv" and len(value) == 16
+    assert attributes.strip() == "Path=/; HttpOnly; SameSite=Lax; Max-Age=3600"
+    # Round robin alone would rotate; the cookie holds the client (both workers).
+    for _ in range(8):
+        assert sticky_get(proxy.port, value) == (first, None)
+    # Each server has its own value; an unknown value is replaced.
+    values = {sticky_get(proxy.port, None)[1] for _ in range(9)}
+    assert len(values) == 3
+    _, new = sticky_get(proxy.port, "0123456789abcdef")
+    assert new is not None and new.startswith("fpsrv=")
+
+
+def test_sticky_client_moves_when_its_server_is_down(make_origin: Callable[..., Origin],
+                                                     make_proxy: ProxyFactory) -> None:
+    origins = [make_origin(name=n) for n in ("a", "b")]
+    proxy = make_proxy({"pool": [o.address for o in origins]},
+                       upstream_extra='sticky = { cookie = "fpsrv" }')
+    first, set_cookie = sticky_get(proxy.port, None)
+    assert set_cookie is not None
+    value = set_cookie.split(";", 1)[0].split("=", 1)[1]
+    dead = next(o for o in origins if o.name == first)
+    dead.stop()
+    server, moved = sticky_get(proxy.port, value)
+    assert server != first
+    assert moved is not None and moved.split(";", 1)[0] != f"fpsrv={value}"
+    # From now on the client stays on its new server.
+    new_value = moved.split(";", 1)[0].split("=", 1)[1]
+    assert sticky_get(proxy.port, new_value) == (server, None)

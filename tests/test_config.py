@@ -1322,3 +1322,27 @@ def test_hash_key_and_factor() -> None:
 ])
 def test_balance_keys_refused(keys: dict[str, Any], key: str, reason: str) -> None:
     assert one_issue(with_upstream(**keys)) == (key, reason)
+
+
+def test_sticky_cookie() -> None:
+    from fastproxy.config import StickyCookie
+
+    up = parse_config(with_upstream(sticky={"cookie": "srv", "max_age": "2h", "secure": True}),
+                      SRC).upstreams["backend"]
+    assert up.sticky == StickyCookie("srv", 7200.0, True)
+    assert parse_config(minimal(), SRC).upstreams["backend"].sticky is None
+
+
+@pytest.mark.parametrize(("sticky", "key", "reason"), [
+    ({}, "upstreams.backend.sticky.cookie", "missing required key"),
+    ({"cookie": "a b"}, "upstreams.backend.sticky.cookie",
+     "expected a cookie name (letters, digits and !#$%&'*+.^_`|~-), found string 'a b'"),
+    ({"cookie": "s", "max_age": "soon"}, "upstreams.backend.sticky.max_age",
+     "invalid duration 'soon': expected a number of seconds, or a string like "
+     '"500ms", "30s", "5m", "1h"'),
+    ({"cookie": "s", "domain": "x"}, "upstreams.backend.sticky.domain", "unknown key"),
+    ("srv", "upstreams.backend.sticky", 'expected a table like { cookie = "srv" }, '
+     "found string 'srv'"),
+])
+def test_sticky_refused(sticky: Any, key: str, reason: str) -> None:
+    assert one_issue(with_upstream(sticky=sticky)) == (key, reason)

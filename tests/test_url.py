@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from fastproxy._url import (
     IpSet,
+    cookie_get,
     escape_path,
     has_dot_segment,
     normalize_host,
@@ -613,3 +614,16 @@ def test_escape_path(path: bytes, segment: bool, want: bytes) -> None:
 ])
 def test_has_dot_segment(path: bytes, want: bool) -> None:
     assert has_dot_segment(path) is want
+
+
+@pytest.mark.parametrize(("header", "name", "want"), [
+    (b"a=1; b=2", b"b", b"2"),
+    (b"a=1;b=2 ;c", b"b", b"2"),
+    (b" sid = x y ; a=1", b"sid", b"x y"),
+    (b"a=1", b"b", None),
+    (b"ab=1; b=", b"b", b""),
+    (b"", b"a", None),
+    (b"b=1; b=2", b"b", b"1"),  # the first, as browsers send the most specific first
+])
+def test_cookie_get(header: bytes, name: bytes, want: bytes | None) -> None:
+    assert cookie_get(header, name) == want

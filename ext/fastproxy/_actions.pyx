@@ -10,7 +10,14 @@ cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 
 from fastproxy._router cimport RequestContext
-from fastproxy._url cimport escape_path, has_dot_segment, normalize_path, query_edit, query_get
+from fastproxy._url cimport (
+    cookie_get,
+    escape_path,
+    has_dot_segment,
+    normalize_path,
+    query_edit,
+    query_get,
+)
 
 # Variable codes of templates.
 cdef enum:
@@ -58,20 +65,6 @@ cdef bytes _variable(RequestContext ctx, int code):
     return ctx.listener_name
 
 
-cdef bytes _cookie(bytes header, bytes name):
-    """The value of cookie `name` in a Cookie header ("a=1; b=2"), or None."""
-    cdef Py_ssize_t start = 0, end, eq, n = len(header)
-    while start < n:
-        end = header.find(b";", start)
-        if end < 0:
-            end = n
-        eq = header.find(b"=", start, end)
-        if eq > 0 and header[start:eq].strip() == name:
-            return header[eq + 1:end].strip()
-        start = end + 1
-    return None
-
-
 cdef bytes _lookup(RequestContext ctx, int code, bytes name):
     """{header.NAME}, {cookie.NAME}, {query.NAME}: b"" when absent. Every value
     comes from parsed request bytes, and a decoded query value with a control
@@ -84,7 +77,7 @@ cdef bytes _lookup(RequestContext ctx, int code, bytes name):
         if ctx.head is not None:
             header = ctx.head.get(b"cookie")
             if header is not None:
-                value = _cookie(header, name)
+                value = cookie_get(header, name)
     elif ctx.has_query:
         value = query_get(ctx.query, name)
         if value is not None and _has_control(value):

@@ -55,6 +55,7 @@ from fastproxy._balance cimport Balancer, hash_bytes
 from fastproxy._rewrite cimport FR_CHUNKED, FR_CLOSE, FR_PASS, request_head, response_head
 from fastproxy._router cimport RequestContext, Router, Rule, new_context
 from fastproxy._actions cimport LocalAction, ProxyAction, Template
+from fastproxy._url cimport cookie_get
 
 import asyncio
 import logging
@@ -660,6 +661,8 @@ cdef class Exchange:
     cdef Balancer balancer
     cdef Py_ssize_t peer        # index of `pool` in the balancer, -1 when none is in use
     cdef double peer_start      # when the request went to that peer
+    cdef bint sticky            # the group has a sticky cookie
+    cdef bytes sticky_value     # ... and the request named this server in it (or None)
     cdef list tried             # servers that failed to connect
     cdef ServerPool pool
     cdef UpstreamConnection conn
@@ -729,8 +732,21 @@ cdef class Exchange:
         if action.response_edits is not None:
             self.resp_drop = action.response_edits.drop
             self.resp_extra = action.response_edits.render(ctx)
-        self.group = action.group
-        self.balancer = <Balancer?>self.group.balancer
+        group = action.group
+        self.group = group
+        self.balancer = <Balancer?>group.balancer
+        cookie = group.sticky_cookie
+        if cookie is not None:
+            # Sticky sessions: the server the client's cookie names, if it is one of
+            # ours; else the balancer's choice (and the response sets the cookie).
+            self.sticky = True
+            header = self.head.get(b"cookie")
+            if header is not None:
+                self.sticky_value = cookie_get(header, cookie)
+                peer = group.sticky_peers.get(self.sticky_value)
+                if peer is not None:
+                    self.use_server(peer)
+                    return 0
         self.use_server(self.balancer.select(self.hash_key(ctx)))
         return 0
 
@@ -905,8 +921,15 @@ cdef class Exchange:
         self.status = head.status
         self.resp_head = head
         self.resp_started = True
+        extra = self.resp_extra
+        if self.sticky and self.peer >= 0:
+            # The server that answered is not the one the cookie named (none, an
+            # unknown one, or one that failed): name it now.
+            if self.sticky_value != self.group.sticky_values[self.peer]:
+                line = <bytes>self.group.sticky_lines[self.peer]
+                extra = extra + line if extra else line
         self.out.append(response_head(head, framing, keep, req.http_minor, self.core.via,
-                                      self.resp_drop, self.resp_extra))
+                                      self.resp_drop, extra))
         return 0
 
     cdef int upstream_body(self, object data) except -1:

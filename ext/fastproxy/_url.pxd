@@ -22,6 +22,7 @@ cpdef bytes escape_path(bytes path, bint segment=*)
 cpdef bint has_dot_segment(bytes path)
 cpdef bytes normalize_host(bytes host)
 cpdef object query_get(bytes query, bytes name)
+cpdef bytes cookie_get(bytes header, bytes name)
 cpdef bytes query_edit(bytes query, tuple remove, tuple set_pairs)
 
 

@@ -360,6 +360,26 @@ cdef inline Py_ssize_t _name_end(const unsigned char* s, Py_ssize_t start, Py_ss
     return <const unsigned char*>eq - s if eq != NULL else end
 
 
+# -- cookies -----------------------------------------------------------------------------
+
+
+cpdef bytes cookie_get(bytes header, bytes name):
+    """The value of cookie `name` in a Cookie header ("a=1; b=2"), or None."""
+    if header is None or name is None:
+        raise TypeError("cookie_get() needs bytes, not None")
+    cdef Py_ssize_t start = 0, end, eq, n = len(header)
+    while start < n:
+        end = header.find(b";", start)
+        if end < 0:
+            end = n
+        eq = header.find(b"=", start, end)
+        if eq > 0 and header[start:eq].strip() == name:
+            return header[eq + 1:end].strip()
+        start = end + 1
+    return None
+
+
+
 cpdef object query_get(bytes query, bytes name):
     """The decoded value of the first argument named `name` (decoded), b"" for a bare
     "name" or "name=", None when there is none."""

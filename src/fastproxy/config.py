@@ -63,6 +63,7 @@ __all__ = [
     "RoutingSettings",
     "ServerAddress",
     "ServerSettings",
+    "StickyCookie",
     "Timeouts",
     "Upstream",
     "load_config",
@@ -177,6 +178,16 @@ class Upstream:
     balance: str = "round_robin"
     hash_key: Template | None = None  # ring and maglev: what is hashed
     balance_factor: float = 0.0  # ring and maglev: bounded load (0 = off)
+    sticky: StickyCookie | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StickyCookie:
+    """Sticky sessions: the proxy names the server in a cookie and follows it."""
+
+    cookie: str
+    max_age: float  # 0: a session cookie (no Max-Age)
+    secure: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -578,8 +589,15 @@ _SECTIONS: Final[Mapping[str, tuple[FieldSpec, ...]]] = MappingProxyType(
 )
 _TOP_LEVEL_KEYS: Final = (*_SECTIONS, "listeners", "upstreams", "routes")
 _LISTENER_KEYS: Final = ("address", "name", "default_host")
+_STICKY_KEYS: Final = ("cookie", "max_age", "secure")
+# RFC 6265 cookie-name: a token.
+_COOKIE_NAME_RE: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _UPSTREAM_KEYS: Final = (
-    "servers", "hash_key", *(f.name for f in UPSTREAM_FIELDS), *(f.name for f in BALANCE_FIELDS)
+    "servers",
+    "hash_key",
+    "sticky",
+    *(f.name for f in UPSTREAM_FIELDS),
+    *(f.name for f in BALANCE_FIELDS),
 )
 _SERVER_KEYS: Final = ("address", "weight")
 
@@ -801,9 +819,32 @@ class _Checker(KeyChecker):
             hash_key = parse_template("{client_ip}")
         if "balance_factor" in table and not hashing:
             self.error(_key(path, "balance_factor"), only_hashing)
+        sticky = self.sticky(table["sticky"], _key(path, "sticky")) if "sticky" in table else None
         if len(self.issues) != errors_before:
             return None
-        return Upstream(name=name, servers=tuple(servers), hash_key=hash_key, **values)
+        return Upstream(name=name, servers=tuple(servers), hash_key=hash_key, sticky=sticky,
+                        **values)
+
+    def sticky(self, raw: object, path: str) -> StickyCookie | None:
+        table = self.table(raw, path, ' like { cookie = "srv" }')
+        if table is None:
+            return None
+        self.known_keys(table, path, _STICKY_KEYS)
+        name = table.get("cookie", _MISSING)
+        if name is _MISSING:
+            self.error(_key(path, "cookie"), "missing required key")
+            return None
+        if not isinstance(name, str) or not _COOKIE_NAME_RE.fullmatch(name):
+            self.error(_key(path, "cookie"),
+                       f"expected a cookie name (letters, digits and !#$%&'*+.^_`|~-), "
+                       f"found {_describe(name)}")
+            return None
+        max_age = self.convert(_key(path, "max_age"), _duration(zero_ok=True),
+                               table.get("max_age", 0))
+        secure = self.convert(_key(path, "secure"), _boolean, table.get("secure", False))
+        if max_age is _INVALID or secure is _INVALID:
+            return None
+        return StickyCookie(name, max_age, secure)
 
     def servers(self, raw: object, path: str) -> list[ServerAddress]:
         if raw is _MISSING:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastproxy._actions import Template
-from fastproxy._balance import Balancer, RoundRobin
+from fastproxy._balance import Balancer, RoundRobin, key_hash
 from fastproxy._proxy import Core, ServerPool
 from fastproxy.config import Upstream
 
@@ -36,11 +36,19 @@ def make_balancer(config: Upstream, peers: list[Any]) -> Balancer:
     return getattr(_balance, classes[algorithm])(peers, weights)  # type: ignore[no-any-return]
 
 
-class UpstreamGroup:
-    """A named upstream: its servers, the balancer choosing among them and, for
-    the hashing algorithms, the template of the key that is hashed."""
+def sticky_value(address: str) -> bytes:
+    """The sticky-cookie value naming a server: stable (the same in every worker
+    and after a restart) and not its address."""
+    return b"%016x" % key_hash(address.encode())
 
-    __slots__ = ("config", "pools", "balancer", "name", "hash_key")
+
+class UpstreamGroup:
+    """A named upstream: its servers, the balancer choosing among them, for the
+    hashing algorithms the template of the key that is hashed, and for sticky
+    sessions the cookie and each server's value and Set-Cookie line."""
+
+    __slots__ = ("config", "pools", "balancer", "name", "hash_key", "sticky_cookie",
+                 "sticky_values", "sticky_peers", "sticky_lines")
 
     def __init__(self, config: Upstream, core: Core) -> None:
         self.config = config
@@ -48,3 +56,17 @@ class UpstreamGroup:
         self.pools = [ServerPool(config, s.host, s.port, s.weight, core) for s in config.servers]
         self.balancer = make_balancer(config, self.pools)
         self.hash_key = Template(config.hash_key) if config.hash_key is not None else None
+        sticky = config.sticky
+        self.sticky_cookie = sticky.cookie.encode() if sticky is not None else None
+        values = [sticky_value(s.address) for s in config.servers]
+        self.sticky_values = tuple(values)
+        self.sticky_peers = {v: i for i, v in enumerate(values)}
+        attributes = "; Path=/; HttpOnly; SameSite=Lax"
+        if sticky is not None:
+            if sticky.max_age:
+                attributes += f"; Max-Age={int(sticky.max_age)}"
+            if sticky.secure:
+                attributes += "; Secure"
+        self.sticky_lines = tuple(
+            b"Set-Cookie: %s=%s%s\r\n" % (self.sticky_cookie or b"", v, attributes.encode())
+            for v in values)
