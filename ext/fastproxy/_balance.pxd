@@ -35,16 +35,19 @@ cdef class LeastConn(Balancer):
     cdef Py_ssize_t _start         # where the next scan begins (ties take turns)
 
 
-cdef class Random(Balancer):
+cdef class WeightedDraw(Balancer):
+    # What Random and P2C share: weighted draws by prefix sums.
     cdef long long* _prefix        # _prefix[i] = weights[0] + ... + weights[i]
     cdef uint64_t _rng
     cdef unsigned long _fork_gen
 
 
-cdef class P2C(Balancer):
-    cdef long long* _prefix
-    cdef uint64_t _rng
-    cdef unsigned long _fork_gen
+cdef class Random(WeightedDraw):
+    pass
+
+
+cdef class P2C(WeightedDraw):
+    pass
 
 
 cdef class Ewma(Balancer):

@@ -238,10 +238,9 @@ cdef inline Py_ssize_t _draw_other(uint64_t x, const long long* prefix, const lo
     return _search(prefix, n, r)
 
 
-@cython.final
-cdef class Random(Balancer):
-    """Weighted random: peer i with probability weights[i]/total, by binary search
-    over the prefix sums (O(log n)). `seed` is for tests; by default os.urandom."""
+cdef class WeightedDraw(Balancer):
+    """The base of Random and P2C: prefix sums of the weights and the PRNG state.
+    `seed` is for tests; by default os.urandom."""
 
     def __cinit__(self, peers, weights=None, *args, seed=None, **kwargs):
         self._prefix = _prefix_sums(self.weights, self.n)
@@ -250,6 +249,12 @@ cdef class Random(Balancer):
 
     def __dealloc__(self):
         PyMem_Free(self._prefix)
+
+
+@cython.final
+cdef class Random(WeightedDraw):
+    """Weighted random: peer i with probability weights[i]/total, by binary search
+    over the prefix sums (O(log n))."""
 
     cdef Py_ssize_t select(self, uint64_t key) except -1:
         return _draw(_next_random(&self._rng, &self._fork_gen), self._prefix, self.n,
@@ -257,17 +262,9 @@ cdef class Random(Balancer):
 
 
 @cython.final
-cdef class P2C(Balancer):
+cdef class P2C(WeightedDraw):
     """Power of two choices: two distinct peers drawn as Random draws them, the one
     with fewer requests in flight per unit of weight wins (a tie: the first drawn)."""
-
-    def __cinit__(self, peers, weights=None, *args, seed=None, **kwargs):
-        self._prefix = _prefix_sums(self.weights, self.n)
-        self._rng = _seed(seed)
-        self._fork_gen = _fork_generation
-
-    def __dealloc__(self):
-        PyMem_Free(self._prefix)
 
     cdef Py_ssize_t select(self, uint64_t key) except -1:
         cdef Py_ssize_t a, b

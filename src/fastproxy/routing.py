@@ -22,6 +22,7 @@ from fastproxy._router import RequestContext, Router, Rule, new_context
 from fastproxy._url import query_get
 from fastproxy.config import Config, Route
 from fastproxy.responses import reason_phrase
+from fastproxy.routeconf import ValueTest
 
 __all__ = ["ExplainError", "build_router", "explain"]
 
@@ -163,6 +164,12 @@ def _test_found(values: list[bytes]) -> str:
     return ", ".join(_q(v) for v in values)
 
 
+def _wanted(test: ValueTest) -> str:
+    if test.kind in ("present", "absent"):
+        return test.kind
+    return _q(test.value or "") if test.kind == "equals" else f"~ {test.value!r}"
+
+
 def _why(route: Route, code: int, ctx: RequestContext, head: MessageHead,
          listener_names: Sequence[str]) -> str:
     m = route.match
@@ -184,16 +191,12 @@ def _why(route: Route, code: int, ctx: RequestContext, head: MessageHead,
     if what == _F_HEADER:
         t = m.headers[index]
         found = _test_found(head.get_all(t.name.encode()))
-        want = {"present": "present", "absent": "absent"}.get(t.kind) or (
-            f"{_q(t.value or '')}" if t.kind == "equals" else f"~ {t.value!r}")
-        return f"header {t.name}: wanted {want}, found {found}"
+        return f"header {t.name}: wanted {_wanted(t)}, found {found}"
     if what == _F_QUERY:
         t = m.query[index]
         first = query_get(ctx.query, t.name.encode()) if ctx.has_query else None
         values = [first] if first is not None else []  # the rule reads the first only
-        want = {"present": "present", "absent": "absent"}.get(t.kind) or (
-            f"{_q(t.value or '')}" if t.kind == "equals" else f"~ {t.value!r}")
-        return f"query {t.name}: wanted {want}, found {_test_found(values)}"
+        return f"query {t.name}: wanted {_wanted(t)}, found {_test_found(values)}"
     if what == _F_CLIENT:
         assert m.client_ips is not None
         nets = " | ".join(str(n) for n in m.client_ips)

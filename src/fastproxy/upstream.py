@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from fastproxy._actions import Template
-from fastproxy._balance import Balancer, RoundRobin, key_hash
+from fastproxy._balance import P2C, Balancer, Ewma, LeastConn, Random, RoundRobin, key_hash
+from fastproxy._hashring import Maglev, Ring
 from fastproxy._proxy import Core, ServerPool
 from fastproxy.config import Upstream
 
@@ -20,20 +21,19 @@ def make_balancer(config: Upstream, peers: list[Any]) -> Balancer:
     """The balancer of `config`'s algorithm over `peers` (one per server, in order)."""
     weights = [s.weight for s in config.servers]
     algorithm = config.balance
-    if algorithm in ("round_robin", "weighted"):
-        return RoundRobin(peers, weights)
     if algorithm in ("ring", "maglev"):
-        from fastproxy import _hashring
-
         # Servers are placed by address, so adding or removing one moves only
         # its share of keys, and every worker (and a restart) agrees.
         names = [s.address for s in config.servers]
-        cls = _hashring.Ring if algorithm == "ring" else _hashring.Maglev
+        cls = Ring if algorithm == "ring" else Maglev
         return cls(peers, weights, names=names, factor=config.balance_factor)
-    from fastproxy import _balance
+    return _UNKEYED[algorithm](peers, weights)
 
-    classes = {"least_conn": "LeastConn", "random": "Random", "p2c": "P2C", "ewma": "Ewma"}
-    return getattr(_balance, classes[algorithm])(peers, weights)  # type: ignore[no-any-return]
+
+_UNKEYED: dict[str, type[Balancer]] = {
+    "round_robin": RoundRobin, "weighted": RoundRobin, "least_conn": LeastConn,
+    "random": Random, "p2c": P2C, "ewma": Ewma,
+}
 
 
 def sticky_value(address: str) -> bytes:
