@@ -14,8 +14,8 @@ from servers import Handler, Origin, ProxyProcess, config_toml, free_port
 def make_origin() -> Iterator[Callable[..., Origin]]:
     started: list[Origin] = []
 
-    def make(handler: Handler | None = None, name: str = "origin") -> Origin:
-        origin = Origin(handler, name).start()
+    def make(handler: Handler | None = None, name: str = "origin", port: int = 0) -> Origin:
+        origin = Origin(handler, name, port).start()
         started.append(origin)
         return origin
 

@@ -196,10 +196,11 @@ async def _stream_body(reader: asyncio.StreamReader, headers: list[tuple[str, st
 class Origin:
     """A scriptable HTTP/1.1 origin server on 127.0.0.1 (port chosen by the OS)."""
 
-    def __init__(self, handler: Handler | None = None, name: str = "origin") -> None:
+    def __init__(self, handler: Handler | None = None, name: str = "origin",
+                 port: int = 0) -> None:
         self.handler = handler or (lambda req: Reply(body=f"{name} {req.target}".encode()))
         self.name = name
-        self.port = 0
+        self.port = port  # 0: chosen by the OS
         self.connections = 0
         self.requests: list[Received] = []
         self.raw = bytearray()
@@ -231,8 +232,8 @@ class Origin:
             self._loop = loop
 
             async def main() -> None:
-                self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0,
-                                                          limit=1 << 20)
+                self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port,
+                                                          limit=1 << 20, reuse_address=True)
                 self.port = self._server.sockets[0].getsockname()[1]
                 ready.set()
 

@@ -1346,3 +1346,435 @@ def test_sticky_cookie() -> None:
 ])
 def test_sticky_refused(sticky: Any, key: str, reason: str) -> None:
     assert one_issue(with_upstream(sticky=sticky)) == (key, reason)
+
+
+# -- server options, queueing, health checks, ejection, retries -------------------------------
+
+RESILIENT_UPSTREAM = """\
+[[listeners]]
+address = "127.0.0.1:8080"
+
+[[routes]]
+upstream = "api"
+
+[upstreams.api]
+servers = ["127.0.0.1:9001", { address = "127.0.0.1:9002", weight = 2, max_conns = 100 },
+           { address = "127.0.0.1:9003", backup = true }]
+slow_start = "30s"
+queue = 50
+queue_timeout = "2500ms"
+resolve_interval = "1m"
+
+[upstreams.api.health_check]
+path = "/healthz?deep=1&x=%20"
+method = "HEAD"
+host = "API.Internal:8443"
+interval = "3s"
+timeout = "3s"
+status = ["200-299", 404, "418"]
+body = "ok"
+rise = 1
+fall = 100
+
+[upstreams.api.eject]
+failures = 0
+time = "1m"
+max_time = "1m"
+
+[upstreams.api.retry]
+retries = 10
+on = ["502", "reset", "timeout", "503", "504"]
+budget = 1
+per_try_timeout = "2s"
+buffer = "64MiB"
+"""
+
+
+def test_resilience_keys_load_into_objects(tmp_path: Path) -> None:
+    from fastproxy.config import Ejection, HealthCheck, RetryPolicy
+
+    up = load_config(write(tmp_path / "proxy.toml", RESILIENT_UPSTREAM)).upstreams["api"]
+    assert up.servers == (
+        ServerAddress("127.0.0.1", 9001, 1),
+        ServerAddress("127.0.0.1", 9002, 2, max_conns=100),
+        ServerAddress("127.0.0.1", 9003, 1, backup=True),
+    )
+    assert (up.slow_start, up.queue, up.queue_timeout, up.resolve_interval) == (
+        30.0, 50, 2.5, 60.0
+    )
+    assert up.health_check == HealthCheck(
+        path="/healthz?deep=1&x=%20",
+        method="HEAD",
+        host="api.internal:8443",
+        interval=3.0,
+        timeout=3.0,  # equal to the interval is allowed
+        status=((200, 299), (404, 404), (418, 418)),
+        body="ok",
+        rise=1,
+        fall=100,
+    )
+    assert up.eject == Ejection(failures=0, time=60.0, max_time=60.0)
+    assert up.retry == RetryPolicy(
+        retries=10,
+        on=frozenset({"reset", "timeout", "502", "503", "504"}),
+        budget=1.0,
+        per_try_timeout=2.0,
+        buffer=64 * 1024**2,
+    )
+    assert isinstance(up.retry.on, frozenset) and isinstance(up.retry.budget, float)
+
+
+def test_resilience_defaults() -> None:
+    from fastproxy.config import Ejection, RetryPolicy
+
+    up = parse_config(minimal(), SRC).upstreams["backend"]
+    assert up.servers[0].max_conns == 0 and up.servers[0].backup is False
+    assert (up.slow_start, up.queue, up.queue_timeout, up.resolve_interval) == (
+        0.0, 100, 10.0, 30.0
+    )
+    assert up.health_check is None  # no active checks unless asked for
+    assert up.eject == Ejection(failures=5, time=10.0, max_time=300.0)  # on by default
+    assert up.retry == RetryPolicy(retries=2, on=frozenset({"reset", "timeout"}), budget=0.2,
+                                   per_try_timeout=0.0, buffer=65536)
+
+
+def test_empty_tables_give_the_dataclass_defaults() -> None:
+    """The field tables' defaults (shown in the docs) agree with the dataclasses'."""
+    from fastproxy.config import Ejection, HealthCheck, RetryPolicy
+
+    up = parse_config(with_upstream(health_check={}, eject={}, retry={}),
+                      SRC).upstreams["backend"]
+    assert up.health_check == HealthCheck()
+    assert up.health_check.status == ((200, 399),)
+    assert (up.health_check.host, up.health_check.body) == (None, None)
+    assert up.eject == Ejection()
+    assert up.retry == RetryPolicy()
+
+
+def test_retry_on_may_be_empty() -> None:
+    up = parse_config(with_upstream(retry={"on": [], "budget": 0, "retries": 0}),
+                      SRC).upstreams["backend"]
+    assert (up.retry.on, up.retry.budget, up.retry.retries) == (frozenset(), 0.0, 0)
+
+
+@pytest.mark.parametrize("balance", ["ring", "maglev", "least_conn"])
+def test_backup_servers_with_any_balance_and_sticky(balance: str) -> None:
+    data = minimal(upstreams={"backend": {
+        "servers": ["a:1", {"address": "b:1", "backup": True}, {"address": "c:1", "backup": False}],
+        "balance": balance,
+        "sticky": {"cookie": "srv"},
+    }})
+    servers = parse_config(data, SRC).upstreams["backend"].servers
+    assert [server.backup for server in servers] == [False, True, False]
+
+
+def test_every_server_a_backup_is_refused() -> None:
+    data = minimal(upstreams={"backend": {"servers": [{"address": "a:1", "backup": True},
+                                                      {"address": "b:1", "backup": True}]}})
+    assert one_issue(data) == (
+        "upstreams.backend.servers",
+        "every server is a backup: at least one must be a primary server (without backup = true)",
+    )
+
+
+def test_a_bad_backup_value_is_reported_once() -> None:
+    # The entry with backup = "yes" might be meant as a primary: no second error.
+    data = minimal(upstreams={"backend": {"servers": [{"address": "a:1", "backup": True},
+                                                      {"address": "b:1", "backup": "yes"}]}})
+    assert one_issue(data) == ("upstreams.backend.servers[1].backup",
+                               "expected a boolean (true or false), found string 'yes'")
+
+
+DURATION_SYNTAX = 'a number of seconds, or a string like "500ms", "30s", "5m", "1h"'
+DURATION_HINT = f"expected {DURATION_SYNTAX}"
+
+
+@pytest.mark.parametrize(("server", "key", "reason"), [
+    ({"address": "a:1", "max_conns": -1}, "max_conns", "must be from 0 to 1000000, found -1"),
+    ({"address": "a:1", "max_conns": 1_000_001}, "max_conns",
+     "must be from 0 to 1000000, found 1000001"),
+    ({"address": "a:1", "max_conns": "10"}, "max_conns", "expected an integer, found string '10'"),
+    ({"address": "a:1", "max_conns": True}, "max_conns",
+     "expected an integer, found boolean true"),
+    ({"address": "a:1", "backup": 1}, "backup",
+     "expected a boolean (true or false), found integer 1"),
+    ({"address": "a:1", "max_con": 1}, "max_con", "unknown key; did you mean 'max_conns'?"),
+])
+def test_server_options_refused(server: dict[str, Any], key: str, reason: str) -> None:
+    data = minimal(upstreams={"backend": {"servers": ["b:1", server]}})
+    assert one_issue(data) == (f"upstreams.backend.servers[1].{key}", reason)
+
+
+@pytest.mark.parametrize(("keys", "key", "reason"), [
+    ({"slow_start": -1}, "slow_start", "duration must not be negative, found integer -1"),
+    ({"slow_start": "30"}, "slow_start", f"invalid duration '30': {DURATION_HINT}"),
+    ({"slow_start": "25h"}, "slow_start", "must be at most 24h, found string '25h'"),
+    ({"queue": -1}, "queue", "must be from 0 to 1000000, found -1"),
+    ({"queue": 1_000_001}, "queue", "must be from 0 to 1000000, found 1000001"),
+    ({"queue": 1.0}, "queue", "expected an integer, found float 1.0"),
+    ({"queue_timeout": 0}, "queue_timeout", "must be greater than 0, found integer 0"),
+    ({"resolve_interval": "0s"}, "resolve_interval", "must be greater than 0, found string '0s'"),
+    ({"resolve_interval": True}, "resolve_interval",
+     f"expected a duration ({DURATION_SYNTAX}), found boolean true"),
+])
+def test_upstream_resilience_keys_refused(keys: dict[str, Any], key: str, reason: str) -> None:
+    assert one_issue(with_upstream(**keys)) == (f"upstreams.backend.{key}", reason)
+
+
+def test_queue_zero_and_slow_start_zero_are_allowed() -> None:
+    up = parse_config(with_upstream(queue=0, slow_start="0s"), SRC).upstreams["backend"]
+    assert (up.queue, up.slow_start) == (0, 0.0)
+
+
+@pytest.mark.parametrize(("name", "value", "hint"), [
+    ("health_check", True, ' like { path = "/healthz" }'),
+    ("health_check", "/healthz", ' like { path = "/healthz" }'),
+    ("eject", False, ' like { failures = 5, time = "10s" } (failures = 0 turns ejection off)'),
+    ("retry", 2, " like { retries = 2 }"),
+    ("retry", [], " like { retries = 2 }"),
+])
+def test_resilience_tables_must_be_tables(name: str, value: object, hint: str) -> None:
+    from fastproxy.routeconf import describe
+
+    assert one_issue(with_upstream(**{name: value})) == (
+        f"upstreams.backend.{name}", f"expected a table{hint}, found {describe(value)}"
+    )
+
+
+@pytest.mark.parametrize(("table", "key"), [
+    ({"path": "/", "port": 8080}, "port"),
+    ({"expect": 200}, "expect"),
+])
+def test_health_check_unknown_key(table: dict[str, Any], key: str) -> None:
+    found = one_issue(with_upstream(health_check=table))
+    assert found[0] == f"upstreams.backend.health_check.{key}"
+    assert found[1].startswith("unknown key")
+
+
+@pytest.mark.parametrize(("name", "table"), [
+    ("eject", {"failures": 3, "duration": "1s"}),
+    ("retry", {"retries": 1, "retry_on": ["reset"]}),
+])
+def test_eject_and_retry_unknown_key(name: str, table: dict[str, Any]) -> None:
+    bad = next(key for key in table if key not in ("failures", "retries"))
+    found = one_issue(with_upstream(**{name: table}))
+    assert found[0] == f"upstreams.backend.{name}.{bad}"
+    assert found[1].startswith("unknown key")
+
+
+@pytest.mark.parametrize(("path", "stored"), [
+    ("/", "/"),
+    ("/healthz", "/healthz"),
+    ("/status?full=1&format=json", "/status?full=1&format=json"),
+    ("/a%20b/~user/x.y-z_:@!$&'()*+,;=", "/a%20b/~user/x.y-z_:@!$&'()*+,;="),
+    ("/a/../b//c", "/a/../b//c"),  # sent as written: not normalized like route paths
+    ("/q?next=/a?b", "/q?next=/a?b"),
+])
+def test_health_check_paths(path: str, stored: str) -> None:
+    hc = parse_config(with_upstream(health_check={"path": path}), SRC).upstreams["backend"]
+    assert hc.health_check is not None and hc.health_check.path == stored
+
+
+@pytest.mark.parametrize(("path", "reason"), [
+    ("healthz", "must start with \"/\" (a path, optionally with a ?query), found 'healthz'"),
+    ("", "must start with \"/\" (a path, optionally with a ?query), found ''"),
+    ("http://a/x", "must start with \"/\" (a path, optionally with a ?query), found 'http://a/x'"),
+    ("/a b", "must not contain ' ' (percent-encode it), found '/a b'"),
+    ("/a#frag", "must not contain '#' (percent-encode it), found '/a#frag'"),
+    ("/é", "must not contain 'é' (percent-encode it), found '/é'"),
+    ("/a\x00", "must not contain '\\x00' (percent-encode it), found '/a\\x00'"),
+    ("/a\r\nX: y", "must not contain '\\r' (percent-encode it), found '/a\\r\\nX: y'"),
+    ("/a\tb", "must not contain '\\t' (percent-encode it), found '/a\\tb'"),
+    ("/%zz", "'%' must start an escape of two hex digits, found '/%zz'"),
+    ("/100%", "'%' must start an escape of two hex digits, found '/100%'"),
+    (1, "expected a string, found integer 1"),
+])
+def test_bad_health_check_path(path: object, reason: str) -> None:
+    assert one_issue(with_upstream(health_check={"path": path})) == (
+        "upstreams.backend.health_check.path", reason
+    )
+
+
+@pytest.mark.parametrize(("host", "stored"), [
+    ("api.internal", "api.internal"),
+    ("API.Internal.", "api.internal"),
+    ("api.internal:8080", "api.internal:8080"),
+    ("10.0.0.1", "10.0.0.1"),
+    ("10.0.0.1:80", "10.0.0.1:80"),
+    ("[::1]", "[::1]"),
+    ("[0::1]:8443", "[::1]:8443"),
+    ("bücher.example", "xn--bcher-kva.example"),
+])
+def test_health_check_host(host: str, stored: str) -> None:
+    up = parse_config(with_upstream(health_check={"host": host}), SRC).upstreams["backend"]
+    assert up.health_check is not None and up.health_check.host == stored
+
+
+@pytest.mark.parametrize(("host", "reason"), [
+    ("a b", "invalid host name 'a b'"),
+    ("", "invalid host name ''"),
+    ("*.example.com", "must be a single host name, not a wildcard, found '*.example.com'"),
+    ("api:0", "port must be a number from 1 to 65535, found '0'"),
+    ("api:", "port must be a number from 1 to 65535, found ''"),
+    ("::1", 'an IPv6 address must be in brackets, e.g. "[::1]", found \'::1\''),
+    ("[::1]x", "expected \"[v6]\" or \"[v6]:port\", found '[::1]x'"),
+    ("[::1", "missing ']' after the IPv6 address in '[::1'"),
+    ("999.0.0.1", "invalid IPv4 address '999.0.0.1'"),
+    (["a"], "expected a string, found array"),
+])
+def test_bad_health_check_host(host: object, reason: str) -> None:
+    assert one_issue(with_upstream(health_check={"host": host})) == (
+        "upstreams.backend.health_check.host", reason
+    )
+
+
+def test_health_check_status_forms() -> None:
+    up = parse_config(with_upstream(health_check={"status": [200, "204", "300-399", "100-599"]}),
+                      SRC).upstreams["backend"]
+    assert up.health_check is not None
+    assert up.health_check.status == ((200, 200), (204, 204), (300, 399), (100, 599))
+
+
+@pytest.mark.parametrize(("status", "key", "reason"), [
+    ([], "status", 'must not be empty: give at least one of statuses or ranges'),
+    ("200-399", "status", "expected an array of statuses or ranges, found string '200-399'"),
+    (200, "status", "expected an array of statuses or ranges, found integer 200"),
+    (["2xx"], "status[0]", 'expected a status "NNN" or a range "NNN-NNN", found \'2xx\''),
+    (["200 - 399"], "status[0]",
+     'expected a status "NNN" or a range "NNN-NNN", found \'200 - 399\''),
+    ([200, "399-200"], "status[1]",
+     "the range must go from low to high (200-399), found '399-200'"),
+    ([99], "status[0]", "statuses must be from 100 to 599, found integer 99"),
+    (["600"], "status[0]", "statuses must be from 100 to 599, found string '600'"),
+    (["200-600"], "status[0]", "statuses must be from 100 to 599, found string '200-600'"),
+    ([True], "status[0]",
+     'expected a status (200, "200") or a range ("200-399"), found boolean true'),
+    ([200.0], "status[0]",
+     'expected a status (200, "200") or a range ("200-399"), found float 200.0'),
+])
+def test_bad_health_check_status(status: object, key: str, reason: str) -> None:
+    assert one_issue(with_upstream(health_check={"status": status})) == (
+        f"upstreams.backend.health_check.{key}", reason
+    )
+
+
+def test_every_bad_status_is_reported() -> None:
+    assert issues(with_upstream(health_check={"status": ["2xx", 200, 700]})) == [
+        ("upstreams.backend.health_check.status[0]",
+         'expected a status "NNN" or a range "NNN-NNN", found \'2xx\''),
+        ("upstreams.backend.health_check.status[2]",
+         "statuses must be from 100 to 599, found integer 700"),
+    ]
+
+
+@pytest.mark.parametrize(("table", "key", "reason"), [
+    ({"method": "POST"}, "method", "unsupported value 'POST' (supported: GET, HEAD, OPTIONS)"),
+    ({"method": "get"}, "method", "unsupported value 'get' (supported: GET, HEAD, OPTIONS)"),
+    ({"interval": 0}, "interval", "must be greater than 0, found integer 0"),
+    ({"interval": "25h"}, "interval", "must be at most 24h, found string '25h'"),
+    ({"timeout": "0s", "interval": "1s"}, "timeout", "must be greater than 0, found string '0s'"),
+    ({"body": ""}, "body", "must not be empty (leave the key out to accept any body)"),
+    ({"body": "x" * 65537}, "body",
+     "must be at most 64k bytes (only the first 64k of a body are searched)"),
+    ({"body": 1}, "body", "expected a string, found integer 1"),
+    ({"rise": 0}, "rise", "must be from 1 to 100, found 0"),
+    ({"rise": 101}, "rise", "must be from 1 to 100, found 101"),
+    ({"fall": 0}, "fall", "must be from 1 to 100, found 0"),
+    ({"fall": "3"}, "fall", "expected an integer, found string '3'"),
+    # The timeout must fit in the interval, the default one too.
+    ({"interval": "1s", "timeout": "1500ms"}, "timeout",
+     "must not exceed interval (1s), found 1.5s"),
+    ({"timeout": "10s"}, "timeout", "must not exceed the default interval (5s), found 10s"),
+    ({"interval": "1s"}, "timeout", "must not exceed interval (1s), found 2s"),
+])
+def test_health_check_refused(table: dict[str, Any], key: str, reason: str) -> None:
+    assert one_issue(with_upstream(health_check=table)) == (
+        f"upstreams.backend.health_check.{key}", reason
+    )
+
+
+def test_health_check_body_at_the_limit() -> None:
+    body = "é" * 32768  # 65536 bytes in UTF-8
+    up = parse_config(with_upstream(health_check={"body": body}), SRC).upstreams["backend"]
+    assert up.health_check is not None and up.health_check.body == body
+
+
+@pytest.mark.parametrize(("table", "key", "reason"), [
+    ({"failures": -1}, "failures", "must be from 0 to 1000, found -1"),
+    ({"failures": 1001}, "failures", "must be from 0 to 1000, found 1001"),
+    ({"failures": False}, "failures", "expected an integer, found boolean false"),
+    ({"time": 0}, "time", "must be greater than 0, found integer 0"),
+    ({"max_time": "0s"}, "max_time", "must be greater than 0, found string '0s'"),
+    ({"max_time": "2d"}, "max_time", f"invalid duration '2d': {DURATION_HINT}"),
+    ({"time": "30s", "max_time": "10s"}, "max_time", "must be at least time (30s), found 10s"),
+    ({"max_time": "5s"}, "max_time", "must be at least the default time (10s), found 5s"),
+    ({"time": "10m"}, "max_time", "must be at least time (600s), found 300s, the default"),
+])
+def test_eject_refused(table: dict[str, Any], key: str, reason: str) -> None:
+    assert one_issue(with_upstream(eject=table)) == (f"upstreams.backend.eject.{key}", reason)
+
+
+@pytest.mark.parametrize(("table", "key", "reason"), [
+    ({"retries": -1}, "retries", "must be from 0 to 10, found -1"),
+    ({"retries": 11}, "retries", "must be from 0 to 10, found 11"),
+    ({"on": "reset"}, "on", "expected an array of conditions, found string 'reset'"),
+    ({"on": ["resett"]}, "on[0]",
+     "unknown condition 'resett' (supported: reset, timeout, 502, 503, 504); "
+     "did you mean 'reset'?"),
+    ({"on": ["reset", "500"]}, "on[1]",
+     "unknown condition '500' (supported: reset, timeout, 502, 503, 504)"),
+    ({"on": ["reset", "timeout", "reset"]}, "on[2]", "duplicate 'reset' (already at index 0)"),
+    ({"on": [502]}, "on[0]", 'expected a string, found integer 502 (write "502")'),
+    ({"on": [True]}, "on[0]", "expected a string, found boolean true"),
+    ({"budget": -0.1}, "budget", "must be from 0 to 1, found -0.1"),
+    ({"budget": 1.5}, "budget", "must be from 0 to 1, found 1.5"),
+    ({"budget": float("nan")}, "budget", "must be from 0 to 1, found nan"),
+    ({"budget": "20%"}, "budget", "expected a number from 0 to 1, found string '20%'"),
+    ({"budget": True}, "budget", "expected a number from 0 to 1, found boolean true"),
+    ({"per_try_timeout": -1}, "per_try_timeout",
+     "duration must not be negative, found integer -1"),
+    ({"buffer": "65m"}, "buffer",
+     "must be from 0 to 64m (0 to 67108864 bytes), found string '65m'"),
+    ({"buffer": "1.5k"}, "buffer",
+     "invalid size '1.5k': expected a number of bytes, or a string like "
+     '"512", "16k", "64MiB", "1g" (1024-based)'),
+])
+def test_retry_refused(table: dict[str, Any], key: str, reason: str) -> None:
+    assert one_issue(with_upstream(retry=table)) == (f"upstreams.backend.retry.{key}", reason)
+
+
+def test_every_resilience_issue_is_reported_at_once() -> None:
+    data = minimal(upstreams={"backend": {
+        "servers": [{"address": "a:1", "max_conns": -1}, "b:1"],
+        "queue": -1,
+        "health_check": {"path": "x", "rise": 0, "colour": "red"},
+        "eject": {"time": "1m", "max_time": "30s"},
+        "retry": {"on": ["reset", "reset"], "budget": 2},
+    }})
+    assert [key for key, _ in issues(data)] == [
+        "upstreams.backend.servers[0].max_conns",
+        "upstreams.backend.queue",
+        "upstreams.backend.health_check.colour",
+        "upstreams.backend.health_check.path",
+        "upstreams.backend.health_check.rise",
+        "upstreams.backend.eject.max_time",
+        "upstreams.backend.retry.on[1]",
+        "upstreams.backend.retry.budget",
+    ]
+
+
+def test_resilience_warnings() -> None:
+    data = minimal(upstreams={"backend": {"servers": ["a:1"], "balance": "maglev",
+                                          "slow_start": "30s", "queue": 10,
+                                          "queue_timeout": "1s"}})
+    assert parse_config(data, SRC).warnings == (
+        f'{SRC}: upstreams.backend.slow_start: has no effect with balance = "maglev" '
+        "(a returning server gets its keys back at once)",
+        f"{SRC}: upstreams.backend.queue: has no effect: no server has a max_conns",
+        f"{SRC}: upstreams.backend.queue_timeout: has no effect: no server has a max_conns",
+    )
+    quiet = minimal(upstreams={"backend": {
+        "servers": [{"address": "a:1", "max_conns": 5}], "balance": "ring", "slow_start": 0,
+        "queue": 10,
+    }})
+    assert parse_config(quiet, SRC).warnings == ()

@@ -15,6 +15,7 @@ from libc.math cimport exp
 from libc.stdint cimport uint64_t
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
+from fastproxy._peers cimport PeerSlot, PeerTable, now_ns
 from fastproxy.xxhash cimport XXH3_64bits
 
 
@@ -24,10 +25,22 @@ cdef uint64_t hash_bytes(const char* data, Py_ssize_t n) noexcept nogil:
     return XXH3_64bits(data, <size_t>n)
 
 
-cdef class Balancer:
-    """Chooses one of `peers` per request (see _balance.pxd for the contract)."""
+# Slow start ramps a weight in steps of 1/RAMP_SCALE of it, refreshed every RAMP_STEP.
+DEF RAMP_SCALE = 100
+DEF RAMP_STEP_NS = 50000000
 
-    def __cinit__(self, peers, weights=None, *args, **kwargs):
+
+cdef class Balancer:
+    """Chooses one of `peers` per request (see _balance.pxd for the contract).
+
+    Keywords: `table` and `slots`: the shared server state and the slot of each
+    peer in it (default: a private table, every peer up); `max_conns`:
+    per peer (0 = no limit); `slow_start`: seconds over which a peer coming
+    back ramps up; `eject`: (failures in a row, seconds, max seconds) of the
+    passive checks, failures 0 = off."""
+
+    def __cinit__(self, peers, weights=None, *args, PeerTable table=None, slots=None,
+                  max_conns=None, double slow_start=0.0, eject=None, **kwargs):
         cdef Py_ssize_t i, n = len(peers)
         if n == 0:
             raise ValueError("need at least one peer")
@@ -35,23 +48,164 @@ cdef class Balancer:
             weights = [1] * n
         if len(weights) != n:
             raise ValueError("need one weight per peer")
+        if max_conns is None:
+            max_conns = [0] * n
+        if len(max_conns) != n:
+            raise ValueError("need one max_conns per peer")
+        if table is None:
+            table = PeerTable(n)
+        if slots is None:
+            slots = range(n)
+        if len(slots) != n:
+            raise ValueError("need one slot per peer")
+        if not slow_start >= 0:
+            raise ValueError("slow_start must be >= 0")
+        failures, eject_time, eject_max = eject if eject is not None else (0, 0.0, 0.0)
+        if failures < 0 or (failures and not 0 < eject_time <= eject_max):
+            raise ValueError("eject: need failures >= 0 and 0 < time <= max_time")
         self.peers = list(peers)
         self.n = n
+        self.table = table
+        self.ramps = slow_start > 0 and self.can_ramp()
+        scale = RAMP_SCALE if self.ramps else 1
+        self.ramp_ns = <int64_t>(slow_start * 1e9)
+        self.eject_after = failures
+        self.eject_ns = <int64_t>(eject_time * 1e9)
+        self.eject_max_ns = <int64_t>(eject_max * 1e9)
         self.weights = <long long*>PyMem_Malloc(n * sizeof(long long))
         self.active = <long long*>PyMem_Malloc(n * sizeof(long long))
-        if self.weights == NULL or self.active == NULL:
+        self.base = <long long*>PyMem_Malloc(n * sizeof(long long))
+        self.max_conns = <long long*>PyMem_Malloc(n * sizeof(long long))
+        self.live_idx = <Py_ssize_t*>PyMem_Malloc(n * sizeof(Py_ssize_t))
+        self.fails = <int*>PyMem_Malloc(n * sizeof(int))
+        self.slot_of = <Py_ssize_t*>PyMem_Malloc(n * sizeof(Py_ssize_t))
+        if self.slot_of == NULL or (self.weights == NULL or self.active == NULL or self.base == NULL
+                or self.max_conns == NULL or self.live_idx == NULL or self.fails == NULL):
             raise MemoryError()
         self.total_weight = 0
+        self.capped = False
         for i in range(n):
             if weights[i] < 1:
                 raise ValueError("weights must be positive")
-            self.weights[i] = weights[i]
+            if max_conns[i] < 0:
+                raise ValueError("max_conns must be >= 0")
+            self.weights[i] = weights[i] * scale
+            self.base[i] = weights[i] * scale
             self.active[i] = 0
-            self.total_weight += weights[i]
+            self.fails[i] = 0
+            self.max_conns[i] = max_conns[i]
+            self.capped = self.capped or max_conns[i] > 0
+            self.total_weight += weights[i] * scale
+            self.live_idx[i] = i
+            if not 0 <= slots[i] < table.size:
+                raise ValueError("a peer's slot lies outside the table")
+            self.slot_of[i] = slots[i]
+        self.live = n
+        # The first choose() reads the table (and subclasses finish building first).
+        self.seen = table.current() - 1
 
     def __dealloc__(self):
         PyMem_Free(self.weights)
         PyMem_Free(self.active)
+        PyMem_Free(self.base)
+        PyMem_Free(self.max_conns)
+        PyMem_Free(self.live_idx)
+        PyMem_Free(self.fails)
+        PyMem_Free(self.slot_of)
+
+    cdef int refresh(self) except -1:
+        if self.table.current() != self.seen or (self.recheck and now_ns() >= self.recheck):
+            self.rebuild()
+        return 0
+
+    cdef bint usable(self, Py_ssize_t i) except -1:
+        """Peer i may take a request now (up, not ejected, below its max_conns)."""
+        self.refresh()
+        return self.weights[i] != 0 and (self.max_conns[i] == 0 or self.active[i] < self.max_conns[i])
+
+    cdef Py_ssize_t choose(self, uint64_t key) except -2:
+        """The peer for a request with key hash `key`; NO_PEER or ALL_BUSY."""
+        cdef Py_ssize_t i, k, j
+        self.refresh()
+        if self.live == 0:
+            return NO_PEER
+        i = self.select(key)
+        if not self.capped or self.active[i] < self.max_conns[i] or self.max_conns[i] == 0:
+            return i
+        # At its max_conns: the next live peer with room, in order.
+        for k in range(self.live):
+            j = self.live_idx[k]
+            if j > i and (self.max_conns[j] == 0 or self.active[j] < self.max_conns[j]):
+                return j
+        for k in range(self.live):
+            j = self.live_idx[k]
+            if j >= i:
+                break
+            if self.max_conns[j] == 0 or self.active[j] < self.max_conns[j]:
+                return j
+        return ALL_BUSY
+
+    cdef Py_ssize_t choose_other(self, uint64_t key, list tried) except -2:
+        """As choose, but not one of the peer indexes in `tried` (a retry):
+        the algorithm's choice if it was not tried, else the next live peer
+        after it (in order) that was not and has room; NO_PEER when none."""
+        cdef Py_ssize_t i, k, j, start
+        i = self.choose(key)
+        if i == ALL_BUSY:
+            return NO_PEER
+        if i < 0 or i not in tried:
+            return i
+        start = 0
+        while start < self.live and self.live_idx[start] <= i:
+            start += 1
+        for k in range(self.live):
+            j = self.live_idx[(start + k) % self.live]
+            if j not in tried and (self.max_conns[j] == 0 or self.active[j] < self.max_conns[j]):
+                return j
+        return NO_PEER
+
+    cdef int rebuild(self) except -1:
+        """Bring the weights up to date with the shared state: 0 for a peer that
+        is down or ejected, a ramped weight during slow start."""
+        cdef Py_ssize_t i
+        cdef int64_t now = now_ns(), recheck = 0, since
+        cdef long long w
+        cdef PeerSlot* s
+        self.seen = self.table.current()
+        self.live = 0
+        self.total_weight = 0
+        for i in range(self.n):
+            s = &self.table.slots[self.slot_of[i]]
+            w = 0
+            if s.health != 0:
+                if now < s.ejected_until:
+                    if recheck == 0 or s.ejected_until < recheck:
+                        recheck = s.ejected_until
+                else:
+                    w = self.base[i]
+                    since = now - s.up_since
+                    if self.ramps and s.up_since != 0 and since < self.ramp_ns:
+                        w = w * (since * RAMP_SCALE // self.ramp_ns + 1) // RAMP_SCALE
+                        if w < 1:
+                            w = 1
+                        if recheck == 0 or now + RAMP_STEP_NS < recheck:
+                            recheck = now + RAMP_STEP_NS
+            self.weights[i] = w
+            if w:
+                self.live_idx[self.live] = i
+                self.live += 1
+                self.total_weight += w
+        self.recheck = recheck
+        self.reweighted()
+        return 0
+
+    cdef bint can_ramp(self) noexcept:
+        """Whether slow start applies to the algorithm (the hashing ones: no)."""
+        return True
+
+    cdef int reweighted(self) except -1:
+        """Hook: the weights changed (subclasses rebuild what depends on them)."""
+        return 0
 
     cdef Py_ssize_t select(self, uint64_t key) except -1:
         raise NotImplementedError
@@ -63,17 +217,43 @@ cdef class Balancer:
         if self.active[i] > 0:
             self.active[i] -= 1
 
+    cdef void report(self, Py_ssize_t i, bint ok) noexcept:
+        """Passive checks: the outcome of one try on peer i."""
+        cdef PeerSlot* s = &self.table.slots[self.slot_of[i]]
+        cdef int64_t now
+        if ok:
+            self.fails[i] = 0
+            if s.ejections != 0:
+                self.table.probe_passed(self.slot_of[i])
+            return
+        if self.eject_after == 0:
+            return
+        now = now_ns()
+        if now < s.ejected_until:
+            return  # a request sent before the ejection: already counted
+        self.fails[i] += 1
+        if self.fails[i] >= self.eject_after or s.ejections != 0:
+            # The threshold, or the probe after an ejection, failed.
+            self.fails[i] = 0
+            self.table.eject(self.slot_of[i], self.eject_ns, self.eject_max_ns)
+
     cpdef object pick(self):
-        """The next peer for a request without a key."""
-        return self.peers[self.select(0)]
+        """The next peer for a request without a key (None: none is usable)."""
+        cdef Py_ssize_t i = self.choose(0)
+        return self.peers[i] if i >= 0 else None
 
     cpdef object pick_key(self, bytes key):
-        """The peer for a request whose hash_key is `key`."""
-        return self.peers[self.select(hash_bytes(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key)))]
+        """The peer for a request whose hash_key is `key` (None: none is usable)."""
+        cdef Py_ssize_t i = self.choose(hash_bytes(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key)))
+        return self.peers[i] if i >= 0 else None
 
     # For tests and tools: the proxy calls the C methods.
     def select_index(self, uint64_t key=0):
-        return self.select(key)
+        """choose(key): a peer index, -1 when none is usable, -3 when all are busy."""
+        return self.choose(key)
+
+    def select_other(self, uint64_t key, tried):
+        return self.choose_other(key, list(tried))
 
     def start(self, Py_ssize_t i):
         if not 0 <= i < self.n:
@@ -85,8 +265,48 @@ cdef class Balancer:
             raise IndexError(i)
         self.finished(i, seconds)
 
+    def outcome(self, Py_ssize_t i, bint ok):
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        self.report(i, ok)
+
     def in_flight(self):
         return [self.active[i] for i in range(self.n)]
+
+    def current_weights(self):
+        """The weights the last choose() used (0: not usable)."""
+        return [self.weights[i] for i in range(self.n)]
+
+
+@cython.final
+cdef class RetryBudget:
+    """A token bucket bounding retries to a fraction of the requests: each
+    request adds `ratio` tokens, each retry takes one; it starts with, and holds
+    at most, `capacity` tokens (a burst allowance). Ratio 0: no tokens ever."""
+
+    def __cinit__(self, double ratio, double capacity=10.0):
+        if not 0 <= ratio <= 1 or not capacity >= 1:
+            raise ValueError("need 0 <= ratio <= 1 and capacity >= 1")
+        self.ratio = ratio
+        self.capacity = capacity
+        self.tokens = capacity if ratio > 0 else 0.0  # 0: no retries but after connect failures
+
+    cdef void deposit(self) noexcept:
+        self.tokens += self.ratio
+        if self.tokens > self.capacity:
+            self.tokens = self.capacity
+
+    cdef bint withdraw(self) noexcept:
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+    def add_request(self):
+        self.deposit()
+
+    def take_retry(self):
+        return self.withdraw()
 
 
 def key_hash(bytes key not None):
@@ -112,13 +332,17 @@ cdef class RoundRobin(Balancer):
         PyMem_Free(self._current)
 
     cdef Py_ssize_t select(self, uint64_t key) except -1:
-        cdef Py_ssize_t i, best = 0
+        cdef Py_ssize_t i, best = -1
+        cdef long long w
         cdef long long* current = self._current
-        if self.n == 1:
-            return 0
+        if self.live == 1:
+            return self.live_idx[0]
         for i in range(self.n):
-            current[i] += self.weights[i]
-            if current[i] > current[best]:
+            w = self.weights[i]
+            if w == 0:
+                continue  # not usable now
+            current[i] += w
+            if best < 0 or current[i] > current[best]:
                 best = i
         current[best] -= self.total_weight
         return best
@@ -136,12 +360,30 @@ cdef class LeastConn(Balancer):
     cdef Py_ssize_t select(self, uint64_t key) except -1:
         cdef Py_ssize_t start = self._start
         cdef Py_ssize_t best = start
-        if self.active[start] != 0:  # nothing beats an idle peer
+        if self.live != self.n:
+            best = self._least_live(start)
+        elif self.active[start] != 0:  # nothing beats an idle peer
             # Scan start+1 .. n-1, then 0 .. start-1: the first of equals wins.
             best = _least(self.active, self.weights, start + 1, self.n, start)
             if self.active[best] != 0:
                 best = _least(self.active, self.weights, 0, start, best)
         self._start = best + 1 if best + 1 < self.n else 0
+        return best
+
+    cdef Py_ssize_t _least_live(self, Py_ssize_t start) noexcept:
+        """select() while some peers are not usable: the same rule over live_idx,
+        from the first live peer at or after `start`."""
+        cdef Py_ssize_t k, j, s0 = 0, best = -1, live = self.live
+        cdef long long* active = self.active
+        cdef long long* weights = self.weights
+        while s0 < live and self.live_idx[s0] < start:
+            s0 += 1
+        for k in range(live):
+            j = self.live_idx[(s0 + k) % live]
+            if best < 0 or active[j] * weights[best] < active[best] * weights[j]:
+                best = j
+                if active[j] == 0:
+                    break
         return best
 
 
@@ -250,6 +492,14 @@ cdef class WeightedDraw(Balancer):
     def __dealloc__(self):
         PyMem_Free(self._prefix)
 
+    cdef int reweighted(self) except -1:
+        cdef Py_ssize_t i
+        if self._prefix != NULL:
+            self._prefix[0] = self.weights[0]
+            for i in range(1, self.n):
+                self._prefix[i] = self._prefix[i - 1] + self.weights[i]
+        return 0
+
 
 @cython.final
 cdef class Random(WeightedDraw):
@@ -268,8 +518,8 @@ cdef class P2C(WeightedDraw):
 
     cdef Py_ssize_t select(self, uint64_t key) except -1:
         cdef Py_ssize_t a, b
-        if self.n == 1:
-            return 0
+        if self.live == 1:
+            return self.live_idx[0]
         a = _draw(_next_random(&self._rng, &self._fork_gen), self._prefix, self.n,
                   self.total_weight)
         b = _draw_other(_next_random(&self._rng, &self._fork_gen), self._prefix, self.weights,
@@ -333,14 +583,16 @@ cdef class Ewma(Balancer):
         return estimate * <double>(self.active[i] + 1) / <double>self.weights[i]
 
     cdef Py_ssize_t select(self, uint64_t key) except -1:
-        cdef Py_ssize_t a, b, n = self.n
+        cdef Py_ssize_t a, b, n = self.live
         cdef double now
         if n == 1:
-            return 0
+            return self.live_idx[0]
         a = <Py_ssize_t>(_next_random(&self._rng, &self._fork_gen) % <uint64_t>n)
         b = <Py_ssize_t>(_next_random(&self._rng, &self._fork_gen) % <uint64_t>(n - 1))
         if b >= a:
             b += 1
+        a = self.live_idx[a]
+        b = self.live_idx[b]
         now = self._now()
         if self._cost(b, now) < self._cost(a, now):
             return b

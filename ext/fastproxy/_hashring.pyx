@@ -18,6 +18,12 @@ the following table slots (key + 1, key + 2, ... mod M), and takes the first
 peer with room. Since the bounds add up to factor * (total_active + 1) >
 total_active, some peer always has room, and every peer owns at least one
 point or slot, so the walk ends within one lap.
+
+A peer that is down or ejected (weight 0, see _balance.Balancer.rebuild) is
+walked past the same way, so its keys spread over the following peers and
+the others' keys stay where they are; it gets its own keys back when it
+returns. Slow start does not apply here: the returning peer's keys come back
+at once (ramping would move keys twice).
 """
 cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
@@ -44,6 +50,11 @@ cdef inline bint has_room(HashBalancer b, Py_ssize_t i) noexcept:
     return b.active[i] < <double>(b.total_active + 1) * b._share[i]
 
 
+cdef inline bint takes(HashBalancer b, Py_ssize_t i) noexcept:
+    """Peer i may take the request: usable now and, with bounded load, has room."""
+    return b.weights[i] != 0 and (b.factor == 0.0 or has_room(b, i))
+
+
 cdef tuple peer_names(names, Py_ssize_t n):
     if names is None:
         return tuple([str(i) for i in range(n)])
@@ -62,7 +73,6 @@ cdef class HashBalancer(Balancer):
     """The base of Ring and Maglev: peer names and bounded-load bookkeeping."""
 
     def __cinit__(self, peers, weights=None, *args, names=None, double factor=0.0, **kwargs):
-        cdef Py_ssize_t i
         if not (factor == 0.0 or factor > 1.0):
             raise ValueError("factor must be 0 (off) or greater than 1")
         self.names = peer_names(names, self.n)
@@ -71,11 +81,21 @@ cdef class HashBalancer(Balancer):
         self._share = <double*>PyMem_Malloc(self.n * sizeof(double))
         if self._share == NULL:
             raise MemoryError()
-        for i in range(self.n):
-            self._share[i] = factor * <double>self.weights[i] / <double>self.total_weight
+        self.reweighted()
 
     def __dealloc__(self):
         PyMem_Free(self._share)
+
+    cdef bint can_ramp(self) noexcept:
+        return False  # a returning peer takes its keys back at once
+
+    cdef int reweighted(self) except -1:
+        # Down peers have weight 0, so no room; the others share the bound.
+        cdef Py_ssize_t i
+        if self._share != NULL and self.total_weight > 0:
+            for i in range(self.n):
+                self._share[i] = self.factor * <double>self.weights[i] / <double>self.total_weight
+        return 0
 
     cdef void started(self, Py_ssize_t i) noexcept:
         Balancer.started(self, i)
@@ -129,7 +149,7 @@ cdef class Ring(HashBalancer):
     O(log points) per pick."""
 
     def __cinit__(self, peers, weights=None, *, names=None, Py_ssize_t vnodes=160,
-                  double factor=0.0):
+                  double factor=0.0, **kwargs):
         cdef Py_ssize_t i, r, k = 0, total, size, length
         cdef RingPoint* points
         cdef char* buf
@@ -183,16 +203,16 @@ cdef class Ring(HashBalancer):
         if lo == self._npoints:
             lo = 0
         peer = self._owners[lo]
-        if self.factor == 0.0 or has_room(self, peer):
+        if takes(self, peer):
             return peer
         k = lo
         for step in range(self._npoints - 1):
             k += 1
             if k == self._npoints:
                 k = 0
-            if has_room(self, self._owners[k]):
+            if takes(self, self._owners[k]):
                 return self._owners[k]
-        return peer
+        return self.live_idx[0]  # unreachable: every peer owns a point
 
     def points(self):
         """The ring as (hash, peer index) pairs in ring order (for tests and tools)."""
@@ -246,7 +266,7 @@ cdef class Maglev(HashBalancer):
     goes to table[key % M]: O(1) per pick."""
 
     def __cinit__(self, peers, weights=None, *, names=None, Py_ssize_t table_size=0,
-                  double factor=0.0):
+                  double factor=0.0, **kwargs):
         cdef Py_ssize_t i, k, m = table_size
         cdef uint64_t* offsets
         cdef uint64_t* skips
@@ -287,15 +307,15 @@ cdef class Maglev(HashBalancer):
         cdef Py_ssize_t m = self.table_size
         cdef Py_ssize_t slot = <Py_ssize_t>(key % <uint64_t>m)
         cdef Py_ssize_t peer = self._table[slot], step
-        if self.factor == 0.0 or has_room(self, peer):
+        if takes(self, peer):
             return peer
         for step in range(m - 1):
             slot += 1
             if slot == m:
                 slot = 0
-            if has_room(self, self._table[slot]):
+            if takes(self, self._table[slot]):
                 return self._table[slot]
-        return peer
+        return self.live_idx[0]  # unreachable: every peer owns a slot
 
     def lookup_table(self):
         """The table as a list of peer indexes (for tests and tools)."""

@@ -51,7 +51,7 @@ from fastproxy._http cimport (
     RequestParser,
     ResponseParser,
 )
-from fastproxy._balance cimport Balancer, hash_bytes
+from fastproxy._balance cimport ALL_BUSY, NO_PEER, Balancer, RetryBudget, hash_bytes
 from fastproxy._rewrite cimport FR_CHUNKED, FR_CLOSE, FR_PASS, request_head, response_head
 from fastproxy._router cimport RequestContext, Router, Rule, new_context
 from fastproxy._actions cimport LocalAction, ProxyAction, Template
@@ -59,6 +59,7 @@ from fastproxy._url cimport cookie_get
 
 import asyncio
 import logging
+from collections import deque
 
 from fastproxy._http import HttpParseError
 
@@ -83,6 +84,7 @@ cdef class ClientConnection
 cdef class Exchange
 cdef class UpstreamConnection
 cdef class ServerPool
+cdef class WaitQueue
 
 cdef enum:
     PENDING_LIMIT = 64 * 1024  # request body bytes buffered before an upstream is ready
@@ -218,6 +220,7 @@ cdef class Core:
     cdef bytes via
     cdef bint merge_slashes
     cdef tuple listener_names   # bytes, by listener index
+    cdef list queues            # WaitQueue of every upstream (their deadlines)
 
     def __init__(self, config, router, access_log, clock, local_response, local_body_size):
         limits = config.limits
@@ -244,6 +247,13 @@ cdef class Core:
         self.via = b"1.1 fastproxy" if config.server.via else b""
         self.merge_slashes = config.routing.merge_slashes
         self.listener_names = tuple(l.name.encode() for l in config.listeners)
+        self.queues = []
+
+    def new_queue(self, Py_ssize_t capacity, double timeout):
+        """A queue for the requests of one upstream waiting for a server with room."""
+        queue = WaitQueue(capacity, timeout)
+        self.queues.append(queue)
+        return queue
 
     def client_factory(self, int listener):
         """The protocol factory of listener number `listener` (config order)."""
@@ -264,6 +274,8 @@ cdef class Core:
                      if (<UpstreamConnection>c).deadline and
                      (<UpstreamConnection>c).deadline <= now]:
             conn.timed_out()
+        for queue in self.queues:
+            (<WaitQueue>queue).expire(now)
 
     def close_idle_clients(self):
         """Shutdown: close the client connections that are between requests."""
@@ -622,6 +634,13 @@ cdef enum:
     PEER_FAILED = 1
     PEER_UNKNOWN = 2
 
+# Why a try failed before the response began (Exchange.next_try).
+cdef enum:
+    TRY_CONNECT = 0   # no connection: nothing was sent, always retried
+    TRY_RESET = 1     # the connection closed before a response head
+    TRY_TIMEOUT = 2   # no response head in time
+    TRY_STATUS = 3    # a 502/503/504 named in retry.on
+
 
 # -- one request ----------------------------------------------------------------------
 
@@ -663,7 +682,14 @@ cdef class Exchange:
     cdef double peer_start      # when the request went to that peer
     cdef bint sticky            # the group has a sticky cookie
     cdef bytes sticky_value     # ... and the request named this server in it (or None)
-    cdef list tried             # servers that failed to connect
+    cdef uint64_t key           # the hash of the upstream's hash_key (0: none)
+    cdef list tried             # peer indexes (in `balancer`) whose try failed
+    cdef int retries            # tries after the first, not counting connect failures
+    cdef list kept              # the request body as sent, for a retry (None: not kept)
+    cdef Py_ssize_t kept_size
+    cdef Py_ssize_t kept_limit
+    cdef WaitQueue queued       # the queue this request waits in (None: not waiting)
+    cdef double queue_deadline
     cdef ServerPool pool
     cdef UpstreamConnection conn
     cdef bint resp_started
@@ -735,20 +761,52 @@ cdef class Exchange:
         group = action.group
         self.group = group
         self.balancer = <Balancer?>group.balancer
+        (<RetryBudget?>group.budget).deposit()
+        if self.head.body_kind != K_NONE and self.head.method in _IDEMPOTENT:
+            # Keep the body as it goes, for a retry, while it fits.
+            self.kept_limit = group.retry_buffer
+            if self.kept_limit and group.retry_on:
+                self.kept = []
+        self.key = self.hash_key(ctx)
         cookie = group.sticky_cookie
         if cookie is not None:
             # Sticky sessions: the server the client's cookie names, if it is one of
-            # ours; else the balancer's choice (and the response sets the cookie).
+            # ours and usable; else the balancer's choice (and the response sets
+            # the cookie).
             self.sticky = True
             header = self.head.get(b"cookie")
             if header is not None:
                 self.sticky_value = cookie_get(header, cookie)
                 peer = group.sticky_peers.get(self.sticky_value)
-                if peer is not None:
+                if peer is not None and self.balancer.usable(peer):
                     self.use_server(peer)
                     return 0
-        self.use_server(self.balancer.select(self.hash_key(ctx)))
+        self.dispatch(False)
         return 0
+
+    cdef bint dispatch(self, bint from_queue) except -1:
+        """Send the request to the balancer's choice; when no primary is usable, to
+        a backup; when every server is at its max_conns, wait in the queue; when
+        none is usable, answer 503 at once. False: still busy (from the queue)."""
+        cdef Py_ssize_t i
+        group = self.group
+        i = self.balancer.choose(self.key)
+        if i == NO_PEER and group.backup is not None and self.balancer is not group.backup:
+            self.balancer = <Balancer>group.backup
+            self.sticky = False  # a backup stands in; the cookie keeps naming the primary
+            i = self.balancer.choose(self.key)
+        if i >= 0:
+            self.use_server(i)
+        elif i == ALL_BUSY:
+            if from_queue:
+                return False
+            if group.waiting is not None and (<WaitQueue>group.waiting).push(self):
+                self.connecting = True  # a request body waits in `pending`
+            else:
+                self.respond_unavailable(group.busy)
+        else:
+            self.respond_unavailable(group.unavailable)
+        return True
 
     cdef uint64_t hash_key(self, RequestContext ctx) except? 0:
         """The xxh3 of the upstream's hash_key for this request (0 when it has none)."""
@@ -806,15 +864,69 @@ cdef class Exchange:
         log_proxy.warning("upstream %s: connect %s: %s", pool.label,
                              "timed out" if timed_out else "failed",
                              exc or type(exc).__name__)
-        if self.tried is None:
-            self.tried = []
-        self.tried.append(pool)
+        self.try_failed()
+        if not self.next_try(TRY_CONNECT):
+            self.respond_error(504 if timed_out else 502)
+        return 0
+
+    cdef int try_failed(self) except -1:
+        """The current try failed before a response: tell the passive checks and
+        the balancer, and do not try that server again for this request."""
+        if self.peer >= 0:
+            self.balancer.report(self.peer, False)
+            if self.tried is None:
+                self.tried = []
+            self.tried.append(self.peer)
         self.peer_done(PEER_FAILED)
-        for i, other in enumerate(self.balancer.peers):
-            if other not in self.tried:
-                self.use_server(i)  # nothing was sent: another may take it
-                return 0
-        self.respond_error(504 if timed_out else 502)
+        return 0
+
+    cdef Py_ssize_t retry_peer(self, int why) except -2:
+        """The peer for another try after `why`, or NO_PEER: a connect failure
+        always may (nothing was sent); the others only for an idempotent request
+        whose body, if any, was kept whole, within `retries` and the budget."""
+        cdef Py_ssize_t i
+        group = self.group
+        if why != TRY_CONNECT:
+            if self.retries >= <int>group.retries or self.head.method not in _IDEMPOTENT:
+                return NO_PEER
+            if why == TRY_RESET and not group.retry_reset:
+                return NO_PEER
+            if why == TRY_TIMEOUT and not group.retry_timeout:
+                return NO_PEER
+            if self.head.body_kind != K_NONE and not (self.req_done and self.kept is not None):
+                return NO_PEER
+            if (<RetryBudget>group.budget).tokens < 1.0:
+                return NO_PEER  # before the pick: a pick moves round robin on
+        i = self.balancer.choose_other(self.key, self.tried if self.tried is not None else [])
+        if i == NO_PEER and why != TRY_STATUS and group.backup is not None \
+                and self.balancer is not group.backup:
+            # Every primary failed or is unusable: the backups stand in.
+            i = (<Balancer>group.backup).choose(self.key)
+            if i >= 0:
+                self.balancer = <Balancer>group.backup
+                self.sticky = False
+                self.tried = None
+        if i >= 0 and why != TRY_CONNECT:
+            if not (<RetryBudget>group.budget).withdraw():
+                return NO_PEER
+            self.retries += 1
+        return i
+
+    cdef bint next_try(self, int why) except -1:
+        """Start another try after the current one failed (see retry_peer)."""
+        cdef Py_ssize_t i = self.retry_peer(why)
+        if i < 0:
+            return False
+        self.start_try(i)
+        return True
+
+    cdef int start_try(self, Py_ssize_t i) except -1:
+        if self.kept is not None and self.req_done:
+            # Replayed from the copy: the pending list of the failed try was sent.
+            self.pending = list(self.kept)
+            self.pending_size = self.kept_size
+        self.interim = False
+        self.use_server(i)
         return 0
 
     cdef int attach(self, UpstreamConnection conn) except -1:
@@ -868,6 +980,12 @@ cdef class Exchange:
             parts = (b"%x\r\n" % n, data, _CRLF)
         else:
             parts = (data,)
+        if self.kept is not None:
+            if self.kept_size + n > self.kept_limit:
+                self.kept = None  # too big to keep: this request is not retried
+            else:
+                self.kept.extend(parts)
+                self.kept_size += n
         if conn is not None:
             conn.send_all(parts)
             conn.touch()
@@ -887,6 +1005,8 @@ cdef class Exchange:
                 self.finish(self.keep)
             return 0
         if self.head.body_kind == K_CHUNKED:
+            if self.kept is not None:
+                self.kept.append(_LAST_CHUNK)
             if self.conn is not None:
                 self.conn.send(_LAST_CHUNK)
             elif self.connecting:
@@ -904,10 +1024,31 @@ cdef class Exchange:
         cdef MessageHead req = self.head
         cdef bint keep
         cdef int framing
+        cdef Py_ssize_t retry
+        cdef UpstreamConnection conn
         if head.status < 200:
             self.interim = True  # 1xx: we answered 100-continue ourselves
             return 0
         self.interim = False
+        if self.peer >= 0:
+            if 502 <= head.status <= 504:
+                self.balancer.report(self.peer, False)
+                if head.status in self.group.retry_statuses:
+                    if self.tried is None:
+                        self.tried = []
+                    self.tried.append(self.peer)
+                    retry = self.retry_peer(TRY_STATUS)
+                    if retry >= 0:
+                        # Not passed on: the connection (and the rest of this
+                        # response) is dropped and another server asked.
+                        conn = self.conn
+                        self.conn = None
+                        conn.abort()
+                        self.peer_done(PEER_FAILED)
+                        self.start_try(retry)
+                        return 0
+            else:
+                self.balancer.report(self.peer, True)
         keep = req.keep_alive and self.req_done and not self.core.closing
         if head.body_kind == K_NONE or head.body_kind == K_LENGTH:
             framing = FR_PASS
@@ -978,10 +1119,27 @@ cdef class Exchange:
                 return 0
             log_proxy.warning("upstream %s closed the connection before a response%s",
                                  conn.pool.label, f": {exc}" if exc else "")
-            self.respond_error(502)
+            self.try_failed()
+            if not self.next_try(TRY_RESET):
+                self.respond_error(502)
         else:
             log_proxy.warning("upstream %s closed the connection mid-response",
                                  conn.pool.label)
+            self.client.abort()
+            self.finish(False)
+        return 0
+
+    cdef int upstream_timeout(self) except -1:
+        """No answer (or no progress) from the upstream in time."""
+        self.conn = None
+        if self.finished:
+            return 0
+        log_proxy.warning("upstream %s: timed out", self.upstream_label)
+        if not self.resp_started:
+            self.try_failed()
+            if not self.next_try(TRY_TIMEOUT):
+                self.respond_error(504)
+        else:
             self.client.abort()
             self.finish(False)
         return 0
@@ -992,6 +1150,7 @@ cdef class Exchange:
             return 0
         log_proxy.warning("upstream %s: %s", self.upstream_label, reason)
         if not self.resp_started:
+            self.try_failed()
             self.respond_error(status)
         else:
             self.client.abort()
@@ -1047,6 +1206,24 @@ cdef class Exchange:
         self.respond_local(status, not self.req_done)
         return 0
 
+    cdef int respond_unavailable(self, bytes body) except -1:
+        """503 made here, at once: no server can take the request (`body` says why)."""
+        cdef MessageHead req = self.head
+        cdef Core core = self.core
+        cdef bint close = not self.req_done
+        cdef bint keep = not close and req.keep_alive and not core.closing
+        cdef bytes data = (
+            b"HTTP/1.1 503 Service Unavailable\r\nServer: fastproxy\r\nDate: %s\r\n"
+            b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
+            b"Retry-After: 1\r\nConnection: %s\r\n\r\n"
+            % (core.clock.http_date, len(body), b"keep-alive" if keep else b"close"))
+        if self.queued is not None:
+            self.queued.remove(self)
+        if not req.is_head_request:
+            data += body
+        self.send_local(503, data, 0 if req.is_head_request else len(body), keep, close)
+        return 0
+
     cdef int peer_done(self, int outcome) except -1:
         """Tell the balancer the request left its peer: with its duration when the
         upstream answered, as a failure when it did not, without a sample when
@@ -1061,6 +1238,8 @@ cdef class Exchange:
                 seconds = NAN
             self.balancer.finished(self.peer, seconds)
             self.peer = -1
+            if self.balancer.capped and self.group.waiting is not None:
+                (<WaitQueue>self.group.waiting).wake()  # a server has room now
         return 0
 
     cdef int finish(self, bint keep) except -1:
@@ -1068,6 +1247,8 @@ cdef class Exchange:
         if self.finished:
             return 0
         self.finished = True
+        if self.queued is not None:
+            self.queued.remove(self)
         self.peer_done(PEER_ANSWERED if self.resp_head is not None else PEER_FAILED)
         if core.log_on:
             core.access_log.record(self)
@@ -1108,13 +1289,14 @@ cdef class UpstreamConnection(ParserHandler):
         self.sink = sink
         self.got_bytes = False
         self.parser._skip_body = head_request
-        self.deadline = monotonic() + self.pool.read_timeout
+        self.deadline = monotonic() + self.pool.head_timeout
         return 0
 
     cdef inline void touch(self) noexcept:
         """Progress on the request side: push the read deadline out."""
         if not self.write_paused:
-            self.deadline = monotonic() + self.pool.read_timeout
+            self.deadline = monotonic() + (self.pool.read_timeout if self.got_bytes
+                                           else self.pool.head_timeout)
 
     cdef int release(self, bint reusable) except -1:
         """The exchange is over: back to the pool, or closed."""
@@ -1178,7 +1360,7 @@ cdef class UpstreamConnection(ParserHandler):
             self.close()
             return 0
         self.abort()
-        sink.upstream_failed(504, "upstream timed out")
+        sink.upstream_timeout()
         return 0
 
     # -- asyncio.Protocol -------------------------------------------------------------
@@ -1297,8 +1479,11 @@ cdef class ServerPool:
     cdef list idle
     cdef Py_ssize_t keepalive
     cdef double read_timeout, send_timeout, idle_timeout, connect_timeout
+    cdef double head_timeout    # for the response head of one try (retry.per_try_timeout)
     cdef readonly long long connects   # counted for the metrics (not exported yet)
     cdef readonly long long reuses
+    cdef readonly tuple addresses      # resolved IPs of a host name (empty: connect to `host`)
+    cdef Py_ssize_t next_address       # new connections rotate over them
 
     def __init__(self, upstream, str host, int port, int weight, Core core not None):
         self.core = core
@@ -1308,11 +1493,14 @@ cdef class ServerPool:
         self.label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.label_bytes = self.label.encode()
         self.idle = []
+        self.addresses = ()
         self.keepalive = upstream.keepalive
         self.read_timeout = upstream.read_timeout
         self.send_timeout = upstream.send_timeout
         self.idle_timeout = upstream.idle_timeout
         self.connect_timeout = upstream.connect_timeout
+        per_try = upstream.retry.per_try_timeout
+        self.head_timeout = per_try if 0 < per_try < self.read_timeout else self.read_timeout
 
     cdef UpstreamConnection take(self):
         cdef UpstreamConnection conn
@@ -1347,6 +1535,18 @@ cdef class ServerPool:
         self.core.loop.create_task(_connect(self, waiter))
         return 0
 
+    def set_addresses(self, addresses):
+        """The addresses a resolution of `host` gave (new connections use them)."""
+        self.addresses = tuple(addresses)
+        self.next_address = 0
+
+    cdef str connect_host(self):
+        cdef Py_ssize_t n = len(self.addresses)
+        if n == 0:
+            return self.host
+        self.next_address = (self.next_address + 1) % n
+        return <str>self.addresses[self.next_address]
+
     def close_idle(self):
         cdef UpstreamConnection conn
         while self.idle:
@@ -1354,12 +1554,70 @@ cdef class ServerPool:
             conn.close()
 
 
+@cython.final
+cdef class WaitQueue:
+    """The requests of one upstream waiting, first come first served, for a
+    server below its max_conns; at most `capacity`, each for up to `timeout`."""
+
+    cdef object items   # deque of Exchange, deadlines in order
+    cdef readonly Py_ssize_t capacity
+    cdef readonly double timeout
+
+    def __cinit__(self, Py_ssize_t capacity, double timeout):
+        self.items = deque()
+        self.capacity = capacity
+        self.timeout = timeout
+
+    def __len__(self):
+        return len(self.items)
+
+    cdef bint push(self, Exchange ex) except -1:
+        if len(self.items) >= self.capacity:
+            return False
+        ex.queued = self
+        ex.queue_deadline = monotonic() + self.timeout
+        self.items.append(ex)
+        return True
+
+    cdef int remove(self, Exchange ex) except -1:
+        ex.queued = None
+        try:
+            self.items.remove(ex)
+        except ValueError:
+            pass
+        return 0
+
+    cdef int wake(self) except -1:
+        """A server has room: the first waiting request tries again."""
+        cdef Exchange ex
+        while self.items:
+            ex = <Exchange>self.items.popleft()
+            ex.queued = None
+            if ex.finished:
+                continue
+            if not ex.dispatch(True):
+                # Room went to none of the usable servers (e.g. one that is down).
+                ex.queued = self
+                self.items.appendleft(ex)
+            return 0
+        return 0
+
+    cdef int expire(self, double now) except -1:
+        cdef Exchange ex
+        while self.items and (<Exchange>self.items[0]).queue_deadline <= now:
+            ex = <Exchange>self.items.popleft()
+            ex.queued = None
+            if not ex.finished:
+                ex.respond_unavailable(ex.group.busy)
+        return 0
+
+
 async def _connect(ServerPool pool, Exchange waiter):
     loop = pool.core.loop
     try:
         async with asyncio.timeout(pool.connect_timeout):
             _, conn = await loop.create_connection(
-                lambda: UpstreamConnection(pool), pool.host, pool.port)
+                lambda: UpstreamConnection(pool), pool.connect_host(), pool.port)
     except TimeoutError as e:
         waiter.connect_failed(pool, e, True)
         return

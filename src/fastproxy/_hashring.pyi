@@ -34,6 +34,7 @@ class Ring(HashBalancer):
         names: Sequence[str] | None = None,
         vnodes: int = 160,
         factor: float = 0.0,
+        **kwargs: Any,
     ) -> None: ...
     @property
     def vnodes(self) -> int: ...
@@ -48,6 +49,7 @@ class Maglev(HashBalancer):
         names: Sequence[str] | None = None,
         table_size: int = 0,
         factor: float = 0.0,
+        **kwargs: Any,
     ) -> None: ...
     @property
     def table_size(self) -> int: ...

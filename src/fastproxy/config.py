@@ -21,7 +21,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -160,6 +160,8 @@ class ServerAddress:
     host: str
     port: int
     weight: int
+    max_conns: int = 0  # requests in flight per worker; 0 = no limit
+    backup: bool = False  # used only while no primary server is usable
 
     @property
     def address(self) -> str:
@@ -179,6 +181,55 @@ class Upstream:
     hash_key: Template | None = None  # ring and maglev: what is hashed
     balance_factor: float = 0.0  # ring and maglev: bounded load (0 = off)
     sticky: StickyCookie | None = None
+    slow_start: float = 0.0  # seconds over which a returning server's weight ramps up
+    queue: int = 100  # requests waiting per worker when every server is at max_conns
+    queue_timeout: float = 10.0
+    resolve_interval: float = 30.0  # servers named by host name are re-resolved this often
+    health_check: HealthCheck | None = None
+    eject: Ejection = field(default_factory=lambda: Ejection())
+    retry: RetryPolicy = field(default_factory=lambda: RetryPolicy())
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """Active health checks: one prober per instance; its verdicts reach every worker."""
+
+    path: str = "/"  # origin-form request target ("/healthz?full=1"), sent as written
+    method: str = "GET"  # GET, HEAD or OPTIONS
+    host: str | None = None  # the Host header, normalized; None: the server's address
+    interval: float = 5.0
+    timeout: float = 2.0
+    status: tuple[tuple[int, int], ...] = ((200, 399),)  # accepted ranges, inclusive
+    body: str | None = None  # a substring the response body must contain
+    rise: int = 2  # consecutive passes that bring a down server back
+    fall: int = 3  # consecutive failures that take an up server down
+
+
+@dataclass(frozen=True, slots=True)
+class Ejection:
+    """Passive checks: a server failing `failures` times in a row (connect error,
+    reset or timeout before a response, a 502/503/504) is ejected for `time`,
+    doubling on each repeat up to `max_time`; after it one request probes it."""
+
+    failures: int = 5  # 0 = off
+    time: float = 10.0
+    max_time: float = 300.0
+
+
+RETRY_CONDITIONS: Final = ("reset", "timeout", "502", "503", "504")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Retries to another server. A connect failure is always retried (nothing was
+    sent); the conditions in `on` only for idempotent methods whose body, if any,
+    was kept whole within `buffer` bytes."""
+
+    retries: int = 2  # extra tries after the first
+    on: frozenset[str] = frozenset({"reset", "timeout"})
+    budget: float = 0.2  # retries may add at most this fraction of the requests
+    per_try_timeout: float = 0.0  # wait for a response head per try; 0 = read_timeout
+    buffer: int = 65536  # request bodies up to this size are kept for a retry
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +385,52 @@ def _choice(*options: str) -> Converter:
     return convert
 
 
+class _ElementErrors(ValueError):
+    """Problems with elements of an array, each reported at its own key (``on[2]``)."""
+
+    def __init__(self, problems: list[tuple[int, str]]) -> None:
+        super().__init__("; ".join(f"[{index}]: {reason}" for index, reason in problems))
+        self.problems = problems
+
+
+def _array(element: Converter, what: str, *, empty_ok: bool, unique: bool = False) -> Converter:
+    """An array whose elements are checked one by one (all problems are reported);
+    ``unique`` refuses an element equal to an earlier one, once converted."""
+
+    def convert(value: object) -> tuple[Any, ...]:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"expected an array of {what}, found {_describe(value)}")
+        if not value and not empty_ok:
+            raise ValueError(f"must not be empty: give at least one of {what}")
+        result: list[Any] = []
+        seen: dict[Any, int] = {}
+        problems: list[tuple[int, str]] = []
+        for index, item in enumerate(value):
+            try:
+                converted = element(item)
+            except ValueError as exc:
+                problems.append((index, str(exc)))
+                continue
+            if unique and converted in seen:
+                problems.append((index, f"duplicate {item!r} (already at index {seen[converted]})"))
+                continue
+            seen.setdefault(converted, index)
+            result.append(converted)
+        if problems:
+            raise _ElementErrors(problems)
+        return tuple(result)
+
+    return convert
+
+
+def _fraction(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected a number from 0 to 1, found {_describe(value)}")
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise ValueError(f"must be from 0 to 1, found {value}")
+    return float(value)
+
+
 def _workers(value: object) -> int:
     if isinstance(value, str) and value == "auto":
         return max(1, min(os.cpu_count() or 1, 1024))
@@ -355,8 +452,9 @@ def _access_log(value: object) -> str:
 
 @dataclass(frozen=True, slots=True)
 class FieldSpec:
-    """One scalar key of a section: its default (as written in TOML), its type
-    as shown in the docs, what it means, and how its value is checked."""
+    """One key of a section: its default (as written in TOML; None for an
+    optional key that is None when absent), its type as shown in the docs, what
+    it means, and how its value is checked."""
 
     name: str
     default: object
@@ -527,6 +625,46 @@ UPSTREAM_FIELDS: Final = (
         "max time the upstream may stall reading our request",
         _duration(),
     ),
+    FieldSpec(
+        "queue",
+        100,
+        "integer 0..1000000",
+        "requests waiting per worker while every usable server is at max_conns"
+        " (0: answer 503 at once)",
+        _integer(0, 1_000_000),
+    ),
+    FieldSpec(
+        "queue_timeout",
+        "10s",
+        "duration > 0",
+        "longest wait in the queue -> 503",
+        _duration(),
+    ),
+    FieldSpec(
+        "resolve_interval",
+        "30s",
+        "duration > 0",
+        "servers named by host name are resolved again this often (in every worker)",
+        _duration(),
+    ),
+)
+
+SERVER_OPTION_FIELDS: Final = (
+    FieldSpec("weight", 1, "integer 1..1000", "share of the requests", _integer(1, 1000)),
+    FieldSpec(
+        "max_conns",
+        0,
+        "integer 0..1000000",
+        "requests in flight to this server, per worker (0: no limit)",
+        _integer(0, 1_000_000),
+    ),
+    FieldSpec(
+        "backup",
+        False,
+        "boolean",
+        "used only while no primary (non-backup) server is usable",
+        _boolean,
+    ),
 )
 
 BALANCE_ALGORITHMS: Final = (
@@ -566,6 +704,175 @@ BALANCE_FIELDS: Final = (
         "ring/maglev: no server takes more than factor x the average in-flight requests",
         _balance_factor,
     ),
+    FieldSpec(
+        "slow_start",
+        0,
+        "duration",
+        "a returning server's weight ramps up from ~0 over this long (0: off;"
+        " not with ring/maglev)",
+        _duration(zero_ok=True),
+    ),
+)
+
+# -- [upstreams.NAME.health_check], .eject, .retry
+
+# An origin-form request target (RFC 9112 3.2.1): "/", then URI path and query
+# characters; anything else must be percent-encoded.
+_TARGET_CHAR_RE: Final = re.compile(r"[^A-Za-z0-9\-._~!$&'()*+,;=:@/?%]")
+_BAD_ESCAPE_RE: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_STATUS_RANGE_RE: Final = re.compile(r"([0-9]{3})(?:-([0-9]{3}))?")
+_MAX_BODY_PROBE: Final = 65536  # how much of a health-check response body is searched
+
+
+def _health_path(value: object) -> str:
+    text = _string(value)
+    if not text.startswith("/"):
+        raise ValueError(f'must start with "/" (a path, optionally with a ?query), found {text!r}')
+    bad = _TARGET_CHAR_RE.search(text)
+    if bad is not None:
+        raise ValueError(f"must not contain {bad.group()!r} (percent-encode it), found {text!r}")
+    if _BAD_ESCAPE_RE.search(text):
+        raise ValueError(f"'%' must start an escape of two hex digits, found {text!r}")
+    return text
+
+
+def _health_host(value: object) -> str:
+    """A Host header value: a host name or IP literal, optionally ":port"; normalized."""
+    text = _string(value)
+    host, port = text, None
+    if text.startswith("["):
+        end = text.find("]")
+        if end >= 0 and text[end + 1 :]:
+            if text[end + 1] != ":":
+                raise ValueError(f'expected "[v6]" or "[v6]:port", found {text!r}')
+            host, port = text[: end + 1], text[end + 2 :]
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    host = _match_host(host, wildcard=False)
+    return host if port is None else f"{host}:{_parse_port(port)}"
+
+
+def _status_range(value: object) -> tuple[int, int]:
+    """200 -> (200, 200); "200" -> (200, 200); "200-399" -> (200, 399)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        lo = hi = value
+    elif isinstance(value, str):
+        m = _STATUS_RANGE_RE.fullmatch(value)
+        if m is None:
+            raise ValueError(f'expected a status "NNN" or a range "NNN-NNN", found {value!r}')
+        lo = int(m.group(1))
+        hi = int(m.group(2) or lo)
+    else:
+        raise ValueError(
+            f'expected a status (200, "200") or a range ("200-399"), found {_describe(value)}'
+        )
+    for status in (lo, hi):
+        if not 100 <= status <= 599:
+            raise ValueError(f"statuses must be from 100 to 599, found {_describe(value)}")
+    if lo > hi:
+        raise ValueError(f"the range must go from low to high ({hi}-{lo}), found {value!r}")
+    return lo, hi
+
+
+def _health_body(value: object) -> str:
+    text = _string(value)
+    if not text:
+        raise ValueError("must not be empty (leave the key out to accept any body)")
+    if len(text.encode()) > _MAX_BODY_PROBE:
+        raise ValueError("must be at most 64k bytes (only the first 64k of a body are searched)")
+    return text
+
+
+def _retry_condition(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise ValueError(f'expected a string, found integer {value} (write "{value}")')
+    text = _string(value)
+    if text not in RETRY_CONDITIONS:
+        # No "did you mean" for a status: 500 is not a near miss of 504.
+        hint = "" if text.isdigit() else _suggest(text, RETRY_CONDITIONS)
+        raise ValueError(
+            f"unknown condition {text!r} (supported: {', '.join(RETRY_CONDITIONS)}){hint}"
+        )
+    return text
+
+
+HEALTH_CHECK_FIELDS: Final = (
+    FieldSpec(
+        "path",
+        "/",
+        "string",
+        'request target: "/", a path, and optionally a ?query (percent-encoded)',
+        _health_path,
+    ),
+    FieldSpec("method", "GET", "GET | HEAD | OPTIONS", "request method",
+              _choice("GET", "HEAD", "OPTIONS")),
+    FieldSpec(
+        "host",
+        None,
+        "string",
+        'Host header: a host name or IP, optionally ":port" (default: the server address)',
+        _health_host,
+    ),
+    FieldSpec("interval", "5s", "duration > 0", "time between two checks of a server",
+              _duration()),
+    FieldSpec("timeout", "2s", "duration > 0, at most interval",
+              "a check not answered in full within this fails", _duration()),
+    FieldSpec(
+        "status",
+        ["200-399"],
+        'array of statuses (200, "200") or ranges ("200-399")',
+        "statuses that pass",
+        _array(_status_range, "statuses or ranges", empty_ok=False),
+    ),
+    FieldSpec(
+        "body",
+        None,
+        "string",
+        "text the first 64k of the body must contain (default: any body)",
+        _health_body,
+    ),
+    FieldSpec("rise", 2, "integer 1..100", "consecutive passes that bring a server back",
+              _integer(1, 100)),
+    FieldSpec("fall", 3, "integer 1..100", "consecutive failures that take a server down",
+              _integer(1, 100)),
+)
+
+EJECT_FIELDS: Final = (
+    FieldSpec(
+        "failures",
+        5,
+        "integer 0..1000",
+        "consecutive failures (connect error, reset or timeout before a response,"
+        " 502/503/504) seen by a worker that eject a server (0: off)",
+        _integer(0, 1000),
+    ),
+    FieldSpec("time", "10s", "duration > 0", "first ejection; doubled on each one in a row",
+              _duration()),
+    FieldSpec("max_time", "300s", "duration >= time", "longest ejection", _duration()),
+)
+
+RETRY_FIELDS: Final = (
+    FieldSpec("retries", 2, "integer 0..10", "extra tries, each on a server not tried yet",
+              _integer(0, 10)),
+    FieldSpec(
+        "on",
+        ["reset", "timeout"],
+        f"array of {', '.join(RETRY_CONDITIONS)}",
+        "what is retried besides connect failures (idempotent requests only)",
+        _array(_retry_condition, "conditions", empty_ok=True, unique=True),
+    ),
+    FieldSpec(
+        "budget",
+        0.2,
+        "number 0..1",
+        "retries (other than after a connect failure) add at most this fraction of the"
+        " requests",
+        _fraction,
+    ),
+    FieldSpec("per_try_timeout", 0, "duration",
+              "wait for a response head per try (0: read_timeout)", _duration(zero_ok=True)),
+    FieldSpec("buffer", "64k", "size 0..64m", "request bodies up to this size are kept for a retry",
+              _size(0, 64 * 1024**2)),
 )
 
 ROUTING_FIELDS: Final = (
@@ -596,13 +903,18 @@ _UPSTREAM_KEYS: Final = (
     "servers",
     "hash_key",
     "sticky",
+    "health_check",
+    "eject",
+    "retry",
     *(f.name for f in UPSTREAM_FIELDS),
     *(f.name for f in BALANCE_FIELDS),
 )
-_SERVER_KEYS: Final = ("address", "weight")
+_SERVER_KEYS: Final = ("address", *(f.name for f in SERVER_OPTION_FIELDS))
+_HEALTH_CHECK_KEYS: Final = tuple(f.name for f in HEALTH_CHECK_FIELDS)
+_EJECT_KEYS: Final = tuple(f.name for f in EJECT_FIELDS)
+_RETRY_KEYS: Final = tuple(f.name for f in RETRY_FIELDS)
 
 _LOG_STREAMS: Final = ("stdout", "stderr", "off")
-_WEIGHT: Final = _integer(1, 1000)
 
 
 # --------------------------------------------------------------------------
@@ -660,6 +972,20 @@ def _parse_server_address(value: object) -> tuple[str, int]:
 # The checker
 
 
+def _valid(*values: object) -> bool:
+    """None of the values was refused (an error is recorded for each that was)."""
+    return all(value is not _INVALID for value in values)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s"
+
+
+def _given(table: Mapping[str, Any], name: str) -> str:
+    """A sibling key as a message names it: "interval" or "the default interval"."""
+    return name if name in table else f"the default {name}"
+
+
 class _Checker(KeyChecker):
     def __init__(self, source: str, base_dir: str) -> None:
         self.source = source
@@ -678,7 +1004,23 @@ class _Checker(KeyChecker):
         self.warnings.append(str(ConfigIssue(self.source, key, reason)))
 
     def field(self, table: Mapping[str, Any], path: str, spec: FieldSpec) -> Any:
-        return self.convert(_key(path, spec.name), spec.convert, table.get(spec.name, spec.default))
+        """The converted value of one key (its default when absent), or _INVALID."""
+        if spec.name not in table and spec.default is None:
+            return None  # an optional key without a default
+        key = _key(path, spec.name)
+        try:
+            return spec.convert(table.get(spec.name, spec.default))
+        except _ElementErrors as exc:
+            for index, reason in exc.problems:
+                self.error(f"{key}[{index}]", reason)
+        except ValueError as exc:
+            self.error(key, str(exc))
+        return _INVALID
+
+    def fields(
+        self, table: Mapping[str, Any], path: str, specs: Iterable[FieldSpec]
+    ) -> dict[str, Any]:
+        return {spec.name: self.field(table, path, spec) for spec in specs}
 
     # -- sections -----------------------------------------------------------
 
@@ -688,7 +1030,7 @@ class _Checker(KeyChecker):
         if table is None:
             table = {}
         self.known_keys(table, name, [spec.name for spec in specs])
-        return {spec.name: self.field(table, name, spec) for spec in specs}
+        return self.fields(table, name, specs)
 
     def access_log(self, value: object) -> object:
         if value is _INVALID or value in _LOG_STREAMS:
@@ -804,9 +1146,25 @@ class _Checker(KeyChecker):
         errors_before = len(self.issues)
         self.known_keys(table, path, _UPSTREAM_KEYS)
         servers = self.servers(table.get("servers", _MISSING), f"{path}.servers")
-        values = {spec.name: self.field(table, path, spec)
-                  for spec in (*UPSTREAM_FIELDS, *BALANCE_FIELDS)}
-        hashing = values["balance"] in HASH_ALGORITHMS
+        values = self.fields(table, path, (*UPSTREAM_FIELDS, *BALANCE_FIELDS))
+        hash_key = self.hash_key(table, path, values["balance"])
+        sticky = self.sticky(table["sticky"], _key(path, "sticky")) if "sticky" in table else None
+        health_check = (
+            self.health_check(table["health_check"], _key(path, "health_check"))
+            if "health_check" in table
+            else None
+        )
+        eject = self.ejection(table.get("eject", {}), _key(path, "eject"))
+        retry = self.retry_policy(table.get("retry", {}), _key(path, "retry"))
+        if len(self.issues) != errors_before or eject is None or retry is None:
+            return None
+        self.upstream_warnings(table, path, values, servers)
+        return Upstream(name=name, servers=tuple(servers), hash_key=hash_key, sticky=sticky,
+                        health_check=health_check, eject=eject, retry=retry, **values)
+
+    def hash_key(self, table: Mapping[str, Any], path: str, balance: object) -> Template | None:
+        """The hash_key of ring and maglev (a default one if not given); None otherwise."""
+        hashing = balance in HASH_ALGORITHMS
         hash_key: Template | None = None
         only_hashing = 'only used with balance = "ring" or "maglev"'
         if "hash_key" in table:
@@ -819,11 +1177,22 @@ class _Checker(KeyChecker):
             hash_key = parse_template("{client_ip}")
         if "balance_factor" in table and not hashing:
             self.error(_key(path, "balance_factor"), only_hashing)
-        sticky = self.sticky(table["sticky"], _key(path, "sticky")) if "sticky" in table else None
-        if len(self.issues) != errors_before:
-            return None
-        return Upstream(name=name, servers=tuple(servers), hash_key=hash_key, sticky=sticky,
-                        **values)
+        return hash_key
+
+    def upstream_warnings(
+        self, table: Mapping[str, Any], path: str, values: Mapping[str, Any],
+        servers: Sequence[ServerAddress],
+    ) -> None:
+        """Keys that are valid but do nothing here."""
+        balance = values["balance"]
+        if balance in HASH_ALGORITHMS and values["slow_start"] > 0:
+            self.warn(_key(path, "slow_start"),
+                      f'has no effect with balance = "{balance}" '
+                      "(a returning server gets its keys back at once)")
+        if not any(server.max_conns for server in servers):
+            for name in ("queue", "queue_timeout"):
+                if name in table:
+                    self.warn(_key(path, name), "has no effect: no server has a max_conns")
 
     def sticky(self, raw: object, path: str) -> StickyCookie | None:
         table = self.table(raw, path, ' like { cookie = "srv" }')
@@ -855,15 +1224,19 @@ class _Checker(KeyChecker):
             return []
         if not items:
             self.error(path, "at least one server is required")
+        # An entry whose backup value is missing or wrong counts as a primary here,
+        # so that a typo is reported once.
+        elif all(isinstance(item, Mapping) and item.get("backup") is True for item in items):
+            self.error(path, "every server is a backup: at least one must be a primary server"
+                             " (without backup = true)")
         result: list[ServerAddress] = []
         seen: dict[tuple[str, int], int] = {}
         for i, item in enumerate(items):
             key = f"{path}[{i}]"
-            weight: Any = 1
+            entry = item if isinstance(item, Mapping) else {}
+            self.known_keys(entry, key, _SERVER_KEYS)
+            options = self.fields(entry, key, SERVER_OPTION_FIELDS)
             if isinstance(item, Mapping):
-                self.known_keys(item, key, _SERVER_KEYS)
-                if "weight" in item:
-                    weight = self.convert(f"{key}.weight", _WEIGHT, item["weight"])
                 if "address" not in item:
                     self.error(f"{key}.address", "missing required key")
                     continue
@@ -878,7 +1251,7 @@ class _Checker(KeyChecker):
                 )
                 continue
             parsed = self.convert(address_key, _parse_server_address, address)
-            if parsed is _INVALID or weight is _INVALID:
+            if not _valid(parsed, *options.values()):
                 continue
             if parsed in seen:
                 self.error(
@@ -888,8 +1261,48 @@ class _Checker(KeyChecker):
                 )
                 continue
             seen[parsed] = i
-            result.append(ServerAddress(parsed[0], parsed[1], weight))
+            result.append(ServerAddress(parsed[0], parsed[1], **options))
         return result
+
+    def health_check(self, raw: object, path: str) -> HealthCheck | None:
+        table = self.table(raw, path, ' like { path = "/healthz" }')
+        if table is None:
+            return None
+        self.known_keys(table, path, _HEALTH_CHECK_KEYS)
+        values = self.fields(table, path, HEALTH_CHECK_FIELDS)
+        interval, timeout = values["interval"], values["timeout"]
+        if _valid(interval, timeout) and timeout > interval:
+            self.error(_key(path, "timeout"),
+                       f"must not exceed {_given(table, 'interval')} ({_seconds(interval)}), "
+                       f"found {_seconds(timeout)}")
+            return None
+        return HealthCheck(**values) if _valid(*values.values()) else None
+
+    def ejection(self, raw: object, path: str) -> Ejection | None:
+        table = self.table(raw, path, ' like { failures = 5, time = "10s" }'
+                                      " (failures = 0 turns ejection off)")
+        if table is None:
+            return None
+        self.known_keys(table, path, _EJECT_KEYS)
+        values = self.fields(table, path, EJECT_FIELDS)
+        time, max_time = values["time"], values["max_time"]
+        if _valid(time, max_time) and max_time < time:
+            found = _seconds(max_time) + ("" if "max_time" in table else ", the default")
+            self.error(_key(path, "max_time"),
+                       f"must be at least {_given(table, 'time')} ({_seconds(time)}), "
+                       f"found {found}")
+            return None
+        return Ejection(**values) if _valid(*values.values()) else None
+
+    def retry_policy(self, raw: object, path: str) -> RetryPolicy | None:
+        table = self.table(raw, path, " like { retries = 2 }")
+        if table is None:
+            return None
+        self.known_keys(table, path, _RETRY_KEYS)
+        values = self.fields(table, path, RETRY_FIELDS)
+        if not _valid(*values.values()):
+            return None
+        return RetryPolicy(**{**values, "on": frozenset(values["on"])})
 
     def route_warnings(self, routes: Sequence[Route], upstreams: Iterable[str]) -> None:
         for key, reason in route_warnings(routes):

@@ -5,6 +5,13 @@ The kernel spreads new connections across the slots' sockets; the master keeps
 every socket open, so a worker that dies is replaced on the same socket and
 connections waiting in its accept queue are served by the replacement rather
 than refused.
+
+State that every process shares (the verdicts of the health checks, passive
+ejections) lives in a `PeerTable`: shared memory mapped here before the first
+fork, so every child inherits the same segment. When an upstream has active
+health checks, one more child runs them for the whole instance (not one prober
+per worker, which would multiply the probes by the number of workers); it is
+supervised like a worker.
 """
 
 from __future__ import annotations
@@ -17,12 +24,14 @@ import sys
 import time
 
 from fastproxy import __version__
+from fastproxy._peers import PeerTable, slot_layout
 from fastproxy.config import Config, Listener
 
 log = logging.getLogger("fastproxy.master")
 
 _SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}
 _QUICK_DEATH = 5.0  # a worker that dies sooner than this is restarted with back-off
+HEALTH = -1  # the slot number of the health-check process
 
 
 def setup_logging(level: str) -> None:
@@ -52,10 +61,14 @@ def open_listener(listener: Listener) -> socket.socket:
 
 
 class Supervisor:
-    def __init__(self, config: Config, slots: list[list[socket.socket]]) -> None:
+    def __init__(self, config: Config, slots: list[list[socket.socket]],
+                 table: PeerTable) -> None:
         self.config = config
         self.slots = slots
-        self.pids: dict[int, int] = {}            # pid -> slot
+        self.table = table
+        self.health_checks = any(up.health_check is not None
+                                 for up in config.upstreams.values())
+        self.pids: dict[int, int] = {}            # pid -> slot (HEALTH: the health checker)
         self.started: dict[int, float] = {}       # slot -> start time
         self.failures: dict[int, int] = {}        # slot -> quick deaths in a row
         self.restart_at: dict[int, float] = {}    # slot -> when to start it again
@@ -66,6 +79,8 @@ class Supervisor:
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         for slot in range(len(self.slots)):
             self._spawn(slot)
+        if self.health_checks:
+            self._spawn(HEALTH)
         while True:
             info = signal.sigtimedwait(_SIGNALS, 0.5)
             if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT,
@@ -98,17 +113,24 @@ class Supervisor:
                     if other != slot:
                         for s in socks:
                             s.close()
-                from fastproxy.worker import Worker
-
-                code = Worker(self.config, self.slots[slot]).run()
+                code = self._child_main(slot)
             except BaseException:
-                log.exception("worker crashed")
+                log.exception("%s crashed", _name(os.getpid(), slot))
             finally:
                 logging.shutdown()
                 os._exit(code)
         self.pids[pid] = slot
         self.started[slot] = time.monotonic()
-        log.info("worker %d started (slot %d)", pid, slot)
+        log.info("%s started", _name(pid, slot))
+
+    def _child_main(self, slot: int) -> int:
+        if slot == HEALTH:
+            from fastproxy.health import HealthChecker
+
+            return HealthChecker(self.config, self.table).run()
+        from fastproxy.worker import Worker
+
+        return Worker(self.config, self.slots[slot], self.table).run()
 
     def _reap(self) -> None:
         while self.pids:
@@ -123,13 +145,13 @@ class Supervisor:
                 continue
             code = os.waitstatus_to_exitcode(status)
             if self.stopping:
-                log.info("worker %d exited (%d)", pid, code)
+                log.info("%s exited (%d)", _name(pid, slot), code)
                 continue
             lived = time.monotonic() - self.started.get(slot, 0.0)
             fails = self.failures.get(slot, 0) + 1 if lived < _QUICK_DEATH else 0
             self.failures[slot] = fails
             delay = min(30.0, 0.5 * (2 ** (fails - 1))) if fails else 0.0
-            log.error("worker %d (slot %d) died (%s); restarting in %.1fs", pid, slot,
+            log.error("%s died (%s); restarting in %.1fs", _name(pid, slot),
                       f"signal {-code}" if code < 0 else f"exit {code}", delay)
             self.restart_at[slot] = time.monotonic() + delay
 
@@ -148,6 +170,10 @@ class Supervisor:
         log.info("stopping %d workers (%s)", len(self.pids), "fast" if fast else "graceful")
         for pid in self.pids:
             _kill(pid, signal.SIGKILL if fast else signal.SIGTERM)
+
+
+def _name(pid: int, slot: int) -> str:
+    return f"health checker {pid}" if slot == HEALTH else f"worker {pid} (slot {slot})"
 
 
 def _kill(pid: int, sig: int) -> None:
@@ -179,8 +205,10 @@ def serve(config: Config) -> int:
     where = ", ".join(f"http://{listener.address}" for listener in config.listeners)
     log.info("fastproxy %s listening on %s with %d worker(s)", __version__, where,
              config.server.workers)
+    # Mapped before the first fork: every child shares this one segment.
+    table = PeerTable(slot_layout(config.upstreams)[1])
     try:
-        return Supervisor(config, slots).run()
+        return Supervisor(config, slots, table).run()
     finally:
         for socks in slots:
             for s in socks:

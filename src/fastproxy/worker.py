@@ -17,10 +17,12 @@ from typing import Any
 
 import uvloop
 
+from fastproxy._peers import PeerTable, slot_layout
 from fastproxy._proxy import Core
 from fastproxy.accesslog import AccessLog
 from fastproxy.clock import Clock
 from fastproxy.config import Config
+from fastproxy.resolver import Resolver
 from fastproxy.responses import local_body_size, local_response
 from fastproxy.routing import build_router
 from fastproxy.upstream import UpstreamGroup
@@ -31,14 +33,18 @@ TICK = 0.25  # seconds between deadline checks: the resolution of every timeout
 
 
 class Worker:
-    def __init__(self, config: Config, sockets: list[socket.socket]) -> None:
+    def __init__(self, config: Config, sockets: list[socket.socket],
+                 table: PeerTable | None = None) -> None:
         self.config = config
         self.sockets = sockets
         self.clock = Clock()
         self.access_log = AccessLog(config.log, self.clock)
         self.core = Core(config, None, self.access_log, self.clock, local_response,
                          local_body_size)
-        self.groups = {name: UpstreamGroup(up, self.core)
+        first, total = slot_layout(config.upstreams)
+        # The servers' shared state (the master's, or one of our own when run alone).
+        self.table = table if table is not None else PeerTable(total)
+        self.groups = {name: UpstreamGroup(up, self.core, self.table, first[name])
                        for name, up in config.upstreams.items()}
         self.core.router = build_router(config, self.groups)
         self._servers: list[Any] = []
@@ -70,8 +76,15 @@ class Worker:
             self._servers.append(server)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.shutdown)
+        resolver = Resolver(loop)
+        for group in self.groups.values():
+            for pool in group.pools:
+                resolver.watch(pool, group.config.resolve_interval)
         loop.call_later(TICK, self._tick)
-        await self._stopped
+        try:
+            await self._stopped
+        finally:
+            resolver.stop()
 
     def shutdown(self) -> None:
         """Stop accepting; finish what is in flight, up to shutdown_timeout."""

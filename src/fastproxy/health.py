@@ -1,0 +1,259 @@
+"""Active health checks: one prober per instance, its verdicts shared with every worker.
+
+The checks run in one process of their own, forked by the master beside the
+workers, not in each worker: with N workers, probing from every worker would
+multiply the load on the upstream servers by N, and the workers could disagree
+about a server for a while. The verdicts go into the `PeerTable`, the shared
+memory segment the master mapped before forking, where every worker's
+balancers read them on the request path with no message, lock or system call.
+
+Each server is probed every `interval` (the servers of an upstream start a
+fraction of the interval apart, so they are not all probed at once). A server
+that is up goes down after `fall` failed probes in a row; a server that is down
+comes back after `rise` passes in a row. The checker reads the current verdict
+from the table, so a restarted checker carries on from where the last one was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from dataclasses import dataclass
+
+import uvloop
+
+from fastproxy._peers import PeerTable, slot_layout
+from fastproxy.config import Config, HealthCheck, ServerAddress
+
+log = logging.getLogger("fastproxy.health")
+
+HEAD_LIMIT = 16 * 1024  # a response head larger than this is malformed
+BODY_LIMIT = 64 * 1024  # `body` is looked for in this much of the body at most
+USER_AGENT = "fastproxy-health-check"
+
+
+class MalformedResponse(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------
+# One probe
+
+
+async def probe(host: str, port: int, check: HealthCheck) -> tuple[bool, str]:
+    """Probe one server once: (passed, why it failed or "ok"), within check.timeout."""
+    try:
+        async with asyncio.timeout(check.timeout):
+            return await _probe(host, port, check)
+    except TimeoutError:
+        return False, f"timed out after {check.timeout:g}s"
+
+
+async def _probe(host: str, port: int, check: HealthCheck) -> tuple[bool, str]:
+    try:
+        reader, writer = await asyncio.open_connection(host, port, limit=HEAD_LIMIT)
+    except ConnectionRefusedError:
+        return False, "connect refused"
+    except socket.gaierror as e:
+        return False, f"cannot resolve {host}: {e.strerror}"
+    except OSError as e:
+        return False, f"connect failed: {e.strerror or e}"
+    try:
+        writer.write(_request(host, port, check))
+        status, headers = await _read_head(reader)
+        if not any(lo <= status <= hi for lo, hi in check.status):
+            return False, f"status {status} not in {_ranges(check.status)}"
+        if check.body is None:
+            return True, "ok"
+        body = b""
+        if check.method != "HEAD" and status not in (204, 304):
+            body = await _read_body(reader, headers)
+        if check.body.encode() not in body:
+            return False, f"body does not contain {check.body!r}"
+        return True, "ok"
+    except MalformedResponse as e:
+        return False, f"malformed response: {e}"
+    except asyncio.LimitOverrunError:
+        return False, f"malformed response: a line longer than {HEAD_LIMIT // 1024} KiB"
+    except asyncio.IncompleteReadError:
+        return False, "connection closed before the response was complete"
+    except OSError as e:
+        return False, f"connection error: {e.strerror or e}"
+    finally:
+        writer.close()
+
+
+def _request(host: str, port: int, check: HealthCheck) -> bytes:
+    authority = check.host or (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    return (f"{check.method} {check.path} HTTP/1.1\r\nHost: {authority}\r\n"
+            f"User-Agent: {USER_AGENT}\r\nConnection: close\r\nAccept: */*\r\n\r\n"
+            ).encode("latin-1")
+
+
+def _ranges(ranges: tuple[tuple[int, int], ...]) -> str:
+    return ", ".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in ranges)
+
+
+async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, list[str]]]:
+    """The final response head (interim 1xx ones are skipped): status and headers."""
+    while True:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.LimitOverrunError:
+            raise MalformedResponse(f"head larger than {HEAD_LIMIT // 1024} KiB") from None
+        lines = head[:-4].split(b"\r\n")
+        version, _, rest = lines[0].partition(b" ")
+        code = rest[:3]
+        if (version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3
+                or not code.isdigit() or rest[3:4] not in (b"", b" ")):
+            raise MalformedResponse(f"bad status line {lines[0][:80]!r}")
+        status = int(code)
+        if 100 <= status < 200 and status != 101:
+            continue
+        headers: dict[str, list[str]] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep or not name or name != name.strip():
+                raise MalformedResponse(f"bad header line {line[:80]!r}")
+            headers.setdefault(name.decode("latin-1").lower(), []).append(
+                value.strip().decode("latin-1"))
+        return status, headers
+
+
+async def _read_body(reader: asyncio.StreamReader, headers: dict[str, list[str]]) -> bytes:
+    """Up to BODY_LIMIT bytes of the body, framed by chunked coding, Content-Length or
+    the end of the connection."""
+    codings = [c.strip().lower()
+               for v in headers.get("transfer-encoding", ()) for c in v.split(",")]
+    if codings:
+        if codings[-1] != "chunked":
+            return await _read_to_end(reader)
+        body = bytearray()
+        while len(body) < BODY_LIMIT:
+            line = await reader.readuntil(b"\r\n")
+            size = line[:-2].partition(b";")[0].strip()
+            if not size or any(c not in b"0123456789abcdefABCDEF" for c in size):
+                raise MalformedResponse(f"bad chunk size line {line[:80]!r}")
+            n = int(size, 16)
+            if n == 0:
+                break
+            body += await reader.readexactly(min(n, BODY_LIMIT - len(body)))
+            if len(body) < BODY_LIMIT and await reader.readexactly(2) != b"\r\n":
+                raise MalformedResponse("chunk not followed by CRLF")
+        return bytes(body)
+    lengths = set(headers.get("content-length", ()))
+    if not lengths:
+        return await _read_to_end(reader)
+    length = lengths.pop()
+    if lengths or not (length.isascii() and length.isdigit()):
+        raise MalformedResponse(f"bad Content-Length {headers['content-length']}")
+    return await reader.readexactly(min(int(length), BODY_LIMIT))
+
+
+async def _read_to_end(reader: asyncio.StreamReader) -> bytes:
+    body = bytearray()
+    while len(body) < BODY_LIMIT:
+        data = await reader.read(BODY_LIMIT - len(body))
+        if not data:
+            break
+        body += data
+    return bytes(body)
+
+
+# --------------------------------------------------------------------------
+# The checker process
+
+
+@dataclass(eq=False)
+class Target:
+    """One server under active checks, and its passes or failures in a row."""
+
+    upstream: str
+    server: ServerAddress
+    slot: int  # in the PeerTable
+    check: HealthCheck
+    offset: float  # seconds from the start to the first probe
+    passes: int = 0
+    failures: int = 0
+
+    def __str__(self) -> str:
+        return f"upstream {self.upstream}: server {self.server.address}"
+
+
+class HealthChecker:
+    """Probes every server of the upstreams that have a health_check and records
+    the verdicts in the shared table."""
+
+    def __init__(self, config: Config, table: PeerTable) -> None:
+        self.table = table
+        first, _ = slot_layout(config.upstreams)
+        self.targets: list[Target] = []
+        for name, upstream in config.upstreams.items():
+            check = upstream.health_check
+            if check is None:
+                continue
+            n = len(upstream.servers)
+            self.targets += [Target(name, server, first[name] + j, check, j * check.interval / n)
+                             for j, server in enumerate(upstream.servers)]
+
+    def run(self) -> int:
+        """The process's main: check until SIGTERM or SIGINT."""
+        loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(loop)
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            loop.run_until_complete(self.serve(stop))
+        finally:
+            loop.close()
+        return 0
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Run every server's schedule until `stop` is set."""
+        tasks = [asyncio.create_task(self._schedule(t)) for t in self.targets]
+        try:
+            await stop.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _schedule(self, target: Target) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(target.offset)
+        due = loop.time()
+        while True:
+            await self.check(target)
+            # Keep to the schedule; a probe slower than the interval delays the next one.
+            due = max(due + target.check.interval, loop.time())
+            await asyncio.sleep(due - loop.time())
+
+    async def check(self, target: Target) -> None:
+        """Probe once and record the result."""
+        try:
+            passed, reason = await probe(target.server.host, target.server.port, target.check)
+        except Exception as e:  # a bug in a probe must not stop the checks
+            log.exception("%s: probe failed", target)
+            passed, reason = False, f"probe error: {e!r}"
+        self.record(target, passed, reason)
+
+    def record(self, target: Target, passed: bool, reason: str) -> None:
+        up = self.table.is_up(target.slot)
+        if passed:
+            target.passes += 1
+            target.failures = 0
+            if not up and target.passes >= target.check.rise:
+                self.table.set_health(target.slot, True)
+                log.warning("%s is UP (%d checks passed)", target, target.passes)
+            return
+        target.failures += 1
+        target.passes = 0
+        if up and target.failures >= target.check.fall:
+            self.table.set_health(target.slot, False)
+            log.warning("%s is DOWN (%d checks failed: %s)", target, target.failures, reason)
+        elif up:
+            log.info("%s: check failed (%d of %d): %s", target, target.failures,
+                     target.check.fall, reason)
