@@ -35,3 +35,28 @@ def test_select_index(timed, algorithm, size):
         for _ in range(1 + i % 7):
             balancer.start(i)
     assert timed(balancer.select_index) in range(size)
+
+
+# Degraded: a tenth of the peers down (their weight 0 after the first pick rebuilt
+# the view), and, for the ramp, one peer in slow start, which makes every pick
+# read the clock and rebuild the weights every 50 ms.
+
+@pytest.mark.parametrize("size", [10, 100, 1000])
+@pytest.mark.parametrize("algorithm", list(ALGORITHMS))
+def test_select_index_some_down(timed, algorithm, size):
+    balancer = ALGORITHMS[algorithm](list(range(size)))
+    for i in range(0, size, 10):
+        balancer.table.set_health(i, False)
+    for i in range(size):
+        for _ in range(1 + i % 7):
+            balancer.start(i)
+    assert timed(balancer.select_index) % 10 != 0
+
+
+@pytest.mark.parametrize("algorithm", ["round_robin", "least_conn", "p2c"])
+def test_select_index_slow_start(timed, algorithm):
+    peers = list(range(100))
+    balancer = type(ALGORITHMS[algorithm](peers))(peers, slow_start=3600.0)
+    balancer.table.set_health(5, False)
+    balancer.table.set_health(5, True)  # ramping up for the next hour
+    assert timed(balancer.select_index) in range(100)

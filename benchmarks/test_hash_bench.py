@@ -44,3 +44,13 @@ def test_select(timed: Timed, cls: type[HashBalancer], n: int, factor: float) ->
 def test_call_overhead(timed: Timed) -> None:
     rr = RoundRobin([0])
     assert timed(partial(rr.select_index, KEY)) == 0
+
+
+@pytest.mark.parametrize("n", [10, 100, 1000])
+@pytest.mark.parametrize("cls", [Ring, Maglev])
+def test_select_key_peer_down(timed: Timed, cls: type[HashBalancer], n: int) -> None:
+    """The key's own peer is down: the pick walks on to the next one."""
+    b = cls(list(range(n)))
+    home = b.select_index(KEY)
+    b.table.set_health(home, False)
+    assert timed(partial(b.select_index, KEY)) not in (home, -1)

@@ -48,7 +48,6 @@ cdef class Balancer:
     cdef Py_ssize_t choose_other(self, uint64_t key, list tried) except -2
     cdef int rebuild(self) except -1
     cdef int reweighted(self) except -1
-    cdef bint can_ramp(self) noexcept
     cdef Py_ssize_t select(self, uint64_t key) except -1
     cdef void started(self, Py_ssize_t i) noexcept
     cdef void finished(self, Py_ssize_t i, double seconds) noexcept

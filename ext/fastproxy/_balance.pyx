@@ -12,6 +12,7 @@ cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.math cimport exp
+from libc.limits cimport LLONG_MIN
 from libc.stdint cimport uint64_t
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
@@ -38,6 +39,8 @@ cdef class Balancer:
     per peer (0 = no limit); `slow_start`: seconds over which a peer coming
     back ramps up; `eject`: (failures in a row, seconds, max seconds) of the
     passive checks, failures 0 = off."""
+
+    ramps_up = True  # slow start applies to the algorithm (the hashing ones: no)
 
     def __cinit__(self, peers, weights=None, *args, PeerTable table=None, slots=None,
                   max_conns=None, double slow_start=0.0, eject=None, **kwargs):
@@ -66,7 +69,9 @@ cdef class Balancer:
         self.peers = list(peers)
         self.n = n
         self.table = table
-        self.ramps = slow_start > 0 and self.can_ramp()
+        # A class attribute: while this base __cinit__ runs, a subclass's cdef
+        # overrides are not in place yet.
+        self.ramps = slow_start > 0 and type(self).ramps_up
         scale = RAMP_SCALE if self.ramps else 1
         self.ramp_ns = <int64_t>(slow_start * 1e9)
         self.eject_after = failures
@@ -199,10 +204,6 @@ cdef class Balancer:
         self.reweighted()
         return 0
 
-    cdef bint can_ramp(self) noexcept:
-        """Whether slow start applies to the algorithm (the hashing ones: no)."""
-        return True
-
     cdef int reweighted(self) except -1:
         """Hook: the weights changed (subclasses rebuild what depends on them)."""
         return 0
@@ -223,7 +224,8 @@ cdef class Balancer:
         cdef int64_t now
         if ok:
             self.fails[i] = 0
-            if s.ejections != 0:
+            if s.ejections != 0 and now_ns() >= s.ejected_until:
+                # The probe after an ejection (not a late answer from before it).
                 self.table.probe_passed(self.slot_of[i])
             return
         if self.eject_after == 0:
@@ -249,7 +251,8 @@ cdef class Balancer:
 
     # For tests and tools: the proxy calls the C methods.
     def select_index(self, uint64_t key=0):
-        """choose(key): a peer index, -1 when none is usable, -3 when all are busy."""
+        """choose(key): a peer index, -1 (NO_PEER) when none is usable, -3
+        (ALL_BUSY) when every usable one is at its max_conns."""
         return self.choose(key)
 
     def select_other(self, uint64_t key, tried):
@@ -314,6 +317,9 @@ def key_hash(bytes key not None):
     return hash_bytes(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
 
 
+DEF OUT_OF_TURN = -(1 << 62)
+
+
 @cython.final
 cdef class RoundRobin(Balancer):
     """Smooth weighted round robin, as nginx: peers in proportion to their
@@ -332,20 +338,31 @@ cdef class RoundRobin(Balancer):
         PyMem_Free(self._current)
 
     cdef Py_ssize_t select(self, uint64_t key) except -1:
-        cdef Py_ssize_t i, best = -1
-        cdef long long w
+        cdef Py_ssize_t i, best = -1, n = self.n
+        cdef long long c, top = LLONG_MIN
         cdef long long* current = self._current
+        cdef const long long* weights = self.weights
         if self.live == 1:
             return self.live_idx[0]
-        for i in range(self.n):
-            w = self.weights[i]
-            if w == 0:
-                continue  # not usable now
-            current[i] += w
-            if best < 0 or current[i] > current[best]:
+        for i in range(n):
+            c = current[i] + weights[i]
+            current[i] = c
+            if c > top:
+                top = c
                 best = i
         current[best] -= self.total_weight
         return best
+
+    cdef int reweighted(self) except -1:
+        # A peer that is not usable sits far below any other (no branch in
+        # select); one that is usable again starts afresh.
+        cdef Py_ssize_t i
+        for i in range(self.n):
+            if self.weights[i] == 0:
+                self._current[i] = OUT_OF_TURN
+            elif self._current[i] == OUT_OF_TURN:
+                self._current[i] = 0
+        return 0
 
 
 @cython.final
@@ -373,18 +390,33 @@ cdef class LeastConn(Balancer):
     cdef Py_ssize_t _least_live(self, Py_ssize_t start) noexcept:
         """select() while some peers are not usable: the same rule over live_idx,
         from the first live peer at or after `start`."""
-        cdef Py_ssize_t k, j, s0 = 0, best = -1, live = self.live
-        cdef long long* active = self.active
-        cdef long long* weights = self.weights
-        while s0 < live and self.live_idx[s0] < start:
+        cdef Py_ssize_t s0 = 0, best, live = self.live
+        cdef const Py_ssize_t* idx = self.live_idx
+        while s0 < live and idx[s0] < start:
             s0 += 1
-        for k in range(live):
-            j = self.live_idx[(s0 + k) % live]
-            if best < 0 or active[j] * weights[best] < active[best] * weights[j]:
-                best = j
-                if active[j] == 0:
-                    break
+        if s0 == live:
+            s0 = 0
+        best = _least_of(self.active, self.weights, idx, s0 + 1, live, idx[s0])
+        if self.active[best] != 0:
+            best = _least_of(self.active, self.weights, idx, 0, s0, best)
         return best
+
+
+cdef inline Py_ssize_t _least_of(const long long* active, const long long* weights,
+                                 const Py_ssize_t* idx, Py_ssize_t lo, Py_ssize_t hi,
+                                 Py_ssize_t best) noexcept nogil:
+    """_least over the peers idx[lo .. hi-1]."""
+    cdef Py_ssize_t k, i
+    cdef long long a = active[best], w = weights[best]
+    if a == 0:
+        return best
+    for k in range(lo, hi):
+        i = idx[k]
+        if active[i] * w < a * weights[i]:
+            best, a, w = i, active[i], weights[i]
+            if a == 0:
+                break
+    return best
 
 
 cdef inline Py_ssize_t _least(const long long* active, const long long* weights, Py_ssize_t lo,

@@ -72,6 +72,8 @@ cdef tuple peer_names(names, Py_ssize_t n):
 cdef class HashBalancer(Balancer):
     """The base of Ring and Maglev: peer names and bounded-load bookkeeping."""
 
+    ramps_up = False  # a returning peer takes its keys back at once
+
     def __cinit__(self, peers, weights=None, *args, names=None, double factor=0.0, **kwargs):
         if not (factor == 0.0 or factor > 1.0):
             raise ValueError("factor must be 0 (off) or greater than 1")
@@ -85,9 +87,6 @@ cdef class HashBalancer(Balancer):
 
     def __dealloc__(self):
         PyMem_Free(self._share)
-
-    cdef bint can_ramp(self) noexcept:
-        return False  # a returning peer takes its keys back at once
 
     cdef int reweighted(self) except -1:
         # Down peers have weight 0, so no room; the others share the bound.

@@ -5,9 +5,6 @@ from typing import Any
 
 from fastproxy._peers import PeerTable
 
-NO_PEER: int
-ALL_BUSY: int
-
 def key_hash(key: bytes) -> int: ...
 
 class RetryBudget:
@@ -19,6 +16,7 @@ class RetryBudget:
     def take_retry(self) -> bool: ...
 
 class Balancer:
+    ramps_up: bool
     peers: list[Any]
     live: int
     table: PeerTable
