@@ -313,3 +313,37 @@ def test_shipped_examples_pass_check_without_warnings(name: str,
     out, err = capsys.readouterr()
     assert out.startswith("config OK:")
     assert "warning" not in err and "error" not in err
+
+
+def test_shipped_tls_example_passes_check(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """examples/tls.toml names certificate files that are not shipped (private keys have
+    no place in the repository): check it beside certificates made here."""
+    import shutil
+
+    import trustme
+
+    from fastproxy.cli import main
+
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    ca = trustme.CA(key_type=trustme.KeyType.RSA)
+    ecdsa_ca = trustme.CA(key_type=trustme.KeyType.ECDSA)
+    issued = {
+        "site-rsa": ca.issue_cert("example.com", "www.example.com",
+                                  key_type=trustme.KeyType.RSA),
+        "site-ecdsa": ecdsa_ca.issue_cert("example.com", "www.example.com"),
+        "api": ecdsa_ca.issue_cert("api.example.com", "*.api.example.com"),
+    }
+    for name, cert in issued.items():
+        cert.cert_chain_pems[0].write_to_path(str(certs / f"{name}.pem"))
+        cert.private_key_pem.write_to_path(str(certs / f"{name}.key"))
+    ca.cert_pem.write_to_path(str(certs / "clients-ca.pem"))
+    ecdsa_ca.cert_pem.write_to_path(str(certs / "internal-ca.pem"))
+    example = Path(__file__).resolve().parent.parent / "examples" / "tls.toml"
+    path = Path(shutil.copy(example, tmp_path / "tls.toml"))
+    assert main(["check", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert out == ("config OK: 3 listeners (0.0.0.0:8443, 0.0.0.0:9443, 0.0.0.0:8080),"
+                   f" 2 upstreams (4 servers), 2 routes, {os.cpu_count()} workers\n")
+    assert err == ""

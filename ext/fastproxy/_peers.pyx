@@ -16,10 +16,10 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 cdef extern from *:
     """
-    static inline void fastproxy_bump(unsigned long long* v) {
+    static inline void fastproxy_bump(uint64_t* v) {
         __atomic_add_fetch(v, 1, __ATOMIC_RELEASE);
     }
-    static inline unsigned long long fastproxy_load(unsigned long long* v) {
+    static inline uint64_t fastproxy_load(uint64_t* v) {
         return __atomic_load_n(v, __ATOMIC_ACQUIRE);
     }
     """
@@ -145,6 +145,14 @@ cdef class PeerTable:
     def passed_probe(self, Py_ssize_t i):
         self._check(i)
         self.probe_passed(i)
+
+    def copy_slot(self, PeerTable source not None, Py_ssize_t src, Py_ssize_t dst):
+        """Slot `dst` takes the state of `source`'s slot `src` (a reload keeps the
+        verdicts about servers both configs have)."""
+        source._check(src)
+        self._check(dst)
+        self.slots[dst] = source.slots[src]
+        self.changed()
 
     def state(self, Py_ssize_t i):
         """Slot i as a dict: up (active checks), ejections, ejected_for (seconds

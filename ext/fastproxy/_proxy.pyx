@@ -59,6 +59,7 @@ from fastproxy._url cimport cookie_get
 
 import asyncio
 import logging
+import ssl
 from collections import deque
 
 from fastproxy._http import HttpParseError
@@ -221,6 +222,11 @@ cdef class Core:
     cdef bint merge_slashes
     cdef tuple listener_names   # bytes, by listener index
     cdef list queues            # WaitQueue of every upstream (their deadlines)
+    # Per listener: None (plain) or an object with `hsts_line` (bytes or None),
+    # `cert_headers` (tuple of (field str, lower-case name, b"Name: ")) and
+    # `describe` (ssl_object -> dict of str: client-certificate facts); set by the worker.
+    cdef public list tls_listeners
+    cdef readonly long long handshake_failures   # TLS handshakes that never completed
 
     def __init__(self, config, router, access_log, clock, local_response, local_body_size):
         limits = config.limits
@@ -248,6 +254,7 @@ cdef class Core:
         self.merge_slashes = config.routing.merge_slashes
         self.listener_names = tuple(l.name.encode() for l in config.listeners)
         self.queues = []
+        self.tls_listeners = [None] * len(self.listener_names)
 
     def new_queue(self, Py_ssize_t capacity, double timeout):
         """A queue for the requests of one upstream waiting for a server with room."""
@@ -326,6 +333,11 @@ cdef class ClientConnection(ParserHandler):
     cdef int fd                 # for send_parts: -1 = always through the transport
     cdef bint queued            # the transport may hold unsent bytes
     cdef readonly int listener  # index of the listener that accepted it
+    cdef bint made              # connection_made ran (for TLS: the handshake completed)
+    cdef readonly dict tls      # TLS facts (client certificate) for routing; None: plain
+    cdef tuple tls_drop         # client-certificate headers removed from requests
+    cdef bytes tls_extra        # ... and sent with the verified values instead
+    cdef bytes hsts             # Strict-Transport-Security line for responses, or None
 
     def __cinit__(self, Core core not None, int listener=0):
         self.core = core
@@ -335,9 +347,16 @@ cdef class ClientConnection(ParserHandler):
         self.ip = b"-"
         self.proto = b"http"
 
+    def __dealloc__(self):
+        # Made at accept; on a TLS listener connection_made comes only after the
+        # handshake, so one that never got it is a handshake that failed or timed out.
+        if not self.made and self.core is not None:
+            self.core.handshake_failures += 1
+
     # -- asyncio.Protocol ---------------------------------------------------------
     def connection_made(self, transport):
         cdef Core core = self.core
+        self.made = True
         self.transport = transport
         if len(core.clients) >= core.max_connections or core.closing:
             self.closed = True
@@ -347,11 +366,32 @@ cdef class ClientConnection(ParserHandler):
         if peer:
             self.ip = (<str>peer[0]).encode("ascii")
         self.fd = plain_fd(transport)
+        info = core.tls_listeners[self.listener]
+        if info is not None:
+            self.tls_made(info, transport.get_extra_info("ssl_object"))
         self.parser = RequestParser(self, max_line_bytes=core.max_line,
                                     max_header_bytes=core.max_head,
                                     max_header_count=core.max_count)
         core.clients.add(self)
         self._wait(WAIT_HEAD, core.t_header)
+
+    cdef int tls_made(self, object info, object ssl_object) except -1:
+        """A TLS connection: the scheme, HSTS and the client-certificate facts."""
+        cdef list lines
+        self.proto = b"https"
+        self.hsts = info.hsts_line
+        self.tls = info.describe(ssl_object) if ssl_object is not None else {}
+        if info.cert_headers:
+            lines = []
+            for field, _, prefix in info.cert_headers:
+                value = self.tls.get(field)
+                if value is not None:
+                    # The facts are ASCII (RFC 4514 escapes the rest); never a CR/LF.
+                    lines.append(prefix + (<str>value).encode("ascii", "replace")
+                                 .replace(b"\r", b"?").replace(b"\n", b"?") + _CRLF)
+            self.tls_drop = tuple([name for _, name, _ in info.cert_headers])
+            self.tls_extra = b"".join(lines)
+        return 0
 
     def data_received(self, bytes data):
         if self.lingering:  # dropped: the answer is out and the connection ends
@@ -723,6 +763,7 @@ cdef class Exchange:
         if ctx.path is None:  # a bad authority or path
             self.respond_local(400, True)
             return 0
+        ctx.tls = client.tls
         self.ctx = ctx
         self.host = ctx.host_header
         self.target = ctx.target
@@ -758,6 +799,10 @@ cdef class Exchange:
         if action.response_edits is not None:
             self.resp_drop = action.response_edits.drop
             self.resp_extra = action.response_edits.render(ctx)
+        if self.client.tls_drop is not None:
+            # Client-certificate headers: only the proxy's own (verified) values pass.
+            self.req_drop = self.client.tls_drop + (self.req_drop or ())
+            self.req_extra = self.client.tls_extra + (self.req_extra or b"")
         group = action.group
         self.group = group
         self.balancer = <Balancer?>group.balancer
@@ -861,9 +906,16 @@ cdef class Exchange:
     cdef int connect_failed(self, ServerPool pool, object exc, bint timed_out) except -1:
         if self.finished:
             return 0
-        log_proxy.warning("upstream %s: connect %s: %s", pool.label,
-                             "timed out" if timed_out else "failed",
-                             exc or type(exc).__name__)
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            log_proxy.warning("upstream %s: TLS certificate verification failed: %s",
+                              pool.label, exc.verify_message or exc)
+        elif isinstance(exc, ssl.SSLError):
+            log_proxy.warning("upstream %s: TLS handshake failed: %s", pool.label,
+                              exc.reason or exc)
+        else:
+            log_proxy.warning("upstream %s: connect %s: %s", pool.label,
+                              "timed out" if timed_out else "failed",
+                              exc or type(exc).__name__)
         self.try_failed()
         if not self.next_try(TRY_CONNECT):
             self.respond_error(504 if timed_out else 502)
@@ -1063,6 +1115,8 @@ cdef class Exchange:
         self.resp_head = head
         self.resp_started = True
         extra = self.resp_extra
+        if self.client.hsts is not None:
+            extra = extra + self.client.hsts if extra else self.client.hsts
         if self.sticky and self.peer >= 0:
             # The server that answered is not the one the cookie named (none, an
             # unknown one, or one that failed): name it now.
@@ -1483,6 +1537,8 @@ cdef class ServerPool:
     cdef readonly long long connects   # counted for the metrics (not exported yet)
     cdef readonly long long reuses
     cdef readonly tuple addresses      # resolved IPs of a host name (empty: connect to `host`)
+    cdef object ssl                    # client SSLContext for an https:// server, or None
+    cdef str server_hostname           # SNI and the name verified, with `ssl`
     cdef Py_ssize_t next_address       # new connections rotate over them
 
     def __init__(self, upstream, str host, int port, int weight, Core core not None):
@@ -1534,6 +1590,15 @@ cdef class ServerPool:
         self.connects += 1
         self.core.loop.create_task(_connect(self, waiter))
         return 0
+
+    def set_tls(self, context, str server_hostname):
+        """Speak TLS to this server with `context`, naming it `server_hostname`."""
+        self.ssl = context
+        self.server_hostname = server_hostname
+
+    @property
+    def tls(self):
+        return self.ssl is not None
 
     def set_addresses(self, addresses):
         """The addresses a resolution of `host` gave (new connections use them)."""
@@ -1616,8 +1681,14 @@ async def _connect(ServerPool pool, Exchange waiter):
     loop = pool.core.loop
     try:
         async with asyncio.timeout(pool.connect_timeout):
-            _, conn = await loop.create_connection(
-                lambda: UpstreamConnection(pool), pool.connect_host(), pool.port)
+            if pool.ssl is None:
+                _, conn = await loop.create_connection(
+                    lambda: UpstreamConnection(pool), pool.connect_host(), pool.port)
+            else:
+                _, conn = await loop.create_connection(
+                    lambda: UpstreamConnection(pool), pool.connect_host(), pool.port,
+                    ssl=pool.ssl, server_hostname=pool.server_hostname,
+                    ssl_handshake_timeout=pool.connect_timeout)
     except TimeoutError as e:
         waiter.connect_failed(pool, e, True)
         return

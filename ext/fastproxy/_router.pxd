@@ -12,6 +12,8 @@ cdef enum Failed:
     F_QUERY = 6       # + 16 * the index of the query test
     F_CLIENT = 7
     F_REGEX = 8
+    F_TLS = 9
+    F_CERT = 10       # + 16 * the index of the client-certificate test
 
 
 cdef class RequestContext:
@@ -31,6 +33,7 @@ cdef class RequestContext:
     cdef public int listener
     cdef public bytes listener_name
     cdef public object captures     # re.Match of the matched rule's path_regex, or None
+    cdef public dict tls            # TLS connection facts (client certificate); None: plain
     cdef bytes _request_id
 
     cpdef bytes request_id(self)
@@ -58,6 +61,8 @@ cdef class Rule:
     cdef tuple _query               # (name, kind, value, regex)
     cdef IpSet _ips
     cdef tuple _listeners           # listener indexes, or None for any
+    cdef int _tls                   # -1: any; 0: plain only; 1: TLS only
+    cdef tuple _cert                # (fact name str, kind, value bytes, regex) on ctx.tls
 
     cdef int check(self, RequestContext ctx) except -1
     cdef bint check_path(self, bytes path) noexcept

@@ -187,6 +187,11 @@ cdef class Rule:
         self._ips = IpSet(match.client_ips) if match.client_ips is not None else None
         self._listeners = (tuple(listener_ids[n] for n in match.listeners)
                            if match.listeners is not None else None)
+        self._tls = -1 if match.tls is None else int(match.tls)
+        self._cert = tuple((t.name, _TEST_KINDS[t.kind],
+                            t.value.encode() if t.value is not None else None,
+                            _compile(t.value) if t.kind == "regex" else None)
+                           for t in match.client_cert)
 
     def __repr__(self):
         return f"<Rule {self.route.label}>"
@@ -257,6 +262,13 @@ cdef class Rule:
                 return F_QUERY + 16 * <int>i
         if self._ips is not None and not self._ips.contains(ctx.client_ip):
             return F_CLIENT
+        if self._tls >= 0 and (ctx.tls is not None) != self._tls:
+            return F_TLS
+        for i in range(len(self._cert)):
+            test = <tuple>self._cert[i]
+            fact = ctx.tls.get(test[0]) if ctx.tls is not None else None
+            if not _value_test(fact.encode() if fact is not None else None, test):
+                return F_CERT + 16 * <int>i
         if self._regex is not None:
             m = self._regex.search(ctx.path)
             if m is None:

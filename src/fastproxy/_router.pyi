@@ -21,6 +21,7 @@ class RequestContext:
     listener_name: bytes
     route_host: bytes | None
     captures: re.Match[bytes] | None
+    tls: dict[str, str] | None
     def __init__(
         self,
         head: MessageHead | None = None,

@@ -15,10 +15,14 @@ defaults and descriptions so that the reference can later be generated.
 
 from __future__ import annotations
 
+import errno
+import importlib
 import ipaddress
 import math
 import os
 import re
+import ssl
+import stat
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +34,7 @@ from typing import Any, Final
 from fastproxy.routeconf import INVALID as _INVALID
 from fastproxy.routeconf import MISSING as _MISSING
 from fastproxy.routeconf import (
+    PROXY_OWNED_HEADERS,
     KeyChecker,
     Route,
     RouteMatch,
@@ -51,12 +56,15 @@ from fastproxy.routeconf import string as _string
 from fastproxy.routeconf import suggest as _suggest
 
 __all__ = [
+    "CLIENT_CERT_FIELDS",
+    "CertificateFiles",
     "Config",
     "ConfigError",
     "ConfigIssue",
     "FieldSpec",
     "Limits",
     "Listener",
+    "ListenerTls",
     "LogSettings",
     "Route",
     "RouteMatch",
@@ -66,6 +74,7 @@ __all__ = [
     "StickyCookie",
     "Timeouts",
     "Upstream",
+    "UpstreamTls",
     "load_config",
     "parse_config",
     "parse_duration",
@@ -144,11 +153,44 @@ def _format_address(host: str, port: int) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class CertificateFiles:
+    """One certificate of a TLS listener: PEM files, paths made absolute."""
+
+    cert: str  # the certificate chain, leaf first
+    key: str  # its private key
+    # SNI names it serves; (): the DNS names of its subjectAltName (its CN without one)
+    names: tuple[str, ...] = ()
+
+
+CLIENT_CERT_FIELDS: Final = ("subject", "issuer", "fingerprint", "serial", "verify")
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerTls:
+    """TLS termination on a listener (secure by default, see docs/configuration.md)."""
+
+    certificates: tuple[CertificateFiles, ...]  # the first one is the default
+    unknown_sni: str = "default"  # "default" | "refuse": no SNI, or a name no certificate has
+    min_version: str = "1.2"  # "1.2" | "1.3"
+    ciphers: str | None = None  # TLS 1.2 suites, OpenSSL syntax; None: forward-secret AEAD only
+    alpn: tuple[str, ...] = ("http/1.1",)
+    client_auth: str = "none"  # "none" | "optional" | "required"
+    client_ca: str | None = None  # CA bundle for client certificates (needed unless "none")
+    # Client-certificate facts sent upstream: (field in CLIENT_CERT_FIELDS, header name);
+    # the same headers coming from the client are removed.
+    client_cert_headers: tuple[tuple[str, str], ...] = ()
+    handshake_timeout: float = 10.0
+    hsts: str | None = None  # a Strict-Transport-Security value added to every response
+
+
+@dataclass(frozen=True, slots=True)
 class Listener:
     host: str
     port: int
     name: str  # unique; by default the address as normalized ("0.0.0.0:8080")
     default_host: str | None  # routes a request whose host no route names as this host
+    tls: ListenerTls | None = None
+    https_redirect: int | None = None  # plain listener: 308 every request to https on this port
 
     @property
     def address(self) -> str:
@@ -162,6 +204,7 @@ class ServerAddress:
     weight: int
     max_conns: int = 0  # requests in flight per worker; 0 = no limit
     backup: bool = False  # used only while no primary server is usable
+    tls: bool = False  # "https://host:port": TLS to this server (see Upstream.tls)
 
     @property
     def address(self) -> str:
@@ -188,6 +231,19 @@ class Upstream:
     health_check: HealthCheck | None = None
     eject: Ejection = field(default_factory=lambda: Ejection())
     retry: RetryPolicy = field(default_factory=lambda: RetryPolicy())
+    tls: UpstreamTls = field(default_factory=lambda: UpstreamTls())
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTls:
+    """How the proxy speaks TLS to this upstream's https:// servers."""
+
+    verify: bool = True  # check the server's certificate and name
+    ca: str | None = None  # CA bundle (absolute path); None: the system's CAs
+    sni: str | None = None  # server name sent and verified; None: the server's host name
+    cert: str | None = None  # client certificate (mTLS to the upstream), with `key`
+    key: str | None = None
+    min_version: str = "1.2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -885,6 +941,202 @@ ROUTING_FIELDS: Final = (
     ),
 )
 
+# -- [listeners.tls] and [upstreams.NAME.tls]
+
+TLS_VERSIONS: Final = ("1.2", "1.3")  # 1.0 and 1.1 are deprecated (RFC 8996)
+ALPN_PROTOCOLS: Final = ("http/1.1",)  # "h2" joins when HTTP/2 does
+# OpenSSL cipher-list syntax: names joined by ':', with the '!', '+' and '-' operators.
+_CIPHER_CHAR_RE: Final = re.compile(r"[^A-Za-z0-9:+!_-]")
+# RFC 6797 6.1: directive names are case-insensitive; max-age is required (and first here).
+_HSTS_RE: Final = re.compile(r"max-age=[0-9]{1,10}[ \t]*(?:;.*)?", re.IGNORECASE)
+_NOT_VISIBLE_RE: Final = re.compile(r"[^\x20-\x7e]")
+_TLS_VERSION_TYPO_RE: Final = re.compile(r"(?:tls|ssl)[ v]*(1\.[0-3])", re.IGNORECASE)
+
+
+def _tls_version(value: object) -> str:
+    if isinstance(value, float):
+        raise ValueError(f'expected a string, found float {value!r} (write "{value!r}")')
+    text = _string(value)
+    typo = _TLS_VERSION_TYPO_RE.fullmatch(text)
+    if typo is not None:
+        text = typo.group(1)
+    if text in ("1.0", "1.1"):
+        raise ValueError(
+            f'TLS {text} is not supported (deprecated by RFC 8996); use "1.2" or "1.3"'
+        )
+    if text not in TLS_VERSIONS or typo is not None:
+        hint = f"; did you mean {text!r}?" if typo is not None else ""
+        raise ValueError(f"unsupported value {value!r} (supported: 1.2, 1.3){hint}")
+    return text
+
+
+def _ciphers(value: object) -> str:
+    text = _string(value)
+    if not text:
+        raise ValueError("must not be empty (leave the key out for the default suites)")
+    bad = _CIPHER_CHAR_RE.search(text)
+    if bad is not None:
+        raise ValueError(
+            f"must not contain {bad.group()!r}: write OpenSSL cipher names joined by ':'"
+            f" (with '!', '+' and '-'), found {text!r}"
+        )
+    # OpenSSL itself is the judge of what the string selects; unknown names are skipped.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.set_ciphers(text)
+    except ssl.SSLError:
+        raise ValueError(f"selects no cipher suite OpenSSL knows, found {text!r}") from None
+    return text
+
+
+def _weak_ciphers(ciphers: str) -> list[str]:
+    """The TLS 1.2 suites a (valid) cipher string allows that lack forward secrecy or AEAD."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.set_ciphers(ciphers)
+    return [
+        suite["name"]
+        for suite in context.get_ciphers()
+        if suite.get("protocol") != "TLSv1.3"
+        and (suite.get("kea") not in ("kx-ecdhe", "kx-dhe") or not suite.get("aead"))
+    ]
+
+
+def _alpn_protocol(value: object) -> str:
+    text = _string(value)
+    if text == "h2":
+        raise ValueError('"h2" is not supported yet (HTTP/2 is not implemented); use "http/1.1"')
+    if text not in ALPN_PROTOCOLS:
+        hint = _suggest(text, ALPN_PROTOCOLS)
+        raise ValueError(
+            f"unsupported protocol {text!r} (supported: {', '.join(ALPN_PROTOCOLS)}){hint}"
+        )
+    return text
+
+
+def _hsts(value: object) -> str:
+    text = _string(value)
+    bad = _NOT_VISIBLE_RE.search(text)
+    if bad is not None:
+        raise ValueError(
+            f"must hold only visible ASCII characters and spaces, found {bad.group()!r}"
+        )
+    if not _HSTS_RE.fullmatch(text):
+        raise ValueError(
+            'must start with "max-age=" and a number of seconds, as in'
+            f' "max-age=31536000; includeSubDomains", found {text!r}'
+        )
+    return text
+
+
+def _file_path(value: object) -> str:
+    """A file path as written; the checker resolves it against the config's directory."""
+    text = _string(value)
+    if not text:
+        raise ValueError("must not be empty")
+    if "\x00" in text:
+        raise ValueError("must not contain a NUL character")
+    return text
+
+
+def _server_name(value: object, *, wildcard: bool) -> str:
+    """A name as sent in SNI: a DNS name (normalized like route hosts), never an IP."""
+    name = _match_host(value, wildcard=wildcard)
+    if name.startswith("["):
+        is_ip = True
+    else:
+        try:
+            ipaddress.IPv4Address(name)
+            is_ip = True
+        except ValueError:
+            is_ip = False
+    if is_ip:
+        raise ValueError(
+            f"must be a host name: TLS server names (SNI) are never IP addresses, found {value!r}"
+        )
+    return name
+
+
+def _certificate_name(value: object) -> str:
+    return _server_name(value, wildcard=True)
+
+
+def _sni(value: object) -> str:
+    return _server_name(value, wildcard=False)
+
+
+CERTIFICATE_FIELDS: Final = (
+    FieldSpec("cert", None, "path, **required**",
+              "PEM certificate chain, leaf first (relative to the config file)", _file_path),
+    FieldSpec("key", None, "path, **required**", "its PEM private key, unencrypted", _file_path),
+    FieldSpec(
+        "names",
+        None,
+        'array of host names or "*.wildcards"',
+        "the SNI names this certificate serves (default: the names in it)",
+        _array(_certificate_name, "host names", empty_ok=False, unique=True),
+    ),
+)
+
+LISTENER_TLS_FIELDS: Final = (
+    FieldSpec(
+        "unknown_sni",
+        "default",
+        "default | refuse",
+        "no SNI, or a name no certificate serves: the first certificate, or a refused handshake",
+        _choice("default", "refuse"),
+    ),
+    FieldSpec("min_version", "1.2", '"1.2" | "1.3"', "oldest TLS version accepted", _tls_version),
+    FieldSpec(
+        "ciphers",
+        None,
+        "string",
+        "TLS 1.2 cipher suites, OpenSSL syntax (default: ECDHE with AES-GCM or"
+        " ChaCha20-Poly1305)",
+        _ciphers,
+    ),
+    FieldSpec(
+        "alpn",
+        ["http/1.1"],
+        'array of "http/1.1"',
+        "protocols offered by ALPN",
+        _array(_alpn_protocol, 'protocol ids like "http/1.1"', empty_ok=False, unique=True),
+    ),
+    FieldSpec(
+        "client_auth",
+        "none",
+        "none | optional | required",
+        "ask clients for a certificate: no, yes (a client without one is let in), yes and"
+        " refuse a client without a valid one",
+        _choice("none", "optional", "required"),
+    ),
+    FieldSpec("client_ca", None, "path",
+              "PEM bundle of the CAs that sign client certificates (required with client_auth)",
+              _file_path),
+    FieldSpec("handshake_timeout", "10s", "duration > 0",
+              "from the connection until the TLS handshake is done -> closed", _duration()),
+    FieldSpec(
+        "hsts",
+        None,
+        "string",
+        'Strict-Transport-Security added to every response, e.g. "max-age=31536000"',
+        _hsts,
+    ),
+)
+
+UPSTREAM_TLS_FIELDS: Final = (
+    FieldSpec("verify", True, "boolean",
+              "check the servers' certificates and names", _boolean),
+    FieldSpec("ca", None, "path",
+              "PEM bundle of the CAs trusted for the servers (default: the system's)",
+              _file_path),
+    FieldSpec("sni", None, "host name",
+              "the name sent as SNI and verified (default: the server's host name)", _sni),
+    FieldSpec("cert", None, "path", "client certificate presented to the servers, with key",
+              _file_path),
+    FieldSpec("key", None, "path", "its PEM private key, unencrypted", _file_path),
+    FieldSpec("min_version", "1.2", '"1.2" | "1.3"', "oldest TLS version used", _tls_version),
+)
+
 _SECTIONS: Final[Mapping[str, tuple[FieldSpec, ...]]] = MappingProxyType(
     {
         "server": SERVER_FIELDS,
@@ -895,12 +1147,13 @@ _SECTIONS: Final[Mapping[str, tuple[FieldSpec, ...]]] = MappingProxyType(
     }
 )
 _TOP_LEVEL_KEYS: Final = (*_SECTIONS, "listeners", "upstreams", "routes")
-_LISTENER_KEYS: Final = ("address", "name", "default_host")
+_LISTENER_KEYS: Final = ("address", "name", "default_host", "tls", "https_redirect")
 _STICKY_KEYS: Final = ("cookie", "max_age", "secure")
-# RFC 6265 cookie-name: a token.
-_COOKIE_NAME_RE: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# An RFC 9110 token: what a header field name is, and an RFC 6265 cookie-name too.
+_TOKEN_RE: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _UPSTREAM_KEYS: Final = (
     "servers",
+    "tls",
     "hash_key",
     "sticky",
     "health_check",
@@ -913,6 +1166,11 @@ _SERVER_KEYS: Final = ("address", *(f.name for f in SERVER_OPTION_FIELDS))
 _HEALTH_CHECK_KEYS: Final = tuple(f.name for f in HEALTH_CHECK_FIELDS)
 _EJECT_KEYS: Final = tuple(f.name for f in EJECT_FIELDS)
 _RETRY_KEYS: Final = tuple(f.name for f in RETRY_FIELDS)
+_CERTIFICATE_KEYS: Final = tuple(f.name for f in CERTIFICATE_FIELDS)
+_LISTENER_TLS_KEYS: Final = (
+    "certificates", "client_cert_headers", *(f.name for f in LISTENER_TLS_FIELDS)
+)
+_UPSTREAM_TLS_KEYS: Final = tuple(f.name for f in UPSTREAM_TLS_FIELDS)
 
 _LOG_STREAMS: Final = ("stdout", "stderr", "off")
 
@@ -958,14 +1216,39 @@ def _parse_listen_address(value: object) -> tuple[str, int]:
         raise ValueError(f'host must be an IP address or "localhost", found {host!r}') from None
 
 
-def _parse_server_address(value: object) -> tuple[str, int]:
+_MAX_PEM_BYTES: Final = 16 * 1024**2  # a PEM file bigger than this is a mistake
+_PEM_CERTIFICATE: Final = "-----BEGIN CERTIFICATE-----"
+# PKCS#8 ("PRIVATE KEY", "ENCRYPTED PRIVATE KEY") and the legacy RSA/EC/DSA forms.
+_PEM_KEY_RE: Final = re.compile(r"-----BEGIN (ENCRYPTED )?(?:RSA |EC |DSA )?PRIVATE KEY-----")
+_SERVER_SCHEMES: Final = {"http://": (False, 80), "https://": (True, 443)}
+
+
+def _parse_server_address(value: object) -> tuple[str, int, bool]:
+    """"host:port", "[v6]:port", or with a scheme "http://host[:port]" /
+    "https://host[:port]" (default port 80 / 443): (host, port, tls)."""
     if not isinstance(value, str):
         raise ValueError(f'expected a string like "127.0.0.1:9000", found {_describe(value)}')
-    host, port_text, bracketed = _split_host_port(value)
+    text, tls, default_port = value, False, None
+    scheme, sep, rest = value.partition("://")
+    if sep:
+        if scheme.lower() + sep not in _SERVER_SCHEMES:
+            raise ValueError(f'unsupported scheme {scheme + sep!r} (use "http://" or "https://")'
+                             f" in {value!r}")
+        tls, default_port = _SERVER_SCHEMES[scheme.lower() + sep]
+        text = rest.removesuffix("/")
+        for char in "/?#@":
+            if char in text:
+                raise ValueError(f"must be a scheme and host[:port] only (no path, query or user),"
+                                 f" found {value!r}")
+        # "https://host" takes the scheme's port; a port given is parsed as usual.
+        has_port = text.rfind(":") > text.rfind("]")
+        if not has_port:
+            text = f"{text}:{default_port}"
+    host, port_text, bracketed = _split_host_port(text)
     if not host:
         raise ValueError(f"missing host in {value!r}")
     port = _parse_port(port_text)
-    return (_ipv6(host) if bracketed else _hostname(host)), port
+    return (_ipv6(host) if bracketed else _hostname(host)), port, tls
 
 
 # --------------------------------------------------------------------------
@@ -1086,6 +1369,8 @@ class _Checker(KeyChecker):
                     lambda v: _match_host(v, wildcard=False),
                     table["default_host"],
                 )
+            tls = self.listener_tls(table["tls"], f"{path}.tls") if "tls" in table else None
+            redirect = self.https_redirect(table, path)
             key = f"{path}.address"
             if "address" not in table:
                 self.error(key, "missing required key")
@@ -1113,10 +1398,229 @@ class _Checker(KeyChecker):
                     )
                     continue
                 names[name] = i
-            if name is _INVALID or default_host is _INVALID:
+            if not _valid(name, default_host, tls, redirect):
                 continue
-            result.append(Listener(parsed[0], parsed[1], name, default_host))
+            result.append(Listener(parsed[0], parsed[1], name, default_host, tls, redirect))
         return result, set(names) if complete else None
+
+    # -- TLS ----------------------------------------------------------------
+
+    def https_redirect(self, table: Mapping[str, Any], path: str) -> Any:
+        """A listener's https_redirect: a port, true (443) or false/absent (None)."""
+        if "https_redirect" not in table:
+            return None
+        key = _key(path, "https_redirect")
+        value = table["https_redirect"]
+        if value is True:
+            port: Any = 443
+        elif value is False:
+            return None
+        elif isinstance(value, int):
+            port = self.convert(key, _integer(1, 65535), value)
+        else:
+            self.error(key, f"expected a port (1 to 65535) or true (port 443), "
+                            f"found {_describe(value)}")
+            return _INVALID
+        if "tls" in table and port is not _INVALID:
+            self.error(key, "a TLS listener is already https: put https_redirect on a plain"
+                            " listener")
+            return _INVALID
+        return port
+
+    def listener_tls(self, raw: object, path: str) -> Any:
+        """A listener's [listeners.tls] table as ListenerTls, or _INVALID."""
+        table = self.table(raw, path, ' like { certificates = [{ cert = "site.pem",'
+                                      ' key = "site.key" }] }')
+        if table is None:
+            return _INVALID
+        errors_before = len(self.issues)
+        self.known_keys(table, path, _LISTENER_TLS_KEYS)
+        certificates = self.certificates(table.get("certificates", _MISSING),
+                                         _key(path, "certificates"))
+        values = self.fields(table, path, LISTENER_TLS_FIELDS)
+        client_auth = values["client_auth"]
+        if values["client_ca"] not in (None, _INVALID):
+            values["client_ca"] = self.pem_file(_key(path, "client_ca"), values["client_ca"],
+                                                certificate=True)
+        headers: Any = ()
+        if "client_cert_headers" in table:
+            headers = self.client_cert_headers(table["client_cert_headers"],
+                                               _key(path, "client_cert_headers"))
+        if client_auth not in ("none", _INVALID):
+            if "client_ca" not in table:
+                self.error(_key(path, "client_ca"),
+                           f'missing: required with client_auth = "{client_auth}"'
+                           " (the CA bundle that signs client certificates)")
+        elif client_auth == "none":
+            if "client_ca" in table:
+                self.warn(_key(path, "client_ca"), 'has no effect with client_auth = "none"')
+            if "client_cert_headers" in table:
+                self.error(_key(path, "client_cert_headers"),
+                           'only used with client_auth = "optional" or "required"')
+        ciphers = values["ciphers"]
+        if ciphers not in (None, _INVALID):
+            if values["min_version"] == "1.3":
+                self.warn(_key(path, "ciphers"), 'has no effect with min_version = "1.3"'
+                                                 " (TLS 1.3 suites are always the AEAD ones)")
+            else:
+                weak = _weak_ciphers(ciphers)
+                if weak:
+                    self.warn(_key(path, "ciphers"),
+                              "allows suites without forward secrecy or without AEAD: "
+                              + ", ".join(weak))
+        if len(self.issues) != errors_before or certificates is None:
+            return _INVALID
+        tls = ListenerTls(certificates=tuple(certificates), client_cert_headers=headers,
+                          **values)
+        # Every cheap check passed (files readable, PEM blocks present): load them.
+        self.load_certificates(tls, path)
+        return tls
+
+    def certificates(self, raw: object, path: str) -> list[CertificateFiles] | None:
+        if raw is _MISSING:
+            self.error(path, "missing required key")
+            return None
+        hint = ' like { cert = "site.pem", key = "site.key" }'
+        items = self.array(raw, path, f" of tables{hint}")
+        if items is None:
+            return None
+        if not items:
+            self.error(path, "at least one certificate is required")
+        errors_before = len(self.issues)
+        result: list[CertificateFiles] = []
+        for i, item in enumerate(items):
+            key = f"{path}[{i}]"
+            table = self.table(item, key, hint)
+            if table is None:
+                continue
+            self.known_keys(table, key, _CERTIFICATE_KEYS)
+            values: dict[str, Any] = {}
+            for spec in CERTIFICATE_FIELDS:
+                value = self.field(table, key, spec)
+                if spec.name == "names":
+                    value = () if value is None else value
+                elif spec.name not in table:
+                    self.error(_key(key, spec.name), "missing required key")
+                elif value is not _INVALID:
+                    value = self.pem_file(_key(key, spec.name), value,
+                                          certificate=spec.name == "cert")
+                values[spec.name] = value
+            if _valid(*values.values()) and None not in values.values():
+                result.append(CertificateFiles(**values))
+        return result if len(self.issues) == errors_before and items else None
+
+    def client_cert_headers(self, raw: object, path: str) -> Any:
+        """{ field = "Header-Name" } as ((field, header), ...) in the order given."""
+        table = self.table(raw, path, ' like { subject = "X-Client-Subject" }')
+        if table is None:
+            return _INVALID
+        errors_before = len(self.issues)
+        self.known_keys(table, path, CLIENT_CERT_FIELDS)
+        pairs: list[tuple[str, str]] = []
+        used: dict[str, str] = {}  # header name, lower-cased -> the field it carries
+        for name, header in table.items():
+            if name not in CLIENT_CERT_FIELDS:
+                continue
+            key = _key(path, name)
+            if not isinstance(header, str) or not _TOKEN_RE.fullmatch(header):
+                self.error(key, 'expected a header name (a token like "X-Client-Subject"),'
+                                f" found {_describe(header)}")
+            elif header.lower() in PROXY_OWNED_HEADERS:
+                self.error(key, f"{header!r} is set by the proxy itself")
+            elif header.lower() in used:
+                self.error(key, f"header {header!r} already carries the {used[header.lower()]}")
+            else:
+                used[header.lower()] = name
+                pairs.append((name, header))
+        return tuple(pairs) if len(self.issues) == errors_before else _INVALID
+
+    def pem_file(self, key: str, value: str, *, certificate: bool) -> Any:
+        """The absolute path of a readable PEM file holding a certificate (or a private
+        key), or _INVALID. Only cheap text checks: loading is fastproxy.tls's job."""
+        path = os.path.normpath(os.path.join(self.base_dir, value))
+        try:
+            info = os.stat(path)
+            if stat.S_ISDIR(info.st_mode):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+            if not stat.S_ISREG(info.st_mode):  # a FIFO or a device could block or never end
+                self.error(key, f"cannot read {path}: not a regular file")
+                return _INVALID
+            with open(path, "rb") as fh:
+                data = fh.read(_MAX_PEM_BYTES + 1)
+        except OSError as exc:
+            self.error(key, f"cannot read {path}: {exc.strerror or exc}")
+            return _INVALID
+        if len(data) > _MAX_PEM_BYTES:
+            self.error(key, f"{path} is larger than {_human_size(_MAX_PEM_BYTES)}:"
+                            " not a PEM file")
+            return _INVALID
+        text = data.decode("latin-1")
+        if certificate:
+            if _PEM_CERTIFICATE not in text:
+                self.error(key, f"{path} holds no PEM certificate"
+                                f" (no {_PEM_CERTIFICATE!r} line)")
+                return _INVALID
+            return path
+        found = _PEM_KEY_RE.search(text)
+        if found is None:
+            self.error(key, f"{path} holds no PEM private key"
+                            " (no '-----BEGIN ... PRIVATE KEY-----' line)")
+            return _INVALID
+        if found.group(1) or "Proc-Type: 4,ENCRYPTED" in text:
+            self.error(key, f"{path} is encrypted with a passphrase, which fastproxy cannot ask"
+                            " for; decrypt it (openssl pkey -in KEY -out PLAIN) and keep it"
+                            " readable only by the proxy's user")
+            return _INVALID
+        return path
+
+    def load_certificates(self, tls: ListenerTls, path: str) -> None:
+        """Load the certificate files as serving them will (each key matching its
+        certificate, the chains, the client CA bundle): fastproxy.tls builds the same
+        contexts the master does, and reports each problem as (subkey, reason), e.g.
+        ("certificates[1].key", "does not match the certificate"), shown here as
+        ``listeners[0].tls.certificates[1].key``. It runs only after the text checks
+        above passed, and only when that module provides it (so that this module does
+        not depend on it)."""
+        try:
+            check = importlib.import_module("fastproxy.tls").check_certificates
+        except (ImportError, AttributeError):
+            return
+        try:
+            problems = check(tls)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            self.error(_key(path, "certificates"), f"cannot load: {exc}")
+            return
+        for subkey, reason in problems:
+            self.error(f"{path}.{subkey}", reason)
+        if not problems:
+            warnings = getattr(importlib.import_module("fastproxy.tls"), "certificate_warnings",
+                               None)
+            for subkey, reason in warnings(tls) if warnings is not None else ():
+                self.warn(f"{path}.{subkey}", f"{reason}; served anyway, but clients refuse it")
+
+    def upstream_tls(self, raw: object, path: str) -> UpstreamTls | None:
+        table = self.table(raw, path, " like { verify = true, ca = \"ca.pem\" }")
+        if table is None:
+            return None
+        errors_before = len(self.issues)
+        self.known_keys(table, path, _UPSTREAM_TLS_KEYS)
+        values = self.fields(table, path, UPSTREAM_TLS_FIELDS)
+        for name in ("ca", "cert", "key"):
+            if values[name] not in (None, _INVALID):
+                values[name] = self.pem_file(_key(path, name), values[name],
+                                             certificate=name != "key")
+        for name, other in (("cert", "key"), ("key", "cert")):
+            if name in table and other not in table:
+                self.error(_key(path, other), f"missing: {name} and {other} go together"
+                                              " (the client certificate and its key)")
+        if values["verify"] is False:
+            self.warn(_key(path, "verify"), "certificates of https:// servers are not verified:"
+                                            " anyone on the path can impersonate them")
+            if "ca" in table:
+                self.warn(_key(path, "ca"), "has no effect with verify = false")
+        if len(self.issues) != errors_before:
+            return None
+        return UpstreamTls(**values)
 
     def upstreams(self, raw: object) -> tuple[dict[str, Upstream], set[str] | None]:
         """The valid upstreams, and every name defined (None if the table is unusable)."""
@@ -1146,6 +1650,7 @@ class _Checker(KeyChecker):
         errors_before = len(self.issues)
         self.known_keys(table, path, _UPSTREAM_KEYS)
         servers = self.servers(table.get("servers", _MISSING), f"{path}.servers")
+        servers_ok = len(self.issues) == errors_before
         values = self.fields(table, path, (*UPSTREAM_FIELDS, *BALANCE_FIELDS))
         hash_key = self.hash_key(table, path, values["balance"])
         sticky = self.sticky(table["sticky"], _key(path, "sticky")) if "sticky" in table else None
@@ -1156,11 +1661,18 @@ class _Checker(KeyChecker):
         )
         eject = self.ejection(table.get("eject", {}), _key(path, "eject"))
         retry = self.retry_policy(table.get("retry", {}), _key(path, "retry"))
-        if len(self.issues) != errors_before or eject is None or retry is None:
+        tls: UpstreamTls | None = UpstreamTls()
+        if "tls" in table:
+            tls = self.upstream_tls(table["tls"], _key(path, "tls"))
+            # With a bad server, whether any is https:// is not known: say nothing more.
+            if servers_ok and not any(server.tls for server in servers):
+                self.error(_key(path, "tls"), "only used with https:// servers"
+                                              ' (write the addresses as "https://host:port")')
+        if len(self.issues) != errors_before or eject is None or retry is None or tls is None:
             return None
         self.upstream_warnings(table, path, values, servers)
         return Upstream(name=name, servers=tuple(servers), hash_key=hash_key, sticky=sticky,
-                        health_check=health_check, eject=eject, retry=retry, **values)
+                        health_check=health_check, eject=eject, retry=retry, tls=tls, **values)
 
     def hash_key(self, table: Mapping[str, Any], path: str, balance: object) -> Template | None:
         """The hash_key of ring and maglev (a default one if not given); None otherwise."""
@@ -1203,7 +1715,7 @@ class _Checker(KeyChecker):
         if name is _MISSING:
             self.error(_key(path, "cookie"), "missing required key")
             return None
-        if not isinstance(name, str) or not _COOKIE_NAME_RE.fullmatch(name):
+        if not isinstance(name, str) or not _TOKEN_RE.fullmatch(name):
             self.error(_key(path, "cookie"),
                        f"expected a cookie name (letters, digits and !#$%&'*+.^_`|~-), "
                        f"found {_describe(name)}")
@@ -1230,7 +1742,8 @@ class _Checker(KeyChecker):
             self.error(path, "every server is a backup: at least one must be a primary server"
                              " (without backup = true)")
         result: list[ServerAddress] = []
-        seen: dict[tuple[str, int], int] = {}
+        # "https://h:1" and "h:1" are the same server: one host and port, two schemes.
+        seen: dict[tuple[str, int], tuple[int, bool]] = {}
         for i, item in enumerate(items):
             key = f"{path}[{i}]"
             entry = item if isinstance(item, Mapping) else {}
@@ -1253,15 +1766,16 @@ class _Checker(KeyChecker):
             parsed = self.convert(address_key, _parse_server_address, address)
             if not _valid(parsed, *options.values()):
                 continue
-            if parsed in seen:
-                self.error(
-                    address_key,
-                    f"duplicate server {address!r} (already {path}"
-                    f"[{seen[parsed]}]; use weight instead)",
-                )
+            host, port, tls = parsed
+            if (host, port) in seen:
+                first, first_tls = seen[(host, port)]
+                hint = ("use weight instead" if tls == first_tls
+                        else "the same host and port; a server is either https:// or not")
+                self.error(address_key,
+                           f"duplicate server {address!r} (already {path}[{first}]; {hint})")
                 continue
-            seen[parsed] = i
-            result.append(ServerAddress(parsed[0], parsed[1], **options))
+            seen[(host, port)] = (i, tls)
+            result.append(ServerAddress(host, port, tls=tls, **options))
         return result
 
     def health_check(self, raw: object, path: str) -> HealthCheck | None:

@@ -12,6 +12,15 @@ fork, so every child inherits the same segment. When an upstream has active
 health checks, one more child runs them for the whole instance (not one prober
 per worker, which would multiply the probes by the number of workers); it is
 supervised like a worker.
+
+SIGHUP reloads: the master reads and checks the config file again (and the
+certificates it names); if anything is wrong it logs why and keeps the running
+generation. Otherwise it starts a new generation of workers (and health
+checker) with the new config, handing them the listening sockets of the
+addresses both configs have, so no connection is refused, then asks the old
+generation to stop gracefully: open connections finish on the old config. TLS
+contexts are built here, before the fork, so every worker of a generation
+shares the session-ticket keys (a ticket from one worker resumes on another).
 """
 
 from __future__ import annotations
@@ -22,14 +31,15 @@ import signal
 import socket
 import sys
 import time
+from typing import Any
 
 from fastproxy import __version__
 from fastproxy._peers import PeerTable, slot_layout
-from fastproxy.config import Config, Listener
+from fastproxy.config import Config, ConfigError, Listener, load_config
 
 log = logging.getLogger("fastproxy.master")
 
-_SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}
+_SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP}
 _QUICK_DEATH = 5.0  # a worker that dies sooner than this is restarted with back-off
 HEALTH = -1  # the slot number of the health-check process
 
@@ -60,32 +70,76 @@ def open_listener(listener: Listener) -> socket.socket:
     return sock
 
 
-class Supervisor:
-    def __init__(self, config: Config, slots: list[list[socket.socket]],
-                 table: PeerTable) -> None:
+def tls_contexts(config: Config) -> list[Any]:
+    """Each listener's TLS context (None for plain ones), built once per generation."""
+    if not any(listener.tls for listener in config.listeners):
+        return [None] * len(config.listeners)
+    from fastproxy.tls import server_context
+
+    return [server_context(listener.tls) if listener.tls else None
+            for listener in config.listeners]
+
+
+def _address(listener: Listener) -> tuple[str, int]:
+    return (listener.host, listener.port)
+
+
+class Generation:
+    """One config's worth of children: its workers' sockets (per slot, one per
+    listener in config order), shared server table and TLS contexts."""
+
+    def __init__(self, number: int, config: Config, slots: list[list[socket.socket]],
+                 table: PeerTable, contexts: list[Any]) -> None:
+        self.number = number
         self.config = config
         self.slots = slots
         self.table = table
+        self.contexts = contexts
         self.health_checks = any(up.health_check is not None
                                  for up in config.upstreams.values())
-        self.pids: dict[int, int] = {}            # pid -> slot (HEALTH: the health checker)
-        self.started: dict[int, float] = {}       # slot -> start time
+
+    def sockets(self) -> set[socket.socket]:
+        return {s for socks in self.slots for s in socks}
+
+
+def carry_health(old: Generation, new: Generation) -> None:
+    """A server in both configs keeps its verdict (same upstream and address)."""
+    old_first, _ = slot_layout(old.config.upstreams)
+    new_first, _ = slot_layout(new.config.upstreams)
+    for name, upstream in new.config.upstreams.items():
+        before = old.config.upstreams.get(name)
+        if before is None:
+            continue
+        where = {s.address: old_first[name] + i for i, s in enumerate(before.servers)}
+        for i, server in enumerate(upstream.servers):
+            if server.address in where:
+                new.table.copy_slot(old.table, where[server.address], new_first[name] + i)
+
+
+class Supervisor:
+    def __init__(self, generation: Generation) -> None:
+        self.gen = generation
+        self.pids: dict[int, tuple[int, int]] = {}  # pid -> (generation, slot); HEALTH slot
+        self.started: dict[int, float] = {}       # slot -> start time (current generation)
         self.failures: dict[int, int] = {}        # slot -> quick deaths in a row
         self.restart_at: dict[int, float] = {}    # slot -> when to start it again
         self.stopping = False
         self.stop_deadline = 0.0
 
+    @property
+    def config(self) -> Config:
+        return self.gen.config
+
     def run(self) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-        for slot in range(len(self.slots)):
-            self._spawn(slot)
-        if self.health_checks:
-            self._spawn(HEALTH)
+        self._spawn_all()
         while True:
             info = signal.sigtimedwait(_SIGNALS, 0.5)
             if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT,
                                                       signal.SIGQUIT):
                 self._stop(fast=info.si_signo == signal.SIGQUIT)
+            elif info is not None and info.si_signo == signal.SIGHUP and not self.stopping:
+                self.reload()
             self._reap()
             now = time.monotonic()
             if self.stopping:
@@ -103,34 +157,78 @@ class Supervisor:
                     del self.restart_at[slot]
                     self._spawn(slot)
 
+    def _spawn_all(self) -> None:
+        for slot in range(len(self.gen.slots)):
+            self._spawn(slot)
+        if self.gen.health_checks:
+            self._spawn(HEALTH)
+
     def _spawn(self, slot: int) -> None:
+        gen = self.gen
         pid = os.fork()
-        if pid == 0:  # the worker
+        if pid == 0:  # the child
             code = 1
             try:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-                for other, socks in enumerate(self.slots):
-                    if other != slot:
-                        for s in socks:
-                            s.close()
-                code = self._child_main(slot)
+                mine = set(gen.slots[slot]) if slot != HEALTH else set()
+                for s in gen.sockets() - mine:
+                    s.close()
+                code = self._child_main(gen, slot)
             except BaseException:
                 log.exception("%s crashed", _name(os.getpid(), slot))
             finally:
                 logging.shutdown()
                 os._exit(code)
-        self.pids[pid] = slot
+        self.pids[pid] = (gen.number, slot)
         self.started[slot] = time.monotonic()
         log.info("%s started", _name(pid, slot))
 
-    def _child_main(self, slot: int) -> int:
+    @staticmethod
+    def _child_main(gen: Generation, slot: int) -> int:
         if slot == HEALTH:
             from fastproxy.health import HealthChecker
 
-            return HealthChecker(self.config, self.table).run()
+            return HealthChecker(gen.config, gen.table).run()
         from fastproxy.worker import Worker
 
-        return Worker(self.config, self.slots[slot], self.table).run()
+        return Worker(gen.config, gen.slots[slot], gen.table, gen.contexts).run()
+
+    def reload(self) -> None:
+        """SIGHUP: start a generation on the config file as it is now, if it is good."""
+        source = self.config.source
+        log.info("reloading %s", source)
+        try:
+            config = load_config(source)
+            contexts = tls_contexts(config)
+        except ConfigError as e:
+            log.error("reload failed, the running config stays in service:\n%s", e)
+            return
+        except (OSError, ValueError) as e:
+            log.error("reload failed, the running config stays in service: %s", e)
+            return
+        old = self.gen
+        try:
+            slots = reuse_sockets(old, config)
+        except OSError as e:
+            log.error("reload failed, the running config stays in service: %s", e)
+            return
+        new = Generation(old.number + 1, config, slots, PeerTable(slot_layout(config.upstreams)[1]),
+                         contexts)
+        carry_health(old, new)
+        self.gen = new
+        self.restart_at.clear()
+        self.failures.clear()
+        self._spawn_all()
+        for pid, (number, _) in self.pids.items():
+            if number != new.number:
+                _kill(pid, signal.SIGTERM)  # graceful: in-flight requests finish
+        # Sockets the new generation does not use: the old workers close theirs on
+        # SIGTERM; ours must go too, or the kernel would keep queueing connections
+        # on them that nobody accepts.
+        for sock in old.sockets() - new.sockets():
+            sock.close()
+        log.info("reloaded: generation %d with %d worker(s); generation %d stopping",
+                 new.number, len(new.slots), old.number)
 
     def _reap(self) -> None:
         while self.pids:
@@ -140,11 +238,12 @@ class Supervisor:
                 return
             if pid == 0:
                 return
-            slot = self.pids.pop(pid, None)
-            if slot is None:
+            entry = self.pids.pop(pid, None)
+            if entry is None:
                 continue
+            number, slot = entry
             code = os.waitstatus_to_exitcode(status)
-            if self.stopping:
+            if self.stopping or number != self.gen.number:
                 log.info("%s exited (%d)", _name(pid, slot), code)
                 continue
             lived = time.monotonic() - self.started.get(slot, 0.0)
@@ -162,14 +261,42 @@ class Supervisor:
         self.restart_at.clear()
         # Our copies of the listening sockets would keep accepting into queues
         # nobody reads: close them so new connections are refused at once.
-        for socks in self.slots:
-            for s in socks:
-                s.close()
+        for s in self.gen.sockets():
+            s.close()
         timeout = 0.0 if fast else self.config.server.shutdown_timeout
         self.stop_deadline = time.monotonic() + timeout + 5
         log.info("stopping %d workers (%s)", len(self.pids), "fast" if fast else "graceful")
         for pid in self.pids:
             _kill(pid, signal.SIGKILL if fast else signal.SIGTERM)
+
+
+def reuse_sockets(old: Generation, config: Config) -> list[list[socket.socket]]:
+    """Sockets for `config`'s worker slots: slot i keeps old slot i's socket for
+    an address both configs listen on; new addresses get new sockets."""
+    old_index = {_address(listener): i for i, listener in enumerate(old.config.listeners)}
+    slots: list[list[socket.socket]] = []
+    opened: list[socket.socket] = []
+    try:
+        for i in range(config.server.workers):
+            slot: list[socket.socket] = []
+            for listener in config.listeners:
+                j = old_index.get(_address(listener))
+                if j is not None and i < len(old.slots):
+                    slot.append(old.slots[i][j])
+                else:
+                    try:
+                        sock = open_listener(listener)
+                    except OSError as e:
+                        raise OSError(f"cannot listen on {listener.address}: "
+                                      f"{e.strerror or e}") from e
+                    opened.append(sock)
+                    slot.append(sock)
+            slots.append(slot)
+    except OSError:
+        for sock in opened:
+            sock.close()
+        raise
+    return slots
 
 
 def _name(pid: int, slot: int) -> str:
@@ -186,6 +313,11 @@ def _kill(pid: int, sig: int) -> None:
 def serve(config: Config) -> int:
     """Run the proxy in the foreground until SIGTERM/SIGINT; return the exit code."""
     setup_logging(config.log.level)
+    try:
+        contexts = tls_contexts(config)
+    except (OSError, ValueError) as e:
+        log.error("%s", e)
+        return 1
     slots: list[list[socket.socket]] = []
     try:
         for _ in range(config.server.workers):
@@ -202,14 +334,15 @@ def serve(config: Config) -> int:
             for s in socks:
                 s.close()
         return 1
-    where = ", ".join(f"http://{listener.address}" for listener in config.listeners)
+    where = ", ".join(f"{'https' if listener.tls else 'http'}://{listener.address}"
+                      for listener in config.listeners)
     log.info("fastproxy %s listening on %s with %d worker(s)", __version__, where,
              config.server.workers)
     # Mapped before the first fork: every child shares this one segment.
     table = PeerTable(slot_layout(config.upstreams)[1])
+    supervisor = Supervisor(Generation(1, config, slots, table, contexts))
     try:
-        return Supervisor(config, slots, table).run()
+        return supervisor.run()
     finally:
-        for socks in slots:
-            for s in socks:
-                s.close()
+        for s in supervisor.gen.sockets():
+            s.close()

@@ -324,6 +324,8 @@ class RouteMatch:
     query: tuple[ValueTest, ...]
     client_ips: tuple[IPNetwork, ...] | None
     listeners: tuple[str, ...] | None
+    tls: bool | None = None  # the request came over TLS (True) or not (False)
+    client_cert: tuple[ValueTest, ...] = ()  # on the TLS client certificate's facts
 
     @property
     def matches_everything(self) -> bool:
@@ -337,6 +339,8 @@ class RouteMatch:
             and not self.query
             and self.client_ips is None
             and self.listeners is None
+            and self.tls is None
+            and not self.client_cert
         )
 
 
@@ -556,7 +560,11 @@ _MATCH_KEYS: Final = (
     "query",
     "client_ip",
     "listener",
+    "tls",
+    "client_cert",
 )
+# The client-certificate facts a route may test (see fastproxy.tls.describe_peer_cert).
+CLIENT_CERT_FACTS: Final = ("subject", "issuer", "fingerprint", "serial", "verify")
 _PATH_KEYS: Final = ("path", "path_prefix", "path_regex")
 _REDIRECT_KEYS: Final = ("to", "status")
 _RESPOND_KEYS: Final = ("status", "body", "headers")
@@ -812,6 +820,17 @@ class _RouteParser:
                     defined = ", ".join(sorted(self.listeners)) or "none"
                     ck.error(where, f"unknown listener {name!r} (defined: {defined})")
 
+        tls: Any = None
+        if "tls" in table:
+            tls = ck.convert(key(path, "tls"), boolean, table["tls"])
+            if tls is INVALID:
+                tls = None
+        client_cert: tuple[ValueTest, ...] = ()
+        if "client_cert" in table:
+            client_cert = self.cert_tests(table["client_cert"], key(path, "client_cert"))
+            if tls is False:
+                ck.error(key(path, "client_cert"), "can never match with tls = false")
+
         match = RouteMatch(
             hosts=hosts,
             paths=paths or (),
@@ -823,8 +842,25 @@ class _RouteParser:
             query=query,
             client_ips=client_ips,
             listeners=listeners,
+            tls=tls,
+            client_cert=client_cert,
         )
         return match, captures
+
+    def cert_tests(self, raw: object, path: str) -> tuple[ValueTest, ...]:
+        """client_cert = { subject = "CN=alice", fingerprint = { regex = "..." }, ... }"""
+        ck = self.ck
+        table = ck.table(raw, path, " of client-certificate facts to " + _VALUE_TEST_HINT)
+        if table is None:
+            return ()
+        ck.known_keys(table, path, CLIENT_CERT_FACTS)
+        result = []
+        for name, value in table.items():
+            if name in CLIENT_CERT_FACTS:
+                test = self.value_test(name, value, key(path, name), header=True)
+                if test is not None:
+                    result.append(test)
+        return tuple(result)
 
     def string_list(self, raw: object, path: str, convert: Any) -> tuple[Any, ...] | None:
         """A string or a non-empty array of them, each converted, no duplicates."""
@@ -1236,6 +1272,8 @@ def shadows(a: RouteMatch, b: RouteMatch) -> bool:
     if a.methods is not None and (b.methods is None or not set(b.methods) <= set(a.methods)):
         return False
     if not set(a.headers) <= set(b.headers) or not set(a.query) <= set(b.query):
+        return False
+    if (a.tls is not None and a.tls != b.tls) or not set(a.client_cert) <= set(b.client_cert):
         return False
     if a.client_ips is not None and (
         b.client_ips is None or not _nets_cover(a.client_ips, b.client_ips)

@@ -22,12 +22,13 @@ from fastproxy._router import RequestContext, Router, Rule, new_context
 from fastproxy._url import query_get
 from fastproxy.config import Config, Route
 from fastproxy.responses import reason_phrase
-from fastproxy.routeconf import ValueTest
+from fastproxy.routeconf import Redirect, RouteMatch, ValueTest, parse_template
 
 __all__ = ["ExplainError", "build_router", "explain"]
 
 # Failed codes of _router.Rule.check (see _router.pxd).
-_F_HOST, _F_PATH, _F_LISTENER, _F_METHOD, _F_HEADER, _F_QUERY, _F_CLIENT, _F_REGEX = range(1, 9)
+(_F_HOST, _F_PATH, _F_LISTENER, _F_METHOD, _F_HEADER, _F_QUERY, _F_CLIENT, _F_REGEX, _F_TLS,
+ _F_CERT) = range(1, 11)
 
 
 def make_action(route: Route, targets: Mapping[str, Any], merge_slashes: bool) -> Any:
@@ -49,11 +50,30 @@ def build_router(config: Config, targets: Mapping[str, Any]) -> Router:
     """The compiled router of `config`; upstream routes proxy to `targets[name]`."""
     listener_ids = {listener.name: i for i, listener in enumerate(config.listeners)}
     merge = config.routing.merge_slashes
+    routes = [*https_redirects(config), *config.routes]
     rules = [Rule(route, make_action(route, targets, merge), listener_ids)
-             for route in config.routes]
+             for route in routes]
     defaults = [listener.default_host.encode() if listener.default_host else None
                 for listener in config.listeners]
     return Router(rules, defaults)
+
+
+def https_redirects(config: Config) -> list[Route]:
+    """A route ahead of the others for each listener with `https_redirect`: every
+    request on it gets a 308 to the same URL over https."""
+    result = []
+    for listener in config.listeners:
+        if listener.https_redirect is None:
+            continue
+        port = "" if listener.https_redirect == 443 else f":{listener.https_redirect}"
+        match = RouteMatch(hosts=None, paths=(), path_prefixes=(), whole_segments=False,
+                           path_regex=None, methods=None, headers=(), query=(),
+                           client_ips=None, listeners=(listener.name,))
+        target = parse_template(f"https://{{host}}{port}{{request_uri}}")
+        result.append(Route(index=-1, name=f"https_redirect of {listener.name}", match=match,
+                            upstream=None, redirect=Redirect(target, 308), respond=None,
+                            rewrite=None, request_headers=None, response_headers=None))
+    return result
 
 
 # --------------------------------------------------------------------------
@@ -203,6 +223,13 @@ def _why(route: Route, code: int, ctx: RequestContext, head: MessageHead,
         return f"client {ctx.client_ip.decode()} is not in {nets}"
     if what == _F_REGEX:
         return f"path {_q(ctx.path)} does not match {m.path_regex!r}"
+    if what == _F_TLS:
+        return "the request came over TLS" if m.tls is False else "the request is not over TLS"
+    if what == _F_CERT:
+        t = m.client_cert[index]
+        fact = (ctx.tls or {}).get(t.name)
+        return (f"client certificate {t.name}: wanted {_wanted(t)}, found "
+                f"{_q(fact) if fact is not None else '(none)'}")
     return f"condition {code}"
 
 

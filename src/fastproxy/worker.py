@@ -21,7 +21,7 @@ from fastproxy._peers import PeerTable, slot_layout
 from fastproxy._proxy import Core
 from fastproxy.accesslog import AccessLog
 from fastproxy.clock import Clock
-from fastproxy.config import Config
+from fastproxy.config import Config, ListenerTls
 from fastproxy.resolver import Resolver
 from fastproxy.responses import local_body_size, local_response
 from fastproxy.routing import build_router
@@ -30,13 +30,32 @@ from fastproxy.upstream import UpstreamGroup
 log = logging.getLogger("fastproxy.worker")
 
 TICK = 0.25  # seconds between deadline checks: the resolution of every timeout
+HANDSHAKE_REPORT = 10.0  # seconds between two summaries of failed TLS handshakes
+
+
+class TlsListener:
+    """What the compiled client connection needs of a TLS listener (Core.tls_listeners)."""
+
+    __slots__ = ("hsts_line", "cert_headers", "describe")
+
+    def __init__(self, tls: ListenerTls) -> None:
+        from fastproxy.tls import describe_peer_cert
+
+        self.hsts_line = (f"Strict-Transport-Security: {tls.hsts}\r\n".encode()
+                          if tls.hsts else None)
+        self.cert_headers = tuple((field, name.lower().encode(), f"{name}: ".encode())
+                                  for field, name in tls.client_cert_headers)
+        self.describe = describe_peer_cert
 
 
 class Worker:
     def __init__(self, config: Config, sockets: list[socket.socket],
-                 table: PeerTable | None = None) -> None:
+                 table: PeerTable | None = None, contexts: list[Any] | None = None) -> None:
         self.config = config
         self.sockets = sockets
+        # Each listener's server SSLContext (built by the master before forking, so
+        # that all workers share the session-ticket keys), or None.
+        self.contexts = contexts if contexts is not None else [None] * len(config.listeners)
         self.clock = Clock()
         self.access_log = AccessLog(config.log, self.clock)
         self.core = Core(config, None, self.access_log, self.clock, local_response,
@@ -47,10 +66,27 @@ class Worker:
         self.groups = {name: UpstreamGroup(up, self.core, self.table, first[name])
                        for name, up in config.upstreams.items()}
         self.core.router = build_router(config, self.groups)
+        self.core.tls_listeners = [TlsListener(listener.tls) if listener.tls else None
+                                   for listener in config.listeners]
+        self._handshake_failures = 0
+        self._handshake_report = 0.0
+        self._upstream_tls(config)
         self._servers: list[Any] = []
         self._stopped: asyncio.Future[None] | None = None
         self._drain_deadline = 0.0
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set in run()
+
+    def _upstream_tls(self, config: Config) -> None:
+        """One client SSLContext per upstream with https:// servers."""
+        for name, upstream in config.upstreams.items():
+            if not any(s.tls for s in upstream.servers):
+                continue
+            from fastproxy.tls import client_context
+
+            context = client_context(upstream.tls)
+            for server, pool in zip(upstream.servers, self.groups[name].pools, strict=True):
+                if server.tls:
+                    pool.set_tls(context, upstream.tls.sni or server.host)
 
     def run(self) -> int:
         loop = uvloop.new_event_loop()
@@ -71,8 +107,14 @@ class Worker:
         loop = asyncio.get_running_loop()
         self._stopped = loop.create_future()
         for index, sock in enumerate(self.sockets):
-            server = await loop.create_server(self.core.client_factory(index), sock=sock,
-                                              backlog=1024)
+            listener = self.config.listeners[index]
+            if listener.tls is not None:
+                server = await loop.create_server(
+                    self.core.client_factory(index), sock=sock, backlog=1024,
+                    ssl=self.contexts[index], ssl_handshake_timeout=listener.tls.handshake_timeout)
+            else:
+                server = await loop.create_server(self.core.client_factory(index), sock=sock,
+                                                  backlog=1024)
             self._servers.append(server)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.shutdown)
@@ -107,6 +149,14 @@ class Worker:
         core = self.core
         core.expire(now)
         self.access_log.flush()
+        if core.handshake_failures != self._handshake_failures and now >= self._handshake_report:
+            # A summary at most every 10 s: scanners and old clients fail handshakes
+            # all day, and one line each would drown the log.
+            log.info("TLS handshakes that failed or timed out: %d in the last %.0fs (%d in all)",
+                     core.handshake_failures - self._handshake_failures, HANDSHAKE_REPORT,
+                     core.handshake_failures)
+            self._handshake_failures = core.handshake_failures
+            self._handshake_report = now + HANDSHAKE_REPORT
         if core.closing and (not core.clients or now >= self._drain_deadline):
             if core.clients:
                 log.warning("shutdown timeout: cutting %d connections", len(core.clients))
