@@ -8,6 +8,8 @@
     python benchmarks/e2e.py --cases scale   # only fastproxy with 1, 2, 4 workers (opt-in)
     python benchmarks/e2e.py --scaling       # the default cases + the scale case (run first)
     python benchmarks/e2e.py --cases 1k --profile /tmp/profile.txt   # + py-spy on the worker
+    python benchmarks/e2e.py --tls --proxies fastproxy,nginx   # only the TLS cases (opt-in)
+    python benchmarks/e2e.py --cases tls-handshake --tls-key rsa      # RSA-2048 instead of P-256
 
 Everything listens on 127.0.0.1 only. The script starts, in a temporary
 directory, one upstream nginx (static 1 KiB and 64 KiB files, keep-alive on),
@@ -35,6 +37,36 @@ others) starts fastproxy afresh with 1, 2 and 4 workers in turn (1 2 4 1 2 4
 pins nothing. On a 2-CPU machine wrk and the upstream compete with the
 proxy's workers for the same cores: it shows whether adding workers helps or
 hurts when everything shares the machine, not clean scaling.
+
+The TLS cases (opt-in: `--cases tls-keepalive,tls-handshake,tls-resume` or
+`--tls`, which selects all three) give each proxy a second listener that
+terminates TLS with the same self-signed certificate (made with `openssl req`
+in the temporary directory: ECDSA P-256, or RSA-2048 with --tls-key rsa) and
+an equivalent policy: TLS 1.2 and 1.3, fastproxy's default TLS 1.2 suites
+(`fastproxy.tls.DEFAULT_CIPHERS`) in server order, session tickets on, no
+server-side session cache (nginx's default; `--tls-session-cache` gives nginx
+`ssl_session_cache shared:SSL:10m` and HAProxy its default cache). Behind it,
+the same upstream as the plain cases. The checks: curl fetches both files over
+https verifying the certificate, and `openssl s_client` shows that every proxy
+negotiates the same protocol, suite, key exchange group and signature, with
+TLS 1.3 and with TLS 1.2.
+
+- `tls-keepalive`: wrk over https with the plain 1k case's keep-alive
+  connections (one handshake per connection, then requests).
+- `tls-handshake`: full handshakes, a new connection each and no request:
+  `--tls-clients` (default 8) `openssl s_time -new` processes in parallel on
+  the load CPU. s_time prints `*` for a full and `r` for a resumed handshake;
+  a run with any `r` fails. wrk is no use here: it keeps each connection's
+  SSL object across reconnects, so with `Connection: close` it resumes
+  sessions, and its handshake loop burns CPU.
+- `tls-resume`: resumed handshakes (TLS 1.3 session ticket), a new
+  connection each with one HTTP/1.0 request for 1 KiB: `openssl s_time -reuse
+  -www /1k.bin` (the request is needed: a TLS 1.3 client only gets its ticket
+  after the handshake). A run with more full handshakes than clients fails.
+
+In the s_time cases "req/s" is connections (handshakes) per second, and the
+clients' CPU is in the wrk column. The TLS cases run the proxies in
+alternating order (fastproxy, nginx, then nginx, fastproxy, ...).
 
 Every run is bounded by its duration; every process started here is stopped by
 its PID at exit, also on errors and signals. A run with socket errors or
@@ -75,6 +107,26 @@ CASES = {
     "64k": ("/64k.bin", False, "keep-alive, 64 KiB response"),
     "close": ("/1k.bin", True, "new connection per request (Connection: close), 1 KiB"),
 }
+# TLS cases (opt-in): case -> (path or None, client, what it measures)
+TLS_CASES = {
+    "tls-keepalive": ("/1k.bin", "wrk",
+                      "keep-alive over TLS, 1 KiB response (wrk https: one handshake per "
+                      "connection)"),
+    "tls-handshake": (None, "s_time -new",
+                      "full TLS handshakes, a new connection each, no request (openssl "
+                      "s_time -new)"),
+    "tls-resume": ("/1k.bin", "s_time -reuse",
+                   "resumed TLS handshakes (session ticket), a new connection each with one "
+                   "HTTP/1.0 request, 1 KiB (openssl s_time -reuse -www)"),
+}
+TLS_KEYS = {  # --tls-key -> (openssl req -newkey arguments, description)
+    "ecdsa": (["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"], "ECDSA P-256"),
+    "rsa": (["-newkey", "rsa:2048"], "RSA-2048"),
+}
+TLS_CLIENTS = 8  # default parallel openssl s_time processes
+# s_time without the system CA store: with it, OpenSSL 3 re-reads the CA directory
+# for every connection (most of the client's CPU in a perf profile).
+S_TIME_NO_CA = ["-no-CApath", "-no-CAfile", "-no-CAstore"]
 PROXIES = ("fastproxy", "nginx", "haproxy")  # also the order within a round
 WARMUP_SECONDS = 2
 RUN_OVERHEAD_S = 0.6  # per measured run beyond --duration (pause, wrk start, /proc reads)
@@ -266,7 +318,50 @@ def upstream_conf(prefix: Path, port: int, workers: int = 1) -> str:
 """
 
 
-def nginx_proxy_conf(prefix: Path, port: int, upstream_port: int, keepalive: int) -> str:
+@dataclass
+class TlsFiles:
+    """The certificate every proxy serves on its TLS listener (the TLS cases)."""
+    cert: Path
+    key: Path
+    combined: Path  # cert + key in one file, for HAProxy's `crt`
+    key_type: str  # a TLS_KEYS description
+    session_cache: bool  # --tls-session-cache
+
+
+def tls_ciphers() -> str:
+    """fastproxy's default TLS 1.2 suites, given to nginx and HAProxy too."""
+    from fastproxy.tls import DEFAULT_CIPHERS
+
+    return DEFAULT_CIPHERS
+
+
+def nginx_proxy_conf(prefix: Path, port: int, upstream_port: int, keepalive: int,
+                     tls: TlsFiles | None = None, tls_port: int = 0) -> str:
+    location = """\
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+"""
+    tls_server = ""
+    if tls is not None:
+        # nginx's default `ssl_session_cache none` stores no session (it only pretends
+        # to): like fastproxy, whose OpenSSL stores no TLS 1.3 session with tickets on.
+        cache = ("ssl_session_cache shared:SSL:10m;" if tls.session_cache
+                 else "# no ssl_session_cache: the default, none")
+        tls_server = f"""\
+    server {{
+        listen 127.0.0.1:{tls_port} ssl;
+        ssl_certificate {tls.cert};
+        ssl_certificate_key {tls.key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_ciphers {tls_ciphers()};
+        ssl_prefer_server_ciphers on;  # as Python's ssl (OP_CIPHER_SERVER_PREFERENCE)
+        ssl_session_tickets on;
+        {cache}
+{location}    }}
+"""
     return _nginx_common(prefix, "proxy") + f"""\
     upstream backend {{
         server 127.0.0.1:{upstream_port};
@@ -275,17 +370,13 @@ def nginx_proxy_conf(prefix: Path, port: int, upstream_port: int, keepalive: int
     }}
     server {{
         listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }}
-    }}
-}}
+{location}    }}
+{tls_server}}}
 """
 
 
-def haproxy_conf(port: int, upstream_port: int, keepalive: int) -> str:
+def haproxy_conf(port: int, upstream_port: int, keepalive: int, tls: TlsFiles | None = None,
+                 tls_port: int = 0) -> str:
     """HAProxy set up like the nginx proxy: 1 thread, no logging, pooled upstream keep-alive.
 
     `http-reuse always` is the closest match to nginx's `keepalive N`: nginx hands
@@ -294,12 +385,25 @@ def haproxy_conf(port: int, upstream_port: int, keepalive: int) -> str:
     the first request of every client connection goes over a connection of its
     own, so the `close` case (one request per client connection) would open one
     upstream connection per request. `pool-max-conn N` caps the idle connections
-    kept, like nginx's `keepalive N`. No `log` line: nothing is logged."""
+    kept, like nginx's `keepalive N`. No `log` line: nothing is logged.
+
+    With `tls`, a second frontend terminates TLS (TLS 1.2 and 1.3, fastproxy's
+    TLS 1.2 suites, tickets on, which is HAProxy's default); its session cache is
+    off (`tune.ssl.cachesize 0`) unless --tls-session-cache."""
+    tls_global = tls_frontend = ""
+    if tls is not None:
+        if not tls.session_cache:
+            tls_global = "    tune.ssl.cachesize 0\n"
+        tls_frontend = f"""
+frontend fe_tls
+    bind 127.0.0.1:{tls_port} ssl crt {tls.combined} ssl-min-ver TLSv1.2 ciphers {tls_ciphers()} alpn http/1.1
+    default_backend be
+"""
     return f"""\
 global
     nbthread 1
     maxconn 4096
-
+{tls_global}
 defaults
     mode http
     option http-keep-alive
@@ -314,13 +418,23 @@ defaults
 frontend fe
     bind 127.0.0.1:{port}
     default_backend be
-
+{tls_frontend}
 backend be
     server s1 127.0.0.1:{upstream_port} pool-max-conn {keepalive}
 """
 
 
-def fastproxy_conf(port: int, upstream_port: int, keepalive: int, workers: int = 1) -> str:
+def fastproxy_conf(port: int, upstream_port: int, keepalive: int, workers: int = 1,
+                   tls: TlsFiles | None = None, tls_port: int = 0) -> str:
+    tls_listener = ""
+    if tls is not None:  # the defaults: TLS 1.2 + 1.3, DEFAULT_CIPHERS, tickets on
+        tls_listener = f"""
+[[listeners]]
+address = "127.0.0.1:{tls_port}"
+
+[listeners.tls]
+certificates = [ {{ cert = "{tls.cert}", key = "{tls.key}" }} ]
+"""
     return f"""\
 [server]
 workers = {workers}
@@ -332,7 +446,7 @@ level = "warning"
 
 [[listeners]]
 address = "127.0.0.1:{port}"
-
+{tls_listener}
 [upstreams.backend]
 servers = ["127.0.0.1:{upstream_port}"]
 keepalive = {keepalive}
@@ -378,11 +492,16 @@ def start_fastproxy(prefix: Path, conf: str, cpu: str | None) -> Started:
     return PROCS.start("fastproxy", argv, prefix / "fastproxy.log", signal.SIGTERM)
 
 
-def http_get(port: int, path: str, out: Path, extra: tuple[str, ...] = ()) -> tuple[int, int]:
-    """One request with curl: (status, body bytes); the body goes to `out`."""
+def http_get(port: int, path: str, out: Path, extra: tuple[str, ...] = (),
+             cacert: Path | None = None) -> tuple[int, int]:
+    """One request with curl: (status, body bytes); the body goes to `out`. With
+    `cacert`, over https, verifying the proxy's certificate against it."""
+    url = (f"https://127.0.0.1:{port}{path}" if cacert is not None
+           else f"http://127.0.0.1:{port}{path}")
+    tls = ("--cacert", str(cacert)) if cacert is not None else ()
     res = subprocess.run(
         ["curl", "-sS", "--max-time", "5", "-o", str(out), "-w", "%{http_code} %{size_download}",
-         *extra, f"http://127.0.0.1:{port}{path}"],
+         *tls, *extra, url],
         capture_output=True, text=True, timeout=15, check=False)
     if res.returncode != 0:
         return 0, 0
@@ -415,16 +534,124 @@ def wait_ready(item: Started, port: int, scratch: Path, timeout: float = 15.0) -
                      f"{tail(item.log_path)}")
 
 
-def verify(name: str, port: int, www: Path, scratch: Path, quiet: bool = False) -> None:
+def verify(name: str, port: int, www: Path, scratch: Path, quiet: bool = False,
+           cacert: Path | None = None) -> None:
     for path, size in FILES.items():
         for extra in ((), ("-H", "Connection: close")):
-            code, got = http_get(port, path, scratch, extra)
+            code, got = http_get(port, path, scratch, extra, cacert)
             if code != 200 or got != size or scratch.read_bytes() != (www / path[1:]).read_bytes():
-                raise BenchError(f"{name}: GET {path} {' '.join(extra)} gave status {code}, "
+                raise BenchError(f"{name}: GET {path} {' '.join(extra)} "
+                                 f"{'over TLS ' if cacert else ''}gave status {code}, "
                                  f"{got} bytes (expected 200 with the {size}-byte file)")
     if not quiet:
+        how = "over https, certificate verified" if cacert else "keep-alive and Connection: close"
         print(f"  verified: {name} serves /1k.bin and /64k.bin from the upstream byte for "
-              "byte (keep-alive and Connection: close)")
+              f"byte ({how})")
+
+
+# -- TLS ----------------------------------------------------------------------------
+
+
+def make_certificate(directory: Path, key_type: str, session_cache: bool) -> TlsFiles:
+    """A self-signed certificate for localhost and 127.0.0.1, valid for 2 days."""
+    newkey, description = TLS_KEYS[key_type]
+    cert, key, combined = (directory / "site.pem", directory / "site.key",
+                           directory / "site-combined.pem")
+    res = subprocess.run(
+        ["openssl", "req", "-x509", *newkey, "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "2", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        capture_output=True, text=True, timeout=60, check=False)
+    if res.returncode != 0:
+        raise BenchError(f"openssl req failed ({res.returncode}):\n{res.stderr}")
+    combined.write_bytes(cert.read_bytes() + key.read_bytes())
+    for f in (cert, key, combined):
+        os.chmod(f, 0o644)  # a throw-away key, readable by nginx's unprivileged workers
+    return TlsFiles(cert, key, combined, description, session_cache)
+
+
+_FACTS = {"Protocol version": "protocol", "Ciphersuite": "cipher",
+          "Signature type": "signature", "Peer Temp Key": "group", "Server Temp Key": "group"}
+
+
+def tls_facts(port: int) -> dict[str, dict[str, str]]:
+    """What a client negotiates with the TLS listener (`openssl s_client -brief`),
+    with the defaults (TLS 1.3) and with TLS 1.2 forced."""
+    out: dict[str, dict[str, str]] = {}
+    for label, extra in (("default", []), ("tls1_2", ["-tls1_2"])):
+        res = subprocess.run(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-brief", *extra,
+             *S_TIME_NO_CA], input="", capture_output=True, text=True, timeout=15, check=False)
+        facts = {}
+        for line in (res.stdout + res.stderr).splitlines():
+            key, sep, value = line.partition(":")
+            if sep and key.strip() in _FACTS:
+                facts[_FACTS[key.strip()]] = value.strip()
+        if "protocol" not in facts:
+            raise BenchError(f"openssl s_client could not connect to 127.0.0.1:{port}:\n"
+                             f"{res.stdout}{res.stderr}")
+        out[label] = facts
+    return out
+
+
+_S_TIME_DONE = re.compile(r"(\d+) connections in ([\d.]+)s; [\d.]+ connections/user sec, "
+                          r"bytes read (\d+)")
+
+
+def run_s_time(port: int, reuse: bool, seconds: int, clients: int, cpu: str | None,
+               ) -> tuple[WrkResult, str, float, dict[str, int]]:
+    """`clients` openssl s_time processes in parallel, each making connections one
+    after the other for about `seconds` s: -new (a full handshake each, no request)
+    or -reuse -www /1k.bin (the session resumed each time, one HTTP/1.0 request).
+
+    s_time stops at the first whole second after its deadline (it reads time()), so
+    the processes are started just after a second boundary, all together, and the
+    rate is counted over the wall time from the first start to the last exit.
+    Returns the result (no latencies: NaN), the outputs, the clients' CPU seconds
+    and the counts of full (`*`) and resumed (`r`) handshakes s_time printed."""
+    argv = ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-time", str(seconds),
+            *S_TIME_NO_CA]
+    argv += ["-reuse", "-www", "/1k.bin"] if reuse else ["-new"]
+    time.sleep(1.02 - time.time() % 1.0)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.monotonic()
+    procs = [subprocess.Popen(pinned(cpu, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL, text=True) for _ in range(clients)]
+    outs = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=seconds + 30)
+            outs.append((proc.returncode, out, err))
+    finally:
+        for proc in procs:  # only on an error above: these are ours, stop them by PID
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+    wall = time.monotonic() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    raw = "\n".join(f"[s_time {i}, exit {rc}]\n{out[-600:]}{err[-600:]}"
+                    for i, (rc, out, err) in enumerate(outs))
+    conns = bytes_read = 0
+    marks = {"full": 0, "resumed": 0}
+    for rc, out, err in outs:
+        m = None
+        if rc == 0:  # the measured part ends at the first summary line
+            m = _S_TIME_DONE.search(out)
+        if m is None:
+            raise BenchError(f"openssl s_time failed (exit {rc}):\n{out[-2000:]}\n{err[-2000:]}")
+        # One mark per timed connection, on a line of its own ("starting" and the
+        # -reuse mode's first, full, connection print none).
+        progress = "".join(re.findall(r"(?m)^[*rt3]+$", out[:m.start()]))
+        marks["full"] += len(progress) - progress.count("r")
+        marks["resumed"] += progress.count("r")
+        conns += int(m.group(1))
+        bytes_read += int(m.group(3))
+    nan = float("nan")
+    result = WrkResult(requests=conns, seconds=round(wall, 3), rps=conns / wall, p50_ms=nan,
+                       p75_ms=nan, p90_ms=nan, p99_ms=nan, bytes_read=bytes_read,
+                       socket_errors={}, non_2xx=0)
+    return result, raw, client_cpu, marks
 
 
 def wait_workers(item: Started, count: int, timeout: float = 15.0) -> list[int]:
@@ -515,13 +742,13 @@ def parse_wrk(out: str) -> WrkResult:
 
 
 def run_wrk(port: int, path: str, close: bool, seconds: int, args: argparse.Namespace,
-            cpu: str | None) -> tuple[WrkResult, str, float]:
+            cpu: str | None, https: bool = False) -> tuple[WrkResult, str, float]:
     """One wrk run: the parsed result, wrk's output and wrk's own CPU seconds."""
     argv = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{seconds}s", "--latency",
             "--timeout", "5s"]
     if close:
         argv += ["-H", "Connection: close"]
-    argv.append(f"http://127.0.0.1:{port}{path}")
+    argv.append(f"{'https' if https else 'http'}://127.0.0.1:{port}{path}")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     res = subprocess.run(pinned(cpu, argv), capture_output=True, text=True,
                          timeout=seconds + 30, check=False)
@@ -546,6 +773,53 @@ def check_run(label: str, result: WrkResult, raw: str, body_size: int) -> None:
                         f"(the body alone is {body_size})")
     if problems:
         raise BenchError(f"{label}: " + "; ".join(problems) + f"\nwrk output:\n{raw}")
+
+
+def case_path(case: str) -> str | None:
+    """The file a case fetches (None: tls-handshake sends no request)."""
+    if case == SCALE:
+        return SCALE_PATH
+    return TLS_CASES[case][0] if case in TLS_CASES else CASES[case][0]
+
+
+def run_load(case: str, port: int, seconds: int, args: argparse.Namespace, cpu: str | None,
+             ) -> tuple[WrkResult, str, float, dict[str, int] | None]:
+    """The case's load for `seconds` s: (result, output, the client's CPU seconds,
+    s_time's full / resumed handshake counts or None for wrk)."""
+    if case in ("tls-handshake", "tls-resume"):
+        return run_s_time(port, case == "tls-resume", seconds, args.tls_clients, cpu)
+    close = case in CASES and CASES[case][1]
+    path = case_path(case)
+    assert path is not None
+    result, raw, client_cpu = run_wrk(port, path, close, seconds, args, cpu,
+                                      https=case in TLS_CASES)
+    return result, raw, client_cpu, None
+
+
+def check_load(label: str, case: str, result: WrkResult, raw: str,
+               marks: dict[str, int] | None) -> None:
+    """check_run for wrk; for s_time: connections made, handshakes of the right kind
+    (full for tls-handshake, resumed for tls-resume), whole responses."""
+    if marks is None:
+        path = case_path(case)
+        assert path is not None
+        check_run(label, result, raw, FILES[path])
+        return
+    problems = []
+    if result.requests == 0:
+        problems.append("no connection completed")
+    if case == "tls-handshake" and marks["resumed"]:
+        problems.append(f"{marks['resumed']} of the handshakes were resumed (expected full "
+                        "handshakes only)")
+    if case == "tls-resume":
+        if marks["full"] > 0.01 * max(result.requests, 1):
+            problems.append(f"{marks['full']} of {result.requests} handshakes were full ones "
+                            "(the session was not resumed)")
+        if result.bytes_read < result.requests * FILES["/1k.bin"]:
+            problems.append(f"only {result.bytes_read / max(result.requests, 1):.0f} bytes "
+                            f"per connection (the body alone is {FILES['/1k.bin']})")
+    if problems:
+        raise BenchError(f"{label}: " + "; ".join(problems) + f"\ns_time output:\n{raw}")
 
 
 # -- measurement --------------------------------------------------------------------
@@ -574,27 +848,31 @@ class Run:
     upstream_reuse_pct: float  # 100 * (1 - new upstream connections / requests)
     other_cpu_pct: float  # process CPU on the machine not spent by proxy, upstream or wrk
     workers: int = 1  # proxy worker processes (nginx, fastproxy) or threads (haproxy)
+    # s_time cases: connections with a full (`*`) and with a resumed (`r`) handshake.
+    # wrk_cpu_pct is then the s_time processes' CPU, and rps connections per second.
+    full_handshakes: int | None = None
+    resumed_handshakes: int | None = None
 
 
 def measure(case: str, proxy: str, rnd: int, port: int, proxy_pid: int, upstream_pid: int,
             upstream_port: int, args: argparse.Namespace,
             cpus: tuple[str | None, str | None], workers: int = 1) -> Run:
-    path, close = (SCALE_PATH, False) if case == SCALE else CASES[case][:2]
     pids = process_tree(proxy_pid)
     up_pids = process_tree(upstream_pid)
     accepts0 = upstream_accepts(upstream_port)
     busy0 = busy_cpu_seconds()
     (user0, sys0), up0, t0 = cpu_times(pids), cpu_seconds(up_pids), time.monotonic()
-    result, raw, wrk_cpu = run_wrk(port, path, close, args.duration, args, cpus[1])
+    result, raw, wrk_cpu, marks = run_load(case, port, args.duration, args, cpus[1])
     (user1, sys1), up1, t1 = cpu_times(pids), cpu_seconds(up_pids), time.monotonic()
     busy1 = busy_cpu_seconds()
     conns = upstream_accepts(upstream_port) - accepts0 - 1  # minus the status request's own
     if process_tree(proxy_pid) != pids:
         raise BenchError(f"{proxy}: its worker processes changed during the run "
                          f"({pids} -> {process_tree(proxy_pid)}): a worker died?")
-    check_run(f"{case}/{proxy} round {rnd}", result, raw, FILES[path])
+    check_load(f"{case}/{proxy} round {rnd}", case, result, raw, marks)
     cpu = (user1 + sys1) - (user0 + sys0)
     wall = t1 - t0
+    forwarded = case != "tls-handshake"  # requests that went on to the upstream
     return Run(case=case, proxy=proxy, round=rnd, rps=result.rps, p50_ms=result.p50_ms,
                p75_ms=result.p75_ms, p90_ms=result.p90_ms, p99_ms=result.p99_ms,
                requests=result.requests, seconds=result.seconds, proxy_cpu_s=round(cpu, 3),
@@ -604,10 +882,13 @@ def measure(case: str, proxy: str, rnd: int, port: int, proxy_pid: int, upstream
                upstream_cpu_pct=round(100 * (up1 - up0) / wall, 1),
                wrk_cpu_pct=round(100 * wrk_cpu / wall, 1), upstream_conns=conns,
                upstream_conns_per_1k_req=round(1000 * conns / max(result.requests, 1), 2),
-               upstream_reuse_pct=round(100 * (1 - conns / max(result.requests, 1)), 2),
+               upstream_reuse_pct=(round(100 * (1 - conns / max(result.requests, 1)), 2)
+                                   if forwarded else float("nan")),
                other_cpu_pct=round(100 * max(0.0, (busy1 - busy0) - cpu - (up1 - up0) - wrk_cpu)
                                    / wall, 1),
-               workers=workers)
+               workers=workers,
+               full_handshakes=marks["full"] if marks else None,
+               resumed_handshakes=marks["resumed"] if marks else None)
 
 
 METRICS = ("rps", "p50_ms", "p99_ms", "req_per_cpu_s", "proxy_cpu_pct", "proxy_kernel_pct",

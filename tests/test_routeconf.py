@@ -1319,3 +1319,21 @@ def test_lookup_variables(source: str, want: Var) -> None:
 def test_lookup_variables_refused(source: str) -> None:
     with pytest.raises(ValueError):
         parse_template(source)
+
+
+def test_tls_and_client_cert_conditions() -> None:
+    route = one_route(matching(tls=True, client_cert={"subject": {"regex": "CN=alice"},
+                                                      "verify": "SUCCESS"}))
+    assert route.match.tls is True
+    assert route.match.client_cert == (ValueTest("subject", "regex", "CN=alice"),
+                                       ValueTest("verify", "equals", "SUCCESS"))
+    assert not route.match.matches_everything
+    assert [(k, r.startswith("unknown key"))
+            for k, r in issues(matching(client_cert={"email": "x"}))] == [
+        ("routes[0].match.client_cert.email", True)]
+    assert [k for k, _ in issues(matching(tls=False, client_cert={"verify": "SUCCESS"}))] == [
+        "routes[0].match.client_cert"]
+    assert [k for k, _ in issues(matching(tls="yes"))] == ["routes[0].match.tls"]
+    # A TLS-only route does not hide a later route for the same requests over plain HTTP.
+    assert warnings(matching(tls=True), up()) == []
+    assert warnings(up(), matching(tls=True))  # but a catch-all hides a TLS route

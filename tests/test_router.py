@@ -11,6 +11,7 @@ import ipaddress
 import re
 import urllib.parse
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -335,3 +336,52 @@ def test_misuse_from_python_is_an_error_not_a_crash() -> None:
     empty.path = None
     with pytest.raises(ValueError):
         router.route(empty, b"h")
+
+
+# -- TLS conditions -----------------------------------------------------------------------
+
+ALICE = {"subject": "CN=alice,O=Example", "issuer": "CN=Example CA", "verify": "SUCCESS",
+         "fingerprint": "ab" * 32, "serial": "1F"}
+
+
+def decide_tls(router: Router, tls: dict[str, str] | None) -> int | None:
+    ctx = new_context(parse("GET", "/x", "example.com"), True, b"127.0.0.1",
+                      b"https" if tls is not None else b"http", 0, b"l")
+    ctx.tls = tls
+    rule = router.route(ctx, ctx.host_header)
+    steps, fast = router.explain(ctx, ctx.host_header)
+    assert fast is rule
+    linear = steps[-1][0] if steps and steps[-1][1] == 0 else None
+    assert linear is rule
+    return None if rule is None else rule.action
+
+
+def test_tls_and_client_certificate_conditions() -> None:
+    router = make_router([
+        match(client_cert=(ValueTest("subject", "regex", "CN=alice"),
+                           ValueTest("verify", "equals", "SUCCESS"))),
+        match(tls=True, client_cert=(ValueTest("fingerprint", "present", None),)),
+        match(tls=True),
+        match(tls=False),
+    ])
+    assert decide_tls(router, ALICE) == 0
+    assert decide_tls(router, {**ALICE, "subject": "CN=bob"}) == 1
+    assert decide_tls(router, {"verify": "NONE"}) == 2      # TLS without a certificate
+    assert decide_tls(router, None) == 3                    # plain HTTP
+
+
+def test_route_explain_names_the_tls_condition(tmp_path: Path) -> None:
+    from fastproxy.config import parse_config
+    from fastproxy.routing import explain
+
+    config = parse_config({
+        "listeners": [{"address": "127.0.0.1:8080"}],
+        "upstreams": {"a": {"servers": ["127.0.0.1:9000"]}},
+        "routes": [
+            {"match": {"client_cert": {"subject": "CN=alice"}}, "upstream": "a"},
+            {"match": {"tls": True}, "upstream": "a"},
+            {"upstream": "a"},
+        ],
+    }, str(tmp_path / "c.toml"))
+    text = "\n".join(explain(config, "GET", "http://example.com/"))
+    assert "client certificate subject" in text and "the request is not over TLS" in text

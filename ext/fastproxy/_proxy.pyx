@@ -90,6 +90,10 @@ cdef class WaitQueue
 cdef enum:
     PENDING_LIMIT = 64 * 1024  # request body bytes buffered before an upstream is ready
 
+# Shutdown: how long a connection that has sent nothing yet may take to send its
+# first request (see Core.close_idle_clients).
+DEF FRESH_GRACE = 2.0
+
 # Why the client's reading is held (bits of ClientConnection.holds).
 cdef enum:
     HOLD_PIPELINE = 1  # a pipelined request waits for the response before it
@@ -285,13 +289,21 @@ cdef class Core:
             (<WaitQueue>queue).expire(now)
 
     def close_idle_clients(self):
-        """Shutdown: close the client connections that are between requests."""
+        """Shutdown: close the keep-alive connections that are between requests. A
+        connection that has not sent its first request yet (accepted just before
+        the listener closed, its request on the way) gets FRESH_GRACE seconds to
+        send it, as nginx does, instead of a reset."""
         cdef ClientConnection client
+        cdef double grace = monotonic() + FRESH_GRACE
         for client in list(self.clients):
             if client.lingering:
                 client.lingering = False
                 client.transport.close()
             elif client.exchange is None and not client.closed:
+                if client.waiting == WAIT_HEAD and client.served == 0:
+                    if client.deadline > grace:
+                        client.deadline = grace
+                    continue
                 client.closed = True
                 client.transport.close()
 
@@ -334,6 +346,7 @@ cdef class ClientConnection(ParserHandler):
     cdef bint queued            # the transport may hold unsent bytes
     cdef readonly int listener  # index of the listener that accepted it
     cdef bint made              # connection_made ran (for TLS: the handshake completed)
+    cdef int served             # requests answered on it
     cdef readonly dict tls      # TLS facts (client certificate) for routing; None: plain
     cdef tuple tls_drop         # client-certificate headers removed from requests
     cdef bytes tls_extra        # ... and sent with the verified values instead
@@ -358,7 +371,7 @@ cdef class ClientConnection(ParserHandler):
         cdef Core core = self.core
         self.made = True
         self.transport = transport
-        if len(core.clients) >= core.max_connections or core.closing:
+        if len(core.clients) >= core.max_connections:
             self.closed = True
             transport.abort()
             return
@@ -523,6 +536,7 @@ cdef class ClientConnection(ParserHandler):
     cdef int exchange_done(self, Exchange exchange, bint keep_alive) except -1:
         cdef Core core = self.core
         cdef bytes pending
+        self.served += 1
         if self.exchange is exchange:
             self.exchange = None
         if self.holds & HOLD_UPSTREAM:
