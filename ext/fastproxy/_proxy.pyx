@@ -56,6 +56,9 @@ from fastproxy._rewrite cimport FR_CHUNKED, FR_CLOSE, FR_PASS, request_head, res
 from fastproxy._router cimport RequestContext, Router, Rule, new_context
 from fastproxy._actions cimport LocalAction, ProxyAction, Template
 from fastproxy._url cimport cookie_get
+from fastproxy._ratelimit cimport ConnTable, RateLimit, ip_key
+from fastproxy._peers cimport now_ns
+from libc.stdint cimport int64_t
 
 import asyncio
 import logging
@@ -79,6 +82,11 @@ cdef frozenset _IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE", b
 cdef bytes _CRLF = b"\r\n"
 cdef bytes _LAST_CHUNK = b"0\r\n\r\n"
 cdef bytes _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+cdef bytes _TOO_MANY_BODY = b"429 Too Many Requests: too many connections from this address\n"
+cdef bytes _TOO_MANY_CONNECTIONS = (
+    b"HTTP/1.1 429 Too Many Requests\r\nServer: fastproxy\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nRetry-After: 1\r\n"
+    b"Connection: close\r\n\r\n%s" % (len(_TOO_MANY_BODY), _TOO_MANY_BODY))
 
 cdef class Core
 cdef class ClientConnection
@@ -231,6 +239,13 @@ cdef class Core:
     # `describe` (ssl_object -> dict of str: client-certificate facts); set by the worker.
     cdef public list tls_listeners
     cdef readonly long long handshake_failures   # TLS handshakes that never completed
+    cdef long long max_requests     # per keep-alive connection (0: no limit)
+    cdef long long max_in_flight    # requests at once in this worker (0: no limit)
+    cdef readonly long long in_flight
+    cdef readonly long long shed    # requests refused by max_in_flight
+    cdef long long max_per_ip       # connections per client address (0: no limit)
+    cdef public ConnTable conn_table  # the instance's counts per address (set by the worker)
+    cdef readonly long long refused_per_ip
 
     def __init__(self, config, router, access_log, clock, local_response, local_body_size):
         limits = config.limits
@@ -258,6 +273,9 @@ cdef class Core:
         self.merge_slashes = config.routing.merge_slashes
         self.listener_names = tuple(l.name.encode() for l in config.listeners)
         self.queues = []
+        self.max_requests = limits.max_requests_per_connection
+        self.max_in_flight = limits.max_in_flight
+        self.max_per_ip = limits.max_connections_per_ip
         self.tls_listeners = [None] * len(self.listener_names)
 
     def new_queue(self, Py_ssize_t capacity, double timeout):
@@ -347,6 +365,7 @@ cdef class ClientConnection(ParserHandler):
     cdef readonly int listener  # index of the listener that accepted it
     cdef bint made              # connection_made ran (for TLS: the handshake completed)
     cdef int served             # requests answered on it
+    cdef bint ip_counted        # counted in core.conn_table (released when it closes)
     cdef readonly dict tls      # TLS facts (client certificate) for routing; None: plain
     cdef tuple tls_drop         # client-certificate headers removed from requests
     cdef bytes tls_extra        # ... and sent with the verified values instead
@@ -378,6 +397,15 @@ cdef class ClientConnection(ParserHandler):
         peer = transport.get_extra_info("peername")
         if peer:
             self.ip = (<str>peer[0]).encode("ascii")
+        if core.max_per_ip and core.conn_table is not None:
+            if not core.conn_table.acquire(ip_key(self.ip), core.max_per_ip):
+                # Told why, in one write, without reading what it sends.
+                self.closed = True
+                core.refused_per_ip += 1
+                transport.write(_TOO_MANY_CONNECTIONS)
+                transport.close()
+                return
+            self.ip_counted = True
         self.fd = plain_fd(transport)
         info = core.tls_listeners[self.listener]
         if info is not None:
@@ -433,6 +461,9 @@ cdef class ClientConnection(ParserHandler):
         cdef Exchange ex = self.exchange
         self.closed = True
         self.core.clients.discard(self)
+        if self.ip_counted:
+            self.ip_counted = False
+            self.core.conn_table.release(ip_key(self.ip))
         if ex is not None:
             self.exchange = None
             ex.client_lost()
@@ -743,6 +774,7 @@ cdef class Exchange:
     cdef Py_ssize_t kept_size
     cdef Py_ssize_t kept_limit
     cdef WaitQueue queued       # the queue this request waits in (None: not waiting)
+    cdef bint counted           # in core.in_flight
     cdef double queue_deadline
     cdef ServerPool pool
     cdef UpstreamConnection conn
@@ -771,6 +803,17 @@ cdef class Exchange:
         cdef MessageHead head = self.head
         cdef Core core = self.core
         cdef ClientConnection client = self.client
+        if core.max_requests and client.served + 1 >= core.max_requests:
+            head.keep_alive = False  # the connection's last request: "Connection: close"
+        if core.max_in_flight:
+            if core.in_flight >= core.max_in_flight:
+                core.shed += 1
+                self.respond_text(503, b"Service Unavailable",
+                                  b"503 Service Unavailable: the proxy is at capacity\n",
+                                  b"Retry-After: 1\r\n")
+                return 0
+            core.in_flight += 1
+            self.counted = True
         cdef RequestContext ctx = new_context(
             head, core.merge_slashes, client.ip, client.proto, client.listener,
             <bytes>core.listener_names[client.listener])
@@ -785,6 +828,8 @@ cdef class Exchange:
         if self.rule is None:
             self.respond_local(404, False)
             return 0
+        if self.rule.limits and self.rate_limited(self.rule.limits):
+            return 0
         if core.max_body and head.body_kind == K_LENGTH and head.content_length > core.max_body:
             self.respond_local(413, True)
             return 0
@@ -796,6 +841,32 @@ cdef class Exchange:
             self.client.write(_CONTINUE)
         self.proxy(<ProxyAction>action)
         return 0
+
+    cdef bint rate_limited(self, tuple limits) except -1:
+        """Check the route's rate limits in order; the first that refuses answers 429
+        (with Retry-After and the RateLimit fields) and the request goes no further.
+        A key that renders empty (no such header, cookie...) is not limited."""
+        cdef RateLimit limit
+        cdef RequestContext ctx = self.ctx
+        cdef bytes key
+        cdef long long remaining
+        cdef int64_t reset, wait
+        cdef int64_t now = now_ns()
+        for limit in limits:
+            if limit.key is None:
+                key = b"route %d" % self.rule.index
+            else:
+                key = (<Template>limit.key).render(ctx, ctx.captures)
+                if not key:
+                    continue
+            wait = limit.check(key, now, &remaining, &reset)
+            if wait:
+                self.respond_text(429, b"Too Many Requests",
+                                  b"429 Too Many Requests: rate limit \"%s\"\n"
+                                  % limit.name.encode(),
+                                  limit.lines(wait, remaining, reset))
+                return True
+        return False
 
     cdef int proxy(self, ProxyAction action) except -1:
         cdef RequestContext ctx = self.ctx
@@ -1276,20 +1347,27 @@ cdef class Exchange:
 
     cdef int respond_unavailable(self, bytes body) except -1:
         """503 made here, at once: no server can take the request (`body` says why)."""
+        if self.queued is not None:
+            self.queued.remove(self)
+        self.respond_text(503, b"Service Unavailable", body, b"Retry-After: 1\r\n")
+        return 0
+
+    cdef int respond_text(self, int status, bytes reason, bytes body, bytes extra) except -1:
+        """A text response made here with header lines `extra`; a request body not
+        read yet ends the connection (lingering)."""
         cdef MessageHead req = self.head
         cdef Core core = self.core
         cdef bint close = not self.req_done
         cdef bint keep = not close and req.keep_alive and not core.closing
         cdef bytes data = (
-            b"HTTP/1.1 503 Service Unavailable\r\nServer: fastproxy\r\nDate: %s\r\n"
+            b"HTTP/1.1 %d %s\r\nServer: fastproxy\r\nDate: %s\r\n"
             b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
-            b"Retry-After: 1\r\nConnection: %s\r\n\r\n"
-            % (core.clock.http_date, len(body), b"keep-alive" if keep else b"close"))
-        if self.queued is not None:
-            self.queued.remove(self)
+            b"%sConnection: %s\r\n\r\n"
+            % (status, reason, core.clock.http_date, len(body), extra,
+               b"keep-alive" if keep else b"close"))
         if not req.is_head_request:
             data += body
-        self.send_local(503, data, 0 if req.is_head_request else len(body), keep, close)
+        self.send_local(status, data, 0 if req.is_head_request else len(body), keep, close)
         return 0
 
     cdef int peer_done(self, int outcome) except -1:
@@ -1315,6 +1393,9 @@ cdef class Exchange:
         if self.finished:
             return 0
         self.finished = True
+        if self.counted:
+            self.counted = False
+            core.in_flight -= 1
         if self.queued is not None:
             self.queued.remove(self)
         self.peer_done(PEER_ANSWERED if self.resp_head is not None else PEER_FAILED)

@@ -165,6 +165,7 @@ cdef class Rule:
         self.index = route.index
         self.route = route
         self.action = action
+        self.limits = ()
         self.any_host = match.hosts is None
         hosts = match.hosts or ()
         self._hosts = frozenset(h.encode() for h in hosts if not h.startswith("*."))

@@ -49,6 +49,7 @@ def new_context(
 
 @final
 class Rule:
+    limits: tuple[Any, ...]
     index: int
     route: Route
     action: Any

@@ -129,6 +129,21 @@ class Limits:
     max_header_bytes: int
     max_header_count: int
     max_body_bytes: int  # 0 means unlimited
+    max_requests_per_connection: int = 1000  # 0 means unlimited
+    max_in_flight: int = 0  # per worker; 0 means unlimited
+    max_connections_per_ip: int = 0  # instance-wide; 0 means unlimited
+    rate_limit_keys: int = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitSpec:
+    """[limits.NAME]: `rate` requests per second per key, `burst` more at once."""
+
+    name: str
+    key: Template | None  # what is counted; None: one bucket per route ("route")
+    rate: float
+    burst: int
+    rate_text: str  # as written ("10/s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +324,8 @@ class Config:
     upstreams: Mapping[str, Upstream]
     routes: tuple[Route, ...]
     warnings: tuple[str, ...]
+    rate_limits: Mapping[str, RateLimitSpec] = field(
+        default_factory=lambda: MappingProxyType({}))
 
     def summary(self) -> str:
         servers = sum(len(u.servers) for u in self.upstreams.values())
@@ -570,6 +587,29 @@ LIMITS_FIELDS: Final = (
     ),
     FieldSpec(
         "max_body_bytes", "64m", "size", "request body; over it -> 413; 0 means unlimited", _size(0)
+    ),
+    FieldSpec(
+        "max_requests_per_connection", 1000, "integer 0..100000000",
+        "requests on one keep-alive connection, then it is closed (as nginx keepalive_requests);"
+        " 0 means unlimited",
+        _integer(0, 100_000_000),
+    ),
+    FieldSpec(
+        "max_in_flight", 0, "integer 0..10000000",
+        "requests a worker works on at once; past it, 503 + Retry-After at once (load "
+        "shedding); 0 means unlimited",
+        _integer(0, 10_000_000),
+    ),
+    FieldSpec(
+        "max_connections_per_ip", 0, "integer 0..1000000",
+        "open connections per client address, for the whole instance; past it the new "
+        "connection gets a 429 and is closed; 0 means unlimited",
+        _integer(0, 1_000_000),
+    ),
+    FieldSpec(
+        "rate_limit_keys", 100_000, "integer 1..10000000",
+        "keys the shared rate-limit table holds at once (16 bytes each, 2 slots per key)",
+        _integer(1, 10_000_000),
     ),
 )
 
@@ -1173,6 +1213,45 @@ _LISTENER_TLS_KEYS: Final = (
 _UPSTREAM_TLS_KEYS: Final = tuple(f.name for f in UPSTREAM_TLS_FIELDS)
 
 _LOG_STREAMS: Final = ("stdout", "stderr", "off")
+_RATE_LIMIT_KEYS: Final = ("key", "rate", "burst")
+_RATE_RE: Final = re.compile(r"([0-9]{1,9}(?:\.[0-9]{1,6})?)\s*r?/(s|m|h)")
+_RATE_UNITS: Final = {"s": 1.0, "m": 60.0, "h": 3600.0}
+_RATE_KEY_SHORTHANDS: Final = {"client_ip": "{client_ip}", "host": "{host}", "path": "{path}"}
+
+
+def _rate(value: object) -> tuple[float, str]:
+    """'10/s', '600/m', '5r/s' -> (per second, as written)."""
+    if not isinstance(value, str):
+        raise ValueError(f'expected a string like "10/s" or "600/m", found {_describe(value)}')
+    m = _RATE_RE.fullmatch(value.strip())
+    if m is None:
+        raise ValueError(f'expected a rate like "10/s", "600/m" or "5r/s", found {value!r}')
+    per_second = float(m.group(1)) / _RATE_UNITS[m.group(2)]
+    if not per_second > 0:
+        raise ValueError("must be more than 0")
+    return per_second, value.strip()
+
+
+def _rate_key(value: object) -> Template | None:
+    """client_ip | host | path | header:NAME | cookie:NAME | query:NAME | route | a template."""
+    text = _string(value)
+    if text == "route":
+        return None
+    if text in _RATE_KEY_SHORTHANDS:
+        return parse_template(_RATE_KEY_SHORTHANDS[text])
+    kind, sep, name = text.partition(":")
+    if sep and "{" not in text and kind in ("header", "cookie", "query"):
+        if not name:
+            raise ValueError(f"missing the {kind} name after '{kind}:'")
+        return parse_template(f"{{{kind}.{name}}}")
+    if "{" not in text:
+        raise ValueError("expected client_ip, host, path, route, header:NAME, cookie:NAME, "
+                         f"query:NAME or a template like \"{{client_ip}}:{{header.x-api-key}}\", "
+                         f"found {text!r}")
+    template = parse_template(text)
+    if not template.parts:
+        raise ValueError("must not be empty")
+    return template
 
 
 # --------------------------------------------------------------------------
@@ -1598,6 +1677,23 @@ class _Checker(KeyChecker):
             for subkey, reason in warnings(tls) if warnings is not None else ():
                 self.warn(f"{path}.{subkey}", f"{reason}; served anyway, but clients refuse it")
 
+    def rate_limit(self, name: str, table: Mapping[str, Any]) -> RateLimitSpec | None:
+        path = _key("limits", name)
+        before = len(self.issues)
+        if not _UPSTREAM_NAME_RE.fullmatch(name):
+            self.error(path, "invalid rate-limit name: use only letters, digits, '_', '.', '-'")
+        self.known_keys(table, path, _RATE_LIMIT_KEYS)
+        key = self.convert(_key(path, "key"), _rate_key, table.get("key", "client_ip"))
+        if "rate" not in table:
+            self.error(_key(path, "rate"), 'missing required key (like "10/s" or "600/m")')
+            rate: Any = _INVALID
+        else:
+            rate = self.convert(_key(path, "rate"), _rate, table["rate"])
+        burst = self.convert(_key(path, "burst"), _integer(0, 1_000_000), table.get("burst", 0))
+        if len(self.issues) != before or _INVALID in (key, rate, burst):
+            return None
+        return RateLimitSpec(name, key, rate[0], burst, rate[1])
+
     def upstream_tls(self, raw: object, path: str) -> UpstreamTls | None:
         table = self.table(raw, path, " like { verify = true, ca = \"ca.pem\" }")
         if table is None:
@@ -1851,7 +1947,15 @@ def parse_config(
 
     ck.known_keys(data, "", _TOP_LEVEL_KEYS)
     server = ck.section(data, "server")
+    # [limits] holds the size limits and, as tables, the rate limits ([limits.NAME]).
+    raw_limits = data.get("limits", {})
+    rate_tables: dict[str, Any] = {}
+    if isinstance(raw_limits, Mapping):
+        rate_tables = {k: v for k, v in raw_limits.items() if isinstance(v, Mapping)}
+        data = {**data, "limits": {k: v for k, v in raw_limits.items() if k not in rate_tables}}
     limits = ck.section(data, "limits")
+    rate_limits = {name: spec for name, table in rate_tables.items()
+                   if (spec := ck.rate_limit(name, table)) is not None}
     timeouts = ck.section(data, "timeouts")
     log = ck.section(data, "log")
     log["access"] = ck.access_log(log["access"])
@@ -1873,6 +1977,7 @@ def parse_config(
         merge_slashes=routing["merge_slashes"] is not False,
         upstreams=upstream_names,
         listeners=listener_names,
+        rate_limits=set(rate_tables),
     )
 
     if ck.issues:
@@ -1889,6 +1994,7 @@ def parse_config(
         upstreams=MappingProxyType(dict(upstreams)),
         routes=tuple(routes),
         warnings=tuple(ck.warnings),
+        rate_limits=MappingProxyType(rate_limits),
     )
 
 

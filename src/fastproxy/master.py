@@ -35,6 +35,7 @@ from typing import Any
 
 from fastproxy import __version__
 from fastproxy._peers import PeerTable, slot_layout
+from fastproxy._ratelimit import ConnTable, LimitTable
 from fastproxy.config import Config, ConfigError, Listener, load_config
 
 log = logging.getLogger("fastproxy.master")
@@ -80,6 +81,11 @@ def tls_contexts(config: Config) -> list[Any]:
             for listener in config.listeners]
 
 
+def new_limit_table(config: Config) -> LimitTable:
+    """The shared rate-limit table: two slots per key it must hold."""
+    return LimitTable(2 * config.limits.rate_limit_keys)
+
+
 def _address(listener: Listener) -> tuple[str, int]:
     return (listener.host, listener.port)
 
@@ -89,12 +95,15 @@ class Generation:
     listener in config order), shared server table and TLS contexts."""
 
     def __init__(self, number: int, config: Config, slots: list[list[socket.socket]],
-                 table: PeerTable, contexts: list[Any]) -> None:
+                 table: PeerTable, contexts: list[Any], limits: LimitTable | None) -> None:
         self.number = number
         self.config = config
         self.slots = slots
         self.table = table
         self.contexts = contexts
+        self.limits = limits  # the shared rate-limit table, None without rate limits
+        # Connections per client address, for the whole generation.
+        self.conns = ConnTable(65536) if config.limits.max_connections_per_ip else None
         self.health_checks = any(up.health_check is not None
                                  for up in config.upstreams.values())
 
@@ -191,7 +200,8 @@ class Supervisor:
             return HealthChecker(gen.config, gen.table).run()
         from fastproxy.worker import Worker
 
-        return Worker(gen.config, gen.slots[slot], gen.table, gen.contexts).run()
+        return Worker(gen.config, gen.slots[slot], gen.table, gen.contexts, gen.limits,
+                      gen.conns).run()
 
     def reload(self) -> None:
         """SIGHUP: start a generation on the config file as it is now, if it is good."""
@@ -212,8 +222,12 @@ class Supervisor:
         except OSError as e:
             log.error("reload failed, the running config stays in service: %s", e)
             return
+        limits = old.limits
+        if limits is None or old.config.limits.rate_limit_keys != config.limits.rate_limit_keys:
+            limits = new_limit_table(config) if config.rate_limits else None
+        # else: the same table, so clients keep their counts across the reload.
         new = Generation(old.number + 1, config, slots, PeerTable(slot_layout(config.upstreams)[1]),
-                         contexts)
+                         contexts, limits)
         carry_health(old, new)
         self.gen = new
         self.restart_at.clear()
@@ -340,7 +354,8 @@ def serve(config: Config) -> int:
              config.server.workers)
     # Mapped before the first fork: every child shares this one segment.
     table = PeerTable(slot_layout(config.upstreams)[1])
-    supervisor = Supervisor(Generation(1, config, slots, table, contexts))
+    limits = new_limit_table(config) if config.rate_limits else None
+    supervisor = Supervisor(Generation(1, config, slots, table, contexts, limits))
     try:
         return supervisor.run()
     finally:

@@ -391,6 +391,7 @@ class Route:
     rewrite: Rewrite | None  # upstream routes only
     request_headers: HeaderEdits | None  # upstream routes only
     response_headers: HeaderEdits | None
+    limits: tuple[str, ...] = ()  # names of [limits.NAME] rate limits, checked in order
 
     @property
     def label(self) -> str:
@@ -547,6 +548,7 @@ _ROUTE_KEYS: Final = (
     "rewrite",
     "request_headers",
     "response_headers",
+    "limits",
 )
 _ACTIONS: Final = ("upstream", "redirect", "respond")
 _MATCH_KEYS: Final = (
@@ -683,11 +685,13 @@ class _RouteParser:
         merge_slashes: bool,
         upstreams: Collection[str] | None,
         listeners: Collection[str] | None,
+        rate_limits: Collection[str] | None = (),
     ) -> None:
         self.ck = ck
         self.merge_slashes = merge_slashes
         self.upstreams = upstreams  # None: unknown (the section was unusable), skip the check
         self.listeners = listeners
+        self.rate_limits = rate_limits
         self.names: dict[str, int] = {}
 
     def route(self, index: int, raw: object) -> Route | None:
@@ -732,6 +736,9 @@ class _RouteParser:
             response_headers = self.header_edits(
                 table["response_headers"], f"{path}.response_headers", captures, request=False
             )
+        limits: tuple[str, ...] = ()
+        if "limits" in table:
+            limits = self.limits(table["limits"], f"{path}.limits") or ()
         if ck.error_count != before or match is None:
             return None
         return Route(
@@ -744,7 +751,20 @@ class _RouteParser:
             rewrite=rewrite,
             request_headers=request_headers,
             response_headers=response_headers,
+            limits=limits,
         )
+
+    def limits(self, raw: object, path: str) -> tuple[str, ...] | None:
+        names = self.string_list(raw, path, string)
+        if names is None or self.rate_limits is None:
+            return names
+        for i, name in enumerate(names):
+            if name not in self.rate_limits:
+                defined = ", ".join(sorted(self.rate_limits)) or "none"
+                where = f"{path}[{i}]" if isinstance(raw, list) else path
+                self.ck.error(where, f"unknown rate limit {name!r} (defined: {defined}; "
+                                     "define it as [limits.NAME])")
+        return names
 
     def route_name(self, index: int, table: Mapping[str, Any], path: str) -> str | None:
         if "name" not in table:
@@ -1177,6 +1197,7 @@ def parse_routes(
     merge_slashes: bool,
     upstreams: Collection[str] | None,
     listeners: Collection[str] | None,
+    rate_limits: Collection[str] | None = (),
 ) -> list[Route]:
     """Check the ``routes`` array (``MISSING`` when absent) and build the valid routes.
 
@@ -1192,7 +1213,7 @@ def parse_routes(
         return []
     if not items:
         ck.error("routes", "at least one route is required")
-    parser = _RouteParser(ck, merge_slashes, upstreams, listeners)
+    parser = _RouteParser(ck, merge_slashes, upstreams, listeners, rate_limits)
     routes = [parser.route(i, item) for i, item in enumerate(items)]
     return [route for route in routes if route is not None]
 

@@ -46,13 +46,18 @@ def make_action(route: Route, targets: Mapping[str, Any], merge_slashes: bool) -
                        route.respond.headers, route.response_headers)
 
 
-def build_router(config: Config, targets: Mapping[str, Any]) -> Router:
-    """The compiled router of `config`; upstream routes proxy to `targets[name]`."""
+def build_router(config: Config, targets: Mapping[str, Any],
+                 limits: Mapping[str, Any] | None = None) -> Router:
+    """The compiled router of `config`; upstream routes proxy to `targets[name]`;
+    routes check the rate limits `limits[name]` (_ratelimit.RateLimit) they name."""
     listener_ids = {listener.name: i for i, listener in enumerate(config.listeners)}
     merge = config.routing.merge_slashes
     routes = [*https_redirects(config), *config.routes]
     rules = [Rule(route, make_action(route, targets, merge), listener_ids)
              for route in routes]
+    if limits is not None:
+        for rule, route in zip(rules, routes, strict=True):
+            rule.limits = tuple(limits[name] for name in route.limits)
     defaults = [listener.default_host.encode() if listener.default_host else None
                 for listener in config.listeners]
     return Router(rules, defaults)

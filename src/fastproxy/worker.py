@@ -17,8 +17,10 @@ from typing import Any
 
 import uvloop
 
+from fastproxy._actions import Template
 from fastproxy._peers import PeerTable, slot_layout
 from fastproxy._proxy import Core
+from fastproxy._ratelimit import ConnTable, LimitTable, RateLimit
 from fastproxy.accesslog import AccessLog
 from fastproxy.clock import Clock
 from fastproxy.config import Config, ListenerTls
@@ -50,7 +52,9 @@ class TlsListener:
 
 class Worker:
     def __init__(self, config: Config, sockets: list[socket.socket],
-                 table: PeerTable | None = None, contexts: list[Any] | None = None) -> None:
+                 table: PeerTable | None = None, contexts: list[Any] | None = None,
+                 limit_table: LimitTable | None = None,
+                 conn_table: ConnTable | None = None) -> None:
         self.config = config
         self.sockets = sockets
         # Each listener's server SSLContext (built by the master before forking, so
@@ -65,7 +69,17 @@ class Worker:
         self.table = table if table is not None else PeerTable(total)
         self.groups = {name: UpstreamGroup(up, self.core, self.table, first[name])
                        for name, up in config.upstreams.items()}
-        self.core.router = build_router(config, self.groups)
+        # Rate limits count in the instance's shared table (the master's), or in one
+        # of our own when run alone.
+        if limit_table is None:
+            limit_table = LimitTable(2 * config.limits.rate_limit_keys if config.rate_limits else 1)
+        self.rate_limits = {
+            name: RateLimit(name, Template(spec.key) if spec.key is not None else None,
+                            spec.rate, spec.burst, limit_table)
+            for name, spec in config.rate_limits.items()}
+        self.core.router = build_router(config, self.groups, self.rate_limits)
+        if config.limits.max_connections_per_ip:
+            self.core.conn_table = conn_table if conn_table is not None else ConnTable(4096)
         self.core.tls_listeners = [TlsListener(listener.tls) if listener.tls else None
                                    for listener in config.listeners]
         self._handshake_failures = 0

@@ -1,0 +1,295 @@
+"""Rate limits shared by every worker of an instance: GCRA in shared memory.
+
+One `LimitTable` per instance, mapped by the master before it forks (like the
+server table in `_peers`): a fixed array of slots, so its memory is bounded. A
+slot holds a key's hash and its GCRA "theoretical arrival time" (TAT); a
+request at `now` is allowed when max(TAT, now) - now <= tolerance (burst x
+interval), and then moves TAT to max(TAT, now) + interval. Workers update slots
+with compare-and-swap, so two workers never both spend the same allowance.
+
+Idle keys need no sweeping: a slot whose TAT is in the past holds no state (a
+fresh key behaves the same), so a new key may take it over. A key looks at
+PROBES slots from its hash; when all of them hold live keys, the one closest
+to going idle (the smallest TAT) is taken over, and counted as an eviction:
+under a flood of distinct keys the table forgets the keys nearest to being
+forgiven anyway, rather than growing.
+"""
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.stdint cimport int64_t, uint64_t
+from posix.mman cimport MAP_ANONYMOUS, MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
+
+from fastproxy._peers cimport now_ns
+from fastproxy.xxhash cimport XXH3_64bits_withSeed
+
+
+cdef extern from *:
+    """
+    static inline uint64_t fastproxy_load64(uint64_t* p) {
+        return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+    }
+    static inline int fastproxy_cas64(uint64_t* p, uint64_t expected, uint64_t desired) {
+        return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_ACQ_REL,
+                                           __ATOMIC_ACQUIRE);
+    }
+    static inline int64_t fastproxy_loadi64(int64_t* p) {
+        return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+    }
+    static inline int fastproxy_casi64(int64_t* p, int64_t expected, int64_t desired) {
+        return __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_ACQ_REL,
+                                           __ATOMIC_ACQUIRE);
+    }
+    static inline void fastproxy_storei64(int64_t* p, int64_t v) {
+        __atomic_store_n(p, v, __ATOMIC_RELEASE);
+    }
+    static inline void fastproxy_inc64(uint64_t* p) {
+        __atomic_add_fetch(p, 1, __ATOMIC_RELAXED);
+    }
+    static inline void fastproxy_addi64(int64_t* p, int64_t v) {
+        __atomic_add_fetch(p, v, __ATOMIC_ACQ_REL);
+    }
+    """
+    uint64_t fastproxy_load64(uint64_t* p) nogil
+    bint fastproxy_cas64(uint64_t* p, uint64_t expected, uint64_t desired) nogil
+    int64_t fastproxy_loadi64(int64_t* p) nogil
+    bint fastproxy_casi64(int64_t* p, int64_t expected, int64_t desired) nogil
+    void fastproxy_storei64(int64_t* p, int64_t v) nogil
+    void fastproxy_inc64(uint64_t* p) nogil
+    void fastproxy_addi64(int64_t* p, int64_t v) nogil
+
+
+DEF PROBES = 8
+
+
+cdef class LimitTable:
+    """`size` slots (rounded up to a power of two, at least 64) in shared memory."""
+
+    def __cinit__(self, Py_ssize_t size):
+        cdef Py_ssize_t n = 64
+        if size < 1 or size > (1 << 30):
+            raise ValueError("size must be between 1 and 2**30")
+        while n < size:
+            n <<= 1
+        self.size = n
+        self.mask = <uint64_t>(n - 1)
+        self._bytes = 64 + <size_t>n * sizeof(LimitSlot)
+        self._mem = mmap(NULL, self._bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                         -1, 0)
+        if self._mem == MAP_FAILED:
+            self._mem = NULL
+            raise MemoryError("cannot map the rate-limit table")
+        self._evictions = <uint64_t*>self._mem
+        self.slots = <LimitSlot*>(<char*>self._mem + 64)  # anonymous maps start zeroed
+
+    def __dealloc__(self):
+        if self._mem != NULL:
+            munmap(self._mem, self._bytes)
+
+    @property
+    def evictions(self):
+        """Live keys taken over by new ones because their slots were all busy."""
+        return fastproxy_load64(self._evictions)
+
+    @property
+    def memory(self):
+        return self._bytes
+
+    cdef int64_t acquire(self, uint64_t key, int64_t now, int64_t interval,
+                         int64_t tolerance, int64_t* tat_out) noexcept nogil:
+        """0 when one request of `key` is allowed now (tat_out: its new TAT), else
+        the nanoseconds until one would be (tat_out: the current TAT)."""
+        cdef uint64_t h = key | 1  # never 0 (0 marks a slot never used)
+        cdef uint64_t i, k, start = h & self.mask
+        cdef LimitSlot* s = NULL
+        cdef LimitSlot* oldest = NULL
+        cdef int64_t tat, t, oldest_tat = 0
+        cdef int probe
+        while s == NULL:
+            for probe in range(PROBES):
+                i = (start + <uint64_t>probe) & self.mask
+                k = fastproxy_load64(&self.slots[i].key)
+                if k == h:
+                    s = &self.slots[i]
+                    break
+                tat = fastproxy_loadi64(&self.slots[i].tat)
+                if k == 0 or tat <= now:
+                    # Never used, or idle (its state is the same as a fresh key's).
+                    if fastproxy_cas64(&self.slots[i].key, k, h):
+                        s = &self.slots[i]
+                        break
+                    if fastproxy_load64(&self.slots[i].key) == h:
+                        s = &self.slots[i]  # another worker took it for the same key
+                        break
+                elif oldest == NULL or tat < oldest_tat:
+                    oldest = &self.slots[i]
+                    oldest_tat = tat
+            if s == NULL:
+                # Every probed slot holds a live key: take over the one nearest to
+                # going idle (its owner's next request starts afresh).
+                k = fastproxy_load64(&oldest.key)
+                if fastproxy_cas64(&oldest.key, k, h):
+                    fastproxy_storei64(&oldest.tat, now)
+                    fastproxy_inc64(self._evictions)
+                    s = oldest
+                oldest = NULL
+        while True:
+            tat = fastproxy_loadi64(&s.tat)
+            t = tat if tat > now else now
+            if t - now > tolerance:
+                tat_out[0] = t
+                return t - now - tolerance
+            if fastproxy_casi64(&s.tat, tat, t + interval):
+                tat_out[0] = t + interval
+                return 0
+
+    # For tests and tools.
+    def try_acquire(self, uint64_t key, double rate, long long burst, now=None):
+        """(allowed, seconds to wait) for one request of `key` at `now` (seconds on
+        CLOCK_MONOTONIC; default: now)."""
+        cdef int64_t interval = <int64_t>(1e9 / rate)
+        cdef int64_t tat
+        cdef int64_t at = now_ns() if now is None else <int64_t>(now * 1e9)
+        cdef int64_t wait = self.acquire(key, at, interval, burst * interval, &tat)
+        return wait == 0, wait / 1e9
+
+
+cdef class RateLimit:
+    """One configured limit: `rate` requests per second per key with `burst`
+    extra, keyed by the rendered `key` template, in `table`."""
+
+    def __cinit__(self, str name, key, double rate, long long burst, LimitTable table not None):
+        if not rate > 0 or burst < 0:
+            raise ValueError("need rate > 0 and burst >= 0")
+        self.name = name
+        self.key = key
+        self.rate = rate
+        self.burst = burst
+        self.interval = <int64_t>(1e9 / rate)
+        if self.interval < 1:
+            self.interval = 1
+        self.tolerance = burst * self.interval
+        raw = name.encode()
+        self.seed = XXH3_64bits_withSeed(PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), 0)
+        self.table = table
+        quota = burst + 1
+        window = max(1, int(-(-quota // rate)))  # the time a full quota takes to refill
+        self.policy = f'RateLimit-Policy: "{name}";q={quota};w={window}\r\n'.encode()
+
+    cdef int64_t check(self, bytes key, int64_t now, long long* remaining,
+                       int64_t* reset) noexcept:
+        """0 when allowed, else ns to wait; remaining: requests left now; reset: ns
+        until the quota is whole again."""
+        cdef int64_t tat
+        cdef uint64_t h = XXH3_64bits_withSeed(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
+                                               self.seed)
+        cdef int64_t wait = self.table.acquire(h, now, self.interval, self.tolerance, &tat)
+        cdef int64_t room = now + self.tolerance - tat
+        remaining[0] = room // self.interval + 1 if wait == 0 and room >= 0 else 0
+        reset[0] = tat - now if tat > now else 0
+        return wait
+
+    def headers(self, bytes key, now=None):
+        """(allowed, header lines) for one request of `key` (tests and tools)."""
+        cdef long long remaining
+        cdef int64_t reset
+        cdef int64_t at = now_ns() if now is None else <int64_t>(now * 1e9)
+        cdef int64_t wait = self.check(key, at, &remaining, &reset)
+        return wait == 0, self.lines(wait, remaining, reset)
+
+    cpdef bytes lines(self, int64_t wait, long long remaining, int64_t reset):
+        """The RateLimit-Policy and RateLimit lines (and Retry-After when refused)."""
+        cdef bytes out = self.policy + (
+            b'RateLimit: "%s";r=%d;t=%d\r\n' % (self.name.encode(), remaining,
+                                                (reset + 999999999) // 1000000000))
+        if wait:
+            out += b"Retry-After: %d\r\n" % ((wait + 999999999) // 1000000000)
+        return out
+
+
+DEF COUNT_PROBES = 16
+
+
+cdef class ConnTable:
+    """Open connections per client address, for the whole instance: `size` slots
+    (a power of two, at least 64) in shared memory, each a key hash and a count.
+    A slot whose count is 0 is free for any key. When every probed slot is busy
+    the connection is let through uncounted (the table is sized for the clients
+    one instance sees; better to under-count than to refuse everyone). A worker
+    that dies leaves its connections counted until those clients' counts are
+    taken over by others; the table is rebuilt on reload."""
+
+    def __cinit__(self, Py_ssize_t size):
+        cdef Py_ssize_t n = 64
+        if size < 1 or size > (1 << 30):
+            raise ValueError("size must be between 1 and 2**30")
+        while n < size:
+            n <<= 1
+        self.size = n
+        self.mask = <uint64_t>(n - 1)
+        self._bytes = <size_t>n * sizeof(CountSlot)
+        self._mem = mmap(NULL, self._bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                         -1, 0)
+        if self._mem == MAP_FAILED:
+            self._mem = NULL
+            raise MemoryError("cannot map the connection table")
+        self.slots = <CountSlot*>self._mem
+
+    def __dealloc__(self):
+        if self._mem != NULL:
+            munmap(self._mem, self._bytes)
+
+    cdef bint acquire(self, uint64_t key, int64_t limit) noexcept nogil:
+        """Count one more connection of `key` unless it has `limit` open already."""
+        cdef uint64_t h = key | 1, i, k, start = h & self.mask
+        cdef CountSlot* s = NULL
+        cdef int64_t c, seen
+        cdef int probe
+        for probe in range(COUNT_PROBES):
+            i = (start + <uint64_t>probe) & self.mask
+            k = fastproxy_load64(&self.slots[i].key)
+            if k == h:
+                s = &self.slots[i]
+                break
+            if (k == 0 or fastproxy_loadi64(&self.slots[i].count) <= 0) and \
+                    fastproxy_cas64(&self.slots[i].key, k, h):
+                s = &self.slots[i]
+                break
+        if s == NULL:
+            return True
+        while True:
+            seen = fastproxy_loadi64(&s.count)
+            c = seen if seen > 0 else 0
+            if c >= limit:
+                return False
+            if fastproxy_casi64(&s.count, seen, c + 1):
+                return True
+
+    cdef void release(self, uint64_t key) noexcept nogil:
+        cdef uint64_t h = key | 1, i, start = h & self.mask
+        cdef int probe
+        for probe in range(COUNT_PROBES):
+            i = (start + <uint64_t>probe) & self.mask
+            if fastproxy_load64(&self.slots[i].key) == h:
+                if fastproxy_loadi64(&self.slots[i].count) > 0:
+                    fastproxy_addi64(&self.slots[i].count, -1)
+                return
+
+    # For tests and tools.
+    def open(self, bytes ip not None, long long limit):
+        return self.acquire(ip_key(ip), limit)
+
+    def close(self, bytes ip not None):
+        self.release(ip_key(ip))
+
+    def count(self, bytes ip not None):
+        cdef uint64_t h = ip_key(ip) | 1, i, start = h & self.mask
+        cdef int probe
+        for probe in range(COUNT_PROBES):
+            i = (start + <uint64_t>probe) & self.mask
+            if self.slots[i].key == h:
+                return max(0, self.slots[i].count)
+        return 0
+
+
+cpdef uint64_t ip_key(bytes ip):
+    """The ConnTable key of a client address (as the proxy writes it)."""
+    return XXH3_64bits_withSeed(PyBytes_AS_STRING(ip), PyBytes_GET_SIZE(ip), 0x636f6e6e)

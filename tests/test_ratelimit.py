@@ -1,0 +1,167 @@
+"""Rate limits: GCRA in a shared-memory table, exact across workers, 429 answers."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from fastproxy._ratelimit import LimitTable, RateLimit
+from fastproxy.config import ConfigError, parse_config
+from servers import ProxyProcess, free_port
+
+
+def test_gcra_allows_the_burst_then_the_rate() -> None:
+    table = LimitTable(100)
+    t = 1000.0
+    allowed = [table.try_acquire(7, 10.0, 20, now=t)[0] for _ in range(30)]
+    assert allowed == [True] * 21 + [False] * 9  # burst 20 + the one the rate allows
+    ok, wait = table.try_acquire(7, 10.0, 20, now=t)
+    assert not ok and wait == pytest.approx(0.1)
+    assert table.try_acquire(7, 10.0, 20, now=t + 0.1)[0]
+    assert not table.try_acquire(7, 10.0, 20, now=t + 0.1)[0]
+    # Another key is independent.
+    assert table.try_acquire(8, 10.0, 20, now=t)[0]
+    # After 2.1 s of silence the whole burst is back.
+    later = [table.try_acquire(7, 10.0, 20, now=t + 2.2)[0] for _ in range(22)]
+    assert later.count(True) == 21
+
+
+def test_workers_share_one_count() -> None:
+    """Four processes take from the same key at the same instant: exactly the burst
+    passes, however the updates interleave (compare-and-swap)."""
+    table = LimitTable(1000)
+    now = 5000.0
+    read, write = os.pipe()
+    pids = []
+    for _ in range(4):
+        pid = os.fork()
+        if pid == 0:
+            n = sum(table.try_acquire(42, 1.0, 199, now=now)[0] for _ in range(100))
+            os.write(write, b"%d\n" % n)
+            os._exit(0)
+        pids.append(pid)
+    try:
+        os.close(write)
+        data = b""
+        while chunk := os.read(read, 100):
+            data += chunk
+    finally:
+        for pid in pids:
+            os.waitpid(pid, 0)
+        os.close(read)
+    assert sum(int(x) for x in data.split()) == 200
+
+
+def test_idle_keys_free_their_slots_and_a_full_table_evicts() -> None:
+    table = LimitTable(64)
+    now = 100.0
+    for key in range(1, 65):  # 64 live keys fill the table...
+        table.try_acquire(key * 7919, 1.0, 0, now=now)
+    assert table.evictions == 0 or table.evictions < 64
+    before = table.evictions
+    for key in range(1000, 1100):  # ...so new live keys take over the oldest
+        table.try_acquire(key * 7919, 1.0, 0, now=now)
+    assert table.evictions > before
+    # One second later every key is idle again: new keys need no eviction.
+    settled = table.evictions
+    for key in range(5000, 5040):
+        assert table.try_acquire(key * 7919, 1.0, 0, now=now + 1.5)[0]
+    assert table.evictions == settled
+
+
+def test_rate_limit_headers() -> None:
+    limit = RateLimit("per_ip", None, 10.0, 2, LimitTable(64))
+    answers = [limit.headers(b"1.2.3.4", now=10.0) for _ in range(4)]
+    assert [a[0] for a in answers] == [True, True, True, False]
+    lines = answers[3][1].decode()
+    assert 'RateLimit-Policy: "per_ip";q=3;w=1' in lines
+    assert 'RateLimit: "per_ip";r=0;t=1' in lines
+    assert "Retry-After: 1" in lines
+    assert 'RateLimit: "per_ip";r=2;t=1' in answers[0][1].decode()
+
+
+def test_config_errors_name_the_key() -> None:
+    base = {"listeners": [{"address": "127.0.0.1:1"}],
+            "upstreams": {"a": {"servers": ["127.0.0.1:2"]}}}
+    with pytest.raises(ConfigError) as info:
+        parse_config({**base, "limits": {"x": {"rate": "ten"}, "y": {"rate": "1/s",
+                                                                      "key": "header:"}},
+                      "routes": [{"upstream": "a", "limits": ["x", "nope"]}]})
+    keys = {issue.key for issue in info.value.errors}
+    assert keys == {"limits.x.rate", "limits.y.key", "routes[0].limits[1]"}
+
+
+# -- end to end ---------------------------------------------------------------------------
+
+def proxy_config(port: int) -> str:
+    return (f'[server]\nworkers = 2\n[log]\naccess = "off"\n'
+            f'[[listeners]]\naddress = "127.0.0.1:{port}"\n'
+            '[limits.per_ip]\nrate = "10/s"\nburst = 20\n'
+            '[limits.per_key]\nkey = "header:X-Api-Key"\nrate = "1/s"\nburst = 1\n'
+            '[upstreams.unused]\nservers = ["127.0.0.1:9"]\n'
+            '[[routes]]\nmatch = { path_prefix = "/keyed" }\nlimits = ["per_key"]\n'
+            'respond = { body = "ok\\n" }\n'
+            '[[routes]]\nlimits = ["per_ip"]\nrespond = { body = "ok\\n" }\n')
+
+
+def test_limit_holds_across_two_workers(tmp_path: Path) -> None:
+    port = free_port()
+    proxy = ProxyProcess(proxy_config(port), tmp_path, port).start()
+    statuses: list[int] = []
+    lock = threading.Lock()
+    refused: list[dict[str, str]] = []
+
+    def client(n: int) -> None:
+        # A new connection per request, so the kernel spreads them over both workers.
+        for _ in range(n):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            try:
+                conn.request("GET", "/", headers={"Connection": "close"})
+                resp = conn.getresponse()
+                resp.read()
+                with lock:
+                    statuses.append(resp.status)
+                    if resp.status == 429 and len(refused) < 1:
+                        refused.append({k.lower(): v for k, v in resp.getheaders()})
+            finally:
+                conn.close()
+
+    try:
+        proxy.wait_worker_pids(2)
+        started = time.monotonic()
+        threads = [threading.Thread(target=client, args=(125,)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        elapsed = time.monotonic() - started
+        assert len(statuses) == 500
+        allowed = statuses.count(200)
+        expected = 21 + int(elapsed * 10)
+        assert expected - 1 <= allowed <= expected + 1, (allowed, elapsed)
+        assert statuses.count(429) == 500 - allowed
+        assert refused[0]["retry-after"] == "1"
+        assert refused[0]["ratelimit-policy"] == '"per_ip";q=21;w=3'
+        assert refused[0]["ratelimit"].startswith('"per_ip";r=0;t=')
+        # Keys are independent: two API keys each get their own burst.
+        for key in ("alpha", "beta"):
+            got = []
+            for _ in range(3):
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                conn.request("GET", "/keyed", headers={"X-Api-Key": key})
+                got.append(conn.getresponse().status)
+                conn.close()
+            assert got == [200, 200, 429]
+        # No key at all: not limited by a key-less bucket.
+        for _ in range(4):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", "/keyed")
+            assert conn.getresponse().status == 200
+            conn.close()
+    finally:
+        proxy.stop()
