@@ -419,6 +419,9 @@ class ProxyProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def access_log_text(self) -> str:
+        return self.access_path.read_text(errors="replace") if self.access_path.exists() else ""
+
     def access_log(self) -> list[str]:
         if not self.access_path.exists():
             return []

@@ -426,7 +426,7 @@ def test_top_level_must_be_a_table() -> None:
     [
         (minimal(listners=[]), "listners", "unknown key; did you mean 'listeners'?"),
         (minimal(server={"wrokers": 2}), "server.wrokers", "unknown key; did you mean 'workers'?"),
-        (minimal(server={"server_header": "x"}), "server.server_header", "unknown key"),
+        (minimal(server={"banner": "x"}), "server.banner", "unknown key"),
         (
             minimal(timeouts={"idle": "5s"}),
             "timeouts.idle",

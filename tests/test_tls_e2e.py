@@ -129,11 +129,15 @@ def test_https_request_sni_and_forwarded_proto(make_origin: OriginFactory, certs
     origin = make_origin(name="app")
     port = free_port()
     proxy = start_proxy(tls_listener(port, certs, 'hsts = "max-age=31536000"'),
-                        upstream(origin) + '[[routes]]\nupstream = "app"\n')
+                        upstream(origin) + '[[routes]]\nmatch = { path = "/hello" }\n'
+                        'upstream = "app"\n')
     data, _ = https_get(port, "site.example", "/hello", certs=certs)
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 OK") and body == b"app /hello"
     assert b"\r\nStrict-Transport-Security: max-age=31536000" in head
+    missing, _ = https_get(port, "site.example", "/nothing", certs=certs)  # a 404 made here
+    assert missing.startswith(b"HTTP/1.1 404 ")
+    assert b"\r\nStrict-Transport-Security: max-age=31536000\r\n" in missing
     assert origin.requests[-1].header("X-Forwarded-Proto") == "https"
     assert peer_names(port, "site.example", certs) == ["site.example", "*.wild.example"]
     assert peer_names(port, "a.wild.example", certs) == ["site.example", "*.wild.example"]

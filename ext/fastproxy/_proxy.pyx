@@ -55,7 +55,7 @@ from fastproxy._balance cimport ALL_BUSY, NO_PEER, Balancer, RetryBudget, hash_b
 from fastproxy._rewrite cimport FR_CHUNKED, FR_CLOSE, FR_PASS, request_head, response_head
 from fastproxy._router cimport RequestContext, Router, Rule, new_context
 from fastproxy._actions cimport LocalAction, ProxyAction, Template
-from fastproxy._url cimport cookie_get
+from fastproxy._url cimport IpSet, cookie_get, real_client
 from fastproxy._ratelimit cimport ConnTable, RateLimit, ip_key
 from fastproxy._peers cimport now_ns
 from libc.stdint cimport int64_t
@@ -245,6 +245,11 @@ cdef class Core:
     cdef readonly long long shed    # requests refused by max_in_flight
     cdef long long max_per_ip       # connections per client address (0: no limit)
     cdef public ConnTable conn_table  # the instance's counts per address (set by the worker)
+    cdef public IpSet trusted       # trusted proxies (None: the peer is the client)
+    cdef bytes real_ip_header       # lower case
+    cdef int real_ip_kind           # 0: X-Forwarded-For, 1: X-Real-IP, 2: Forwarded
+    # Per listener: None, or (allow IpSet or None, deny IpSet or None); set by the worker.
+    cdef public list listener_access
     cdef readonly long long refused_per_ip
 
     def __init__(self, config, router, access_log, clock, local_response, local_body_size):
@@ -276,6 +281,10 @@ cdef class Core:
         self.max_requests = limits.max_requests_per_connection
         self.max_in_flight = limits.max_in_flight
         self.max_per_ip = limits.max_connections_per_ip
+        self.real_ip_header = config.server.real_ip_header.lower().encode()
+        self.real_ip_kind = ("x-forwarded-for", "x-real-ip", "forwarded").index(
+            config.server.real_ip_header.lower())
+        self.listener_access = [None] * len(self.listener_names)
         self.tls_listeners = [None] * len(self.listener_names)
 
     def new_queue(self, Py_ssize_t capacity, double timeout):
@@ -713,6 +722,14 @@ cdef class ClientConnection(ParserHandler):
         return 0
 
 
+cdef inline bint refused(tuple acl, bytes ip) except -1:
+    """An access list (allow IpSet or None, deny IpSet or None) refuses `ip`."""
+    cdef object allow = acl[0], deny = acl[1]
+    if deny is not None and (<IpSet>deny).contains(ip):
+        return True
+    return allow is not None and not (<IpSet>allow).contains(ip)
+
+
 # What the balancer hears when a request leaves its server (Exchange.peer_done).
 cdef enum:
     PEER_ANSWERED = 0
@@ -822,11 +839,21 @@ cdef class Exchange:
             return 0
         ctx.tls = client.tls
         self.ctx = ctx
+        if core.trusted is not None and core.trusted.contains(client.ip):
+            ctx.client_ip = real_client(client.ip, head.get(core.real_ip_header),
+                                        core.real_ip_kind, core.trusted)
+        acl = core.listener_access[client.listener]
+        if acl is not None and refused(<tuple>acl, ctx.client_ip):
+            self.respond_text(403, b"Forbidden", b"403 Forbidden\n", b"")
+            return 0
         self.host = ctx.host_header
         self.target = ctx.target
         self.rule = core.router.route(ctx, self.host)
         if self.rule is None:
             self.respond_local(404, False)
+            return 0
+        if self.rule.access is not None and refused(<tuple>self.rule.access, ctx.client_ip):
+            self.respond_text(403, b"Forbidden", b"403 Forbidden\n", b"")
             return 0
         if self.rule.limits and self.rate_limited(self.rule.limits):
             return 0
@@ -1333,6 +1360,10 @@ cdef class Exchange:
         self.keep = keep
         self.resp_started = True
         self.sent = body_len
+        if self.client.hsts is not None:
+            # On every response of a TLS listener, errors and local answers too.
+            cut = data.find(_CRLF) + 2
+            data = data[:cut] + self.client.hsts + data[cut:]
         self.client.write(data)
         if close or self.req_done:
             self.finish(keep)

@@ -1,10 +1,4 @@
-# One network of an IpSet: a 16-byte address (IPv4 as ::ffff:a.b.c.d) and the
-# number of leading bits that must match (IPv4 prefixes + 96).
-cdef struct IpNetwork:
-    unsigned char addr[16]
-    int prefix
-    bint v4         # an IPv4 network (IPv4 clients match only these)
-
+from libc.stdint cimport uint32_t, uint64_t
 
 cdef inline bint path_char(unsigned char c) noexcept nogil:
     """May `c` stand as is in a normalized path? RFC 3986 pchar (unreserved,
@@ -27,7 +21,20 @@ cpdef bytes query_edit(bytes query, tuple remove, tuple set_pairs)
 
 
 cdef class IpSet:
-    cdef IpNetwork* _nets
-    cdef Py_ssize_t _n
+    # Merged, sorted address ranges, searched by bisection: IPv4 as 32-bit
+    # numbers, IPv6 as (high, low) 64-bit halves.
+    cdef uint32_t* _v4_lo
+    cdef uint32_t* _v4_hi
+    cdef Py_ssize_t _n4
+    cdef uint64_t* _v6_lo       # 2 per range: high half, low half
+    cdef uint64_t* _v6_hi
+    cdef Py_ssize_t _n6
+    cdef readonly Py_ssize_t networks
+
+    cdef void _free(self)
 
     cpdef bint contains(self, bytes ip)
+
+
+cpdef bint is_ip(bytes text)
+cpdef bytes real_client(bytes peer, bytes header, int kind, IpSet trusted)

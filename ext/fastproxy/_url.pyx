@@ -7,6 +7,7 @@ object: the common request pays for a scan, not for an allocation.
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memchr, memcmp, memcpy, memmove, memset
 
 from fastproxy.ascii cimport lower
@@ -543,68 +544,185 @@ cdef int _parse_ip(const char* text, Py_ssize_t n, unsigned char* addr) noexcept
     return 6 if inet_pton(AF_INET6, buf, addr) == 1 else 0
 
 
-cdef inline bint _in_network(const unsigned char* addr, const IpNetwork* net) noexcept nogil:
-    cdef int full = net.prefix >> 3, rest = net.prefix & 7
-    if memcmp(addr, net.addr, full) != 0:
-        return False
-    return rest == 0 or ((addr[full] ^ net.addr[full]) & (0xFF << (8 - rest)) & 0xFF) == 0
+cpdef bint is_ip(bytes text):
+    """Is `text` an IPv4 or IPv6 address (what a client address may be)?"""
+    cdef unsigned char addr[16]
+    return text is not None and _parse_ip(PyBytes_AS_STRING(text), PyBytes_GET_SIZE(text),
+                                          addr) != 0
 
 
-@cython.final
+cpdef bytes real_client(bytes peer, bytes header, int kind, IpSet trusted):
+    """The client behind trusted proxies: `header` is the value of the configured
+    header (kind 0: X-Forwarded-For, 1: X-Real-IP, 2: Forwarded), `peer` the
+    (trusted) address the request came from. For a list, the last address that
+    is not itself trusted; an entry that is not an address stops the walk (what
+    is left of it cannot be believed). No usable address: `peer`."""
+    cdef list items
+    cdef bytes found = peer, item
+    cdef Py_ssize_t i
+    if header is None:
+        return peer
+    if kind == 1:
+        item = header.strip()
+        return item if is_ip(item) else peer
+    items = header.split(b",")
+    for i in range(len(items) - 1, -1, -1):
+        item = (<bytes>items[i]).strip()
+        if kind == 2:
+            item = _forwarded_for(item)
+        if item is None or not is_ip(item):
+            break
+        found = item
+        if not trusted.contains(item):
+            break
+    return found
+
+
+cdef bytes _forwarded_for(bytes element):
+    """The address of the for= parameter of one Forwarded element (RFC 7239), or None."""
+    cdef bytes value = None
+    for pair in element.split(b";"):
+        name, _, v = pair.strip().partition(b"=")
+        if name.lower() == b"for":
+            value = v.strip()
+    if value is None:
+        return None
+    if value.startswith(b'"') and value.endswith(b'"') and len(value) >= 2:
+        value = value[1:len(value) - 1]
+    if value.startswith(b"["):
+        end = value.find(b"]")
+        return value[1:end] if end > 0 else None
+    if value.count(b":") == 1:  # "192.0.2.60:8080"
+        return value.partition(b":")[0]
+    return value
+
+
+def _merged(ranges):
+    """Sorted, non-overlapping (lo, hi) from any (lo, hi) pairs (adjacent ones joined)."""
+    out = []
+    last = None  # (no negative indexes here: wraparound is off in ext/)
+    for lo, hi in sorted(ranges):
+        if last is not None and lo <= last[1] + 1:
+            if hi > last[1]:
+                last[1] = hi
+        else:
+            last = [lo, hi]
+            out.append(last)
+    return out
+
+
 cdef class IpSet:
-    """CIDR networks that client addresses are tested against (`client_ip` rules).
+    """CIDR networks that client addresses are tested against (`client_ip` rules,
+    access lists).
 
-    IPv4 is kept in its IPv4-mapped IPv6 form, so one 16-byte comparison serves
-    both families and a dual-stack socket's "::ffff:10.1.2.3" peer matches
-    "10.0.0.0/8". An IPv4 client matches IPv4 networks only: "::/0" covers the
-    mapped range, but not a peer of an IPv4 socket.
+    The networks become merged, sorted ranges, one list per family, and a lookup
+    is a bisection: O(log n) for any number of networks. IPv4 networks are
+    matched by IPv4 clients and by the IPv4-mapped form a dual-stack socket
+    gives ("::ffff:10.1.2.3" is in "10.0.0.0/8"); IPv6 networks by IPv6 clients
+    (so "::/0" covers the mapped range, but not a peer of an IPv4 socket).
     """
 
     def __init__(self, networks):
         cdef list nets = list(networks)
-        cdef Py_ssize_t i, n = len(nets)
-        cdef IpNetwork* arr
-        cdef bytes packed
+        cdef Py_ssize_t i
+        v4, v6 = [], []
         for net in nets:
             if not isinstance(net, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
                 raise TypeError(f"IpSet needs ipaddress networks, not {type(net).__name__}")
-        arr = <IpNetwork*>PyMem_Malloc(max(n, 1) * sizeof(IpNetwork))
-        if arr == NULL:
+            lo = int(net.network_address)
+            hi = int(net.broadcast_address)
+            (v4 if net.version == 4 else v6).append((lo, hi))
+        v4 = _merged(v4)
+        v6 = _merged(v6)
+        self._free()
+        self._v4_lo = <uint32_t*>PyMem_Malloc(max(len(v4), 1) * sizeof(uint32_t))
+        self._v4_hi = <uint32_t*>PyMem_Malloc(max(len(v4), 1) * sizeof(uint32_t))
+        self._v6_lo = <uint64_t*>PyMem_Malloc(max(len(v6), 1) * 2 * sizeof(uint64_t))
+        self._v6_hi = <uint64_t*>PyMem_Malloc(max(len(v6), 1) * 2 * sizeof(uint64_t))
+        if (self._v4_lo == NULL or self._v4_hi == NULL or self._v6_lo == NULL
+                or self._v6_hi == NULL):
             raise MemoryError()
-        for i in range(n):
-            net = nets[i]
-            packed = net.network_address.packed
-            if net.version == 4:
-                memset(arr[i].addr, 0, 10)
-                arr[i].addr[10] = 0xFF
-                arr[i].addr[11] = 0xFF
-                memcpy(arr[i].addr + 12, PyBytes_AS_STRING(packed), 4)
-                arr[i].prefix = net.prefixlen + 96
-                arr[i].v4 = True
-            else:
-                arr[i].v4 = False
-                memcpy(arr[i].addr, PyBytes_AS_STRING(packed), 16)
-                arr[i].prefix = net.prefixlen
-        PyMem_Free(self._nets)
-        self._nets = arr
-        self._n = n
+        for i in range(len(v4)):
+            self._v4_lo[i] = v4[i][0]
+            self._v4_hi[i] = v4[i][1]
+        for i in range(len(v6)):
+            self._v6_lo[2 * i] = v6[i][0] >> 64
+            self._v6_lo[2 * i + 1] = v6[i][0] & 0xFFFFFFFFFFFFFFFF
+            self._v6_hi[2 * i] = v6[i][1] >> 64
+            self._v6_hi[2 * i + 1] = v6[i][1] & 0xFFFFFFFFFFFFFFFF
+        self._n4 = len(v4)
+        self._n6 = len(v6)
+        self.networks = len(nets)
+
+    cdef void _free(self):
+        PyMem_Free(self._v4_lo)
+        PyMem_Free(self._v4_hi)
+        PyMem_Free(self._v6_lo)
+        PyMem_Free(self._v6_hi)
+        self._v4_lo = self._v4_hi = NULL
+        self._v6_lo = self._v6_hi = NULL
 
     def __dealloc__(self):
-        PyMem_Free(self._nets)
+        self._free()
 
     cpdef bint contains(self, bytes ip):
         """Is the client address text `ip` in one of the networks? False if unparsable."""
         cdef unsigned char addr[16]
-        cdef Py_ssize_t i
         cdef int family
+        cdef uint32_t v4
+        cdef uint64_t hi, lo
+        cdef Py_ssize_t i
         if ip is None:
             raise TypeError("IpSet.contains() needs bytes, not None")
         family = _parse_ip(PyBytes_AS_STRING(ip), PyBytes_GET_SIZE(ip), addr)
         if family == 0:
             return False
-        for i in range(self._n):
-            if family == 4 and not self._nets[i].v4:
-                continue
-            if _in_network(addr, &self._nets[i]):
+        if family == 4 or _mapped(addr):
+            v4 = ((<uint32_t>addr[12] << 24) | (<uint32_t>addr[13] << 16)
+                  | (<uint32_t>addr[14] << 8) | addr[15])
+            if _in_v4(self._v4_lo, self._v4_hi, self._n4, v4):
                 return True
-        return False
+            if family == 4:
+                return False
+        hi = lo = 0
+        for i in range(8):
+            hi = (hi << 8) | addr[i]
+            lo = (lo << 8) | addr[8 + i]
+        return _in_v6(self._v6_lo, self._v6_hi, self._n6, hi, lo)
+
+
+cdef inline bint _mapped(const unsigned char* addr) noexcept nogil:
+    cdef int i
+    for i in range(10):
+        if addr[i] != 0:
+            return False
+    return addr[10] == 0xFF and addr[11] == 0xFF
+
+
+cdef inline bint _in_v4(const uint32_t* los, const uint32_t* his, Py_ssize_t n,
+                        uint32_t x) noexcept nogil:
+    """x in one of the sorted ranges: the last one starting at or below x must hold it."""
+    cdef Py_ssize_t lo = 0, hi = n, mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if los[mid] <= x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo > 0 and x <= his[lo - 1]
+
+
+cdef inline bint _le128(uint64_t ah, uint64_t al, uint64_t bh, uint64_t bl) noexcept nogil:
+    return ah < bh or (ah == bh and al <= bl)
+
+
+cdef inline bint _in_v6(const uint64_t* los, const uint64_t* his, Py_ssize_t n, uint64_t xh,
+                        uint64_t xl) noexcept nogil:
+    cdef Py_ssize_t lo = 0, hi = n, mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if _le128(los[2 * mid], los[2 * mid + 1], xh, xl):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo > 0 and _le128(xh, xl, his[2 * (lo - 1)], his[2 * (lo - 1) + 1])

@@ -50,6 +50,7 @@ def new_context(
 @final
 class Rule:
     limits: tuple[Any, ...]
+    access: tuple[Any, Any] | None
     index: int
     route: Route
     action: Any

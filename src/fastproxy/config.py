@@ -35,11 +35,13 @@ from fastproxy.routeconf import INVALID as _INVALID
 from fastproxy.routeconf import MISSING as _MISSING
 from fastproxy.routeconf import (
     PROXY_OWNED_HEADERS,
+    AccessList,
     KeyChecker,
     Route,
     RouteMatch,
     RoutingSettings,
     Template,
+    access_list,
     label_name,
     parse_routes,
     parse_template,
@@ -121,6 +123,10 @@ class ServerSettings:
     shutdown_timeout: float
     via: bool
     max_connections: int
+    # The client address behind trusted proxies (as nginx's realip): from a peer in
+    # these networks, the last address of `real_ip_header` not itself trusted.
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    real_ip_header: str = "X-Forwarded-For"
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +212,7 @@ class Listener:
     default_host: str | None  # routes a request whose host no route names as this host
     tls: ListenerTls | None = None
     https_redirect: int | None = None  # plain listener: 308 every request to https on this port
+    access: AccessList | None = None  # client addresses refused with 403 on this listener
 
     @property
     def address(self) -> str:
@@ -565,7 +572,32 @@ SERVER_FIELDS: Final = (
         "open client connections per worker; beyond it new connections are closed at once",
         _integer(1, 1_000_000),
     ),
+    FieldSpec(
+        "trusted_proxies",
+        (),
+        "array of CIDRs",
+        "peers whose real_ip_header is believed: the client is the last address in it that"
+        " is not itself a trusted proxy (as nginx real_ip_recursive)",
+        lambda v: _cidr_list(v),
+    ),
+    FieldSpec(
+        "real_ip_header",
+        "X-Forwarded-For",
+        '"X-Forwarded-For" | "X-Real-IP" | "Forwarded"',
+        "where trusted proxies put the client address",
+        _choice("X-Forwarded-For", "X-Real-IP", "Forwarded"),
+    ),
 )
+
+
+def _cidr_list(value: object) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    from fastproxy.routeconf import client_net
+
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise ValueError(
+            f'expected an array of CIDRs like ["10.0.0.0/8"], found {_describe(value)}')
+    return tuple(client_net(item) for item in items)
 
 LIMITS_FIELDS: Final = (
     FieldSpec(
@@ -1187,7 +1219,7 @@ _SECTIONS: Final[Mapping[str, tuple[FieldSpec, ...]]] = MappingProxyType(
     }
 )
 _TOP_LEVEL_KEYS: Final = (*_SECTIONS, "listeners", "upstreams", "routes")
-_LISTENER_KEYS: Final = ("address", "name", "default_host", "tls", "https_redirect")
+_LISTENER_KEYS: Final = ("address", "name", "default_host", "tls", "https_redirect", "access")
 _STICKY_KEYS: Final = ("cookie", "max_age", "secure")
 # An RFC 9110 token: what a header field name is, and an RFC 6265 cookie-name too.
 _TOKEN_RE: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -1477,9 +1509,15 @@ class _Checker(KeyChecker):
                     )
                     continue
                 names[name] = i
+            access = None
+            if "access" in table:
+                access = access_list(self, table["access"], f"{path}.access", self.base_dir)
+                if access is None:
+                    continue
             if not _valid(name, default_host, tls, redirect):
                 continue
-            result.append(Listener(parsed[0], parsed[1], name, default_host, tls, redirect))
+            result.append(Listener(parsed[0], parsed[1], name, default_host, tls, redirect,
+                                   access))
         return result, set(names) if complete else None
 
     # -- TLS ----------------------------------------------------------------

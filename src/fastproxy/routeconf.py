@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as _dt
 import difflib
 import ipaddress
+import os
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -311,6 +312,75 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
+class AccessList:
+    """Client addresses refused with 403: every one in `deny`, and, when `allow`
+    is given, every one not in it (deny wins over allow)."""
+
+    allow: tuple[IPNetwork, ...] | None
+    deny: tuple[IPNetwork, ...]
+
+
+_ACCESS_KEYS: Final = ("allow", "deny", "allow_file", "deny_file")
+
+
+def access_list(ck: KeyChecker, raw: object, path: str, base_dir: str) -> AccessList | None:
+    """allow/deny: a CIDR or an array of them; allow_file/deny_file: a file with one
+    CIDR per line ("#" starts a comment), relative to the config file."""
+    table = ck.table(raw, path, ' like { allow = ["10.0.0.0/8"], deny = ["10.1.0.0/16"] }')
+    if table is None:
+        return None
+    ck.known_keys(table, path, _ACCESS_KEYS)
+    before = ck.error_count
+    lists: dict[str, list[IPNetwork] | None] = {"allow": None, "deny": None}
+    for kind in ("allow", "deny"):
+        if kind in table:
+            raw_list = table[kind]
+            items = [raw_list] if isinstance(raw_list, str) else ck.array(
+                raw_list, key(path, kind), " of CIDR strings")
+            nets = []
+            for i, item in enumerate(items or ()):
+                where = key(path, kind) + (f"[{i}]" if not isinstance(raw_list, str) else "")
+                net = ck.convert(where, client_net, item)
+                if net is not INVALID:
+                    nets.append(net)
+            lists[kind] = nets
+        file_key = f"{kind}_file"
+        if file_key in table:
+            nets_from_file = _networks_file(ck, table[file_key], key(path, file_key), base_dir)
+            lists[kind] = (lists[kind] or []) + nets_from_file
+    if "allow" not in table and "allow_file" not in table and "deny" not in table \
+            and "deny_file" not in table:
+        ck.error(path, "give allow, deny, allow_file or deny_file")
+    if ck.error_count != before:
+        return None
+    allow = lists["allow"]
+    return AccessList(tuple(allow) if allow is not None else None, tuple(lists["deny"] or ()))
+
+
+def _networks_file(ck: KeyChecker, raw: object, path: str, base_dir: str) -> list[IPNetwork]:
+    name = ck.convert(path, string, raw)
+    if name is INVALID:
+        return []
+    full = os.path.normpath(os.path.join(base_dir, name))
+    try:
+        with open(full, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        ck.error(path, f"cannot read {full}: {getattr(e, 'strerror', None) or e}")
+        return []
+    nets = []
+    for number, line in enumerate(lines, 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            nets.append(client_net(text))
+        except ValueError as e:
+            ck.error(path, f"{full} line {number}: {e}")
+    return nets
+
+
+@dataclass(frozen=True, slots=True)
 class RouteMatch:
     """The conditions of a route; all must hold. None / () means no condition."""
 
@@ -392,6 +462,7 @@ class Route:
     request_headers: HeaderEdits | None  # upstream routes only
     response_headers: HeaderEdits | None
     limits: tuple[str, ...] = ()  # names of [limits.NAME] rate limits, checked in order
+    access: AccessList | None = None  # client addresses refused with 403
 
     @property
     def label(self) -> str:
@@ -549,6 +620,7 @@ _ROUTE_KEYS: Final = (
     "request_headers",
     "response_headers",
     "limits",
+    "access",
 )
 _ACTIONS: Final = ("upstream", "redirect", "respond")
 _MATCH_KEYS: Final = (
@@ -637,7 +709,7 @@ def _query_name(name: str) -> str:
     return name
 
 
-def _client_net(value: object) -> IPNetwork:
+def client_net(value: object) -> IPNetwork:
     text = string(value)
     try:
         return ipaddress.ip_network(text)
@@ -739,6 +811,10 @@ class _RouteParser:
         limits: tuple[str, ...] = ()
         if "limits" in table:
             limits = self.limits(table["limits"], f"{path}.limits") or ()
+        access = None
+        if "access" in table:
+            access = access_list(ck, table["access"], f"{path}.access",
+                                 getattr(ck, "base_dir", os.getcwd()))
         if ck.error_count != before or match is None:
             return None
         return Route(
@@ -752,6 +828,7 @@ class _RouteParser:
             request_headers=request_headers,
             response_headers=response_headers,
             limits=limits,
+            access=access,
         )
 
     def limits(self, raw: object, path: str) -> tuple[str, ...] | None:
@@ -830,7 +907,7 @@ class _RouteParser:
             headers = self.value_tests(table["headers"], key(path, "headers"), header=True)
         if "query" in table:
             query = self.value_tests(table["query"], key(path, "query"), header=False)
-        client_ips = strings("client_ip", _client_net)
+        client_ips = strings("client_ip", client_net)
         listeners = strings("listener", string)
         if listeners is not None and self.listeners is not None:
             for i, name in enumerate(listeners):

@@ -19,10 +19,10 @@ from fastproxy._actions import REDIRECT, RESPOND, LocalAction, ProxyAction
 from fastproxy._http import HttpParseError, MessageHead, RequestParser
 from fastproxy._rewrite import build_request_head
 from fastproxy._router import RequestContext, Router, Rule, new_context
-from fastproxy._url import query_get
+from fastproxy._url import IpSet, query_get
 from fastproxy.config import Config, Route
 from fastproxy.responses import reason_phrase
-from fastproxy.routeconf import Redirect, RouteMatch, ValueTest, parse_template
+from fastproxy.routeconf import AccessList, Redirect, RouteMatch, ValueTest, parse_template
 
 __all__ = ["ExplainError", "build_router", "explain"]
 
@@ -55,12 +55,21 @@ def build_router(config: Config, targets: Mapping[str, Any],
     routes = [*https_redirects(config), *config.routes]
     rules = [Rule(route, make_action(route, targets, merge), listener_ids)
              for route in routes]
-    if limits is not None:
-        for rule, route in zip(rules, routes, strict=True):
+    for rule, route in zip(rules, routes, strict=True):
+        if limits is not None:
             rule.limits = tuple(limits[name] for name in route.limits)
+        rule.access = compile_access(route.access)
     defaults = [listener.default_host.encode() if listener.default_host else None
                 for listener in config.listeners]
     return Router(rules, defaults)
+
+
+def compile_access(access: AccessList | None) -> tuple[IpSet | None, IpSet | None] | None:
+    """The compiled form of an access list: (allow or None, deny or None)."""
+    if access is None:
+        return None
+    return (IpSet(access.allow) if access.allow is not None else None,
+            IpSet(access.deny) if access.deny else None)
 
 
 def https_redirects(config: Config) -> list[Route]:

@@ -21,12 +21,13 @@ from fastproxy._actions import Template
 from fastproxy._peers import PeerTable, slot_layout
 from fastproxy._proxy import Core
 from fastproxy._ratelimit import ConnTable, LimitTable, RateLimit
+from fastproxy._url import IpSet
 from fastproxy.accesslog import AccessLog
 from fastproxy.clock import Clock
 from fastproxy.config import Config, ListenerTls
 from fastproxy.resolver import Resolver
 from fastproxy.responses import local_body_size, local_response
-from fastproxy.routing import build_router
+from fastproxy.routing import build_router, compile_access
 from fastproxy.upstream import UpstreamGroup
 
 log = logging.getLogger("fastproxy.worker")
@@ -78,6 +79,10 @@ class Worker:
                             spec.rate, spec.burst, limit_table)
             for name, spec in config.rate_limits.items()}
         self.core.router = build_router(config, self.groups, self.rate_limits)
+        if config.server.trusted_proxies:
+            self.core.trusted = IpSet(config.server.trusted_proxies)
+        self.core.listener_access = [compile_access(listener.access)
+                                     for listener in config.listeners]
         if config.limits.max_connections_per_ip:
             self.core.conn_table = conn_table if conn_table is not None else ConnTable(4096)
         self.core.tls_listeners = [TlsListener(listener.tls) if listener.tls else None
