@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Scans fastproxy's default TLS listener with testssl.sh and fails on any finding
 # rated MEDIUM or higher (the TLS acceptance criterion of issue 6, GUIDE.md §9).
-# Not part of every CI run: it takes a few minutes.
+# The proxy (2 workers) terminates TLS on 127.0.0.1 with a config whose TLS table
+# holds only certificates, in front of a stand-in application (http.server).
+# Not part of every CI run: it takes about a minute.
 #
 # Usage: ci/testssl.sh [--key rsa|ecdsa|both] [--hsts VALUE] [--out DIR]
 #
@@ -15,10 +17,11 @@
 #
 # Needs the Debian package testssl.sh (binary `testssl`; `apt-get install
 # testssl.sh`) and the project's venv (FASTPROXY_VENV, default .venv) with
-# trustme in it. Nothing but 127.0.0.1 is contacted: the host name is pinned
-# with --ip, DNS lookups are off (--nodns none), and testssl's CRL/OCSP fetches
-# stay off (no --phone-out). The throwaway CA is passed with --add-ca, so the
-# certificate chain is judged as it would be with a real, trusted CA.
+# cryptography in it (the test extra brings it). Nothing but 127.0.0.1 is
+# contacted: the host name is pinned with --ip, DNS lookups are off (--nodns
+# none), and testssl's CRL/OCSP fetches stay off (no --phone-out). The
+# throwaway CA is passed with --add-ca, so the certificate chain is judged as it
+# would be with a real, trusted CA.
 #
 # Exit status: 0 when the scan found nothing MEDIUM+, 1 when it did (each
 # finding is listed), 2 when the scan itself could not be done.
@@ -40,8 +43,9 @@ ALLOWED_FINDINGS=(
     # X-Content-Type-Options, Content-Security-Policy(-Report-Only), Expect-CT,
     # Cache-Control, Referrer-Policy, ... These come from the application behind
     # the proxy (the proxy passes them through, as nginx, HAProxy and Caddy do,
-    # and adds none by default); here the application is a bare `respond` route.
-    "security_headers  application response headers: the test route sends none"
+    # and adds none by default); here the application is Python's http.server,
+    # which sends none of them.
+    "security_headers  application response headers: the test application sends none"
 )
 # Not counted either (testssl rates them LOW, WARN or INFO), for the record:
 # - HSTS "not offered" (LOW): hsts is off by default; try --hsts "max-age=31536000".
@@ -58,7 +62,7 @@ HSTS=""
 OUT="$ROOT/build/testssl"
 
 die() { printf 'testssl.sh: %s\n' "$*" >&2; exit 2; }
-usage() { sed -n 's/^# \{0,1\}//; 6,15p' "$0" >&2; exit 2; }
+usage() { sed -n '/^# Usage:/,/^# Needs/{/^# Needs/d; s/^# \{0,1\}//; p}' "$0" >&2; exit 2; }
 
 while [ "$#" -gt 0 ]; do
     case "$1" in
@@ -79,26 +83,34 @@ command -v testssl >/dev/null 2>&1 || die "testssl not found: apt-get install te
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/fastproxy-testssl.XXXXXX")"
 PROXY_PID=""
+APP_PID=""
+# shellcheck disable=SC2317  # called by the EXIT trap
+stop() {  # stop PID: SIGTERM, up to 5 s to exit (the proxy's master stops its
+          # workers first), then SIGKILL
+    if [ -z "$1" ] || ! kill -0 "$1" 2>/dev/null; then return 0; fi
+    kill "$1" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+    kill -KILL "$1" 2>/dev/null || true
+}
 # shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {
-    if [ -n "$PROXY_PID" ] && kill -0 "$PROXY_PID" 2>/dev/null; then
-        kill "$PROXY_PID" 2>/dev/null || true
-        # The master stops its workers on SIGTERM; give it a moment, then insist.
-        for _ in $(seq 50); do kill -0 "$PROXY_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$PROXY_PID" 2>/dev/null || true
-    fi
+    stop "$PROXY_PID"
+    stop "$APP_PID"
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+trap 'exit 130' INT  # so that the EXIT trap runs on ^C and on kill, too
+trap 'exit 143' TERM
 
 START=$SECONDS
 mkdir -p "$OUT"
 JSON="$OUT/testssl.json"
 LOG="$OUT/testssl.log"
 PROXY_LOG="$OUT/fastproxy.log"
-rm -f "$JSON" "$LOG" "$PROXY_LOG"
+APP_LOG="$OUT/app.log"
+rm -f "$JSON" "$LOG" "$PROXY_LOG" "$APP_LOG"
 
-# --- certificates, a free port and the config --------------------------------
+# --- certificates, free ports and the config ---------------------------------
 
 # A throwaway CA, and a certificate for $HOST of each key type asked for, made
 # like a real one (a Let's Encrypt one, say), so that the scan judges the proxy
@@ -106,7 +118,7 @@ rm -f "$JSON" "$LOG" "$PROXY_LOG"
 # P-256, SHA-256 signatures, and a CRL distribution point (testssl rates a
 # certificate without CRL or OCSP URI HIGH; the URI's host is under .example,
 # which never resolves, and testssl fetches nothing without --phone-out).
-PORT="$("$VPY" - "$WORK" "$HOST" "$KEY" <<'PY'
+PORTS="$("$VPY" - "$WORK" "$HOST" "$KEY" <<'PY'
 import datetime, socket, sys
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -180,12 +192,14 @@ for kind in (["ecdsa", "rsa"] if key_type == "both" else [key_type]):
         f.write(cert.public_bytes(serialization.Encoding.PEM))
     save_key(key, f"{work}/{kind}.key")
 
-# A port that is free now (the proxy binds it a moment later).
-with socket.socket() as s:
+# Two ports that are free now (the proxy and the application bind them soon).
+sockets = [socket.socket() for _ in range(2)]
+for s in sockets:
     s.bind(("127.0.0.1", 0))
-    print(s.getsockname()[1])
+print(" ".join(str(s.getsockname()[1]) for s in sockets))
 PY
 )"
+read -r PORT APP_PORT <<<"$PORTS"
 
 CERTS=()
 for name in ecdsa rsa; do
@@ -196,17 +210,24 @@ done
 CERT_LIST="$(IFS=,; printf '%s' "${CERTS[*]}")"
 
 # The listener's TLS table holds certificates only (plus hsts with --hsts): every
-# other TLS setting is the default under test. The upstream is never contacted.
+# other TLS setting is the default under test. Everything goes to one upstream,
+# the application (the usual set-up; hsts is added to proxied responses).
 {
     printf '[server]\nworkers = 2\n\n[log]\naccess = "off"\n\n'
     printf '[[listeners]]\naddress = "127.0.0.1:%s"\n\n[listeners.tls]\n' "$PORT"
     printf 'certificates = [%s]\n' "$CERT_LIST"
     if [ -n "$HSTS" ]; then printf 'hsts = "%s"\n' "$HSTS"; fi
-    printf '\n[upstreams.unused]\nservers = ["127.0.0.1:9"]\n\n'
-    printf '[[routes]]\nrespond = { body = "ok\\n" }\n'
+    printf '\n[upstreams.app]\nservers = ["127.0.0.1:%s"]\n\n' "$APP_PORT"
+    printf '[[routes]]\nupstream = "app"\n'
 } >"$WORK/fastproxy.toml"
 
-# --- the proxy ------------------------------------------------------------------
+# --- the application and the proxy ------------------------------------------------
+
+# The application: Python's http.server, answering "ok" at /.
+mkdir -p "$WORK/www"
+printf 'ok\n' >"$WORK/www/index.html"
+"$VPY" -m http.server --bind 127.0.0.1 --directory "$WORK/www" "$APP_PORT" >"$APP_LOG" 2>&1 &
+APP_PID=$!
 
 "$VPY" -m fastproxy check "$WORK/fastproxy.toml" >"$PROXY_LOG" 2>&1 \
     || { cat "$PROXY_LOG" >&2; die "fastproxy check refused the config (above)"; }
@@ -228,7 +249,7 @@ PY
     then ready=1; break; fi
     sleep 0.1
 done
-[ "$ready" -eq 1 ] || { cat "$PROXY_LOG" >&2; die "fastproxy did not answer on 127.0.0.1:$PORT"; }
+[ "$ready" -eq 1 ] || { cat "$PROXY_LOG" "$APP_LOG" >&2; die "no 200 from https://$HOST:$PORT/ (logs above)"; }
 printf '==> fastproxy (pid %s) serves https://%s:%s/ (key: %s, hsts: %s)\n' \
     "$PROXY_PID" "$HOST" "$PORT" "$KEY" "${HSTS:-none}"
 
