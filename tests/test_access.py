@@ -124,3 +124,23 @@ def test_trusted_proxy_gives_the_real_client(make_origin: Callable[..., Origin],
         assert "203.0.113.7 - - " in proxy.access_log_text()
     finally:
         proxy.stop()
+
+
+def test_a_forged_line_before_the_proxy_s_own_is_not_believed(
+        make_origin: Callable[..., Origin], tmp_path: Path) -> None:
+    """A proxy that adds its own X-Forwarded-For line (HAProxy's option forwardfor)
+    after the client's: all lines are read, in order, so the client's forged
+    address is not the one believed."""
+    origin = make_origin(name="app")
+    proxy = start(tmp_path, (
+        f'[upstreams.app]\nservers = ["{origin.address}"]\n'
+        '[[routes]]\naccess = { allow = ["10.8.0.0/16"] }\nupstream = "app"\n'),
+        server='trusted_proxies = ["127.0.0.0/8"]')
+    try:
+        assert status_of(proxy.port, "/", "X-Forwarded-For: 203.0.113.5\r\n") == 403
+        assert status_of(proxy.port, "/", "X-Forwarded-For: 10.8.0.1, 203.0.113.5\r\n") == 403
+        assert status_of(proxy.port, "/", "X-Forwarded-For: 10.8.0.1\r\n"
+                                          "X-Forwarded-For: 203.0.113.5\r\n") == 403
+        assert status_of(proxy.port, "/", "X-Forwarded-For: 10.8.0.1\r\n") == 200
+    finally:
+        proxy.stop()

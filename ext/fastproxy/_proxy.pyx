@@ -840,7 +840,11 @@ cdef class Exchange:
         ctx.tls = client.tls
         self.ctx = ctx
         if core.trusted is not None and core.trusted.contains(client.ip):
-            ctx.client_ip = real_client(client.ip, head.get(core.real_ip_header),
+            # Every line of the header, in order: a proxy may add a line of its own
+            # after the client's (HAProxy does), and the client's must not be the
+            # one believed.
+            lines = head.get_all(core.real_ip_header)
+            ctx.client_ip = real_client(client.ip, b", ".join(lines) if lines else None,
                                         core.real_ip_kind, core.trusted)
         acl = core.listener_access[client.listener]
         if acl is not None and refused(<tuple>acl, ctx.client_ip):

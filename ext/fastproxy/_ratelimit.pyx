@@ -14,6 +14,8 @@ to going idle (the smallest TAT) is taken over, and counted as an eviction:
 under a flood of distinct keys the table forgets the keys nearest to being
 forgiven anyway, rather than growing.
 """
+import math
+
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.stdint cimport int64_t, uint64_t
 from posix.mman cimport MAP_ANONYMOUS, MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
@@ -166,12 +168,14 @@ cdef class RateLimit:
         self.interval = <int64_t>(1e9 / rate)
         if self.interval < 1:
             self.interval = 1
-        self.tolerance = burst * self.interval
+        self.tolerance = burst * self.interval if burst < (1 << 62) // self.interval else 1 << 62
         raw = name.encode()
         self.seed = XXH3_64bits_withSeed(PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), 0)
         self.table = table
         quota = burst + 1
-        window = max(1, int(-(-quota // rate)))  # the time a full quota takes to refill
+        # The time a full quota takes to refill, in whole seconds (rounded up, with
+        # a margin for the float division: 6 at 10/m is 36 s, not 37).
+        window = max(1, math.ceil(quota / rate - 1e-9))
         self.policy = f'RateLimit-Policy: "{name}";q={quota};w={window}\r\n'.encode()
 
     cdef int64_t check(self, bytes key, int64_t now, long long* remaining,

@@ -61,7 +61,9 @@ class AccessLog:
             return
         head = ex.head
         line = '%s - - [%s] "%s %s HTTP/1.%d" %d %d "%s" "%s"\n' % (
-            (ex.ctx.client_ip if ex.ctx is not None else ex.client.ip).decode(), self._clock.log_time, head.method.decode(),
+            # The client address behind trusted proxies, when the request got that far.
+            (ex.ctx.client_ip if ex.ctx is not None else ex.client.ip).decode(),
+            self._clock.log_time, head.method.decode(),
             _escape(head.target), head.http_minor, ex.status, ex.sent,
             _escape(head.get(b"referer")), _escape(head.get(b"user-agent")),
         )

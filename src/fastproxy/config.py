@@ -591,13 +591,14 @@ SERVER_FIELDS: Final = (
 
 
 def _cidr_list(value: object) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """A CIDR or an array of them (each bad entry reported at its index)."""
     from fastproxy.routeconf import client_net
 
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, (list, tuple)):
-        raise ValueError(
-            f'expected an array of CIDRs like ["10.0.0.0/8"], found {_describe(value)}')
-    return tuple(client_net(item) for item in items)
+    if isinstance(value, str):
+        return (client_net(value),)
+    nets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = _array(
+        client_net, 'CIDRs like "10.0.0.0/8"', empty_ok=True, unique=True)(value)
+    return nets
 
 LIMITS_FIELDS: Final = (
     FieldSpec(
@@ -1246,6 +1247,7 @@ _UPSTREAM_TLS_KEYS: Final = tuple(f.name for f in UPSTREAM_TLS_FIELDS)
 
 _LOG_STREAMS: Final = ("stdout", "stderr", "off")
 _RATE_LIMIT_KEYS: Final = ("key", "rate", "burst")
+_LONGEST_RATE_WINDOW: Final = 365 * 86400.0  # seconds a whole burst may take to refill
 _RATE_RE: Final = re.compile(r"([0-9]{1,9}(?:\.[0-9]{1,6})?)\s*r?/(s|m|h)")
 _RATE_UNITS: Final = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _RATE_KEY_SHORTHANDS: Final = {"client_ip": "{client_ip}", "host": "{host}", "path": "{path}"}
@@ -1729,6 +1731,11 @@ class _Checker(KeyChecker):
             rate = self.convert(_key(path, "rate"), _rate, table["rate"])
         burst = self.convert(_key(path, "burst"), _integer(0, 1_000_000), table.get("burst", 0))
         if len(self.issues) != before or _INVALID in (key, rate, burst):
+            return None
+        if (burst + 1) / rate[0] > _LONGEST_RATE_WINDOW:
+            self.error(_key(path, "burst"),
+                       f"{burst + 1} requests at {rate[1]} take more than a year to refill; "
+                       "use a smaller burst or a faster rate")
             return None
         return RateLimitSpec(name, key, rate[0], burst, rate[1])
 
