@@ -722,6 +722,17 @@ cdef class ClientConnection(ParserHandler):
         return 0
 
 
+def _auth_checked(Exchange ex, auth, bytes header, future):
+    """On the loop, when a password check done in a thread is over."""
+    try:
+        ok = bool(future.result())
+    except Exception:  # a broken check is a refusal, never a crash
+        log_proxy.exception("basic auth check failed")
+        ok = False
+    auth.remember(header, ok)
+    ex.auth_done(ok)
+
+
 cdef inline bint refused(tuple acl, bytes ip) except -1:
     """An access list (allow IpSet or None, deny IpSet or None) refuses `ip`."""
     cdef object allow = acl[0], deny = acl[1]
@@ -861,6 +872,15 @@ cdef class Exchange:
             return 0
         if self.rule.limits and self.rate_limited(self.rule.limits):
             return 0
+        if self.rule.auth is not None and not self.authorized():
+            return 0
+        self.act()
+        return 0
+
+    cdef int act(self) except -1:
+        """The route's action, once every filter let the request through."""
+        cdef MessageHead head = self.head
+        cdef Core core = self.core
         if core.max_body and head.body_kind == K_LENGTH and head.content_length > core.max_body:
             self.respond_local(413, True)
             return 0
@@ -871,6 +891,35 @@ cdef class Exchange:
         if head.expect_continue and head.body_kind != K_NONE and head.http_minor == 1:
             self.client.write(_CONTINUE)
         self.proxy(<ProxyAction>action)
+        return 0
+
+    cdef bint authorized(self) except -1:
+        """Basic auth of the route: True to go on; False when answered (401) or when
+        the password is being checked in a thread (auth_done carries on)."""
+        auth = self.rule.auth
+        header = self.head.get(b"authorization")
+        verdict = auth.cached(header)
+        if verdict is True:
+            return True
+        if verdict is False:
+            self.respond_text(401, b"Unauthorized", b"401 Unauthorized\n", auth.challenge)
+            return False
+        # Not seen yet: PBKDF2 is slow on purpose, so it runs off the loop; a request
+        # body arriving meanwhile waits in `pending`, as while connecting.
+        self.connecting = True
+        future = self.core.loop.run_in_executor(None, auth.verify, header)
+        future.add_done_callback(lambda f, ex=self, a=auth, h=header: _auth_checked(ex, a, h, f))
+        return False
+
+    cdef int auth_done(self, bint ok) except -1:
+        self.connecting = False
+        if self.finished:
+            return 0
+        if ok:
+            self.act()
+        else:
+            self.respond_text(401, b"Unauthorized", b"401 Unauthorized\n",
+                              self.rule.auth.challenge)
         return 0
 
     cdef bint rate_limited(self, tuple limits) except -1:

@@ -50,6 +50,7 @@ cdef class Rule:
     cdef readonly object action     # what the proxy does on a match (an _actions object)
     cdef public tuple limits        # the route's rate limits (_ratelimit.RateLimit), in order
     cdef public tuple access        # (allow IpSet or None, deny IpSet or None), or None
+    cdef public object auth         # auth.BasicAuth of the route, or None
     cdef readonly bint any_host
     cdef frozenset _hosts           # exact host names
     cdef tuple _suffixes            # wildcard hosts as ".example.com"

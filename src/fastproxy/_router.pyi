@@ -51,6 +51,7 @@ def new_context(
 class Rule:
     limits: tuple[Any, ...]
     access: tuple[Any, Any] | None
+    auth: Any
     index: int
     route: Route
     action: Any

@@ -43,6 +43,12 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("config", metavar="CONFIG", help="path to the TOML config file")
     demo = commands.add_parser("demo", help="run a self-contained demo proxy")
     demo.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
+    hashing = commands.add_parser(
+        "hash-password", help="hash a password for basic_auth.users",
+        description="Read a password (prompted for on a terminal, else the first line of "
+        "standard input) and print its hash for a route's basic_auth.users.")
+    hashing.add_argument("--iterations", type=int, default=None,
+                         help="PBKDF2 iterations (default: 200000)")
     route = commands.add_parser("route", help="inspect the routes of a config")
     route_commands = route.add_subparsers(dest="route_command", metavar="SUBCOMMAND")
     explain = route_commands.add_parser(
@@ -61,6 +67,30 @@ def _build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--listener", metavar="NAME",
                          help="listener name (default: the first listener)")
     return parser
+
+
+def _hash_password(args: argparse.Namespace) -> int:
+    import getpass
+
+    from fastproxy.auth import DEFAULT_ITERATIONS, MIN_ITERATIONS, hash_password
+
+    iterations = args.iterations or DEFAULT_ITERATIONS
+    if iterations < MIN_ITERATIONS:
+        print(f"fastproxy hash-password: error: at least {MIN_ITERATIONS} iterations",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("fastproxy hash-password: error: the passwords differ", file=sys.stderr)
+            return EXIT_USAGE
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("fastproxy hash-password: error: empty password", file=sys.stderr)
+        return EXIT_USAGE
+    print(hash_password(password, iterations))
+    return EXIT_OK
 
 
 def _load(path: str) -> Config | None:
@@ -114,12 +144,15 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             print("fastproxy route: error: a subcommand is required (explain)", file=sys.stderr)
             return EXIT_USAGE
         return _explain(args)
+    if args.command == "hash-password":
+        return _hash_password(args)
     if args.command == "demo":
         from fastproxy.demo import run_demo
 
         return run_demo(port=args.port)
     parser.print_usage(sys.stderr)
-    print("fastproxy: error: a command is required (check, serve, demo or route)",
+    print("fastproxy: error: a command is required (check, serve, demo, route or "
+          "hash-password)",
           file=sys.stderr)
     return EXIT_USAGE
 

@@ -312,6 +312,12 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
+class BasicAuthSpec:
+    realm: str
+    users: tuple[tuple[str, str], ...]  # (user, stored hash: see fastproxy.auth)
+
+
+@dataclass(frozen=True, slots=True)
 class AccessList:
     """Client addresses refused with 403: every one in `deny`, and, when `allow`
     is given, every one not in it (deny wins over allow)."""
@@ -463,6 +469,7 @@ class Route:
     response_headers: HeaderEdits | None
     limits: tuple[str, ...] = ()  # names of [limits.NAME] rate limits, checked in order
     access: AccessList | None = None  # client addresses refused with 403
+    basic_auth: BasicAuthSpec | None = None  # users who may pass (401 for the others)
 
     @property
     def label(self) -> str:
@@ -621,6 +628,7 @@ _ROUTE_KEYS: Final = (
     "response_headers",
     "limits",
     "access",
+    "basic_auth",
 )
 _ACTIONS: Final = ("upstream", "redirect", "respond")
 _MATCH_KEYS: Final = (
@@ -811,6 +819,9 @@ class _RouteParser:
         limits: tuple[str, ...] = ()
         if "limits" in table:
             limits = self.limits(table["limits"], f"{path}.limits") or ()
+        basic_auth = None
+        if "basic_auth" in table:
+            basic_auth = self.basic_auth(table["basic_auth"], f"{path}.basic_auth")
         access = None
         if "access" in table:
             access = access_list(ck, table["access"], f"{path}.access",
@@ -829,7 +840,45 @@ class _RouteParser:
             response_headers=response_headers,
             limits=limits,
             access=access,
+            basic_auth=basic_auth,
         )
+
+    def basic_auth(self, raw: object, path: str) -> BasicAuthSpec | None:
+        """basic_auth = { realm = "admin", users = { alice = "pbkdf2_sha256$..." } }"""
+        from fastproxy.auth import parse_hash
+
+        ck = self.ck
+        table = ck.table(raw, path, ' like { realm = "admin", users = { NAME = "HASH" } }')
+        if table is None:
+            return None
+        ck.known_keys(table, path, ("realm", "users"))
+        before = ck.error_count
+        realm = ck.convert(key(path, "realm"), string, table.get("realm", "restricted"))
+        if realm is not INVALID and ('"' in realm or "\\" in realm or not realm.isprintable()):
+            ck.error(key(path, "realm"), "must be printable, without quotes or backslashes")
+        users = ck.table(table.get("users", MISSING), key(path, "users"),
+                         " of user names to password hashes")
+        pairs = []
+        if users is not None:
+            if not users:
+                ck.error(key(path, "users"), "at least one user is needed")
+            for user, stored in users.items():
+                where = key(key(path, "users"), user)
+                if ":" in user or not user.isprintable():
+                    ck.error(where, "a user name may not hold ':' or control characters")
+                    continue
+                value = ck.convert(where, string, stored)
+                if value is INVALID:
+                    continue
+                try:
+                    parse_hash(value)
+                except ValueError as e:
+                    ck.error(where, str(e))
+                    continue
+                pairs.append((user, value))
+        if ck.error_count != before or realm is INVALID:
+            return None
+        return BasicAuthSpec(realm, tuple(pairs))
 
     def limits(self, raw: object, path: str) -> tuple[str, ...] | None:
         names = self.string_list(raw, path, string)

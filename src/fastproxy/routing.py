@@ -20,6 +20,7 @@ from fastproxy._http import HttpParseError, MessageHead, RequestParser
 from fastproxy._rewrite import build_request_head
 from fastproxy._router import RequestContext, Router, Rule, new_context
 from fastproxy._url import IpSet, query_get
+from fastproxy.auth import BasicAuth
 from fastproxy.config import Config, Route
 from fastproxy.responses import reason_phrase
 from fastproxy.routeconf import AccessList, Redirect, RouteMatch, ValueTest, parse_template
@@ -59,6 +60,8 @@ def build_router(config: Config, targets: Mapping[str, Any],
         if limits is not None:
             rule.limits = tuple(limits[name] for name in route.limits)
         rule.access = compile_access(route.access)
+        if route.basic_auth is not None:
+            rule.auth = BasicAuth(route.basic_auth.realm, dict(route.basic_auth.users))
     defaults = [listener.default_host.encode() if listener.default_host else None
                 for listener in config.listeners]
     return Router(rules, defaults)
