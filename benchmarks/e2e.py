@@ -62,7 +62,7 @@ TLS 1.3 and with TLS 1.2.
 - `tls-resume`: resumed handshakes (TLS 1.3 session ticket), a new
   connection each with one HTTP/1.0 request for 1 KiB: `openssl s_time -reuse
   -www /1k.bin` (the request is needed: a TLS 1.3 client only gets its ticket
-  after the handshake). A run with more full handshakes than clients fails.
+  after the handshake). A run with more than 1 % full handshakes fails.
 
 In the s_time cases "req/s" is connections (handshakes) per second, and the
 clients' CPU is in the wrk column. The TLS cases run the proxies in
@@ -394,9 +394,11 @@ def haproxy_conf(port: int, upstream_port: int, keepalive: int, tls: TlsFiles | 
     if tls is not None:
         if not tls.session_cache:
             tls_global = "    tune.ssl.cachesize 0\n"
+        bind = (f"bind 127.0.0.1:{tls_port} ssl crt {tls.combined} ssl-min-ver TLSv1.2 "
+                f"ciphers {tls_ciphers()} alpn http/1.1")
         tls_frontend = f"""
 frontend fe_tls
-    bind 127.0.0.1:{tls_port} ssl crt {tls.combined} ssl-min-ver TLSv1.2 ciphers {tls_ciphers()} alpn http/1.1
+    {bind}
     default_backend be
 """
     return f"""\
@@ -926,11 +928,17 @@ def versions(haproxy: str | None) -> dict[str, str]:
         if subprocess.run(["git", "-C", root, "diff", "--quiet", "HEAD", "--", "src", "ext"],
                           capture_output=True, timeout=10, check=False).returncode == 1:
             commit += " + uncommitted changes in src/ or ext/"
+    imported = Path(fastproxy.__file__).resolve().parent
+    if imported != (HERE.parent / "src" / "fastproxy").resolve():
+        # e.g. PYTHONPATH=/tmp/snapshot: a copy taken while others edit the checkout
+        commit = (f"not this checkout's (its HEAD: {commit}): fastproxy imported from "
+                  f"{imported}")
     return {
         "commit": commit,
         "python": platform.python_version(),
         "uvloop": uvloop.__version__,
         "fastproxy": fastproxy.__version__,
+        "fastproxy_imported_from": str(imported),
         "nginx": first_line(["nginx", "-v"]),
         "haproxy": first_line([haproxy, "-v"]) if haproxy else "not installed",
         "wrk": first_line(["wrk", "-v"]),
@@ -1084,29 +1092,73 @@ def summarize_profile(path: Path, top: int = 12) -> str:
                       *block("inclusive, fastproxy frames:", inclusive)])
 
 
+# Where a TLS connection's time goes: each sample counts for the first kind its stack
+# matches (uvloop's SSLProtocol drives Python's ssl.SSLObject over memory BIOs).
+_TLS_KINDS = (
+    ("SNI callback (tls.py select)", r"_servername_callback|select \(fastproxy/tls\.py"),
+    ("describe_peer_cert (tls.py)", r"describe_peer_cert"),
+    ("SSLWantReadError objects (_ssl PySSL_SetError)", r"PySSL_SetError|fill_and_set_sslerror"),
+    ("OpenSSL: SSL_do_handshake", r"_ssl__SSLSocket_do_handshake_impl"),
+    ("OpenSSL: SSL_read", r"_ssl__SSLSocket_read_impl"),
+    ("OpenSSL: SSL_write", r"_ssl__SSLSocket_write_impl"),
+    ("ssl.py: SSLContext.wrap_bio, SSLObject._create", r"wrap_bio|SSLObject\._create"),
+    ("uvloop: transport registry (weakref.py)", r"weakref\.py"),
+    ("uvloop: socket writes", r"UVStream__try_write|UVStream_write"),
+    ("fastproxy: requests (parser, exchange, upstream)", r"HttpParser_feed|data_received \(_proxy"),
+    ("fastproxy: connection_made, tls_made", r"connection_made \(_proxy|tls_made"),
+    ("uvloop: accept, new transport and SSLProtocol", r"UVStreamServer__on_listen"),
+    ("uvloop: handshake timeout timer, futures",
+     r"call_later|TimerHandle|_asyncio_Future|new_future"),
+    ("uvloop: connection close, deallocation", r"call_connection_lost|_dealloc|UVHandle__close"),
+    ("uvloop: other SSLProtocol code (BIOs, state)", r"SSLProtocol"),
+    ("event loop: epoll, socket reads, accept4", r"epoll|uv__io_poll"),
+)
+
+
+def summarize_tls_profile(path: Path) -> str:
+    """A py-spy raw profile of a TLS case, by kind of work (_TLS_KINDS)."""
+    kinds: Counter[str] = Counter()
+    total = 0
+    patterns = [(label, re.compile(rx)) for label, rx in _TLS_KINDS]
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        total += int(count)
+        label = next((label for label, rx in patterns if rx.search(stack)), "other")
+        kinds[label] += int(count)
+    if not total:
+        return "(no samples)"
+    return "\n".join(["by kind of work (first match in the stack):",
+                      *(f"  {100 * n / total:5.1f}%  {label}" for label, n in kinds.most_common())])
+
+
 def profile_worker(worker_pid: int, port: int, out: Path, args: argparse.Namespace,
                    cpus: tuple[str | None, str | None]) -> None:
     spy = shutil.which("py-spy")
     if spy is None:
         raise BenchError("--profile needs py-spy (pip install py-spy)")
     seconds = args.duration
-    print(f"\nprofiling fastproxy worker {worker_pid} with py-spy for {seconds}s during a 1k run")
+    case = args.profile_case
+    print(f"\nprofiling fastproxy worker {worker_pid} with py-spy for {seconds}s during a "
+          f"{case} run")
     argv = pinned(cpus[1], [spy, "record", "--native", "--rate", "250", "--format", "raw",
                             "-o", str(out), "--pid", str(worker_pid), "-d", str(seconds)])
     log = out.with_suffix(out.suffix + ".log")
     item = PROCS.start("py-spy", argv, log, signal.SIGINT)
     try:
         time.sleep(0.5)  # let py-spy attach
-        result, raw, _ = run_wrk(port, "/1k.bin", False, seconds, args, cpus[1])
-        check_run("profile run", result, raw, FILES["/1k.bin"])
+        result, raw, _, marks = run_load(case, port, seconds, args, cpus[1])
+        check_load("profile run", case, result, raw, marks)
         item.proc.wait(seconds + 30)
     finally:
         PROCS.stop(item)
     if item.proc.returncode != 0 or not out.exists():
         raise BenchError(f"py-spy failed ({item.proc.returncode}):\n{tail(log)}")
-    print(f"  (rate under the profiler: {result.rps:,.0f} req/s; not part of the table)")
+    print(f"  (rate under the profiler: {result.rps:,.0f} "
+          f"{'conns' if marks is not None else 'req'}/s; not part of the table)")
     print(f"  raw profile: {out}\n")
-    print(summarize_profile(out))
+    print(summarize_tls_profile(out) if case in TLS_CASES else summarize_profile(out))
 
 
 # -- main ---------------------------------------------------------------------------
@@ -1124,10 +1176,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "once, in turn (default 3; --quick: 1)")
     p.add_argument("--duration", type=int, help="seconds per wrk run (default 8; --quick: 3)")
     p.add_argument("--cases", default="1k,64k,close",
-                   help=f"comma-separated, from: {', '.join([*CASES, SCALE])} (default "
-                        f"{','.join(CASES)}; {SCALE} is opt-in: fastproxy only, with "
+                   help=f"comma-separated, from: {', '.join([*CASES, *TLS_CASES, SCALE])} "
+                        f"(default {','.join(CASES)}; {SCALE} is opt-in: fastproxy only, with "
                         f"{', '.join(map(str, SCALE_WORKERS))} workers, nothing pinned, wrk "
-                        f"-t{SCALE_THREADS} -c{SCALE_CONNECTIONS})")
+                        f"-t{SCALE_THREADS} -c{SCALE_CONNECTIONS}; the tls-* cases are opt-in "
+                        "too, see --tls)")
+    p.add_argument("--tls", action="store_true",
+                   help=f"add the TLS cases ({', '.join(TLS_CASES)}) to --cases; alone (no "
+                        "--cases), only them")
+    p.add_argument("--tls-key", choices=sorted(TLS_KEYS), default="ecdsa",
+                   help="the certificate's key: ecdsa (P-256, the default) or rsa (2048 bits)")
+    p.add_argument("--tls-clients", type=int, default=TLS_CLIENTS, metavar="N",
+                   help=f"openssl s_time processes run in parallel in tls-handshake and "
+                        f"tls-resume (default {TLS_CLIENTS})")
+    p.add_argument("--tls-session-cache", action="store_true",
+                   help="give nginx `ssl_session_cache shared:SSL:10m` and HAProxy its default "
+                        "session cache (default: none, like fastproxy with TLS 1.3 tickets)")
     p.add_argument("--scaling", action="store_true",
                    help=f"add the {SCALE} case to --cases (it runs before the others)")
     p.add_argument("--proxies", default=",".join(PROXIES),
@@ -1150,17 +1214,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="install missing nginx, wrk, curl and haproxy with apt-get (root)")
     p.add_argument("--profile", type=Path, metavar="PATH",
                    help="after measuring, run py-spy (raw format) on the fastproxy worker "
-                        "during one extra 1k run and print the top frames")
+                        "during one extra run of --profile-case and print the top frames")
+    p.add_argument("--profile-case", default="1k", metavar="CASE",
+                   help="the case run under --profile (default 1k; a tls-* case needs it in "
+                        "--cases)")
+    explicit_cases = any(a == "--cases" or a.startswith("--cases=")
+                         for a in (argv if argv is not None else sys.argv[1:]))
     args = p.parse_args(argv)
+    if args.tls and not explicit_cases:
+        args.cases = ""
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.duration = args.duration or (3 if args.quick else 8)
     args.cases = list(dict.fromkeys(c.strip() for c in args.cases.split(",") if c.strip()))
+    if args.tls:
+        args.cases += [c for c in TLS_CASES if c not in args.cases]
     if args.scaling and SCALE not in args.cases:
         args.cases.append(SCALE)
-    bad = [c for c in args.cases if c not in CASES and c != SCALE]
+    bad = [c for c in args.cases if c not in CASES and c not in TLS_CASES and c != SCALE]
     if bad or not args.cases:
         p.error(f"unknown case(s) {', '.join(bad) or '(none)'}; "
-                f"choose from {', '.join([*CASES, SCALE])}")
+                f"choose from {', '.join([*CASES, *TLS_CASES, SCALE])}")
     chosen = {x.strip() for x in args.proxies.split(",") if x.strip()}
     bad = sorted(chosen - set(PROXIES))
     if bad or not chosen:
@@ -1171,12 +1244,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--rounds and --duration must be at least 1")
     if args.profile and ("fastproxy" not in args.proxies or args.cases == [SCALE]):
         p.error(f"--profile needs fastproxy in --proxies and a case other than {SCALE}")
+    if args.profile_case not in CASES and args.profile_case not in TLS_CASES:
+        p.error(f"--profile-case: choose from {', '.join([*CASES, *TLS_CASES])}")
+    if args.profile and args.profile_case in TLS_CASES and args.profile_case not in args.cases:
+        p.error(f"--profile-case {args.profile_case} needs {args.profile_case} in --cases")
+    if args.tls_clients < 1:
+        p.error("--tls-clients must be at least 1")
     return args
 
 
 def install_missing(proxies: list[str]) -> None:
     """--install: the Debian packages of the tools and peers that are missing."""
-    wanted = {"nginx": "nginx", "wrk": "wrk", "curl": "curl"}
+    wanted = {"nginx": "nginx", "wrk": "wrk", "curl": "curl", "openssl": "openssl"}
     if "haproxy" in proxies:
         wanted["haproxy"] = "haproxy"
     missing = sorted(pkg for tool, pkg in wanted.items()
@@ -1202,9 +1281,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, _on_signal)
     if args.install:
         install_missing(args.proxies)
-    for tool in ("nginx", "wrk", "curl"):
+    tools = ("nginx", "wrk", "curl", "openssl") if any(c in TLS_CASES for c in args.cases) \
+        else ("nginx", "wrk", "curl")
+    for tool in tools:
         if shutil.which(tool) is None and shutil.which(tool, path="/usr/sbin") is None:
-            print(f"error: {tool} is not installed (apt-get install -y wrk nginx curl, "
+            print(f"error: {tool} is not installed (apt-get install -y wrk nginx curl openssl, "
                   "or run with --install)", file=sys.stderr)
             return 2
     haproxy = find_haproxy()
@@ -1230,6 +1311,9 @@ def main(argv: list[str] | None = None) -> int:
     if regular:
         budget += 5 + len(regular) * len(args.proxies) * (
             args.rounds * (args.duration + RUN_OVERHEAD_S) + WARMUP_SECONDS + 0.3)
+        # s_time runs to the first whole second after its time, started on a boundary
+        s_time_cases = sum(c in ("tls-handshake", "tls-resume") for c in regular)
+        budget += s_time_cases * len(args.proxies) * (args.rounds + 1) * 1.5
         print(f"{' vs '.join(args.proxies)}, cases {','.join(regular)}: {args.rounds} round(s) "
               f"x {args.duration}s per proxy, wrk -t{args.threads} -c{args.connections}")
         print(f"pinning: {pinning}")
@@ -1268,14 +1352,21 @@ def note_logs(name: str, paths: tuple[Path, ...]) -> None:
 
 def _regular(args: argparse.Namespace, cases: list[str], tmp: Path, scratch: Path,
              cpus: tuple[str | None, str | None], haproxy: str | None,
-             ) -> tuple[dict[str, dict[str, object]], list[Run], dict[str, str], int, int]:
-    """The pinned cases: (summary, runs, configs, fastproxy port, fastproxy worker PID)."""
+             ) -> tuple[dict[str, dict[str, object]], list[Run], dict[str, str], dict[str, int],
+                        int, dict[str, object] | None]:
+    """The pinned cases: (summary, runs, configs, fastproxy's ports {"plain", "tls"},
+    fastproxy worker PID, the TLS set-up for the report or None)."""
     proxies = args.proxies
     up_dir = tmp / "upstream"
     www = up_dir / "www"
     dirs = {name: tmp / name for name in proxies}
     make_dirs(up_dir, www, *dirs.values())
     write_files(www)
+    tls: TlsFiles | None = None
+    tls_ports: dict[str, int] = {}
+    if any(case in TLS_CASES for case in cases):
+        tls = make_certificate(tmp, args.tls_key, args.tls_session_cache)
+        tls_ports = {name: free_port() for name in proxies}
 
     up_port = free_port()
     ports = {name: free_port() for name in proxies}
@@ -1286,42 +1377,84 @@ def _regular(args: argparse.Namespace, cases: list[str], tmp: Path, scratch: Pat
     configs = {"upstream_nginx": upstream_conf(Path("TMP/upstream"), up_port)}
     servers: dict[str, Started] = {}
     for name in proxies:
+        tls_port = tls_ports.get(name, 0)
         if name == "nginx":
             servers[name] = start_nginx(
-                "nginx", dirs[name], nginx_proxy_conf(dirs[name], ports[name], up_port, keep),
-                cpus[0])
-            configs[name] = nginx_proxy_conf(Path("TMP/nginx"), ports[name], up_port, keep)
+                "nginx", dirs[name],
+                nginx_proxy_conf(dirs[name], ports[name], up_port, keep, tls, tls_port), cpus[0])
+            configs[name] = nginx_proxy_conf(Path("TMP/nginx"), ports[name], up_port, keep, tls,
+                                             tls_port)
         elif name == "haproxy":
             assert haproxy is not None
-            configs[name] = haproxy_conf(ports[name], up_port, keep)
+            configs[name] = haproxy_conf(ports[name], up_port, keep, tls, tls_port)
             servers[name] = start_haproxy(haproxy, dirs[name], configs[name], cpus[0])
         else:
-            configs[name] = fastproxy_conf(ports[name], up_port, keep)
+            configs[name] = fastproxy_conf(ports[name], up_port, keep, tls=tls, tls_port=tls_port)
             servers[name] = start_fastproxy(dirs[name], configs[name], cpus[0])
+    negotiated: dict[str, dict[str, dict[str, str]]] = {}
     for name in proxies:
         wait_ready(servers[name], ports[name], scratch)
         verify(name, ports[name], www, scratch)
+        if tls is not None:
+            verify(f"{name} (TLS)", tls_ports[name], www, scratch, cacert=tls.cert)
+            negotiated[name] = tls_facts(tls_ports[name])
         tree = process_tree(servers[name].proc.pid)
         servers[name].extra_pids = tuple(tree[1:])
         workers = f"workers {tree[1:]}" if tree[1:] else "single process"
         print(f"  {name}: master {tree[0]}, {workers}, CPUs {affinity(tree[-1])}")
     upstream.extra_pids = tuple(children(upstream.proc.pid))
+    tls_report = None
+    if tls is not None:
+        print(f"  TLS: {tls.key_type} self-signed certificate; session cache "
+              f"{'on (nginx shared:SSL:10m, HAProxy default)' if tls.session_cache else 'off'}"
+              "; negotiated (openssl s_client, default / -tls1_2):")
+        for name, facts in negotiated.items():
+            print(f"    {name:9s} " + " / ".join(", ".join(f.values()) for f in facts.values()))
+        if len({json.dumps(f, sort_keys=True) for f in negotiated.values()}) > 1:
+            print("  warning: the proxies do not negotiate the same TLS parameters (above)")
+        tls_report = {
+            "key_type": tls.key_type,
+            "certificate": "self-signed, CN=localhost, subjectAltName DNS:localhost, "
+                           "IP:127.0.0.1 (openssl req -x509)",
+            "session_cache": ("nginx ssl_session_cache shared:SSL:10m, HAProxy default cache"
+                              if tls.session_cache else
+                              "none (nginx default; HAProxy tune.ssl.cachesize 0)"),
+            "session_tickets": "on (all)",
+            "tls12_ciphers": tls_ciphers(),
+            "s_time_clients": args.tls_clients,
+            "negotiated": negotiated,
+            "order": "alternating: the proxies in order in odd rounds, reversed in even ones",
+        }
 
     runs: list[Run] = []
     summary: dict[str, dict[str, object]] = {}
     for case in cases:
-        path, close, what = CASES[case]
-        print(f"\n[{case}] {what}: GET {path}")
+        is_tls = case in TLS_CASES
+        path = case_path(case)
+        what = TLS_CASES[case][2] if is_tls else CASES[case][2]
+        case_ports = tls_ports if is_tls else ports
+        print(f"\n[{case}] {what}" + (f": GET {path}" if path else ""))
         for name in proxies:  # warm-up, not recorded
-            result, raw, _ = run_wrk(ports[name], path, close, WARMUP_SECONDS, args, cpus[1])
-            check_run(f"{case}/{name} warm-up", result, raw, FILES[path])
+            result, raw, _, marks = run_load(case, case_ports[name], WARMUP_SECONDS, args,
+                                             cpus[1])
+            check_load(f"{case}/{name} warm-up", case, result, raw, marks)
         case_runs: list[Run] = []
         for rnd in range(1, args.rounds + 1):
-            for name in proxies:
+            # TLS cases alternate the order (A B, B A, ...); the plain ones keep it.
+            order = proxies[::-1] if is_tls and rnd % 2 == 0 else proxies
+            for name in order:
                 time.sleep(0.5)
-                r = measure(case, name, rnd, ports[name], servers[name].proc.pid,
+                r = measure(case, name, rnd, case_ports[name], servers[name].proc.pid,
                             upstream.proc.pid, up_port, args, cpus)
                 case_runs.append(r)
+                if r.full_handshakes is not None:
+                    print(f"  round {rnd} {name:9s} {r.rps:8,.0f} conns/s  "
+                          f"{r.req_per_cpu_s:7,.0f} per proxy CPU-s  CPU: proxy "
+                          f"{r.proxy_cpu_pct:.0f}% (sys {r.proxy_kernel_pct:.0f}%), upstream "
+                          f"{r.upstream_cpu_pct:.0f}%, s_time x{args.tls_clients} "
+                          f"{r.wrk_cpu_pct:.0f}%, other {r.other_cpu_pct:.0f}%  handshakes: "
+                          f"{r.full_handshakes} full, {r.resumed_handshakes} resumed")
+                    continue
                 print(f"  round {rnd} {name:9s} {r.rps:8,.0f} req/s  p50 {r.p50_ms:5.2f} ms  "
                       f"p99 {r.p99_ms:6.2f} ms  {r.req_per_cpu_s:7,.0f} req/CPU-s  "
                       f"CPU: proxy {r.proxy_cpu_pct:.0f}% (sys {r.proxy_kernel_pct:.0f}%), "
@@ -1337,12 +1470,18 @@ def _regular(args: argparse.Namespace, cases: list[str], tmp: Path, scratch: Pat
             "ratio_haproxy": (ratios(med["fastproxy"], med["haproxy"])
                               if both and "haproxy" in med else None),
         }
+        if is_tls:
+            summary[case]["client"] = (
+                f"wrk -t{args.threads} -c{args.connections} https" if TLS_CASES[case][1] == "wrk"
+                else f"{args.tls_clients} x openssl s_time {TLS_CASES[case][1].split()[1]}"
+                     f"{' -www /1k.bin' if case == 'tls-resume' else ''}, in parallel")
     print()
     for name in proxies:
         note_logs(name, (dirs[name] / "error.log", servers[name].log_path))
     fastproxy = servers.get("fastproxy")
     worker = fastproxy.extra_pids[-1] if fastproxy is not None and fastproxy.extra_pids else 0
-    return summary, runs, configs, ports.get("fastproxy", 0), worker
+    fp_ports = {"plain": ports.get("fastproxy", 0), "tls": tls_ports.get("fastproxy", 0)}
+    return summary, runs, configs, fp_ports, worker, tls_report
 
 
 def _scaling(args: argparse.Namespace, tmp: Path, scratch: Path) -> dict[str, object]:
@@ -1429,10 +1568,12 @@ def _bench(args: argparse.Namespace, tmp: Path, cpus: tuple[str | None, str | No
     summary: dict[str, dict[str, object]] = {}
     runs: list[Run] = []
     configs: dict[str, str] = {}
-    fp_port = fp_worker = 0
+    fp_ports: dict[str, int] = {}
+    fp_worker = 0
+    tls_report = None
     if regular:
-        summary, runs, configs, fp_port, fp_worker = _regular(args, regular, tmp, scratch, cpus,
-                                                              haproxy)
+        summary, runs, configs, fp_ports, fp_worker, tls_report = _regular(
+            args, regular, tmp, scratch, cpus, haproxy)
 
     stamp = dt.datetime.now().astimezone()
     report: dict[str, object] = {
@@ -1451,6 +1592,7 @@ def _bench(args: argparse.Namespace, tmp: Path, cpus: tuple[str | None, str | No
             "haproxy_http_reuse": "always",
         },
         "configs": configs,
+        "tls": tls_report,
         "max_other_cpu_pct": max((r.other_cpu_pct for r in runs), default=None),
         "cases": summary,
         "runs": [asdict(r) for r in runs],
@@ -1468,6 +1610,11 @@ def _bench(args: argparse.Namespace, tmp: Path, cpus: tuple[str | None, str | No
         print(f"Pinning: {pinning}. {ratio_text}Upstream reuse % = 100 * (1 - new upstream "
               "conns / requests).\n")
         print(table(summary, args.proxies))
+        if tls_report is not None:
+            print(f"\nTLS: {tls_report['key_type']} certificate, session cache "
+                  f"{tls_report['session_cache']}. tls-handshake: req/s = full handshakes per "
+                  "second (no request), tls-resume: resumed handshakes per second (one request "
+                  f"each); their 'wrk' CPU is the {args.tls_clients} openssl s_time clients'.")
         busiest = max(r.other_cpu_pct for r in runs)
         if busiest > 20:
             print(f"\nwarning: other processes used up to {busiest:.0f}% of a CPU during a run "
@@ -1486,7 +1633,8 @@ def _bench(args: argparse.Namespace, tmp: Path, cpus: tuple[str | None, str | No
     print(f"\nresults written to {json_path}")
 
     if args.profile:
-        profile_worker(fp_worker, fp_port, args.profile, args, cpus)
+        kind = "tls" if args.profile_case in TLS_CASES else "plain"
+        profile_worker(fp_worker, fp_ports[kind], args.profile, args, cpus)
     return 0
 
 

@@ -148,8 +148,13 @@ cdef int send_via_transport(object transport, object parts, bint single) except 
         transport.write(parts)
     elif len(parts) == 1:
         transport.write(parts[0])
+    elif type(transport) is not _PlainTransport:
+        # TLS (or another transport): one write, as uvloop's TLS transport makes a
+        # record per write (a 1 KiB response went out as two records, a head and a
+        # body, where nginx sends one); the join costs less than the extra record.
+        transport.write(b"".join(parts))
     else:
-        transport.writelines(parts)
+        transport.writelines(parts)  # a plain socket: no copy
     return 0
 
 
