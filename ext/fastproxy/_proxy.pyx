@@ -74,6 +74,7 @@ except ImportError:  # another event loop: always write through the transport
 
 log_client = logging.getLogger("fastproxy.client")
 log_proxy = logging.getLogger("fastproxy.proxy")
+log_waf = logging.getLogger("fastproxy.waf")
 
 # Methods whose request may be sent again when a reused connection turns out
 # dead before any byte of the answer (RFC 9110 §9.2.2), when it has no body.
@@ -877,10 +878,32 @@ cdef class Exchange:
             return 0
         if self.rule.limits and self.rate_limited(self.rule.limits):
             return 0
+        if self.rule.waf is not None and self.waf_blocked():
+            return 0
         if self.rule.auth is not None and not self.authorized():
             return 0
         self.act()
         return 0
+
+    cdef bint waf_blocked(self) except -1:
+        """The attack rules on the request as received (method, raw path and query,
+        headers; bodies are not inspected yet): a block answers 403."""
+        cdef MessageHead head = self.head
+        waf = self.rule.waf
+        path, _, query = head.target.partition(b"?")
+        verdict = waf.inspect(head.method, path, query, head.headers())
+        for seen in waf.last_logs:
+            log_waf.info("waf log %s/%s on %s: %s (%s)", seen.rule_set, seen.rule_id,
+                         seen.target, seen.excerpt, self.ctx.client_ip.decode())
+        if verdict is not None and verdict.action == "block":
+            log_waf.warning("waf blocked %s/%s on %s: %s (%s)", verdict.rule_set,
+                            verdict.rule_id, verdict.target, verdict.excerpt,
+                            self.ctx.client_ip.decode())
+            self.respond_text(403, b"Forbidden",
+                              b"403 Forbidden: the request matched rule %s\n"
+                              % verdict.rule_id.encode("ascii", "replace"), b"")
+            return True
+        return False
 
     cdef int act(self) except -1:
         """The route's action, once every filter let the request through."""

@@ -51,6 +51,7 @@ cdef class Rule:
     cdef public tuple limits        # the route's rate limits (_ratelimit.RateLimit), in order
     cdef public tuple access        # (allow IpSet or None, deny IpSet or None), or None
     cdef public object auth         # auth.BasicAuth of the route, or None
+    cdef public object waf          # waf.Waf of the route, or None
     cdef readonly bint any_host
     cdef frozenset _hosts           # exact host names
     cdef tuple _suffixes            # wildcard hosts as ".example.com"

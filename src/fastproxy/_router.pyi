@@ -52,6 +52,7 @@ class Rule:
     limits: tuple[Any, ...]
     access: tuple[Any, Any] | None
     auth: Any
+    waf: Any
     index: int
     route: Route
     action: Any

@@ -142,6 +142,15 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class WafSettings:
+    """[waf]: the built-in attack rules, on every route unless it says `waf = false`."""
+
+    rule_sets: tuple[str, ...]  # names, "NAME:log" for detection only
+    exclusions: tuple[str, ...]
+    rules: tuple[Any, ...]  # waf.Rule, parsed and checked
+
+
+@dataclass(frozen=True, slots=True)
 class RateLimitSpec:
     """[limits.NAME]: `rate` requests per second per key, `burst` more at once."""
 
@@ -333,6 +342,7 @@ class Config:
     warnings: tuple[str, ...]
     rate_limits: Mapping[str, RateLimitSpec] = field(
         default_factory=lambda: MappingProxyType({}))
+    waf: WafSettings | None = None
 
     def summary(self) -> str:
         servers = sum(len(u.servers) for u in self.upstreams.values())
@@ -1219,7 +1229,7 @@ _SECTIONS: Final[Mapping[str, tuple[FieldSpec, ...]]] = MappingProxyType(
         "routing": ROUTING_FIELDS,
     }
 )
-_TOP_LEVEL_KEYS: Final = (*_SECTIONS, "listeners", "upstreams", "routes")
+_TOP_LEVEL_KEYS: Final = (*_SECTIONS, "listeners", "upstreams", "routes", "waf")
 _LISTENER_KEYS: Final = ("address", "name", "default_host", "tls", "https_redirect", "access")
 _STICKY_KEYS: Final = ("cookie", "max_age", "secure")
 # An RFC 9110 token: what a header field name is, and an RFC 6265 cookie-name too.
@@ -1717,6 +1727,43 @@ class _Checker(KeyChecker):
             for subkey, reason in warnings(tls) if warnings is not None else ():
                 self.warn(f"{path}.{subkey}", f"{reason}; served anyway, but clients refuse it")
 
+    def waf(self, raw: object) -> WafSettings | None:
+        """[waf] rule_sets, exclusions, [[waf.rules]]: checked by building the engine."""
+        from fastproxy import waf
+
+        table = self.table(raw, "waf", ' like { rule_sets = ["sqli", "xss"] }')
+        if table is None:
+            return None
+        self.known_keys(table, "waf", ("rule_sets", "exclusions", "rules"))
+        before = len(self.issues)
+        names = table.get("rule_sets", list(waf.DEFAULT_RULE_SETS))
+        exclusions = table.get("exclusions", [])
+        for key, value in (("rule_sets", names), ("exclusions", exclusions)):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                self.error(_key("waf", key), f"expected an array of strings, found "
+                                             f"{_describe(value)}")
+        rules = []
+        raw_rules = table.get("rules", [])
+        items = self.array(raw_rules, _key("waf", "rules"), " of tables ([[waf.rules]])") or []
+        for i, item in enumerate(items):
+            where = f"waf.rules[{i}]"
+            if not isinstance(item, Mapping):
+                self.error(where, f"expected a table, found {_describe(item)}")
+                continue
+            try:
+                rules.append(waf.parse_rule(item, where))
+            except ValueError as e:
+                key, _, reason = str(e).partition(": ")
+                self.error(key if key.startswith("waf.") else where, reason or str(e))
+        if len(self.issues) != before:
+            return None
+        try:
+            waf.Waf(tuple(names), tuple(rules), tuple(exclusions))
+        except ValueError as e:
+            self.error("waf", str(e))
+            return None
+        return WafSettings(tuple(names), tuple(exclusions), tuple(rules))
+
     def rate_limit(self, name: str, table: Mapping[str, Any]) -> RateLimitSpec | None:
         path = _key("limits", name)
         before = len(self.issues)
@@ -2013,6 +2060,7 @@ def parse_config(
             f"must not exceed limits.max_header_bytes ({head} bytes), found {line} bytes",
         )
 
+    waf = ck.waf(data["waf"]) if "waf" in data else None
     listeners, listener_names = ck.listeners(data.get("listeners", _MISSING))
     upstreams, upstream_names = ck.upstreams(data.get("upstreams", _MISSING))
     routes = parse_routes(
@@ -2040,6 +2088,7 @@ def parse_config(
         routes=tuple(routes),
         warnings=tuple(ck.warnings),
         rate_limits=MappingProxyType(rate_limits),
+        waf=waf,
     )
 
 

@@ -470,6 +470,7 @@ class Route:
     limits: tuple[str, ...] = ()  # names of [limits.NAME] rate limits, checked in order
     access: AccessList | None = None  # client addresses refused with 403
     basic_auth: BasicAuthSpec | None = None  # users who may pass (401 for the others)
+    waf: bool = True  # the [waf] rules apply (when there is a [waf] section)
 
     @property
     def label(self) -> str:
@@ -629,6 +630,7 @@ _ROUTE_KEYS: Final = (
     "limits",
     "access",
     "basic_auth",
+    "waf",
 )
 _ACTIONS: Final = ("upstream", "redirect", "respond")
 _MATCH_KEYS: Final = (
@@ -819,6 +821,9 @@ class _RouteParser:
         limits: tuple[str, ...] = ()
         if "limits" in table:
             limits = self.limits(table["limits"], f"{path}.limits") or ()
+        waf: Any = True
+        if "waf" in table:
+            waf = ck.convert(f"{path}.waf", boolean, table["waf"])
         basic_auth = None
         if "basic_auth" in table:
             basic_auth = self.basic_auth(table["basic_auth"], f"{path}.basic_auth")
@@ -841,6 +846,7 @@ class _RouteParser:
             limits=limits,
             access=access,
             basic_auth=basic_auth,
+            waf=waf is not False,
         )
 
     def basic_auth(self, raw: object, path: str) -> BasicAuthSpec | None:

@@ -24,6 +24,7 @@ from fastproxy.auth import BasicAuth
 from fastproxy.config import Config, Route
 from fastproxy.responses import reason_phrase
 from fastproxy.routeconf import AccessList, Redirect, RouteMatch, ValueTest, parse_template
+from fastproxy.waf import Waf
 
 __all__ = ["ExplainError", "build_router", "explain"]
 
@@ -56,12 +57,17 @@ def build_router(config: Config, targets: Mapping[str, Any],
     routes = [*https_redirects(config), *config.routes]
     rules = [Rule(route, make_action(route, targets, merge), listener_ids)
              for route in routes]
+    # One engine per worker for every route that keeps it (it caches header verdicts).
+    engine = (Waf(config.waf.rule_sets, config.waf.rules, config.waf.exclusions)
+              if config.waf is not None else None)
     for rule, route in zip(rules, routes, strict=True):
         if limits is not None:
             rule.limits = tuple(limits[name] for name in route.limits)
         rule.access = compile_access(route.access)
         if route.basic_auth is not None:
             rule.auth = BasicAuth(route.basic_auth.realm, dict(route.basic_auth.users))
+        if engine is not None and route.waf:
+            rule.waf = engine
     defaults = [listener.default_host.encode() if listener.default_host else None
                 for listener in config.listeners]
     return Router(rules, defaults)
