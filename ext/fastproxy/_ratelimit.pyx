@@ -62,23 +62,33 @@ cdef extern from *:
 DEF PROBES = 8
 
 
+cdef Py_ssize_t table_size(Py_ssize_t size) except -1:
+    """`size` rounded up to a power of two, at least 64 (tables index by mask)."""
+    cdef Py_ssize_t n = 64
+    if size < 1 or size > (1 << 30):
+        raise ValueError("size must be between 1 and 2**30")
+    while n < size:
+        n <<= 1
+    return n
+
+
+cdef void* shared_map(size_t size) except NULL:
+    """Zeroed memory shared with the processes forked after this (MAP_SHARED)."""
+    cdef void* mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0)
+    if mem == MAP_FAILED:
+        raise MemoryError("cannot map a shared table")
+    return mem
+
+
 cdef class LimitTable:
     """`size` slots (rounded up to a power of two, at least 64) in shared memory."""
 
     def __cinit__(self, Py_ssize_t size):
-        cdef Py_ssize_t n = 64
-        if size < 1 or size > (1 << 30):
-            raise ValueError("size must be between 1 and 2**30")
-        while n < size:
-            n <<= 1
+        cdef Py_ssize_t n = table_size(size)
         self.size = n
         self.mask = <uint64_t>(n - 1)
         self._bytes = 64 + <size_t>n * sizeof(LimitSlot)
-        self._mem = mmap(NULL, self._bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-                         -1, 0)
-        if self._mem == MAP_FAILED:
-            self._mem = NULL
-            raise MemoryError("cannot map the rate-limit table")
+        self._mem = shared_map(self._bytes)
         self._evictions = <uint64_t*>self._mem
         self.slots = <LimitSlot*>(<char*>self._mem + 64)  # anonymous maps start zeroed
 
@@ -222,19 +232,11 @@ cdef class ConnTable:
     taken over by others; the table is rebuilt on reload."""
 
     def __cinit__(self, Py_ssize_t size):
-        cdef Py_ssize_t n = 64
-        if size < 1 or size > (1 << 30):
-            raise ValueError("size must be between 1 and 2**30")
-        while n < size:
-            n <<= 1
+        cdef Py_ssize_t n = table_size(size)
         self.size = n
         self.mask = <uint64_t>(n - 1)
         self._bytes = <size_t>n * sizeof(CountSlot)
-        self._mem = mmap(NULL, self._bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-                         -1, 0)
-        if self._mem == MAP_FAILED:
-            self._mem = NULL
-            raise MemoryError("cannot map the connection table")
+        self._mem = shared_map(self._bytes)
         self.slots = <CountSlot*>self._mem
 
     def __dealloc__(self):
