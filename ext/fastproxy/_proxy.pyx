@@ -241,7 +241,8 @@ cdef class Core:
     cdef tuple listener_names   # bytes, by listener index
     cdef list queues            # WaitQueue of every upstream (their deadlines)
     # Per listener: None (plain) or an object with `hsts_line` (bytes or None),
-    # `cert_headers` (tuple of (field str, lower-case name, b"Name: ")) and
+    # `cert_headers` (tuple of (field str, lower-case name, b"Name: ")), `cert_drop`
+    # (those lower-case names) and
     # `describe` (ssl_object -> dict of str: client-certificate facts); set by the worker.
     cdef public list tls_listeners
     cdef readonly long long handshake_failures   # TLS handshakes that never completed
@@ -445,7 +446,7 @@ cdef class ClientConnection(ParserHandler):
                     # The facts are ASCII (RFC 4514 escapes the rest); never a CR/LF.
                     lines.append(prefix + (<str>value).encode("ascii", "replace")
                                  .replace(b"\r", b"?").replace(b"\n", b"?") + _CRLF)
-            self.tls_drop = tuple([name for _, name, _ in info.cert_headers])
+            self.tls_drop = info.cert_drop
             self.tls_extra = b"".join(lines)
         return 0
 

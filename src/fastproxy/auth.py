@@ -91,9 +91,10 @@ class BasicAuth:
         if credentials(header) is None:
             return False
         assert header is not None
-        verdict = self._seen.get(hashlib.sha256(header).digest())
+        key = hashlib.sha256(header).digest()
+        verdict = self._seen.get(key)
         if verdict is not None:
-            self._seen.move_to_end(hashlib.sha256(header).digest())
+            self._seen.move_to_end(key)
         return verdict
 
     def verify(self, header: bytes) -> bool:

@@ -39,7 +39,7 @@ HANDSHAKE_REPORT = 10.0  # seconds between two summaries of failed TLS handshake
 class TlsListener:
     """What the compiled client connection needs of a TLS listener (Core.tls_listeners)."""
 
-    __slots__ = ("hsts_line", "cert_headers", "describe")
+    __slots__ = ("hsts_line", "cert_headers", "cert_drop", "describe")
 
     def __init__(self, tls: ListenerTls) -> None:
         from fastproxy.tls import describe_peer_cert
@@ -48,6 +48,7 @@ class TlsListener:
                           if tls.hsts else None)
         self.cert_headers = tuple((field, name.lower().encode(), f"{name}: ".encode())
                                   for field, name in tls.client_cert_headers)
+        self.cert_drop = tuple(name for _, name, _ in self.cert_headers)
         self.describe = describe_peer_cert
 
 
@@ -72,12 +73,13 @@ class Worker:
                        for name, up in config.upstreams.items()}
         # Rate limits count in the instance's shared table (the master's), or in one
         # of our own when run alone.
-        if limit_table is None:
-            limit_table = LimitTable(2 * config.limits.rate_limit_keys if config.rate_limits else 1)
-        self.rate_limits = {
-            name: RateLimit(name, Template(spec.key) if spec.key is not None else None,
-                            spec.rate, spec.burst, limit_table)
-            for name, spec in config.rate_limits.items()}
+        self.rate_limits: dict[str, RateLimit] = {}
+        if config.rate_limits:
+            table_of_limits = limit_table or LimitTable(2 * config.limits.rate_limit_keys)
+            self.rate_limits = {
+                name: RateLimit(name, Template(spec.key) if spec.key is not None else None,
+                                spec.rate, spec.burst, table_of_limits)
+                for name, spec in config.rate_limits.items()}
         self.core.router = build_router(config, self.groups, self.rate_limits)
         if config.server.trusted_proxies:
             self.core.trusted = IpSet(config.server.trusted_proxies)
