@@ -232,9 +232,8 @@ cdef class Core:
     cdef object local_response  # (status, clock, keep_alive, head_only) -> bytes
     cdef object local_body_size  # status -> int
     cdef double t_header, t_body, t_keepalive, t_send, t_linger, t_linger_total
-    cdef size_t max_line, max_head
-    cdef int max_count
-    cdef long long max_body
+    cdef tuple listener_sizes   # per listener: (max_line, max_head, max_count, max_body)
+    cdef double min_rate        # bytes/s a request body must average (0: no minimum)
     cdef Py_ssize_t max_connections
     cdef bytes via
     cdef bint merge_slashes
@@ -276,10 +275,11 @@ cdef class Core:
         self.t_send = timeouts.send
         self.t_linger = timeouts.lingering_timeout
         self.t_linger_total = timeouts.lingering_time
-        self.max_line = limits.max_line_bytes
-        self.max_head = limits.max_header_bytes
-        self.max_count = limits.max_header_count
-        self.max_body = limits.max_body_bytes
+        self.listener_sizes = tuple(
+            (l.size(limits, "max_line_bytes"), l.size(limits, "max_header_bytes"),
+             l.size(limits, "max_header_count"), l.size(limits, "max_body_bytes"))
+            for l in config.listeners)
+        self.min_rate = timeouts.body_min_rate
         self.max_connections = config.server.max_connections
         self.via = b"1.1 fastproxy" if config.server.via else b""
         self.merge_slashes = config.routing.merge_slashes
@@ -386,6 +386,9 @@ cdef class ClientConnection(ParserHandler):
     cdef tuple tls_drop         # client-certificate headers removed from requests
     cdef bytes tls_extra        # ... and sent with the verified values instead
     cdef bytes hsts             # Strict-Transport-Security line for responses, or None
+    cdef long long max_body     # the listener's request body limit (0: none)
+    cdef double body_start      # when the current request body began (body_min_rate)
+    cdef long long body_bytes   # ... and how much of it came since
 
     def __cinit__(self, Core core not None, int listener=0):
         self.core = core
@@ -426,9 +429,10 @@ cdef class ClientConnection(ParserHandler):
         info = core.tls_listeners[self.listener]
         if info is not None:
             self.tls_made(info, transport.get_extra_info("ssl_object"))
-        self.parser = RequestParser(self, max_line_bytes=core.max_line,
-                                    max_header_bytes=core.max_head,
-                                    max_header_count=core.max_count)
+        sizes = <tuple>core.listener_sizes[self.listener]
+        self.parser = RequestParser(self, max_line_bytes=sizes[0], max_header_bytes=sizes[1],
+                                    max_header_count=sizes[2])
+        self.max_body = sizes[3]
         core.clients.add(self)
         self._wait(WAIT_HEAD, core.t_header)
 
@@ -510,6 +514,8 @@ cdef class ClientConnection(ParserHandler):
         self.exchange = ex
         if head.body_kind:
             self._wait(WAIT_BODY, self.core.t_body)
+            self.body_start = monotonic()
+            self.body_bytes = 0
         else:
             self._wait(WAIT_NONE, 0.0)
         ex.begin()
@@ -517,9 +523,18 @@ cdef class ClientConnection(ParserHandler):
 
     cdef int on_body(self, object data) except -1:
         cdef Exchange ex = self.exchange
+        cdef double now, by
         if ex is not None:
             if self.waiting == WAIT_BODY:
-                self.deadline = monotonic() + self.core.t_body
+                now = monotonic()
+                self.deadline = now + self.core.t_body
+                if self.core.min_rate > 0:
+                    # The whole body so far must have come at min_rate on average,
+                    # after the first `body` seconds (a trickle cannot hold it open).
+                    self.body_bytes += len(data)
+                    by = self.body_start + self.core.t_body + self.body_bytes / self.core.min_rate
+                    if by < self.deadline:
+                        self.deadline = by
             ex.request_body(data)
         return 0
 
@@ -773,6 +788,7 @@ cdef Exchange new_exchange(ClientConnection client, MessageHead head):
     ex.host = head.host
     ex.upstream_label = "-"
     ex.peer = -1
+    ex.max_body = client.max_body
     ex.out = client.out
     if ex.out:
         PyList_Clear(ex.out)  # left by an exchange cut short
@@ -792,6 +808,7 @@ cdef class Exchange:
     cdef readonly int status
     cdef readonly long long sent
     cdef long long req_bytes
+    cdef long long max_body     # the listener's or the route's limit (0: none)
     cdef bint req_done
     cdef bint connecting        # between the pick and an attached connection
     cdef list pending           # request body that arrived while connecting
@@ -821,6 +838,8 @@ cdef class Exchange:
     cdef bint local
     cdef bint interim
     cdef bint retried
+    cdef bint continued         # 100 Continue was sent already
+    cdef bytearray inspected    # body held back for the WAF (None: not waiting for it)
     cdef readonly str upstream_label
     cdef readonly RequestContext ctx   # what the route and its templates saw
     cdef readonly Rule rule
@@ -874,25 +893,58 @@ cdef class Exchange:
         if self.rule is None:
             self.respond_local(404, False)
             return 0
+        if self.rule.max_body >= 0:
+            self.max_body = self.rule.max_body
         if self.rule.access is not None and refused(<tuple>self.rule.access, ctx.client_ip):
             self.respond_text(403, b"Forbidden", b"403 Forbidden\n", b"")
             return 0
         if self.rule.limits and self.rate_limited(self.rule.limits):
             return 0
-        if self.rule.waf is not None and self.waf_blocked():
-            return 0
+        if self.rule.waf is not None:
+            if head.body_kind != K_NONE and self.rule.waf.wants_body(head.get(b"content-type")):
+                # Inspected with the first body_limit bytes of the body: the body is
+                # held back (in `pending`, as while connecting) until they are here.
+                self.inspected = bytearray()
+                self.connecting = True
+                self.send_continue()
+                return 0
+            if self.waf_blocked(b""):
+                return 0
+        self.authenticate()
+        return 0
+
+    cdef int authenticate(self) except -1:
+        """The filters after the WAF, then the route's action."""
         if self.rule.auth is not None and not self.authorized():
             return 0
         self.act()
         return 0
 
-    cdef bint waf_blocked(self) except -1:
+    cdef int body_inspected(self) except -1:
+        """The WAF's part of the body is here (or the whole body was shorter)."""
+        cdef bytes body = bytes(self.inspected)
+        self.inspected = None
+        self.connecting = False
+        if not self.waf_blocked(body):
+            self.authenticate()
+        return 0
+
+    cdef int send_continue(self) except -1:
+        """Answer "Expect: 100-continue" (once): the client may send the body now."""
+        cdef MessageHead head = self.head
+        if not self.continued and head.expect_continue and head.body_kind != K_NONE \
+                and head.http_minor == 1:
+            self.continued = True
+            self.client.write(_CONTINUE)
+        return 0
+
+    cdef bint waf_blocked(self, bytes body) except -1:
         """The attack rules on the request as received (method, raw path and query,
-        headers; bodies are not inspected yet): a block answers 403."""
+        headers, the start of the body): a block answers 403."""
         cdef MessageHead head = self.head
         waf = self.rule.waf
         path, _, query = head.target.partition(b"?")
-        verdict = waf.inspect(head.method, path, query, head.headers())
+        verdict = waf.inspect(head.method, path, query, head.headers(), body)
         for seen in waf.last_logs:
             log_waf.info("waf log %s/%s on %s: %s (%s)", seen.rule_set, seen.rule_id,
                          seen.target, seen.excerpt, self.ctx.client_ip.decode())
@@ -910,15 +962,14 @@ cdef class Exchange:
         """The route's action, once every filter let the request through."""
         cdef MessageHead head = self.head
         cdef Core core = self.core
-        if core.max_body and head.body_kind == K_LENGTH and head.content_length > core.max_body:
+        if self.max_body and head.body_kind == K_LENGTH and head.content_length > self.max_body:
             self.respond_local(413, True)
             return 0
         action = self.rule.action
         if type(action) is not ProxyAction:
             self.answer(<LocalAction?>action)
             return 0
-        if head.expect_continue and head.body_kind != K_NONE and head.http_minor == 1:
-            self.client.write(_CONTINUE)
+        self.send_continue()
         self.proxy(<ProxyAction>action)
         return 0
 
@@ -1210,7 +1261,7 @@ cdef class Exchange:
         cdef UpstreamConnection conn = self.conn
         cdef tuple parts
         self.req_bytes += n
-        if core.max_body and self.req_bytes > core.max_body:
+        if self.max_body and self.req_bytes > self.max_body:
             if conn is not None:
                 conn.abort()
                 self.conn = None
@@ -1242,6 +1293,10 @@ cdef class Exchange:
             self.pending_size += n
             if self.pending_size > PENDING_LIMIT:
                 self.client.hold_reading(HOLD_UPSTREAM, True)
+        if self.inspected is not None:
+            self.inspected += data
+            if len(self.inspected) >= self.rule.waf.body_limit:
+                self.body_inspected()
         return 0
 
     cdef int request_complete(self) except -1:
@@ -1259,6 +1314,8 @@ cdef class Exchange:
                 if self.pending is None:
                     self.pending = []
                 self.pending.append(_LAST_CHUNK)
+        if self.inspected is not None:
+            self.body_inspected()
         return 0
 
     cdef int upstream_write_paused(self, bint paused) except -1:

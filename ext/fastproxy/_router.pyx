@@ -166,6 +166,7 @@ cdef class Rule:
         self.route = route
         self.action = action
         self.limits = ()
+        self.max_body = -1
         self.any_host = match.hosts is None
         hosts = match.hosts or ()
         self._hosts = frozenset(h.encode() for h in hosts if not h.startswith("*."))

@@ -53,6 +53,8 @@ class Rule:
     access: tuple[Any, Any] | None
     auth: Any
     waf: Any
+    max_body: int
+    forward_auth: Any
     index: int
     route: Route
     action: Any

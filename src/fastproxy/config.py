@@ -141,6 +141,11 @@ class Limits:
     rate_limit_keys: int = 100_000
 
 
+# [limits] keys that a listener may set for itself.
+LISTENER_SIZE_KEYS: Final = ("max_line_bytes", "max_header_bytes", "max_header_count",
+                             "max_body_bytes")
+
+
 @dataclass(frozen=True, slots=True)
 class WafSettings:
     """[waf]: the built-in attack rules, on every route unless it says `waf = false`."""
@@ -148,6 +153,7 @@ class WafSettings:
     rule_sets: tuple[str, ...]  # names, "NAME:log" for detection only
     exclusions: tuple[str, ...]
     rules: tuple[Any, ...]  # waf.Rule, parsed and checked
+    body_limit: int = 8192  # bytes of a request body inspected (0: bodies are not)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +175,7 @@ class Timeouts:
     send: float
     lingering_time: float  # 0: no lingering close
     lingering_timeout: float
+    body_min_rate: int = 0  # bytes/s a request body must average (0: no minimum)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,10 +229,18 @@ class Listener:
     tls: ListenerTls | None = None
     https_redirect: int | None = None  # plain listener: 308 every request to https on this port
     access: AccessList | None = None  # client addresses refused with 403 on this listener
+    # Size limits of this listener where they differ from [limits]: a subset of
+    # LISTENER_SIZE_KEYS (name -> bytes or count); a route may still set max_body_bytes.
+    sizes: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def address(self) -> str:
         return _format_address(self.host, self.port)
+
+    def size(self, limits: Limits, name: str) -> int:
+        """This listener's `name` size limit (its own, else the [limits] one)."""
+        value = self.sizes.get(name)
+        return int(getattr(limits, name)) if value is None else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -701,6 +716,14 @@ TIMEOUTS_FIELDS: Final = (
         "duration > 0",
         "while lingering: close when the client has sent nothing for this long",
         _duration(),
+    ),
+    FieldSpec(
+        "body_min_rate",
+        0,
+        "size per second, 0..1g",
+        "slow-body protection: a request body must arrive by `body` plus one second per"
+        " this many bytes received (as Apache's MinRate); 0: only the gap rule of `body`",
+        _size(0, 1024**3),
     ),
 )
 
@@ -1230,7 +1253,8 @@ _SECTIONS: Final[Mapping[str, tuple[FieldSpec, ...]]] = MappingProxyType(
     }
 )
 _TOP_LEVEL_KEYS: Final = (*_SECTIONS, "listeners", "upstreams", "routes", "waf")
-_LISTENER_KEYS: Final = ("address", "name", "default_host", "tls", "https_redirect", "access")
+_LISTENER_KEYS: Final = ("address", "name", "default_host", "tls", "https_redirect", "access",
+                         *LISTENER_SIZE_KEYS)
 _STICKY_KEYS: Final = ("cookie", "max_age", "secure")
 # An RFC 9110 token: what a header field name is, and an RFC 6265 cookie-name too.
 _TOKEN_RE: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -1526,11 +1550,30 @@ class _Checker(KeyChecker):
                 access = access_list(self, table["access"], f"{path}.access", self.base_dir)
                 if access is None:
                     continue
-            if not _valid(name, default_host, tls, redirect):
+            sizes = self.listener_sizes(table, path)
+            if not _valid(name, default_host, tls, redirect, sizes):
                 continue
             result.append(Listener(parsed[0], parsed[1], name, default_host, tls, redirect,
-                                   access))
+                                   access, sizes))
         return result, set(names) if complete else None
+
+    def listener_sizes(self, table: Mapping[str, Any], path: str) -> Any:
+        """A listener's own size limits (the [limits] fields of the same names)."""
+        specs = {spec.name: spec for spec in LIMITS_FIELDS}
+        sizes = {}
+        for name in LISTENER_SIZE_KEYS:
+            if name in table:
+                value = self.field(table, path, specs[name])
+                if value is _INVALID:
+                    return _INVALID
+                sizes[name] = value
+        line, head = sizes.get("max_line_bytes"), sizes.get("max_header_bytes")
+        if line is not None and head is not None and line > head:
+            self.error(f"{path}.max_line_bytes",
+                       f"must not exceed {path}.max_header_bytes ({head} bytes), found "
+                       f"{line} bytes")
+            return _INVALID
+        return MappingProxyType(sizes)
 
     # -- TLS ----------------------------------------------------------------
 
@@ -1734,8 +1777,10 @@ class _Checker(KeyChecker):
         table = self.table(raw, "waf", ' like { rule_sets = ["sqli", "xss"] }')
         if table is None:
             return None
-        self.known_keys(table, "waf", ("rule_sets", "exclusions", "rules"))
+        self.known_keys(table, "waf", ("rule_sets", "exclusions", "rules", "body_limit"))
         before = len(self.issues)
+        body_limit = self.convert("waf.body_limit", _size(0, 1024**2),
+                                  table.get("body_limit", "8k"))
         names = table.get("rule_sets", list(waf.DEFAULT_RULE_SETS))
         exclusions = table.get("exclusions", [])
         for key, value in (("rule_sets", names), ("exclusions", exclusions)):
@@ -1758,11 +1803,11 @@ class _Checker(KeyChecker):
         if len(self.issues) != before:
             return None
         try:
-            waf.Waf(tuple(names), tuple(rules), tuple(exclusions))
+            waf.Waf(tuple(names), tuple(rules), tuple(exclusions), body_limit)
         except ValueError as e:
             self.error("waf", str(e))
             return None
-        return WafSettings(tuple(names), tuple(exclusions), tuple(rules))
+        return WafSettings(tuple(names), tuple(exclusions), tuple(rules), body_limit)
 
     def rate_limit(self, name: str, table: Mapping[str, Any]) -> RateLimitSpec | None:
         path = _key("limits", name)
@@ -2062,6 +2107,18 @@ def parse_config(
 
     waf = ck.waf(data["waf"]) if "waf" in data else None
     listeners, listener_names = ck.listeners(data.get("listeners", _MISSING))
+    raw_listeners = data.get("listeners")
+    if line is not _INVALID and head is not _INVALID and isinstance(raw_listeners, list) \
+            and len(raw_listeners) == len(listeners):  # else the indexes would be wrong
+        for i, listener in enumerate(listeners):
+            own_line = listener.sizes.get("max_line_bytes", line)
+            own_head = listener.sizes.get("max_header_bytes", head)
+            if own_line > own_head and listener.sizes:
+                which = ("max_line_bytes" if "max_line_bytes" in listener.sizes
+                         else "max_header_bytes")
+                ck.error(f"listeners[{i}].{which}",
+                         f"the listener's request line limit ({own_line} bytes) exceeds its "
+                         f"header limit ({own_head} bytes)")
     upstreams, upstream_names = ck.upstreams(data.get("upstreams", _MISSING))
     routes = parse_routes(
         ck,

@@ -126,6 +126,13 @@ def boolean(value: object) -> bool:
     return value
 
 
+def body_size(value: object) -> int:
+    """A request body limit in bytes, like [limits] max_body_bytes (0: unlimited)."""
+    from fastproxy.config import parse_size  # config imports this module
+
+    return parse_size(value)
+
+
 def _plural(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
@@ -471,6 +478,7 @@ class Route:
     access: AccessList | None = None  # client addresses refused with 403
     basic_auth: BasicAuthSpec | None = None  # users who may pass (401 for the others)
     waf: bool = True  # the [waf] rules apply (when there is a [waf] section)
+    max_body_bytes: int | None = None  # overrides the listener's and [limits]' (0: unlimited)
 
     @property
     def label(self) -> str:
@@ -631,6 +639,7 @@ _ROUTE_KEYS: Final = (
     "access",
     "basic_auth",
     "waf",
+    "max_body_bytes",
 )
 _ACTIONS: Final = ("upstream", "redirect", "respond")
 _MATCH_KEYS: Final = (
@@ -824,6 +833,9 @@ class _RouteParser:
         waf: Any = True
         if "waf" in table:
             waf = ck.convert(f"{path}.waf", boolean, table["waf"])
+        max_body = None
+        if "max_body_bytes" in table:
+            max_body = ck.convert(f"{path}.max_body_bytes", body_size, table["max_body_bytes"])
         basic_auth = None
         if "basic_auth" in table:
             basic_auth = self.basic_auth(table["basic_auth"], f"{path}.basic_auth")
@@ -847,6 +859,7 @@ class _RouteParser:
             access=access,
             basic_auth=basic_auth,
             waf=waf is not False,
+            max_body_bytes=max_body,
         )
 
     def basic_auth(self, raw: object, path: str) -> BasicAuthSpec | None:

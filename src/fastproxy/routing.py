@@ -58,8 +58,8 @@ def build_router(config: Config, targets: Mapping[str, Any],
     rules = [Rule(route, make_action(route, targets, merge), listener_ids)
              for route in routes]
     # One engine per worker for every route that keeps it (it caches header verdicts).
-    engine = (Waf(config.waf.rule_sets, config.waf.rules, config.waf.exclusions)
-              if config.waf is not None else None)
+    engine = (Waf(config.waf.rule_sets, config.waf.rules, config.waf.exclusions,
+                  config.waf.body_limit) if config.waf is not None else None)
     for rule, route in zip(rules, routes, strict=True):
         if limits is not None:
             rule.limits = tuple(limits[name] for name in route.limits)
@@ -68,6 +68,8 @@ def build_router(config: Config, targets: Mapping[str, Any],
             rule.auth = BasicAuth(route.basic_auth.realm, dict(route.basic_auth.users))
         if engine is not None and route.waf:
             rule.waf = engine
+        if route.max_body_bytes is not None:
+            rule.max_body = route.max_body_bytes
     defaults = [listener.default_host.encode() if listener.default_host else None
                 for listener in config.listeners]
     return Router(rules, defaults)

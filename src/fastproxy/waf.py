@@ -1795,6 +1795,20 @@ class Waf:
 
     # -- evaluation
 
+    @property
+    def body_limit(self) -> int:
+        return self._body_limit
+
+    def wants_body(self, content_type: bytes | None) -> bool:
+        """Is a request body of this Content-Type worth holding back for inspection?
+        Not when bodies are off (body_limit 0) or the type is binary."""
+        if not self._body_limit:
+            return False
+        if not content_type:
+            return True
+        mtype = content_type.partition(b";")[0].strip().lower().decode("latin-1")
+        return not mtype.startswith(_BINARY_TYPES)
+
     def inspect(self, method: bytes, path: bytes, query: bytes,
                 headers: Sequence[tuple[bytes, bytes]], body: bytes = b"") -> Verdict | None:
         """The first block/allow verdict in rule order, or None; "log" ones go to last_logs."""
