@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import itertools
 import os
 import threading
 import time
@@ -171,3 +172,68 @@ def test_limit_holds_across_two_workers(tmp_path: Path) -> None:
             conn.close()
     finally:
         proxy.stop()
+
+
+def test_delay_holds_the_excess_at_the_rate() -> None:
+    # 10/s, burst 5, the first 2 excess requests at once (nginx: burst=5 delay=2).
+    limit = RateLimit("held", None, 10.0, 5, LimitTable(64), 2)
+    got = [limit.hold(b"k", now=50.0) for _ in range(7)]
+    assert [ok for ok, _ in got] == [True] * 6 + [False]
+    assert [round(held, 3) for _, held in got[:6]] == [0, 0, 0, 0.1, 0.2, 0.3]
+    # Without a delay nothing is held (nodelay), with delay 0 every excess request is.
+    assert RateLimit("n", None, 10.0, 5, LimitTable(64)).hold(b"k", now=1.0) == (True, 0.0)
+    eager = RateLimit("d0", None, 10.0, 5, LimitTable(64), 0)
+    assert [round(eager.hold(b"k", now=1.0)[1], 3) for _ in range(3)] == [0, 0.1, 0.2]
+    with pytest.raises(ValueError):
+        RateLimit("bad", None, 10.0, 5, LimitTable(64), 6)
+
+
+def test_delay_mode_end_to_end(tmp_path: Path) -> None:
+    port = free_port()
+    text = (f'[log]\naccess = "off"\n[[listeners]]\naddress = "127.0.0.1:{port}"\n'
+            '[limits.paced]\nkey = "route"\nrate = "10/s"\nburst = 4\ndelay = 0\n'
+            '[upstreams.unused]\nservers = ["127.0.0.1:9"]\n'
+            '[[routes]]\nlimits = ["paced"]\nrespond = { body = "ok\\n" }\n')
+    proxy = ProxyProcess(text, tmp_path, port).start()
+    done: list[tuple[int, float]] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("GET", "/")
+            status = conn.getresponse().status
+            with lock:
+                done.append((status, time.monotonic()))
+        finally:
+            conn.close()
+
+    try:
+        started = time.monotonic()
+        threads = [threading.Thread(target=one) for _ in range(7)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        statuses = sorted(status for status, _ in done)
+        # 1 + burst 4 pass, spaced 100 ms apart; the 2 beyond are refused at once.
+        assert statuses == [200] * 5 + [429] * 2
+        passed = sorted(at - started for status, at in done if status == 200)
+        refused = [at - started for status, at in done if status == 429]
+        assert passed[-1] >= 0.38 and max(refused) < 0.3, (passed, refused)
+        gaps = [b - a for a, b in itertools.pairwise(passed)]
+        assert all(0.05 < gap < 0.3 for gap in gaps), gaps
+    finally:
+        proxy.stop()
+
+
+def test_delay_config() -> None:
+    base = {"listeners": [{"address": "127.0.0.1:1"}],
+            "upstreams": {"a": {"servers": ["127.0.0.1:2"]}},
+            "routes": [{"upstream": "a", "limits": ["x"]}]}
+    config = parse_config({**base, "limits": {"x": {"rate": "5/s", "burst": 10, "delay": 3}}})
+    assert config.rate_limits["x"].delay == 3
+    assert parse_config({**base, "limits": {"x": {"rate": "5/s"}}}).rate_limits["x"].delay == -1
+    with pytest.raises(ConfigError) as info:
+        parse_config({**base, "limits": {"x": {"rate": "5/s", "burst": 2, "delay": 3}}})
+    assert [(i.key, "burst" in i.reason) for i in info.value.errors] == [("limits.x.delay", True)]

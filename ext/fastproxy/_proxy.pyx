@@ -744,6 +744,10 @@ cdef class ClientConnection(ParserHandler):
         return 0
 
 
+def _held(Exchange ex):
+    ex.hold_over()
+
+
 def _auth_checked(Exchange ex, auth, bytes header, future):
     """On the loop, when a password check done in a thread is over."""
     try:
@@ -839,7 +843,8 @@ cdef class Exchange:
     cdef bint interim
     cdef bint retried
     cdef bint continued         # 100 Continue was sent already
-    cdef bytearray inspected    # body held back for the WAF (None: not waiting for it)
+    cdef bytearray inspected    # the start of the body, for the WAF (None: not read)
+    cdef bint waf_waiting       # the WAF waits for `inspected` to fill
     cdef readonly str upstream_label
     cdef readonly RequestContext ctx   # what the route and its templates saw
     cdef readonly Rule rule
@@ -898,19 +903,40 @@ cdef class Exchange:
         if self.rule.access is not None and refused(<tuple>self.rule.access, ctx.client_ip):
             self.respond_text(403, b"Forbidden", b"403 Forbidden\n", b"")
             return 0
+        if self.rule.waf is not None and head.body_kind != K_NONE and \
+                self.rule.waf.wants_body(head.get(b"content-type")):
+            # The WAF reads the first body_limit bytes of the body: they are kept as
+            # they come, and the body is held back (in `pending`, as while
+            # connecting) until the WAF has seen them.
+            self.inspected = bytearray()
+            self.connecting = True
         if self.rule.limits and self.rate_limited(self.rule.limits):
             return 0
-        if self.rule.waf is not None:
-            if head.body_kind != K_NONE and self.rule.waf.wants_body(head.get(b"content-type")):
-                # Inspected with the first body_limit bytes of the body: the body is
-                # held back (in `pending`, as while connecting) until they are here.
-                self.inspected = bytearray()
-                self.connecting = True
-                self.send_continue()
-                return 0
-            if self.waf_blocked(b""):
-                return 0
-        self.authenticate()
+        self.inspect()
+        return 0
+
+    cdef int inspect(self) except -1:
+        """The WAF, then the filters after it and the action."""
+        waf = self.rule.waf
+        if waf is None:
+            self.authenticate()
+        elif self.inspected is None:
+            if not self.waf_blocked(b""):
+                self.authenticate()
+        elif self.req_done or len(self.inspected) >= waf.body_limit:
+            self.body_inspected()
+        else:
+            self.waf_waiting = True
+            self.connecting = True
+            self.send_continue()
+        return 0
+
+    cdef int hold_over(self) except -1:
+        """A request held back by a rate limit's `delay` goes on."""
+        if self.finished:
+            return 0
+        self.connecting = False
+        self.inspect()
         return 0
 
     cdef int authenticate(self) except -1:
@@ -924,6 +950,7 @@ cdef class Exchange:
         """The WAF's part of the body is here (or the whole body was shorter)."""
         cdef bytes body = bytes(self.inspected)
         self.inspected = None
+        self.waf_waiting = False
         self.connecting = False
         if not self.waf_blocked(body):
             self.authenticate()
@@ -1005,12 +1032,13 @@ cdef class Exchange:
     cdef bint rate_limited(self, tuple limits) except -1:
         """Check the route's rate limits in order; the first that refuses answers 429
         (with Retry-After and the RateLimit fields) and the request goes no further.
-        A key that renders empty (no such header, cookie...) is not limited."""
+        A key that renders empty (no such header, cookie...) is not limited. True
+        also when a limit with `delay` holds the request back (hold_over goes on)."""
         cdef RateLimit limit
         cdef RequestContext ctx = self.ctx
         cdef bytes key
         cdef long long remaining
-        cdef int64_t reset, wait
+        cdef int64_t reset, wait, hold, longest = 0
         cdef int64_t now = now_ns()
         for limit in limits:
             if limit.key is None:
@@ -1019,13 +1047,20 @@ cdef class Exchange:
                 key = (<Template>limit.key).render(ctx, ctx.captures)
                 if not key:
                     continue
-            wait = limit.check(key, now, &remaining, &reset)
+            wait = limit.check(key, now, &remaining, &reset, &hold)
             if wait:
                 self.respond_text(429, b"Too Many Requests",
                                   b"429 Too Many Requests: rate limit \"%s\"\n"
                                   % limit.name.encode(),
                                   limit.lines(wait, remaining, reset))
                 return True
+            if hold > longest:
+                longest = hold
+        if longest:
+            # Held back to the limit's pace; a body arriving meanwhile waits.
+            self.connecting = True
+            self.core.loop.call_later(longest / 1e9, _held, self)
+            return True
         return False
 
     cdef int proxy(self, ProxyAction action) except -1:
@@ -1260,6 +1295,7 @@ cdef class Exchange:
         cdef Core core = self.core
         cdef UpstreamConnection conn = self.conn
         cdef tuple parts
+        cdef Py_ssize_t limit
         self.req_bytes += n
         if self.max_body and self.req_bytes > self.max_body:
             if conn is not None:
@@ -1294,8 +1330,10 @@ cdef class Exchange:
             if self.pending_size > PENDING_LIMIT:
                 self.client.hold_reading(HOLD_UPSTREAM, True)
         if self.inspected is not None:
-            self.inspected += data
-            if len(self.inspected) >= self.rule.waf.body_limit:
+            limit = self.rule.waf.body_limit
+            if len(self.inspected) < limit:
+                self.inspected += data[:limit - len(self.inspected)]
+            if self.waf_waiting and len(self.inspected) >= limit:
                 self.body_inspected()
         return 0
 
@@ -1314,7 +1352,7 @@ cdef class Exchange:
                 if self.pending is None:
                     self.pending = []
                 self.pending.append(_LAST_CHUNK)
-        if self.inspected is not None:
+        if self.waf_waiting:
             self.body_inspected()
         return 0
 

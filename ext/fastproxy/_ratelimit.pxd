@@ -28,9 +28,11 @@ cdef class RateLimit:
     cdef uint64_t seed                  # the limit's own hash space
     cdef readonly LimitTable table
     cdef bytes policy                   # the RateLimit-Policy line
+    cdef readonly long long delay       # excess requests passed at once; -1: all (nodelay)
+    cdef int64_t delay_free             # delay * interval
 
     cdef int64_t check(self, bytes key, int64_t now, long long* remaining,
-                       int64_t* reset) noexcept
+                       int64_t* reset, int64_t* hold) noexcept
     cpdef bytes lines(self, int64_t wait, long long remaining, int64_t reset)
 
 

@@ -168,9 +168,13 @@ cdef class RateLimit:
     """One configured limit: `rate` requests per second per key with `burst`
     extra, keyed by the rendered `key` template, in `table`."""
 
-    def __cinit__(self, str name, key, double rate, long long burst, LimitTable table not None):
+    def __cinit__(self, str name, key, double rate, long long burst, LimitTable table not None,
+                  long long delay=-1):
         if not rate > 0 or burst < 0:
             raise ValueError("need rate > 0 and burst >= 0")
+        if delay < -1 or delay > burst:
+            raise ValueError("delay must be -1 (never) or 0..burst")
+        self.delay = delay
         self.name = name
         self.key = key
         self.rate = rate
@@ -182,6 +186,7 @@ cdef class RateLimit:
         raw = name.encode()
         self.seed = XXH3_64bits_withSeed(PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw), 0)
         self.table = table
+        self.delay_free = delay * self.interval if delay >= 0 else -1
         quota = burst + 1
         # The time a full quota takes to refill, in whole seconds (rounded up, with
         # a margin for the float division: 6 at 10/m is 36 s, not 37).
@@ -189,9 +194,11 @@ cdef class RateLimit:
         self.policy = f'RateLimit-Policy: "{name}";q={quota};w={window}\r\n'.encode()
 
     cdef int64_t check(self, bytes key, int64_t now, long long* remaining,
-                       int64_t* reset) noexcept:
+                       int64_t* reset, int64_t* hold) noexcept:
         """0 when allowed, else ns to wait; remaining: requests left now; reset: ns
-        until the quota is whole again."""
+        until the quota is whole again; hold: with a `delay`, ns the allowed request
+        waits before it goes on (as nginx's limit_req without nodelay: the excess
+        past `delay` requests is spaced at the rate), else 0."""
         cdef int64_t tat
         cdef uint64_t h = XXH3_64bits_withSeed(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key),
                                                self.seed)
@@ -199,15 +206,29 @@ cdef class RateLimit:
         cdef int64_t room = now + self.tolerance - tat
         remaining[0] = room // self.interval + 1 if wait == 0 and room >= 0 else 0
         reset[0] = tat - now if tat > now else 0
+        # The allowed request is the k-th in excess when tat = now + (k + 1) x interval.
+        hold[0] = 0
+        if wait == 0 and self.delay_free >= 0:
+            room = tat - now - self.interval - self.delay_free
+            if room > 0:
+                hold[0] = room
         return wait
 
     def headers(self, bytes key, now=None):
         """(allowed, header lines) for one request of `key` (tests and tools)."""
         cdef long long remaining
-        cdef int64_t reset
+        cdef int64_t reset, hold
         cdef int64_t at = now_ns() if now is None else <int64_t>(now * 1e9)
-        cdef int64_t wait = self.check(key, at, &remaining, &reset)
+        cdef int64_t wait = self.check(key, at, &remaining, &reset, &hold)
         return wait == 0, self.lines(wait, remaining, reset)
+
+    def hold(self, bytes key, now=None):
+        """(allowed, seconds the request is held back) for one request of `key`."""
+        cdef long long remaining
+        cdef int64_t reset, hold
+        cdef int64_t at = now_ns() if now is None else <int64_t>(now * 1e9)
+        cdef int64_t wait = self.check(key, at, &remaining, &reset, &hold)
+        return wait == 0, hold / 1e9
 
     cpdef bytes lines(self, int64_t wait, long long remaining, int64_t reset):
         """The RateLimit-Policy and RateLimit lines (and Retry-After when refused)."""

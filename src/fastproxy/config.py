@@ -165,6 +165,9 @@ class RateLimitSpec:
     rate: float
     burst: int
     rate_text: str  # as written ("10/s")
+    delay: int = -1  # excess requests passed at once, the rest held at the rate; -1: none held
+    store: str | None = None  # "redis://..." to count across instances; None: this instance
+    on_store_error: str = "allow"  # "allow" | "deny" while the store cannot be reached
 
 
 @dataclass(frozen=True, slots=True)
@@ -1280,7 +1283,7 @@ _LISTENER_TLS_KEYS: Final = (
 _UPSTREAM_TLS_KEYS: Final = tuple(f.name for f in UPSTREAM_TLS_FIELDS)
 
 _LOG_STREAMS: Final = ("stdout", "stderr", "off")
-_RATE_LIMIT_KEYS: Final = ("key", "rate", "burst")
+_RATE_LIMIT_KEYS: Final = ("key", "rate", "burst", "delay")
 _LONGEST_RATE_WINDOW: Final = 365 * 86400.0  # seconds a whole burst may take to refill
 _RATE_RE: Final = re.compile(r"([0-9]{1,9}(?:\.[0-9]{1,6})?)\s*r?/(s|m|h)")
 _RATE_UNITS: Final = {"s": 1.0, "m": 60.0, "h": 3600.0}
@@ -1822,14 +1825,21 @@ class _Checker(KeyChecker):
         else:
             rate = self.convert(_key(path, "rate"), _rate, table["rate"])
         burst = self.convert(_key(path, "burst"), _integer(0, 1_000_000), table.get("burst", 0))
-        if len(self.issues) != before or _INVALID in (key, rate, burst):
+        delay = self.convert(_key(path, "delay"), _integer(0, 1_000_000), table.get("delay", -1)) \
+            if "delay" in table else -1
+        if len(self.issues) != before or _INVALID in (key, rate, burst, delay):
+            return None
+        if delay > burst:
+            self.error(_key(path, "delay"),
+                       f"must not exceed burst ({burst}): past burst requests are refused, "
+                       "not held")
             return None
         if (burst + 1) / rate[0] > _LONGEST_RATE_WINDOW:
             self.error(_key(path, "burst"),
                        f"{burst + 1} requests at {rate[1]} take more than a year to refill; "
                        "use a smaller burst or a faster rate")
             return None
-        return RateLimitSpec(name, key, rate[0], burst, rate[1])
+        return RateLimitSpec(name, key, rate[0], burst, rate[1], delay)
 
     def upstream_tls(self, raw: object, path: str) -> UpstreamTls | None:
         table = self.table(raw, path, " like { verify = true, ca = \"ca.pem\" }")

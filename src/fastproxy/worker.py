@@ -78,7 +78,7 @@ class Worker:
             table_of_limits = limit_table or LimitTable(2 * config.limits.rate_limit_keys)
             self.rate_limits = {
                 name: RateLimit(name, Template(spec.key) if spec.key is not None else None,
-                                spec.rate, spec.burst, table_of_limits)
+                                spec.rate, spec.burst, table_of_limits, spec.delay)
                 for name, spec in config.rate_limits.items()}
         self.core.router = build_router(config, self.groups, self.rate_limits)
         if config.server.trusted_proxies:
