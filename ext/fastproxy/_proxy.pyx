@@ -56,7 +56,7 @@ from fastproxy._rewrite cimport FR_CHUNKED, FR_CLOSE, FR_PASS, request_head, res
 from fastproxy._router cimport RequestContext, Router, Rule, new_context
 from fastproxy._actions cimport LocalAction, ProxyAction, Template
 from fastproxy._url cimport IpSet, cookie_get, real_client
-from fastproxy._ratelimit cimport ConnTable, RateLimit, ip_key
+from fastproxy._ratelimit cimport BanTable, ConnTable, RateLimit, ip_key
 from fastproxy._peers cimport now_ns
 from libc.stdint cimport int64_t
 
@@ -257,6 +257,11 @@ cdef class Core:
     # Per listener: None, or (allow IpSet or None, deny IpSet or None); set by the worker.
     cdef public list listener_access
     cdef readonly long long refused_per_ip
+    cdef readonly BanTable bans     # [auto_ban] (None: off)
+    cdef IpSet ban_exempt
+    cdef bint ban_waf               # WAF blocks count as refusals
+    cdef unsigned char ban_status[100]  # ... and answers with these 4xx statuses
+    cdef readonly long long banned  # requests refused because their client is banned
 
     def __init__(self, config, router, access_log, clock, local_response, local_body_size):
         limits = config.limits
@@ -293,6 +298,27 @@ cdef class Core:
             config.server.real_ip_header.lower())
         self.listener_access = [None] * len(self.listener_names)
         self.tls_listeners = [None] * len(self.listener_names)
+
+    def set_auto_ban(self, BanTable table not None, IpSet exempt, bint waf, statuses):
+        """Count refusals (WAF blocks when `waf`, answers with a status in
+        `statuses`) per client in `table`, except for clients in `exempt`."""
+        cdef int status
+        self.bans = table
+        self.ban_exempt = exempt
+        self.ban_waf = waf
+        for status in range(400, 500):
+            self.ban_status[status - 400] = status in statuses
+
+    cdef int ban_event(self, bytes ip) except -1:
+        """One refusal of the client `ip`; the one that bans it is logged."""
+        cdef int64_t ban
+        if self.ban_exempt is not None and self.ban_exempt.contains(ip):
+            return 0
+        ban = self.bans.event(ip_key(ip), now_ns())
+        if ban:
+            log_proxy.warning("auto-ban: client %s refused for %d s after repeated refusals",
+                              ip.decode("ascii", "replace"), ban // 1000000000)
+        return 0
 
     def new_queue(self, Py_ssize_t capacity, double timeout):
         """A queue for the requests of one upstream waiting for a server with room."""
@@ -845,6 +871,7 @@ cdef class Exchange:
     cdef bint continued         # 100 Continue was sent already
     cdef bytearray inspected    # the start of the body, for the WAF (None: not read)
     cdef bint waf_waiting       # the WAF waits for `inspected` to fill
+    cdef bint waf_hit           # the WAF blocked it
     cdef readonly str upstream_label
     cdef readonly RequestContext ctx   # what the route and its templates saw
     cdef readonly Rule rule
@@ -888,6 +915,8 @@ cdef class Exchange:
             lines = head.get_all(core.real_ip_header)
             ctx.client_ip = real_client(client.ip, b", ".join(lines) if lines else None,
                                         core.real_ip_kind, core.trusted)
+        if core.bans is not None and self.refuse_banned(ctx.client_ip):
+            return 0
         acl = core.listener_access[client.listener]
         if acl is not None and refused(<tuple>acl, ctx.client_ip):
             self.respond_text(403, b"Forbidden", b"403 Forbidden\n", b"")
@@ -914,6 +943,19 @@ cdef class Exchange:
             return 0
         self.inspect()
         return 0
+
+    cdef bint refuse_banned(self, bytes ip) except -1:
+        """A banned client gets 403 with Retry-After, and the connection closes."""
+        cdef int64_t left = self.core.bans.banned(ip_key(ip), now_ns())
+        if not left:
+            return False
+        self.core.banned += 1
+        self.head.keep_alive = False
+        self.respond_text(403, b"Forbidden",
+                          b"403 Forbidden: refused for a while after repeated refused "
+                          b"requests\n",
+                          b"Retry-After: %d\r\n" % ((left + 999999999) // 1000000000))
+        return True
 
     cdef int inspect(self) except -1:
         """The WAF, then the filters after it and the action."""
@@ -976,6 +1018,7 @@ cdef class Exchange:
             log_waf.info("waf log %s/%s on %s: %s (%s)", seen.rule_set, seen.rule_id,
                          seen.target, seen.excerpt, self.ctx.client_ip.decode())
         if verdict is not None and verdict.action == "block":
+            self.waf_hit = True
             log_waf.warning("waf blocked %s/%s on %s: %s (%s)", verdict.rule_set,
                             verdict.rule_id, verdict.target, verdict.excerpt,
                             self.ctx.client_ip.decode())
@@ -1607,6 +1650,10 @@ cdef class Exchange:
         if self.queued is not None:
             self.queued.remove(self)
         self.peer_done(PEER_ANSWERED if self.resp_head is not None else PEER_FAILED)
+        if core.bans is not None and self.ctx is not None and (
+                (self.waf_hit and core.ban_waf) or (
+                    400 <= self.status < 500 and core.ban_status[self.status - 400])):
+            core.ban_event(self.ctx.client_ip)
         if core.log_on:
             core.access_log.record(self)
         self.client.exchange_done(self, keep)

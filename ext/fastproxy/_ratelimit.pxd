@@ -53,3 +53,25 @@ cdef class ConnTable:
 
 
 cpdef uint64_t ip_key(bytes ip)
+
+
+ctypedef struct BanSlot:
+    uint64_t key        # hash of the client address; 0: never used
+    uint64_t state      # window number (32 bits), previous count (16), current count (16)
+    int64_t until       # end of the ban (CLOCK_MONOTONIC ns); in the past: not banned
+
+
+cdef class BanTable:
+    cdef void* _mem
+    cdef size_t _bytes
+    cdef BanSlot* slots
+    cdef uint64_t mask
+    cdef uint64_t* _counters    # shared: evictions, bans
+    cdef readonly Py_ssize_t size
+    cdef int64_t window, ban
+    cdef long long after
+
+    cdef int64_t state_end(self, BanSlot* s) noexcept nogil
+    cdef BanSlot* find(self, uint64_t h, int64_t now, bint take) noexcept nogil
+    cdef int64_t banned(self, uint64_t key, int64_t now) noexcept nogil
+    cdef int64_t event(self, uint64_t key, int64_t now) noexcept nogil

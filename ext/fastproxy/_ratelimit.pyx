@@ -43,6 +43,9 @@ cdef extern from *:
     static inline void fastproxy_storei64(int64_t* p, int64_t v) {
         __atomic_store_n(p, v, __ATOMIC_RELEASE);
     }
+    static inline void fastproxy_store64(uint64_t* p, uint64_t v) {
+        __atomic_store_n(p, v, __ATOMIC_RELEASE);
+    }
     static inline void fastproxy_inc64(uint64_t* p) {
         __atomic_add_fetch(p, 1, __ATOMIC_RELAXED);
     }
@@ -55,6 +58,7 @@ cdef extern from *:
     int64_t fastproxy_loadi64(int64_t* p) nogil
     bint fastproxy_casi64(int64_t* p, int64_t expected, int64_t desired) nogil
     void fastproxy_storei64(int64_t* p, int64_t v) nogil
+    void fastproxy_store64(uint64_t* p, uint64_t v) nogil
     void fastproxy_inc64(uint64_t* p) nogil
     void fastproxy_addi64(int64_t* p, int64_t v) nogil
 
@@ -320,3 +324,143 @@ cdef class ConnTable:
 cpdef uint64_t ip_key(bytes ip):
     """The ConnTable key of a client address (as the proxy writes it)."""
     return XXH3_64bits_withSeed(PyBytes_AS_STRING(ip), PyBytes_GET_SIZE(ip), 0x636f6e6e)
+
+
+cdef class BanTable:
+    """Automatic bans, for the whole instance (fail2ban style): a client refused
+    `after` times within `window` (WAF blocks, 4xx answers...: the caller says
+    what counts) is refused for `ban` seconds. `size` slots (a power of two, at
+    least 64) in shared memory, each a key hash, a count state and a ban end.
+
+    The count is a sliding window, estimated from two fixed ones (the current
+    window's count plus the previous one's, weighted by how much of it still
+    overlaps the sliding window), packed with the window's number into one
+    64-bit word so that workers update it with compare-and-swap: window number
+    (32 bits), previous count (16), current count (16). A ban starts the count
+    afresh; refusals while banned do not count (a ban is not made longer by the
+    refusals it causes). A slot is free for any key when its counts are stale
+    and its ban is over; when the probed slots are all live, the one whose
+    state ends first is taken over (counted in `evictions`).
+    """
+
+    def __cinit__(self, Py_ssize_t size, double window, long long after, double ban):
+        cdef Py_ssize_t n = table_size(size)
+        if after < 1 or after > 65535 or not window >= 0.001 or not ban > 0:
+            raise ValueError("need 1 <= after <= 65535, window >= 1 ms and ban > 0")
+        self.size = n
+        self.mask = <uint64_t>(n - 1)
+        self.window = <int64_t>(window * 1e9)
+        self.after = after
+        self.ban = <int64_t>(ban * 1e9)
+        self._bytes = 64 + <size_t>n * sizeof(BanSlot)
+        self._mem = shared_map(self._bytes)
+        self._counters = <uint64_t*>self._mem
+        self.slots = <BanSlot*>(<char*>self._mem + 64)
+
+    def __dealloc__(self):
+        if self._mem != NULL:
+            munmap(self._mem, self._bytes)
+
+    @property
+    def evictions(self):
+        return fastproxy_load64(&self._counters[0])
+
+    @property
+    def bans(self):
+        """Bans made since the table was created (by every worker)."""
+        return fastproxy_load64(&self._counters[1])
+
+    cdef inline int64_t state_end(self, BanSlot* s) noexcept nogil:
+        """When the slot's state stops mattering: its counts are stale two windows
+        after theirs began, and its ban ends when it ends."""
+        cdef uint64_t state = fastproxy_load64(&s.state)
+        cdef int64_t end = <int64_t>((state >> 32) + 2) * self.window
+        cdef int64_t until = fastproxy_loadi64(&s.until)
+        return until if until > end else end
+
+    cdef BanSlot* find(self, uint64_t h, int64_t now, bint take) noexcept nogil:
+        """The slot of `h`; with `take`, a free one (or the one ending first) if
+        it has none yet, else NULL."""
+        cdef uint64_t i, k, start = h & self.mask
+        cdef BanSlot* oldest = NULL
+        cdef int64_t end, oldest_end = 0
+        cdef int probe
+        for probe in range(PROBES):
+            i = (start + <uint64_t>probe) & self.mask
+            k = fastproxy_load64(&self.slots[i].key)
+            if k == h:
+                return &self.slots[i]
+            if not take:
+                continue
+            end = self.state_end(&self.slots[i])
+            if k == 0 or end <= now:
+                if fastproxy_cas64(&self.slots[i].key, k, h):
+                    fastproxy_store64(&self.slots[i].state, 0)
+                    fastproxy_storei64(&self.slots[i].until, 0)
+                    return &self.slots[i]
+                if fastproxy_load64(&self.slots[i].key) == h:
+                    return &self.slots[i]
+            elif oldest == NULL or end < oldest_end:
+                oldest = &self.slots[i]
+                oldest_end = end
+        if oldest != NULL:
+            k = fastproxy_load64(&oldest.key)
+            if fastproxy_cas64(&oldest.key, k, h):
+                fastproxy_store64(&oldest.state, 0)
+                fastproxy_storei64(&oldest.until, 0)
+                fastproxy_inc64(&self._counters[0])
+                return oldest
+        return NULL
+
+    cdef int64_t banned(self, uint64_t key, int64_t now) noexcept nogil:
+        """Nanoseconds left of `key`'s ban (0: not banned)."""
+        cdef BanSlot* s = self.find(key | 1, now, False)
+        cdef int64_t until
+        if s == NULL:
+            return 0
+        until = fastproxy_loadi64(&s.until)
+        return until - now if until > now else 0
+
+    cdef int64_t event(self, uint64_t key, int64_t now) noexcept nogil:
+        """Count one refusal of `key`: the length of the ban it starts (ns), else 0."""
+        cdef BanSlot* s = self.find(key | 1, now, True)
+        cdef uint64_t state, w, seen, prev, curr
+        cdef double overlap
+        if s == NULL:
+            return 0
+        w = <uint64_t>(now // self.window) & 0xffffffffULL
+        overlap = 1.0 - <double>(now % self.window) / <double>self.window
+        while True:
+            if fastproxy_loadi64(&s.until) > now:
+                return 0  # banned already
+            state = fastproxy_load64(&s.state)
+            seen = state >> 32
+            if seen == w:
+                prev = (state >> 16) & 0xffff
+                curr = state & 0xffff
+            elif seen + 1 == w:
+                prev = state & 0xffff
+                curr = 0
+            else:
+                prev = 0
+                curr = 0
+            if curr < 0xffff:
+                curr += 1
+            if prev * overlap + curr >= self.after:
+                if fastproxy_cas64(&s.state, state, w << 32):
+                    fastproxy_storei64(&s.until, now + self.ban)
+                    fastproxy_inc64(&self._counters[1])
+                    return self.ban
+            elif fastproxy_cas64(&s.state, state, (w << 32) | (prev << 16) | curr):
+                return 0
+
+    # For tests and tools: times in seconds on CLOCK_MONOTONIC (default: now).
+    def record(self, bytes ip not None, now=None):
+        """Count a refusal of `ip`: seconds of the ban it starts, else 0."""
+        cdef int64_t at = now_ns() if now is None else <int64_t>(now * 1e9)
+        return self.event(ip_key(ip), at) / 1e9
+
+    def remaining(self, bytes ip not None, now=None):
+        """Seconds left of `ip`'s ban (0: not banned)."""
+        cdef int64_t at = now_ns() if now is None else <int64_t>(now * 1e9)
+        return self.banned(ip_key(ip), at) / 1e9

@@ -157,6 +157,24 @@ class WafSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AutoBan:
+    """[auto_ban]: a client refused `after` times within `window` is refused for `ban_time`."""
+
+    after: int
+    window: float
+    ban_time: float
+    on: tuple[str, ...]  # "waf" (WAF blocks), "4xx" (any 4xx answer) or a status "401"...
+    exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    clients: int  # the shared table holds this many clients at once
+
+    def statuses(self) -> frozenset[int]:
+        """The answer statuses that count (a WAF block counts through "waf")."""
+        if "4xx" in self.on:
+            return frozenset(range(400, 500))
+        return frozenset(int(event) for event in self.on if event != "waf")
+
+
+@dataclass(frozen=True, slots=True)
 class RateLimitSpec:
     """[limits.NAME]: `rate` requests per second per key, `burst` more at once."""
 
@@ -361,6 +379,7 @@ class Config:
     rate_limits: Mapping[str, RateLimitSpec] = field(
         default_factory=lambda: MappingProxyType({}))
     waf: WafSettings | None = None
+    auto_ban: AutoBan | None = None
 
     def summary(self) -> str:
         servers = sum(len(u.servers) for u in self.upstreams.values())
@@ -1246,6 +1265,37 @@ UPSTREAM_TLS_FIELDS: Final = (
     FieldSpec("min_version", "1.2", '"1.2" | "1.3"', "oldest TLS version used", _tls_version),
 )
 
+def _ban_event(value: object) -> str:
+    text = _string(value)
+    if text in ("waf", "4xx") or (len(text) == 3 and text.isdigit() and text.startswith("4")):
+        return text
+    raise ValueError(f'expected "waf", "4xx" or a 4xx status like "401", found {text!r}')
+
+
+def _ban_window(value: object) -> float:
+    seconds = _duration()(value)
+    if seconds < 0.001:
+        raise ValueError(f"must be at least 1ms, found {_describe(value)}")
+    return float(seconds)
+
+
+AUTO_BAN_FIELDS: Final = (
+    FieldSpec("after", 20, "integer 1..65535",
+              "refusals of one client within `window` that ban it", _integer(1, 65535)),
+    FieldSpec("window", "1m", "duration 1ms..24h", "the time those refusals are counted over",
+              _ban_window),
+    FieldSpec("ban_time", "10m", "duration > 0", "how long a banned client is refused",
+              _duration()),
+    FieldSpec("on", ["waf"], 'array of "waf", "4xx", "401"...',
+              'what counts as a refusal: "waf" (WAF blocks), "4xx" (every 4xx answer, the '
+              "proxy's or an upstream's) or one status", _array(_ban_event, "events",
+                                                                 empty_ok=False, unique=True)),
+    FieldSpec("exempt", [], "array of CIDRs", "clients never banned", _cidr_list),
+    FieldSpec("clients", 100_000, "integer 64..10000000",
+              "clients the shared table follows at once (24 bytes each)",
+              _integer(64, 10_000_000)),
+)
+
 _SECTIONS: Final[Mapping[str, tuple[FieldSpec, ...]]] = MappingProxyType(
     {
         "server": SERVER_FIELDS,
@@ -1255,7 +1305,7 @@ _SECTIONS: Final[Mapping[str, tuple[FieldSpec, ...]]] = MappingProxyType(
         "routing": ROUTING_FIELDS,
     }
 )
-_TOP_LEVEL_KEYS: Final = (*_SECTIONS, "listeners", "upstreams", "routes", "waf")
+_TOP_LEVEL_KEYS: Final = (*_SECTIONS, "listeners", "upstreams", "routes", "waf", "auto_ban")
 _LISTENER_KEYS: Final = ("address", "name", "default_host", "tls", "https_redirect", "access",
                          *LISTENER_SIZE_KEYS)
 _STICKY_KEYS: Final = ("cookie", "max_age", "secure")
@@ -1812,6 +1862,16 @@ class _Checker(KeyChecker):
             return None
         return WafSettings(tuple(names), tuple(exclusions), tuple(rules), body_limit)
 
+    def auto_ban(self, raw: object) -> AutoBan | None:
+        table = self.table(raw, "auto_ban", " like { after = 20, window = \"1m\" }")
+        if table is None:
+            return None
+        self.known_keys(table, "auto_ban", tuple(spec.name for spec in AUTO_BAN_FIELDS))
+        values = self.fields(table, "auto_ban", AUTO_BAN_FIELDS)
+        if _INVALID in values.values():
+            return None
+        return AutoBan(**values)
+
     def rate_limit(self, name: str, table: Mapping[str, Any]) -> RateLimitSpec | None:
         path = _key("limits", name)
         before = len(self.issues)
@@ -2116,6 +2176,7 @@ def parse_config(
         )
 
     waf = ck.waf(data["waf"]) if "waf" in data else None
+    auto_ban = ck.auto_ban(data["auto_ban"]) if "auto_ban" in data else None
     listeners, listener_names = ck.listeners(data.get("listeners", _MISSING))
     raw_listeners = data.get("listeners")
     if line is not _INVALID and head is not _INVALID and isinstance(raw_listeners, list) \
@@ -2156,6 +2217,7 @@ def parse_config(
         warnings=tuple(ck.warnings),
         rate_limits=MappingProxyType(rate_limits),
         waf=waf,
+        auto_ban=auto_ban,
     )
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 from fastproxy import __version__
 from fastproxy._peers import PeerTable, slot_layout
-from fastproxy._ratelimit import ConnTable, LimitTable
+from fastproxy._ratelimit import BanTable, ConnTable, LimitTable
 from fastproxy.config import Config, ConfigError, Listener, load_config
 
 log = logging.getLogger("fastproxy.master")
@@ -104,6 +104,11 @@ class Generation:
         self.limits = limits  # the shared rate-limit table, None without rate limits
         # Connections per client address, for the whole generation.
         self.conns = ConnTable(65536) if config.limits.max_connections_per_ip else None
+        # Automatic bans: replaced by the previous generation's table on a reload
+        # that keeps the same [auto_ban] (banned clients stay banned).
+        ban = config.auto_ban
+        self.bans = (BanTable(2 * ban.clients, ban.window, ban.after, ban.ban_time)
+                     if ban is not None else None)
         self.health_checks = any(up.health_check is not None
                                  for up in config.upstreams.values())
 
@@ -201,7 +206,7 @@ class Supervisor:
         from fastproxy.worker import Worker
 
         return Worker(gen.config, gen.slots[slot], gen.table, gen.contexts, gen.limits,
-                      gen.conns).run()
+                      gen.conns, gen.bans).run()
 
     def reload(self) -> None:
         """SIGHUP: start a generation on the config file as it is now, if it is good."""
@@ -229,6 +234,8 @@ class Supervisor:
         new = Generation(old.number + 1, config, slots, PeerTable(slot_layout(config.upstreams)[1]),
                          contexts, limits)
         carry_health(old, new)
+        if old.bans is not None and old.config.auto_ban == config.auto_ban:
+            new.bans = old.bans
         self.gen = new
         self.restart_at.clear()
         self.failures.clear()

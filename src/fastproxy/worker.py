@@ -20,7 +20,7 @@ import uvloop
 from fastproxy._actions import Template
 from fastproxy._peers import PeerTable, slot_layout
 from fastproxy._proxy import Core
-from fastproxy._ratelimit import ConnTable, LimitTable, RateLimit
+from fastproxy._ratelimit import BanTable, ConnTable, LimitTable, RateLimit
 from fastproxy._url import IpSet
 from fastproxy.accesslog import AccessLog
 from fastproxy.clock import Clock
@@ -56,7 +56,8 @@ class Worker:
     def __init__(self, config: Config, sockets: list[socket.socket],
                  table: PeerTable | None = None, contexts: list[Any] | None = None,
                  limit_table: LimitTable | None = None,
-                 conn_table: ConnTable | None = None) -> None:
+                 conn_table: ConnTable | None = None,
+                 ban_table: BanTable | None = None) -> None:
         self.config = config
         self.sockets = sockets
         # Each listener's server SSLContext (built by the master before forking, so
@@ -87,6 +88,12 @@ class Worker:
                                      for listener in config.listeners]
         if config.limits.max_connections_per_ip:
             self.core.conn_table = conn_table if conn_table is not None else ConnTable(4096)
+        if config.auto_ban is not None:
+            ban = config.auto_ban
+            self.core.set_auto_ban(
+                ban_table if ban_table is not None else BanTable(
+                    2 * ban.clients, ban.window, ban.after, ban.ban_time),
+                IpSet(ban.exempt) if ban.exempt else None, "waf" in ban.on, ban.statuses())
         self.core.tls_listeners = [TlsListener(listener.tls) if listener.tls else None
                                    for listener in config.listeners]
         self._handshake_failures = 0
