@@ -770,6 +770,18 @@ cdef class ClientConnection(ParserHandler):
         return 0
 
 
+def _forward_checked(Exchange ex, future):
+    """On the loop, when an auth service check is over."""
+    try:
+        decision = future.result()
+    except asyncio.CancelledError:  # the worker is stopping
+        decision = None
+    except Exception:  # a broken check is a refusal, never a crash
+        log_proxy.exception("forward auth check failed")
+        decision = None
+    ex.forward_done(decision)
+
+
 def _held(Exchange ex):
     ex.hold_over()
 
@@ -872,6 +884,8 @@ cdef class Exchange:
     cdef bytearray inspected    # the start of the body, for the WAF (None: not read)
     cdef bint waf_waiting       # the WAF waits for `inspected` to fill
     cdef bint waf_hit           # the WAF blocked it
+    cdef tuple auth_drop        # forward_auth: fields the auth service's answer replaces
+    cdef bytes auth_extra       # ... and its lines that replace them
     cdef readonly str upstream_label
     cdef readonly RequestContext ctx   # what the route and its templates saw
     cdef readonly Rule rule
@@ -985,7 +999,55 @@ cdef class Exchange:
         """The filters after the WAF, then the route's action."""
         if self.rule.auth is not None and not self.authorized():
             return 0
-        self.act()
+        self.ask_auth_service()
+        return 0
+
+    cdef int ask_auth_service(self) except -1:
+        """forward_auth: the route's auth service decides (forward_done goes on);
+        without one, the action."""
+        cdef MessageHead head = self.head
+        auth = self.rule.forward_auth
+        if auth is None:
+            self.act()
+            return 0
+        # A body arriving meanwhile waits in `pending`, as while connecting.
+        self.connecting = True
+        future = asyncio.ensure_future(
+            auth.check(head.method, head.target, self.host or b"", self.client.proto,
+                       self.ctx.client_ip, head.headers()), loop=self.core.loop)
+        future.add_done_callback(lambda f, ex=self: _forward_checked(ex, f))
+        return 0
+
+    cdef int forward_done(self, object decision) except -1:
+        """The auth service's verdict: on, with its header lines, or its answer."""
+        cdef MessageHead head = self.head
+        cdef bytes data, lines
+        cdef Py_ssize_t cut
+        cdef bint close, keep
+        self.connecting = False
+        if self.finished:
+            return 0
+        if decision is None:
+            self.respond_text(503, b"Service Unavailable",
+                              b"503 Service Unavailable: the auth check failed\n", b"")
+        elif decision.allowed:
+            if decision.drop:
+                self.auth_drop = decision.drop
+                self.auth_extra = decision.upstream_lines
+            self.act()
+        else:
+            # Relayed as the service sent it, with our own Connection field.
+            data = decision.response
+            cut = data.find(b"\r\n\r\n") + 2
+            close = not self.req_done
+            keep = not close and head.keep_alive and not self.core.closing
+            lines = data[:cut] + (b"Connection: keep-alive\r\n\r\n" if keep
+                                  else b"Connection: close\r\n\r\n")
+            if head.is_head_request:
+                self.send_local(decision.status, lines, 0, keep, close)
+            else:
+                self.send_local(decision.status, lines + data[cut + 2:],
+                                len(data) - cut - 2, keep, close)
         return 0
 
     cdef int body_inspected(self) except -1:
@@ -1066,7 +1128,7 @@ cdef class Exchange:
         if self.finished:
             return 0
         if ok:
-            self.act()
+            self.ask_auth_service()
         else:
             self.respond_text(401, b"Unauthorized", b"401 Unauthorized\n",
                               self.rule.auth.challenge)
@@ -1126,6 +1188,9 @@ cdef class Exchange:
             # Client-certificate headers: only the proxy's own (verified) values pass.
             self.req_drop = self.client.tls_drop + (self.req_drop or ())
             self.req_extra = self.client.tls_extra + (self.req_extra or b"")
+        if self.auth_drop is not None:
+            self.req_drop = self.auth_drop + (self.req_drop or ())
+            self.req_extra = self.auth_extra + (self.req_extra or b"")
         group = action.group
         self.group = group
         self.balancer = <Balancer?>group.balancer

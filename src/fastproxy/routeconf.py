@@ -126,6 +126,15 @@ def boolean(value: object) -> bool:
     return value
 
 
+def _auth_timeout(value: object) -> float:
+    from fastproxy.config import parse_duration  # config imports this module
+
+    seconds = parse_duration(value)
+    if not 0 < seconds <= 300:
+        raise ValueError(f"must be more than 0 and at most 5m, found {describe(value)}")
+    return seconds
+
+
 def body_size(value: object) -> int:
     """A request body limit in bytes, like [limits] max_body_bytes (0: unlimited)."""
     from fastproxy.config import parse_size  # config imports this module
@@ -325,6 +334,18 @@ class BasicAuthSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class ForwardAuthSpec:
+    """forward_auth on a route: ask `url` before the request goes upstream."""
+
+    url: str
+    timeout: float = 5.0
+    copy_headers: tuple[str, ...] = ()
+    request_headers: tuple[str, ...] | None = None  # None: all but hop-by-hop and framing
+    max_body: int = 65536
+    ca: str | None = None  # PEM bundle for an https:// service (default: the system's)
+
+
+@dataclass(frozen=True, slots=True)
 class AccessList:
     """Client addresses refused with 403: every one in `deny`, and, when `allow`
     is given, every one not in it (deny wins over allow)."""
@@ -479,6 +500,7 @@ class Route:
     basic_auth: BasicAuthSpec | None = None  # users who may pass (401 for the others)
     waf: bool = True  # the [waf] rules apply (when there is a [waf] section)
     max_body_bytes: int | None = None  # overrides the listener's and [limits]' (0: unlimited)
+    forward_auth: ForwardAuthSpec | None = None  # an auth service asked first
 
     @property
     def label(self) -> str:
@@ -640,6 +662,7 @@ _ROUTE_KEYS: Final = (
     "basic_auth",
     "waf",
     "max_body_bytes",
+    "forward_auth",
 )
 _ACTIONS: Final = ("upstream", "redirect", "respond")
 _MATCH_KEYS: Final = (
@@ -836,6 +859,9 @@ class _RouteParser:
         max_body = None
         if "max_body_bytes" in table:
             max_body = ck.convert(f"{path}.max_body_bytes", body_size, table["max_body_bytes"])
+        forward_auth = None
+        if "forward_auth" in table:
+            forward_auth = self.forward_auth(table["forward_auth"], f"{path}.forward_auth")
         basic_auth = None
         if "basic_auth" in table:
             basic_auth = self.basic_auth(table["basic_auth"], f"{path}.basic_auth")
@@ -860,7 +886,61 @@ class _RouteParser:
             basic_auth=basic_auth,
             waf=waf is not False,
             max_body_bytes=max_body,
+            forward_auth=forward_auth,
         )
+
+    def forward_auth(self, raw: object, path: str) -> ForwardAuthSpec | None:
+        """forward_auth = { url = "http://127.0.0.1:9000/verify", copy_headers = [...] }"""
+        from fastproxy.forwardauth import ForwardAuth
+
+        ck = self.ck
+        table = ck.table(raw, path, ' like { url = "http://127.0.0.1:9000/verify" }')
+        if table is None:
+            return None
+        ck.known_keys(table, path, ("url", "timeout", "copy_headers", "request_headers",
+                                    "max_body", "ca"))
+        before = ck.error_count
+        if "url" not in table:
+            ck.error(key(path, "url"), "missing required key")
+        url = ck.convert(key(path, "url"), string, table.get("url", ""))
+        timeout = ck.convert(key(path, "timeout"), _auth_timeout, table.get("timeout", "5s"))
+        max_body = ck.convert(key(path, "max_body"), body_size, table.get("max_body", "64k"))
+        names: dict[str, Any] = {}
+        for field in ("copy_headers", "request_headers"):
+            if field in table:
+                value = table[field]
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    ck.error(key(path, field), f"expected an array of header names, found "
+                                               f"{describe(value)}")
+                    names[field] = INVALID
+                else:
+                    names[field] = tuple(value)
+        ca = None
+        if "ca" in table:
+            ca = ck.convert(key(path, "ca"), string, table["ca"])
+            if ca is not INVALID:
+                ca = os.path.join(getattr(ck, "base_dir", os.getcwd()), ca)
+                if not os.path.isfile(ca):
+                    ck.error(key(path, "ca"), f"no such file: {ca}")
+                    ca = INVALID
+        if ck.error_count != before or INVALID in (url, timeout, max_body, ca,
+                                                   *names.values()):
+            return None
+        spec = ForwardAuthSpec(url, timeout, names.get("copy_headers", ()),
+                               names.get("request_headers"), max_body, ca)
+        if ca is not None and not url.startswith("https://"):
+            ck.error(key(path, "ca"), "only for an https:// url")
+            return None
+        try:
+            ForwardAuth(url, timeout=timeout, copy_headers=spec.copy_headers,
+                        request_headers=spec.request_headers, max_body=max_body)
+        except ValueError as e:
+            reason = str(e)
+            field = next((f for f in ("copy_headers", "request_headers", "timeout", "max_body")
+                          if f in reason), "url")
+            ck.error(key(path, field), reason)
+            return None
+        return spec
 
     def basic_auth(self, raw: object, path: str) -> BasicAuthSpec | None:
         """basic_auth = { realm = "admin", users = { alice = "pbkdf2_sha256$..." } }"""

@@ -10,6 +10,7 @@ head serialization — and reports each step for `fastproxy route explain`.
 from __future__ import annotations
 
 import ipaddress
+import ssl
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from email.utils import formatdate
@@ -22,8 +23,16 @@ from fastproxy._router import RequestContext, Router, Rule, new_context
 from fastproxy._url import IpSet, query_get
 from fastproxy.auth import BasicAuth
 from fastproxy.config import Config, Route
+from fastproxy.forwardauth import ForwardAuth
 from fastproxy.responses import reason_phrase
-from fastproxy.routeconf import AccessList, Redirect, RouteMatch, ValueTest, parse_template
+from fastproxy.routeconf import (
+    AccessList,
+    ForwardAuthSpec,
+    Redirect,
+    RouteMatch,
+    ValueTest,
+    parse_template,
+)
 from fastproxy.waf import Waf
 
 __all__ = ["ExplainError", "build_router", "explain"]
@@ -60,6 +69,7 @@ def build_router(config: Config, targets: Mapping[str, Any],
     # One engine per worker for every route that keeps it (it caches header verdicts).
     engine = (Waf(config.waf.rule_sets, config.waf.rules, config.waf.exclusions,
                   config.waf.body_limit) if config.waf is not None else None)
+    services: dict[ForwardAuthSpec, ForwardAuth] = {}
     for rule, route in zip(rules, routes, strict=True):
         if limits is not None:
             rule.limits = tuple(limits[name] for name in route.limits)
@@ -70,9 +80,22 @@ def build_router(config: Config, targets: Mapping[str, Any],
             rule.waf = engine
         if route.max_body_bytes is not None:
             rule.max_body = route.max_body_bytes
+        if route.forward_auth is not None:
+            spec = route.forward_auth
+            if spec not in services:  # one client (and connection pool) per service
+                services[spec] = forward_auth(spec)
+            rule.forward_auth = services[spec]
     defaults = [listener.default_host.encode() if listener.default_host else None
                 for listener in config.listeners]
     return Router(rules, defaults)
+
+
+def forward_auth(spec: ForwardAuthSpec) -> ForwardAuth:
+    """The client of a route's auth service (made in the worker that uses it)."""
+    context = ssl.create_default_context(cafile=spec.ca) if spec.ca else None
+    return ForwardAuth(spec.url, timeout=spec.timeout, copy_headers=spec.copy_headers,
+                       request_headers=spec.request_headers, max_body=spec.max_body,
+                       ssl_context=context)
 
 
 def compile_access(access: AccessList | None) -> tuple[IpSet | None, IpSet | None] | None:
