@@ -117,6 +117,7 @@ def test_forward_auth_fails_closed(make_origin: Callable[..., Origin], tmp_path:
         status, _, body = request(proxy.port, "GET /page HTTP/1.1\r\nHost: site\r\n"
                                               "Cookie: session=alice\r\n\r\n")
         assert status == 503 and not app.requests
+        assert body == b"authentication service unavailable\n"
     finally:
         proxy.stop()
     assert "forward auth" in proxy.log().lower() or "auth" in proxy.log()

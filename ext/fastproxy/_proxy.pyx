@@ -413,6 +413,7 @@ cdef class ClientConnection(ParserHandler):
     cdef bytes tls_extra        # ... and sent with the verified values instead
     cdef bytes hsts             # Strict-Transport-Security line for responses, or None
     cdef long long max_body     # the listener's request body limit (0: none)
+    cdef bint peer_given        # `ip` came from a PROXY protocol header
     cdef double body_start      # when the current request body began (body_min_rate)
     cdef long long body_bytes   # ... and how much of it came since
 
@@ -430,6 +431,12 @@ cdef class ClientConnection(ParserHandler):
         if not self.made and self.core is not None:
             self.core.handshake_failures += 1
 
+    def set_peer(self, bytes ip not None):
+        """The client's address as a PROXY protocol header gave it (before
+        connection_made): used instead of the TCP peer's everywhere."""
+        self.ip = ip
+        self.peer_given = True
+
     # -- asyncio.Protocol ---------------------------------------------------------
     def connection_made(self, transport):
         cdef Core core = self.core
@@ -439,9 +446,10 @@ cdef class ClientConnection(ParserHandler):
             self.closed = True
             transport.abort()
             return
-        peer = transport.get_extra_info("peername")
-        if peer:
-            self.ip = (<str>peer[0]).encode("ascii")
+        if not self.peer_given:
+            peer = transport.get_extra_info("peername")
+            if peer:
+                self.ip = (<str>peer[0]).encode("ascii")
         if core.max_per_ip and core.conn_table is not None:
             if not core.conn_table.acquire(ip_key(self.ip), core.max_per_ip):
                 # Told why, in one write, without reading what it sends.

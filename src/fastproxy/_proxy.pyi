@@ -41,6 +41,7 @@ class ClientConnection(asyncio.Protocol):
     proto: bytes
     listener: int
     def __init__(self, core: Core, listener: int = 0) -> None: ...
+    def set_peer(self, ip: bytes) -> None: ...
 
 class Exchange:
     client: ClientConnection

@@ -253,6 +253,8 @@ class Listener:
     # Size limits of this listener where they differ from [limits]: a subset of
     # LISTENER_SIZE_KEYS (name -> bytes or count); a route may still set max_body_bytes.
     sizes: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    # Every connection starts with a PROXY protocol v1/v2 header naming the client.
+    proxy_protocol: bool = False
 
     @property
     def address(self) -> str:
@@ -1307,7 +1309,7 @@ _SECTIONS: Final[Mapping[str, tuple[FieldSpec, ...]]] = MappingProxyType(
 )
 _TOP_LEVEL_KEYS: Final = (*_SECTIONS, "listeners", "upstreams", "routes", "waf", "auto_ban")
 _LISTENER_KEYS: Final = ("address", "name", "default_host", "tls", "https_redirect", "access",
-                         *LISTENER_SIZE_KEYS)
+                         "proxy_protocol", *LISTENER_SIZE_KEYS)
 _STICKY_KEYS: Final = ("cookie", "max_age", "secure")
 # An RFC 9110 token: what a header field name is, and an RFC 6265 cookie-name too.
 _TOKEN_RE: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -1604,10 +1606,12 @@ class _Checker(KeyChecker):
                 if access is None:
                     continue
             sizes = self.listener_sizes(table, path)
-            if not _valid(name, default_host, tls, redirect, sizes):
+            proxy_protocol = self.convert(f"{path}.proxy_protocol", _boolean,
+                                          table.get("proxy_protocol", False))
+            if not _valid(name, default_host, tls, redirect, sizes, proxy_protocol):
                 continue
             result.append(Listener(parsed[0], parsed[1], name, default_host, tls, redirect,
-                                   access, sizes))
+                                   access, sizes, proxy_protocol))
         return result, set(names) if complete else None
 
     def listener_sizes(self, table: Mapping[str, Any], path: str) -> Any:

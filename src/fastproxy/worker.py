@@ -13,6 +13,7 @@ import gc
 import logging
 import signal
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import uvloop
@@ -25,6 +26,7 @@ from fastproxy._url import IpSet
 from fastproxy.accesslog import AccessLog
 from fastproxy.clock import Clock
 from fastproxy.config import Config, ListenerTls
+from fastproxy.proxyheader import ProxyHeaderGate
 from fastproxy.resolver import Resolver
 from fastproxy.responses import local_body_size, local_response
 from fastproxy.routing import build_router, compile_access
@@ -97,6 +99,7 @@ class Worker:
         self.core.tls_listeners = [TlsListener(listener.tls) if listener.tls else None
                                    for listener in config.listeners]
         self._handshake_failures = 0
+        self.proxy_header_stats: dict[str, int] = {}  # "refused": bad or missing headers
         self._handshake_report = 0.0
         self._upstream_tls(config)
         self._servers: list[Any] = []
@@ -136,7 +139,10 @@ class Worker:
         self._stopped = loop.create_future()
         for index, sock in enumerate(self.sockets):
             listener = self.config.listeners[index]
-            if listener.tls is not None:
+            if listener.proxy_protocol:
+                server = await loop.create_server(
+                    self._gate_factory(index), sock=sock, backlog=1024)
+            elif listener.tls is not None:
                 server = await loop.create_server(
                     self.core.client_factory(index), sock=sock, backlog=1024,
                     ssl=self.contexts[index], ssl_handshake_timeout=listener.tls.handshake_timeout)
@@ -155,6 +161,20 @@ class Worker:
             await self._stopped
         finally:
             resolver.stop()
+
+    def _gate_factory(self, index: int) -> Callable[[], ProxyHeaderGate]:
+        """Connections of a `proxy_protocol` listener: the PROXY header first."""
+        listener = self.config.listeners[index]
+        factory = self.core.client_factory(index)
+        context = self.contexts[index]
+        handshake = listener.tls.handshake_timeout if listener.tls is not None else 0.0
+        header = self.config.timeouts.header
+        stats = self.proxy_header_stats
+
+        def gate() -> ProxyHeaderGate:
+            return ProxyHeaderGate(factory, context, handshake, header, stats)
+
+        return gate
 
     def shutdown(self) -> None:
         """Stop accepting; finish what is in flight, up to shutdown_timeout."""
