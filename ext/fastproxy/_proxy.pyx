@@ -790,6 +790,18 @@ def _forward_checked(Exchange ex, future):
     ex.forward_done(decision)
 
 
+def _limits_checked(Exchange ex, future, int64_t longest):
+    """On the loop, when a route's limits with a store among them are checked."""
+    try:
+        result = future.result()
+    except asyncio.CancelledError:  # the worker is stopping
+        result = None
+    except Exception:  # a broken check refuses, never crashes
+        log_proxy.exception("rate-limit check failed")
+        result = None
+    ex.limits_checked(result, longest)
+
+
 def _held(Exchange ex):
     ex.hold_over()
 
@@ -1153,7 +1165,14 @@ cdef class Exchange:
         cdef long long remaining
         cdef int64_t reset, wait, hold, longest = 0
         cdef int64_t now = now_ns()
-        for limit in limits:
+        cdef Py_ssize_t i
+        for i in range(len(limits)):
+            if type(limits[i]) is not RateLimit:
+                # A limit kept in Redis: this one and the rest are checked by a
+                # coroutine (limits_checked goes on).
+                self.limits_later(limits[i:], longest)
+                return True
+            limit = <RateLimit>limits[i]
             if limit.key is None:
                 key = b"route %d" % self.rule.index
             else:
@@ -1175,6 +1194,51 @@ cdef class Exchange:
             self.core.loop.call_later(longest / 1e9, _held, self)
             return True
         return False
+
+    cdef int limits_later(self, tuple limits, int64_t longest) except -1:
+        """Check `limits` (a store limit first) off the request path's C code."""
+        cdef RequestContext ctx = self.ctx
+        cdef list pairs = []
+        for limit in limits:
+            if limit.key is None:
+                key = b"route %d" % self.rule.index
+            else:
+                key = (<Template>limit.key).render(ctx, ctx.captures)
+                if not key:
+                    continue
+            pairs.append((limit, key))
+        self.connecting = True  # a body arriving meanwhile waits in `pending`
+        # Imported here: only a config with a store limit loads the Redis client.
+        from fastproxy.redisstore import check_limits
+        future = asyncio.ensure_future(check_limits(pairs), loop=self.core.loop)
+        future.add_done_callback(lambda f, ex=self, n=longest: _limits_checked(ex, f, n))
+        return 0
+
+    cdef int limits_checked(self, tuple result, int64_t longest) except -1:
+        cdef int64_t hold
+        self.connecting = False
+        if self.finished:
+            return 0
+        if result is None or result[0] == "unavailable":
+            self.respond_text(503, b"Service Unavailable",
+                              b"503 Service Unavailable: the rate-limit store cannot be "
+                              b"reached\n", b"Retry-After: 1\r\n")
+        elif result[0] == "refused":
+            limit = result[1]
+            self.respond_text(429, b"Too Many Requests",
+                              b"429 Too Many Requests: rate limit \"%s\"\n"
+                              % limit.name.encode(),
+                              limit.lines(result[2], result[3], result[4]))
+        else:
+            hold = result[1]
+            if hold < longest:
+                hold = longest
+            if hold:
+                self.connecting = True
+                self.core.loop.call_later(hold / 1e9, _held, self)
+            else:
+                self.inspect()
+        return 0
 
     cdef int proxy(self, ProxyAction action) except -1:
         cdef RequestContext ctx = self.ctx

@@ -226,6 +226,13 @@ cdef class RateLimit:
         cdef int64_t wait = self.check(key, at, &remaining, &reset, &hold)
         return wait == 0, self.lines(wait, remaining, reset)
 
+    def check_now(self, bytes key):
+        """(wait, remaining, reset, hold) in ns for one request of `key` now."""
+        cdef long long remaining
+        cdef int64_t reset, hold
+        cdef int64_t wait = self.check(key, now_ns(), &remaining, &reset, &hold)
+        return wait, remaining, reset, hold
+
     def hold(self, bytes key, now=None):
         """(allowed, seconds the request is held back) for one request of `key`."""
         cdef long long remaining

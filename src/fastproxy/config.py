@@ -186,6 +186,7 @@ class RateLimitSpec:
     delay: int = -1  # excess requests passed at once, the rest held at the rate; -1: none held
     store: str | None = None  # "redis://..." to count across instances; None: this instance
     on_store_error: str = "allow"  # "allow" | "deny" while the store cannot be reached
+    store_timeout: float = 0.1  # seconds a store check may take before it counts as failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -1335,7 +1336,8 @@ _LISTENER_TLS_KEYS: Final = (
 _UPSTREAM_TLS_KEYS: Final = tuple(f.name for f in UPSTREAM_TLS_FIELDS)
 
 _LOG_STREAMS: Final = ("stdout", "stderr", "off")
-_RATE_LIMIT_KEYS: Final = ("key", "rate", "burst", "delay")
+_RATE_LIMIT_KEYS: Final = ("key", "rate", "burst", "delay", "store", "on_store_error",
+                            "store_timeout")
 _LONGEST_RATE_WINDOW: Final = 365 * 86400.0  # seconds a whole burst may take to refill
 _RATE_RE: Final = re.compile(r"([0-9]{1,9}(?:\.[0-9]{1,6})?)\s*r?/(s|m|h)")
 _RATE_UNITS: Final = {"s": 1.0, "m": 60.0, "h": 3600.0}
@@ -1353,6 +1355,15 @@ def _rate(value: object) -> tuple[float, str]:
     if not per_second > 0:
         raise ValueError("must be more than 0")
     return per_second, value.strip()
+
+
+def _store_url(value: object) -> str:
+    """A Redis URL for a rate limit's shared store (checked, not connected to)."""
+    from fastproxy.redisstore import check_url
+
+    url = _string(value)
+    check_url(url)
+    return url
 
 
 def _rate_key(value: object) -> Template | None:
@@ -1903,7 +1914,20 @@ class _Checker(KeyChecker):
                        f"{burst + 1} requests at {rate[1]} take more than a year to refill; "
                        "use a smaller burst or a faster rate")
             return None
-        return RateLimitSpec(name, key, rate[0], burst, rate[1], delay)
+        store = None
+        if "store" in table:
+            store = self.convert(_key(path, "store"), _store_url, table["store"])
+        on_error = self.convert(_key(path, "on_store_error"), _choice("allow", "deny"),
+                                table.get("on_store_error", "allow"))
+        timeout = self.convert(_key(path, "store_timeout"), _duration(),
+                               table.get("store_timeout", "100ms"))
+        if _INVALID in (store, on_error, timeout):
+            return None
+        for only in ("on_store_error", "store_timeout"):
+            if only in table and store is None:
+                self.warn(_key(path, only), "has no effect without store")
+        return RateLimitSpec(name, key, rate[0], burst, rate[1], delay, store, on_error,
+                             timeout)
 
     def upstream_tls(self, raw: object, path: str) -> UpstreamTls | None:
         table = self.table(raw, path, " like { verify = true, ca = \"ca.pem\" }")

@@ -121,6 +121,12 @@ def redis_key(limit: str, key: bytes) -> bytes:
     return limit_prefix(limit) + key_part(key)
 
 
+def check_url(url: str) -> str:
+    """Raise ValueError (why) unless `url` names a Redis server this store can use;
+    return it for logs, password masked. (No connection is made.)"""
+    return _parse_url(url)
+
+
 def _parse_url(url: str) -> str:
     """Raise ValueError (why) unless `url` names a Redis server this store can use;
     return it for logs, password masked."""
@@ -312,3 +318,66 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+class StoreLimit:
+    """A `[limits.NAME]` with `store`: the shared-memory GCRA of `RateLimit`, kept in
+    Redis so that every instance sharing the server spends the same allowances.
+
+    `check` gives what `RateLimit.check` gives: (wait, remaining, reset, hold) in ns.
+    When the store cannot answer, `on_store_error` decides: "allow" lets the request
+    through uncounted, "deny" makes `check` return None (the proxy answers 503);
+    either way the event is counted (`store_errors`) and the store logs the outage.
+    """
+
+    __slots__ = ("name", "key", "store", "interval", "tolerance", "delay_free", "deny",
+                 "store_errors", "_lines")
+
+    def __init__(self, name: str, key: Any, rate: float, burst: int, delay: int,
+                 store: RedisStore, on_store_error: str, lines: Any) -> None:
+        if on_store_error not in ("allow", "deny"):
+            raise ValueError('on_store_error is "allow" or "deny"')
+        self.name = name
+        self.key = key  # an _actions.Template, or None for one count per route
+        self.store = store
+        self.interval = max(1, int(1e9 / rate))  # as RateLimit rounds it
+        self.tolerance = burst * self.interval
+        self.delay_free = delay * self.interval if delay >= 0 else -1
+        self.deny = on_store_error == "deny"
+        self.store_errors = 0
+        self._lines = lines  # RateLimit.lines of the same limit: the header fields
+
+    async def check(self, key: bytes) -> tuple[int, int, int, int] | None:
+        try:
+            wait, remaining, reset = await self.store.check(self.name, key, self.interval,
+                                                            self.tolerance)
+        except StoreUnavailable:
+            self.store_errors += 1
+            return None if self.deny else (0, 0, 0, 0)
+        hold = 0
+        if wait == 0 and self.delay_free >= 0:
+            hold = max(0, reset - self.interval - self.delay_free)
+        return wait, remaining, reset, hold
+
+    def lines(self, wait: int, remaining: int, reset: int) -> bytes:
+        return bytes(self._lines(wait, remaining, reset))
+
+
+async def check_limits(pairs: list[tuple[Any, bytes]]) -> tuple[Any, ...]:
+    """Check (limit, key) pairs in order, the way the request path checks a route's
+    limits, for routes with a store limit among them (shared-memory ones are
+    checked here too, to keep the order). Returns ("refused", limit, wait,
+    remaining, reset), ("unavailable", limit) or ("passed", longest hold in ns)."""
+    longest = 0
+    for limit, key in pairs:
+        if isinstance(limit, StoreLimit):
+            got = await limit.check(key)
+            if got is None:
+                return ("unavailable", limit)
+        else:
+            got = limit.check_now(key)
+        wait, remaining, reset, hold = got
+        if wait:
+            return ("refused", limit, wait, remaining, reset)
+        longest = max(longest, hold)
+    return ("passed", longest)

@@ -76,13 +76,14 @@ class Worker:
                        for name, up in config.upstreams.items()}
         # Rate limits count in the instance's shared table (the master's), or in one
         # of our own when run alone.
-        self.rate_limits: dict[str, RateLimit] = {}
+        self.rate_limits: dict[str, Any] = {}  # RateLimit, or redisstore.StoreLimit
         if config.rate_limits:
             table_of_limits = limit_table or LimitTable(2 * config.limits.rate_limit_keys)
             self.rate_limits = {
                 name: RateLimit(name, Template(spec.key) if spec.key is not None else None,
                                 spec.rate, spec.burst, table_of_limits, spec.delay)
                 for name, spec in config.rate_limits.items()}
+            self._store_limits(config)
         self.core.router = build_router(config, self.groups, self.rate_limits)
         if config.server.trusted_proxies:
             self.core.trusted = IpSet(config.server.trusted_proxies)
@@ -106,6 +107,22 @@ class Worker:
         self._stopped: asyncio.Future[None] | None = None
         self._drain_deadline = 0.0
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set in run()
+
+    def _store_limits(self, config: Config) -> None:
+        """Limits with a `store` count in Redis (one client per store URL)."""
+        stores: dict[tuple[str, float], Any] = {}
+        for name, spec in config.rate_limits.items():
+            if spec.store is None:
+                continue
+            from fastproxy.redisstore import RedisStore, StoreLimit
+
+            where = (spec.store, spec.store_timeout)
+            if where not in stores:
+                stores[where] = RedisStore(spec.store, timeout=spec.store_timeout)
+            local = self.rate_limits[name]
+            self.rate_limits[name] = StoreLimit(name, local.key, spec.rate, spec.burst,
+                                                spec.delay, stores[where],
+                                                spec.on_store_error, local.lines)
 
     def _upstream_tls(self, config: Config) -> None:
         """One client SSLContext per upstream with https:// servers."""
