@@ -416,6 +416,7 @@ cdef class ClientConnection(ParserHandler):
     cdef bint peer_given        # `ip` came from a PROXY protocol header
     cdef double body_start      # when the current request body began (body_min_rate)
     cdef long long body_bytes   # ... and how much of it came since
+    cdef double held_since      # when reading was last paused (holds became non-zero)
 
     def __cinit__(self, Core core not None, int listener=0):
         self.core = core
@@ -620,13 +621,21 @@ cdef class ClientConnection(ParserHandler):
 
     cdef int hold_reading(self, int reason, bint on) except -1:
         cdef int before = self.holds
+        cdef double held
         self.holds = (before | reason) if on else (before & ~reason)
         if self.closed:
             return 0
         if before and not self.holds:
             self.transport.resume_reading()
+            if self.waiting == WAIT_BODY:
+                # The time we did not read is not the client's: the body deadlines
+                # (gap and minimum rate) move by it.
+                held = monotonic() - self.held_since
+                self.deadline += held
+                self.body_start += held
         elif not before and self.holds:
             self.transport.pause_reading()
+            self.held_since = monotonic()
         return 0
 
     cdef int exchange_done(self, Exchange exchange, bint keep_alive) except -1:
@@ -693,10 +702,16 @@ cdef class ClientConnection(ParserHandler):
             ex.finished = True
             ex.status = status
             ex.sent = core.local_body_size(status)
+            ex.settle(PEER_UNKNOWN)  # the request's share of limits, queues, the server
             if core.log_on:
                 core.access_log.record(ex)
         elif core.log_on:
             core.access_log.refused(self.ip, status, core.local_body_size(status))
+        if core.bans is not None and 400 <= status < 500 and core.ban_status[status - 400] \
+                and (core.trusted is None or not core.trusted.contains(self.ip)):
+            # A bad request counts against its sender; not against a trusted proxy,
+            # which speaks for many clients.
+            core.ban_event(self.ip)
         log_client.info("client %s: %d %s", self.ip.decode(), status, reason)
         self.write(core.local_response(status, core.clock, False))
         self._close(linger)
@@ -763,6 +778,10 @@ cdef class ClientConnection(ParserHandler):
         if self.closed:
             # Lingering is over, or a close waits on a client that does not read.
             self.reset()
+            return 0
+        if what == WAIT_BODY and self.holds:
+            # We are not reading the body (hold_reading): not the client's delay.
+            self._wait(WAIT_BODY, self.core.t_body)
             return 0
         if what == WAIT_IDLE or (what == WAIT_HEAD and not self.parser._mid_message):
             self._close(False)  # nothing asked: close quietly, as nginx does
@@ -963,6 +982,9 @@ cdef class Exchange:
             return 0
         if self.rule.max_body >= 0:
             self.max_body = self.rule.max_body
+        if self.max_body and head.body_kind == K_LENGTH and head.content_length > self.max_body:
+            self.respond_local(413, True)  # before any filter answers 100 Continue
+            return 0
         if self.rule.access is not None and refused(<tuple>self.rule.access, ctx.client_ip):
             self.respond_text(403, b"Forbidden", b"403 Forbidden\n", b"")
             return 0
@@ -1112,11 +1134,6 @@ cdef class Exchange:
 
     cdef int act(self) except -1:
         """The route's action, once every filter let the request through."""
-        cdef MessageHead head = self.head
-        cdef Core core = self.core
-        if self.max_body and head.body_kind == K_LENGTH and head.content_length > self.max_body:
-            self.respond_local(413, True)
-            return 0
         action = self.rule.action
         if type(action) is not ProxyAction:
             self.answer(<LocalAction?>action)
@@ -1271,7 +1288,13 @@ cdef class Exchange:
             # Keep the body as it goes, for a retry, while it fits.
             self.kept_limit = group.retry_buffer
             if self.kept_limit and group.retry_on:
-                self.kept = []
+                # What arrived while a filter held the request (in `pending`) is
+                # part of the body to keep.
+                if self.pending_size > self.kept_limit:
+                    self.kept = None
+                else:
+                    self.kept = list(self.pending) if self.pending else []
+                    self.kept_size = self.pending_size
         self.key = self.hash_key(ctx)
         cookie = group.sticky_cookie
         if cookie is not None:
@@ -1713,6 +1736,12 @@ cdef class Exchange:
         """Send a response made here; `close`: end now, without reading the request body."""
         self.local = True
         self.connecting = False
+        if self.pending is not None:
+            # Body held for a filter: dropped, and read again (to drain it) if held.
+            self.pending = None
+            self.pending_size = 0
+            if self.client.holds & HOLD_UPSTREAM:
+                self.client.hold_reading(HOLD_UPSTREAM, False)
         self.status = status
         self.keep = keep
         self.resp_started = True
@@ -1776,20 +1805,28 @@ cdef class Exchange:
                 (<WaitQueue>self.group.waiting).wake()  # a server has room now
         return 0
 
+    cdef int settle(self, int outcome) except -1:
+        """Give back what the request held: its place in max_in_flight and in a
+        queue, and its server (told `outcome`). Once, however the exchange ends."""
+        if self.counted:
+            self.counted = False
+            self.core.in_flight -= 1
+        if self.queued is not None:
+            self.queued.remove(self)
+        self.peer_done(outcome)
+        return 0
+
     cdef int finish(self, bint keep) except -1:
         cdef Core core = self.core
         if self.finished:
             return 0
         self.finished = True
-        if self.counted:
-            self.counted = False
-            core.in_flight -= 1
-        if self.queued is not None:
-            self.queued.remove(self)
-        self.peer_done(PEER_ANSWERED if self.resp_head is not None else PEER_FAILED)
-        if core.bans is not None and self.ctx is not None and (
+        self.settle(PEER_ANSWERED if self.resp_head is not None else PEER_FAILED)
+        # Refusals count for auto-ban when they were answered (not a client that
+        # went away first: 499).
+        if core.bans is not None and self.ctx is not None and self.resp_started and (
                 (self.waf_hit and core.ban_waf) or (
-                    400 <= self.status < 500 and core.ban_status[self.status - 400])):
+                    400 <= self.status < 499 and core.ban_status[self.status - 400])):
             core.ban_event(self.ctx.client_ip)
         if core.log_on:
             core.access_log.record(self)

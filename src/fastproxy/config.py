@@ -669,7 +669,8 @@ LIMITS_FIELDS: Final = (
         _integer(1, 10000),
     ),
     FieldSpec(
-        "max_body_bytes", "64m", "size", "request body; over it -> 413; 0 means unlimited", _size(0)
+        "max_body_bytes", "64m", "size", "request body; over it -> 413; 0 means unlimited",
+        _size(0, 1 << 50)
     ),
     FieldSpec(
         "max_requests_per_connection", 1000, "integer 0..100000000",
@@ -1358,11 +1359,12 @@ def _rate(value: object) -> tuple[float, str]:
 
 
 def _store_url(value: object) -> str:
-    """A Redis URL for a rate limit's shared store (checked, not connected to)."""
-    from fastproxy.redisstore import check_url
+    """A Redis URL for a rate limit's shared store: checked, and its client built
+    (as the workers will), without connecting."""
+    from fastproxy.redisstore import RedisStore
 
     url = _string(value)
-    check_url(url)
+    RedisStore(url)  # raises ValueError with the reason
     return url
 
 
@@ -1847,7 +1849,7 @@ class _Checker(KeyChecker):
             return None
         self.known_keys(table, "waf", ("rule_sets", "exclusions", "rules", "body_limit"))
         before = len(self.issues)
-        body_limit = self.convert("waf.body_limit", _size(0, 1024**2),
+        body_limit = self.convert("waf.body_limit", _size(0, 64 * 1024),
                                   table.get("body_limit", "8k"))
         names = table.get("rule_sets", list(waf.DEFAULT_RULE_SETS))
         exclusions = table.get("exclusions", [])

@@ -22,6 +22,7 @@ import difflib
 import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -135,11 +136,17 @@ def _auth_timeout(value: object) -> float:
     return seconds
 
 
+BODY_SIZE_MAX: Final = 1 << 50  # far beyond any body; keeps the value a C long long
+
+
 def body_size(value: object) -> int:
     """A request body limit in bytes, like [limits] max_body_bytes (0: unlimited)."""
     from fastproxy.config import parse_size  # config imports this module
 
-    return parse_size(value)
+    size = parse_size(value)
+    if size > BODY_SIZE_MAX:
+        raise ValueError(f"must be at most 1p ({BODY_SIZE_MAX} bytes), found {describe(value)}")
+    return size
 
 
 def _plural(n: int, noun: str) -> str:
@@ -923,6 +930,12 @@ class _RouteParser:
                 if not os.path.isfile(ca):
                     ck.error(key(path, "ca"), f"no such file: {ca}")
                     ca = INVALID
+                else:
+                    try:
+                        ssl.create_default_context(cafile=ca)
+                    except (OSError, ssl.SSLError, ValueError) as e:
+                        ck.error(key(path, "ca"), f"not a usable PEM CA bundle: {e}")
+                        ca = INVALID
         if ck.error_count != before or INVALID in (url, timeout, max_body, ca,
                                                    *names.values()):
             return None
