@@ -508,6 +508,7 @@ class Route:
     waf: bool = True  # the [waf] rules apply (when there is a [waf] section)
     max_body_bytes: int | None = None  # overrides the listener's and [limits]' (0: unlimited)
     forward_auth: ForwardAuthSpec | None = None  # an auth service asked first
+    cache: str | None = None  # the [caches.NAME] that stores this route's responses
 
     @property
     def label(self) -> str:
@@ -670,6 +671,7 @@ _ROUTE_KEYS: Final = (
     "waf",
     "max_body_bytes",
     "forward_auth",
+    "cache",
 )
 _ACTIONS: Final = ("upstream", "redirect", "respond")
 _MATCH_KEYS: Final = (
@@ -807,8 +809,10 @@ class _RouteParser:
         upstreams: Collection[str] | None,
         listeners: Collection[str] | None,
         rate_limits: Collection[str] | None = (),
+        caches: Collection[str] | None = (),
     ) -> None:
         self.ck = ck
+        self.caches = caches  # [caches.NAME] names (None: unknown, skip the check)
         self.merge_slashes = merge_slashes
         self.upstreams = upstreams  # None: unknown (the section was unusable), skip the check
         self.listeners = listeners
@@ -866,6 +870,16 @@ class _RouteParser:
         max_body = None
         if "max_body_bytes" in table:
             max_body = ck.convert(f"{path}.max_body_bytes", body_size, table["max_body_bytes"])
+        cache = None
+        if "cache" in table:
+            cache = ck.convert(f"{path}.cache", string, table["cache"])
+            if cache is not INVALID and "upstream" not in table:
+                ck.error(f"{path}.cache", "only allowed on a route with upstream (nothing "
+                                          "is fetched to store otherwise)")
+            elif cache is not INVALID and self.caches is not None and cache not in self.caches:
+                defined = ", ".join(sorted(self.caches)) or "none"
+                ck.error(f"{path}.cache", f"unknown cache {cache!r} (defined: {defined}; "
+                                          "define it as [caches.NAME])")
         forward_auth = None
         if "forward_auth" in table:
             forward_auth = self.forward_auth(table["forward_auth"], f"{path}.forward_auth")
@@ -894,6 +908,7 @@ class _RouteParser:
             waf=waf is not False,
             max_body_bytes=max_body,
             forward_auth=forward_auth,
+            cache=cache if isinstance(cache, str) else None,
         )
 
     def forward_auth(self, raw: object, path: str) -> ForwardAuthSpec | None:
@@ -1436,6 +1451,7 @@ def parse_routes(
     upstreams: Collection[str] | None,
     listeners: Collection[str] | None,
     rate_limits: Collection[str] | None = (),
+    caches: Collection[str] | None = (),
 ) -> list[Route]:
     """Check the ``routes`` array (``MISSING`` when absent) and build the valid routes.
 
@@ -1451,7 +1467,7 @@ def parse_routes(
         return []
     if not items:
         ck.error("routes", "at least one route is required")
-    parser = _RouteParser(ck, merge_slashes, upstreams, listeners, rate_limits)
+    parser = _RouteParser(ck, merge_slashes, upstreams, listeners, rate_limits, caches)
     routes = [parser.route(i, item) for i, item in enumerate(items)]
     return [route for route in routes if route is not None]
 

@@ -19,6 +19,7 @@ from typing import Any
 import uvloop
 
 from fastproxy._actions import Template
+from fastproxy._httpcache import RouteCache
 from fastproxy._peers import PeerTable, slot_layout
 from fastproxy._proxy import Core
 from fastproxy._ratelimit import BanTable, ConnTable, LimitTable, RateLimit
@@ -84,7 +85,9 @@ class Worker:
                                 spec.rate, spec.burst, table_of_limits, spec.delay)
                 for name, spec in config.rate_limits.items()}
             self._store_limits(config)
-        self.core.router = build_router(config, self.groups, self.rate_limits)
+        # Each [caches.NAME]: this worker's memory tier and fills in flight.
+        self.caches = {name: RouteCache(spec) for name, spec in config.caches.items()}
+        self.core.router = build_router(config, self.groups, self.rate_limits, self.caches)
         if config.server.trusted_proxies:
             self.core.trusted = IpSet(config.server.trusted_proxies)
         self.core.listener_access = [compile_access(listener.access)
