@@ -21,6 +21,7 @@ class Site:
     def __init__(self) -> None:
         self.asked: dict[str, int] = {}
         self.fail = False
+        self.version = 1
         self.lock = threading.Lock()
 
     def __call__(self, req: Received) -> Reply:
@@ -51,15 +52,20 @@ class Site:
             if self.fail:
                 return Reply(503, [], b"down")
             return Reply(200, [("Cache-Control", "max-age=1, stale-if-error=60")], b"good")
+        if path == "/versioned":
+            if req.method == "POST":
+                self.version += 1
+                return Reply(204, [], b"")
+            return Reply(200, [("Cache-Control", "max-age=60")], b"v%d" % self.version)
         if path == "/swr":
             return Reply(200, [("Cache-Control", "max-age=1, stale-while-revalidate=30")],
                          b"swr%d" % n)
         return Reply(404, [], b"no")
 
 
-def start(tmp_path: Path, origin: Origin, cache: str = "") -> ProxyProcess:
+def start(tmp_path: Path, origin: Origin, cache: str = "", workers: int = 1) -> ProxyProcess:
     port = free_port()
-    text = (f'[server]\nworkers = 1\n[log]\naccess = "off"\n'
+    text = (f'[server]\nworkers = {workers}\n[log]\naccess = "off"\n'
             f'[[listeners]]\naddress = "127.0.0.1:{port}"\n'
             f'[caches.main]\nmemory = "8m"\n{cache}\n'
             f'[upstreams.app]\nservers = ["{origin.address}"]\n'
@@ -224,6 +230,24 @@ def test_unsafe_requests_invalidate(make_origin: Callable[..., Origin], site: Si
             assert client.read_response().status == 200
         get(proxy.port, "/fresh")
         assert site.asked["/fresh"] == 3  # the POST, then a miss
+    finally:
+        proxy.stop()
+
+
+def test_invalidation_reaches_every_worker(make_origin: Callable[..., Origin], site: Site,
+                                           tmp_path: Path) -> None:
+    origin = make_origin(site, name="app")
+    proxy = start(tmp_path, origin, workers=2)
+    try:
+        proxy.wait_worker_pids(2)
+        # New connections spread over both workers: both store v1.
+        assert {get(proxy.port, "/versioned").body for _ in range(20)} == {b"v1"}
+        assert 1 <= site.asked["/versioned"] <= 2
+        with RawClient(proxy.port) as client:
+            client.send(b"POST /versioned HTTP/1.1\r\nHost: site\r\nContent-Length: 0\r\n\r\n")
+            assert client.read_response().status == 204
+        # Whichever worker answers, the old copy is gone.
+        assert {get(proxy.port, "/versioned").body for _ in range(20)} == {b"v2"}
     finally:
         proxy.stop()
 

@@ -1,4 +1,4 @@
-from libc.stdint cimport uint64_t
+from libc.stdint cimport int64_t, uint64_t
 
 from fastproxy._cache cimport CacheIndex
 from fastproxy._http cimport MessageHead
@@ -6,6 +6,16 @@ from fastproxy._actions cimport Template
 
 
 cdef double wall_now() noexcept nogil
+
+
+cdef class Stamps:
+    cdef int64_t* slots
+    cdef size_t _bytes
+    cdef uint64_t mask
+    cdef readonly Py_ssize_t size
+
+    cdef bint outdated(self, uint64_t key, double fetched) noexcept nogil
+    cdef void mark(self, uint64_t key, double now) noexcept nogil
 
 
 cdef class Stored:
@@ -42,6 +52,7 @@ cdef class RouteCache:
     cdef readonly bint debug
     cdef readonly dict fills            # primary key -> [waiting Exchange, ...]
     cdef bytes status_name
+    cdef Stamps stamps                  # invalidations of every worker (None: alone)
 
     cdef object lookup(self, uint64_t primary, MessageHead head)
     cdef bint plain(self, MessageHead head) except -1

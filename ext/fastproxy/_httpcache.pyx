@@ -11,10 +11,12 @@ or Range: for it, a stored response is fresh while the wall clock is before
 its `fresh_until` (response_time + lifetime - corrected initial age) and it has
 no no-cache. Everything else asks `cachepolicy.serve`.
 """
-from libc.stdint cimport uint64_t
+from libc.stdint cimport int64_t, uint64_t
 from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 
 from fastproxy._cache cimport CacheIndex, cache_key
+from fastproxy._ratelimit cimport shared_map, table_size
+from posix.mman cimport munmap
 from fastproxy._http cimport MessageHead
 from fastproxy._actions cimport Template
 
@@ -40,6 +42,52 @@ cdef double wall_now() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_REALTIME, &ts)
     return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef extern from *:
+    """
+    static inline int64_t fastproxy_stamp_load(int64_t* p) {
+        return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+    }
+    static inline void fastproxy_stamp_raise(int64_t* p, int64_t v) {
+        int64_t seen = __atomic_load_n(p, __ATOMIC_ACQUIRE);
+        while (seen < v && !__atomic_compare_exchange_n(p, &seen, v, 0, __ATOMIC_ACQ_REL,
+                                                         __ATOMIC_ACQUIRE)) {}
+    }
+    """
+    int64_t fastproxy_stamp_load(int64_t* p) nogil
+    void fastproxy_stamp_raise(int64_t* p, int64_t v) nogil
+
+
+cdef class Stamps:
+    """Invalidations seen by every worker: `size` slots (a power of two) in shared
+    memory, mapped by the master before it forks, each the latest time (wall
+    clock, ns) a key hashing to it was invalidated. A stored response whose
+    fetch began before its slot's time is not used (two keys sharing a slot
+    cost each other a miss, never a stale answer)."""
+
+    def __cinit__(self, Py_ssize_t size=65536):
+        self.size = table_size(size)
+        self.mask = <uint64_t>(self.size - 1)
+        self._bytes = <size_t>self.size * sizeof(int64_t)
+        self.slots = <int64_t*>shared_map(self._bytes)
+
+    def __dealloc__(self):
+        if self.slots != NULL:
+            munmap(self.slots, self._bytes)
+
+    cdef bint outdated(self, uint64_t key, double fetched) noexcept nogil:
+        """A response for `key` whose fetch began at `fetched` (wall seconds) was
+        invalidated since."""
+        cdef int64_t stamp = fastproxy_stamp_load(&self.slots[key & self.mask])
+        return stamp != 0 and <double>stamp >= fetched * 1e9
+
+    cdef void mark(self, uint64_t key, double now) noexcept nogil:
+        fastproxy_stamp_raise(&self.slots[key & self.mask], <int64_t>(now * 1e9))
+
+    def invalidate(self, uint64_t key, now=None):
+        """Mark `key` invalidated at `now` (wall seconds; default: now)."""
+        self.mark(key, wall_now() if now is None else now)
 
 
 cdef class Stored:
@@ -104,10 +152,21 @@ cdef class RouteCache:
     cdef object lookup(self, uint64_t primary, MessageHead head):
         """The stored response for this request (its variant), or None."""
         found = self.index.get(primary)
-        if found is None or type(found) is Stored:
+        if found is None:
+            return None
+        if type(found) is Stored:
+            if self.stamps is not None and self.stamps.outdated(
+                    primary, (<Stored>found).request_time):
+                self.index.remove(primary)  # invalidated by another worker
+                return None
             return found
         variants = <Variants>found
-        return variants.entries.get(cachepolicy.secondary_key(variants.names, head.headers()))
+        found = variants.entries.get(cachepolicy.secondary_key(variants.names, head.headers()))
+        if found is not None and self.stamps is not None and self.stamps.outdated(
+                primary, (<Stored>found).request_time):
+            self.index.remove(primary)
+            return None
+        return found
 
     cdef bint plain(self, MessageHead head) except -1:
         """A request whose stored answer depends only on freshness."""
@@ -190,20 +249,26 @@ cdef class RouteCache:
         self.put(primary, new, names or ())
         return new
 
+    def set_stamps(self, Stamps stamps):
+        """Share invalidations with the other workers (the master's table)."""
+        self.stamps = stamps
+
     def invalidate(self, uint64_t primary):
         self.index.remove(primary)
+        if self.stamps is not None:
+            self.stamps.mark(primary, wall_now())
 
     def invalidate_after(self, uint64_t primary, bytes method, int status, bytes host,
                          bytes target, list response_headers, bytes scheme):
         """RFC 9111 §4.4: a successful unsafe request invalidates its target, and the
         Location and Content-Location URIs of the same origin (those only with the
         default key, which can be made for another URI)."""
-        self.index.remove(primary)
+        self.invalidate(primary)
         if self.key_source != DEFAULT_KEY:
             return
         for other_host, other_target in cachepolicy.invalidations(
                 method, status, host, target, response_headers, scheme=scheme):
-            self.index.remove(cache_key(scheme + b"://" + other_host + other_target))
+            self.invalidate(cache_key(scheme + b"://" + other_host + other_target))
 
     # -- answers --------------------------------------------------------------------------
     def status_line(self, bint hit=False, fwd=None, fwd_status=None, ttl=None, stored=None,

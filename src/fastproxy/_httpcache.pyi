@@ -4,6 +4,11 @@ from typing import Any
 
 DEFAULT_KEY: str
 
+class Stamps:
+    size: int
+    def __init__(self, size: int = 65536) -> None: ...
+    def invalidate(self, key: int, now: float | None = None) -> None: ...
+
 class Stored:
     status: int
     reason: bytes
@@ -41,3 +46,4 @@ class RouteCache:
                     stored: bool | None = None, collapsed: bool | None = None,
                     key: bytes | None = None, detail: str | None = None) -> bytes: ...
     def invalidate(self, primary: int) -> None: ...
+    def set_stamps(self, stamps: Stamps) -> None: ...

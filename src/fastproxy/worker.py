@@ -19,7 +19,7 @@ from typing import Any
 import uvloop
 
 from fastproxy._actions import Template
-from fastproxy._httpcache import RouteCache
+from fastproxy._httpcache import RouteCache, Stamps
 from fastproxy._peers import PeerTable, slot_layout
 from fastproxy._proxy import Core
 from fastproxy._ratelimit import BanTable, ConnTable, LimitTable, RateLimit
@@ -60,7 +60,8 @@ class Worker:
                  table: PeerTable | None = None, contexts: list[Any] | None = None,
                  limit_table: LimitTable | None = None,
                  conn_table: ConnTable | None = None,
-                 ban_table: BanTable | None = None) -> None:
+                 ban_table: BanTable | None = None,
+                 cache_stamps: Stamps | None = None) -> None:
         self.config = config
         self.sockets = sockets
         # Each listener's server SSLContext (built by the master before forking, so
@@ -87,6 +88,10 @@ class Worker:
             self._store_limits(config)
         # Each [caches.NAME]: this worker's memory tier and fills in flight.
         self.caches = {name: RouteCache(spec) for name, spec in config.caches.items()}
+        if self.caches:
+            stamps = cache_stamps if cache_stamps is not None else Stamps(65536)
+            for cache in self.caches.values():
+                cache.set_stamps(stamps)
         self.core.router = build_router(config, self.groups, self.rate_limits, self.caches)
         if config.server.trusted_proxies:
             self.core.trusted = IpSet(config.server.trusted_proxies)
