@@ -34,8 +34,8 @@ import time
 from typing import Any
 
 from fastproxy import __version__
-from fastproxy._peers import PeerTable, slot_layout
 from fastproxy._httpcache import Stamps
+from fastproxy._peers import PeerTable, slot_layout
 from fastproxy._ratelimit import BanTable, ConnTable, LimitTable
 from fastproxy.config import Config, ConfigError, Listener, load_config
 
