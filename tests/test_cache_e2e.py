@@ -269,3 +269,35 @@ def test_cache_config() -> None:
     keys = sorted(i.key for i in info.value.errors)
     assert keys == ["caches.main.disk", "caches.other.valid", "routes[0].cache",
                     "routes[1].cache"]
+
+
+def test_cache_explain(make_origin: Callable[..., Origin], site: Site, tmp_path: Path,
+                       capsys: pytest.CaptureFixture[str]) -> None:
+    from fastproxy.cli import main
+
+    origin = make_origin(site, name="app")
+    proxy = start(tmp_path, origin)
+    config = str(tmp_path / "fastproxy.toml")
+    try:
+        assert main(["cache", "explain", config, "http://site/fresh"]) == 0
+        out = capsys.readouterr().out
+        assert "key:       http://site/fresh" in out
+        assert "stored:    no (504 to only-if-cached" in out
+        assert site.asked.get("/fresh", 0) == 0  # the proxy did not go upstream for it
+        get(proxy.port, "/fresh")
+        assert main(["cache", "explain", config, "http://site/fresh"]) == 0
+        out = capsys.readouterr().out
+        assert "response:  200" in out and "Cache-Status: fastproxy;hit" in out
+        assert "freshness: 60 s from max-age" in out and "verdict:   fresh" in out
+        assert site.asked["/fresh"] == 1
+        assert main(["cache", "explain", config, "http://site/nostore", "--upstream"]) == 0
+        out = capsys.readouterr().out
+        assert "storable:  no (" in out and "no-store" in out
+        assert main(["cache", "explain", config, "http://site/vary", "--upstream",
+                     "-H", "Accept-Language: fr"]) == 0
+        out = capsys.readouterr().out
+        assert "vary:      accept-language -> this request's variant" in out
+    finally:
+        proxy.stop()
+    assert main(["cache", "explain", config, "http://site/fresh"]) == 2  # nobody listens
+    assert "cannot ask" in capsys.readouterr().err
