@@ -2061,6 +2061,8 @@ class Waf:
         prep = rule_set.prep
         keep_nul = rule_set.keep_nul
         name = rule_set.name
+        prepared: dict[tuple[int, frozenset[str] | None],
+                       tuple[list[tuple[int, str, str]], str]] = {}
         for rule in rule_set.rules:
             rule_id = rule.id
             if rule_id in self._off:
@@ -2074,11 +2076,25 @@ class Waf:
                 continue
             for pat in rule.patterns:
                 gates = pat.gates
-                for kind, item, value in _values(req, pat.kinds, rule.headers, keep_nul):
-                    if prep is not None:
-                        value = prep(value)
+                # The values of these kinds, prepared once per set (not once per
+                # pattern), and joined: a pattern that finds nothing in all of them
+                # at once is not tried value by value. Hundreds of form fields
+                # would otherwise cost rules x patterns x fields searches.
+                group = (pat.kinds, rule.headers)
+                got = prepared.get(group)
+                if got is None:
+                    items = [(kind, item, prep(value) if prep is not None else value)
+                             for kind, item, value in _values(req, pat.kinds, rule.headers,
+                                                              keep_nul)]
+                    got = prepared[group] = (items, "\x00".join(v for _, _, v in items))
+                items, joined = got
+                if not all(gate in joined for gate in gates):
+                    continue  # the pattern cannot match without its gates
+                if len(items) > 1 and _anchorless(pat) and pat.regex.search(joined) is None:
+                    continue
+                for kind, item, value in items:
                     if not all(gate in value for gate in gates):
-                        continue  # the pattern cannot match without its gates
+                        continue
                     match = pat.regex.search(value)
                     if match is None:
                         continue
@@ -2125,6 +2141,23 @@ def _values(req: _Request, kinds: int, headers: frozenset[str] | None,
                 if not keep_nul and "\x00" in value:
                     value = value.replace("\x00", "")
                 yield kind, name, value
+
+
+_ANCHORED: dict[str, bool] = {}
+
+
+def _anchorless(pat: _Pattern) -> bool:
+    """No ^, $, \\A or \\Z: then a match in one value is a match in the values
+    joined with NUL, so the joined text is a sound pre-check. Every substring of
+    a value is in the joined text, and the context the NUL gives differs from a
+    value's edge only for lookarounds and anchors: the NUL is not a word
+    character (\\b and \\B see it as an edge), the built-in negative lookaheads
+    test for "=", and a positive lookbehind that the NUL satisfies only adds
+    matches (the per-value search then decides)."""
+    known = _ANCHORED.get(pat.source)
+    if known is None:
+        known = _ANCHORED[pat.source] = re.search(r"(?<!\\)[$^]|\\[AZ]", pat.source) is None
+    return known
 
 
 def _target_label(family: str, name: str) -> str:
