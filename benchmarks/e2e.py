@@ -10,6 +10,7 @@
     python benchmarks/e2e.py --cases 1k --profile /tmp/profile.txt   # + py-spy on the worker
     python benchmarks/e2e.py --tls --proxies fastproxy,nginx   # only the TLS cases (opt-in)
     python benchmarks/e2e.py --cases tls-handshake --tls-key rsa      # RSA-2048 instead of P-256
+    python benchmarks/e2e.py --cases cache-hit   # hits from each proxy's cache (opt-in)
     python benchmarks/e2e.py --waf           # fastproxy with [waf] vs without, ~2 min (opt-in)
     python benchmarks/e2e.py --cases waf-browser --profile /tmp/w.txt --profile-case waf-browser
 
@@ -132,6 +133,11 @@ CASES = {
     "1k": ("/1k.bin", False, "keep-alive, 1 KiB response"),
     "64k": ("/64k.bin", False, "keep-alive, 64 KiB response"),
     "close": ("/1k.bin", True, "new connection per request (Connection: close), 1 KiB"),
+    # Opt-in (--cases cache-hit): every proxy caches /cached/ (the upstream sends
+    # max-age=3600 there), so after the warm-up each request is a hit.
+    "cache-hit": ("/cached/1k.bin", False,
+                  "keep-alive, 1 KiB served from each proxy's cache (nginx proxy_cache, "
+                  "HAProxy cache, fastproxy [caches])"),
 }
 # TLS cases (opt-in): case -> (path or None, client, what it measures)
 TLS_CASES = {
@@ -362,6 +368,10 @@ def upstream_conf(prefix: Path, port: int, workers: int = 1) -> str:
         listen 127.0.0.1:{port};
         root {prefix}/www;
         location / {{ }}
+        location /cached/ {{
+            alias {prefix}/www/;
+            add_header Cache-Control "max-age=3600";
+        }}
         location = /status {{ stub_status; }}  # counts the connections the proxies open
     }}
 }}
@@ -393,6 +403,12 @@ def nginx_proxy_conf(prefix: Path, port: int, upstream_port: int, keepalive: int
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }
+        location /cached/ {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache hits;
+        }
 """
     tls_server = ""
     if tls is not None:
@@ -413,6 +429,8 @@ def nginx_proxy_conf(prefix: Path, port: int, upstream_port: int, keepalive: int
 {location}    }}
 """
     return _nginx_common(prefix, "proxy") + f"""\
+    proxy_cache_path {prefix}/proxy_cache levels=1:2 keys_zone=hits:10m max_size=64m
+                     inactive=60m use_temp_path=off;
     upstream backend {{
         server 127.0.0.1:{upstream_port};
         keepalive {keepalive};
@@ -471,7 +489,13 @@ frontend fe
     bind 127.0.0.1:{port}
     default_backend be
 {tls_frontend}
+cache hits
+    total-max-size 64
+    max-age 3600
+
 backend be
+    http-request cache-use hits if {{ path_beg /cached/ }}
+    http-response cache-store hits
     server s1 127.0.0.1:{upstream_port} pool-max-conn {keepalive}
 """
 
@@ -504,6 +528,14 @@ address = "127.0.0.1:{port}"
 [upstreams.backend]
 servers = ["127.0.0.1:{upstream_port}"]
 keepalive = {keepalive}
+
+[caches.hits]
+memory = "64m"
+
+[[routes]]
+match = {{ path_prefix = "/cached", whole_segments = true }}
+upstream = "backend"
+cache = "hits"
 
 [[routes]]
 upstream = "backend"
@@ -845,7 +877,8 @@ def body_size(case: str) -> int:
     """The size of the file a wrk case fetches (its path without the query)."""
     path = case_path(case)
     assert path is not None
-    return FILES[path.partition("?")[0]]
+    path = path.partition("?")[0]
+    return FILES[path.removeprefix("/cached")]
 
 
 def run_load(case: str, port: int, seconds: int, args: argparse.Namespace, cpu: str | None,
@@ -1240,7 +1273,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=int, help="seconds per wrk run (default 8; --quick: 3)")
     p.add_argument("--cases", default="1k,64k,close",
                    help=f"comma-separated, from: {', '.join(ALL_CASES)} "
-                        f"(default {','.join(CASES)}; {SCALE} is opt-in: fastproxy only, with "
+                        f"(default 1k,64k,close; cache-hit and {SCALE} are opt-in: fastproxy only, with "
                         f"{', '.join(map(str, SCALE_WORKERS))} workers, nothing pinned, wrk "
                         f"-t{SCALE_THREADS} -c{SCALE_CONNECTIONS}; the tls-* and waf-* cases "
                         "are opt-in too, see --tls and --waf)")
