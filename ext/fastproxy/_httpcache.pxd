@@ -18,6 +18,10 @@ cdef class Stamps:
     cdef void mark(self, uint64_t key, double now) noexcept nogil
 
 
+cdef class SharedCounter:
+    cdef int64_t* value_ptr
+
+
 cdef class Stored:
     cdef readonly int status
     cdef readonly bytes reason
@@ -51,6 +55,8 @@ cdef class RouteCache:
     cdef readonly double lock_timeout
     cdef readonly bint debug
     cdef readonly dict fills            # primary key -> [waiting Exchange, ...]
+    cdef readonly long long store_limit # the largest response a tier keeps
+    cdef readonly object disk           # diskcache.DiskStore, or None
     cdef bytes status_name
     cdef Stamps stamps                  # invalidations of every worker (None: alone)
 

@@ -57,6 +57,33 @@ cdef extern from *:
     """
     int64_t fastproxy_stamp_load(int64_t* p) nogil
     void fastproxy_stamp_raise(int64_t* p, int64_t v) nogil
+    int64_t fastproxy_counter_add "__atomic_add_fetch"(int64_t* p, int64_t v, int order) nogil
+    void fastproxy_counter_store "__atomic_store_n"(int64_t* p, int64_t v, int order) nogil
+    int ATOMIC_SEQ_CST "__ATOMIC_SEQ_CST"
+
+
+cdef class SharedCounter:
+    """One number in shared memory, mapped before the fork, changed atomically by
+    every process (the disk tier's bytes in use: the writers add, the evictor
+    sets it after a scan)."""
+
+    def __cinit__(self):
+        self.value_ptr = <int64_t*>shared_map(4096)
+
+    def __dealloc__(self):
+        if self.value_ptr != NULL:
+            munmap(self.value_ptr, 4096)
+
+    def add(self, int64_t n):
+        """Add `n` (may be negative); the new value."""
+        return fastproxy_counter_add(self.value_ptr, n, ATOMIC_SEQ_CST)
+
+    def set(self, int64_t n):
+        fastproxy_counter_store(self.value_ptr, n, ATOMIC_SEQ_CST)
+
+    @property
+    def value(self):
+        return fastproxy_stamp_load(self.value_ptr)
 
 
 cdef class Stamps:
@@ -139,10 +166,11 @@ cdef class RouteCache:
             heuristic_fraction=spec.heuristic_fraction, heuristic_max=spec.heuristic_max,
             default_ttl_by_status=dict(spec.valid), store_set_cookie=spec.store_set_cookie,
             ignore_no_cache_request=spec.ignore_client_no_cache,
-            max_object_size=spec.max_object,
+            max_object_size=spec.store_limit,
             stale_while_revalidate=spec.stale_while_revalidate,
             stale_if_error=spec.stale_if_error)
         self.max_object = spec.max_object
+        self.store_limit = spec.store_limit
         self.lock_timeout = spec.lock_timeout
         self.debug = spec.debug
         self.fills = {}
@@ -200,18 +228,38 @@ cdef class RouteCache:
                                                    response_time, self.policy)
 
     def store(self, uint64_t primary, list request_headers, MessageHead head, bytes body,
-              double request_time, double response_time, fresh):
-        """Store a complete response; the Stored, or None when it cannot be."""
+              double request_time, double response_time, fresh, bytes key=None, write=None,
+              done=None):
+        """Store a complete response (in memory when `body` is not None; on disk
+        through `write`, a diskcache.DiskWrite that has the body, with `key` the
+        key text): the Stored kept in memory, or None. `done(ok)` is called once
+        the disk write is over (not at all without one)."""
         response_headers = head.headers()
         names = cachepolicy.vary_names(response_headers)
-        if names is None:
-            return None  # Vary: * (admit refused it already)
+        if names is None:  # Vary: * (admit refused it already)
+            if write is not None:
+                write.abort()
+            return None
         kept = [(name, value) for name, value in response_headers
                 if name.lower() not in _NOT_STORED]
         variant = cachepolicy.secondary_key(names, request_headers) if names else b""
-        stored = Stored(head.status, head.reason or b"", kept, body, request_time,
-                        response_time, fresh, variant)
+        stored = Stored(head.status, head.reason or b"", kept, body if body is not None else b"",
+                        request_time, response_time, fresh, variant)
+        if write is not None:
+            write.commit(key, stored, names, done)
+        if body is None:
+            return None
         self.put(primary, stored, names)
+        return stored
+
+    def adopt(self, uint64_t primary, Stored stored, tuple names):
+        """A response read from disk: None when it was invalidated since it was
+        fetched (its file is removed); else kept in memory too, if it fits."""
+        if self.stamps is not None and self.stamps.outdated(primary, stored.request_time):
+            self.disk.remove(primary)
+            return None
+        if len(stored.body) <= self.max_object:
+            self.put(primary, stored, names)
         return stored
 
     cdef int put(self, uint64_t primary, Stored stored, tuple names) except -1:
@@ -233,7 +281,7 @@ cdef class RouteCache:
         return 0
 
     def refreshed(self, uint64_t primary, Stored stored, list request_headers,
-                  MessageHead head, double request_time, double response_time):
+                  MessageHead head, double request_time, double response_time, bytes key=None):
         """A 304 to our revalidation: the stored response with the 304's fields
         (RFC 9111 §4.3.4), stored again; None when the 304 does not match it."""
         not_modified = head.headers()
@@ -245,18 +293,27 @@ cdef class RouteCache:
         kept = [(name, value) for name, value in merged if name.lower() not in _NOT_STORED]
         new = Stored(stored.status, stored.reason, kept, stored.body, request_time,
                      response_time, fresh, stored.variant)
-        names = cachepolicy.vary_names(merged)
-        self.put(primary, new, names or ())
+        names = cachepolicy.vary_names(merged) or ()
+        if len(new.body) <= self.max_object:
+            self.put(primary, new, names)
+        if self.disk is not None and key is not None:
+            self.disk.write_whole(primary, key, new, names)
         return new
 
     def set_stamps(self, Stamps stamps):
         """Share invalidations with the other workers (the master's table)."""
         self.stamps = stamps
 
+    def set_disk(self, disk):
+        """The disk tier of this cache in this worker (a diskcache.DiskStore)."""
+        self.disk = disk
+
     def invalidate(self, uint64_t primary):
         self.index.remove(primary)
         if self.stamps is not None:
             self.stamps.mark(primary, wall_now())
+        if self.disk is not None:
+            self.disk.remove(primary)
 
     def invalidate_after(self, uint64_t primary, bytes method, int status, bytes host,
                          bytes target, list response_headers, bytes scheme):

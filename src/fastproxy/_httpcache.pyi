@@ -9,6 +9,12 @@ class Stamps:
     def __init__(self, size: int = 65536) -> None: ...
     def invalidate(self, key: int, now: float | None = None) -> None: ...
 
+class SharedCounter:
+    value: int
+    def __init__(self) -> None: ...
+    def add(self, n: int) -> int: ...
+    def set(self, n: int) -> None: ...
+
 class Stored:
     status: int
     reason: bytes
@@ -24,6 +30,9 @@ class Stored:
     prefix: bytes
     length_line: bytes
     size: int
+    def __init__(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                 body: bytes, request_time: float, response_time: float, fresh: Any,
+                 variant: bytes) -> None: ...
     def age(self, now: float) -> float: ...
 
 class Variants:
@@ -40,7 +49,12 @@ class RouteCache:
     lock_timeout: float
     debug: bool
     fills: dict[int, list[Any]]
+    store_limit: int
+    disk: Any
     def __init__(self, spec: Any) -> None: ...
+    def set_disk(self, disk: Any) -> None: ...
+    def adopt(self, primary: int, stored: Stored,
+              names: tuple[bytes, ...]) -> Stored | None: ...
     def status_line(self, hit: bool = False, fwd: str | None = None,
                     fwd_status: int | None = None, ttl: float | None = None,
                     stored: bool | None = None, collapsed: bool | None = None,

@@ -175,6 +175,15 @@ class AutoBan:
 
 
 @dataclass(frozen=True, slots=True)
+class DiskSpec:
+    """The disk tier of a [caches.NAME]: `disk = { path = ..., size = ... }`."""
+
+    path: str  # absolute; made when missing
+    size: int  # bytes the evictor keeps the directory under
+    max_object: int  # a bigger response is not written to disk
+
+
+@dataclass(frozen=True, slots=True)
 class CacheSpec:
     """[caches.NAME]: a shared HTTP cache (RFC 9111) that routes name in `cache`."""
 
@@ -191,6 +200,12 @@ class CacheSpec:
     ignore_client_no_cache: bool
     lock_timeout: float  # how long a request waits for a fill of the same key
     debug: bool  # Cache-Status shows the key
+    disk: DiskSpec | None = None  # the disk tier, shared by the workers
+
+    @property
+    def store_limit(self) -> int:
+        """The largest response some tier stores."""
+        return max(self.max_object, self.disk.max_object if self.disk is not None else 0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,578 @@
+"""The disk tier of the HTTP cache: one file per stored response, shared by the
+workers, written and read in threads so the event loop never waits on the disk.
+
+Files are named by the primary key's hash (`_cache.cache_key`: XXH3-64 with a
+fixed seed, the same in every worker and after a restart), in 256
+subdirectories named by its last two hex digits::
+
+    ROOT/c4/9f0e3a1b2c3d4ec4            a response (no Vary), or a Vary record
+    ROOT/c4/9f0e3a1b2c3d4ec4.0123...    one variant (the hash of its secondary key)
+    ROOT/c4/.tmp.PID.N                  a file being written
+
+A file is the body first, then a JSON header, then a fixed trailer::
+
+    b"FPCACHE1" | body | header (JSON, UTF-8) | body length u64, header length u32,
+                                               crc32 u32 (body + header), b"FPC-END\\n"
+
+The body comes first so that a response can be written while it streams (the
+first client is not kept waiting); the header (status, fields, times,
+freshness) is known when it ends. A reader checks the magic, that the lengths
+add up to the file's size, the CRC, the format version and that the key text
+in the header is the one asked for (two keys with one hash: a miss, never the
+other's answer). Anything wrong is a miss, logged, and the file is removed.
+
+Writes go to a temporary file in the target's directory and are renamed over
+it (`os.replace`) once complete, so a reader sees a whole file or none; a
+writer that dies leaves only a `.tmp.` file, which no lookup opens and the
+evictor removes (`fastproxy.cacheevictor`).
+
+On the loop side each worker has one `DiskStore` per disk cache: a writer
+thread (writes, renames and removals in submission order, with a bound on the
+bytes waiting for it) and reader threads (a bounded number of lookups in
+flight; beyond it a lookup is a miss).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import itertools
+import json
+import logging
+import os
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from fastproxy import cachepolicy
+from fastproxy._cache import cache_key
+from fastproxy._httpcache import SharedCounter, Stored
+
+log = logging.getLogger("fastproxy.cache")
+
+MAGIC = b"FPCACHE1"
+END = b"FPC-END\n"
+TRAILER = struct.Struct("<QII8s")  # body length, header length, crc32, END
+VERSION = 1
+TEMP_PREFIX = ".tmp."
+BLOCK = 4096  # sizes are counted in blocks: a 10-byte file takes one
+
+FLUSH_AT = 256 * 1024  # a streaming body goes to the writer in pieces of this much
+WRITE_QUEUE = 64 * 1024 * 1024  # bytes waiting for the writer thread, per store
+READS_IN_FLIGHT = 64  # lookups waiting for or in a reader thread, per store
+READ_THREADS = 2
+ERROR_LOG_EVERY = 10.0  # seconds between two log lines about failing writes
+
+# What a lookup found: (Stored, vary names), a miss, or the Vary record without
+# this request's variant.
+VARY_MISS = "vary-miss"
+Found = tuple[Stored, tuple[bytes, ...]] | str | None
+
+
+def blocks(size: int) -> int:
+    """The bytes a file of `size` bytes is counted as (whole 4 KiB blocks)."""
+    return (size + BLOCK - 1) // BLOCK * BLOCK if size > 0 else BLOCK
+
+
+def entry_name(primary: int, variant: bytes | None = None) -> str:
+    name = f"{primary:016x}"
+    if variant is not None:
+        name += f".{cache_key(variant):016x}"
+    return name
+
+
+def entry_path(root: str, primary: int, variant: bytes | None = None) -> str:
+    """The file of a primary key (its response or Vary record), or of one variant."""
+    return os.path.join(root, f"{primary & 0xFF:02x}", entry_name(primary, variant))
+
+
+def is_entry(name: str) -> bool:
+    """A name the store gives its files (what the evictor counts and may delete)."""
+    base, dot, variant = name.partition(".")
+    return (len(base) == 16 and _hex(base)
+            and (not dot or (len(variant) == 16 and _hex(variant))))
+
+
+def _hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
+
+
+# -- the file format -------------------------------------------------------------------
+
+
+def _text(value: bytes) -> str:
+    return value.decode("latin-1")
+
+
+def response_header(key: bytes, stored: Stored, names: Sequence[bytes]) -> bytes:
+    """The JSON header of a stored response."""
+    return json.dumps({
+        "v": VERSION, "key": _text(key), "variant": _text(stored.variant),
+        "vary": [_text(n) for n in names], "status": stored.status,
+        "reason": _text(stored.reason),
+        "headers": [[_text(n), _text(v)] for n, v in stored.headers],
+        "request_time": stored.request_time, "response_time": stored.response_time,
+        "fresh": dataclasses.asdict(stored.fresh),
+    }, separators=(",", ":")).encode()
+
+
+def vary_header(key: bytes, names: Sequence[bytes]) -> bytes:
+    """The JSON header of a Vary record: which request fields select the variant."""
+    return json.dumps({"v": VERSION, "key": _text(key), "record": "vary",
+                       "vary": [_text(n) for n in names]}, separators=(",", ":")).encode()
+
+
+def whole_file(body: bytes, header: bytes) -> list[bytes]:
+    """The parts of a complete file."""
+    crc = zlib.crc32(header, zlib.crc32(body))
+    return [MAGIC, body, header, TRAILER.pack(len(body), len(header), crc, END)]
+
+
+class Corrupt(Exception):
+    """A file that is not a whole entry of this format."""
+
+
+def read_entry(fd: int, size: int) -> tuple[dict[str, Any], bytes]:
+    """The header and body of the file open as `fd` (`size` bytes), or Corrupt."""
+    if size < len(MAGIC) + TRAILER.size:
+        raise Corrupt("truncated")
+    trailer = os.pread(fd, TRAILER.size, size - TRAILER.size)
+    if len(trailer) != TRAILER.size:
+        raise Corrupt("short read")
+    body_len, header_len, crc, end = TRAILER.unpack(trailer)
+    if end != END:
+        raise Corrupt("no trailer (truncated?)")
+    if len(MAGIC) + body_len + header_len + TRAILER.size != size:
+        raise Corrupt("lengths do not match the file size")
+    if os.pread(fd, len(MAGIC), 0) != MAGIC:
+        raise Corrupt("not a cache file of this version")
+    body = _pread_all(fd, body_len, len(MAGIC))
+    header = _pread_all(fd, header_len, len(MAGIC) + body_len)
+    if zlib.crc32(header, zlib.crc32(body)) != crc:
+        raise Corrupt("checksum mismatch")
+    try:
+        fields = json.loads(header)
+    except ValueError as e:
+        raise Corrupt(f"bad header: {e}") from None
+    if not isinstance(fields, dict) or fields.get("v") != VERSION:
+        raise Corrupt("unknown header version")
+    return fields, body
+
+
+def _pread_all(fd: int, n: int, offset: int) -> bytes:
+    data = os.pread(fd, n, offset)
+    if len(data) == n:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < n:
+        more = os.pread(fd, n - got, offset + got)
+        if not more:
+            raise Corrupt("short read")
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+def stored_from(fields: dict[str, Any], body: bytes) -> tuple[Stored, tuple[bytes, ...]]:
+    """The Stored of a response header, and its Vary names."""
+    fresh = dict(fields["fresh"])
+    fresh["notes"] = tuple(fresh.get("notes", ()))
+    stored = Stored(int(fields["status"]), fields["reason"].encode("latin-1"),
+                    [(n.encode("latin-1"), v.encode("latin-1")) for n, v in fields["headers"]],
+                    body, float(fields["request_time"]), float(fields["response_time"]),
+                    cachepolicy.Freshness(**fresh), fields["variant"].encode("latin-1"))
+    return stored, tuple(n.encode("latin-1") for n in fields["vary"])
+
+
+def write_all(fd: int, parts: Sequence[bytes]) -> int:
+    """Write every part (os.writev may take less than all); the bytes written."""
+    total = sum(len(p) for p in parts)
+    done = os.writev(fd, parts) if parts else 0
+    if done < total:
+        rest = memoryview(b"".join(parts))[done:]
+        while rest:
+            n = os.write(fd, rest)
+            rest = rest[n:]
+    return total
+
+
+# -- a worker's view of one disk cache -------------------------------------------------
+
+
+class DiskStore:
+    """One [caches.NAME] disk tier in one worker. The `read`, `begin`, `write_whole`
+    and `remove` methods are called on the loop; the file work runs in threads."""
+
+    def __init__(self, root: str, size: int, max_object: int,
+                 usage: SharedCounter | None = None) -> None:
+        self.root = root
+        self.size = size
+        self.max_object = max_object
+        self.usage = usage if usage is not None else SharedCounter()
+        self.loop: Any = None  # set by start()
+        self._reader: ThreadPoolExecutor | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        self.reads = 0  # lookups in flight (loop side only)
+        self._queued = 0  # bytes submitted to the writer and not written yet
+        self._lock = threading.Lock()
+        self._temp_names = itertools.count()
+        self._error_logged = 0.0
+        # Counters, for tests and later metrics.
+        self.stats = {"hits": 0, "misses": 0, "corrupt": 0, "writes": 0, "write_errors": 0,
+                      "dropped": 0, "busy": 0}
+
+    def start(self, loop: Any) -> None:
+        self.loop = loop
+        self._reader = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="cache-read")
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="cache-write")
+
+    def close(self) -> None:
+        """Finish the writes submitted (bounded by WRITE_QUEUE), then stop the threads."""
+        for pool in (self._reader, self._writer):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._reader = self._writer = None
+
+    # -- lookups -----------------------------------------------------------------------
+
+    def read(self, primary: int, key: bytes, request_headers: list[tuple[bytes, bytes]],
+             done: Callable[[Found], None]) -> bool:
+        """Look `key` up in a thread; `done(found)` is called on the loop. False when
+        too many lookups are in flight already (count it as a miss)."""
+        if self._reader is None or self.reads >= READS_IN_FLIGHT:
+            self.stats["busy"] += 1
+            return False
+        self.reads += 1
+        future = self._reader.submit(self.lookup, primary, key, request_headers)
+        future.add_done_callback(
+            lambda f: self.loop.call_soon_threadsafe(self._read_done, f, done))
+        return True
+
+    def _read_done(self, future: Future[Found], done: Callable[[Found], None]) -> None:
+        self.reads -= 1
+        try:
+            found = future.result()
+        except Exception:  # a broken lookup is a miss, never a crash
+            log.exception("disk cache lookup failed")
+            found = None
+        self.stats["hits" if isinstance(found, tuple) else "misses"] += 1
+        done(found)
+
+    def lookup(self, primary: int, key: bytes,
+               request_headers: Sequence[tuple[bytes, bytes]]) -> Found:
+        """(In a thread.) The stored response for this request, with its Vary names;
+        VARY_MISS when another variant is stored; None otherwise."""
+        path = entry_path(self.root, primary)
+        entry = self._load(path, key)
+        if entry is None:
+            return None
+        fields, body = entry
+        touched = [path]
+        if fields.get("record") == "vary":
+            names = tuple(n.encode("latin-1") for n in fields["vary"])
+            variant = cachepolicy.secondary_key(names, request_headers)
+            path = entry_path(self.root, primary, variant)
+            entry = self._load(path, key)
+            if entry is None:
+                return VARY_MISS
+            fields, body = entry
+            if fields.get("record") is not None or fields["variant"].encode("latin-1") != variant:
+                return VARY_MISS
+            touched.append(path)
+        try:
+            found = stored_from(fields, body)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            self._corrupt(path, None, f"bad header fields: {e!r}")
+            return None
+        now = time.time()
+        for name in touched:  # most recently used: the evictor keeps it longest
+            try:
+                os.utime(name, (now, now))
+            except OSError:
+                pass
+        return found
+
+    def _load(self, path: str, key: bytes) -> tuple[dict[str, Any], bytes] | None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            self._write_error(f"cannot open {path}: {e}")
+            return None
+        try:
+            st = os.fstat(fd)
+            try:
+                fields, body = read_entry(fd, st.st_size)
+            except Corrupt as e:
+                self._corrupt(path, st, str(e))
+                return None
+            except OSError as e:
+                self._corrupt(path, st, f"read error: {e}")
+                return None
+        finally:
+            os.close(fd)
+        if fields.get("key") != key.decode("latin-1"):
+            return None  # another key with the same hash: a miss (it stays)
+        return fields, body
+
+    def _corrupt(self, path: str, st: os.stat_result | None, why: str) -> None:
+        """(In a thread.) Log a bad file and remove it, unless it was replaced since."""
+        self.stats["corrupt"] += 1
+        log.warning("disk cache: ignored %s: %s (removed)", path, why)
+        try:
+            now = os.stat(path)
+            if st is None or (now.st_ino, now.st_dev) == (st.st_ino, st.st_dev):
+                os.unlink(path)
+                self.usage.add(-blocks(now.st_size))
+        except OSError:
+            pass
+
+    # -- writes ----------------------------------------------------------------------
+
+    def begin(self, primary: int) -> DiskWrite | None:
+        """A file for a response that is arriving; None when the writer is too far behind."""
+        if self._writer is None or self._queued >= WRITE_QUEUE:
+            self.stats["dropped"] += 1
+            return None
+        return DiskWrite(self, primary)
+
+    def write_whole(self, primary: int, key: bytes, stored: Stored,
+                    names: Sequence[bytes]) -> None:
+        """Store a response whose body is at hand (a 304 refreshed it)."""
+        if len(stored.body) > self.max_object:
+            return
+        write = self.begin(primary)
+        if write is not None and write.add(stored.body):
+            write.commit(key, stored, names)
+
+    def remove(self, primary: int) -> None:
+        """Forget a primary key: its file and its variants' (after the writes queued)."""
+        if self._writer is not None:
+            self._writer.submit(self._remove, primary)
+
+    def _remove(self, primary: int) -> None:
+        directory = os.path.dirname(entry_path(self.root, primary))
+        prefix = entry_name(primary)
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            return
+        for entry in entries:
+            if entry.name == prefix or entry.name.startswith(prefix + "."):
+                try:
+                    size = entry.stat().st_size
+                    os.unlink(entry.path)
+                    self.usage.add(-blocks(size))
+                except OSError:
+                    pass
+
+    def _submit(self, n: int, fn: Callable[..., None], *args: Any) -> None:
+        with self._lock:
+            self._queued += n
+        assert self._writer is not None
+        self._writer.submit(self._run, n, fn, args)
+
+    def _run(self, n: int, fn: Callable[..., None], args: tuple[Any, ...]) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("disk cache write failed")
+        finally:
+            with self._lock:
+                self._queued -= n
+
+    def _write_error(self, message: str) -> None:
+        self.stats["write_errors"] += 1
+        now = time.monotonic()
+        if now >= self._error_logged:  # a full disk fails every write: log now and then
+            self._error_logged = now + ERROR_LOG_EVERY
+            log.error("disk cache %s: %s", self.root, message)
+
+    def temp_path(self, directory: str) -> str:
+        return os.path.join(directory, f"{TEMP_PREFIX}{os.getpid()}.{next(self._temp_names)}")
+
+
+class DiskWrite:
+    """One response going to disk as it arrives. `add` and `commit`/`abort` are
+    called on the loop; the file is written by the store's writer thread, in
+    order. Until `commit` renames it, it is a temporary file nobody reads."""
+
+    __slots__ = ("store", "primary", "pending", "pending_size", "body_size", "fd", "temp",
+                 "crc", "written", "failed", "over")
+
+    def __init__(self, store: DiskStore, primary: int) -> None:
+        self.store = store
+        self.primary = primary
+        self.pending: list[bytes] = []
+        self.pending_size = 0
+        self.body_size = 0
+        self.over = False  # abandoned (on the loop side)
+        # Writer-thread side:
+        self.fd = -1
+        self.temp = ""
+        self.crc = 0
+        self.written = 0
+        self.failed = False
+
+    def add(self, data: bytes) -> bool:
+        """A piece of the body; False when the file is abandoned (too big, or the
+        writer is too far behind)."""
+        if self.over:
+            return False
+        store = self.store
+        self.body_size += len(data)
+        if self.body_size > store.max_object or store._queued + self.pending_size > WRITE_QUEUE:
+            self.abort()
+            return False
+        self.pending.append(data)
+        self.pending_size += len(data)
+        if self.pending_size >= FLUSH_AT:
+            self._flush_pending()
+        return True
+
+    def _flush_pending(self) -> None:
+        chunks, n = self.pending, self.pending_size
+        self.pending, self.pending_size = [], 0
+        self.store._submit(n, self._write, chunks)
+
+    def commit(self, key: bytes, stored: Stored, names: Sequence[bytes],
+               done: Callable[[bool], None] | None = None) -> None:
+        """The whole body was added: write the header, rename the file into place
+        (and the Vary record beside it); `done(ok)` on the loop afterwards."""
+        if self.over:
+            if done is not None:
+                done(False)
+            return
+        self.over = True
+        header = response_header(key, stored, names)
+        record = vary_header(key, names) if names else None
+        variant = stored.variant if names else None
+        chunks, n = self.pending, self.pending_size
+        self.pending, self.pending_size = [], 0
+        self.store._submit(n + len(header), self._commit, chunks, header, variant, record, done)
+
+    def abort(self) -> None:
+        if self.over:
+            return
+        self.over = True
+        self.pending = []
+        self.pending_size = 0
+        self.store._submit(0, self._discard)
+
+    # -- in the writer thread ----------------------------------------------------------
+
+    def _write(self, chunks: list[bytes]) -> None:
+        if self.failed:
+            return
+        try:
+            if self.fd < 0:
+                self._open()
+            self.written += write_all(self.fd, chunks)
+            crc = self.crc
+            for chunk in chunks:
+                crc = zlib.crc32(chunk, crc)
+            self.crc = crc
+        except OSError as e:
+            self._fail(e)
+
+    def _open(self) -> None:
+        directory = os.path.dirname(entry_path(self.store.root, self.primary))
+        self.temp = self.store.temp_path(directory)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            self.fd = os.open(self.temp, flags, 0o600)
+        except FileNotFoundError:
+            os.makedirs(directory, exist_ok=True)
+            self.fd = os.open(self.temp, flags, 0o600)
+        self.written = os.write(self.fd, MAGIC)
+
+    def _fail(self, e: OSError) -> None:
+        self.failed = True
+        self.store._write_error(f"cannot write {self.temp or self.store.root}: {e}")
+        self._discard()
+
+    def _discard(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.temp:
+            try:
+                os.unlink(self.temp)
+            except OSError:
+                pass
+            self.temp = ""
+
+    def _commit(self, chunks: list[bytes], header: bytes, variant: bytes | None,
+                record: bytes | None, done: Callable[[bool], None] | None) -> None:
+        ok = False
+        try:
+            self._write(chunks)
+            if self.failed:
+                return
+            body_len = self.written - len(MAGIC)
+            crc = zlib.crc32(header, self.crc)
+            self.written += write_all(self.fd, [
+                header, TRAILER.pack(body_len, len(header), crc, END)])
+            os.close(self.fd)
+            self.fd = -1
+            store = self.store
+            final = entry_path(store.root, self.primary, variant)
+            _replace(self.temp, final, self.written, store.usage)
+            self.temp = ""
+            if record is not None:
+                _write_file(store, os.path.dirname(final),
+                            entry_path(store.root, self.primary), whole_file(b"", record))
+            store.stats["writes"] += 1
+            ok = True
+        except OSError as e:
+            self._fail(e)
+        finally:
+            if done is not None:
+                self.store.loop.call_soon_threadsafe(done, ok)
+
+
+def _replace(temp: str, final: str, size: int, usage: SharedCounter) -> None:
+    """Rename `temp` over `final`, counting the change in the directory's size."""
+    try:
+        old = blocks(os.stat(final).st_size)
+    except OSError:
+        old = 0
+    os.replace(temp, final)
+    usage.add(blocks(size) - old)
+
+
+def _write_file(store: DiskStore, directory: str, final: str, parts: list[bytes]) -> None:
+    """A small whole file, written aside and renamed into place."""
+    temp = store.temp_path(directory)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        size = write_all(fd, parts)
+    except OSError:
+        os.close(fd)
+        os.unlink(temp)
+        raise
+    os.close(fd)
+    _replace(temp, final, size, store.usage)
+
+
+def temp_owner_gone(name: str, age: float, max_age: float) -> bool:
+    """A temporary file whose writer is gone (its process does not exist) or that is
+    older than `max_age` seconds: safe to remove."""
+    if age > max_age:
+        return True
+    pid_text = name[len(TEMP_PREFIX):].partition(".")[0]
+    if not pid_text.isdigit():
+        return True
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except OSError as e:
+        return e.errno != errno.EPERM
+    return False

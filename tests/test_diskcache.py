@@ -1,0 +1,156 @@
+"""The disk tier's store on its own: the file format, DiskStore/DiskWrite in their
+threads, Vary records, collisions, bounds and errors (no proxy; see
+test_cache_disk.py for the end-to-end tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from fastproxy import cachepolicy
+from fastproxy._httpcache import RouteCache, Stamps, Stored
+from fastproxy.config import parse_config
+from fastproxy.diskcache import (
+    TEMP_PREFIX,
+    VARY_MISS,
+    DiskStore,
+    blocks,
+    entry_path,
+    is_entry,
+)
+
+
+def entries(disk: Path) -> list[Path]:
+    return sorted(p for p in disk.glob("*/*") if is_entry(p.name))
+
+
+async def _write(store: DiskStore, primary: int, key: bytes, body: bytes,
+                 names: tuple[bytes, ...] = (), headers: list[tuple[bytes, bytes]] | None = None,
+                 request_time: float | None = None) -> bool:
+    now = time.time() if request_time is None else request_time
+    fresh = cachepolicy.Freshness(lifetime=60.0, source="max-age", corrected_initial_age=0.0,
+                                  notes=("a note",))
+    variant = cachepolicy.secondary_key(names, [(b"Accept-Language", body)]) if names else b""
+    stored = Stored(200, b"OK", headers or [(b"Cache-Control", b"max-age=60")], body, now,
+                    now, fresh, variant)
+    write = store.begin(primary)
+    assert write is not None
+    for i in range(0, len(body), 100_000):
+        assert write.add(body[i:i + 100_000])
+    done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    write.commit(key, stored, names, done.set_result)
+    return await done
+
+
+def test_store_round_trip_collisions_and_budget(tmp_path: Path) -> None:
+    disk = tmp_path / "cache"
+
+    async def main() -> None:
+        store = DiskStore(str(disk), 1 << 30, 1 << 20)
+        store.start(asyncio.get_running_loop())
+        try:
+            body = bytes(range(256)) * 2000  # 512000 bytes: written in two pieces
+            headers = [(b"ETag", b'"\xe9"'), (b"X-Many", b"a"), (b"X-Many", b"b")]
+            assert await _write(store, 42, b"http://site/a", body, headers=headers)
+            found = store.lookup(42, b"http://site/a", [])
+            assert isinstance(found, tuple)
+            stored, names = found
+            assert (stored.status, stored.reason, stored.body, names) == (200, b"OK", body, ())
+            assert stored.headers == headers  # bytes as received, order and repeats kept
+            assert stored.fresh.lifetime == 60.0 and stored.fresh.notes == ("a note",)
+            assert stored.prefix.startswith(b"HTTP/1.1 200 OK\r\nETag: \"\xe9\"\r\n")
+            # Another key with the same hash (the file holds the key): a miss, kept.
+            assert store.lookup(42, b"http://site/other", []) is None
+            assert Path(entry_path(str(disk), 42)).exists()
+            # Vary: the record and the variants; an unknown variant is a vary miss.
+            assert await _write(store, 43, b"v", b"fr", names=(b"accept-language",))
+            hit_fr = store.lookup(43, b"v", [(b"Accept-Language", b"fr")])
+            assert isinstance(hit_fr, tuple) and hit_fr[0].body == b"fr"
+            assert hit_fr[1] == (b"accept-language",)
+            assert store.lookup(43, b"v", [(b"Accept-Language", b"it")]) == VARY_MISS
+            # Too large for the disk's max_object: abandoned, nothing left behind.
+            write = store.begin(44)
+            assert write is not None
+            assert write.add(b"x" * 600_000) and not write.add(b"x" * 600_000)
+            assert not write.add(b"x")
+            await asyncio.get_running_loop().run_in_executor(None, store.close)
+            assert not Path(entry_path(str(disk), 44)).exists()
+            assert not list(disk.glob(f"*/{TEMP_PREFIX}*"))
+            assert store.usage.value == sum(blocks(p.stat().st_size) for p in entries(disk))
+        finally:
+            store.close()
+
+    asyncio.run(main())
+
+
+def test_the_variants_go_with_their_key(tmp_path: Path) -> None:
+    """An invalidation removes the Vary record and every variant file."""
+    disk = tmp_path / "cache"
+
+    async def main() -> None:
+        store = DiskStore(str(disk), 1 << 20, 1 << 20)
+        store.start(asyncio.get_running_loop())
+        try:
+            for lang in (b"fr", b"de"):
+                await _write(store, 7, b"k", lang, names=(b"accept-language",))
+            assert len(entries(disk)) == 3
+            store.remove(7)
+            await asyncio.get_running_loop().run_in_executor(None, store.close)
+            assert entries(disk) == []
+            assert store.usage.value == 0
+        finally:
+            store.close()
+
+    asyncio.run(main())
+
+
+def test_read_errors_and_unwritable_directories(tmp_path: Path) -> None:
+    disk = tmp_path / "cache"
+    disk.mkdir()
+    (disk / "00").write_text("a file where a directory should be")
+
+    async def main() -> None:
+        store = DiskStore(str(disk), 1 << 30, 1 << 20)
+        store.start(asyncio.get_running_loop())
+        try:
+            assert not await _write(store, 0x100, b"k", b"body")  # 00/... cannot be made
+            assert store.stats["write_errors"] == 1
+            assert store.lookup(0x100, b"k", []) is None
+            # Lookups in flight are bounded: past the bound, a miss at once.
+            store.reads = 10_000
+            assert not store.read(1, b"k", [], lambda found: None)
+        finally:
+            store.close()
+
+    asyncio.run(main())
+
+
+def test_a_disk_copy_older_than_an_invalidation_is_dropped() -> None:
+    """What another worker invalidated while this one read the file is not used."""
+    config = parse_config({
+        "listeners": [{"address": "127.0.0.1:1"}],
+        "upstreams": {"a": {"servers": ["127.0.0.1:2"]}},
+        "caches": {"main": {"memory": "1m"}},
+        "routes": [{"upstream": "a", "cache": "main"}]})
+
+    class Disk:
+        def __init__(self) -> None:
+            self.removed: list[int] = []
+
+        def remove(self, primary: int) -> None:
+            self.removed.append(primary)
+
+    cache = RouteCache(config.caches["main"])
+    cache.set_stamps(Stamps(64))
+    disk = Disk()
+    cache.set_disk(disk)
+    now = time.time()
+    fresh = cachepolicy.Freshness(lifetime=60.0, source="max-age", corrected_initial_age=0.0)
+    old = Stored(200, b"OK", [], b"old", now - 10, now - 10, fresh, b"")
+    cache.invalidate(5)  # marks the stamp and removes the (disk) copy
+    assert disk.removed == [5]
+    assert cache.adopt(5, old, ()) is None and disk.removed == [5, 5]
+    assert cache.index.peek(5) is None
+    new = Stored(200, b"OK", [], b"new", now + 1, now + 1, fresh, b"")
+    assert cache.adopt(5, new, ()) is new and cache.index.peek(5) is new
