@@ -5,11 +5,15 @@ test_cache_disk.py for the end-to-end tests)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from fastproxy import cachepolicy
-from fastproxy._httpcache import RouteCache, Stamps, Stored
+from fastproxy._httpcache import RouteCache, SharedCounter, Stamps, Stored
+from fastproxy.cacheevictor import evict, scan
 from fastproxy.config import parse_config
 from fastproxy.diskcache import (
     TEMP_PREFIX,
@@ -18,6 +22,7 @@ from fastproxy.diskcache import (
     blocks,
     entry_path,
     is_entry,
+    temp_owner_gone,
 )
 
 
@@ -154,3 +159,31 @@ def test_a_disk_copy_older_than_an_invalidation_is_dropped() -> None:
     assert cache.index.peek(5) is None
     new = Stored(200, b"OK", [], b"new", now + 1, now + 1, fresh, b"")
     assert cache.adopt(5, new, ()) is new and cache.index.peek(5) is new
+
+
+def test_evictor_scan_and_temp_files(tmp_path: Path) -> None:
+    disk = tmp_path / "cache"
+    (disk / "ab").mkdir(parents=True)
+    for i in range(5):
+        path = disk / "ab" / f"{i:014x}ab"
+        path.write_bytes(b"x" * 5000)  # two blocks each
+        os.utime(path, (1000 + i, 1000 + i))
+    (disk / "ab" / "README").write_text("not ours")
+    dead = _dead_pid()
+    (disk / "ab" / f"{TEMP_PREFIX}{dead}.0").write_bytes(b"half")
+    (disk / "ab" / f"{TEMP_PREFIX}{os.getpid()}.1").write_bytes(b"being written")
+    found = scan(str(disk))
+    assert (found.total, found.temps_removed) == (5 * 8192, 1)
+    assert (disk / "ab" / f"{TEMP_PREFIX}{os.getpid()}.1").exists()  # its writer lives
+    assert temp_owner_gone(f"{TEMP_PREFIX}{os.getpid()}.1", 7200, 3600)  # ... too long
+    usage = SharedCounter()
+    assert evict(str(disk), 4 * 8192, usage) == 2 * 8192  # down to 90 %: the 2 oldest
+    assert sorted(p.name[:14] for p in entries(disk)) == ["%014x" % i for i in (2, 3, 4)]
+    assert usage.value == 3 * 8192
+    assert (disk / "ab" / "README").exists()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
