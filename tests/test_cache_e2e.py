@@ -271,12 +271,12 @@ def test_cache_config() -> None:
     assert config.routes[0].cache == "main"
     with pytest.raises(ConfigError) as info:
         parse_config({**base, "caches": {"main": {"memory": "1m", "max_object": "2m",
-                                                  "disk": {"path": "/tmp"}},
+                                                  "redis": "redis://127.0.0.1:1"},
                                          "other": {"valid": {"abc": "1m"}}},
                       "routes": [{"upstream": "a", "cache": "nope"},
                                  {"respond": {"body": "x"}, "cache": "other"}]})
     keys = sorted(i.key for i in info.value.errors)
-    assert keys == ["caches.main.disk", "caches.other.valid", "routes[0].cache",
+    assert keys == ["caches.main.redis", "caches.other.valid", "routes[0].cache",
                     "routes[1].cache"]
 
 

@@ -64,6 +64,7 @@ from libc.stdint cimport int64_t
 
 import asyncio
 import logging
+from functools import partial
 import ssl
 from collections import deque
 
@@ -836,6 +837,20 @@ def _fill_wait_over(Exchange ex):
     ex.fill_over(None)
 
 
+def _disk_found(Exchange ex, found):
+    """On the loop, when the disk tier answered a lookup."""
+    ex.disk_found(found)
+
+
+def _disk_committed(RouteCache cache, uint64_t primary, ok):
+    """On the loop, when a response kept on disk only is written (or failed): the
+    requests that waited for it look again (from disk) or fetch it themselves."""
+    waiters = cache.fills.pop(primary, None)
+    if waiters:
+        for ex in <list>waiters:
+            (<Exchange>ex).fill_retry()
+
+
 def _held(Exchange ex):
     ex.hold_over()
 
@@ -949,6 +964,9 @@ cdef class Exchange:
     cdef list capture           # the body being stored (None: not storing)
     cdef Py_ssize_t capture_size
     cdef object fresh           # cachepolicy.Freshness of the response being stored
+    cdef bytes disk_key         # the key itself, for the disk tier (None: no disk)
+    cdef object disk_write      # diskcache.DiskWrite of the response being stored, or None
+    cdef bint disk_checked      # the disk tier was asked for this request already
     cdef bint filling           # others with the same key may wait for this one
     cdef bint waiting_fill      # this one waits for another's fill
     cdef bint background        # a refresh nobody waits for (stale-while-revalidate)
@@ -1177,35 +1195,46 @@ cdef class Exchange:
     # -- the route's cache ------------------------------------------------------------
     cdef bint from_cache(self) except -1:
         """The route's cache (RFC 9111): True when the answer came from it, or when
-        the request waits for another one fetching the same key; False to go on
-        upstream (storing the answer when it may)."""
+        the request waits for another one fetching the same key or for the disk;
+        False to go on upstream (storing the answer when it may)."""
         cdef RouteCache cache = <RouteCache>self.rule.cache
         cdef MessageHead head = self.head
         cdef RequestContext ctx = self.ctx
         cdef bytes method = head.method
-        cdef Stored stored
-        cdef double now
         key = cache.template.render(ctx, ctx.captures)
         self.cache = cache
         self.cache_primary = cache_key(key)
         if cache.debug:
             self.cache_text = key
+        if cache.disk is not None:
+            self.disk_key = key
         if method != b"GET" and method != b"HEAD":
             self.fwd = "method"  # forwarded; a success invalidates what is stored
             return False
         found = cache.lookup(self.cache_primary, head)
-        now = wall_now()
         if found is None:
-            self.fwd = "vary-miss" if cache.index.peek(self.cache_primary) is not None \
-                else "uri-miss"
-            cc = head.get(b"cache-control")
-            if cc is not None and b"only-if-cached" in cc.lower():
-                self.respond_text(504, b"Gateway Timeout",
-                                  b"504 Gateway Timeout: not in the cache (only-if-cached)\n",
-                                  cache.status_line(fwd=self.fwd, key=self.cache_text))
-                return True
-            return self.fill_or_wait()
-        stored = <Stored>found
+            if cache.disk is not None and not self.disk_checked:
+                return self.read_disk()
+            return self.missed(cache.index.peek(self.cache_primary) is not None)
+        return self.use_stored(<Stored>found)
+
+    cdef bint missed(self, bint vary_miss) except -1:
+        """Nothing stored answers this request: ask the upstream (filling the cache)."""
+        cdef RouteCache cache = self.cache
+        self.fwd = "vary-miss" if vary_miss else "uri-miss"
+        cc = self.head.get(b"cache-control")
+        if cc is not None and b"only-if-cached" in cc.lower():
+            self.respond_text(504, b"Gateway Timeout",
+                              b"504 Gateway Timeout: not in the cache (only-if-cached)\n",
+                              cache.status_line(fwd=self.fwd, key=self.cache_text))
+            return True
+        return self.fill_or_wait()
+
+    cdef bint use_stored(self, Stored stored) except -1:
+        """A stored response selected for this request: serve it, or revalidate it."""
+        cdef RouteCache cache = self.cache
+        cdef MessageHead head = self.head
+        cdef double now = wall_now()
         if not stored.no_cache and now < stored.fresh_until and cache.plain(head):
             # The fast path: fresh, and a request that asks nothing more of it.
             self.serve_stored(stored, now, b"Cache-Status: fastproxy;hit;ttl=%d\r\n"
@@ -1231,6 +1260,63 @@ cdef class Exchange:
         self.stale = stored
         self.fwd = "stale" if stored.fresh_until <= now else "request"
         return self.fill_or_wait()
+
+    cdef bint read_disk(self) except -1:
+        """The memory tier missed: look in the disk tier, in a thread (disk_found goes
+        on). A GET that would fill the cache holds the key meanwhile, so requests
+        for it wait for this lookup (and the fetch after it) instead of reading too."""
+        cdef RouteCache cache = self.cache
+        cdef bint fills = not self.head.is_head_request and self.head.body_kind == K_NONE
+        self.disk_checked = True
+        if fills:
+            waiters = cache.fills.get(self.cache_primary)
+            if waiters is not None:
+                self.fwd = "vary-miss" if cache.index.peek(self.cache_primary) is not None \
+                    else "uri-miss"
+                (<list>waiters).append(self)
+                self.waiting_fill = True
+                self.connecting = True
+                self.core.loop.call_later(cache.lock_timeout, _fill_wait_over, self)
+                return True
+        if not cache.disk.read(self.cache_primary, self.disk_key, self.head.headers(),
+                               partial(_disk_found, self)):
+            return self.missed(cache.index.peek(self.cache_primary) is not None)
+        if fills:
+            cache.fills[self.cache_primary] = []
+            self.filling = True
+        self.connecting = True  # a request body waits in `pending`
+        return True
+
+    cdef int disk_found(self, object found) except -1:
+        """The disk tier's answer (see diskcache.DiskStore.lookup)."""
+        cdef RouteCache cache = self.cache
+        cdef Stored stored = None
+        cdef bint answered
+        if type(found) is tuple:
+            stored = cache.adopt(self.cache_primary, <Stored>found[0], <tuple>found[1])
+        self.connecting = False
+        if self.finished:  # the client went away (finish() let the waiters go)
+            return 0
+        waiters = None
+        if self.filling:
+            waiters = cache.fills.pop(self.cache_primary, None)
+            self.filling = False
+        if stored is not None:
+            answered = self.use_stored(stored)
+        else:
+            answered = self.missed(found == "vary-miss" or
+                                   cache.index.peek(self.cache_primary) is not None)
+        if waiters:
+            mine = cache.fills.get(self.cache_primary) if self.filling else None
+            if mine is not None:
+                (<list>mine).extend(<list>waiters)  # they wait for this fetch now
+            else:
+                for ex in <list>waiters:
+                    (<Exchange>ex).fill_retry()
+        if not answered and not self.finished:
+            self.send_continue()
+            self.proxy(<ProxyAction>self.rule.action)
+        return 0
 
     cdef bint fill_or_wait(self) except -1:
         """Fetch for the cache, unless a request for the same key is already at it:
@@ -1281,6 +1367,20 @@ cdef class Exchange:
         self.proxy(<ProxyAction>self.rule.action)
         return 0
 
+    cdef int fill_retry(self) except -1:
+        """What this request waited for is in the cache now, or another request will
+        fetch it: look again, as if it had just come."""
+        if not self.waiting_fill or self.finished:
+            return 0
+        self.waiting_fill = False
+        self.connecting = False
+        self.stale = None
+        self.disk_checked = False  # a file may be there now
+        if not self.from_cache():
+            self.send_continue()
+            self.proxy(<ProxyAction>self.rule.action)
+        return 0
+
     cdef int refresh_in_background(self, Stored stored) except -1:
         """stale-while-revalidate: fetch the response again for the cache, with an
         exchange whose client is a closed stand-in (nothing is written to it)."""
@@ -1305,6 +1405,7 @@ cdef class Exchange:
         ex.cache = self.cache
         ex.cache_primary = self.cache_primary
         ex.cache_text = self.cache_text
+        ex.disk_key = self.disk_key
         ex.stale = stored
         ex.fwd = "stale"
         ex.fill_or_wait()
@@ -1383,7 +1484,7 @@ cdef class Exchange:
         if self.stale is not None:
             if self.validators and head.status == 304:
                 new = cache.refreshed(self.cache_primary, self.stale, self.head.headers(), head,
-                                      self.request_time, now)
+                                      self.request_time, now, self.disk_key)
                 self.refreshed = new if new is not None else self.stale
                 self.resp_head = head
                 return True
@@ -1403,11 +1504,18 @@ cdef class Exchange:
         if self.filling:
             stored_ok, reason, fresh = cache.admit(self.head.method, self.head.headers(), head,
                                                    self.request_time, now)
-            if stored_ok and head.body_kind == K_LENGTH and head.content_length > cache.max_object:
+            if stored_ok and head.body_kind == K_LENGTH and head.content_length > cache.store_limit:
                 stored_ok = False
                 reason = "larger than max_object"
             if stored_ok:
-                self.capture = []
+                if head.body_kind != K_LENGTH or head.content_length <= cache.max_object:
+                    self.capture = []
+                if cache.disk is not None:
+                    self.disk_write = cache.disk.begin(self.cache_primary)
+                if self.capture is None and self.disk_write is None:
+                    stored_ok = False
+                    reason = "larger than max_object in memory, and the disk is busy"
+            if stored_ok:
                 self.fresh = fresh
                 line = cache.status_line(fwd=self.fwd, fwd_status=head.status, stored=True,
                                          ttl=fresh.lifetime - fresh.corrected_initial_age,
@@ -1913,12 +2021,17 @@ cdef class Exchange:
 
     cdef int upstream_body(self, object data) except -1:
         cdef Py_ssize_t n = len(data)
-        if self.capture is not None:
+        if self.capture is not None or self.disk_write is not None:
             self.capture_size += n
-            if self.capture_size > self.cache.max_object:
-                self.capture = None  # longer than announced, or unannounced and too long
-            else:
-                self.capture.append(data if type(data) is bytes else bytes(data))
+            if type(data) is not bytes:
+                data = bytes(data)  # a view of a buffer that is reused
+            if self.capture is not None:
+                if self.capture_size > self.cache.max_object:
+                    self.capture = None  # longer than announced, or unannounced and too long
+                else:
+                    self.capture.append(data)
+            if self.disk_write is not None and not self.disk_write.add(data):
+                self.disk_write = None  # too long for the disk, or its writer is behind
         if self.refreshed is not None:
             return 0  # a 304's (there is none)
         self.sent += n
@@ -1963,13 +2076,30 @@ cdef class Exchange:
         self.conn = None
         if conn is not None:
             conn.release(self.req_done and self.resp_head.keep_alive)
-        if self.capture is not None:
-            stored = self.cache.store(self.cache_primary, self.head.headers(), self.resp_head,
-                                      b"".join(self.capture), self.request_time, wall_now(),
-                                      self.fresh)
-            self.capture = None
-            self.fill_done(stored)
+        if self.capture is not None or self.disk_write is not None:
+            self.store_response()
         self.finish(self.keep)
+        return 0
+
+    cdef int store_response(self) except -1:
+        """The response is complete: keep it in memory and/or write it to disk."""
+        cdef RouteCache cache = self.cache
+        write = self.disk_write
+        body = b"".join(self.capture) if self.capture is not None else None
+        self.capture = None
+        self.disk_write = None
+        committed = None
+        if body is None and self.filling:
+            # On disk only: those waiting for it look again once the file is there.
+            committed = partial(_disk_committed, cache, self.cache_primary)
+        stored = cache.store(self.cache_primary, self.head.headers(), self.resp_head, body,
+                             self.request_time, wall_now(), self.fresh, self.disk_key, write,
+                             committed)
+        if committed is not None and write is not None and cache.fills.get(
+                self.cache_primary) is not None:
+            self.filling = False  # the fill is over when the file is (see _disk_committed)
+        else:
+            self.fill_done(stored)
         return 0
 
     cdef int upstream_lost(self, UpstreamConnection conn, object exc) except -1:
@@ -2164,6 +2294,9 @@ cdef class Exchange:
             return 0
         self.finished = True
         self.settle(PEER_ANSWERED if self.resp_head is not None else PEER_FAILED)
+        if self.disk_write is not None:
+            self.disk_write.abort()  # cut short: its temporary file goes
+            self.disk_write = None
         if self.filling:
             self.fill_done(None)  # ended without storing: the waiters go on alone
         if self.background:

@@ -25,6 +25,7 @@ from fastproxy._actions import ProxyAction, Template
 from fastproxy._cache import cache_key
 from fastproxy._router import new_context
 from fastproxy.config import Config
+from fastproxy.diskcache import entry_path
 from fastproxy.routing import ExplainError, _parse, _request_bytes, build_router
 
 _SHOWN = (b"cache-control", b"expires", b"date", b"age", b"last-modified", b"etag", b"vary",
@@ -82,9 +83,14 @@ def cache_explain(config: Config, url: str, headers: Sequence[str] = (),
         return out
     spec = config.caches[route.cache]
     key = Template(spec.key).render_for(ctx, ctx.captures)
-    out += [f"cache:     [caches.{spec.name}] (memory {spec.memory} bytes per worker)",
+    tiers = f"memory {spec.memory} bytes per worker"
+    if spec.disk is not None:
+        tiers += f"; disk {spec.disk.path}, {spec.disk.size} bytes"
+    out += [f"cache:     [caches.{spec.name}] ({tiers})",
             f"key:       {key.decode('latin-1')}  (xxh3 {cache_key(key):016x}; "
             f"template {spec.key.source})"]
+    if spec.disk is not None:
+        out.append(f"file:      {entry_path(spec.disk.path, cache_key(key))}")
     request = cachepolicy.RequestDirectives.from_headers(head.headers())
     asked = [name for name in ("no_cache", "no_store", "only_if_cached") if getattr(request,
                                                                                name)]
@@ -95,7 +101,7 @@ def cache_explain(config: Config, url: str, headers: Sequence[str] = (),
     policy = cachepolicy.Policy(
         heuristic_fraction=spec.heuristic_fraction, heuristic_max=spec.heuristic_max,
         default_ttl_by_status=dict(spec.valid), store_set_cookie=spec.store_set_cookie,
-        ignore_no_cache_request=spec.ignore_client_no_cache, max_object_size=spec.max_object,
+        ignore_no_cache_request=spec.ignore_client_no_cache, max_object_size=spec.store_limit,
         stale_while_revalidate=spec.stale_while_revalidate,
         stale_if_error=spec.stale_if_error)
     sent = [(name, value) for name, value in head.headers() if name.lower() not in _NOT_SENT]

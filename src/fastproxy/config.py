@@ -1371,6 +1371,21 @@ CACHE_FIELDS: Final = (
 )
 
 
+# A disk hit is read whole (in a thread) before it is sent: this bounds the memory
+# one hit may take.
+DISK_MAX_OBJECT: Final = 1024**3
+
+DISK_FIELDS: Final = (
+    FieldSpec("path", None, "directory", "where the files go (relative to the config file); "
+              "made when missing; one cache per directory", _string),
+    FieldSpec("size", None, "size 1m..", "the evictor keeps the directory under this",
+              _size(1024 * 1024)),
+    FieldSpec("max_object", None, 'size, at most "1g"',
+              "a bigger response is not written to disk (default: 64m, at most a quarter "
+              "of size)", _size(1, DISK_MAX_OBJECT)),
+)
+
+
 def _ban_window(value: object) -> float:
     seconds = _duration()(value)
     if seconds < 0.001:
@@ -1578,6 +1593,25 @@ def _seconds(value: float) -> str:
 def _given(table: Mapping[str, Any], name: str) -> str:
     """A sibling key as a message names it: "interval" or "the default interval"."""
     return name if name in table else f"the default {name}"
+
+
+def _disk_dir_problem(directory: str) -> str:
+    """Why `directory` cannot hold a disk cache, or "" (it is, or can be made, a
+    directory this user may write)."""
+    if os.path.exists(directory):
+        if not os.path.isdir(directory):
+            return f"{directory!r} is not a directory"
+        if not os.access(directory, os.R_OK | os.W_OK | os.X_OK):
+            return f"{directory!r} is not writable by this user"
+        return ""
+    parent = os.path.dirname(directory)
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"{directory!r} cannot be made: {parent!r} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{directory!r} cannot be made: {parent!r} is not writable by this user"
+    return ""
 
 
 class _Checker(KeyChecker):
@@ -1980,6 +2014,7 @@ class _Checker(KeyChecker):
         if table is None:
             return {}
         out = {}
+        disk_paths: dict[str, str] = {}  # directory -> the cache that has it
         for name, item in table.items():
             path = _key("caches", name)
             if not _UPSTREAM_NAME_RE.fullmatch(name):
@@ -1988,15 +2023,17 @@ class _Checker(KeyChecker):
             spec = self.table(item, path, ' like { memory = "256m" }')
             if spec is None:
                 continue
-            if "disk" in spec or "redis" in spec:
-                tier = "disk" if "disk" in spec else "redis"
-                self.error(_key(path, tier), f"the {tier} tier is not implemented yet; "
-                                             "only the memory tier is")
+            if "redis" in spec:
+                self.error(_key(path, "redis"), "the redis tier is not implemented yet; "
+                                                "only the memory and disk tiers are")
                 continue
-            self.known_keys(spec, path, tuple(f.name for f in CACHE_FIELDS))
+            self.known_keys(spec, path, (*(f.name for f in CACHE_FIELDS), "disk"))
             values = self.fields(spec, path, CACHE_FIELDS)
-            if _INVALID in values.values():
+            disk = self.cache_disk(spec["disk"], _key(path, "disk"), name, disk_paths) \
+                if "disk" in spec else None
+            if _INVALID in values.values() or disk is _INVALID:
                 continue
+            values["disk"] = disk
             if "max_object" not in spec:  # the default: 8m, at most a quarter of memory
                 values["max_object"] = min(values["max_object"], values["memory"] // 4)
             if values["max_object"] > values["memory"]:
@@ -2005,6 +2042,41 @@ class _Checker(KeyChecker):
                 continue
             out[name] = CacheSpec(name=name, **values)
         return out
+
+    def cache_disk(self, raw: object, path: str, name: str, taken: dict[str, str]) -> Any:
+        """`disk = { path, size, max_object }`: a DiskSpec, or _INVALID."""
+        table = self.table(raw, path, ' like { path = "/var/cache/fastproxy", size = "10g" }')
+        if table is None:
+            return _INVALID
+        self.known_keys(table, path, tuple(f.name for f in DISK_FIELDS))
+        for required in ("path", "size"):
+            if required not in table:
+                self.error(_key(path, required), "missing required key")
+        values = self.fields(table, path, DISK_FIELDS)
+        if _INVALID in values.values() or values["path"] is None or values["size"] is None:
+            return _INVALID
+        if not values["path"]:
+            self.error(_key(path, "path"), "must not be empty")
+            return _INVALID
+        directory = os.path.normpath(os.path.join(self.base_dir, values["path"]))
+        problem = _disk_dir_problem(directory)
+        if problem:
+            self.error(_key(path, "path"), problem)
+            return _INVALID
+        owner = taken.get(directory)
+        if owner is not None:
+            self.error(_key(path, "path"), f"{directory!r} is already the disk of "
+                                           f"[caches.{owner}]: one cache per directory")
+            return _INVALID
+        taken[directory] = name
+        size = values["size"]
+        max_object = values["max_object"]
+        if max_object is None:
+            max_object = min(64 * 1024**2, size // 4)
+        elif max_object > size:
+            self.error(_key(path, "max_object"), f"must not exceed size ({size} bytes)")
+            return _INVALID
+        return DiskSpec(path=directory, size=size, max_object=max_object)
 
     def auto_ban(self, raw: object) -> AutoBan | None:
         table = self.table(raw, "auto_ban", " like { after = 20, window = \"1m\" }")

@@ -34,7 +34,7 @@ import time
 from typing import Any
 
 from fastproxy import __version__
-from fastproxy._httpcache import Stamps
+from fastproxy._httpcache import SharedCounter, Stamps
 from fastproxy._peers import PeerTable, slot_layout
 from fastproxy._ratelimit import BanTable, ConnTable, LimitTable
 from fastproxy.config import Config, ConfigError, Listener, load_config
@@ -44,6 +44,7 @@ log = logging.getLogger("fastproxy.master")
 _SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP}
 _QUICK_DEATH = 5.0  # a worker that dies sooner than this is restarted with back-off
 HEALTH = -1  # the slot number of the health-check process
+EVICTOR = -2  # ... and of the cache evictor (when a cache has a disk tier)
 
 
 def setup_logging(level: str) -> None:
@@ -112,6 +113,9 @@ class Generation:
                      if ban is not None else None)
         # Cache invalidations, seen by every worker of the generation.
         self.cache_stamps = Stamps(65536) if config.caches else None
+        # Bytes in use in each disk cache directory (the writers add, the evictor sets).
+        self.cache_usage = {name: SharedCounter() for name, spec in config.caches.items()
+                            if spec.disk is not None}
         self.health_checks = any(up.health_check is not None
                                  for up in config.upstreams.values())
 
@@ -179,6 +183,8 @@ class Supervisor:
             self._spawn(slot)
         if self.gen.health_checks:
             self._spawn(HEALTH)
+        if self.gen.cache_usage:
+            self._spawn(EVICTOR)
 
     def _spawn(self, slot: int) -> None:
         gen = self.gen
@@ -187,7 +193,7 @@ class Supervisor:
             code = 1
             try:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-                mine = set(gen.slots[slot]) if slot != HEALTH else set()
+                mine = set(gen.slots[slot]) if slot >= 0 else set()
                 for s in gen.sockets() - mine:
                     s.close()
                 code = self._child_main(gen, slot)
@@ -206,10 +212,14 @@ class Supervisor:
             from fastproxy.health import HealthChecker
 
             return HealthChecker(gen.config, gen.table).run()
+        if slot == EVICTOR:
+            from fastproxy.cacheevictor import CacheEvictor
+
+            return CacheEvictor(gen.config, gen.cache_usage).run()
         from fastproxy.worker import Worker
 
         return Worker(gen.config, gen.slots[slot], gen.table, gen.contexts, gen.limits,
-                      gen.conns, gen.bans, gen.cache_stamps).run()
+                      gen.conns, gen.bans, gen.cache_stamps, gen.cache_usage).run()
 
     def reload(self) -> None:
         """SIGHUP: start a generation on the config file as it is now, if it is good."""
@@ -324,7 +334,11 @@ def reuse_sockets(old: Generation, config: Config) -> list[list[socket.socket]]:
 
 
 def _name(pid: int, slot: int) -> str:
-    return f"health checker {pid}" if slot == HEALTH else f"worker {pid} (slot {slot})"
+    if slot == HEALTH:
+        return f"health checker {pid}"
+    if slot == EVICTOR:
+        return f"cache evictor {pid}"
+    return f"worker {pid} (slot {slot})"
 
 
 def _kill(pid: int, sig: int) -> None:

@@ -13,13 +13,13 @@ import gc
 import logging
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import uvloop
 
 from fastproxy._actions import Template
-from fastproxy._httpcache import RouteCache, Stamps
+from fastproxy._httpcache import RouteCache, SharedCounter, Stamps
 from fastproxy._peers import PeerTable, slot_layout
 from fastproxy._proxy import Core
 from fastproxy._ratelimit import BanTable, ConnTable, LimitTable, RateLimit
@@ -27,6 +27,7 @@ from fastproxy._url import IpSet
 from fastproxy.accesslog import AccessLog
 from fastproxy.clock import Clock
 from fastproxy.config import Config, ListenerTls
+from fastproxy.diskcache import DiskStore
 from fastproxy.proxyheader import ProxyHeaderGate
 from fastproxy.resolver import Resolver
 from fastproxy.responses import local_body_size, local_response
@@ -61,7 +62,8 @@ class Worker:
                  limit_table: LimitTable | None = None,
                  conn_table: ConnTable | None = None,
                  ban_table: BanTable | None = None,
-                 cache_stamps: Stamps | None = None) -> None:
+                 cache_stamps: Stamps | None = None,
+                 cache_usage: Mapping[str, SharedCounter] | None = None) -> None:
         self.config = config
         self.sockets = sockets
         # Each listener's server SSLContext (built by the master before forking, so
@@ -92,6 +94,14 @@ class Worker:
             stamps = cache_stamps if cache_stamps is not None else Stamps(65536)
             for cache in self.caches.values():
                 cache.set_stamps(stamps)
+        # The disk tiers: files shared by the workers, written and read in threads.
+        self.disks: list[DiskStore] = []
+        for name, spec in config.caches.items():
+            if spec.disk is not None:
+                usage = (cache_usage or {}).get(name)
+                disk = DiskStore(spec.disk.path, spec.disk.size, spec.disk.max_object, usage)
+                self.caches[name].set_disk(disk)
+                self.disks.append(disk)
         self.core.router = build_router(config, self.groups, self.rate_limits, self.caches)
         if config.server.trusted_proxies:
             self.core.trusted = IpSet(config.server.trusted_proxies)
@@ -149,12 +159,16 @@ class Worker:
         asyncio.set_event_loop(loop)
         self.loop = loop
         self.core.loop = loop
+        for disk in self.disks:
+            disk.start(loop)
         # Everything made so far (config, modules) lives as long as the worker:
         # keep it out of the cyclic GC's generations.
         gc.freeze()
         try:
             loop.run_until_complete(self._main())
         finally:
+            for disk in self.disks:
+                disk.close()  # the writes queued (bounded) finish
             self.access_log.close()
             loop.close()
         return 0
