@@ -348,9 +348,13 @@ def test_the_size_limit_evicts_the_least_recently_used(
             get(port, f"/obj{i}")
             assert wait_for(file_of(disk, f"/obj{i}").exists)
             if i == 4:
-                time.sleep(0.05)
-                assert hit(get(port, "/obj0"))  # used again: the most recent now
-                time.sleep(0.05)
+                # Written a while ago (a hit refreshes a file's time when it is
+                # older than a minute): obj0 is used again, the most recent now.
+                for j in range(5):
+                    then = time.time() - 1000 + j
+                    os.utime(file_of(disk, f"/obj{j}"), (then, then))
+                assert hit(get(port, "/obj0"))
+                assert wait_for(lambda: file_of(disk, "/obj0").stat().st_mtime > time.time() - 60)
 
         def used() -> int:
             return sum(blocks(p.stat().st_size) for p in entries(disk))
@@ -433,10 +437,10 @@ def test_corrupt_and_truncated_files_are_misses(make_origin: Callable[..., Origi
             assert (again.status, again.body) == (200, BIG)  # from the origin
             assert not hit(again)
             assert site.asked[path] == 2
+        assert wait_for(lambda: proxy.log().count("disk cache: ignored") == 4), proxy.log()
         log = proxy.log()
         for reason in ("no trailer", "checksum mismatch", "truncated"):
             assert reason in log, log
-        assert log.count("disk cache: ignored") == 4
         # Stored again, whole: hits from now on.
         assert wait_for(lambda: all(_valid(disk, p) for p in paths))
     finally:

@@ -12,12 +12,14 @@ import time
 from pathlib import Path
 
 from fastproxy import cachepolicy
-from fastproxy._httpcache import RouteCache, SharedCounter, Stamps, Stored
+from fastproxy._httpcache import RouteCache, SharedCounter, Stamps, Stored, read_cached
 from fastproxy.cacheevictor import evict, scan
 from fastproxy.config import parse_config
 from fastproxy.diskcache import (
+    LOOP_READ_MAX,
     TEMP_PREFIX,
     VARY_MISS,
+    WOULD_BLOCK,
     DiskStore,
     blocks,
     entry_path,
@@ -63,7 +65,9 @@ def test_store_round_trip_collisions_and_budget(tmp_path: Path) -> None:
             stored, names = found
             assert (stored.status, stored.reason, stored.body, names) == (200, b"OK", body, ())
             assert stored.headers == headers  # bytes as received, order and repeats kept
-            assert stored.fresh.lifetime == 60.0 and stored.fresh.notes == ("a note",)
+            # What serving needs of the freshness (not the explanations).
+            assert (stored.fresh.lifetime, stored.fresh.source) == (60.0, "max-age")
+            assert stored.fresh.notes == ()
             assert stored.prefix.startswith(b"HTTP/1.1 200 OK\r\nETag: \"\xe9\"\r\n")
             # Another key with the same hash (the file holds the key): a miss, kept.
             assert store.lookup(42, b"http://site/other", []) is None
@@ -187,3 +191,45 @@ def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
+
+
+def test_reads_from_the_kernel_caches_on_the_loop(tmp_path: Path) -> None:
+    """What the loop may read: only what the kernel has cached, small files only;
+    anything else is left to a thread (WOULD_BLOCK)."""
+    disk = tmp_path / "cache"
+    small = tmp_path / "small"
+    small.write_bytes(b"x" * 5000)
+    data = read_cached(os.fsencode(small), 1 << 20)
+    assert isinstance(data, tuple) and data[0] == b"x" * 5000
+    assert data[2] == small.stat().st_ino
+    assert read_cached(os.fsencode(small), 100) is False  # over the limit
+    os.path.exists(tmp_path / "absent")  # the kernel now knows it is absent
+    assert read_cached(os.fsencode(tmp_path / "absent"), 1 << 20) is None
+
+    async def main() -> None:
+        store = DiskStore(str(disk), 1 << 30, 1 << 30)
+        store.start(asyncio.get_running_loop())
+        try:
+            assert await _write(store, 1, b"k1", b"small")
+            assert await _write(store, 2, b"k2", b"b" * (LOOP_READ_MAX + 1))
+            assert await _write(store, 3, b"k3", b"fr", names=(b"accept-language",))
+            found = store.lookup_now(1, b"k1", [])
+            assert isinstance(found, tuple) and found[0].body == b"small"
+            assert store.lookup_now(1, b"other key", []) is None
+            assert store.lookup_now(2, b"k2", []) == WOULD_BLOCK  # too big for the loop
+            found = store.lookup(2, b"k2", [])  # ... a thread reads it
+            assert isinstance(found, tuple) and len(found[0].body) == LOOP_READ_MAX + 1
+            fr = store.lookup_now(3, b"k3", [(b"Accept-Language", b"fr")])
+            assert isinstance(fr, tuple) and fr[0].body == b"fr"
+            assert store.lookup_now(3, b"k3", [(b"Accept-Language", b"de")]) in (VARY_MISS,
+                                                                                 WOULD_BLOCK)
+            # A corrupt file seen on the loop: a miss; the writer thread removes it.
+            path = Path(entry_path(str(disk), 1))
+            path.write_bytes(path.read_bytes()[:-1] + b"?")
+            assert store.lookup_now(1, b"k1", []) is None
+            await asyncio.get_running_loop().run_in_executor(None, store.close)
+            assert not path.exists() and store.stats["corrupt"] == 1
+        finally:
+            store.close()
+
+    asyncio.run(main())

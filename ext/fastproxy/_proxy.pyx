@@ -1262,12 +1262,17 @@ cdef class Exchange:
         return self.fill_or_wait()
 
     cdef bint read_disk(self) except -1:
-        """The memory tier missed: look in the disk tier, in a thread (disk_found goes
-        on). A GET that would fill the cache holds the key meanwhile, so requests
-        for it wait for this lookup (and the fetch after it) instead of reading too."""
+        """The memory tier missed: look in the disk tier. From the kernel's caches
+        when it can be done without waiting (answered now), else in a thread
+        (disk_found goes on): then a GET that would fill the cache holds the key
+        meanwhile, so requests for it wait for this lookup (and the fetch after it)
+        instead of reading too."""
         cdef RouteCache cache = self.cache
         cdef bint fills = not self.head.is_head_request and self.head.body_kind == K_NONE
         self.disk_checked = True
+        found = cache.disk.lookup_now(self.cache_primary, self.disk_key, self.head.headers())
+        if found != "would-block":
+            return self.disk_answer(found)
         if fills:
             waiters = cache.fills.get(self.cache_primary)
             if waiters is not None:
@@ -1287,25 +1292,31 @@ cdef class Exchange:
         self.connecting = True  # a request body waits in `pending`
         return True
 
-    cdef int disk_found(self, object found) except -1:
-        """The disk tier's answer (see diskcache.DiskStore.lookup)."""
+    cdef bint disk_answer(self, object found) except -1:
+        """Serve or revalidate what the disk tier found, or go on as a miss."""
         cdef RouteCache cache = self.cache
         cdef Stored stored = None
-        cdef bint answered
         if type(found) is tuple:
             stored = cache.adopt(self.cache_primary, <Stored>found[0], <tuple>found[1])
+        if stored is not None:
+            return self.use_stored(stored)
+        return self.missed(found == "vary-miss" or
+                           cache.index.peek(self.cache_primary) is not None)
+
+    cdef int disk_found(self, object found) except -1:
+        """The disk tier's answer from a thread (see diskcache.DiskStore.lookup)."""
+        cdef RouteCache cache = self.cache
+        cdef bint answered
         self.connecting = False
         if self.finished:  # the client went away (finish() let the waiters go)
+            if type(found) is tuple:
+                cache.adopt(self.cache_primary, <Stored>found[0], <tuple>found[1])
             return 0
         waiters = None
         if self.filling:
             waiters = cache.fills.pop(self.cache_primary, None)
             self.filling = False
-        if stored is not None:
-            answered = self.use_stored(stored)
-        else:
-            answered = self.missed(found == "vary-miss" or
-                                   cache.index.peek(self.cache_primary) is not None)
+        answered = self.disk_answer(found)
         if waiters:
             mine = cache.fills.get(self.cache_primary) if self.filling else None
             if mine is not None:

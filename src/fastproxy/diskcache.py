@@ -12,7 +12,7 @@ subdirectories named by its last two hex digits::
 A file is the body first, then a JSON header, then a fixed trailer::
 
     b"FPCACHE1" | body | header (JSON, UTF-8) | body length u64, header length u32,
-                                               crc32 u32 (body + header), b"FPC-END\\n"
+                                               XXH3-64 u64 (body, then header), b"FPC-END\\n"
 
 The body comes first so that a response can be written while it streams (the
 first client is not kept waiting); the header (status, fields, times,
@@ -34,7 +34,6 @@ flight; beyond it a lookup is a miss).
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import itertools
 import json
@@ -43,20 +42,19 @@ import os
 import struct
 import threading
 import time
-import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from fastproxy import cachepolicy
 from fastproxy._cache import cache_key
-from fastproxy._httpcache import SharedCounter, Stored
+from fastproxy._httpcache import ContentHash, SharedCounter, Stored, read_cached
 
 log = logging.getLogger("fastproxy.cache")
 
 MAGIC = b"FPCACHE1"
 END = b"FPC-END\n"
-TRAILER = struct.Struct("<QII8s")  # body length, header length, crc32, END
+TRAILER = struct.Struct("<QIQ8s")  # body length, header length, XXH3-64, END
 VERSION = 1
 TEMP_PREFIX = ".tmp."
 BLOCK = 4096  # sizes are counted in blocks: a 10-byte file takes one
@@ -67,10 +65,15 @@ READS_IN_FLIGHT = 64  # lookups waiting for or in a reader thread, per store
 READ_THREADS = 2
 ERROR_LOG_EVERY = 10.0  # seconds between two log lines about failing writes
 
+LOOP_READ_MAX = 256 * 1024  # files up to this size may be read on the loop (from caches)
+TOUCH_AFTER = 60.0  # a hit sets the file's mtime when it is older than this (seconds)
+
 # What a lookup found: (Stored, vary names), a miss, or the Vary record without
-# this request's variant.
+# this request's variant; WOULD_BLOCK: not all in the kernel's caches.
 VARY_MISS = "vary-miss"
+WOULD_BLOCK = "would-block"
 Found = tuple[Stored, tuple[bytes, ...]] | str | None
+Entry = tuple[list[Any], bytes, float]  # header fields, body, mtime
 
 
 def blocks(size: int) -> int:
@@ -108,59 +111,100 @@ def _text(value: bytes) -> str:
     return value.decode("latin-1")
 
 
+# The header is a JSON array (flat: it is parsed on every disk hit):
+#   [VERSION, "r", key, variant, [vary names], status, reason, [name, value, ...],
+#    request_time, response_time, [freshness: FRESH_FIELDS in order]]   a response
+#   [VERSION, "v", key, [vary names]]                                   a Vary record
+# Text is bytes as latin-1. Of the freshness, what serving needs (not explanations).
+FRESH_FIELDS = ("lifetime", "source", "corrected_initial_age", "must_revalidate", "no_cache",
+                "stale_while_revalidate", "stale_if_error", "revalidate_directive")
+RESPONSE = "r"
+VARY_RECORD = "v"
+
+
+def _json(value: list[Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
 def response_header(key: bytes, stored: Stored, names: Sequence[bytes]) -> bytes:
     """The JSON header of a stored response."""
-    return json.dumps({
-        "v": VERSION, "key": _text(key), "variant": _text(stored.variant),
-        "vary": [_text(n) for n in names], "status": stored.status,
-        "reason": _text(stored.reason),
-        "headers": [[_text(n), _text(v)] for n, v in stored.headers],
-        "request_time": stored.request_time, "response_time": stored.response_time,
-        "fresh": dataclasses.asdict(stored.fresh),
-    }, separators=(",", ":")).encode()
+    fresh = stored.fresh
+    return _json([
+        VERSION, RESPONSE, _text(key), _text(stored.variant), [_text(n) for n in names],
+        stored.status, _text(stored.reason),
+        [_text(part) for field in stored.headers for part in field],
+        stored.request_time, stored.response_time,
+        [getattr(fresh, name) for name in FRESH_FIELDS]])
 
 
 def vary_header(key: bytes, names: Sequence[bytes]) -> bytes:
     """The JSON header of a Vary record: which request fields select the variant."""
-    return json.dumps({"v": VERSION, "key": _text(key), "record": "vary",
-                       "vary": [_text(n) for n in names]}, separators=(",", ":")).encode()
+    return _json([VERSION, VARY_RECORD, _text(key), [_text(n) for n in names]])
 
 
 def whole_file(body: bytes, header: bytes) -> list[bytes]:
     """The parts of a complete file."""
-    crc = zlib.crc32(header, zlib.crc32(body))
-    return [MAGIC, body, header, TRAILER.pack(len(body), len(header), crc, END)]
+    return [MAGIC, body, header, TRAILER.pack(len(body), len(header), _digest(body, header), END)]
+
+
+def _digest(body: bytes | memoryview, header: bytes | memoryview) -> int:
+    hasher = ContentHash()
+    hasher.update(body)
+    hasher.update(header)
+    return int(hasher.digest())
 
 
 class Corrupt(Exception):
     """A file that is not a whole entry of this format."""
 
 
-def read_entry(fd: int, size: int) -> tuple[dict[str, Any], bytes]:
-    """The header and body of the file open as `fd` (`size` bytes), or Corrupt."""
-    if size < len(MAGIC) + TRAILER.size:
+def _check_trailer(trailer: bytes, size: int) -> tuple[int, int, int]:
+    """(body length, header length, hash) from a file's last bytes, or Corrupt."""
+    if size < len(MAGIC) + TRAILER.size or len(trailer) != TRAILER.size:
         raise Corrupt("truncated")
-    trailer = os.pread(fd, TRAILER.size, size - TRAILER.size)
-    if len(trailer) != TRAILER.size:
-        raise Corrupt("short read")
-    body_len, header_len, crc, end = TRAILER.unpack(trailer)
+    body_len, header_len, digest, end = TRAILER.unpack(trailer)
     if end != END:
         raise Corrupt("no trailer (truncated?)")
     if len(MAGIC) + body_len + header_len + TRAILER.size != size:
         raise Corrupt("lengths do not match the file size")
+    return body_len, header_len, digest
+
+
+def _check_header(header: bytes, body: bytes, digest: int) -> list[Any]:
+    if _digest(body, header) != digest:
+        raise Corrupt("checksum mismatch")
+    try:
+        fields = json.loads(header.decode("latin-1"))
+    except ValueError as e:
+        raise Corrupt(f"bad header: {e}") from None
+    if not (isinstance(fields, list) and len(fields) >= 4 and fields[0] == VERSION
+            and fields[1] in (RESPONSE, VARY_RECORD) and isinstance(fields[2], str)):
+        raise Corrupt("unknown header version")
+    return fields
+
+
+def parse_entry(data: bytes) -> tuple[list[Any], bytes]:
+    """The header and body of a whole file's bytes, or Corrupt."""
+    size = len(data)
+    body_len, header_len, digest = _check_trailer(data[size - TRAILER.size:], size)
+    if not data.startswith(MAGIC):
+        raise Corrupt("not a cache file of this version")
+    start = len(MAGIC)
+    body = data[start:start + body_len]
+    header = data[start + body_len:start + body_len + header_len]
+    return _check_header(header, body, digest), body
+
+
+def read_entry(fd: int, size: int) -> tuple[list[Any], bytes]:
+    """The header and body of the file open as `fd` (`size` bytes), or Corrupt.
+    The body is read straight into its own bytes object (no copy after)."""
+    trailer = os.pread(fd, TRAILER.size, size - TRAILER.size) if size >= TRAILER.size else b""
+    body_len, header_len, digest = _check_trailer(trailer, size)
     if os.pread(fd, len(MAGIC), 0) != MAGIC:
         raise Corrupt("not a cache file of this version")
     body = _pread_all(fd, body_len, len(MAGIC))
     header = _pread_all(fd, header_len, len(MAGIC) + body_len)
-    if zlib.crc32(header, zlib.crc32(body)) != crc:
-        raise Corrupt("checksum mismatch")
-    try:
-        fields = json.loads(header)
-    except ValueError as e:
-        raise Corrupt(f"bad header: {e}") from None
-    if not isinstance(fields, dict) or fields.get("v") != VERSION:
-        raise Corrupt("unknown header version")
-    return fields, body
+    return _check_header(header, body, digest), body
 
 
 def _pread_all(fd: int, n: int, offset: int) -> bytes:
@@ -178,15 +222,19 @@ def _pread_all(fd: int, n: int, offset: int) -> bytes:
     return b"".join(parts)
 
 
-def stored_from(fields: dict[str, Any], body: bytes) -> tuple[Stored, tuple[bytes, ...]]:
-    """The Stored of a response header, and its Vary names."""
-    fresh = dict(fields["fresh"])
-    fresh["notes"] = tuple(fresh.get("notes", ()))
-    stored = Stored(int(fields["status"]), fields["reason"].encode("latin-1"),
-                    [(n.encode("latin-1"), v.encode("latin-1")) for n, v in fields["headers"]],
-                    body, float(fields["request_time"]), float(fields["response_time"]),
-                    cachepolicy.Freshness(**fresh), fields["variant"].encode("latin-1"))
-    return stored, tuple(n.encode("latin-1") for n in fields["vary"])
+def stored_from(fields: list[Any], body: bytes) -> tuple[Stored, tuple[bytes, ...]]:
+    """The Stored of a response header (a "r" array), and its Vary names; TypeError,
+    ValueError... when a field is not what it should be."""
+    (_, kind, _, variant, vary, status, reason, flat, request_time, response_time,
+     fresh) = fields
+    if kind != RESPONSE or len(fresh) != len(FRESH_FIELDS):
+        raise ValueError("not a response")
+    raw = [part.encode("latin-1") for part in flat]
+    headers = list(zip(raw[::2], raw[1::2], strict=True))
+    stored = Stored(int(status), reason.encode("latin-1"), headers, body, float(request_time),
+                    float(response_time), cachepolicy.Freshness(*fresh),
+                    variant.encode("latin-1"))
+    return stored, tuple(n.encode("latin-1") for n in vary)
 
 
 def write_all(fd: int, parts: Sequence[bytes]) -> int:
@@ -240,6 +288,16 @@ class DiskStore:
 
     # -- lookups -----------------------------------------------------------------------
 
+    def lookup_now(self, primary: int, key: bytes,
+                   request_headers: Sequence[tuple[bytes, bytes]]) -> Found | str:
+        """(On the loop.) The lookup, from the kernel's caches only (`read_cached`: the
+        file's name and bytes are cached, and it is at most LOOP_READ_MAX bytes);
+        WOULD_BLOCK when anything is not: then `read` it in a thread."""
+        found = self._select(primary, key, request_headers, True)
+        if found is not WOULD_BLOCK:
+            self.stats["hits" if isinstance(found, tuple) else "misses"] += 1
+        return found
+
     def read(self, primary: int, key: bytes, request_headers: list[tuple[bytes, bytes]],
              done: Callable[[Found], None]) -> bool:
         """Look `key` up in a thread; `done(found)` is called on the loop. False when
@@ -267,40 +325,69 @@ class DiskStore:
                request_headers: Sequence[tuple[bytes, bytes]]) -> Found:
         """(In a thread.) The stored response for this request, with its Vary names;
         VARY_MISS when another variant is stored; None otherwise."""
-        path = entry_path(self.root, primary)
-        entry = self._load(path, key)
-        if entry is None:
-            return None
-        fields, body = entry
-        touched = [path]
-        if fields.get("record") == "vary":
-            names = tuple(n.encode("latin-1") for n in fields["vary"])
-            variant = cachepolicy.secondary_key(names, request_headers)
-            path = entry_path(self.root, primary, variant)
-            entry = self._load(path, key)
-            if entry is None:
-                return VARY_MISS
-            fields, body = entry
-            if fields.get("record") is not None or fields["variant"].encode("latin-1") != variant:
-                return VARY_MISS
-            touched.append(path)
-        try:
-            found = stored_from(fields, body)
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            self._corrupt(path, None, f"bad header fields: {e!r}")
-            return None
-        now = time.time()
-        for name in touched:  # most recently used: the evictor keeps it longest
-            try:
-                os.utime(name, (now, now))
-            except OSError:
-                pass
+        found = self._select(primary, key, request_headers, False)
+        assert found is not WOULD_BLOCK
         return found
 
-    def _load(self, path: str, key: bytes) -> tuple[dict[str, Any], bytes] | None:
+    def _select(self, primary: int, key: bytes, request_headers: Sequence[tuple[bytes, bytes]],
+                on_loop: bool) -> Found | str:
+        """The lookup: on the loop from the caches only, else in a thread."""
+        load = self._load_now if on_loop else self._load
+        path = entry_path(self.root, primary)
+        entry = load(path, key)
+        if entry is None or entry is WOULD_BLOCK:
+            return entry
+        assert not isinstance(entry, str)
+        fields, body, mtime = entry
+        used = [(path, mtime)]
+        if fields[1] == VARY_RECORD:
+            names = tuple(n.encode("latin-1") for n in fields[3])
+            variant = cachepolicy.secondary_key(names, request_headers)
+            path = entry_path(self.root, primary, variant)
+            entry = load(path, key)
+            if entry is WOULD_BLOCK:
+                return WOULD_BLOCK
+            if entry is None:
+                return VARY_MISS
+            assert not isinstance(entry, str)
+            fields, body, mtime = entry
+            if fields[1] != RESPONSE or fields[3] != variant.decode("latin-1"):
+                return VARY_MISS
+            used.append((path, mtime))
+        try:
+            found = stored_from(fields, body)
+        except (IndexError, TypeError, ValueError, AttributeError) as e:
+            self._bad(on_loop, path, None, f"bad header fields: {e!r}")
+            return None
+        now = time.time()
+        old = [name for name, mtime in used if now - mtime > TOUCH_AFTER]
+        if old:  # used now: the evictor keeps it longer (at most a write a minute)
+            if not on_loop:
+                _touch(old)
+            elif self._writer is not None:
+                self._writer.submit(_touch, old)
+        return found
+
+    def _load_now(self, path: str, key: bytes) -> Entry | str | None:
+        got = read_cached(os.fsencode(path), LOOP_READ_MAX)
+        if got is None:
+            return None
+        if not isinstance(got, tuple):
+            return WOULD_BLOCK
+        data, mtime, ino = got
+        try:
+            fields, body = parse_entry(data)
+        except Corrupt as e:
+            self._bad(True, path, ino, str(e))
+            return None
+        if fields[2] != key.decode("latin-1"):
+            return None  # another key with the same hash: a miss (it stays)
+        return fields, body, mtime
+
+    def _load(self, path: str, key: bytes) -> Entry | None:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as e:
             self._write_error(f"cannot open {path}: {e}")
@@ -310,24 +397,32 @@ class DiskStore:
             try:
                 fields, body = read_entry(fd, st.st_size)
             except Corrupt as e:
-                self._corrupt(path, st, str(e))
+                self._corrupt(path, st.st_ino, str(e))
                 return None
             except OSError as e:
-                self._corrupt(path, st, f"read error: {e}")
+                self._corrupt(path, st.st_ino, f"read error: {e}")
                 return None
         finally:
             os.close(fd)
-        if fields.get("key") != key.decode("latin-1"):
+        if fields[2] != key.decode("latin-1"):
             return None  # another key with the same hash: a miss (it stays)
-        return fields, body
+        return fields, body, st.st_mtime
 
-    def _corrupt(self, path: str, st: os.stat_result | None, why: str) -> None:
+    def _bad(self, on_loop: bool, path: str, ino: int | None, why: str) -> None:
+        """A bad file: removed now in a thread; seen on the loop, by the writer thread
+        (an unlink may wait for the file system's journal)."""
+        if on_loop and self._writer is not None:
+            self._writer.submit(self._corrupt, path, ino, why)
+        elif not on_loop:
+            self._corrupt(path, ino, why)
+
+    def _corrupt(self, path: str, ino: int | None, why: str) -> None:
         """(In a thread.) Log a bad file and remove it, unless it was replaced since."""
         self.stats["corrupt"] += 1
         log.warning("disk cache: ignored %s: %s (removed)", path, why)
         try:
             now = os.stat(path)
-            if st is None or (now.st_ino, now.st_dev) == (st.st_ino, st.st_dev):
+            if ino is None or now.st_ino == ino:
                 os.unlink(path)
                 self.usage.add(-blocks(now.st_size))
         except OSError:
@@ -404,7 +499,7 @@ class DiskWrite:
     order. Until `commit` renames it, it is a temporary file nobody reads."""
 
     __slots__ = ("store", "primary", "pending", "pending_size", "body_size", "fd", "temp",
-                 "crc", "written", "failed", "over")
+                 "hasher", "written", "failed", "over")
 
     def __init__(self, store: DiskStore, primary: int) -> None:
         self.store = store
@@ -416,7 +511,7 @@ class DiskWrite:
         # Writer-thread side:
         self.fd = -1
         self.temp = ""
-        self.crc = 0
+        self.hasher = ContentHash()
         self.written = 0
         self.failed = False
 
@@ -474,10 +569,8 @@ class DiskWrite:
             if self.fd < 0:
                 self._open()
             self.written += write_all(self.fd, chunks)
-            crc = self.crc
             for chunk in chunks:
-                crc = zlib.crc32(chunk, crc)
-            self.crc = crc
+                self.hasher.update(chunk)
         except OSError as e:
             self._fail(e)
 
@@ -516,9 +609,10 @@ class DiskWrite:
             if self.failed:
                 return
             body_len = self.written - len(MAGIC)
-            crc = zlib.crc32(header, self.crc)
+            self.hasher.update(header)
+            digest = int(self.hasher.digest())
             self.written += write_all(self.fd, [
-                header, TRAILER.pack(body_len, len(header), crc, END)])
+                header, TRAILER.pack(body_len, len(header), digest, END)])
             os.close(self.fd)
             self.fd = -1
             store = self.store
@@ -535,6 +629,16 @@ class DiskWrite:
         finally:
             if done is not None:
                 self.store.loop.call_soon_threadsafe(done, ok)
+
+
+def _touch(paths: list[str]) -> None:
+    """(In a thread.) Mark files used now, for the evictor's least-recently-used order."""
+    now = time.time()
+    for path in paths:
+        try:
+            os.utime(path, (now, now))
+        except OSError:
+            pass
 
 
 def _replace(temp: str, final: str, size: int, usage: SharedCounter) -> None:
