@@ -487,12 +487,14 @@ def test_disk_config(tmp_path: Path) -> None:
             f={"disk": "/var/cache"},
             g={"disk": {"path": str(afile / "below"), "size": "1m"}},
             h={"disk": {"path": str(tmp_path / "c"), "size": "1m"}},
-            i={"disk": {"path": "", "size": "1m"}}))
+            i={"disk": {"path": "", "size": "1m"}},
+            j={"disk": {"path": "/tmp/a\0b/c", "size": "1m"}}))
     errors = {i.key: i.reason for i in info.value.errors}
     assert set(errors) == {
         "caches.main.disk.path", "caches.b.disk.path", "caches.b.disk.color",
         "caches.c.disk.max_object", "caches.d.disk.size", "caches.e.disk.max_object",
-        "caches.f.disk", "caches.g.disk.path", "caches.h.disk.path", "caches.i.disk.path"}
+        "caches.f.disk", "caches.g.disk.path", "caches.h.disk.path", "caches.i.disk.path",
+        "caches.j.disk.path"}
     assert "is not a directory" in errors["caches.main.disk.path"]
     assert errors["caches.b.disk.path"] == "missing required key"
     assert "must not exceed size" in errors["caches.c.disk.max_object"]

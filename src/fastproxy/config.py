@@ -2055,8 +2055,8 @@ class _Checker(KeyChecker):
         values = self.fields(table, path, DISK_FIELDS)
         if _INVALID in values.values() or values["path"] is None or values["size"] is None:
             return _INVALID
-        if not values["path"]:
-            self.error(_key(path, "path"), "must not be empty")
+        if not values["path"] or "\0" in values["path"]:
+            self.error(_key(path, "path"), "must not be empty or contain NUL")
             return _INVALID
         directory = os.path.normpath(os.path.join(self.base_dir, values["path"]))
         problem = _disk_dir_problem(directory)
