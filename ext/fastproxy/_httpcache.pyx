@@ -352,6 +352,8 @@ cdef class RouteCache:
         if names is None:  # Vary: * (admit refused it already)
             if write is not None:
                 write.abort()
+                if done is not None:
+                    done(False)
             return None
         kept = [(name, value) for name, value in response_headers
                 if name.lower() not in _NOT_STORED]

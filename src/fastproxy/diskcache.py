@@ -307,8 +307,7 @@ class DiskStore:
             return False
         self.reads += 1
         future = self._reader.submit(self.lookup, primary, key, request_headers)
-        future.add_done_callback(
-            lambda f: self.loop.call_soon_threadsafe(self._read_done, f, done))
+        future.add_done_callback(lambda f: _on_loop(self.loop, self._read_done, f, done))
         return True
 
     def _read_done(self, future: Future[Found], done: Callable[[Found], None]) -> None:
@@ -628,7 +627,16 @@ class DiskWrite:
             self._fail(e)
         finally:
             if done is not None:
-                self.store.loop.call_soon_threadsafe(done, ok)
+                _on_loop(self.store.loop, done, ok)
+
+
+def _on_loop(loop: Any, fn: Callable[..., None], *args: Any) -> None:
+    """(In a thread.) Call `fn` on the loop, unless the loop is gone (a worker that
+    stopped while this was in flight: nobody waits for it any more)."""
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:
+        pass
 
 
 def _touch(paths: list[str]) -> None:
