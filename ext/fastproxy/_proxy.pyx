@@ -66,6 +66,7 @@ import ssl
 from collections import deque
 
 from fastproxy._http import HttpParseError
+from fastproxy._tls import TlsConnection as _TlsTransport
 
 try:
     from uvloop.loop import TCPTransport as _PlainTransport
@@ -149,8 +150,10 @@ cdef int send_via_transport(object transport, object parts, bint single) except 
         transport.write(parts)
     elif len(parts) == 1:
         transport.write(parts[0])
+    elif type(transport) is _TlsTransport:
+        transport.writelines(parts)  # joined in C into one TLS record when small
     elif type(transport) is not _PlainTransport:
-        # TLS (or another transport): one write, as uvloop's TLS transport makes a
+        # uvloop's TLS (or another transport): one write, as uvloop's TLS transport makes a
         # record per write (a 1 KiB response went out as two records, a head and a
         # body, where nginx sends one); the join costs less than the extra record.
         transport.write(b"".join(parts))
