@@ -268,13 +268,13 @@ cdef class TlsServer:
         return conn
 
     def expire(self, double now):
-        """Abort the handshakes that have taken longer than handshake_timeout."""
+        """Close the connections whose handshake took longer than handshake_timeout."""
         cdef TlsConnection conn
         if not self.handshaking:
             return
         for conn in [c for c in self.handshaking if (<TlsConnection>c).deadline <= now]:
             self.handshaking.discard(conn)
-            conn.abort()
+            conn.close()  # a FIN, as uvloop's TLS does
 
 
 @cython.final
