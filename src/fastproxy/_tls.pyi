@@ -1,5 +1,6 @@
 """Type stubs for the compiled fastproxy._tls extension (ext/fastproxy/_tls.pyx)."""
 
+import asyncio
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -18,7 +19,7 @@ class TlsServer:
     def __call__(self) -> TlsConnection: ...
     def expire(self, now: float) -> None: ...
 
-class TlsConnection:
+class TlsConnection(asyncio.BufferedProtocol):
     app: Any
     # uvloop's side (a buffered protocol)
     def connection_made(self, transport: Any) -> None: ...

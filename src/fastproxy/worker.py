@@ -21,8 +21,8 @@ import uvloop
 from fastproxy._actions import Template
 from fastproxy._peers import PeerTable, slot_layout
 from fastproxy._proxy import Core
-from fastproxy._tls import ServerContext, TlsServer
 from fastproxy._ratelimit import BanTable, ConnTable, LimitTable, RateLimit
+from fastproxy._tls import ServerContext, TlsServer
 from fastproxy._url import IpSet
 from fastproxy.accesslog import AccessLog
 from fastproxy.clock import Clock
@@ -170,7 +170,9 @@ class Worker:
     def _tls_server(self, index: int) -> TlsServer:
         """The protocol factory of an `engine = "openssl"` listener (OpenSSL driven
         from C, fastproxy._tls), whose handshake deadlines the tick checks."""
-        server = self.contexts[index].server(self.core.client_factory(index))
+        context = self.contexts[index]
+        assert isinstance(context, ServerContext)
+        server = context.server(self.core.client_factory(index))
         self._tls_servers.append(server)
         return server
 
