@@ -27,11 +27,18 @@ cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from libc.errno cimport EINTR, errno
 from libc.string cimport memcpy
+from posix.unistd cimport write
 
 from fastproxy.openssl cimport *
 
 from asyncio import get_running_loop
+
+try:
+    from uvloop.loop import TCPTransport as _TCPTransport
+except ImportError:  # another event loop: always write through the transport
+    _TCPTransport = None
 
 cdef extern from "time.h" nogil:
     ctypedef long time_t
@@ -297,6 +304,9 @@ cdef class TlsConnection:
     cdef bint eof_sent          # write_eof(): close_notify and FIN sent
     cdef bint eof_seen          # the client's close_notify or FIN was read
     cdef bint eof_pending       # ... but not yet told to the app (its reading is paused)
+    cdef bint tcp_eof           # the TCP transport reported the client's FIN
+    cdef int fd                 # the socket, written to directly by _flush (-1: never)
+    cdef bint queued            # the transport may hold unsent bytes of ours
     cdef bint resume_scheduled
 
     def __dealloc__(self):
@@ -308,6 +318,12 @@ cdef class TlsConnection:
     def connection_made(self, transport):
         cdef SSL* ssl = SSL_new(self.server.context.default_ctx)
         self.transport = transport
+        self.fd = -1
+        if _TCPTransport is not None and type(transport) is _TCPTransport:
+            try:
+                self.fd = transport.get_extra_info("socket").fileno()
+            except Exception:
+                self.fd = -1
         if ssl == NULL:
             ERR_clear_error()
             self.tcp_closed = self.closing = True
@@ -349,12 +365,17 @@ cdef class TlsConnection:
             self._handshake()
 
     def eof_received(self):
-        self.eof_seen = True
+        if self.tcp_eof:
+            return True
+        self.tcp_eof = True
         if not self.established or self.closing:
             self.closing = self.tcp_closed = True  # uvloop closes it on our False
             return False
+        if self.eof_seen:
+            return True  # the client's close_notify came first: the app was told then
+        self.eof_seen = True
         if self.app_paused and self._has_input():
-            self.eof_pending = True  # told once the app reads again
+            self.eof_pending = True  # told once the app has read what came before
             return True
         keep = self.app.eof_received()
         if not keep:
@@ -468,13 +489,13 @@ cdef class TlsConnection:
 
     def pause_reading(self):
         self.app_paused = True
-        if not self.tcp_paused and not self.tcp_closed:
+        if not self.tcp_paused and not self.tcp_closed and not self.tcp_eof:
             self.tcp_paused = True
             self.transport.pause_reading()
 
     def resume_reading(self):
         self.app_paused = False
-        if self.tcp_paused and not self.tcp_closed:
+        if self.tcp_paused and not self.tcp_closed and not self.tcp_eof:
             self.tcp_paused = False
             self.transport.resume_reading()
         if (self.ssl != NULL and (self.eof_pending or self._has_input())
@@ -632,15 +653,36 @@ cdef class TlsConnection:
         return True
 
     cdef int _flush(self) except -1:
-        """Send what OpenSSL wrote to the output BIO, as one TCP write."""
-        cdef size_t n = BIO_ctrl_pending(self.wbio)
-        cdef bytes out
-        if n == 0:
+        """Send what OpenSSL wrote to the output BIO, as one TCP write: straight from
+        the BIO to the socket when uvloop has nothing queued for it (as _proxy's
+        send_parts does for plain sockets), else through the transport, which then
+        keeps the order until its buffer is empty again."""
+        cdef char* data = NULL
+        cdef Py_ssize_t n = BIO_get_mem_data(self.wbio, &data)
+        cdef Py_ssize_t done = 0
+        if n <= 0:
             return 0
-        out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>n)
-        BIO_read(self.wbio, PyBytes_AS_STRING(out), <int>n)
-        if not self.tcp_closed:
-            self.transport.write(out)
+        if self.tcp_closed:
+            BIO_reset(self.wbio)
+            return 0
+        # is_closing(): after an error uvloop closes the descriptor on its own
+        # schedule, and its number may already belong to another connection.
+        if self.fd >= 0 and not self.transport.is_closing() and (
+                not self.queued or not self.transport.get_write_buffer_size()):
+            self.queued = False
+            while True:
+                done = write(self.fd, data, n)
+                if done >= 0 or errno != EINTR:
+                    break
+            if done == n:
+                BIO_reset(self.wbio)
+                return 0
+            if done < 0:
+                done = 0  # EAGAIN, or an error the transport will meet and report
+        out = PyBytes_FromStringAndSize(data + done, n - done)
+        BIO_reset(self.wbio)
+        self.queued = True
+        self.transport.write(out)
         return 0
 
     cdef int _shutdown(self) except -1:

@@ -115,6 +115,7 @@ cdef extern from "openssl/bio.h" nogil:
     size_t BIO_ctrl_pending(BIO* bio)
     long BIO_set_mem_eof_return(BIO* bio, int v)  # macro
     long BIO_get_mem_data(BIO* bio, char** pp)  # macro
+    int BIO_reset(BIO* bio)  # macro
 
 cdef extern from "openssl/err.h" nogil:
     void ERR_clear_error()
