@@ -10,6 +10,9 @@
     python benchmarks/e2e.py --cases 1k --profile /tmp/profile.txt   # + py-spy on the worker
     python benchmarks/e2e.py --tls --proxies fastproxy,nginx   # only the TLS cases (opt-in)
     python benchmarks/e2e.py --cases tls-handshake --tls-key rsa      # RSA-2048 instead of P-256
+    python benchmarks/e2e.py --cases cache-hit   # hits from each proxy's cache (opt-in)
+    python benchmarks/e2e.py --waf           # fastproxy with [waf] vs without, ~2 min (opt-in)
+    python benchmarks/e2e.py --cases waf-browser --profile /tmp/w.txt --profile-case waf-browser
 
 Everything listens on 127.0.0.1 only. The script starts, in a temporary
 directory, one upstream nginx (static 1 KiB and 64 KiB files, keep-alive on),
@@ -68,6 +71,29 @@ In the s_time cases "req/s" is connections (handshakes) per second, and the
 clients' CPU is in the wrk column. The TLS cases run the proxies in
 alternating order (fastproxy, nginx, then nginx, fastproxy, ...).
 
+The WAF cases (opt-in: `--cases waf-browser,waf-plain` or `--waf`, which
+selects both; alone, only them) measure what the built-in WAF costs end to
+end: two fastproxy instances side by side, pinned like the others, in front of
+the same upstream, the same except that one has a `[waf]` table with no keys
+(the default rule sets, on the one route), with the 1k case's wrk settings
+(keep-alive, 1 KiB). `--proxies` does not apply. Checks: an SQL injection in the
+query gets 403 from the `[waf]` one and 200 from the other, and the browser-like
+request gets 200 from both.
+
+- `waf-browser`: `GET /1k.bin?q=red+shoes&page=2` with the header fields a
+  Chrome navigation sends (`BROWSER_HEADERS`: User-Agent, Accept,
+  Accept-Language, Accept-Encoding, a Cookie with a session id and analytics
+  cookies, a Referer), as wrk `-H` options. Every request repeats the same
+  values, so after the first one the WAF knows the Cookie, Referer and
+  User-Agent as clean (its steady state for one browser; see waf.py).
+- `waf-plain`: wrk's own request (`GET /1k.bin`, Host only).
+
+The rounds alternate the order (without, with; then with, without; ...).
+Reported: each variant's medians, the ratio with [waf] / without of the
+medians and the median of the rounds' ratios. Compare req per proxy CPU-s:
+at -c50 the proxy is not saturated, and the instance that idles more (the
+cheaper one) loses time to wake-ups, so req/s can even favour the WAF.
+
 Every run is bounded by its duration; every process started here is stopped by
 its PID at exit, also on errors and signals. A run with socket errors or
 non-2xx responses fails the whole benchmark.
@@ -97,6 +123,7 @@ import urllib.request
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -106,6 +133,11 @@ CASES = {
     "1k": ("/1k.bin", False, "keep-alive, 1 KiB response"),
     "64k": ("/64k.bin", False, "keep-alive, 64 KiB response"),
     "close": ("/1k.bin", True, "new connection per request (Connection: close), 1 KiB"),
+    # Opt-in (--cases cache-hit): every proxy caches /cached/ (the upstream sends
+    # max-age=3600 there), so after the warm-up each request is a hit.
+    "cache-hit": ("/cached/1k.bin", False,
+                  "keep-alive, 1 KiB served from each proxy's cache (nginx proxy_cache, "
+                  "HAProxy cache, fastproxy [caches])"),
 }
 # TLS cases (opt-in): case -> (path or None, client, what it measures)
 TLS_CASES = {
@@ -142,6 +174,29 @@ SCALE_WORKERS = (1, 2, 4)
 SCALE_THREADS, SCALE_CONNECTIONS = 2, 100  # wrk -t2 -c100
 SCALE_UPSTREAM_WORKERS = 2
 SCALE_START_S = 2.0  # per fresh fastproxy: start, readiness, verify, stop
+# The opt-in WAF cases: fastproxy with `[waf]` (default rule sets) against without.
+# Header fields of a Chrome 124 navigation from a search page (wrk -H).
+BROWSER_HEADERS = (
+    "User-Agent: Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like "
+    "Gecko) Chrome/124.0.0.0 Safari/537.36",
+    "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,"
+    "image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7",
+    "Accept-Language: en-US,en;q=0.9,de;q=0.8",
+    "Accept-Encoding: gzip, deflate, br, zstd",
+    "Cookie: session_id=8f3c2a1e9b7d4c6fa0e5b2d18c7f9a31; _ga=GA1.1.1234567890.1714000000; "
+    "_gid=GA1.1.987654321.1714000000; _ga_Q2W3E4R5T6=GS1.1.1714000000.3.1.1714000300.0.0.0",
+    "Referer: https://shop.example.com/search?q=shoes&page=1",
+)
+# case -> (path with query, wrk -H header fields, what it measures)
+WAF_CASES = {
+    "waf-browser": ("/1k.bin?q=red+shoes&page=2", BROWSER_HEADERS,
+                    "keep-alive, 1 KiB, a browser-like GET (query, Chrome header fields, "
+                    "cookies, Referer)"),
+    "waf-plain": ("/1k.bin", (), "keep-alive, 1 KiB, wrk's own request (Host only)"),
+}
+WAF_VARIANTS = ("fastproxy", "fastproxy+waf")  # without [waf], with it
+WAF_ATTACK = "/1k.bin?id=1%27%20OR%20%271%27%3D%271"  # the check: 403 with [waf], else 200
+ALL_CASES = (*CASES, *TLS_CASES, *WAF_CASES, SCALE)
 
 
 class BenchError(RuntimeError):
@@ -279,7 +334,8 @@ def affinity(pid: int) -> str:
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def tail(path: Path, n: int = 30) -> str:
@@ -312,6 +368,10 @@ def upstream_conf(prefix: Path, port: int, workers: int = 1) -> str:
         listen 127.0.0.1:{port};
         root {prefix}/www;
         location / {{ }}
+        location /cached/ {{
+            alias {prefix}/www/;
+            add_header Cache-Control "max-age=3600";
+        }}
         location = /status {{ stub_status; }}  # counts the connections the proxies open
     }}
 }}
@@ -344,6 +404,12 @@ def nginx_proxy_conf(prefix: Path, port: int, upstream_port: int, keepalive: int
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }
+        location /cached/ {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache hits;
+        }
 """
     tls_server = ""
     if tls is not None:
@@ -364,6 +430,8 @@ def nginx_proxy_conf(prefix: Path, port: int, upstream_port: int, keepalive: int
 {location}    }}
 """
     return _nginx_common(prefix, "proxy") + f"""\
+    proxy_cache_path {prefix}/proxy_cache levels=1:2 keys_zone=hits:10m max_size=64m
+                     inactive=60m use_temp_path=off;
     upstream backend {{
         server 127.0.0.1:{upstream_port};
         keepalive {keepalive};
@@ -422,13 +490,19 @@ frontend fe
     bind 127.0.0.1:{port}
     default_backend be
 {tls_frontend}
+cache hits
+    total-max-size 64
+    max-age 3600
+
 backend be
+    http-request cache-use hits if {{ path_beg /cached/ }}
+    http-response cache-store hits
     server s1 127.0.0.1:{upstream_port} pool-max-conn {keepalive}
 """
 
 
 def fastproxy_conf(port: int, upstream_port: int, keepalive: int, workers: int = 1,
-                   tls: TlsFiles | None = None, tls_port: int = 0) -> str:
+                   tls: TlsFiles | None = None, tls_port: int = 0, waf: bool = False) -> str:
     tls_listener = ""
     if tls is not None:  # the defaults: TLS 1.2 + 1.3, DEFAULT_CIPHERS, tickets on
         tls_listener = f"""
@@ -439,6 +513,8 @@ address = "127.0.0.1:{tls_port}"
 certificates = [ {{ cert = "{tls.cert}", key = "{tls.key}" }} ]
 engine = "{tls.engine}"
 """
+    # No keys: the default rule sets (waf.DEFAULT_RULE_SETS) on every route.
+    waf_table = "\n[waf]\n" if waf else ""
     return f"""\
 [server]
 workers = {workers}
@@ -447,13 +523,21 @@ shutdown_timeout = "2s"
 [log]
 access = "off"
 level = "warning"
-
+{waf_table}
 [[listeners]]
 address = "127.0.0.1:{port}"
 {tls_listener}
 [upstreams.backend]
 servers = ["127.0.0.1:{upstream_port}"]
 keepalive = {keepalive}
+
+[caches.hits]
+memory = "64m"
+
+[[routes]]
+match = {{ path_prefix = "/cached", whole_segments = true }}
+upstream = "backend"
+cache = "hits"
 
 [[routes]]
 upstream = "backend"
@@ -746,12 +830,15 @@ def parse_wrk(out: str) -> WrkResult:
 
 
 def run_wrk(port: int, path: str, close: bool, seconds: int, args: argparse.Namespace,
-            cpu: str | None, https: bool = False) -> tuple[WrkResult, str, float]:
+            cpu: str | None, https: bool = False, headers: tuple[str, ...] = (),
+            ) -> tuple[WrkResult, str, float]:
     """One wrk run: the parsed result, wrk's output and wrk's own CPU seconds."""
     argv = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{seconds}s", "--latency",
             "--timeout", "5s"]
     if close:
         argv += ["-H", "Connection: close"]
+    for header in headers:
+        argv += ["-H", header]
     argv.append(f"{'https' if https else 'http'}://127.0.0.1:{port}{path}")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     res = subprocess.run(pinned(cpu, argv), capture_output=True, text=True,
@@ -783,7 +870,17 @@ def case_path(case: str) -> str | None:
     """The file a case fetches (None: tls-handshake sends no request)."""
     if case == SCALE:
         return SCALE_PATH
+    if case in WAF_CASES:
+        return WAF_CASES[case][0]
     return TLS_CASES[case][0] if case in TLS_CASES else CASES[case][0]
+
+
+def body_size(case: str) -> int:
+    """The size of the file a wrk case fetches (its path without the query)."""
+    path = case_path(case)
+    assert path is not None
+    path = path.partition("?")[0]
+    return FILES[path.removeprefix("/cached")]
 
 
 def run_load(case: str, port: int, seconds: int, args: argparse.Namespace, cpu: str | None,
@@ -795,8 +892,9 @@ def run_load(case: str, port: int, seconds: int, args: argparse.Namespace, cpu: 
     close = case in CASES and CASES[case][1]
     path = case_path(case)
     assert path is not None
+    headers = WAF_CASES[case][1] if case in WAF_CASES else ()
     result, raw, client_cpu = run_wrk(port, path, close, seconds, args, cpu,
-                                      https=case in TLS_CASES)
+                                      https=case in TLS_CASES, headers=headers)
     return result, raw, client_cpu, None
 
 
@@ -805,9 +903,7 @@ def check_load(label: str, case: str, result: WrkResult, raw: str,
     """check_run for wrk; for s_time: connections made, handshakes of the right kind
     (full for tls-handshake, resumed for tls-resume), whole responses."""
     if marks is None:
-        path = case_path(case)
-        assert path is not None
-        check_run(label, result, raw, FILES[path])
+        check_run(label, result, raw, body_size(case))
         return
     problems = []
     if result.requests == 0:
@@ -1178,11 +1274,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "once, in turn (default 3; --quick: 1)")
     p.add_argument("--duration", type=int, help="seconds per wrk run (default 8; --quick: 3)")
     p.add_argument("--cases", default="1k,64k,close",
-                   help=f"comma-separated, from: {', '.join([*CASES, *TLS_CASES, SCALE])} "
-                        f"(default {','.join(CASES)}; {SCALE} is opt-in: fastproxy only, with "
+                   help=f"comma-separated, from: {', '.join(ALL_CASES)} "
+                        f"(default 1k,64k,close; cache-hit and {SCALE} are opt-in: fastproxy only, with "
                         f"{', '.join(map(str, SCALE_WORKERS))} workers, nothing pinned, wrk "
-                        f"-t{SCALE_THREADS} -c{SCALE_CONNECTIONS}; the tls-* cases are opt-in "
-                        "too, see --tls)")
+                        f"-t{SCALE_THREADS} -c{SCALE_CONNECTIONS}; the tls-* and waf-* cases "
+                        "are opt-in too, see --tls and --waf)")
     p.add_argument("--tls", action="store_true",
                    help=f"add the TLS cases ({', '.join(TLS_CASES)}) to --cases; alone (no "
                         "--cases), only them")
@@ -1197,6 +1293,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tls-engine", choices=("openssl", "python"), default="openssl",
                    help="fastproxy's TLS engine ([listeners.tls] engine): OpenSSL driven from "
                         "C (the default) or uvloop's SSL transport over Python's ssl module")
+    p.add_argument("--waf", action="store_true",
+                   help=f"add the WAF cases ({', '.join(WAF_CASES)}: fastproxy with [waf] "
+                        "and the default rule sets against fastproxy without) to --cases; "
+                        "alone (no --cases), only them")
     p.add_argument("--scaling", action="store_true",
                    help=f"add the {SCALE} case to --cases (it runs before the others)")
     p.add_argument("--proxies", default=",".join(PROXIES),
@@ -1221,24 +1321,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="after measuring, run py-spy (raw format) on the fastproxy worker "
                         "during one extra run of --profile-case and print the top frames")
     p.add_argument("--profile-case", default="1k", metavar="CASE",
-                   help="the case run under --profile (default 1k; a tls-* case needs it in "
-                        "--cases)")
+                   help="the case run under --profile (default 1k, or the first WAF case when "
+                        "only WAF cases run; a tls-* or waf-* case needs it in --cases; a "
+                        "waf-* case profiles the worker of the fastproxy with [waf])")
     explicit_cases = any(a == "--cases" or a.startswith("--cases=")
                          for a in (argv if argv is not None else sys.argv[1:]))
     args = p.parse_args(argv)
-    if args.tls and not explicit_cases:
+    if (args.tls or args.waf) and not explicit_cases:
         args.cases = ""
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.duration = args.duration or (3 if args.quick else 8)
     args.cases = list(dict.fromkeys(c.strip() for c in args.cases.split(",") if c.strip()))
     if args.tls:
         args.cases += [c for c in TLS_CASES if c not in args.cases]
+    if args.waf:
+        args.cases += [c for c in WAF_CASES if c not in args.cases]
     if args.scaling and SCALE not in args.cases:
         args.cases.append(SCALE)
-    bad = [c for c in args.cases if c not in CASES and c not in TLS_CASES and c != SCALE]
+    bad = [c for c in args.cases if c not in ALL_CASES]
     if bad or not args.cases:
         p.error(f"unknown case(s) {', '.join(bad) or '(none)'}; "
-                f"choose from {', '.join([*CASES, *TLS_CASES, SCALE])}")
+                f"choose from {', '.join(ALL_CASES)}")
     chosen = {x.strip() for x in args.proxies.split(",") if x.strip()}
     bad = sorted(chosen - set(PROXIES))
     if bad or not chosen:
@@ -1247,12 +1350,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.proxies = [x for x in PROXIES if x in chosen]
     if args.rounds < 1 or args.duration < 1:
         p.error("--rounds and --duration must be at least 1")
-    if args.profile and ("fastproxy" not in args.proxies or args.cases == [SCALE]):
+    waf_only = all(c in WAF_CASES for c in args.cases)
+    if args.profile and not waf_only and (
+            "fastproxy" not in args.proxies or args.cases == [SCALE]):
         p.error(f"--profile needs fastproxy in --proxies and a case other than {SCALE}")
-    if args.profile_case not in CASES and args.profile_case not in TLS_CASES:
-        p.error(f"--profile-case: choose from {', '.join([*CASES, *TLS_CASES])}")
-    if args.profile and args.profile_case in TLS_CASES and args.profile_case not in args.cases:
+    if args.profile and waf_only and args.profile_case == "1k":
+        args.profile_case = args.cases[0]  # the default case is not run: profile a WAF one
+    if args.profile_case not in CASES and args.profile_case not in TLS_CASES \
+            and args.profile_case not in WAF_CASES:
+        p.error(f"--profile-case: choose from {', '.join([*CASES, *TLS_CASES, *WAF_CASES])}")
+    if args.profile and args.profile_case in (*TLS_CASES, *WAF_CASES) \
+            and args.profile_case not in args.cases:
         p.error(f"--profile-case {args.profile_case} needs {args.profile_case} in --cases")
+    if args.profile and args.profile_case not in WAF_CASES and waf_only:
+        p.error("--profile with only WAF cases: --profile-case is one of them")
     if args.tls_clients < 1:
         p.error("--tls-clients must be at least 1")
     return args
@@ -1294,7 +1405,8 @@ def main(argv: list[str] | None = None) -> int:
                   "or run with --install)", file=sys.stderr)
             return 2
     haproxy = find_haproxy()
-    regular = [c for c in args.cases if c != SCALE]
+    regular = [c for c in args.cases if c != SCALE and c not in WAF_CASES]
+    waf_cases = [c for c in args.cases if c in WAF_CASES]
     if "haproxy" in args.proxies and haproxy is None:
         args.proxies.remove("haproxy")
         if regular:
@@ -1322,6 +1434,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{' vs '.join(args.proxies)}, cases {','.join(regular)}: {args.rounds} round(s) "
               f"x {args.duration}s per proxy, wrk -t{args.threads} -c{args.connections}")
         print(f"pinning: {pinning}")
+    if waf_cases:
+        budget += 5 + len(waf_cases) * len(WAF_VARIANTS) * (
+            args.rounds * (args.duration + RUN_OVERHEAD_S + 0.5) + WARMUP_SECONDS + 0.3)
+        print(f"{' vs '.join(WAF_VARIANTS)}, cases {','.join(waf_cases)}: {args.rounds} "
+              f"round(s) x {args.duration}s each, wrk -t{args.threads} -c{args.connections}")
+        if not regular:
+            print(f"pinning: {pinning}")
     print(f"about {budget:.0f}s in all")
 
     tmp = Path(tempfile.mkdtemp(prefix="fastproxy-e2e-"))
@@ -1565,21 +1684,172 @@ def _scaling(args: argparse.Namespace, tmp: Path, scratch: Path) -> dict[str, ob
     }
 
 
+def _waf(args: argparse.Namespace, cases: list[str], tmp: Path, scratch: Path,
+         cpus: tuple[str | None, str | None]) -> tuple[dict[str, object], int, int]:
+    """The opt-in WAF cases: fastproxy with [waf] against fastproxy without, side by
+    side behind one upstream. Returns (the report, the port and the worker PID of
+    the one with [waf], for --profile)."""
+    base, with_waf = WAF_VARIANTS
+    up_dir = tmp / "upstream-waf"
+    www = up_dir / "www"
+    dirs = {name: tmp / name.replace("+", "-") for name in WAF_VARIANTS}
+    make_dirs(up_dir, www, *dirs.values())
+    write_files(www)
+    up_port = free_port()
+    ports = {name: free_port() for name in WAF_VARIANTS}
+    keep = args.upstream_keepalive
+    upstream = start_nginx("upstream nginx (waf)", up_dir, upstream_conf(up_dir, up_port),
+                           cpus[1])
+    wait_ready(upstream, up_port, scratch)
+    verify("upstream nginx (waf)", up_port, www, scratch)
+    configs = {"upstream_nginx": upstream_conf(Path("TMP/upstream-waf"), up_port)}
+    servers: dict[str, Started] = {}
+    for name in WAF_VARIANTS:
+        configs[name] = fastproxy_conf(ports[name], up_port, keep, waf=name == with_waf)
+        servers[name] = start_fastproxy(dirs[name], configs[name], cpus[0])
+        servers[name].name = name
+    browser = tuple(arg for header in BROWSER_HEADERS for arg in ("-H", header))
+    for name in WAF_VARIANTS:
+        wait_ready(servers[name], ports[name], scratch)
+        verify(name, ports[name], www, scratch)
+        # The rules are on in one and off in the other; the browser request passes both.
+        expect = 403 if name == with_waf else 200
+        code, _ = http_get(ports[name], WAF_ATTACK, scratch)
+        if code != expect:
+            raise BenchError(f"{name}: GET {WAF_ATTACK} gave status {code}, expected {expect}")
+        code, got = http_get(ports[name], WAF_CASES["waf-browser"][0], scratch, browser)
+        if code != 200 or got != FILES["/1k.bin"]:
+            raise BenchError(f"{name}: the browser-like GET gave status {code}, {got} bytes "
+                             "(expected 200 with the 1 KiB file)")
+        tree = process_tree(servers[name].proc.pid)
+        servers[name].extra_pids = tuple(tree[1:])
+        print(f"  {name}: master {tree[0]}, workers {tree[1:]}, CPUs {affinity(tree[-1])}; "
+              f"GET {WAF_ATTACK} -> {expect}, the browser-like GET -> 200")
+    upstream.extra_pids = tuple(children(upstream.proc.pid))
+
+    runs: list[Run] = []
+    summary: dict[str, dict[str, object]] = {}
+    for case in cases:
+        path, headers, what = WAF_CASES[case]
+        print(f"\n[{case}] {what}: GET {path}"
+              + (f" with {len(headers)} -H header fields" if headers else ""))
+        for name in WAF_VARIANTS:  # warm-up, not recorded
+            result, raw, _, marks = run_load(case, ports[name], WARMUP_SECONDS, args, cpus[1])
+            check_load(f"{case}/{name} warm-up", case, result, raw, marks)
+        case_runs: list[Run] = []
+        for rnd in range(1, args.rounds + 1):
+            order = WAF_VARIANTS if rnd % 2 else WAF_VARIANTS[::-1]
+            for name in order:
+                time.sleep(0.5)
+                r = measure(case, name, rnd, ports[name], servers[name].proc.pid,
+                            upstream.proc.pid, up_port, args, cpus)
+                case_runs.append(r)
+                print(f"  round {rnd} {name:13s} {r.rps:8,.0f} req/s  p50 {r.p50_ms:5.2f} ms  "
+                      f"p99 {r.p99_ms:6.2f} ms  {r.req_per_cpu_s:7,.0f} req/CPU-s "
+                      f"({1e6 / r.req_per_cpu_s:5.1f} µs/req)  CPU: proxy "
+                      f"{r.proxy_cpu_pct:.0f}% (sys {r.proxy_kernel_pct:.0f}%), upstream "
+                      f"{r.upstream_cpu_pct:.0f}%, wrk {r.wrk_cpu_pct:.0f}%, other "
+                      f"{r.other_cpu_pct:.0f}%")
+        runs += case_runs
+        med = {name: medians([r for r in case_runs if r.proxy == name]) for name in WAF_VARIANTS}
+        by_round = {(r.round, r.proxy): r for r in case_runs}
+        per_round = [{m: round(getattr(by_round[rnd, with_waf], m)
+                               / getattr(by_round[rnd, base], m), 3)
+                      for m in ("rps", "req_per_cpu_s")}
+                     for rnd in range(1, args.rounds + 1)]
+        round_median = {m: round(statistics.median(x[m] for x in per_round), 3)
+                        for m in ("rps", "req_per_cpu_s")}
+        print("  with / without [waf], each round: req/s "
+              + " ".join(f"{x['rps']:.3f}" for x in per_round) + "; req per CPU-s "
+              + " ".join(f"{x['req_per_cpu_s']:.3f}" for x in per_round)
+              + f" (medians {round_median['rps']:.3f}, {round_median['req_per_cpu_s']:.3f})")
+        summary[case] = {
+            "description": what, "path": path, "headers": list(headers), "median": med,
+            "ratio": ratios(med[with_waf], med[base]),
+            "ratio_by_round": per_round,
+            "ratio_by_round_median": round_median,
+            "waf_cpu_us_per_request": round(1e6 / med[with_waf]["req_per_cpu_s"]
+                                            - 1e6 / med[base]["req_per_cpu_s"], 2),
+        }
+    print()
+    for name in WAF_VARIANTS:
+        # The [waf] one logged the check's block (a warning): only other lines count.
+        log = servers[name].log_path
+        lines = [line for line in log.read_text(errors="replace").splitlines()
+                 if "fastproxy.waf: waf blocked " not in line] if log.exists() else []
+        if lines:
+            print(f"note: {name} log {log} is not empty:\n" + "\n".join(lines[-5:]))
+    note_logs("upstream nginx (waf)", (up_dir / "error.log", up_dir / "stdout.log"))
+    print()
+    report = {
+        "variants": {base: "no [waf] table", with_waf: "[waf] with no keys: the default rule "
+                     "sets (" + ", ".join(_default_rule_sets()) + ")"},
+        "wrk": f"-t{args.threads} -c{args.connections} --latency --timeout 5s",
+        "order": "alternating: without, with in odd rounds; with, without in even ones",
+        "rounds": args.rounds, "duration_s": args.duration,
+        "configs": configs,
+        "max_other_cpu_pct": max(r.other_cpu_pct for r in runs),
+        "cases": summary,
+        "runs": [asdict(r) for r in runs],
+    }
+    worker = servers[with_waf].extra_pids[-1]
+    return report, ports[with_waf], worker
+
+
+def _default_rule_sets() -> tuple[str, ...]:
+    from fastproxy.waf import DEFAULT_RULE_SETS
+
+    return DEFAULT_RULE_SETS
+
+
+def waf_table(waf: dict[str, object]) -> str:
+    base, with_waf = WAF_VARIANTS
+    lines = [
+        "| case | fastproxy | req/s | p50 ms | p99 ms | req per proxy CPU-s "
+        "| proxy CPU µs per req | proxy CPU % (kernel share) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    cases: dict[str, dict[str, Any]] = waf["cases"]  # type: ignore[assignment]
+    for case, data in cases.items():
+        med = data["median"]
+        for name, label in ((base, "without [waf]"), (with_waf, "with [waf]")):
+            m = med[name]
+            lines.append(f"| {case} | {label} | {fmt(m['rps'])} | {fmt(m['p50_ms'])} | "
+                         f"{fmt(m['p99_ms'])} | {fmt(m['req_per_cpu_s'])} | "
+                         f"{fmt(1e6 / m['req_per_cpu_s'], 1)} | "
+                         f"{fmt(m['proxy_cpu_pct'], 0)} ({fmt(m['proxy_kernel_pct'], 0)}) |")
+        r = {k: _ratio(v) for k, v in data["ratio"].items()}
+        lines.append(f"| {case} | **with / without** | **{r['rps']}** | {r['p50_ms']} | "
+                     f"{r['p99_ms']} | **{r['req_per_cpu_s']}** | "
+                     f"{data['waf_cpu_us_per_request']:+.1f} | |")
+        by_round = data["ratio_by_round"]
+        lo, hi = (f(x["req_per_cpu_s"] for x in by_round) for f in (min, max))
+        rm = data["ratio_by_round_median"]
+        lines.append(f"| {case} | with / without, each round: median (min-max) | "
+                     f"{_ratio(rm['rps'])} | | | {_ratio(rm['req_per_cpu_s'])} "
+                     f"({_ratio(lo)}-{_ratio(hi)}) | | |")
+    return "\n".join(lines)
+
+
 def _bench(args: argparse.Namespace, tmp: Path, cpus: tuple[str | None, str | None],
            pinning: str, haproxy: str | None) -> int:
     os.chmod(tmp, 0o755)  # nginx workers may run as an unprivileged user
     scratch = tmp / "check.bin"
-    regular = [c for c in args.cases if c != SCALE]
+    regular = [c for c in args.cases if c != SCALE and c not in WAF_CASES]
+    waf_cases = [c for c in args.cases if c in WAF_CASES]
     scaling = _scaling(args, tmp, scratch) if SCALE in args.cases else None
     summary: dict[str, dict[str, object]] = {}
     runs: list[Run] = []
     configs: dict[str, str] = {}
     fp_ports: dict[str, int] = {}
-    fp_worker = 0
+    fp_worker = waf_worker = 0
     tls_report = None
     if regular:
         summary, runs, configs, fp_ports, fp_worker, tls_report = _regular(
             args, regular, tmp, scratch, cpus, haproxy)
+    waf: dict[str, object] | None = None
+    if waf_cases:
+        waf, fp_ports["waf"], waf_worker = _waf(args, waf_cases, tmp, scratch, cpus)
 
     stamp = dt.datetime.now().astimezone()
     report: dict[str, object] = {
@@ -1606,6 +1876,8 @@ def _bench(args: argparse.Namespace, tmp: Path, cpus: tuple[str | None, str | No
     }
     if scaling is not None:
         report["scaling"] = scaling
+    if waf is not None:
+        report["waf"] = waf
     if regular:
         print(f"## {' vs '.join(args.proxies)} ({stamp:%Y-%m-%d %H:%M}, medians of "
               f"{args.rounds} round(s) x {args.duration}s, wrk -t{args.threads} "
@@ -1634,14 +1906,31 @@ def _bench(args: argparse.Namespace, tmp: Path, cpus: tuple[str | None, str | No
         print(f"{scaling['note']} Each worker count is a fresh fastproxy; proxy CPU is the "
               "master plus all its workers, in % of one CPU.\n")
         print(scaling_table(scaling))
+    if waf is not None:
+        print(f"\n## fastproxy with [waf] vs without ({stamp:%Y-%m-%d %H:%M}, medians of "
+              f"{args.rounds} round(s) x {args.duration}s, wrk -t{args.threads} "
+              f"-c{args.connections})\n")
+        print(f"Pinning: {pinning}. [waf] with no keys: the default rule sets. Ratio: with / "
+              "without (higher is better; req per proxy CPU-s is the figure that holds on a "
+              "busy machine). Proxy CPU µs per req = 1e6 / req per proxy CPU-s; on the ratio "
+              "line, what the WAF adds.\n")
+        print(waf_table(waf))
+        busiest = float(waf["max_other_cpu_pct"])  # type: ignore[arg-type]
+        if busiest > 20:
+            print(f"\nwarning: other processes used up to {busiest:.0f}% of a CPU during a run "
+                  "(see other_cpu_pct in the JSON): absolute figures are unreliable, the "
+                  "ratios and req per CPU-s less so")
     json_path = args.json or HERE / "results" / f"e2e-{stamp:%Y-%m-%d-%H%M%S}.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(_no_nan(report), indent=2, allow_nan=False) + "\n")
     print(f"\nresults written to {json_path}")
 
     if args.profile:
-        kind = "tls" if args.profile_case in TLS_CASES else "plain"
-        profile_worker(fp_worker, fp_ports[kind], args.profile, args, cpus)
+        if args.profile_case in WAF_CASES:
+            profile_worker(waf_worker, fp_ports["waf"], args.profile, args, cpus)
+        else:
+            kind = "tls" if args.profile_case in TLS_CASES else "plain"
+            profile_worker(fp_worker, fp_ports[kind], args.profile, args, cpus)
     return 0
 
 

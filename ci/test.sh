@@ -79,7 +79,7 @@ apt_install() {  # apt_install PACKAGE...
 
 install_system_packages() {
     local missing=() tool
-    for tool in nginx wrk; do
+    for tool in nginx wrk redis-server; do
         have_cmd "$tool" || missing+=("$tool")
     done
     # fastproxy._tls is linked against OpenSSL: its headers are needed to build it.

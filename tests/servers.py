@@ -730,3 +730,103 @@ def origin_and_proxy(workdir: Path, handler: Handler | None = None,
         if proxy is not None and proxy.proc is not None:
             proxy.stop()
         origin.stop()
+
+
+def redis_server_path() -> str | None:
+    """The redis-server executable, or None when it is not installed."""
+    import shutil
+
+    for candidate in (shutil.which("redis-server"), "/usr/bin/redis-server",
+                      "/usr/sbin/redis-server"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+class RedisServer:
+    """A private redis-server on 127.0.0.1 (no persistence, its own temporary
+    directory), stopped by its PID. `stop()` then `start()` restarts it on the
+    same port. As a context manager it is stopped, and its directory removed,
+    on exit (also on failure)."""
+
+    def __init__(self, port: int = 0, executable: str | None = None) -> None:
+        import tempfile
+
+        exe = executable or redis_server_path()
+        if exe is None:
+            raise RuntimeError("redis-server is not installed")
+        self.executable = exe
+        self.port = port
+        self.dir = Path(tempfile.mkdtemp(prefix="fastproxy-redis-"))
+        self.unix_socket = self.dir / "redis.sock"
+        self.log_path = self.dir / "redis.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        """Start it and wait until it answers PING. A port chosen here may be
+        taken by someone else before redis-server binds it: then try another."""
+        choose = self.port == 0
+        for _ in range(5):
+            if choose:
+                self.port = free_port()
+            if self._start_once(timeout):
+                return self
+            if not choose:
+                break
+        raise RuntimeError(f"redis-server did not start on port {self.port}:\n{self.log()}")
+
+    def _start_once(self, timeout: float) -> bool:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
+                 "--save", "", "--appendonly", "no", "--dir", str(self.dir),
+                 "--unixsocket", str(self.unix_socket), "--unixsocketperm", "700",
+                 "--daemonize", "no", "--protected-mode", "yes"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.proc = None
+                return False
+            if self.ping():
+                return True
+            time.sleep(0.02)
+        self.stop()
+        return False
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 10.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        import shutil
+
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)

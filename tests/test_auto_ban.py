@@ -73,14 +73,19 @@ def test_waf_blocks_ban_the_client_instance_wide(make_origin: Callable[..., Orig
         proxy.wait_worker_pids(2)
         assert get(proxy.port, "/")[0] == 200
         assert [get(proxy.port, ATTACK)[0] for _ in range(5)] == [403] * 5
-        # Banned now: even an ordinary request is refused, with Retry-After.
+        # Banned now: even an ordinary request is refused, with Retry-After. (The
+        # count is a sliding window estimated from two fixed ones: a burst that
+        # straddles their edge may need one refusal more.)
         status, retry = get(proxy.port, "/")
+        if status == 200:
+            assert get(proxy.port, ATTACK)[0] == 403
+            status, retry = get(proxy.port, "/")
         assert status == 403 and retry in ("1", "2")
         assert sum(get(proxy.port, "/")[0] == 403 for _ in range(10)) == 10
         time.sleep(2.2)
         assert get(proxy.port, "/")[0] == 200  # the ban is over
         assert "auto-ban: client 127.0.0.1 refused for 2 s" in proxy.log()
-        assert sum(1 for r in origin.requests if r.target == "/") == 2
+        assert sum(1 for r in origin.requests if r.target == "/") in (2, 3)
     finally:
         proxy.stop()
 

@@ -444,6 +444,189 @@ def test_clean_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # --------------------------------------------------------------------------
+# The glance: what it passes, the full inspection passes too
+
+
+def _full_only(*args: Any) -> Waf:
+    """A Waf that always runs the full inspection."""
+    guard = Waf(*args)
+    guard._glance_ok = False
+    return guard
+
+
+def _outcome(guard: Waf, case: Case) -> tuple[Verdict | None, list[Verdict]]:
+    return case.inspect(guard), list(guard.last_logs)
+
+
+def _remembered_fields(case: Case) -> list[tuple[bytes, bytes]]:
+    return [(n, v) for n, v in case.headers if n.lower() in (b"cookie", b"user-agent", b"referer")]
+
+
+GLANCE_CONFIGS: list[tuple[Any, ...]] = [
+    (), *(([name],) for name in RULE_SETS), ([f"{name}:log" for name in RULE_SETS],),
+    (DEFAULT_RULE_SETS, (), ["xss@query", "traversal-dotfile", "scanner-user-agent"]),
+]
+CORPUS_CASES = [case for _, case in ATTACKS] + BENIGN
+
+
+@pytest.mark.parametrize("case", CORPUS_CASES, ids=[c.where for c in CORPUS_CASES])
+def test_glance_agrees_with_the_full_inspection(case: Case) -> None:
+    """Every corpus request, with the Cookie, User-Agent and Referer remembered the way
+    a browser's earlier request makes them (so that the glance gets to decide), gets
+    the same verdict and logs with the glance as without, twice (the second time the
+    glance knows the pieces)."""
+    for config in GLANCE_CONFIGS:
+        fast = Waf(*config)
+        full = _full_only(*config)
+        assert fast._glance_ok
+        for guard in (fast, full):
+            guard.inspect(b"GET", b"/", b"", _remembered_fields(case))
+        assert fast._clean == full._clean
+        for _ in range(2):
+            assert _outcome(fast, case) == _outcome(full, case), (config, case.where)
+
+
+@pytest.mark.parametrize(("rule_set", "case"), ATTACKS, ids=[c.where for _, c in ATTACKS])
+def test_attack_blocked_with_browser_fields_remembered(rule_set: str, case: Case) -> None:
+    guard = Waf([rule_set])
+    guard.inspect(b"GET", b"/", b"", _remembered_fields(case))
+    for _ in range(2):
+        verdict = case.inspect(guard)
+        assert verdict is not None and verdict.rule_set == rule_set, case.where
+
+
+BROWSER = [(b"Host", b"shop.example.com"),
+           (b"User-Agent", b"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
+                           b"(KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36"),
+           (b"Accept", b"text/html,*/*;q=0.8"), (b"sec-fetch-mode", b"navigate"),
+           (b"Cookie", b"session_id=8f3c2a1e; _ga=GA1.1.123.456"),
+           (b"Referer", b"https://shop.example.com/search?q=shoes"),
+           (b"X-Requested-With", b"XMLHttpRequest")]
+
+
+@pytest.fixture
+def full_runs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    """The calls of the full inspection (Waf._inspect), recorded."""
+    calls: list[tuple[Any, ...]] = []
+    real = Waf._inspect
+
+    def recorded(self: Waf, *args: Any) -> Verdict | None:
+        calls.append(args)
+        return real(self, *args)
+
+    monkeypatch.setattr(Waf, "_inspect", recorded)
+    return calls
+
+
+def _glance(guard: Waf, full_runs: list[tuple[Any, ...]], *args: Any) -> bool:
+    """Did the glance alone pass the request (no full inspection)?"""
+    before = len(full_runs)
+    verdict = guard.inspect(*args)
+    assert verdict is None or len(full_runs) > before
+    return len(full_runs) == before
+
+
+def test_glance_passes_a_known_browser_request_and_remembers_its_pieces(
+        full_runs: list[tuple[Any, ...]]) -> None:
+    guard = Waf()
+    request = (b"GET", b"/item/42", b"q=red+shoes&page=2", BROWSER)
+    assert not _glance(guard, full_runs, *request)  # the fields are new: in full
+    assert guard._glanced == set() and guard._glanced_query == set()
+    assert _glance(guard, full_runs, *request)
+    assert guard._glanced == {b"/item/42", b"XMLHttpRequest"}
+    assert guard._glanced_query == {b"q=red+shoes&page=2"}
+    assert _glance(guard, full_runs, *request)
+    assert guard.last_logs == []
+
+
+@pytest.mark.parametrize(("method", "path", "query", "extra"), [
+    (b"TRACE", b"/", b"", []),
+    (b"get", b"/", b"", []),
+    (b"GET", b"/a%2fb", b"", []),
+    (b"GET", b"/a\\b", b"", []),
+    (b"GET", b"/a\x00b", b"", []),
+    (b"GET", b"/", b"a=%41", []),
+    (b"GET", b"/", b"a=\x00", []),
+    (b"GET", b"/", b"a=1&b=x*y", []),
+    (b"GET", b"/", b"a=union+all", []),
+    (b"GET", b"/", b"a=..", []),
+    (b"GET", b"/etc/x", b"", []),
+    (b"GET", b"/", b"", [(b"Host", b"second.example.com")]),
+    (b"GET", b"/", b"", [(b"Content-Length", b"0")]),
+    (b"GET", b"/", b"", [(b"Transfer-Encoding", b"chunked")]),
+    (b"GET", b"/", b"", [(b"Range", b"bytes=0-1")]),
+    (b"GET", b"/", b"", [(b"X-HTTP-Method-Override", b"GET")]),
+    (b"GET", b"/", b"", [(b"X-Scanner", b"1")]),
+    (b"GET", b"/", b"", [(b"X-Note", b"a=b")]),
+    (b"GET", b"/", b"", [(b"X-Note", b"it's")]),
+    (b"GET", b"/", b"", [(b"X-Note", b"tom & jerry")]),
+    (b"GET", b"/", b"", [(b"Cookie", b"fresh=1")]),
+    (b"GET", b"/", b"", [(b"Content-Type", b"text/plain; charset=utf-8")]),
+])
+def test_glance_leaves_to_the_full_inspection(method: bytes, path: bytes, query: bytes,
+                                              extra: list[tuple[bytes, bytes]],
+                                              full_runs: list[tuple[Any, ...]]) -> None:
+    guard = Waf()
+    assert guard.inspect(b"GET", b"/", b"", BROWSER) is None  # remembered
+    assert _glance(guard, full_runs, b"GET", b"/", b"", BROWSER)
+    assert not _glance(guard, full_runs, method, path, query, [*BROWSER, *extra])
+    assert not _glance(guard, full_runs, b"GET", b"/", b"", [(b"Host", b"bad host!")])
+    assert not _glance(guard, full_runs, b"GET", b"/", b"", BROWSER, b"a=1")  # a body
+
+
+def test_glance_is_off_with_custom_rules() -> None:
+    rule = Rule("r", (Condition("path", "prefix", "/x"),))
+    assert not Waf(custom_rules=[rule])._glance_ok
+    assert Waf(["sqli"], exclusions=["sqli-union"])._glance_ok
+
+
+def test_glanced_pieces_are_bounded(monkeypatch: pytest.MonkeyPatch,
+                                    full_runs: list[tuple[Any, ...]]) -> None:
+    monkeypatch.setattr(waf, "_GLANCED_ENTRIES", 3)
+    guard = Waf()
+    for i in range(10):
+        assert _glance(guard, full_runs, b"GET", b"/p%d" % i, b"q=%d" % i,
+                       [(b"X-A", b"v%d" % i)])
+        assert len(guard._glanced) <= 3 and len(guard._glanced_query) <= 3
+    long = b"/" + b"a" * waf._GLANCED_PIECE_MAX
+    assert _glance(guard, full_runs, b"GET", long, b"", [])
+    assert long not in guard._glanced
+
+
+_PLAIN_PIECES = ["a", "Z", "/", ".", "-", " ", "1", "+", "red", "shoes", "Or", "\xe9", "~"]
+_ODD_PIECES = ["..", "/.", "%", "%2e", "%00", "\\", "\x00", "&", "=", "'", "\"", "<", "(",
+               ":", ";", "*", "/*", "#", "{", "$", "@", "|", "`", "\n", "UNION", "union",
+               "Select", "etc", "ETC/passwd", "env", "bin/", "/dev/", "document.", "system32",
+               "web-inf", ".ini", ".ssh", "proc", "order", "\xff", "\xc0\xae", "sqlmap"]
+_PIECE = st.lists(st.sampled_from(_PLAIN_PIECES) | st.sampled_from(_PLAIN_PIECES)
+                  | st.sampled_from(_ODD_PIECES), max_size=4).map("".join)
+_FIELD_NAMES = ["Host", "host", "User-Agent", "user-agent", "Cookie", "COOKIE", "Referer",
+                "Accept", "X-Note", "x-note", "Sec-Fetch-Mode", "Content-Type",
+                "Content-Length", "Range", "X-HTTP-Method-Override", "X-Scanner",
+                "Acunetix-Aspect", "Upgrade-Insecure-Requests"]
+_FIELD = st.tuples(st.sampled_from(_FIELD_NAMES),
+                   st.sampled_from(["", "shop.example.com", "1", "Mozilla/5.0"]) | _PIECE)
+_REQUEST = st.tuples(st.sampled_from(["GET", "GET", "HEAD", "POST", "get", "TRACE", "PROPFIND"]),
+                     _PIECE.map(lambda p: "/" + p), _PIECE, st.lists(_FIELD, max_size=5))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_REQUEST, min_size=1, max_size=6),
+       st.sampled_from([(), (["sqli:log", "xss", "scanners"],),
+                        (DEFAULT_RULE_SETS, (), ["injection@header", "traversal-args"])]))
+def test_glance_never_changes_an_outcome(requests: list[Any], config: tuple[Any, ...]) -> None:
+    """Request after request (repeats make the memories fill), the glance and the full
+    inspection agree on every verdict and log."""
+    fast, full = Waf(*config), _full_only(*config)
+    for method, path, query, fields in requests:
+        headers = [(n.encode(), v.encode("latin-1")) for n, v in fields]
+        args = (method.encode(), path.encode("latin-1"), query.encode("latin-1"), headers)
+        assert fast.inspect(*args) == full.inspect(*args)
+        assert fast.last_logs == full.last_logs
+        assert fast._clean == full._clean
+
+
+# --------------------------------------------------------------------------
 # Regex safety
 
 EVIL = [

@@ -57,6 +57,8 @@ from fastproxy._router cimport RequestContext, Router, Rule, new_context
 from fastproxy._actions cimport LocalAction, ProxyAction, Template
 from fastproxy._url cimport IpSet, cookie_get, real_client
 from fastproxy._ratelimit cimport BanTable, ConnTable, RateLimit, ip_key
+from fastproxy._cache cimport cache_key
+from fastproxy._httpcache cimport RouteCache, Stored, wall_now
 from fastproxy._peers cimport now_ns
 from libc.stdint cimport int64_t
 
@@ -79,10 +81,13 @@ log_waf = logging.getLogger("fastproxy.waf")
 
 # Methods whose request may be sent again when a reused connection turns out
 # dead before any byte of the answer (RFC 9110 §9.2.2), when it has no body.
+cdef frozenset _SAFE = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE"])
 cdef frozenset _IDEMPOTENT = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT",
                                         b"DELETE"])
 cdef bytes _CRLF = b"\r\n"
 cdef bytes _LAST_CHUNK = b"0\r\n\r\n"
+cdef tuple FILL_DROP = (b"if-none-match", b"if-modified-since", b"if-match",
+                        b"if-unmodified-since", b"range", b"if-range")
 cdef bytes _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 cdef bytes _TOO_MANY_BODY = b"429 Too Many Requests: too many connections from this address\n"
 cdef bytes _TOO_MANY_CONNECTIONS = (
@@ -419,6 +424,7 @@ cdef class ClientConnection(ParserHandler):
     cdef bint peer_given        # `ip` came from a PROXY protocol header
     cdef double body_start      # when the current request body began (body_min_rate)
     cdef long long body_bytes   # ... and how much of it came since
+    cdef double held_since      # when reading was last paused (holds became non-zero)
 
     def __cinit__(self, Core core not None, int listener=0):
         self.core = core
@@ -623,13 +629,21 @@ cdef class ClientConnection(ParserHandler):
 
     cdef int hold_reading(self, int reason, bint on) except -1:
         cdef int before = self.holds
+        cdef double held
         self.holds = (before | reason) if on else (before & ~reason)
         if self.closed:
             return 0
         if before and not self.holds:
             self.transport.resume_reading()
+            if self.waiting == WAIT_BODY:
+                # The time we did not read is not the client's: the body deadlines
+                # (gap and minimum rate) move by it.
+                held = monotonic() - self.held_since
+                self.deadline += held
+                self.body_start += held
         elif not before and self.holds:
             self.transport.pause_reading()
+            self.held_since = monotonic()
         return 0
 
     cdef int exchange_done(self, Exchange exchange, bint keep_alive) except -1:
@@ -696,10 +710,16 @@ cdef class ClientConnection(ParserHandler):
             ex.finished = True
             ex.status = status
             ex.sent = core.local_body_size(status)
+            ex.settle(PEER_UNKNOWN)  # the request's share of limits, queues, the server
             if core.log_on:
                 core.access_log.record(ex)
         elif core.log_on:
             core.access_log.refused(self.ip, status, core.local_body_size(status))
+        if core.bans is not None and 400 <= status < 500 and core.ban_status[status - 400] \
+                and (core.trusted is None or not core.trusted.contains(self.ip)):
+            # A bad request counts against its sender; not against a trusted proxy,
+            # which speaks for many clients.
+            core.ban_event(self.ip)
         log_client.info("client %s: %d %s", self.ip.decode(), status, reason)
         self.write(core.local_response(status, core.clock, False))
         self._close(linger)
@@ -767,6 +787,10 @@ cdef class ClientConnection(ParserHandler):
             # Lingering is over, or a close waits on a client that does not read.
             self.reset()
             return 0
+        if what == WAIT_BODY and self.holds:
+            # We are not reading the body (hold_reading): not the client's delay.
+            self._wait(WAIT_BODY, self.core.t_body)
+            return 0
         if what == WAIT_IDLE or (what == WAIT_HEAD and not self.parser._mid_message):
             self._close(False)  # nothing asked: close quietly, as nginx does
         elif what == WAIT_HEAD or (what == WAIT_BODY and not (
@@ -791,6 +815,28 @@ def _forward_checked(Exchange ex, future):
         log_proxy.exception("forward auth check failed")
         decision = None
     ex.forward_done(decision)
+
+
+def _limits_checked(Exchange ex, future, int64_t longest):
+    """On the loop, when a route's limits with a store among them are checked."""
+    try:
+        result = future.result()
+    except asyncio.CancelledError:  # the worker is stopping
+        result = None
+    except Exception:  # a broken check refuses, never crashes
+        log_proxy.exception("rate-limit check failed")
+        result = None
+    ex.limits_checked(result, longest)
+
+
+def _fill_wait_over(Exchange ex):
+    """lock_timeout: a request that waited for another's fill goes on alone."""
+    if not ex.waiting_fill or ex.finished:
+        return
+    waiters = ex.cache.fills.get(ex.cache_primary)
+    if waiters is not None and ex in waiters:
+        waiters.remove(ex)
+    ex.fill_over(None)
 
 
 def _held(Exchange ex):
@@ -895,6 +941,21 @@ cdef class Exchange:
     cdef bytearray inspected    # the start of the body, for the WAF (None: not read)
     cdef bint waf_waiting       # the WAF waits for `inspected` to fill
     cdef bint waf_hit           # the WAF blocked it
+    # The route's cache (see from_cache)
+    cdef RouteCache cache       # set when this request uses it (or invalidates it)
+    cdef uint64_t cache_primary # hash of the rendered key
+    cdef bytes cache_text       # the key itself, when the cache debugs
+    cdef str fwd                # Cache-Status "fwd" of a forwarded request
+    cdef Stored stale           # a stored response being revalidated (or for errors)
+    cdef Stored refreshed       # the stored response a 304 refreshed: answered at the end
+    cdef bytes validators       # If-None-Match / If-Modified-Since lines sent
+    cdef list capture           # the body being stored (None: not storing)
+    cdef Py_ssize_t capture_size
+    cdef object fresh           # cachepolicy.Freshness of the response being stored
+    cdef bint filling           # others with the same key may wait for this one
+    cdef bint waiting_fill      # this one waits for another's fill
+    cdef bint background        # a refresh nobody waits for (stale-while-revalidate)
+    cdef double request_time    # wall clock when the request went upstream
     cdef tuple auth_drop        # forward_auth: fields the auth service's answer replaces
     cdef bytes auth_extra       # ... and its lines that replace them
     cdef readonly str upstream_label
@@ -954,6 +1015,9 @@ cdef class Exchange:
             return 0
         if self.rule.max_body >= 0:
             self.max_body = self.rule.max_body
+        if self.max_body and head.body_kind == K_LENGTH and head.content_length > self.max_body:
+            self.respond_local(413, True)  # before any filter answers 100 Continue
+            return 0
         if self.rule.access is not None and refused(<tuple>self.rule.access, ctx.client_ip):
             self.respond_text(403, b"Forbidden", b"403 Forbidden\n", b"")
             return 0
@@ -1103,18 +1167,266 @@ cdef class Exchange:
 
     cdef int act(self) except -1:
         """The route's action, once every filter let the request through."""
-        cdef MessageHead head = self.head
-        cdef Core core = self.core
-        if self.max_body and head.body_kind == K_LENGTH and head.content_length > self.max_body:
-            self.respond_local(413, True)
-            return 0
         action = self.rule.action
         if type(action) is not ProxyAction:
             self.answer(<LocalAction?>action)
             return 0
+        if self.rule.cache is not None and self.from_cache():
+            return 0
         self.send_continue()
         self.proxy(<ProxyAction>action)
         return 0
+
+    # -- the route's cache ------------------------------------------------------------
+    cdef bint from_cache(self) except -1:
+        """The route's cache (RFC 9111): True when the answer came from it, or when
+        the request waits for another one fetching the same key; False to go on
+        upstream (storing the answer when it may)."""
+        cdef RouteCache cache = <RouteCache>self.rule.cache
+        cdef MessageHead head = self.head
+        cdef RequestContext ctx = self.ctx
+        cdef bytes method = head.method
+        cdef Stored stored
+        cdef double now
+        key = cache.template.render(ctx, ctx.captures)
+        self.cache = cache
+        self.cache_primary = cache_key(key)
+        if cache.debug:
+            self.cache_text = key
+        if method != b"GET" and method != b"HEAD":
+            self.fwd = "method"  # forwarded; a success invalidates what is stored
+            return False
+        found = cache.lookup(self.cache_primary, head)
+        now = wall_now()
+        if found is None:
+            self.fwd = "vary-miss" if cache.index.peek(self.cache_primary) is not None \
+                else "uri-miss"
+            cc = head.get(b"cache-control")
+            if cc is not None and b"only-if-cached" in cc.lower():
+                self.respond_text(504, b"Gateway Timeout",
+                                  b"504 Gateway Timeout: not in the cache (only-if-cached)\n",
+                                  cache.status_line(fwd=self.fwd, key=self.cache_text))
+                return True
+            return self.fill_or_wait()
+        stored = <Stored>found
+        if not stored.no_cache and now < stored.fresh_until and cache.plain(head):
+            # The fast path: fresh, and a request that asks nothing more of it.
+            self.serve_stored(stored, now, b"Cache-Status: fastproxy;hit;ttl=%d\r\n"
+                              % <long long>(stored.fresh_until - now)
+                              if self.cache_text is None else
+                              cache.status_line(hit=True, ttl=stored.fresh_until - now,
+                                                key=self.cache_text), False)
+            return True
+        decision = cache.decide(stored, head.headers(), now)
+        verdict = decision.verdict.value
+        if verdict == "only-if-cached":
+            self.respond_text(504, b"Gateway Timeout",
+                              b"504 Gateway Timeout: stale in the cache (only-if-cached)\n",
+                              cache.status_line(fwd="stale", key=self.cache_text))
+            return True
+        if verdict != "revalidate":  # fresh, stale allowed, or stale-while-revalidate
+            if verdict == "stale-while-revalidate":
+                self.refresh_in_background(stored)
+            self.serve_stored(stored, now, cache.status_line(
+                hit=True, ttl=decision.ttl, key=self.cache_text,
+                detail=None if verdict == "fresh" else verdict), True)
+            return True
+        self.stale = stored
+        self.fwd = "stale" if stored.fresh_until <= now else "request"
+        return self.fill_or_wait()
+
+    cdef bint fill_or_wait(self) except -1:
+        """Fetch for the cache, unless a request for the same key is already at it:
+        then wait for its answer (request collapsing), at most lock_timeout."""
+        cdef RouteCache cache = self.cache
+        if self.head.is_head_request or self.head.body_kind != K_NONE:
+            return False  # forwarded as it is; nothing is stored from it
+        waiters = cache.fills.get(self.cache_primary)
+        if waiters is not None:
+            (<list>waiters).append(self)
+            self.waiting_fill = True
+            self.connecting = True
+            self.core.loop.call_later(cache.lock_timeout, _fill_wait_over, self)
+            return True
+        cache.fills[self.cache_primary] = []
+        self.filling = True
+        if self.stale is not None:
+            self.validators = cache.validator_lines(self.stale)
+        return False
+
+    cdef int fill_done(self, object stored) except -1:
+        """This request's fetch for the cache is over (`stored`: what it stored, or
+        None): the requests waiting for it go on."""
+        waiters = self.cache.fills.pop(self.cache_primary, None)
+        self.filling = False
+        if waiters:
+            for ex in <list>waiters:
+                (<Exchange>ex).fill_over(stored)
+        return 0
+
+    cdef int fill_over(self, object stored) except -1:
+        """The fill this request waited for is over (None: it stored nothing)."""
+        cdef double now
+        if not self.waiting_fill or self.finished:
+            return 0
+        self.waiting_fill = False
+        self.connecting = False
+        if stored is not None:
+            found = self.cache.lookup(self.cache_primary, self.head)
+            now = wall_now()
+            if found is not None and now < (<Stored>found).fresh_until:
+                self.serve_stored(<Stored>found, now, self.cache.status_line(
+                    fwd=self.fwd, fwd_status=(<Stored>found).status, collapsed=True,
+                    ttl=(<Stored>found).fresh_until - now, key=self.cache_text), True)
+                return 0
+        self.stale = None  # goes upstream alone, as it came
+        self.send_continue()
+        self.proxy(<ProxyAction>self.rule.action)
+        return 0
+
+    cdef int refresh_in_background(self, Stored stored) except -1:
+        """stale-while-revalidate: fetch the response again for the cache, with an
+        exchange whose client is a closed stand-in (nothing is written to it)."""
+        cdef ClientConnection client = self.client
+        cdef ClientConnection nobody
+        cdef Exchange ex
+        if self.cache_primary in self.cache.fills or self.head.body_kind != K_NONE:
+            return 0  # a fetch is on its way already
+        nobody = ClientConnection(self.core, client.listener)
+        nobody.made = True
+        nobody.closed = True
+        nobody.ip = client.ip
+        nobody.proto = client.proto
+        ex = new_exchange(nobody, self.head)
+        nobody.exchange = ex  # holds it, as a client holds its exchange, until it is done
+        ex.background = True
+        ex.req_done = True
+        ex.ctx = self.ctx
+        ex.rule = self.rule
+        ex.host = self.host
+        ex.target = self.target
+        ex.cache = self.cache
+        ex.cache_primary = self.cache_primary
+        ex.cache_text = self.cache_text
+        ex.stale = stored
+        ex.fwd = "stale"
+        ex.fill_or_wait()
+        ex.proxy(<ProxyAction>self.rule.action)
+        return 0
+
+    cdef int serve_stored(self, Stored stored, double now, bytes cache_line,
+                          bint full) except -1:
+        """Answer from a stored response; `full`: also look at the request's
+        conditionals (304) and Range (206/416)."""
+        cdef MessageHead req = self.head
+        cdef Core core = self.core
+        cdef RouteCache cache = self.cache
+        cdef bint close = req.expect_continue and req.body_kind != K_NONE and not self.req_done
+        cdef bint keep = req.keep_alive and not core.closing and not close
+        cdef long long age = <long long>(stored.initial_age + (
+            now - stored.response_time if now > stored.response_time else 0))
+        cdef int status = stored.status
+        cdef bytes body = stored.body
+        cdef bytes head_part = stored.prefix
+        cdef bytes length_line = stored.length_line
+        cdef list parts
+        edits = (<ProxyAction>self.rule.action).response_edits
+        if full:
+            if cache.conditional(stored, req.headers(), now) == 304:
+                status = 304
+                head_part = b"HTTP/1.1 304 Not Modified\r\n" + cache.not_modified_lines(stored)
+                body = b""
+                length_line = b""
+            elif req.method == b"GET":
+                span = cache.byte_range(stored, req)
+                if span is not None:
+                    fields = stored.prefix[stored.prefix.find(_CRLF) + 2:]
+                    if span[0] < 0:
+                        status = 416
+                        head_part = (b"HTTP/1.1 416 Range Not Satisfiable\r\n" + fields
+                                     + b"Content-Range: bytes */%d\r\n" % len(stored.body))
+                        body = b""
+                    else:
+                        status = 206
+                        head_part = (b"HTTP/1.1 206 Partial Content\r\n" + fields
+                                     + b"Content-Range: bytes %d-%d/%d\r\n"
+                                     % (span[0], span[1], len(stored.body)))
+                        body = stored.body[span[0]:span[1] + 1]
+                    length_line = b"Content-Length: %d\r\n" % len(body)
+        if edits is not None and edits.drop:
+            # The route removes some fields from responses: from stored ones too.
+            cut = head_part.find(_CRLF) + 2
+            head_part = head_part[:cut] + b"".join(
+                line + _CRLF for line in head_part[cut:].split(_CRLF)
+                if line and line.partition(b":")[0].strip().lower() not in edits.drop)
+        parts = [head_part, b"Age: %d\r\n" % age, cache_line]
+        if core.via:
+            parts.append(b"Via: " + core.via + _CRLF)
+        if edits is not None:
+            parts.append(edits.render(self.ctx))
+        if self.client.hsts is not None:
+            parts.append(self.client.hsts)
+        parts.append(length_line)
+        parts.append(b"Connection: keep-alive\r\n\r\n" if keep else b"Connection: close\r\n\r\n")
+        if req.is_head_request:
+            body = b""
+        if body:
+            parts.append(body)
+        self.send_parts(status, parts, len(body), keep, close)
+        return 0
+
+    cdef bint cache_head(self, MessageHead head) except -1:
+        """An upstream's answer to a request of a cached route. True when it is not
+        passed on: a 304 that refreshed the stored response (answered when the
+        exchange completes), or an error answered with a stale response."""
+        cdef RouteCache cache = self.cache
+        cdef double now = wall_now()
+        cdef UpstreamConnection conn
+        cdef bint stored_ok
+        if self.stale is not None:
+            if self.validators and head.status == 304:
+                new = cache.refreshed(self.cache_primary, self.stale, self.head.headers(), head,
+                                      self.request_time, now)
+                self.refreshed = new if new is not None else self.stale
+                self.resp_head = head
+                return True
+            if head.status in (500, 502, 503, 504) and \
+                    cache.usable_on_error(self.stale, self.head.headers(), now):
+                conn = self.conn
+                self.conn = None
+                conn.abort()  # its error body is not read
+                self.peer_done(PEER_ANSWERED)
+                self.serve_stored(self.stale, now, cache.status_line(
+                    fwd="stale", fwd_status=head.status,
+                    ttl=self.stale.fresh_until - now, key=self.cache_text,
+                    detail="stale-if-error"), True)
+                if self.filling:
+                    self.fill_done(None)
+                return True
+        if self.filling:
+            stored_ok, reason, fresh = cache.admit(self.head.method, self.head.headers(), head,
+                                                   self.request_time, now)
+            if stored_ok and head.body_kind == K_LENGTH and head.content_length > cache.max_object:
+                stored_ok = False
+                reason = "larger than max_object"
+            if stored_ok:
+                self.capture = []
+                self.fresh = fresh
+                line = cache.status_line(fwd=self.fwd, fwd_status=head.status, stored=True,
+                                         ttl=fresh.lifetime - fresh.corrected_initial_age,
+                                         key=self.cache_text)
+            else:
+                line = cache.status_line(fwd=self.fwd, fwd_status=head.status, stored=False,
+                                         key=self.cache_text, detail=reason)
+        else:
+            line = cache.status_line(fwd=self.fwd or "uri-miss", fwd_status=head.status,
+                                     key=self.cache_text)
+            if self.fwd == "method" and head.status < 400 and self.head.method not in _SAFE:
+                cache.invalidate_after(self.cache_primary, self.head.method, head.status,
+                                       self.host or b"", self.target, head.headers(),
+                                       self.client.proto)
+        self.resp_extra = line + self.resp_extra if self.resp_extra else line
+        return False
 
     cdef bint authorized(self) except -1:
         """Basic auth of the route: True to go on; False when answered (401) or when
@@ -1156,7 +1468,14 @@ cdef class Exchange:
         cdef long long remaining
         cdef int64_t reset, wait, hold, longest = 0
         cdef int64_t now = now_ns()
-        for limit in limits:
+        cdef Py_ssize_t i
+        for i in range(len(limits)):
+            if type(limits[i]) is not RateLimit:
+                # A limit kept in Redis: this one and the rest are checked by a
+                # coroutine (limits_checked goes on).
+                self.limits_later(limits[i:], longest)
+                return True
+            limit = <RateLimit>limits[i]
             if limit.key is None:
                 key = b"route %d" % self.rule.index
             else:
@@ -1178,6 +1497,51 @@ cdef class Exchange:
             self.core.loop.call_later(longest / 1e9, _held, self)
             return True
         return False
+
+    cdef int limits_later(self, tuple limits, int64_t longest) except -1:
+        """Check `limits` (a store limit first) off the request path's C code."""
+        cdef RequestContext ctx = self.ctx
+        cdef list pairs = []
+        for limit in limits:
+            if limit.key is None:
+                key = b"route %d" % self.rule.index
+            else:
+                key = (<Template>limit.key).render(ctx, ctx.captures)
+                if not key:
+                    continue
+            pairs.append((limit, key))
+        self.connecting = True  # a body arriving meanwhile waits in `pending`
+        # Imported here: only a config with a store limit loads the Redis client.
+        from fastproxy.redisstore import check_limits
+        future = asyncio.ensure_future(check_limits(pairs), loop=self.core.loop)
+        future.add_done_callback(lambda f, ex=self, n=longest: _limits_checked(ex, f, n))
+        return 0
+
+    cdef int limits_checked(self, tuple result, int64_t longest) except -1:
+        cdef int64_t hold
+        self.connecting = False
+        if self.finished:
+            return 0
+        if result is None or result[0] == "unavailable":
+            self.respond_text(503, b"Service Unavailable",
+                              b"503 Service Unavailable: the rate-limit store cannot be "
+                              b"reached\n", b"Retry-After: 1\r\n")
+        elif result[0] == "refused":
+            limit = result[1]
+            self.respond_text(429, b"Too Many Requests",
+                              b"429 Too Many Requests: rate limit \"%s\"\n"
+                              % limit.name.encode(),
+                              limit.lines(result[2], result[3], result[4]))
+        else:
+            hold = result[1]
+            if hold < longest:
+                hold = longest
+            if hold:
+                self.connecting = True
+                self.core.loop.call_later(hold / 1e9, _held, self)
+            else:
+                self.inspect()
+        return 0
 
     cdef int proxy(self, ProxyAction action) except -1:
         cdef RequestContext ctx = self.ctx
@@ -1202,6 +1566,13 @@ cdef class Exchange:
         if self.auth_drop is not None:
             self.req_drop = self.auth_drop + (self.req_drop or ())
             self.req_extra = self.auth_extra + (self.req_extra or b"")
+        if self.filling:
+            # A whole response to store: the client's conditionals and Range are
+            # answered from it; ours (revalidation) go instead.
+            self.req_drop = FILL_DROP + (self.req_drop or ())
+            if self.validators:
+                self.req_extra = self.validators + (self.req_extra or b"")
+            self.request_time = wall_now()
         group = action.group
         self.group = group
         self.balancer = <Balancer?>group.balancer
@@ -1210,7 +1581,13 @@ cdef class Exchange:
             # Keep the body as it goes, for a retry, while it fits.
             self.kept_limit = group.retry_buffer
             if self.kept_limit and group.retry_on:
-                self.kept = []
+                # What arrived while a filter held the request (in `pending`) is
+                # part of the body to keep.
+                if self.pending_size > self.kept_limit:
+                    self.kept = None
+                else:
+                    self.kept = list(self.pending) if self.pending else []
+                    self.kept_size = self.pending_size
         self.key = self.hash_key(ctx)
         cookie = group.sticky_cookie
         if cookie is not None:
@@ -1509,6 +1886,8 @@ cdef class Exchange:
                         return 0
             else:
                 self.balancer.report(self.peer, True)
+        if self.cache is not None and self.cache_head(head):
+            return 0
         keep = req.keep_alive and self.req_done and not self.core.closing
         if head.body_kind == K_NONE or head.body_kind == K_LENGTH:
             framing = FR_PASS
@@ -1537,6 +1916,14 @@ cdef class Exchange:
 
     cdef int upstream_body(self, object data) except -1:
         cdef Py_ssize_t n = len(data)
+        if self.capture is not None:
+            self.capture_size += n
+            if self.capture_size > self.cache.max_object:
+                self.capture = None  # longer than announced, or unannounced and too long
+            else:
+                self.capture.append(data if type(data) is bytes else bytes(data))
+        if self.refreshed is not None:
+            return 0  # a 304's (there is none)
         self.sent += n
         if self.framing == FR_CHUNKED:
             self.out.append(b"%x\r\n" % n)
@@ -1555,7 +1942,22 @@ cdef class Exchange:
 
     cdef int upstream_complete(self) except -1:
         cdef UpstreamConnection conn
+        cdef double now
         if self.interim:
+            return 0
+        if self.refreshed is not None:
+            # A 304 refreshed the stored response: that is the answer.
+            conn = self.conn
+            self.conn = None
+            if conn is not None:
+                conn.release(self.req_done and self.resp_head.keep_alive)
+            self.peer_done(PEER_ANSWERED)
+            now = wall_now()
+            if self.filling:
+                self.fill_done(self.refreshed)
+            self.serve_stored(self.refreshed, now, self.cache.status_line(
+                fwd=self.fwd, fwd_status=304, ttl=self.refreshed.fresh_until - now,
+                key=self.cache_text), True)
             return 0
         if self.framing == FR_CHUNKED:
             self.out.append(_LAST_CHUNK)
@@ -1564,6 +1966,12 @@ cdef class Exchange:
         self.conn = None
         if conn is not None:
             conn.release(self.req_done and self.resp_head.keep_alive)
+        if self.capture is not None:
+            stored = self.cache.store(self.cache_primary, self.head.headers(), self.resp_head,
+                                      b"".join(self.capture), self.request_time, wall_now(),
+                                      self.fresh)
+            self.capture = None
+            self.fill_done(stored)
         self.finish(self.keep)
         return 0
 
@@ -1647,15 +2055,19 @@ cdef class Exchange:
                         0 if req.is_head_request else core.local_body_size(status), keep, close)
         return 0
 
+    cdef int send_parts(self, int status, list parts, long long body_len, bint keep,
+                        bint close) except -1:
+        """send_local for a response in parts (HSTS included by the caller)."""
+        self.local_begin(status, body_len, keep)
+        self.client.write_all(parts)
+        if close or self.req_done:
+            self.finish(keep)
+        return 0
+
     cdef int send_local(self, int status, bytes data, long long body_len, bint keep,
                         bint close) except -1:
         """Send a response made here; `close`: end now, without reading the request body."""
-        self.local = True
-        self.connecting = False
-        self.status = status
-        self.keep = keep
-        self.resp_started = True
-        self.sent = body_len
+        self.local_begin(status, body_len, keep)
         if self.client.hsts is not None:
             # On every response of a TLS listener, errors and local answers too.
             cut = data.find(_CRLF) + 2
@@ -1665,10 +2077,33 @@ cdef class Exchange:
             self.finish(keep)
         return 0
 
+    cdef int local_begin(self, int status, long long body_len, bint keep) except -1:
+        self.local = True
+        self.connecting = False
+        if self.pending is not None:
+            # Body held for a filter: dropped, and read again (to drain it) if held.
+            self.pending = None
+            self.pending_size = 0
+            if self.client.holds & HOLD_UPSTREAM:
+                self.client.hold_reading(HOLD_UPSTREAM, False)
+        self.status = status
+        self.keep = keep
+        self.resp_started = True
+        self.sent = body_len
+        return 0
+
     cdef int respond_error(self, int status) except -1:
+        cdef double now
         if self.conn is not None:
             self.conn.abort()
             self.conn = None
+        if self.stale is not None:
+            now = wall_now()
+            if self.cache.usable_on_error(self.stale, self.head.headers(), now):
+                self.serve_stored(self.stale, now, self.cache.status_line(
+                    fwd="stale", ttl=self.stale.fresh_until - now, key=self.cache_text,
+                    detail="stale-if-error"), True)
+                return 0
         self.respond_local(status, not self.req_done)
         return 0
 
@@ -1715,20 +2150,33 @@ cdef class Exchange:
                 (<WaitQueue>self.group.waiting).wake()  # a server has room now
         return 0
 
+    cdef int settle(self, int outcome) except -1:
+        """Give back what the request held: its place in max_in_flight and in a
+        queue, and its server (told `outcome`). Once, however the exchange ends."""
+        if self.counted:
+            self.counted = False
+            self.core.in_flight -= 1
+        if self.queued is not None:
+            self.queued.remove(self)
+        self.peer_done(outcome)
+        return 0
+
     cdef int finish(self, bint keep) except -1:
         cdef Core core = self.core
         if self.finished:
             return 0
         self.finished = True
-        if self.counted:
-            self.counted = False
-            core.in_flight -= 1
-        if self.queued is not None:
-            self.queued.remove(self)
-        self.peer_done(PEER_ANSWERED if self.resp_head is not None else PEER_FAILED)
-        if core.bans is not None and self.ctx is not None and (
+        self.settle(PEER_ANSWERED if self.resp_head is not None else PEER_FAILED)
+        if self.filling:
+            self.fill_done(None)  # ended without storing: the waiters go on alone
+        if self.background:
+            self.client.exchange_done(self, False)
+            return 0
+        # Refusals count for auto-ban when they were answered (not a client that
+        # went away first: 499).
+        if core.bans is not None and self.ctx is not None and self.resp_started and (
                 (self.waf_hit and core.ban_waf) or (
-                    400 <= self.status < 500 and core.ban_status[self.status - 400])):
+                    400 <= self.status < 499 and core.ban_status[self.status - 400])):
             core.ban_event(self.ctx.client_ip)
         if core.log_on:
             core.access_log.record(self)

@@ -71,7 +71,11 @@ cdef class BanTable:
     cdef int64_t window, ban
     cdef long long after
 
-    cdef int64_t state_end(self, BanSlot* s) noexcept nogil
+    cdef int64_t state_end(self, BanSlot* s, int64_t now) noexcept nogil
     cdef BanSlot* find(self, uint64_t h, int64_t now, bint take) noexcept nogil
     cdef int64_t banned(self, uint64_t key, int64_t now) noexcept nogil
     cdef int64_t event(self, uint64_t key, int64_t now) noexcept nogil
+
+
+cdef Py_ssize_t table_size(Py_ssize_t size) except -1
+cdef void* shared_map(size_t size) except NULL

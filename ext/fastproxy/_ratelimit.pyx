@@ -120,6 +120,15 @@ cdef class LimitTable:
         cdef int64_t tat, t, oldest_tat = 0
         cdef int probe
         while s == NULL:
+            # The key's own slot first, wherever it is in the probe run: a free slot
+            # before it must not give the key a second, fresh state.
+            for probe in range(PROBES):
+                i = (start + <uint64_t>probe) & self.mask
+                if fastproxy_load64(&self.slots[i].key) == h:
+                    s = &self.slots[i]
+                    break
+            if s != NULL:
+                break
             for probe in range(PROBES):
                 i = (start + <uint64_t>probe) & self.mask
                 k = fastproxy_load64(&self.slots[i].key)
@@ -225,6 +234,13 @@ cdef class RateLimit:
         cdef int64_t at = now_ns() if now is None else <int64_t>(now * 1e9)
         cdef int64_t wait = self.check(key, at, &remaining, &reset, &hold)
         return wait == 0, self.lines(wait, remaining, reset)
+
+    def check_now(self, bytes key):
+        """(wait, remaining, reset, hold) in ns for one request of `key` now."""
+        cdef long long remaining
+        cdef int64_t reset, hold
+        cdef int64_t wait = self.check(key, now_ns(), &remaining, &reset, &hold)
+        return wait, remaining, reset, hold
 
     def hold(self, bytes key, now=None):
         """(allowed, seconds the request is held back) for one request of `key`."""
@@ -370,12 +386,17 @@ cdef class BanTable:
         """Bans made since the table was created (by every worker)."""
         return fastproxy_load64(&self._counters[1])
 
-    cdef inline int64_t state_end(self, BanSlot* s) noexcept nogil:
+    cdef inline int64_t state_end(self, BanSlot* s, int64_t now) noexcept nogil:
         """When the slot's state stops mattering: its counts are stale two windows
-        after theirs began, and its ban ends when it ends."""
+        after theirs (window numbers wrap at 2**32: compared by difference), and
+        its ban ends when it ends."""
         cdef uint64_t state = fastproxy_load64(&s.state)
-        cdef int64_t end = <int64_t>((state >> 32) + 2) * self.window
+        cdef uint64_t w = <uint64_t>(now // self.window) & 0xffffffffULL
+        cdef uint64_t behind = (w - (state >> 32)) & 0xffffffffULL
+        cdef int64_t end = now - <int64_t>behind * self.window + 2 * self.window
         cdef int64_t until = fastproxy_loadi64(&s.until)
+        if state == 0:
+            end = 0  # never counted
         return until if until > end else end
 
     cdef BanSlot* find(self, uint64_t h, int64_t now, bint take) noexcept nogil:
@@ -385,14 +406,18 @@ cdef class BanTable:
         cdef BanSlot* oldest = NULL
         cdef int64_t end, oldest_end = 0
         cdef int probe
+        for probe in range(PROBES):  # the key's own slot first, wherever it is
+            i = (start + <uint64_t>probe) & self.mask
+            if fastproxy_load64(&self.slots[i].key) == h:
+                return &self.slots[i]
+        if not take:
+            return NULL
         for probe in range(PROBES):
             i = (start + <uint64_t>probe) & self.mask
             k = fastproxy_load64(&self.slots[i].key)
             if k == h:
                 return &self.slots[i]
-            if not take:
-                continue
-            end = self.state_end(&self.slots[i])
+            end = self.state_end(&self.slots[i], now)
             if k == 0 or end <= now:
                 if fastproxy_cas64(&self.slots[i].key, k, h):
                     fastproxy_store64(&self.slots[i].state, 0)
@@ -438,7 +463,7 @@ cdef class BanTable:
             if seen == w:
                 prev = (state >> 16) & 0xffff
                 curr = state & 0xffff
-            elif seen + 1 == w:
+            elif ((seen + 1) & 0xffffffffULL) == w:
                 prev = state & 0xffff
                 curr = 0
             else:

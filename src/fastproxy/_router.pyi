@@ -55,6 +55,7 @@ class Rule:
     waf: Any
     max_body: int
     forward_auth: Any
+    cache: Any
     index: int
     route: Route
     action: Any

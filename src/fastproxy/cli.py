@@ -1,4 +1,5 @@
-"""The ``fastproxy`` command line: check, serve, demo, route explain, --version.
+"""The ``fastproxy`` command line: check, serve, demo, route explain, cache explain,
+hash-password, --version.
 
 Bad input (a bad config file, bad arguments) is reported as plain lines on
 stderr and a non-zero exit status, never as a traceback. The heavier modules
@@ -11,6 +12,7 @@ import argparse
 import os
 import platform
 import sys
+from typing import Any
 
 from fastproxy import __version__
 from fastproxy.config import Config, ConfigError, load_config
@@ -43,6 +45,7 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("config", metavar="CONFIG", help="path to the TOML config file")
     demo = commands.add_parser("demo", help="run a self-contained demo proxy")
     demo.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
+    _add_cache_parser(commands)
     hashing = commands.add_parser(
         "hash-password", help="hash a password for basic_auth.users",
         description="Read a password (prompted for on a terminal, else the first line of "
@@ -67,6 +70,44 @@ def _build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--listener", metavar="NAME",
                          help="listener name (default: the first listener)")
     return parser
+
+
+def _add_cache_parser(commands: Any) -> None:
+    cache = commands.add_parser("cache", help="inspect the HTTP cache of a config")
+    cache_commands = cache.add_subparsers(dest="cache_command", metavar="SUBCOMMAND")
+    explain = cache_commands.add_parser(
+        "explain", help="show the cache key of a URL and how its response is cached",
+        description="Route GET URL as the proxy would, show its cache and key, and explain "
+        "with RFC 9111 whether and how long its response is stored (which directive "
+        "decided). The response comes from the running proxy (HEAD with only-if-cached: "
+        "what it has stored) or, with --upstream, from the route's first server.")
+    explain.add_argument("config", metavar="CONFIG", help="path to the TOML config file")
+    explain.add_argument("url", metavar="URL", help="http://host/path?query or /path")
+    explain.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
+                         help="a request header (repeatable)")
+    explain.add_argument("--proxy", metavar="HOST:PORT",
+                         help="the running proxy to ask (default: the first listener)")
+    explain.add_argument("--upstream", action="store_true",
+                         help="ask the route's first server instead of the proxy")
+
+
+def _cache_explain(args: argparse.Namespace) -> int:
+    if args.cache_command != "explain":
+        print("fastproxy cache: error: a subcommand is required (explain)", file=sys.stderr)
+        return EXIT_USAGE
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    from fastproxy.cacheexplain import cache_explain
+    from fastproxy.routing import ExplainError
+
+    try:
+        lines = cache_explain(config, args.url, args.header, args.proxy, args.upstream)
+    except ExplainError as exc:
+        print(f"fastproxy cache explain: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print("\n".join(lines))
+    return EXIT_OK
 
 
 def _hash_password(args: argparse.Namespace) -> int:
@@ -146,12 +187,14 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return _explain(args)
     if args.command == "hash-password":
         return _hash_password(args)
+    if args.command == "cache":
+        return _cache_explain(args)
     if args.command == "demo":
         from fastproxy.demo import run_demo
 
         return run_demo(port=args.port)
     parser.print_usage(sys.stderr)
-    print("fastproxy: error: a command is required (check, serve, demo, route or "
+    print("fastproxy: error: a command is required (check, serve, demo, route, cache or "
           "hash-password)",
           file=sys.stderr)
     return EXIT_USAGE

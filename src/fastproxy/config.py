@@ -175,6 +175,25 @@ class AutoBan:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheSpec:
+    """[caches.NAME]: a shared HTTP cache (RFC 9111) that routes name in `cache`."""
+
+    name: str
+    memory: int  # bytes of responses each worker keeps
+    max_object: int  # a bigger response is not stored
+    key: Template  # the primary cache key
+    heuristic_fraction: float
+    heuristic_max: float
+    valid: Mapping[int, float]  # status -> seconds, when the response gives no freshness
+    stale_while_revalidate: float
+    stale_if_error: float
+    store_set_cookie: bool
+    ignore_client_no_cache: bool
+    lock_timeout: float  # how long a request waits for a fill of the same key
+    debug: bool  # Cache-Status shows the key
+
+
+@dataclass(frozen=True, slots=True)
 class RateLimitSpec:
     """[limits.NAME]: `rate` requests per second per key, `burst` more at once."""
 
@@ -186,6 +205,7 @@ class RateLimitSpec:
     delay: int = -1  # excess requests passed at once, the rest held at the rate; -1: none held
     store: str | None = None  # "redis://..." to count across instances; None: this instance
     on_store_error: str = "allow"  # "allow" | "deny" while the store cannot be reached
+    store_timeout: float = 0.1  # seconds a store check may take before it counts as failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,6 +405,7 @@ class Config:
         default_factory=lambda: MappingProxyType({}))
     waf: WafSettings | None = None
     auto_ban: AutoBan | None = None
+    caches: Mapping[str, CacheSpec] = field(default_factory=lambda: MappingProxyType({}))
 
     def summary(self) -> str:
         servers = sum(len(u.servers) for u in self.upstreams.values())
@@ -671,7 +692,8 @@ LIMITS_FIELDS: Final = (
         _integer(1, 10000),
     ),
     FieldSpec(
-        "max_body_bytes", "64m", "size", "request body; over it -> 413; 0 means unlimited", _size(0)
+        "max_body_bytes", "64m", "size", "request body; over it -> 413; 0 means unlimited",
+        _size(0, 1 << 50)
     ),
     FieldSpec(
         "max_requests_per_connection", 1000, "integer 0..100000000",
@@ -1285,6 +1307,66 @@ def _ban_event(value: object) -> str:
     raise ValueError(f'expected "waf", "4xx" or a 4xx status like "401", found {text!r}')
 
 
+def _valid_ttls(value: object) -> Mapping[int, float]:
+    """{ "200" = "10m", "404" = "1m" }: seconds per status, as nginx's proxy_cache_valid."""
+    if not isinstance(value, Mapping):
+        raise ValueError(f'expected a table like {{ "200" = "10m" }}, found {_describe(value)}')
+    out = {}
+    for status, ttl in value.items():
+        if not (isinstance(status, str) and status.isdigit() and 100 <= int(status) <= 599):
+            raise ValueError(f"{status!r} is not a status code (100..599)")
+        try:
+            out[int(status)] = parse_duration(ttl)
+        except ValueError as e:
+            raise ValueError(f"{status}: {e}") from None
+    return MappingProxyType(out)
+
+
+def _cache_key(value: object) -> Template:
+    template = parse_template(_string(value))
+    if not template.parts:
+        raise ValueError("must not be empty")
+    return template
+
+
+def _fraction_0_1(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"expected a number from 0 to 1, found {_describe(value)}")
+    return float(value)
+
+
+CACHE_FIELDS: Final = (
+    FieldSpec("memory", "64m", "size 64k..64g", "responses kept in memory, per worker",
+              _size(64 * 1024, 64 * 1024**3)),
+    FieldSpec("max_object", "8m", "size", "a bigger response is passed on, not stored",
+              _size(1)),
+    FieldSpec("key", "{scheme}://{host}{request_uri}", "template",
+              "the primary cache key (Vary adds the rest)", _cache_key),
+    FieldSpec("heuristic_fraction", 0.1, "number 0..1",
+              "freshness from Last-Modified when the response gives none: this share of "
+              "its age", _fraction_0_1),
+    FieldSpec("heuristic_max", "24h", "duration", "cap on that heuristic freshness",
+              _duration(zero_ok=True)),
+    FieldSpec("valid", {}, 'table like { "200" = "10m" }',
+              "freshness per status when the response gives none (nginx proxy_cache_valid)",
+              _valid_ttls),
+    FieldSpec("stale_while_revalidate", "0s", "duration",
+              "serve a stale response this long while it is refreshed (unless the response "
+              "says otherwise)", _duration(zero_ok=True)),
+    FieldSpec("stale_if_error", "0s", "duration",
+              "serve a stale response this long when the upstream fails (unless the "
+              "response says otherwise)", _duration(zero_ok=True)),
+    FieldSpec("store_set_cookie", False, "boolean",
+              "store responses that set cookies (off, as nginx and Varnish)", _boolean),
+    FieldSpec("ignore_client_no_cache", False, "boolean",
+              "serve fresh hits even when the client asks for no-cache (a browser reload)",
+              _boolean),
+    FieldSpec("lock_timeout", "5s", "duration > 0",
+              "how long a request waits for another one fetching the same key", _duration()),
+    FieldSpec("debug", False, "boolean", "Cache-Status shows the cache key", _boolean),
+)
+
+
 def _ban_window(value: object) -> float:
     seconds = _duration()(value)
     if seconds < 0.001:
@@ -1318,7 +1400,8 @@ _SECTIONS: Final[Mapping[str, tuple[FieldSpec, ...]]] = MappingProxyType(
         "routing": ROUTING_FIELDS,
     }
 )
-_TOP_LEVEL_KEYS: Final = (*_SECTIONS, "listeners", "upstreams", "routes", "waf", "auto_ban")
+_TOP_LEVEL_KEYS: Final = (*_SECTIONS, "listeners", "upstreams", "routes", "waf", "auto_ban",
+                          "caches")
 _LISTENER_KEYS: Final = ("address", "name", "default_host", "tls", "https_redirect", "access",
                          "proxy_protocol", *LISTENER_SIZE_KEYS)
 _STICKY_KEYS: Final = ("cookie", "max_age", "secure")
@@ -1346,7 +1429,8 @@ _LISTENER_TLS_KEYS: Final = (
 _UPSTREAM_TLS_KEYS: Final = tuple(f.name for f in UPSTREAM_TLS_FIELDS)
 
 _LOG_STREAMS: Final = ("stdout", "stderr", "off")
-_RATE_LIMIT_KEYS: Final = ("key", "rate", "burst", "delay")
+_RATE_LIMIT_KEYS: Final = ("key", "rate", "burst", "delay", "store", "on_store_error",
+                            "store_timeout")
 _LONGEST_RATE_WINDOW: Final = 365 * 86400.0  # seconds a whole burst may take to refill
 _RATE_RE: Final = re.compile(r"([0-9]{1,9}(?:\.[0-9]{1,6})?)\s*r?/(s|m|h)")
 _RATE_UNITS: Final = {"s": 1.0, "m": 60.0, "h": 3600.0}
@@ -1364,6 +1448,16 @@ def _rate(value: object) -> tuple[float, str]:
     if not per_second > 0:
         raise ValueError("must be more than 0")
     return per_second, value.strip()
+
+
+def _store_url(value: object) -> str:
+    """A Redis URL for a rate limit's shared store: checked, and its client built
+    (as the workers will), without connecting."""
+    from fastproxy.redisstore import RedisStore
+
+    url = _string(value)
+    RedisStore(url)  # raises ValueError with the reason
+    return url
 
 
 def _rate_key(value: object) -> Template | None:
@@ -1847,7 +1941,7 @@ class _Checker(KeyChecker):
             return None
         self.known_keys(table, "waf", ("rule_sets", "exclusions", "rules", "body_limit"))
         before = len(self.issues)
-        body_limit = self.convert("waf.body_limit", _size(0, 1024**2),
+        body_limit = self.convert("waf.body_limit", _size(0, 64 * 1024),
                                   table.get("body_limit", "8k"))
         names = table.get("rule_sets", list(waf.DEFAULT_RULE_SETS))
         exclusions = table.get("exclusions", [])
@@ -1876,6 +1970,37 @@ class _Checker(KeyChecker):
             self.error("waf", str(e))
             return None
         return WafSettings(tuple(names), tuple(exclusions), tuple(rules), body_limit)
+
+    def caches(self, raw: object) -> dict[str, CacheSpec]:
+        table = self.table(raw, "caches", " of [caches.NAME] tables")
+        if table is None:
+            return {}
+        out = {}
+        for name, item in table.items():
+            path = _key("caches", name)
+            if not _UPSTREAM_NAME_RE.fullmatch(name):
+                self.error(path, "invalid cache name: use only letters, digits, '_', '.', '-'")
+                continue
+            spec = self.table(item, path, ' like { memory = "256m" }')
+            if spec is None:
+                continue
+            if "disk" in spec or "redis" in spec:
+                tier = "disk" if "disk" in spec else "redis"
+                self.error(_key(path, tier), f"the {tier} tier is not implemented yet; "
+                                             "only the memory tier is")
+                continue
+            self.known_keys(spec, path, tuple(f.name for f in CACHE_FIELDS))
+            values = self.fields(spec, path, CACHE_FIELDS)
+            if _INVALID in values.values():
+                continue
+            if "max_object" not in spec:  # the default: 8m, at most a quarter of memory
+                values["max_object"] = min(values["max_object"], values["memory"] // 4)
+            if values["max_object"] > values["memory"]:
+                self.error(_key(path, "max_object"),
+                           f"must not exceed memory ({values['memory']} bytes)")
+                continue
+            out[name] = CacheSpec(name=name, **values)
+        return out
 
     def auto_ban(self, raw: object) -> AutoBan | None:
         table = self.table(raw, "auto_ban", " like { after = 20, window = \"1m\" }")
@@ -1914,7 +2039,20 @@ class _Checker(KeyChecker):
                        f"{burst + 1} requests at {rate[1]} take more than a year to refill; "
                        "use a smaller burst or a faster rate")
             return None
-        return RateLimitSpec(name, key, rate[0], burst, rate[1], delay)
+        store = None
+        if "store" in table:
+            store = self.convert(_key(path, "store"), _store_url, table["store"])
+        on_error = self.convert(_key(path, "on_store_error"), _choice("allow", "deny"),
+                                table.get("on_store_error", "allow"))
+        timeout = self.convert(_key(path, "store_timeout"), _duration(),
+                               table.get("store_timeout", "100ms"))
+        if _INVALID in (store, on_error, timeout):
+            return None
+        for only in ("on_store_error", "store_timeout"):
+            if only in table and store is None:
+                self.warn(_key(path, only), "has no effect without store")
+        return RateLimitSpec(name, key, rate[0], burst, rate[1], delay, store, on_error,
+                             timeout)
 
     def upstream_tls(self, raw: object, path: str) -> UpstreamTls | None:
         table = self.table(raw, path, " like { verify = true, ca = \"ca.pem\" }")
@@ -2192,6 +2330,7 @@ def parse_config(
 
     waf = ck.waf(data["waf"]) if "waf" in data else None
     auto_ban = ck.auto_ban(data["auto_ban"]) if "auto_ban" in data else None
+    caches = ck.caches(data["caches"]) if "caches" in data else {}
     listeners, listener_names = ck.listeners(data.get("listeners", _MISSING))
     raw_listeners = data.get("listeners")
     if line is not _INVALID and head is not _INVALID and isinstance(raw_listeners, list) \
@@ -2214,6 +2353,7 @@ def parse_config(
         upstreams=upstream_names,
         listeners=listener_names,
         rate_limits=set(rate_tables),
+        caches=set(data["caches"]) if isinstance(data.get("caches"), Mapping) else (),
     )
 
     if ck.issues:
@@ -2233,6 +2373,7 @@ def parse_config(
         rate_limits=MappingProxyType(rate_limits),
         waf=waf,
         auto_ban=auto_ban,
+        caches=MappingProxyType(caches),
     )
 
 

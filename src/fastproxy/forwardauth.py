@@ -576,7 +576,9 @@ def _relay(head: MessageHead, body: bytes) -> bytes:
         if low in hop or low == b"content-length" or low.startswith(b"proxy-"):
             continue
         out.append(b"%s: %s\r\n" % (name, value))
-    if head.status != 304:  # a 304's Content-Length would describe another response
+    # A 304's Content-Length would describe another response; a 204 has none (RFC
+    # 9110 §8.6).
+    if head.status not in (204, 304):
         out.append(b"Content-Length: %d\r\n" % len(body))
     out.append(b"\r\n")
     out.append(body)

@@ -34,6 +34,7 @@ import time
 from typing import Any
 
 from fastproxy import __version__
+from fastproxy._httpcache import Stamps
 from fastproxy._peers import PeerTable, slot_layout
 from fastproxy._ratelimit import BanTable, ConnTable, LimitTable
 from fastproxy.config import Config, ConfigError, Listener, load_config
@@ -109,6 +110,8 @@ class Generation:
         ban = config.auto_ban
         self.bans = (BanTable(2 * ban.clients, ban.window, ban.after, ban.ban_time)
                      if ban is not None else None)
+        # Cache invalidations, seen by every worker of the generation.
+        self.cache_stamps = Stamps(65536) if config.caches else None
         self.health_checks = any(up.health_check is not None
                                  for up in config.upstreams.values())
 
@@ -206,7 +209,7 @@ class Supervisor:
         from fastproxy.worker import Worker
 
         return Worker(gen.config, gen.slots[slot], gen.table, gen.contexts, gen.limits,
-                      gen.conns, gen.bans).run()
+                      gen.conns, gen.bans, gen.cache_stamps).run()
 
     def reload(self) -> None:
         """SIGHUP: start a generation on the config file as it is now, if it is good."""

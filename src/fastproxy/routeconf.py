@@ -22,6 +22,7 @@ import difflib
 import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -135,11 +136,17 @@ def _auth_timeout(value: object) -> float:
     return seconds
 
 
+BODY_SIZE_MAX: Final = 1 << 50  # far beyond any body; keeps the value a C long long
+
+
 def body_size(value: object) -> int:
     """A request body limit in bytes, like [limits] max_body_bytes (0: unlimited)."""
     from fastproxy.config import parse_size  # config imports this module
 
-    return parse_size(value)
+    size = parse_size(value)
+    if size > BODY_SIZE_MAX:
+        raise ValueError(f"must be at most 1p ({BODY_SIZE_MAX} bytes), found {describe(value)}")
+    return size
 
 
 def _plural(n: int, noun: str) -> str:
@@ -501,6 +508,7 @@ class Route:
     waf: bool = True  # the [waf] rules apply (when there is a [waf] section)
     max_body_bytes: int | None = None  # overrides the listener's and [limits]' (0: unlimited)
     forward_auth: ForwardAuthSpec | None = None  # an auth service asked first
+    cache: str | None = None  # the [caches.NAME] that stores this route's responses
 
     @property
     def label(self) -> str:
@@ -663,6 +671,7 @@ _ROUTE_KEYS: Final = (
     "waf",
     "max_body_bytes",
     "forward_auth",
+    "cache",
 )
 _ACTIONS: Final = ("upstream", "redirect", "respond")
 _MATCH_KEYS: Final = (
@@ -800,8 +809,10 @@ class _RouteParser:
         upstreams: Collection[str] | None,
         listeners: Collection[str] | None,
         rate_limits: Collection[str] | None = (),
+        caches: Collection[str] | None = (),
     ) -> None:
         self.ck = ck
+        self.caches = caches  # [caches.NAME] names (None: unknown, skip the check)
         self.merge_slashes = merge_slashes
         self.upstreams = upstreams  # None: unknown (the section was unusable), skip the check
         self.listeners = listeners
@@ -859,6 +870,16 @@ class _RouteParser:
         max_body = None
         if "max_body_bytes" in table:
             max_body = ck.convert(f"{path}.max_body_bytes", body_size, table["max_body_bytes"])
+        cache = None
+        if "cache" in table:
+            cache = ck.convert(f"{path}.cache", string, table["cache"])
+            if cache is not INVALID and "upstream" not in table:
+                ck.error(f"{path}.cache", "only allowed on a route with upstream (nothing "
+                                          "is fetched to store otherwise)")
+            elif cache is not INVALID and self.caches is not None and cache not in self.caches:
+                defined = ", ".join(sorted(self.caches)) or "none"
+                ck.error(f"{path}.cache", f"unknown cache {cache!r} (defined: {defined}; "
+                                          "define it as [caches.NAME])")
         forward_auth = None
         if "forward_auth" in table:
             forward_auth = self.forward_auth(table["forward_auth"], f"{path}.forward_auth")
@@ -887,6 +908,7 @@ class _RouteParser:
             waf=waf is not False,
             max_body_bytes=max_body,
             forward_auth=forward_auth,
+            cache=cache if isinstance(cache, str) else None,
         )
 
     def forward_auth(self, raw: object, path: str) -> ForwardAuthSpec | None:
@@ -923,6 +945,12 @@ class _RouteParser:
                 if not os.path.isfile(ca):
                     ck.error(key(path, "ca"), f"no such file: {ca}")
                     ca = INVALID
+                else:
+                    try:
+                        ssl.create_default_context(cafile=ca)
+                    except (OSError, ssl.SSLError, ValueError) as e:
+                        ck.error(key(path, "ca"), f"not a usable PEM CA bundle: {e}")
+                        ca = INVALID
         if ck.error_count != before or INVALID in (url, timeout, max_body, ca,
                                                    *names.values()):
             return None
@@ -1423,6 +1451,7 @@ def parse_routes(
     upstreams: Collection[str] | None,
     listeners: Collection[str] | None,
     rate_limits: Collection[str] | None = (),
+    caches: Collection[str] | None = (),
 ) -> list[Route]:
     """Check the ``routes`` array (``MISSING`` when absent) and build the valid routes.
 
@@ -1438,7 +1467,7 @@ def parse_routes(
         return []
     if not items:
         ck.error("routes", "at least one route is required")
-    parser = _RouteParser(ck, merge_slashes, upstreams, listeners, rate_limits)
+    parser = _RouteParser(ck, merge_slashes, upstreams, listeners, rate_limits, caches)
     routes = [parser.route(i, item) for i, item in enumerate(items)]
     return [route for route in routes if route is not None]
 

@@ -58,7 +58,8 @@ def make_action(route: Route, targets: Mapping[str, Any], merge_slashes: bool) -
 
 
 def build_router(config: Config, targets: Mapping[str, Any],
-                 limits: Mapping[str, Any] | None = None) -> Router:
+                 limits: Mapping[str, Any] | None = None,
+                 caches: Mapping[str, Any] | None = None) -> Router:
     """The compiled router of `config`; upstream routes proxy to `targets[name]`;
     routes check the rate limits `limits[name]` (_ratelimit.RateLimit) they name."""
     listener_ids = {listener.name: i for i, listener in enumerate(config.listeners)}
@@ -85,6 +86,8 @@ def build_router(config: Config, targets: Mapping[str, Any],
             if spec not in services:  # one client (and connection pool) per service
                 services[spec] = forward_auth(spec)
             rule.forward_auth = services[spec]
+        if route.cache is not None and caches is not None:
+            rule.cache = caches[route.cache]
     defaults = [listener.default_host.encode() if listener.default_host else None
                 for listener in config.listeners]
     return Router(rules, defaults)

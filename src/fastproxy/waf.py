@@ -57,6 +57,21 @@ no verdict and no log, their raw values are remembered (bounded) and left out
 of the hay of later requests. The per-value evaluation, custom rules and the
 pre-filters of the control, scanner and protocol sets still read them.
 
+Before all that, a *glance* (in :meth:`Waf.inspect`) passes most benign
+requests without building the hay or a request object: for a request with no
+body, no custom rules, a usual method, Cookie, Referer and User-Agent
+remembered clean, and no field the protocol or scanner sets look at, it reads
+the path, the query and the other scanned fields as bytes: one
+``bytes.translate`` each lower-cases a piece and deletes the first-gate special
+characters, "%" (decoding), "\\", "*", "&" (other readings) and NUL, so a
+piece that got shorter goes to the full inspection; then the first-gate
+keywords are looked for with ``in``. None found means no gated set can match
+and no pre-filter fires: the full inspection would find nothing. A piece's
+result depends on the piece alone, so the pieces found clean (paths and field
+values; queries) are remembered too, bounded, and a browser's repeated request
+costs a few dictionary lookups. The tests check that the glance never changes
+a verdict or a log. It adds no regular expression.
+
 Regex safety
 ------------
 Built-in patterns use bounded repeats only (``{0,n}``, never ``*`` or
@@ -693,8 +708,10 @@ _BINARY_TYPES: Final = ("image/", "audio/", "video/", "font/", "application/octe
                         "application/wasm", "application/x-tar", "application/vnd.")
 
 # Header roles in the one loop over the fields (keys: lower-case names as bytes).
-_R_SKIP, _R_COOKIE, _R_HOST, _R_LENGTH, _R_TE, _R_TYPE, _R_RANGE, _R_OVERRIDE, _R_UA, _R_REFERER = (
-    range(10))
+# _R_PLAIN: a value the sets scan; _R_SCANNER: the same, from a scanner's field.
+# Cookie, User-Agent and Referer (the values remembered clean) come right after.
+(_R_SKIP, _R_PLAIN, _R_COOKIE, _R_UA, _R_REFERER, _R_HOST, _R_TYPE, _R_SCANNER, _R_LENGTH,
+ _R_TE, _R_RANGE, _R_OVERRIDE) = range(12)
 _ROLES: Final = {name.encode(): _R_SKIP for name in SKIPPED_HEADERS}
 _ROLES.update({b"cookie": _R_COOKIE, b"host": _R_HOST, b"content-length": _R_LENGTH,
                b"transfer-encoding": _R_TE, b"content-type": _R_TYPE, b"range": _R_RANGE,
@@ -708,6 +725,29 @@ _SCANNER_HEADERS: Final = frozenset({b"x-scanner", b"x-wipp", b"x-scan-memo", b"
                                      b"x-requestmanager-memo", b"acunetix-product",
                                      b"acunetix-scanning-agreement", b"acunetix-user-agreement",
                                      b"x-arachni-scan-seed", b"x-nessus"})
+# Every field name seen, as received, with its role: one lookup per field for the
+# names a client repeats (Chrome's many sec-* fields). Bounded: names are the
+# client's choice.
+_FIELD_ROLES: dict[bytes, int] = dict(_ROLES)
+_FIELD_ROLES_MAX: Final = len(_ROLES) + 1024
+
+
+def _field_role(name: bytes) -> int:
+    """The role of a field name that is not in _ROLES as received (and remember it)."""
+    lname = name.lower()
+    role = _ROLES.get(lname)
+    if role is None:
+        if lname.startswith(_SKIPPED_PREFIXES_B):
+            role = _R_SKIP
+        elif lname in _SCANNER_HEADERS or lname.startswith(b"acunetix"):
+            role = _R_SCANNER
+        else:
+            role = _R_PLAIN
+    if len(_FIELD_ROLES) >= _FIELD_ROLES_MAX:
+        _FIELD_ROLES.clear()
+        _FIELD_ROLES.update(_ROLES)
+    _FIELD_ROLES[name] = role
+    return role
 
 _Items = list[tuple[int, str, str]]
 
@@ -931,22 +971,18 @@ def _parse(method: bytes, path: bytes, query: bytes, headers: Sequence[tuple[byt
     req.fresh = fresh
     unseen: list[str] = []  # the values list for what the hay leaves out
     ctype = ""
-    roles = _ROLES
+    roles = _FIELD_ROLES
     for raw_name, raw_value in headers:
         role = roles.get(raw_name)
         if role is None:
-            lname = raw_name.lower()
-            role = roles.get(lname)
-        else:
-            lname = b""
-        if role is None:
-            if lname.startswith(_SKIPPED_PREFIXES_B):
-                continue
-            if lname in _SCANNER_HEADERS or lname.startswith(b"acunetix"):
-                req.scanner_header = lname.decode("latin-1")
-        elif role == _R_SKIP:
+            role = _field_role(raw_name)
+        if role == _R_SKIP:
             continue
-        elif role in (_R_UA, _R_COOKIE, _R_REFERER):
+        if role == _R_PLAIN:
+            pass
+        elif role == _R_SCANNER:
+            req.scanner_header = raw_name.lower().decode("latin-1")
+        elif role <= _R_REFERER:  # Cookie, User-Agent, Referer
             # Long, and the same from request to request: once a request carrying
             # one of these passed, the value stays out of the hay.
             seen = raw_value in clean
@@ -1001,8 +1037,7 @@ def _parse(method: bytes, path: bytes, query: bytes, headers: Sequence[tuple[byt
             req.range = raw_value.decode("latin-1")
             continue
         elif role == _R_OVERRIDE:
-            req.override = (lname or raw_name.lower()).decode("latin-1"), raw_value.decode(
-                "latin-1")
+            req.override = raw_name.lower().decode("latin-1"), raw_value.decode("latin-1")
         elif role == _R_TYPE:
             ctype = raw_value.decode("latin-1")
         value = raw_value.decode("latin-1")
@@ -1011,7 +1046,7 @@ def _parse(method: bytes, path: bytes, query: bytes, headers: Sequence[tuple[byt
             decoded = True
         avalues.append(value)
         if args is not None:
-            args.append((HEADER, (lname or raw_name.lower()).decode("latin-1"), value))
+            args.append((HEADER, raw_name.lower().decode("latin-1"), value))
     texts: _Items | None = [] if full else None
     tvalues: list[str] = []
     req.body_text = ""
@@ -1599,20 +1634,20 @@ _SET_OF_RULE: Final = {rid: name for name, ids in RULE_IDS.items() for rid in id
 # Gating zones: the path and the arguments share one hay (fewer keyword tests);
 # bodies, which can be long, have their own.
 _ZONES: Final = (PATH | ARGS, BODY)
-_Entries = list[tuple[tuple[str, ...], re.Pattern[str], int]]
+# (second gate or "", the gates after it, the union of one set's patterns, the set's bit)
+_Entries = list[tuple[str, tuple[str, ...], re.Pattern[str], int]]
 
 
 def _run(entries: _Entries, hay: str, found: int) -> int:
     """The sets (bits) of the entries whose other gates are in the hay and which match."""
-    for rest, regex, bit in entries:
-        if found & bit:
+    for gate, more, regex, bit in entries:
+        # Most patterns have one gate or two ("" is in every hay): no loop for them.
+        if found & bit or gate not in hay:
             continue
-        for gate in rest:
-            if gate not in hay:
-                break
-        else:
-            if regex.search(hay) is not None:
-                found |= bit
+        if more and not all(other in hay for other in more):
+            continue
+        if regex.search(hay) is not None:
+            found |= bit
     return found
 
 
@@ -1634,8 +1669,8 @@ class _Gates:
         for bit, pat in patterns:
             groups.setdefault(pat.gates[0], {}).setdefault((pat.gates[1:], bit), []).append(
                 pat.source)
-        trees = {first: [(rest, re.compile("|".join(f"(?:{src})" for src in sources), _FLAGS),
-                          bit)
+        trees = {first: [(rest[0] if rest else "", rest[1:],
+                          re.compile("|".join(f"(?:{src})" for src in sources), _FLAGS), bit)
                          for (rest, bit), sources in by_rest.items()]
                  for first, by_rest in groups.items()}
         self.special = {ord(k): v for k, v in trees.items() if len(k) == 1 and k in SPECIALS}
@@ -1720,6 +1755,22 @@ def _parse_exclusion(text: object, custom: Collection[str]) -> tuple[str, tuple[
     return what, (kind, (name.lower() if kind == "header" else name) if sep else None)
 
 
+# The glance (Waf._glance) reads bytes: ASCII lower-casing, which is all a gate
+# needs (str.lower() maps no other latin-1 character to ASCII); a query as
+# _pairs_hay reads it when nothing is escaped ("+" a space, "&" and "=" separators).
+_LOWER_B: Final = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"abcdefghijklmnopqrstuvwxyz")
+_QUERY_B: Final = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ+&=",
+                                  b"abcdefghijklmnopqrstuvwxyz \x00\x00")
+_PLAIN_METHODS: Final = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE",
+                                   b"OPTIONS"})
+# Characters that send a request on to the full inspection whatever the gates:
+# "%" (decoding), "\\" (read as "/" in the path), "*" and "&" (_widen's readings).
+_GLANCE_STOP: Final = "%\\*&"
+_HOSTS_OK_B: dict[bytes, bool] = {}
+# The pieces the glance found free of gates: at most this many of each kind (paths
+# and field values; queries), none longer than this (2 MiB per Waf at the most).
+_GLANCED_ENTRIES: Final = 4096
+_GLANCED_PIECE_MAX: Final = 256
 _CLEAN_ENTRIES: Final = 4096
 _CLEAN_CHARS: Final = 1 << 20
 _CLEAN_VALUE_MAX: Final = 4096
@@ -1730,13 +1781,16 @@ class Waf:
 
     Build one per distinct setting when the config loads and share it between
     the routes that have that setting. Across calls ``inspect`` keeps only
-    ``last_logs`` (the "log" verdicts of the latest call) and its bounded memory
-    of clean Cookie, Referer and User-Agent values; one instance serves one
-    worker's event loop (it is not meant for threads).
+    ``last_logs`` (the "log" verdicts of the latest call) and its bounded memories
+    of clean Cookie, Referer and User-Agent values and of the paths, queries and
+    field values its glance found clean; one instance serves one worker's event
+    loop (it is not meant for threads).
     """
 
-    __slots__ = ("last_logs", "_custom", "_sets", "_gates", "_bits", "_off", "_targets",
-                 "_body_limit", "_prep_sql", "_prep_xss", "_clean", "_clean_size")
+    __slots__ = ("last_logs", "_custom", "_sets", "_order", "_gates", "_off", "_targets",
+                 "_body_limit", "_prep_sql", "_prep_xss", "_clean", "_clean_size",
+                 "_glance_ok", "_glance_stop", "_glance_stop_query", "_glance_words",
+                 "_glanced", "_glanced_query")
 
     def __init__(self, rule_sets: Sequence[str] = DEFAULT_RULE_SETS,
                  custom_rules: Sequence[Rule] = (), exclusions: Sequence[str] = (),
@@ -1783,7 +1837,9 @@ class Waf:
             _Gates((1 << i, pat) for i, s in enumerate(gated) for rule in s.rules
                    if rule.id not in off for pat in rule.patterns if pat.kinds & zone)
             for zone in _ZONES)
-        self._bits = {s.name: 1 << i for i, s in enumerate(gated)}
+        bits = {s.name: 1 << i for i, s in enumerate(gated)}
+        # (set, mode, its pre-filter or None, its bit in the gates' hits)
+        self._order = tuple((s, mode, s.suspect, bits.get(s.name, 0)) for s, mode in self._sets)
         self._prep_sql = any(s.prep is _sql_prep for s in gated)
         self._prep_xss = any(s.prep is _xss_prep for s in gated)
         # Cookie, Referer and User-Agent values of requests that passed every set
@@ -1792,6 +1848,19 @@ class Waf:
         # changes. Bounded (entries and characters), emptied when full.
         self._clean: dict[bytes, int] = {}
         self._clean_size = 0
+        # The glance: the first gates of the head zone, as bytes. It stands in for the
+        # pre-filters it knows only (a new set with its own `suspect` turns it off).
+        head = self._gates[0]
+        self._glance_words = tuple(word for word, _ in head.keywords)
+        stop = {*map(chr, head.special), *_GLANCE_STOP, "\x00"}
+        self._glance_stop = "".join(sorted(stop)).encode("latin-1")
+        # In a query "&" and "=" separate (_QUERY_B makes them "\x00"s).
+        self._glance_stop_query = "".join(sorted(stop - {"&", "="})).encode("latin-1")
+        self._glanced: set[bytes] = set()  # paths and field values
+        self._glanced_query: set[bytes] = set()
+        self._glance_ok = not self._custom and all(self._glance_words) and all(
+            s.suspect in (None, _control_suspect, _scanner_suspect, _protocol_suspect)
+            for s, _ in self._sets)
 
     # -- evaluation
 
@@ -1811,7 +1880,102 @@ class Waf:
 
     def inspect(self, method: bytes, path: bytes, query: bytes,
                 headers: Sequence[tuple[bytes, bytes]], body: bytes = b"") -> Verdict | None:
-        """The first block/allow verdict in rule order, or None; "log" ones go to last_logs."""
+        """The first block/allow verdict in rule order, or None; "log" ones go to last_logs.
+
+        First a glance, which passes most benign requests at once: it returns None
+        only when the full inspection (`_inspect`) would find nothing either; when
+        it cannot tell, the full inspection runs. That takes what makes every set
+        pass in `_inspect` (see "Speed"): the head zone's hay holds none of the
+        first gates, and the pre-filters of the control, scanner and protocol sets
+        find nothing. The glance reads the hay from the raw bytes, which is the one
+        `_parse` makes when nothing needs decoding ("%"), no reading differs ("\\",
+        "*", "&"), no NUL is there, and Cookie, Referer and User-Agent are known
+        clean (left out of the hay). No body, no custom rules. An unusual method,
+        Content-Length, Range, a method override, several Host fields or a
+        scanner's field go to the full inspection too.
+
+        Whether a piece (the path, a field value, the query) holds a gate depends on
+        that piece alone (the hay separates them), so the pieces found free of them
+        are remembered, bounded, and not looked at again.
+        """
+        if body or not self._glance_ok or (method != b"GET" and method not in _PLAIN_METHODS):
+            return self._inspect(method, path, query, headers, body)
+        seen = self._glanced
+        # The pieces not seen before, as received (`new`, the query aside), and
+        # lower-cased with their stop characters and NULs deleted (`hay`). The fields
+        # first: a browser's first request ends the glance at its User-Agent.
+        new: list[bytes] = []
+        hay: list[bytes] = []
+        clean = self._clean
+        role_of = _FIELD_ROLES.get
+        host = None
+        for name, value in headers:
+            role = role_of(name, -1)
+            if not role:  # _R_SKIP
+                continue
+            if role < 0:  # a name not seen yet
+                role = _field_role(name)
+                if role == _R_SKIP:
+                    continue
+            if role <= _R_REFERER:
+                if role == _R_PLAIN:
+                    if value not in seen:
+                        piece = value.translate(_LOWER_B, self._glance_stop)
+                        if len(piece) != len(value):  # it had some
+                            return self._inspect(method, path, query, headers, body)
+                        new.append(value)
+                        hay.append(piece)
+                elif value not in clean:  # Cookie, User-Agent, Referer
+                    return self._inspect(method, path, query, headers, body)
+            elif role == _R_HOST:
+                if host is not None:  # several: the protocol set reports them
+                    return self._inspect(method, path, query, headers, body)
+                host = value
+            elif role == _R_TYPE:  # scanned as a plain field (a body has its own way)
+                piece = value.translate(_LOWER_B, self._glance_stop)
+                if len(piece) != len(value):
+                    return self._inspect(method, path, query, headers, body)
+                hay.append(piece)
+            else:  # a scanner's field, Content-Length, Transfer-Encoding, Range, override
+                return self._inspect(method, path, query, headers, body)
+        if path not in seen:
+            piece = path.translate(_LOWER_B, self._glance_stop)
+            if len(piece) != len(path):
+                return self._inspect(method, path, query, headers, body)
+            new.append(path)
+            hay.append(piece)
+        if host:
+            ok = _HOSTS_OK_B.get(host)
+            if ok is None:
+                ok = _host_ok(host.decode("latin-1"))
+                if len(_HOSTS_OK_B) >= 1024:
+                    _HOSTS_OK_B.clear()
+                _HOSTS_OK_B[host] = ok
+            if not ok:
+                return self._inspect(method, path, query, headers, body)
+        new_query = query and query not in self._glanced_query
+        if new_query:
+            piece = query.translate(_QUERY_B, self._glance_stop_query)
+            if len(piece) != len(query):
+                return self._inspect(method, path, query, headers, body)
+            hay.append(piece)
+        if hay:
+            # bytes `in` is slow (it first tries the needle as an int): look in a str
+            text = b"\x00".join(hay).decode("latin-1")
+            for word in self._glance_words:
+                if word in text:
+                    return self._inspect(method, path, query, headers, body)
+            for piece in new:
+                self._glanced_add(seen, piece)
+            if new_query:
+                self._glanced_add(self._glanced_query, query)
+        if self.last_logs:
+            self.last_logs = []
+        return None
+
+    def _inspect(self, method: bytes, path: bytes, query: bytes,
+                 headers: Sequence[tuple[bytes, bytes]], body: bytes) -> Verdict | None:
+        """The full inspection: every set that its gates or its pre-filter point to."""
         logs: list[Verdict] = []
         self.last_logs = logs
         if body and len(body) > self._body_limit:
@@ -1825,14 +1989,14 @@ class Waf:
                     return verdict
                 logs.append(verdict)
         hits = -1  # lazily: the gated sets with a pattern that matches some zone
-        for rule_set, mode in self._sets:
-            if rule_set.suspect is not None:
-                if not rule_set.suspect(req):
+        for rule_set, mode, suspect, bit in self._order:
+            if suspect is not None:
+                if not suspect(req):
                     continue
             else:
                 if hits == -1:
                     hits = self._gated(req)
-                if not hits & self._bits[rule_set.name]:
+                if not hits & bit:
                     continue
             if req.args is None:  # the exact evaluation reads value by value
                 req = _parse(method, path, query, headers, body, True, self._clean)
@@ -1845,6 +2009,13 @@ class Waf:
         if req.fresh and not logs:
             self._remember(req.fresh)
         return None
+
+    @staticmethod
+    def _glanced_add(seen: set[bytes], piece: bytes) -> None:
+        if len(piece) <= _GLANCED_PIECE_MAX:
+            if len(seen) >= _GLANCED_ENTRIES:
+                seen.clear()
+            seen.add(piece)
 
     def _remember(self, values: list[bytes]) -> None:
         clean = self._clean
@@ -1890,6 +2061,8 @@ class Waf:
         prep = rule_set.prep
         keep_nul = rule_set.keep_nul
         name = rule_set.name
+        prepared: dict[tuple[int, frozenset[str] | None],
+                       tuple[list[tuple[int, str, str]], str]] = {}
         for rule in rule_set.rules:
             rule_id = rule.id
             if rule_id in self._off:
@@ -1903,11 +2076,25 @@ class Waf:
                 continue
             for pat in rule.patterns:
                 gates = pat.gates
-                for kind, item, value in _values(req, pat.kinds, rule.headers, keep_nul):
-                    if prep is not None:
-                        value = prep(value)
+                # The values of these kinds, prepared once per set (not once per
+                # pattern), and joined: a pattern that finds nothing in all of them
+                # at once is not tried value by value. Hundreds of form fields
+                # would otherwise cost rules x patterns x fields searches.
+                group = (pat.kinds, rule.headers)
+                got = prepared.get(group)
+                if got is None:
+                    items = [(kind, item, prep(value) if prep is not None else value)
+                             for kind, item, value in _values(req, pat.kinds, rule.headers,
+                                                              keep_nul)]
+                    got = prepared[group] = (items, "\x00".join(v for _, _, v in items))
+                items, joined = got
+                if not all(gate in joined for gate in gates):
+                    continue  # the pattern cannot match without its gates
+                if len(items) > 1 and _anchorless(pat) and pat.regex.search(joined) is None:
+                    continue
+                for kind, item, value in items:
                     if not all(gate in value for gate in gates):
-                        continue  # the pattern cannot match without its gates
+                        continue
                     match = pat.regex.search(value)
                     if match is None:
                         continue
@@ -1954,6 +2141,23 @@ def _values(req: _Request, kinds: int, headers: frozenset[str] | None,
                 if not keep_nul and "\x00" in value:
                     value = value.replace("\x00", "")
                 yield kind, name, value
+
+
+_ANCHORED: dict[str, bool] = {}
+
+
+def _anchorless(pat: _Pattern) -> bool:
+    """No ^, $, \\A or \\Z: then a match in one value is a match in the values
+    joined with NUL, so the joined text is a sound pre-check. Every substring of
+    a value is in the joined text, and the context the NUL gives differs from a
+    value's edge only for lookarounds and anchors: the NUL is not a word
+    character (\\b and \\B see it as an edge), the built-in negative lookaheads
+    test for "=", and a positive lookbehind that the NUL satisfies only adds
+    matches (the per-value search then decides)."""
+    known = _ANCHORED.get(pat.source)
+    if known is None:
+        known = _ANCHORED[pat.source] = re.search(r"(?<!\\)[$^]|\\[AZ]", pat.source) is None
+    return known
 
 
 def _target_label(family: str, name: str) -> str:

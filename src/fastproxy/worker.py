@@ -19,6 +19,7 @@ from typing import Any
 import uvloop
 
 from fastproxy._actions import Template
+from fastproxy._httpcache import RouteCache, Stamps
 from fastproxy._peers import PeerTable, slot_layout
 from fastproxy._proxy import Core
 from fastproxy._ratelimit import BanTable, ConnTable, LimitTable, RateLimit
@@ -60,7 +61,8 @@ class Worker:
                  table: PeerTable | None = None, contexts: list[Any] | None = None,
                  limit_table: LimitTable | None = None,
                  conn_table: ConnTable | None = None,
-                 ban_table: BanTable | None = None) -> None:
+                 ban_table: BanTable | None = None,
+                 cache_stamps: Stamps | None = None) -> None:
         self.config = config
         self.sockets = sockets
         # Each listener's server SSLContext (built by the master before forking, so
@@ -77,14 +79,21 @@ class Worker:
                        for name, up in config.upstreams.items()}
         # Rate limits count in the instance's shared table (the master's), or in one
         # of our own when run alone.
-        self.rate_limits: dict[str, RateLimit] = {}
+        self.rate_limits: dict[str, Any] = {}  # RateLimit, or redisstore.StoreLimit
         if config.rate_limits:
             table_of_limits = limit_table or LimitTable(2 * config.limits.rate_limit_keys)
             self.rate_limits = {
                 name: RateLimit(name, Template(spec.key) if spec.key is not None else None,
                                 spec.rate, spec.burst, table_of_limits, spec.delay)
                 for name, spec in config.rate_limits.items()}
-        self.core.router = build_router(config, self.groups, self.rate_limits)
+            self._store_limits(config)
+        # Each [caches.NAME]: this worker's memory tier and fills in flight.
+        self.caches = {name: RouteCache(spec) for name, spec in config.caches.items()}
+        if self.caches:
+            stamps = cache_stamps if cache_stamps is not None else Stamps(65536)
+            for cache in self.caches.values():
+                cache.set_stamps(stamps)
+        self.core.router = build_router(config, self.groups, self.rate_limits, self.caches)
         if config.server.trusted_proxies:
             self.core.trusted = IpSet(config.server.trusted_proxies)
         self.core.listener_access = [compile_access(listener.access)
@@ -108,6 +117,22 @@ class Worker:
         self._stopped: asyncio.Future[None] | None = None
         self._drain_deadline = 0.0
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set in run()
+
+    def _store_limits(self, config: Config) -> None:
+        """Limits with a `store` count in Redis (one client per store URL)."""
+        stores: dict[tuple[str, float], Any] = {}
+        for name, spec in config.rate_limits.items():
+            if spec.store is None:
+                continue
+            from fastproxy.redisstore import RedisStore, StoreLimit
+
+            where = (spec.store, spec.store_timeout)
+            if where not in stores:
+                stores[where] = RedisStore(spec.store, timeout=spec.store_timeout)
+            local = self.rate_limits[name]
+            self.rate_limits[name] = StoreLimit(name, local.key, spec.rate, spec.burst,
+                                                spec.delay, stores[where],
+                                                spec.on_store_error, local.lines)
 
     def _upstream_tls(self, config: Config) -> None:
         """One client SSLContext per upstream with https:// servers."""

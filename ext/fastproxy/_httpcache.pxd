@@ -1,0 +1,59 @@
+from libc.stdint cimport int64_t, uint64_t
+
+from fastproxy._cache cimport CacheIndex
+from fastproxy._http cimport MessageHead
+from fastproxy._actions cimport Template
+
+
+cdef double wall_now() noexcept nogil
+
+
+cdef class Stamps:
+    cdef int64_t* slots
+    cdef size_t _bytes
+    cdef uint64_t mask
+    cdef readonly Py_ssize_t size
+
+    cdef bint outdated(self, uint64_t key, double fetched) noexcept nogil
+    cdef void mark(self, uint64_t key, double now) noexcept nogil
+
+
+cdef class Stored:
+    cdef readonly int status
+    cdef readonly bytes reason
+    cdef readonly list headers          # (name, value) as stored, for cachepolicy
+    cdef readonly bytes body
+    cdef readonly double request_time   # wall clock, seconds
+    cdef readonly double response_time
+    cdef readonly object fresh          # cachepolicy.Freshness
+    cdef readonly double fresh_until    # wall clock time it goes stale
+    cdef readonly bint no_cache         # validated on every use
+    cdef readonly double initial_age    # corrected initial age (RFC 9111 §4.2.3)
+    cdef readonly bytes variant         # the secondary key (Vary), b"" for none
+    cdef readonly bytes prefix          # status line and stored fields, serialized
+    cdef readonly bytes length_line     # "Content-Length: N\r\n"
+    cdef readonly long long size        # counted against the memory budget
+
+
+cdef class Variants:
+    cdef readonly tuple names
+    cdef readonly dict entries          # secondary key -> Stored
+    cdef readonly long long size
+
+
+cdef class RouteCache:
+    cdef readonly str name
+    cdef readonly CacheIndex index
+    cdef readonly Template template     # the primary key
+    cdef readonly str key_source        # ... as written
+    cdef readonly object policy         # cachepolicy.Policy
+    cdef readonly long long max_object
+    cdef readonly double lock_timeout
+    cdef readonly bint debug
+    cdef readonly dict fills            # primary key -> [waiting Exchange, ...]
+    cdef bytes status_name
+    cdef Stamps stamps                  # invalidations of every worker (None: alone)
+
+    cdef object lookup(self, uint64_t primary, MessageHead head)
+    cdef bint plain(self, MessageHead head) except -1
+    cdef int put(self, uint64_t primary, Stored stored, tuple names) except -1

@@ -1,0 +1,49 @@
+"""Type stubs for the compiled fastproxy._httpcache extension (ext/fastproxy/_httpcache.pyx)."""
+
+from typing import Any
+
+DEFAULT_KEY: str
+
+class Stamps:
+    size: int
+    def __init__(self, size: int = 65536) -> None: ...
+    def invalidate(self, key: int, now: float | None = None) -> None: ...
+
+class Stored:
+    status: int
+    reason: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    request_time: float
+    response_time: float
+    fresh: Any
+    fresh_until: float
+    no_cache: bool
+    initial_age: float
+    variant: bytes
+    prefix: bytes
+    length_line: bytes
+    size: int
+    def age(self, now: float) -> float: ...
+
+class Variants:
+    names: tuple[bytes, ...]
+    entries: dict[bytes, Stored]
+    size: int
+
+class RouteCache:
+    name: str
+    index: Any
+    template: Any
+    policy: Any
+    max_object: int
+    lock_timeout: float
+    debug: bool
+    fills: dict[int, list[Any]]
+    def __init__(self, spec: Any) -> None: ...
+    def status_line(self, hit: bool = False, fwd: str | None = None,
+                    fwd_status: int | None = None, ttl: float | None = None,
+                    stored: bool | None = None, collapsed: bool | None = None,
+                    key: bytes | None = None, detail: str | None = None) -> bytes: ...
+    def invalidate(self, primary: int) -> None: ...
+    def set_stamps(self, stamps: Stamps) -> None: ...
