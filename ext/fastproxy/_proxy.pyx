@@ -1463,7 +1463,6 @@ cdef class Exchange:
         A key that renders empty (no such header, cookie...) is not limited. True
         also when a limit with `delay` holds the request back (hold_over goes on)."""
         cdef RateLimit limit
-        cdef RequestContext ctx = self.ctx
         cdef bytes key
         cdef long long remaining
         cdef int64_t reset, wait, hold, longest = 0
@@ -1476,12 +1475,9 @@ cdef class Exchange:
                 self.limits_later(limits[i:], longest)
                 return True
             limit = <RateLimit>limits[i]
-            if limit.key is None:
-                key = b"route %d" % self.rule.index
-            else:
-                key = (<Template>limit.key).render(ctx, ctx.captures)
-                if not key:
-                    continue
+            key = self.limit_key(limit.key)
+            if not key:
+                continue
             wait = limit.check(key, now, &remaining, &reset, &hold)
             if wait:
                 self.respond_text(429, b"Too Many Requests",
@@ -1498,18 +1494,21 @@ cdef class Exchange:
             return True
         return False
 
+    cdef bytes limit_key(self, object template):
+        """What a limit counts for this request: its rendered key template (empty:
+        not limited), or the route when it has none."""
+        cdef RequestContext ctx = self.ctx
+        if template is None:
+            return b"route %d" % self.rule.index
+        return (<Template>template).render(ctx, ctx.captures)
+
     cdef int limits_later(self, tuple limits, int64_t longest) except -1:
         """Check `limits` (a store limit first) off the request path's C code."""
-        cdef RequestContext ctx = self.ctx
         cdef list pairs = []
         for limit in limits:
-            if limit.key is None:
-                key = b"route %d" % self.rule.index
-            else:
-                key = (<Template>limit.key).render(ctx, ctx.captures)
-                if not key:
-                    continue
-            pairs.append((limit, key))
+            key = self.limit_key(limit.key)
+            if key:
+                pairs.append((limit, key))
         self.connecting = True  # a body arriving meanwhile waits in `pending`
         # Imported here: only a config with a store limit loads the Redis client.
         from fastproxy.redisstore import check_limits
