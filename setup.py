@@ -38,6 +38,12 @@ EXTRA_C_SOURCES: dict[str, list[str]] = {
     "fastproxy._http": [f"{LLHTTP_DIR}/{name}.c" for name in ("api", "http", "llhttp")],
 }
 
+# Modules linked against system libraries (OpenSSL: its headers are needed to build;
+# a manylinux wheel gets libssl/libcrypto vendored by auditwheel).
+LIBRARIES: dict[str, list[str]] = {
+    "fastproxy._tls": ["ssl", "crypto"],
+}
+
 INCLUDE_DIRS = [LLHTTP_DIR, XXHASH_DIR, EXT_DIR]
 # xxhash.h is used header-only: every function is static inline in the unit that includes it.
 DEFINE_MACROS: list[tuple[str, str | None]] = [("XXH_INLINE_ALL", "1")]
@@ -71,6 +77,7 @@ def discover_extensions() -> list[Extension]:
             include_dirs=INCLUDE_DIRS,
             define_macros=macros,
             extra_compile_args=EXTRA_COMPILE_ARGS,
+            libraries=LIBRARIES.get(name, []),
         )
         for name, pyx in modules.items()
     ]

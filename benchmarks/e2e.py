@@ -386,6 +386,7 @@ class TlsFiles:
     combined: Path  # cert + key in one file, for HAProxy's `crt`
     key_type: str  # a TLS_KEYS description
     session_cache: bool  # --tls-session-cache
+    engine: str = "openssl"  # --tls-engine: fastproxy's [listeners.tls] engine
 
 
 def tls_ciphers() -> str:
@@ -510,6 +511,7 @@ address = "127.0.0.1:{tls_port}"
 
 [listeners.tls]
 certificates = [ {{ cert = "{tls.cert}", key = "{tls.key}" }} ]
+engine = "{tls.engine}"
 """
     # No keys: the default rule sets (waf.DEFAULT_RULE_SETS) on every route.
     waf_table = "\n[waf]\n" if waf else ""
@@ -1288,6 +1290,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tls-session-cache", action="store_true",
                    help="give nginx `ssl_session_cache shared:SSL:10m` and HAProxy its default "
                         "session cache (default: none, like fastproxy with TLS 1.3 tickets)")
+    p.add_argument("--tls-engine", choices=("openssl", "python"), default="openssl",
+                   help="fastproxy's TLS engine ([listeners.tls] engine): OpenSSL driven from "
+                        "C (the default) or uvloop's SSL transport over Python's ssl module")
     p.add_argument("--waf", action="store_true",
                    help=f"add the WAF cases ({', '.join(WAF_CASES)}: fastproxy with [waf] "
                         "and the default rule sets against fastproxy without) to --cases; "
@@ -1485,6 +1490,7 @@ def _regular(args: argparse.Namespace, cases: list[str], tmp: Path, scratch: Pat
     tls_ports: dict[str, int] = {}
     if any(case in TLS_CASES for case in cases):
         tls = make_certificate(tmp, args.tls_key, args.tls_session_cache)
+        tls.engine = args.tls_engine
         tls_ports = {name: free_port() for name in proxies}
 
     up_port = free_port()
@@ -1860,6 +1866,7 @@ def _bench(args: argparse.Namespace, tmp: Path, cpus: tuple[str | None, str | No
             "nginx_keepalive_requests": KEEPALIVE_REQUESTS,
             "upstream_keepalive": args.upstream_keepalive,
             "haproxy_http_reuse": "always",
+            "fastproxy_tls_engine": args.tls_engine,
         },
         "configs": configs,
         "tls": tls_report,

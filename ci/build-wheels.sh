@@ -4,6 +4,13 @@
 # separate piece of work: on a current Debian the repaired wheel gets the
 # manylinux tag of this machine's glibc, or stays linux_x86_64, and this script
 # says which.
+#
+# fastproxy._tls links libssl and libcrypto (OpenSSL >= 3.0: it calls
+# SSL_get1_peer_certificate). Building needs their headers (Debian libssl-dev;
+# in a manylinux image openssl-devel, which is 3.x only from manylinux_2_34 on),
+# and `auditwheel repair` then vendors libssl.so.3/libcrypto.so.3 into
+# fastproxy.libs/: the wheel carries its own OpenSSL, separate from the one Python's
+# ssl module uses, so an OpenSSL security fix means a new wheel.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -82,6 +82,8 @@ install_system_packages() {
     for tool in nginx wrk redis-server; do
         have_cmd "$tool" || missing+=("$tool")
     done
+    # fastproxy._tls is linked against OpenSSL: its headers are needed to build it.
+    [ -f /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
     [ "${#missing[@]}" -eq 0 ] && return 0
     if ! apt_install "${missing[@]}"; then
         if as_root true 2>/dev/null && command -v apt-get >/dev/null 2>&1; then

@@ -112,16 +112,17 @@ def test_access_lists_see_the_header_address(make_origin: Callable[..., Origin],
         proxy.stop()
 
 
+@pytest.mark.parametrize("engine", ["openssl", "python"])
 @pytest.mark.parametrize("together", [False, True], ids=["apart", "same-write"])
 def test_tls_after_the_header(make_origin: Callable[..., Origin], tmp_path: Path,
-                              together: bool) -> None:
+                              together: bool, engine: str) -> None:
     ca = trustme.CA()
     cert = ca.issue_cert("site.example")
     cert.cert_chain_pems[0].write_to_path(str(tmp_path / "site.pem"))
     cert.private_key_pem.write_to_path(str(tmp_path / "site.key"))
     origin = make_origin(name="app")
     tls = (f'[listeners.tls]\ncertificates = [{{ cert = "{tmp_path}/site.pem", '
-           f'key = "{tmp_path}/site.key" }}]\n')
+           f'key = "{tmp_path}/site.key" }}]\nengine = "{engine}"\n')
     proxy = start(tmp_path, origin, tls=tls)
     ctx = ssl.create_default_context()
     ca.configure_trust(ctx)

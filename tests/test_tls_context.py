@@ -1,7 +1,9 @@
 """The TLS policy (fastproxy.tls), checked with real handshakes on 127.0.0.1.
 
 Servers run `server_context` on uvloop in a thread (as the workers do: the SNI
-callback then sees an SSLObject); clients are the standard `ssl` module.
+callback then sees an SSLObject); clients are the standard `ssl` module. Every
+test that serves runs once per TLS engine: "openssl" (fastproxy._tls, OpenSSL
+driven from C) and "python" (uvloop's SSL transport over the ssl module).
 Certificates come from trustme, or from `cryptography` for the odd ones
 (CN-only, no names, weird subjects).
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -34,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from fastproxy import tls as tls_module
+from fastproxy._tls import ServerContext
 from fastproxy.config import CertificateFiles, ListenerTls, UpstreamTls
 from fastproxy.tls import (
     DEFAULT_CIPHERS,
@@ -42,8 +46,16 @@ from fastproxy.tls import (
     check_certificates,
     client_context,
     describe_peer_cert,
-    server_context,
+    python_context,
 )
+
+ENGINES = ("openssl", "python")
+_engine = {"name": "openssl"}  # set by the `serve` fixture, read by server_context below
+
+
+def server_context(tls: ListenerTls) -> Any:
+    """fastproxy.tls.server_context with the engine of the test being run."""
+    return tls_module.server_context(dataclasses.replace(tls, engine=_engine["name"]))
 
 TIMEOUT = 5.0
 # asyncio's and uvloop's SSL transports close the connection on a failed handshake
@@ -147,7 +159,7 @@ class _Describe(asyncio.Protocol):
 
 
 class TlsServer:
-    def __init__(self, context: ssl.SSLContext) -> None:
+    def __init__(self, context: ssl.SSLContext | ServerContext) -> None:
         self.context = context
         self.loop = uvloop.new_event_loop()
         self.errors: list[dict[str, Any]] = []  # handshake failures, for debugging
@@ -163,11 +175,13 @@ class TlsServer:
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         self.loop.set_exception_handler(lambda _loop, context: self.errors.append(context))
-        server = self.loop.run_until_complete(
-            self.loop.create_server(
+        if isinstance(self.context, ServerContext):
+            made = self.loop.create_server(self.context.server(_Describe), "127.0.0.1", 0)
+        else:
+            made = self.loop.create_server(
                 _Describe, "127.0.0.1", 0, ssl=self.context, ssl_handshake_timeout=TIMEOUT
             )
-        )
+        server = self.loop.run_until_complete(made)
         self.port = cast(asyncio.Server, server).sockets[0].getsockname()[1]
         self._ready.set()
         try:
@@ -182,16 +196,19 @@ class TlsServer:
         self._thread.join(TIMEOUT)
 
 
-@pytest.fixture
-def serve() -> Iterator[Callable[[ssl.SSLContext], TlsServer]]:
+@pytest.fixture(params=ENGINES)
+def serve(request: pytest.FixtureRequest) -> Iterator[Callable[[Any], TlsServer]]:
+    """Starts servers; the test runs once per engine (server_context follows it)."""
     started: list[TlsServer] = []
+    _engine["name"] = request.param
 
-    def start(context: ssl.SSLContext) -> TlsServer:
+    def start(context: ssl.SSLContext | ServerContext) -> TlsServer:
         server = TlsServer(context).start()
         started.append(server)
         return server
 
     yield start
+    _engine["name"] = "openssl"
     for server in started:
         server.stop()
 
@@ -256,17 +273,27 @@ def client(
 
 
 def blocking_handshake(
-    server: ssl.SSLContext, client: ssl.SSLContext, server_hostname: str | None
+    server: TlsServer, client: ssl.SSLContext, server_hostname: str | None
 ) -> None:
-    """A handshake between blocking sockets, which (unlike asyncio) send the alerts;
-    the client reads one byte so that TLS 1.3 post-handshake failures show too."""
+    """A handshake that shows the server's alert: with the "python" engine between
+    blocking sockets (asyncio does not send the alerts), with the "openssl" engine
+    (which does) against the server itself. The client reads one byte so that
+    TLS 1.3 post-handshake failures show too."""
+    if isinstance(server.context, ServerContext):
+        with (
+            socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as raw,
+            client.wrap_socket(raw, server_hostname=server_hostname) as tls,
+        ):
+            tls.recv(1)
+        return
+    context = server.context
     left, right = socket.socketpair()
     left.settimeout(TIMEOUT)
     right.settimeout(TIMEOUT)
 
     def accept() -> None:
         try:
-            with server.wrap_socket(left, server_side=True) as tls:
+            with context.wrap_socket(left, server_side=True) as tls:
                 tls.sendall(b"x")
         except OSError:
             pass
@@ -429,7 +456,7 @@ def test_unknown_name_and_no_sni_refused(
         with pytest.raises(REFUSED):
             connect(server.port, loose, name)
         with pytest.raises(ssl.SSLError, match="TLSV1_UNRECOGNIZED_NAME"):
-            blocking_handshake(server.context, loose, name)
+            blocking_handshake(server, loose, name)
     assert connect(server.port, client(ca), "a.example").peer_der == two_sites["a"]
     assert connect(server.port, client(ca), "z.b.example").peer_der == two_sites["b"]
 
@@ -495,7 +522,7 @@ def test_tls_1_0_and_1_1_refused(
             connect(server.port, old, "site.example")
         # The server's own refusal (not the client's): a protocol_version alert.
         with pytest.raises(ssl.SSLError, match="TLSV1_ALERT_PROTOCOL_VERSION"):
-            blocking_handshake(server.context, old, "site.example")
+            blocking_handshake(server, old, "site.example")
 
 
 def test_tls_1_2_and_1_3_accepted(
@@ -516,7 +543,7 @@ def test_min_version_1_3_refuses_1_2(
     with pytest.raises(REFUSED):
         connect(server.port, tls12, "site.example")
     with pytest.raises(ssl.SSLError, match="TLSV1_ALERT_PROTOCOL_VERSION"):
-        blocking_handshake(server.context, tls12, "site.example")
+        blocking_handshake(server, tls12, "site.example")
     assert connect(server.port, client(ca), "site.example").version == "TLSv1.3"
 
 
@@ -559,7 +586,7 @@ def test_cbc_and_rsa_key_exchange_refused(
     with pytest.raises(REFUSED):
         connect(server.port, weak, "site.example")
     with pytest.raises(ssl.SSLError, match="ALERT_HANDSHAKE_FAILURE"):
-        blocking_handshake(server.context, weak, "site.example")
+        blocking_handshake(server, weak, "site.example")
 
 
 def test_custom_ciphers(
@@ -605,14 +632,14 @@ def test_client_auth_required(
         connect(server.port, anonymous, "site.example")
     alert = "CERTIFICATE_REQUIRED" if version == ssl.TLSVersion.TLSv1_3 else "HANDSHAKE_FAILURE"
     with pytest.raises(ssl.SSLError, match=alert):
-        blocking_handshake(server.context, anonymous, "site.example")
+        blocking_handshake(server, anonymous, "site.example")
     # A certificate from another CA.
     stranger = client(ca, max_version=version)
     other_ca.issue_cert("mallory@example.org").configure_cert(stranger)
     with pytest.raises(REFUSED):
         connect(server.port, stranger, "site.example")
     with pytest.raises(ssl.SSLError, match="UNKNOWN_CA"):
-        blocking_handshake(server.context, stranger, "site.example")
+        blocking_handshake(server, stranger, "site.example")
 
     trusted = client(ca, max_version=version)
     alice.configure_cert(trusted)
@@ -728,7 +755,8 @@ def test_check_expired(ca: trustme.CA, tmp_path: Path) -> None:
     # Served anyway (as nginx does), with a warning from `fastproxy check`.
     assert check_certificates(tls) == []
     assert certificate_warnings(tls) == [("certificates[0].cert", "expired on 2024-01-01")]
-    assert isinstance(server_context(tls), ssl.SSLContext)
+    assert isinstance(server_context(tls), ServerContext)
+    assert isinstance(python_context(tls), ssl.SSLContext)
 
 
 def test_check_encrypted_key(ca: trustme.CA, tmp_path: Path) -> None:
@@ -853,8 +881,18 @@ def test_check_weak_key(ca: trustme.CA, tmp_path: Path) -> None:
     assert where == "certificates[0].cert" and "security level" in reason
 
 
+def test_openssl_engine_is_the_default(site: CertificateFiles) -> None:
+    tls = ListenerTls((site,))
+    assert tls.engine == "openssl"
+    context = tls_module.server_context(tls)
+    assert isinstance(context, ServerContext)
+    assert context.verify_mode == 0 and context.handshake_timeout == tls.handshake_timeout
+    required = tls_module.server_context(dataclasses.replace(tls, engine="python"))
+    assert isinstance(required, ssl.SSLContext)
+
+
 def test_server_policy_options(site: CertificateFiles) -> None:
-    context = server_context(ListenerTls((site,)))
+    context = python_context(ListenerTls((site,)))
     assert context.minimum_version == ssl.TLSVersion.TLSv1_2
     assert context.maximum_version == ssl.TLSVersion.TLSv1_3
     assert context.options & ssl.OP_NO_COMPRESSION
@@ -912,7 +950,7 @@ def test_client_context_presents_a_certificate(
 def test_client_context_min_version(ca: trustme.CA, tmp_path: Path,
                                     serve: Callable[..., TlsServer]) -> None:
     files = write_leaf(ca.issue_cert("old.example"), tmp_path, "old")
-    old_server = server_context(ListenerTls((files,)))
+    old_server = python_context(ListenerTls((files,)))  # made to stop at TLS 1.2
     old_server.maximum_version = ssl.TLSVersion.TLSv1_2
     server = serve(old_server)
     ca_file = write_ca(ca, tmp_path)
@@ -936,11 +974,16 @@ def test_client_context_bad_files(ca: trustme.CA, tmp_path: Path) -> None:
 # -- session resumption across forked workers
 
 
-def _serve_in_child(listener: socket.socket, make_context: Callable[[], ssl.SSLContext]) -> None:
+def _serve_in_child(listener: socket.socket, make_context: Callable[[], Any]) -> None:
     """A forked child: serve TLS on ``listener`` until killed (or 30 s, a safety net)."""
     try:
         signal.alarm(30)
         context = make_context()
+        if isinstance(context, ServerContext):  # engine "openssl": on uvloop, as a worker
+            loop = uvloop.new_event_loop()
+            listener.setblocking(False)
+            loop.run_until_complete(loop.create_server(context.server(_Describe), sock=listener))
+            loop.run_forever()
         while True:
             conn, _ = listener.accept()
             conn.settimeout(TIMEOUT)
@@ -955,7 +998,7 @@ def _serve_in_child(listener: socket.socket, make_context: Callable[[], ssl.SSLC
 
 
 @contextlib.contextmanager
-def forked_servers(make_context: Callable[[], ssl.SSLContext]) -> Iterator[list[int]]:
+def forked_servers(make_context: Callable[[], Any]) -> Iterator[list[int]]:
     """Two child processes serving TLS, each on its own port; killed by PID on exit."""
     listeners = []
     pids: list[int] = []
@@ -1001,28 +1044,34 @@ def resumption(
 
 
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+@pytest.mark.parametrize("engine", ENGINES)
 def test_sessions_resume_across_processes_sharing_a_context(
-    version: ssl.TLSVersion, ca: trustme.CA, site: CertificateFiles
+    version: ssl.TLSVersion, engine: str, ca: trustme.CA, site: CertificateFiles
 ) -> None:
-    shared = server_context(ListenerTls((site,)))  # built before the fork, like the master
+    # Built before the fork, like the master.
+    shared = tls_module.server_context(ListenerTls((site,), engine=engine))
     with forked_servers(lambda: shared) as ports:
         assert resumption(ca, ports, version) == [True, True]
 
 
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+@pytest.mark.parametrize("engine", ENGINES)
 def test_sessions_do_not_resume_across_separately_built_contexts(
-    version: ssl.TLSVersion, ca: trustme.CA, site: CertificateFiles
+    version: ssl.TLSVersion, engine: str, ca: trustme.CA, site: CertificateFiles
 ) -> None:
-    with forked_servers(lambda: server_context(ListenerTls((site,)))) as ports:
+    with forked_servers(
+        lambda: tls_module.server_context(ListenerTls((site,), engine=engine))
+    ) as ports:
         assert resumption(ca, ports, version) == [True, False]
 
 
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+@pytest.mark.parametrize("engine", ENGINES)
 def test_sessions_resume_across_processes_after_an_sni_switch(
-    version: ssl.TLSVersion, ca: trustme.CA, two_sites: dict[str, Any]
+    version: ssl.TLSVersion, engine: str, ca: trustme.CA, two_sites: dict[str, Any]
 ) -> None:
     # Tickets are sealed with the keys of the context the handshake started in
     # (the default one), also when the SNI callback switched to another one.
-    shared = server_context(ListenerTls(two_sites["files"]))
+    shared = tls_module.server_context(ListenerTls(two_sites["files"], engine=engine))
     with forked_servers(lambda: shared) as ports:
         assert resumption(ca, ports, version, "w.b.example") == [True, True]

@@ -1,7 +1,8 @@
 """TLS end to end through `fastproxy serve`: termination with SNI, defaults,
 client certificates, HSTS, the https redirect, https upstreams, reload of
 certificates on SIGHUP, handshake-failure accounting and session resumption
-across workers."""
+across workers. Each test runs once per TLS engine ("openssl": fastproxy._tls,
+"python": uvloop's SSL transport), which `tls_listener` writes into the config."""
 
 from __future__ import annotations
 
@@ -49,6 +50,16 @@ def certs(tmp_path: Path, ca: trustme.CA) -> Path:
     return d
 
 
+_engine = {"name": "openssl"}
+
+
+@pytest.fixture(autouse=True, params=["openssl", "python"])
+def engine(request: pytest.FixtureRequest) -> Iterator[str]:
+    _engine["name"] = request.param
+    yield request.param
+    _engine["name"] = "openssl"
+
+
 @pytest.fixture
 def start_proxy(tmp_path: Path) -> Iterator[Callable[..., ProxyProcess]]:
     started: list[ProxyProcess] = []
@@ -73,7 +84,8 @@ def tls_listener(port: int, certs: Path, extra: str = "") -> str:
     return (f'[[listeners]]\naddress = "127.0.0.1:{port}"\nname = "tls"\n'
             f"[listeners.tls]\ncertificates = ["
             f'{{ cert = "{certs}/site.pem", key = "{certs}/site.key" }}, '
-            f'{{ cert = "{certs}/other.pem", key = "{certs}/other.key" }}]\n{extra}\n')
+            f'{{ cert = "{certs}/other.pem", key = "{certs}/other.key" }}]\n'
+            f'engine = "{_engine["name"]}"\n{extra}\n')
 
 
 def upstream(origin: Origin, name: str = "app") -> str:

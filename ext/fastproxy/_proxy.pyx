@@ -69,6 +69,7 @@ import ssl
 from collections import deque
 
 from fastproxy._http import HttpParseError
+from fastproxy._tls import TlsConnection as _TlsTransport
 
 try:
     from uvloop.loop import TCPTransport as _PlainTransport
@@ -155,8 +156,10 @@ cdef int send_via_transport(object transport, object parts, bint single) except 
         transport.write(parts)
     elif len(parts) == 1:
         transport.write(parts[0])
+    elif type(transport) is _TlsTransport:
+        transport.writelines(parts)  # joined in C into one TLS record when small
     elif type(transport) is not _PlainTransport:
-        # TLS (or another transport): one write, as uvloop's TLS transport makes a
+        # uvloop's TLS (or another transport): one write, as uvloop's TLS transport makes a
         # record per write (a 1 KiB response went out as two records, a head and a
         # body, where nginx sends one); the join costs less than the extra record.
         transport.write(b"".join(parts))
@@ -1579,7 +1582,6 @@ cdef class Exchange:
         A key that renders empty (no such header, cookie...) is not limited. True
         also when a limit with `delay` holds the request back (hold_over goes on)."""
         cdef RateLimit limit
-        cdef RequestContext ctx = self.ctx
         cdef bytes key
         cdef long long remaining
         cdef int64_t reset, wait, hold, longest = 0
@@ -1592,12 +1594,9 @@ cdef class Exchange:
                 self.limits_later(limits[i:], longest)
                 return True
             limit = <RateLimit>limits[i]
-            if limit.key is None:
-                key = b"route %d" % self.rule.index
-            else:
-                key = (<Template>limit.key).render(ctx, ctx.captures)
-                if not key:
-                    continue
+            key = self.limit_key(limit.key)
+            if not key:
+                continue
             wait = limit.check(key, now, &remaining, &reset, &hold)
             if wait:
                 self.respond_text(429, b"Too Many Requests",
@@ -1614,18 +1613,21 @@ cdef class Exchange:
             return True
         return False
 
+    cdef bytes limit_key(self, object template):
+        """What a limit counts for this request: its rendered key template (empty:
+        not limited), or the route when it has none."""
+        cdef RequestContext ctx = self.ctx
+        if template is None:
+            return b"route %d" % self.rule.index
+        return (<Template>template).render(ctx, ctx.captures)
+
     cdef int limits_later(self, tuple limits, int64_t longest) except -1:
         """Check `limits` (a store limit first) off the request path's C code."""
-        cdef RequestContext ctx = self.ctx
         cdef list pairs = []
         for limit in limits:
-            if limit.key is None:
-                key = b"route %d" % self.rule.index
-            else:
-                key = (<Template>limit.key).render(ctx, ctx.captures)
-                if not key:
-                    continue
-            pairs.append((limit, key))
+            key = self.limit_key(limit.key)
+            if key:
+                pairs.append((limit, key))
         self.connecting = True  # a body arriving meanwhile waits in `pending`
         # Imported here: only a config with a store limit loads the Redis client.
         from fastproxy.redisstore import check_limits

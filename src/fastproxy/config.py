@@ -274,6 +274,9 @@ class ListenerTls:
     client_cert_headers: tuple[tuple[str, str], ...] = ()
     handshake_timeout: float = 10.0
     hsts: str | None = None  # a Strict-Transport-Security value added to every response
+    # Who runs TLS: "openssl" (fastproxy._tls, OpenSSL driven from C) or "python"
+    # (uvloop's SSL transport over the ssl module).
+    engine: str = "openssl"
 
 
 @dataclass(frozen=True, slots=True)
@@ -1287,6 +1290,14 @@ LISTENER_TLS_FIELDS: Final = (
         "string",
         'Strict-Transport-Security added to every response, e.g. "max-age=31536000"',
         _hsts,
+    ),
+    FieldSpec(
+        "engine",
+        "openssl",
+        "openssl | python",
+        "who runs TLS: OpenSSL driven from C (fastest), or uvloop's SSL transport over"
+        " Python's ssl module",
+        _choice("openssl", "python"),
     ),
 )
 

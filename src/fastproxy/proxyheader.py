@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastproxy._proxyproto import ProxyProtocolError, parse
+from fastproxy._tls import TlsServer
 
 log = logging.getLogger("fastproxy.client")
 
@@ -36,7 +37,7 @@ class ProxyHeaderGate(asyncio.Protocol):
     __slots__ = ("_factory", "_context", "_handshake_timeout", "_timeout", "_stats",
                  "_transport", "_buf", "_timer", "_done")
 
-    def __init__(self, factory: Callable[[], Any], context: ssl.SSLContext | None,
+    def __init__(self, factory: Callable[[], Any], context: ssl.SSLContext | TlsServer | None,
                  handshake_timeout: float, timeout: float, stats: dict[str, int]) -> None:
         self._factory = factory
         self._context = context
@@ -71,6 +72,8 @@ class ProxyHeaderGate(asyncio.Protocol):
         self._buf = b""
         if self._context is None:
             self._hand_over(self._transport, src_ip, rest)
+        elif isinstance(self._context, TlsServer):
+            self._start_openssl(src_ip, rest)
         else:
             self._start_tls(src_ip, rest)
 
@@ -108,6 +111,18 @@ class ProxyHeaderGate(asyncio.Protocol):
         if rest:
             client.data_received(rest)
 
+    def _start_openssl(self, src_ip: bytes | None, rest: bytes) -> None:
+        """TLS from here on, with fastproxy._tls (engine "openssl"): its connection
+        becomes the transport's protocol and is handed the bytes read so far."""
+        transport = self._transport
+        assert transport is not None and isinstance(self._context, TlsServer)
+        tls = self._context()
+        if src_ip is not None:
+            tls.app.set_peer(src_ip)
+        transport.set_protocol(tls)
+        tls.connection_made(transport)
+        _feed(tls, rest)
+
     def _start_tls(self, src_ip: bytes | None, rest: bytes) -> None:
         """TLS from here on. The handshake's first bytes may have come in the same
         read as the header, so the TLS layer is asyncio's own SSLProtocol, which
@@ -126,10 +141,15 @@ class ProxyHeaderGate(asyncio.Protocol):
             ssl_handshake_timeout=self._handshake_timeout)  # type: ignore[arg-type]
         transport.set_protocol(tls)
         tls.connection_made(transport)
-        view = memoryview(rest)
-        while view:
-            buf = tls.get_buffer(len(view))
-            n = min(len(buf), len(view))
-            buf[:n] = view[:n]
-            tls.buffer_updated(n)
-            view = view[n:]
+        _feed(tls, rest)
+
+
+def _feed(protocol: Any, data: bytes) -> None:
+    """Hand ``data`` to a buffered protocol as if the transport had read it."""
+    view = memoryview(data)
+    while view:
+        buf = protocol.get_buffer(len(view))
+        n = min(len(buf), len(view))
+        buf[:n] = view[:n]
+        protocol.buffer_updated(n)
+        view = view[n:]

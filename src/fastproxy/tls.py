@@ -46,7 +46,7 @@ import re
 import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from fastproxy.config import ListenerTls, UpstreamTls
 
@@ -56,6 +56,8 @@ __all__ = [
     "check_certificates",
     "client_context",
     "describe_peer_cert",
+    "openssl_context",
+    "python_context",
     "server_context",
 ]
 
@@ -114,33 +116,66 @@ def certificate_warnings(tls: ListenerTls) -> list[Problem]:
             for i, info in enumerate(infos) if info.not_after < now]
 
 
-def server_context(tls: ListenerTls) -> ssl.SSLContext:
+def server_context(tls: ListenerTls) -> Any:
+    """The listener's TLS context, for the engine ``tls.engine`` names: an
+    ``ssl.SSLContext`` (engine "python", :func:`python_context`) or a
+    ``fastproxy._tls.ServerContext`` (engine "openssl", :func:`openssl_context`).
+    Raises ValueError (the reasons of :func:`check_certificates`) when unusable."""
+    if tls.engine == "python":
+        return python_context(tls)
+    return openssl_context(tls)
+
+
+def python_context(tls: ListenerTls) -> ssl.SSLContext:
     """The context for ``loop.create_server(ssl=...)``: the default certificate's,
     with an SNI callback that switches to the context serving the client's name.
     Raises ValueError (the reasons of :func:`check_certificates`) when unusable."""
+    groups, names = _groups(tls)
+    contexts = []
+    for group in groups:
+        context = _server_policy(tls)
+        for i in group:
+            files = tls.certificates[i]
+            context.load_cert_chain(files.cert, files.key, password=_no_passphrase)
+        contexts.append(context)
+    by_name = {name: contexts[index] for name, index in names.items()}
+    default = contexts[0]
+    default.sni_callback = _sni_selector(by_name, default, refuse=tls.unknown_sni == "refuse")
+    return default
+
+
+def openssl_context(tls: ListenerTls) -> Any:
+    """The same policy as :func:`python_context`, as OpenSSL contexts that
+    ``fastproxy._tls`` drives from C (``ServerContext.server(factory)`` is then
+    the listener's protocol factory). Raises ValueError when unusable."""
+    from fastproxy._tls import ServerContext
+
+    groups, names = _groups(tls)
+    files = [[(tls.certificates[i].cert, tls.certificates[i].key) for i in group]
+             for group in groups]
+    return ServerContext(files, names, refuse=tls.unknown_sni == "refuse",
+                         min_version=tls.min_version, ciphers=tls.ciphers or DEFAULT_CIPHERS,
+                         alpn=tuple(tls.alpn), client_auth=tls.client_auth,
+                         client_ca=tls.client_ca, handshake_timeout=tls.handshake_timeout)
+
+
+def _groups(tls: ListenerTls) -> tuple[list[tuple[int, ...]], dict[str, int]]:
+    """The sets of certificates that serve the same names (the default
+    certificate's set first) and, for each name, the index of its set."""
     problems, infos = _inspect(tls)
     if problems:
         raise ValueError("; ".join(f"{key}: {reason}" for key, reason in problems))
-
     # Each name -> the certificates serving it; each distinct set -> one context.
     serving: dict[str, list[int]] = {}
     for i, info in enumerate(infos):
         for name in _served_names(tls.certificates[i].names, info):
             serving.setdefault(name, []).append(i)
-    groups: dict[tuple[int, ...], ssl.SSLContext] = {}
-    by_name: dict[str, ssl.SSLContext] = {}
+    default = tuple(serving[_served_names(tls.certificates[0].names, infos[0])[0]])
+    groups: dict[tuple[int, ...], int] = {default: 0}
+    names: dict[str, int] = {}
     for name, indexes in serving.items():
-        group = tuple(indexes)
-        context = groups.get(group)
-        if context is None:
-            context = groups[group] = _server_policy(tls)
-            for i in group:
-                files = tls.certificates[i]
-                context.load_cert_chain(files.cert, files.key, password=_no_passphrase)
-        by_name[name] = context
-    default = by_name[_served_names(tls.certificates[0].names, infos[0])[0]]
-    default.sni_callback = _sni_selector(by_name, default, refuse=tls.unknown_sni == "refuse")
-    return default
+        names[name] = groups.setdefault(tuple(indexes), len(groups))
+    return list(groups), names
 
 
 def _served_names(explicit: Iterable[str], info: _CertInfo) -> list[str]:

@@ -23,6 +23,7 @@ from fastproxy._httpcache import RouteCache, SharedCounter, Stamps
 from fastproxy._peers import PeerTable, slot_layout
 from fastproxy._proxy import Core
 from fastproxy._ratelimit import BanTable, ConnTable, LimitTable, RateLimit
+from fastproxy._tls import ServerContext, TlsServer
 from fastproxy._url import IpSet
 from fastproxy.accesslog import AccessLog
 from fastproxy.clock import Clock
@@ -122,6 +123,7 @@ class Worker:
         self._handshake_report = 0.0
         self._upstream_tls(config)
         self._servers: list[Any] = []
+        self._tls_servers: list[TlsServer] = []
         self._stopped: asyncio.Future[None] | None = None
         self._drain_deadline = 0.0
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set in run()
@@ -181,6 +183,9 @@ class Worker:
             if listener.proxy_protocol:
                 server = await loop.create_server(
                     self._gate_factory(index), sock=sock, backlog=1024)
+            elif listener.tls is not None and isinstance(self.contexts[index], ServerContext):
+                server = await loop.create_server(self._tls_server(index), sock=sock,
+                                                  backlog=1024)
             elif listener.tls is not None:
                 server = await loop.create_server(
                     self.core.client_factory(index), sock=sock, backlog=1024,
@@ -201,11 +206,22 @@ class Worker:
         finally:
             resolver.stop()
 
+    def _tls_server(self, index: int) -> TlsServer:
+        """The protocol factory of an `engine = "openssl"` listener (OpenSSL driven
+        from C, fastproxy._tls), whose handshake deadlines the tick checks."""
+        context = self.contexts[index]
+        assert isinstance(context, ServerContext)
+        server = context.server(self.core.client_factory(index))
+        self._tls_servers.append(server)
+        return server
+
     def _gate_factory(self, index: int) -> Callable[[], ProxyHeaderGate]:
         """Connections of a `proxy_protocol` listener: the PROXY header first."""
         listener = self.config.listeners[index]
         factory = self.core.client_factory(index)
         context = self.contexts[index]
+        if isinstance(context, ServerContext):
+            context = self._tls_server(index)
         handshake = listener.tls.handshake_timeout if listener.tls is not None else 0.0
         header = self.config.timeouts.header
         stats = self.proxy_header_stats
@@ -235,6 +251,8 @@ class Worker:
         now = clock.now
         core = self.core
         core.expire(now)
+        for tls_server in self._tls_servers:
+            tls_server.expire(now)
         self.access_log.flush()
         if core.handshake_failures != self._handshake_failures and now >= self._handshake_report:
             # A summary at most every 10 s: scanners and old clients fail handshakes

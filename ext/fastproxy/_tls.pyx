@@ -1,0 +1,750 @@
+"""TLS on listeners with OpenSSL driven from C (`[listeners.tls] engine = "openssl"`).
+
+`TlsConnection` sits between uvloop's TCP transport and the proxy's client
+protocol. To uvloop it is a buffered protocol (`get_buffer`/`buffer_updated`:
+the ciphertext lands in one buffer shared by the worker's connections, and goes
+straight into the connection's memory BIO); to the client protocol it is the
+transport (`write`, `writelines`, `close`, `abort`, `write_eof`,
+`pause_reading`, ...). Every TLS operation is one C call into libssl: no
+`ssl.SSLObject`, no Python exception per handshake step that waits for bytes,
+no future or timer per connection.
+
+`ServerContext` is the listener's policy as OpenSSL contexts, built from the
+same settings as `tls.server_context` (one `SSL_CTX` per set of certificates
+serving the same names, SNI by exact name then one-label wildcard, ALPN by the
+server's order, client certificates, TLS 1.2+). It is built in the master
+before the workers fork, so they share its session-ticket keys (OpenSSL makes
+them in `SSL_CTX_new`), as with the Python contexts.
+
+Errors: an OpenSSL failure (a malformed ClientHello, a bad record, a refused
+name) ends that connection only: the alert OpenSSL wrote is sent, the error
+queue is cleared, the TCP connection is closed. Nothing is raised or logged;
+the client protocol was never told of a connection whose handshake failed, so
+it counts it as a failed handshake when it is freed (as with uvloop's TLS).
+"""
+
+cimport cython
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytearray cimport PyByteArray_AS_STRING
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from libc.errno cimport EINTR, errno
+from libc.string cimport memcpy
+from posix.unistd cimport write
+
+from fastproxy.openssl cimport *
+
+from asyncio import get_running_loop
+
+try:
+    from uvloop.loop import TCPTransport as _TCPTransport
+except ImportError:  # another event loop: always write through the transport
+    _TCPTransport = None
+
+cdef extern from "time.h" nogil:
+    ctypedef long time_t
+    cdef struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int CLOCK_MONOTONIC
+    int clock_gettime(int clk_id, timespec* tp)
+
+cdef extern from "sys/socket.h" nogil:
+    cdef struct linger:
+        int l_onoff
+        int l_linger
+    int SOL_SOCKET
+    int SO_LINGER
+    int setsockopt(int fd, int level, int name, const void* value, unsigned int size)
+
+
+cdef enum:
+    IN_SIZE = 64 * 1024      # one socket read (libuv suggests 64 KiB)
+    PLAIN_SIZE = 64 * 1024   # plaintext handed to the client protocol in one call
+    GATHER_SIZE = 16 * 1024  # small parts of one writelines() joined into one record
+
+
+# The ciphertext of every read goes here first (uvloop reads one socket at a time
+# and calls buffer_updated at once), then into that connection's memory BIO.
+cdef bytearray _inbuf = bytearray(IN_SIZE)
+cdef object _inview = memoryview(_inbuf)
+cdef char* _inptr = PyByteArray_AS_STRING(_inbuf)
+cdef char _plain[PLAIN_SIZE]
+cdef char _gather[GATHER_SIZE]
+
+cdef unsigned char _SESSION_ID_CONTEXT[9]
+memcpy(_SESSION_ID_CONTEXT, b"fastproxy", 9)
+
+
+cdef inline double monotonic() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
+
+
+cdef str _openssl_error():
+    """The last OpenSSL error as text; the queue is cleared."""
+    cdef char buf[256]
+    cdef unsigned long code = ERR_peek_last_error()
+    ERR_clear_error()
+    if not code:
+        return "unknown OpenSSL error"
+    ERR_error_string_n(code, buf, sizeof(buf))
+    return buf.decode("ascii", "replace")
+
+
+# -- contexts ---------------------------------------------------------------------------
+
+@cython.final
+cdef class _Ctx:
+    """Owns one SSL_CTX."""
+    cdef SSL_CTX* ctx
+
+    def __dealloc__(self):
+        if self.ctx != NULL:
+            SSL_CTX_free(self.ctx)
+
+
+cdef int _no_passphrase(char* buf, int size, int rwflag, void* userdata) noexcept nogil:
+    return 0  # never prompt on the terminal: an encrypted key fails to load
+
+
+cdef int _select_context(SSL* ssl, int* alert, void* arg) noexcept:
+    """SNI (OpenSSL's servername callback, inside the handshake; the GIL is held)."""
+    cdef ServerContext context = <ServerContext>arg
+    cdef const char* name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name)
+    cdef _Ctx chosen
+    if name == NULL:
+        if context.refuse:
+            alert[0] = SSL_AD_UNRECOGNIZED_NAME
+            return SSL_TLSEXT_ERR_ALERT_FATAL
+        return SSL_TLSEXT_ERR_OK
+    try:
+        key = (<bytes>name).lower()
+        found = context.by_name.get(key)
+        if found is None:
+            dot = key.find(b".")
+            if dot >= 0:
+                found = context.by_name.get(b"*" + key[dot:])
+    except Exception:
+        found = None
+    if found is None:
+        if context.refuse:
+            alert[0] = SSL_AD_UNRECOGNIZED_NAME
+            return SSL_TLSEXT_ERR_ALERT_FATAL
+        return SSL_TLSEXT_ERR_OK
+    chosen = <_Ctx>found
+    if chosen.ctx != context.default_ctx:
+        SSL_set_SSL_CTX(ssl, chosen.ctx)
+    return SSL_TLSEXT_ERR_OK
+
+
+cdef int _select_alpn(SSL* ssl, const unsigned char** out, unsigned char* outlen,
+                      const unsigned char* client, unsigned int client_len,
+                      void* arg) noexcept:
+    """ALPN: the first of our protocols the client offers (as Python's ssl does)."""
+    cdef ServerContext context = <ServerContext>arg
+    cdef Py_ssize_t n = len(context.alpn)
+    if n == 0:
+        return SSL_TLSEXT_ERR_NOACK
+    if SSL_select_next_proto(<unsigned char**>out, outlen,
+                             <const unsigned char*>PyBytes_AS_STRING(context.alpn),
+                             <unsigned int>n, client, client_len) != OPENSSL_NPN_NEGOTIATED:
+        return SSL_TLSEXT_ERR_NOACK
+    return SSL_TLSEXT_ERR_OK
+
+
+@cython.final
+cdef class ServerContext:
+    """One TLS listener's OpenSSL contexts (see the module doc).
+
+    groups: per context, the (cert, key) PEM paths it serves; names: a served name
+    (lower case, "*.example.com" for a wildcard) -> its group's index; group 0 is
+    the default one. Raises ValueError with OpenSSL's reason when a file is
+    unusable (tls.check_certificates has said why long before, in practice)."""
+
+    cdef SSL_CTX* default_ctx
+    cdef list contexts          # _Ctx, by group
+    cdef dict by_name           # bytes -> _Ctx
+    cdef bint refuse
+    cdef bytes alpn             # wire format: length-prefixed names
+    cdef readonly int verify_mode
+    cdef readonly double handshake_timeout
+
+    def __init__(self, list groups not None, dict names not None, *, bint refuse=False,
+                 str min_version="1.2", str ciphers not None, tuple alpn=(),
+                 str client_auth="none", str client_ca=None,
+                 double handshake_timeout=10.0):
+        cdef _Ctx holder
+        if not groups:
+            raise ValueError("at least one certificate is needed")
+        self.refuse = refuse
+        self.handshake_timeout = handshake_timeout
+        wire = bytearray()
+        for proto in alpn:
+            raw = proto.encode("ascii")
+            if not 0 < len(raw) < 256:
+                raise ValueError(f"alpn: bad protocol name {proto!r}")
+            wire.append(len(raw))
+            wire += raw
+        self.alpn = bytes(wire)
+        self.verify_mode = {"none": SSL_VERIFY_NONE, "optional": SSL_VERIFY_PEER,
+                            "required": SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT
+                            }[client_auth]
+        self.contexts = []
+        for files in groups:
+            holder = _Ctx()
+            holder.ctx = self._policy(min_version, ciphers, client_ca)
+            self.contexts.append(holder)  # freed with us, whatever happens next
+            for cert, key in files:
+                self._load(holder.ctx, cert, key)
+        self.default_ctx = (<_Ctx>self.contexts[0]).ctx
+        self.by_name = {name.lower().encode("ascii"): self.contexts[index]
+                        for name, index in names.items()}
+        SSL_CTX_set_tlsext_servername_callback(self.default_ctx, _select_context)
+        SSL_CTX_set_tlsext_servername_arg(self.default_ctx, <void*>self)
+
+    cdef SSL_CTX* _policy(self, str min_version, str ciphers, str client_ca) except NULL:
+        cdef SSL_CTX* ctx = SSL_CTX_new(TLS_server_method())
+        if ctx == NULL:
+            raise ValueError(f"OpenSSL: {_openssl_error()}")
+        try:
+            # Python's ssl defaults for a server context, plus tls.py's policy.
+            SSL_CTX_set_options(ctx, (SSL_OP_ALL & ~SSL_OP_DONT_INSERT_EMPTY_FRAGMENTS)
+                                | SSL_OP_NO_SSLv2 | SSL_OP_NO_SSLv3 | SSL_OP_NO_COMPRESSION
+                                | SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_SINGLE_DH_USE
+                                | SSL_OP_SINGLE_ECDH_USE | SSL_OP_NO_RENEGOTIATION)
+            # As nginx: an idle connection keeps no 16 KiB record buffers.
+            SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS)
+            if (not SSL_CTX_set_min_proto_version(
+                    ctx, TLS1_3_VERSION if min_version == "1.3" else TLS1_2_VERSION)
+                    or not SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION)):
+                raise ValueError(f"min_version: {_openssl_error()}")
+            suites = ciphers.encode("ascii")
+            if not SSL_CTX_set_cipher_list(ctx, suites):
+                raise ValueError(f"ciphers: selects no cipher suite OpenSSL knows: {ciphers!r}")
+            if SSL_CTX_get_security_level(ctx) < 2:  # never below 2, as tls.py
+                suites += b":@SECLEVEL=2"
+                if not SSL_CTX_set_cipher_list(ctx, suites):
+                    raise ValueError(f"ciphers: {_openssl_error()}")
+            SSL_CTX_set_session_id_context(ctx, _SESSION_ID_CONTEXT, 9)
+            SSL_CTX_set_verify(ctx, self.verify_mode, NULL)
+            if client_ca is not None:
+                if not SSL_CTX_load_verify_locations(ctx, client_ca.encode(), NULL):
+                    raise ValueError(f"client_ca: {client_ca}: {_openssl_error()}")
+            SSL_CTX_set_alpn_select_cb(ctx, _select_alpn, <void*>self)
+            SSL_CTX_set_default_passwd_cb(ctx, _no_passphrase)
+        except BaseException:
+            SSL_CTX_free(ctx)
+            raise
+        return ctx
+
+    cdef int _load(self, SSL_CTX* ctx, str cert, str key) except -1:
+        if not SSL_CTX_use_certificate_chain_file(ctx, cert.encode()):
+            raise ValueError(f"{cert}: {_openssl_error()}")
+        if not SSL_CTX_use_PrivateKey_file(ctx, key.encode(), SSL_FILETYPE_PEM):
+            raise ValueError(f"{key}: {_openssl_error()}")
+        if not SSL_CTX_check_private_key(ctx):
+            raise ValueError(f"{key}: the key does not match the certificate")
+        return 0
+
+    def server(self, app_factory not None):
+        """This listener's protocol factory in one worker: a TlsConnection per
+        accepted socket, around a client protocol from `app_factory`."""
+        return TlsServer(self, app_factory)
+
+
+@cython.final
+cdef class TlsServer:
+    """One worker's side of a TLS listener: the protocol factory for
+    `loop.create_server` and the handshakes in progress (their deadlines are
+    checked by the worker's tick, `expire`, instead of a timer each)."""
+
+    cdef ServerContext context
+    cdef object app_factory
+    cdef readonly set handshaking
+
+    def __cinit__(self, ServerContext context not None, app_factory):
+        self.context = context
+        self.app_factory = app_factory
+        self.handshaking = set()
+
+    def __call__(self):
+        cdef TlsConnection conn = TlsConnection.__new__(TlsConnection)
+        conn.server = self
+        conn.app = self.app_factory()
+        return conn
+
+    def expire(self, double now):
+        """Close the connections whose handshake took longer than handshake_timeout."""
+        cdef TlsConnection conn
+        if not self.handshaking:
+            return
+        for conn in [c for c in self.handshaking if (<TlsConnection>c).deadline <= now]:
+            self.handshaking.discard(conn)
+            conn.close()  # a FIN, as uvloop's TLS does
+
+
+@cython.final
+@cython.freelist(64)
+cdef class TlsConnection:
+    """One TLS connection: uvloop's protocol below, the client protocol's transport above."""
+
+    cdef TlsServer server
+    cdef SSL* ssl
+    cdef BIO* rbio
+    cdef BIO* wbio
+    cdef object transport       # uvloop's TCP transport
+    cdef readonly object app    # the client protocol (made at accept)
+    cdef double deadline        # of the handshake
+    cdef bint established       # the handshake is done; the app got connection_made
+    cdef bint app_paused        # the app paused reading
+    cdef bint tcp_paused
+    cdef bint tcp_closed        # we closed or aborted the TCP transport, or it is gone
+    cdef bint closing           # close() or abort() was called
+    cdef bint eof_sent          # write_eof(): close_notify and FIN sent
+    cdef bint eof_seen          # the client's close_notify or FIN was read
+    cdef bint eof_pending       # ... but not yet told to the app (its reading is paused)
+    cdef bint tcp_eof           # the TCP transport reported the client's FIN
+    cdef int fd                 # the socket, written to directly by _flush (-1: never)
+    cdef bint queued            # the transport may hold unsent bytes of ours
+    cdef bint resume_scheduled
+
+    def __dealloc__(self):
+        if self.ssl != NULL:
+            SSL_free(self.ssl)  # frees both BIOs
+            self.ssl = NULL
+
+    # -- below: the protocol of uvloop's TCP transport -----------------------------------
+    def connection_made(self, transport):
+        cdef SSL* ssl = SSL_new(self.server.context.default_ctx)
+        self.transport = transport
+        self.fd = -1
+        if _TCPTransport is not None and type(transport) is _TCPTransport:
+            try:
+                self.fd = transport.get_extra_info("socket").fileno()
+            except Exception:
+                self.fd = -1
+        if ssl == NULL:
+            ERR_clear_error()
+            self.tcp_closed = self.closing = True
+            transport.abort()
+            return
+        self.ssl = ssl
+        self.rbio = BIO_new(BIO_s_mem())
+        self.wbio = BIO_new(BIO_s_mem())
+        if self.rbio == NULL or self.wbio == NULL:
+            if self.rbio != NULL:
+                BIO_free(self.rbio)
+            if self.wbio != NULL:
+                BIO_free(self.wbio)
+            self.rbio = self.wbio = NULL
+            ERR_clear_error()
+            self.tcp_closed = self.closing = True
+            transport.abort()
+            return
+        BIO_set_mem_eof_return(self.rbio, -1)  # an empty input BIO means "want read"
+        SSL_set_bio(ssl, self.rbio, self.wbio)
+        SSL_set_accept_state(ssl)
+        self.deadline = monotonic() + self.server.context.handshake_timeout
+        self.server.handshaking.add(self)
+
+    def get_buffer(self, Py_ssize_t sizehint):
+        return _inview
+
+    def buffer_updated(self, Py_ssize_t nbytes):
+        if self.ssl == NULL or self.tcp_closed or nbytes <= 0:
+            return
+        if BIO_write(self.rbio, _inptr, <int>nbytes) != nbytes:
+            ERR_clear_error()
+            self._fail()
+            return
+        if self.established:
+            if not self.app_paused:
+                self._read()
+        else:
+            self._handshake()
+
+    def eof_received(self):
+        if self.tcp_eof:
+            return True
+        self.tcp_eof = True
+        if not self.established or self.closing:
+            self.closing = self.tcp_closed = True  # uvloop closes it on our False
+            return False
+        if self.eof_seen:
+            return True  # the client's close_notify came first: the app was told then
+        self.eof_seen = True
+        if self.app_paused and self._has_input():
+            self.eof_pending = True  # told once the app has read what came before
+            return True
+        keep = self.app.eof_received()
+        if not keep:
+            self.closing = self.tcp_closed = True  # uvloop closes the transport itself
+        return keep
+
+    def connection_lost(self, exc):
+        cdef object app = self.app
+        self.tcp_closed = self.closing = True
+        self.server.handshaking.discard(self)
+        self.app = None  # the app holds us as its transport: no cycle left
+        if self.ssl != NULL:
+            SSL_free(self.ssl)
+            self.ssl = NULL
+        if self.established and app is not None:
+            app.connection_lost(exc)
+
+    def pause_writing(self):
+        if self.established and self.app is not None:
+            self.app.pause_writing()
+
+    def resume_writing(self):
+        if self.established and self.app is not None:
+            self.app.resume_writing()
+
+    # -- above: the transport of the client protocol --------------------------------------
+    def write(self, data):
+        cdef Py_buffer view
+        if self.ssl == NULL or self.closing or self.eof_sent:
+            return
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            if view.len and not self._encrypt(<const char*>view.buf, view.len):
+                return
+        finally:
+            PyBuffer_Release(&view)
+        self._flush()
+
+    def writelines(self, parts):
+        """Small parts are joined into one record (a 1 KiB response is one record,
+        not a head record and a body record); large ones are encrypted in place."""
+        cdef Py_buffer view
+        cdef Py_ssize_t used = 0
+        if self.ssl == NULL or self.closing or self.eof_sent:
+            return
+        for part in parts:
+            PyObject_GetBuffer(part, &view, PyBUF_SIMPLE)
+            try:
+                if used + view.len <= GATHER_SIZE:
+                    memcpy(_gather + used, view.buf, view.len)
+                    used += view.len
+                    continue
+                if used:
+                    if not self._encrypt(_gather, used):
+                        return
+                    used = 0
+                if view.len <= GATHER_SIZE:
+                    memcpy(_gather, view.buf, view.len)
+                    used = view.len
+                elif not self._encrypt(<const char*>view.buf, view.len):
+                    return
+            finally:
+                PyBuffer_Release(&view)
+        if used and not self._encrypt(_gather, used):
+            return
+        self._flush()
+
+    def can_write_eof(self):
+        return True
+
+    def write_eof(self):
+        """close_notify, then a FIN once what was written is out; reading goes on."""
+        if self.closing or self.eof_sent:
+            return
+        self.eof_sent = True
+        self._shutdown()
+        if not self.tcp_closed:
+            self.transport.write_eof()
+
+    def close(self):
+        """close_notify, then close the TCP connection once what was written is out."""
+        if self.closing:
+            return
+        self.closing = True
+        self.server.handshaking.discard(self)
+        if not self.eof_sent:
+            self._shutdown()
+        if not self.tcp_closed:
+            self.tcp_closed = True
+            self.transport.close()
+
+    def abort(self):
+        """Cut the connection with a TCP reset (SO_LINGER 0), whatever is unsent."""
+        cdef linger lg
+        self.closing = True
+        if self.tcp_closed:
+            return
+        self.tcp_closed = True
+        try:
+            fd = self.transport.get_extra_info("socket").fileno()
+        except Exception:
+            fd = -1
+        if fd >= 0:
+            lg.l_onoff = 1
+            lg.l_linger = 0
+            setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg))
+        self.transport.abort()
+
+    def is_closing(self):
+        return self.closing or self.tcp_closed
+
+    def pause_reading(self):
+        self.app_paused = True
+        if not self.tcp_paused and not self.tcp_closed and not self.tcp_eof:
+            self.tcp_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self):
+        self.app_paused = False
+        if self.tcp_paused and not self.tcp_closed and not self.tcp_eof:
+            self.tcp_paused = False
+            self.transport.resume_reading()
+        if (self.ssl != NULL and (self.eof_pending or self._has_input())
+                and not self.resume_scheduled):
+            # Records that came before the pause: delivered from the loop, never from
+            # inside the app's own call (it resumes before it feeds what it holds).
+            self.resume_scheduled = True
+            get_running_loop().call_soon(self._resumed)
+
+    def _resumed(self):
+        self.resume_scheduled = False
+        if self.ssl == NULL or self.app_paused or self.closing:
+            return
+        self._read()
+        if self.eof_pending and not self.app_paused and not self.closing and self.ssl != NULL:
+            self.eof_pending = False
+            if not self.app.eof_received():
+                self.close()
+
+    def get_write_buffer_size(self):
+        if self.tcp_closed:
+            return 0
+        return self.transport.get_write_buffer_size()
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        self.transport.set_write_buffer_limits(high, low)
+
+    def get_extra_info(self, name, default=None):
+        if name == "ssl_object":
+            return self if self.established else default
+        return self.transport.get_extra_info(name, default)
+
+    # -- what the client protocol reads of `ssl_object` (tls.describe_peer_cert) ---------
+    def getpeercert(self, bint binary_form=False):
+        """As ssl.SSLObject.getpeercert: the DER (binary_form) or, when client
+        certificates are asked for (else {}), subject, issuer and serialNumber as
+        Python decodes them; None without a certificate."""
+        cdef X509* cert
+        cdef unsigned char* der = NULL
+        cdef int n
+        if self.ssl == NULL:
+            return None
+        cert = SSL_get1_peer_certificate(self.ssl)
+        if cert == NULL:
+            return None
+        try:
+            if binary_form:
+                n = i2d_X509(cert, &der)
+                if n < 0:
+                    ERR_clear_error()
+                    return None
+                try:
+                    return PyBytes_FromStringAndSize(<char*>der, n)
+                finally:
+                    OPENSSL_free(der)
+            if not SSL_CTX_get_verify_mode(SSL_get_SSL_CTX(self.ssl)) & SSL_VERIFY_PEER:
+                return {}
+            return {"subject": _name_tuple(X509_get_subject_name(cert)),
+                    "issuer": _name_tuple(X509_get_issuer_name(cert)),
+                    "serialNumber": _serial(cert)}
+        finally:
+            X509_free(cert)
+
+    def cipher(self):
+        """As ssl.SSLObject.cipher(): (name, protocol version, secret bits)."""
+        cdef const SSL_CIPHER* suite
+        if self.ssl == NULL:
+            return None
+        suite = SSL_get_current_cipher(self.ssl)
+        if suite == NULL:
+            return None
+        return (SSL_CIPHER_get_name(suite).decode(), SSL_CIPHER_get_version(suite).decode(),
+                SSL_CIPHER_get_bits(suite, NULL))
+
+    def version(self):
+        return None if self.ssl == NULL else SSL_get_version(self.ssl).decode()
+
+    def selected_alpn_protocol(self):
+        cdef const unsigned char* data = NULL
+        cdef unsigned int n = 0
+        if self.ssl == NULL:
+            return None
+        SSL_get0_alpn_selected(self.ssl, &data, &n)
+        return (<char*>data)[:n].decode("ascii") if n else None
+
+    # -- internals ------------------------------------------------------------------------
+    cdef bint _has_input(self) noexcept:
+        return self.ssl != NULL and (SSL_pending(self.ssl) > 0
+                                     or BIO_ctrl_pending(self.rbio) > 0)
+
+    cdef int _handshake(self) except -1:
+        cdef int r = SSL_do_handshake(self.ssl)
+        cdef int err
+        if r == 1:
+            self.established = True
+            self.server.handshaking.discard(self)
+            self._flush()  # the Finished flight, session tickets
+            self.app.connection_made(self)
+            if not self.app_paused and not self.closing and self._has_input():
+                self._read()
+            return 0
+        err = SSL_get_error(self.ssl, r)
+        self._flush()  # the server's flight, or the alert of a failure
+        if err != SSL_ERROR_WANT_READ:
+            ERR_clear_error()
+            self._fail()
+        return 0
+
+    cdef int _read(self) except -1:
+        """Decrypt what the input BIO holds and hand it to the app, until it is empty
+        or the app pauses reading or closes."""
+        cdef int r = 0, err = SSL_ERROR_NONE
+        cdef Py_ssize_t used
+        while self.ssl != NULL and not self.app_paused and not self.closing:
+            used = 0
+            while used < PLAIN_SIZE:
+                r = SSL_read(self.ssl, _plain + used, <int>(PLAIN_SIZE - used))
+                if r <= 0:
+                    err = SSL_get_error(self.ssl, r)
+                    break
+                used += r
+            if used:
+                self.app.data_received(PyBytes_FromStringAndSize(_plain, used))
+                if r > 0:
+                    continue  # the buffer was full: there may be more
+            if self.ssl == NULL:
+                return 0
+            if BIO_ctrl_pending(self.wbio):
+                self._flush()  # a KeyUpdate answer, a no_renegotiation alert
+            if err == SSL_ERROR_WANT_READ:
+                return 0
+            if err == SSL_ERROR_ZERO_RETURN:  # the client's close_notify
+                ERR_clear_error()
+                if self.eof_seen:
+                    return 0
+                self.eof_seen = True
+                if not self.closing and not self.app.eof_received():
+                    self.close()
+                return 0
+            ERR_clear_error()
+            self._fail()
+            return 0
+        return 0
+
+    cdef bint _encrypt(self, const char* data, Py_ssize_t n) except -1:
+        cdef int r
+        while n > 0:
+            r = SSL_write(self.ssl, data, <int>min(n, 1 << 30))
+            if r <= 0:
+                ERR_clear_error()
+                self._fail()
+                return False
+            data += r
+            n -= r
+        return True
+
+    cdef int _flush(self) except -1:
+        """Send what OpenSSL wrote to the output BIO, as one TCP write: straight from
+        the BIO to the socket when uvloop has nothing queued for it (as _proxy's
+        send_parts does for plain sockets), else through the transport, which then
+        keeps the order until its buffer is empty again."""
+        cdef char* data = NULL
+        cdef Py_ssize_t n = BIO_get_mem_data(self.wbio, &data)
+        cdef Py_ssize_t done = 0
+        if n <= 0:
+            return 0
+        if self.tcp_closed:
+            BIO_reset(self.wbio)
+            return 0
+        # is_closing(): after an error uvloop closes the descriptor on its own
+        # schedule, and its number may already belong to another connection.
+        if self.fd >= 0 and not self.transport.is_closing() and (
+                not self.queued or not self.transport.get_write_buffer_size()):
+            self.queued = False
+            while True:
+                done = write(self.fd, data, n)
+                if done >= 0 or errno != EINTR:
+                    break
+            if done == n:
+                BIO_reset(self.wbio)
+                return 0
+            if done < 0:
+                done = 0  # EAGAIN, or an error the transport will meet and report
+        out = PyBytes_FromStringAndSize(data + done, n - done)
+        BIO_reset(self.wbio)
+        self.queued = True
+        self.transport.write(out)
+        return 0
+
+    cdef int _shutdown(self) except -1:
+        if self.ssl != NULL and self.established:
+            if SSL_shutdown(self.ssl) < 0:
+                ERR_clear_error()
+            self._flush()
+        return 0
+
+    cdef int _fail(self) except -1:
+        """An OpenSSL error: send what it wrote (an alert), then close."""
+        self.closing = True
+        self.server.handshaking.discard(self)
+        if not self.tcp_closed:
+            self.tcp_closed = True
+            self.transport.close()
+        return 0
+
+
+cdef object _name_tuple(X509_NAME* name):
+    """A Name as getpeercert() gives it: RDNs, each a tuple of (attribute, value)."""
+    cdef char buf[256]
+    cdef unsigned char* value = NULL
+    cdef int i, n, level = -1, entry_set
+    cdef X509_NAME_ENTRY* entry
+    rdns = []
+    rdn = []
+    for i in range(X509_NAME_entry_count(name)):
+        entry = X509_NAME_get_entry(name, i)
+        entry_set = X509_NAME_ENTRY_set(entry)
+        if rdn and entry_set != level:
+            rdns.append(tuple(rdn))
+            rdn = []
+        level = entry_set
+        n = OBJ_obj2txt(buf, sizeof(buf), X509_NAME_ENTRY_get_object(entry), 0)
+        key = buf[:n].decode("ascii", "replace") if n > 0 else ""
+        n = ASN1_STRING_to_UTF8(&value, X509_NAME_ENTRY_get_data(entry))
+        if n < 0:
+            ERR_clear_error()
+            text = ""
+        else:
+            try:
+                text = (<char*>value)[:n].decode("utf-8", "replace")
+            finally:
+                OPENSSL_free(value)
+                value = NULL
+        rdn.append((key, text))
+    if rdn:
+        rdns.append(tuple(rdn))
+    return tuple(rdns)
+
+
+cdef str _serial(X509* cert):
+    cdef char buf[128]
+    cdef int n
+    cdef BIO* bio = BIO_new(BIO_s_mem())
+    if bio == NULL:
+        ERR_clear_error()
+        return ""
+    try:
+        i2a_ASN1_INTEGER(bio, X509_get_serialNumber(cert))
+        n = BIO_read(bio, buf, sizeof(buf))
+        return buf[:n].decode("ascii", "replace") if n > 0 else ""
+    finally:
+        BIO_free(bio)
