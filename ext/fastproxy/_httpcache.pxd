@@ -22,6 +22,13 @@ cdef class SharedCounter:
     cdef int64_t* value_ptr
 
 
+cdef class Purges:
+    cdef void* table
+    cdef size_t _bytes
+
+    cdef int64_t current(self) noexcept nogil
+
+
 cdef class Stored:
     cdef readonly int status
     cdef readonly bytes reason
@@ -37,6 +44,9 @@ cdef class Stored:
     cdef readonly bytes prefix          # status line and stored fields, serialized
     cdef readonly bytes length_line     # "Content-Length: N\r\n"
     cdef readonly long long size        # counted against the memory budget
+    cdef public bytes url               # scheme://host/target, what purges match
+    cdef public tuple tags              # from the cache's tag header (purge by tag)
+    cdef public int64_t purge_seq       # the purges it was checked against (Purges seq)
 
 
 cdef class Variants:
@@ -59,6 +69,14 @@ cdef class RouteCache:
     cdef readonly object disk           # diskcache.DiskStore, or None
     cdef bytes status_name
     cdef Stamps stamps                  # invalidations of every worker (None: alone)
+    cdef readonly tuple tag_headers     # the response fields that list tags (lowercase)
+    cdef Purges purges                  # the admin API's purges (None: none)
+    cdef list rules                     # the purges for this cache: (seq, time, kind, soft, text)
+    cdef int64_t rules_seq              # the last purge read from `purges`
+    cdef double floor                   # what was fetched before counts as purged
+
+    cdef int sync_purges(self) except -1
+    cdef bint purged(self, uint64_t primary, Stored stored) except -1
 
     cdef object lookup(self, uint64_t primary, MessageHead head)
     cdef bint plain(self, MessageHead head) except -1

@@ -26,6 +26,9 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from fastproxy._http cimport MessageHead
 from fastproxy._actions cimport Template
 
+import dataclasses
+from email.utils import formatdate
+
 from fastproxy import cachepolicy
 
 DEFAULT_KEY = "{scheme}://{host}{request_uri}"
@@ -42,6 +45,10 @@ _DIRECTIVES = (b"cache-control", b"pragma", b"if-none-match", b"if-modified-sinc
 # response to store (as nginx does); the client's own ones are answered from it.
 FILL_DROP = (b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since",
              b"range", b"if-range")
+
+
+def format_http_date(double when):
+    return formatdate(when, usegmt=True)
 
 
 cdef double wall_now() noexcept nogil:
@@ -230,6 +237,153 @@ cdef class Stamps:
         self.mark(key, wall_now() if now is None else now)
 
 
+# -- purges (the admin API) ----------------------------------------------------------
+
+cdef extern from *:
+    """
+    #include <string.h>
+    #define FP_PURGE_SLOTS 4096
+    #define FP_PURGE_TEXT 2048
+    #define FP_PURGE_NAME 64
+    typedef struct {
+        int64_t seq;        /* 0 while being written */
+        int64_t time_ns;    /* wall clock: what was fetched before is purged */
+        int32_t kind, soft, name_len, text_len;
+        char name[FP_PURGE_NAME];  /* the cache, "" for all */
+        char text[FP_PURGE_TEXT];  /* the URL, prefix or tag */
+    } fp_purge_t;
+    typedef struct {
+        int64_t seq;        /* the last purge written */
+        int32_t lock;       /* held by a writer (an old and a new admin process may overlap) */
+        fp_purge_t slots[FP_PURGE_SLOTS];
+    } fp_purges_t;
+    #include <sched.h>
+    static inline void fp_lock(int32_t* lock) {
+        while (__atomic_exchange_n(lock, 1, __ATOMIC_ACQUIRE)) sched_yield();
+    }
+    static inline void fp_unlock(int32_t* lock) { __atomic_store_n(lock, 0, __ATOMIC_RELEASE); }
+    static inline void fp_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+    static inline void fp_store(int64_t* p, int64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+    """
+    enum: FP_PURGE_SLOTS
+    enum: FP_PURGE_TEXT
+    enum: FP_PURGE_NAME
+    ctypedef struct fp_purge_t:
+        int64_t seq
+        int64_t time_ns
+        int kind, soft, name_len, text_len
+        char name[64]
+        char text[2048]
+    ctypedef struct fp_purges_t:
+        int64_t seq
+        int lock
+        fp_purge_t slots[4096]
+    void fp_lock(int* lock) nogil
+    void fp_unlock(int* lock) nogil
+    void fp_fence() nogil
+    void fp_store(int64_t* p, int64_t v) nogil
+    void* memcpy(void* dst, const void* src, size_t n) nogil
+
+
+PURGE_KINDS = {"url": 1, "prefix": 2, "tag": 3, "all": 4}
+PURGE_KIND_NAMES = {v: k for k, v in PURGE_KINDS.items()}
+PURGE_SLOTS = FP_PURGE_SLOTS
+PURGE_TEXT_MAX = FP_PURGE_TEXT
+PURGE_NAME_MAX = FP_PURGE_NAME
+
+
+cdef class Purges:
+    """The purges asked of the admin API, seen by every worker: a ring of the last
+    PURGE_SLOTS in shared memory, mapped by the master before it forks. One
+    process writes (the admin process; the master before forking); each worker
+    reads what is new, under a sequence number per slot so that a slot rewritten
+    while it is read is noticed. A purge applies to what was fetched before its
+    time: workers check a stored response against the purges newer than it the
+    first time they meet it (see RouteCache.purged)."""
+
+    def __cinit__(self):
+        self._bytes = sizeof(fp_purges_t)
+        self.table = shared_map(self._bytes)
+
+    def __dealloc__(self):
+        if self.table != NULL:
+            munmap(self.table, self._bytes)
+
+    cdef int64_t current(self) noexcept nogil:
+        return fastproxy_stamp_load(&(<fp_purges_t*>self.table).seq)
+
+    @property
+    def seq(self):
+        """The number of the last purge written (0: none yet)."""
+        return self.current()
+
+    def add(self, str kind, bytes text, str cache="", bint soft=False, time=None):
+        """Write a purge; its sequence number. `kind`: url, prefix, tag or all."""
+        cdef fp_purges_t* t = <fp_purges_t*>self.table
+        cdef bytes name = cache.encode()
+        cdef int code = PURGE_KINDS[kind]
+        if len(text) > FP_PURGE_TEXT or len(name) > FP_PURGE_NAME:
+            raise ValueError("too long")
+        cdef int64_t when = <int64_t>((wall_now() if time is None else <double>time) * 1e9)
+        cdef int64_t seq
+        cdef fp_purge_t* slot
+        cdef const char* name_p = PyBytes_AS_STRING(name)
+        cdef const char* text_p = PyBytes_AS_STRING(text)
+        cdef int name_len = len(name), text_len = len(text)
+        with nogil:
+            fp_lock(&t.lock)
+            seq = t.seq + 1
+            slot = &t.slots[seq % FP_PURGE_SLOTS]
+            fp_store(&slot.seq, 0)
+            fp_fence()
+            slot.time_ns = when
+            slot.kind = code
+            slot.soft = soft
+            slot.name_len = name_len
+            slot.text_len = text_len
+            memcpy(slot.name, name_p, name_len)
+            memcpy(slot.text, text_p, text_len)
+            fp_fence()
+            fp_store(&slot.seq, seq)
+            fp_store(&t.seq, seq)
+            fp_unlock(&t.lock)
+        return seq
+
+    def since(self, int64_t after):
+        """The purges after number `after`: a list of (seq, time, kind, soft, cache,
+        text), oldest first, and whether some were lost (written over before they
+        were read: more than PURGE_SLOTS since `after`)."""
+        cdef fp_purges_t* t = <fp_purges_t*>self.table
+        cdef int64_t last = self.current()
+        cdef int64_t seq, first = after + 1
+        cdef fp_purge_t copy
+        cdef fp_purge_t* slot
+        cdef bint lost = False
+        cdef list found = []
+        if last - after > FP_PURGE_SLOTS:
+            first = last - FP_PURGE_SLOTS + 1
+            lost = True
+        seq = first
+        while seq <= last:
+            slot = &t.slots[seq % FP_PURGE_SLOTS]
+            if fastproxy_stamp_load(&slot.seq) != seq:
+                lost = True  # written over meanwhile
+                seq += 1
+                continue
+            memcpy(&copy, slot, sizeof(fp_purge_t))
+            fp_fence()
+            if fastproxy_stamp_load(&slot.seq) != seq or copy.text_len > FP_PURGE_TEXT \
+                    or copy.name_len > FP_PURGE_NAME:
+                lost = True
+                seq += 1
+                continue
+            found.append((seq, copy.time_ns * 1e-9, PURGE_KIND_NAMES.get(copy.kind, "all"),
+                          bool(copy.soft), copy.name[:copy.name_len].decode(),
+                          copy.text[:copy.text_len]))
+            seq += 1
+        return found, lost
+
+
 cdef class Stored:
     """One stored response (complete, decoded body)."""
 
@@ -252,6 +406,18 @@ cdef class Stored:
         self.prefix = b"".join(lines)
         self.length_line = b"Content-Length: %d\r\n" % len(body)
         self.size = len(self.prefix) + len(body) + 256  # + this object and its lists
+        self.tags = ()
+        self.purge_seq = 0
+
+    def expire(self, double at):
+        """A soft purge: stale from `at` on (still there to revalidate, and for
+        stale-if-error); nothing changes when it is stale by then already."""
+        if self.fresh_until <= at:
+            return
+        self.fresh = dataclasses.replace(
+            self.fresh, lifetime=max(0.0, at - self.response_time + self.initial_age),
+            lifetime_detail="purged (soft) at " + format_http_date(at))
+        self.fresh_until = at
 
     def age(self, double now):
         """The Age the response has at `now` (RFC 9111 §4.2.3)."""
@@ -288,6 +454,8 @@ cdef class RouteCache:
         self.debug = spec.debug
         self.fills = {}
         self.status_name = b"fastproxy"
+        self.tag_headers = tuple(name.lower().encode() for name in spec.tag_headers)
+        self.rules = []
 
     # -- lookups ------------------------------------------------------------------------
     cdef object lookup(self, uint64_t primary, MessageHead head):
@@ -295,17 +463,18 @@ cdef class RouteCache:
         found = self.index.get(primary)
         if found is None:
             return None
-        if type(found) is Stored:
-            if self.stamps is not None and self.stamps.outdated(
-                    primary, (<Stored>found).request_time):
-                self.index.remove(primary)  # invalidated by another worker
+        if type(found) is not Stored:
+            variants = <Variants>found
+            found = variants.entries.get(cachepolicy.secondary_key(variants.names,
+                                                                   head.headers()))
+            if found is None:
                 return None
-            return found
-        variants = <Variants>found
-        found = variants.entries.get(cachepolicy.secondary_key(variants.names, head.headers()))
-        if found is not None and self.stamps is not None and self.stamps.outdated(
-                primary, (<Stored>found).request_time):
-            self.index.remove(primary)
+        if self.stamps is not None and self.stamps.outdated(primary,
+                                                            (<Stored>found).request_time):
+            self.index.remove(primary)  # invalidated by another worker
+            return None
+        if self.purges is not None and (<Stored>found).purge_seq != self.purges.current() \
+                and self.purged(primary, <Stored>found):
             return None
         return found
 
@@ -342,7 +511,7 @@ cdef class RouteCache:
 
     def store(self, uint64_t primary, list request_headers, MessageHead head, bytes body,
               double request_time, double response_time, fresh, bytes key=None, write=None,
-              done=None):
+              done=None, bytes url=None):
         """Store a complete response (in memory when `body` is not None; on disk
         through `write`, a diskcache.DiskWrite that has the body, with `key` the
         key text): the Stored kept in memory, or None. `done(ok)` is called once
@@ -360,6 +529,9 @@ cdef class RouteCache:
         variant = cachepolicy.secondary_key(names, request_headers) if names else b""
         stored = Stored(head.status, head.reason or b"", kept, body if body is not None else b"",
                         request_time, response_time, fresh, variant)
+        stored.url = url
+        if self.tag_headers:
+            stored.tags = cachepolicy.tags_of(response_headers, self.tag_headers)
         if write is not None:
             write.commit(key, stored, names, done)
         if body is None:
@@ -372,6 +544,8 @@ cdef class RouteCache:
         fetched (its file is removed); else kept in memory too, if it fits."""
         if self.stamps is not None and self.stamps.outdated(primary, stored.request_time):
             self.disk.remove(primary)
+            return None
+        if self.purges is not None and self.purged(primary, stored):
             return None
         if len(stored.body) <= self.max_object:
             self.put(primary, stored, names)
@@ -408,6 +582,9 @@ cdef class RouteCache:
         kept = [(name, value) for name, value in merged if name.lower() not in _NOT_STORED]
         new = Stored(stored.status, stored.reason, kept, stored.body, request_time,
                      response_time, fresh, stored.variant)
+        new.url = stored.url
+        new.tags = (cachepolicy.tags_of(merged, self.tag_headers) if self.tag_headers
+                    else stored.tags)
         names = cachepolicy.vary_names(merged) or ()
         if len(new.body) <= self.max_object:
             self.put(primary, new, names)
@@ -418,6 +595,92 @@ cdef class RouteCache:
     def set_stamps(self, Stamps stamps):
         """Share invalidations with the other workers (the master's table)."""
         self.stamps = stamps
+
+    def set_purges(self, Purges purges):
+        """Follow the admin API's purges (the master's table). What the table held
+        before is applied too: those purges were made before this worker started."""
+        self.purges = purges
+        self.rules = []
+        self.rules_seq = 0
+        self.sync_purges()
+
+    def poll_purges(self):
+        """Read the purges written since the last look (a worker calls this every
+        second, so that the ring is never written over before it is read)."""
+        self.sync_purges()
+
+    @property
+    def purge_rules(self):
+        """The purges this cache follows: (seq, time, kind, soft, text)."""
+        return list(self.rules) if self.rules is not None else []
+
+    cdef int sync_purges(self) except -1:
+        cdef double last_time
+        cdef Py_ssize_t excess
+        if self.purges is None or self.purges.current() == self.rules_seq:
+            return 0
+        found, lost = self.purges.since(self.rules_seq)
+        if lost:
+            # Purges were written over before this worker read them: what was
+            # fetched before the oldest one still there may have been purged.
+            self.index.clear()
+            self.floor = max(self.floor, (<tuple>found[0])[1] if found else wall_now())
+        last_time = (<tuple>self.rules[len(self.rules) - 1])[1] if self.rules else 0.0
+        for seq, when, kind, soft, name, text in found:
+            self.rules_seq = seq
+            if name and name != self.name:
+                continue
+            # Kept in time order (a clock stepping back makes a purge reach later,
+            # never earlier), so that `purged` can stop at the first older one.
+            last_time = max(last_time, when)
+            self.rules.append((seq, last_time, kind, soft, text))
+        excess = len(self.rules) - PURGE_SLOTS
+        if excess > 0:
+            self.floor = max(self.floor, (<tuple>self.rules[excess - 1])[1])
+            del self.rules[:excess]
+        return 0
+
+    cdef bint purged(self, uint64_t primary, Stored stored) except -1:
+        """Check a stored response against the purges newer than it: True when one
+        removes it (it is dropped from memory and disk here); a soft one makes it
+        stale. Each purge is checked once per response."""
+        cdef tuple rule
+        cdef Py_ssize_t i
+        cdef bint hit
+        cdef bytes text
+        self.sync_purges()
+        if stored.request_time < self.floor:
+            self.drop(primary)
+            return True
+        i = len(self.rules) - 1
+        while i >= 0:
+            rule = <tuple>self.rules[i]
+            if <int64_t>rule[0] <= stored.purge_seq or <double>rule[1] <= stored.request_time:
+                break  # checked before, or fetched after this purge (and all older ones)
+            kind = rule[2]
+            text = <bytes>rule[4]
+            if kind == "url":
+                hit = stored.url == text
+            elif kind == "prefix":
+                hit = stored.url is not None and stored.url.startswith(text)
+            elif kind == "tag":
+                hit = text in stored.tags
+            else:
+                hit = True
+            if hit:
+                if not rule[3]:
+                    self.drop(primary)
+                    return True
+                stored.expire(<double>rule[1])
+            i -= 1
+        stored.purge_seq = self.rules_seq
+        return False
+
+    def drop(self, uint64_t primary):
+        """Remove what is stored under a primary key, in memory and on disk."""
+        self.index.remove(primary)
+        if self.disk is not None:
+            self.disk.remove(primary)
 
     def set_disk(self, disk):
         """The disk tier of this cache in this worker (a diskcache.DiskStore)."""

@@ -70,6 +70,8 @@ from collections import deque
 
 from fastproxy._http import HttpParseError
 from fastproxy._tls import TlsConnection as _TlsTransport
+from fastproxy._httpcache import DEFAULT_KEY
+from fastproxy.routeconf import parse_template
 
 try:
     from uvloop.loop import TCPTransport as _PlainTransport
@@ -90,6 +92,8 @@ cdef bytes _LAST_CHUNK = b"0\r\n\r\n"
 cdef tuple FILL_DROP = (b"if-none-match", b"if-modified-since", b"if-match",
                         b"if-unmodified-since", b"range", b"if-range")
 cdef bytes _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# What a stored response's URL is, for purges (the cache's default key).
+cdef Template _CACHE_URL = Template(parse_template(DEFAULT_KEY))
 cdef bytes _TOO_MANY_BODY = b"429 Too Many Requests: too many connections from this address\n"
 cdef bytes _TOO_MANY_CONNECTIONS = (
     b"HTTP/1.1 429 Too Many Requests\r\nServer: fastproxy\r\n"
@@ -2107,7 +2111,7 @@ cdef class Exchange:
             committed = partial(_disk_committed, cache, self.cache_primary)
         stored = cache.store(self.cache_primary, self.head.headers(), self.resp_head, body,
                              self.request_time, wall_now(), self.fresh, self.disk_key, write,
-                             committed)
+                             committed, _CACHE_URL.render(self.ctx, self.ctx.captures))
         if committed is not None and write is not None and cache.fills.get(
                 self.cache_primary) is not None:
             self.filling = False  # the fill is over when the file is (see _disk_committed)

@@ -3,6 +3,19 @@
 from typing import Any
 
 DEFAULT_KEY: str
+PURGE_KINDS: dict[str, int]
+PURGE_KIND_NAMES: dict[int, str]
+PURGE_SLOTS: int
+PURGE_TEXT_MAX: int
+PURGE_NAME_MAX: int
+
+class Purges:
+    seq: int
+    def __init__(self) -> None: ...
+    def add(self, kind: str, text: bytes, cache: str = "", soft: bool = False,
+            time: float | None = None) -> int: ...
+    def since(self, after: int
+              ) -> tuple[list[tuple[int, float, str, bool, str, bytes]], bool]: ...
 
 class Stamps:
     size: int
@@ -37,10 +50,14 @@ class Stored:
     prefix: bytes
     length_line: bytes
     size: int
+    url: bytes | None
+    tags: tuple[bytes, ...]
+    purge_seq: int
     def __init__(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
                  body: bytes, request_time: float, response_time: float, fresh: Any,
                  variant: bytes) -> None: ...
     def age(self, now: float) -> float: ...
+    def expire(self, at: float) -> None: ...
 
 class Variants:
     names: tuple[bytes, ...]
@@ -59,7 +76,12 @@ class RouteCache:
     store_limit: int
     disk: Any
     def __init__(self, spec: Any) -> None: ...
+    tag_headers: tuple[bytes, ...]
+    purge_rules: list[tuple[int, float, str, bool, bytes]]
     def set_disk(self, disk: Any) -> None: ...
+    def set_purges(self, purges: Purges) -> None: ...
+    def poll_purges(self) -> None: ...
+    def drop(self, primary: int) -> None: ...
     def adopt(self, primary: int, stored: Stored,
               names: tuple[bytes, ...]) -> Stored | None: ...
     def status_line(self, hit: bool = False, fwd: str | None = None,

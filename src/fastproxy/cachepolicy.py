@@ -34,7 +34,7 @@ import enum
 import math
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from types import MappingProxyType
@@ -1136,3 +1136,14 @@ def cache_status(name: str | bytes = "fastproxy", *, hit: bool = False,
     if detail is not None:
         parts.append("detail=" + _sf_token_or_string(detail))
     return ";".join(parts).encode("ascii")
+
+
+def tags_of(headers: Iterable[tuple[bytes, bytes]],
+            names: Collection[bytes]) -> tuple[bytes, ...]:
+    """The purge tags a response carries: the values of the fields `names` (lower
+    case), split on spaces and commas (Surrogate-Key uses spaces, Cache-Tag commas)."""
+    tags: list[bytes] = []
+    for name, value in headers:
+        if name.lower() in names:
+            tags.extend(t for t in value.replace(b",", b" ").split() if t not in tags)
+    return tuple(tags)

@@ -1,5 +1,5 @@
-"""The ``fastproxy`` command line: check, serve, demo, route explain, cache explain,
-hash-password, --version.
+"""The ``fastproxy`` command line: check, serve, reload, demo, route explain, cache
+explain, cache purge, hash-password, --version.
 
 Bad input (a bad config file, bad arguments) is reported as plain lines on
 stderr and a non-zero exit status, never as a traceback. The heavier modules
@@ -52,6 +52,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "standard input) and print its hash for a route's basic_auth.users.")
     hashing.add_argument("--iterations", type=int, default=None,
                          help="PBKDF2 iterations (default: 200000)")
+    reload = commands.add_parser(
+        "reload", help="reload the running proxy's config (through its admin API)",
+        description="Ask the running proxy (the [admin] address and token of CONFIG) to "
+        "read its config file again, as SIGHUP does, and print the result: the new "
+        "generation, or why the file was refused (the running config stays).")
+    reload.add_argument("config", metavar="CONFIG", help="path to the TOML config file")
     route = commands.add_parser("route", help="inspect the routes of a config")
     route_commands = route.add_subparsers(dest="route_command", metavar="SUBCOMMAND")
     explain = route_commands.add_parser(
@@ -89,15 +95,62 @@ def _add_cache_parser(commands: Any) -> None:
                          help="the running proxy to ask (default: the first listener)")
     explain.add_argument("--upstream", action="store_true",
                          help="ask the route's first server instead of the proxy")
+    purge = cache_commands.add_parser(
+        "purge", help="purge cached responses (through the running proxy's admin API)",
+        description="Ask the running proxy (the [admin] address and token of CONFIG) to "
+        "purge what its caches hold for a URL, a URL prefix, a tag (from Surrogate-Key "
+        "or Cache-Tag) or everything. --soft marks them stale instead: they are "
+        "revalidated before use and still served under stale-if-error.")
+    purge.add_argument("config", metavar="CONFIG", help="path to the TOML config file")
+    what = purge.add_mutually_exclusive_group(required=True)
+    what.add_argument("--url", help="one URL: http://host/path?query")
+    what.add_argument("--prefix", help="every URL that starts with this: http://host/path")
+    what.add_argument("--tag", help="every response tagged so")
+    what.add_argument("--all", action="store_true", help="everything")
+    purge.add_argument("--cache", metavar="NAME", help="only this cache (default: every one)")
+    purge.add_argument("--soft", action="store_true", help="mark stale instead of removing")
+
+
+def _admin(config: Config, what: str, method: str, path: str, body: Any = None) -> int:
+    """Call the admin API and print its JSON answer."""
+    import json
+
+    from fastproxy.admin import PurgeError, call
+
+    try:
+        status, answer = call(config, method, path, body)
+    except PurgeError as exc:
+        print(f"fastproxy {what}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"fastproxy {what}: error: cannot reach the admin API: "
+              f"{getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if status != 200:
+        error = answer.get("error") if isinstance(answer, dict) else answer
+        print(f"fastproxy {what}: error ({status}): {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(json.dumps(answer, indent=1))
+    return EXIT_OK
 
 
 def _cache_explain(args: argparse.Namespace) -> int:
-    if args.cache_command != "explain":
-        print("fastproxy cache: error: a subcommand is required (explain)", file=sys.stderr)
+    if args.cache_command not in ("explain", "purge"):
+        print("fastproxy cache: error: a subcommand is required (explain or purge)",
+              file=sys.stderr)
         return EXIT_USAGE
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
+    if args.cache_command == "purge":
+        body: dict[str, Any] = ({"all": True} if args.all else
+                                {k: getattr(args, k) for k in ("url", "prefix", "tag")
+                                 if getattr(args, k) is not None})
+        if args.cache:
+            body["cache"] = args.cache
+        if args.soft:
+            body["soft"] = True
+        return _admin(config, "cache purge", "POST", "/cache/purge", body)
     from fastproxy.cacheexplain import cache_explain
     from fastproxy.routing import ExplainError
 
@@ -185,6 +238,11 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             print("fastproxy route: error: a subcommand is required (explain)", file=sys.stderr)
             return EXIT_USAGE
         return _explain(args)
+    if args.command == "reload":
+        config = _load(args.config)
+        if config is None:
+            return EXIT_CONFIG
+        return _admin(config, "reload", "POST", "/reload")
     if args.command == "hash-password":
         return _hash_password(args)
     if args.command == "cache":
@@ -194,8 +252,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
         return run_demo(port=args.port)
     parser.print_usage(sys.stderr)
-    print("fastproxy: error: a command is required (check, serve, demo, route, cache or "
-          "hash-password)",
+    print("fastproxy: error: a command is required (check, serve, reload, demo, route, cache "
+          "or hash-password)",
           file=sys.stderr)
     return EXIT_USAGE
 

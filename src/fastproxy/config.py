@@ -200,12 +200,26 @@ class CacheSpec:
     ignore_client_no_cache: bool
     lock_timeout: float  # how long a request waits for a fill of the same key
     debug: bool  # Cache-Status shows the key
+    tag_headers: tuple[str, ...] = ("Surrogate-Key", "Cache-Tag")  # purge by tag
     disk: DiskSpec | None = None  # the disk tier, shared by the workers
 
     @property
     def store_limit(self) -> int:
         """The largest response some tier stores."""
         return max(self.max_object, self.disk.max_object if self.disk is not None else 0)
+
+
+@dataclass(frozen=True, slots=True)
+class AdminSettings:
+    """[admin]: the admin API (JSON over HTTP), served by its own process."""
+
+    host: str
+    port: int
+    token: str | None  # required as "Authorization: Bearer TOKEN" when set
+
+    @property
+    def address(self) -> str:
+        return _format_address(self.host, self.port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,6 +435,7 @@ class Config:
     waf: WafSettings | None = None
     auto_ban: AutoBan | None = None
     caches: Mapping[str, CacheSpec] = field(default_factory=lambda: MappingProxyType({}))
+    admin: AdminSettings | None = None
 
     def summary(self) -> str:
         servers = sum(len(u.servers) for u in self.upstreams.values())
@@ -1344,6 +1359,29 @@ def _cache_key(value: object) -> Template:
     return template
 
 
+def _header_name(value: object) -> str:
+    if not isinstance(value, str) or not _TOKEN_RE.fullmatch(value):
+        raise ValueError(f'expected a header name (a token like "Cache-Tag"), '
+                         f"found {_describe(value)}")
+    return value
+
+
+def _admin_token(value: object) -> str:
+    text = _string(value)
+    if len(text) < 16 or not all(33 <= ord(c) < 127 for c in text):
+        raise ValueError("must be at least 16 printable ASCII characters, without spaces")
+    return text
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _fraction_0_1(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
         raise ValueError(f"expected a number from 0 to 1, found {_describe(value)}")
@@ -1379,6 +1417,9 @@ CACHE_FIELDS: Final = (
     FieldSpec("lock_timeout", "5s", "duration > 0",
               "how long a request waits for another one fetching the same key", _duration()),
     FieldSpec("debug", False, "boolean", "Cache-Status shows the cache key", _boolean),
+    FieldSpec("tag_headers", ["Surrogate-Key", "Cache-Tag"], "array of header names",
+              "response fields whose tags (separated by spaces or commas) the admin API "
+              "can purge by", _array(_header_name, "header names", empty_ok=True, unique=True)),
 )
 
 
@@ -1431,7 +1472,7 @@ _SECTIONS: Final[Mapping[str, tuple[FieldSpec, ...]]] = MappingProxyType(
     }
 )
 _TOP_LEVEL_KEYS: Final = (*_SECTIONS, "listeners", "upstreams", "routes", "waf", "auto_ban",
-                          "caches")
+                          "caches", "admin")
 _LISTENER_KEYS: Final = ("address", "name", "default_host", "tls", "https_redirect", "access",
                          "proxy_protocol", *LISTENER_SIZE_KEYS)
 _STICKY_KEYS: Final = ("cookie", "max_age", "secure")
@@ -2089,6 +2130,39 @@ class _Checker(KeyChecker):
             return _INVALID
         return DiskSpec(path=directory, size=size, max_object=max_object)
 
+    def admin(self, raw: object) -> AdminSettings | None:
+        table = self.table(raw, "admin", ' like { address = "127.0.0.1:9901" }')
+        if table is None:
+            return None
+        self.known_keys(table, "admin", ("address", "token", "token_file"))
+        before = len(self.issues)
+        address = self.convert("admin.address", _parse_listen_address,
+                               table.get("address", "127.0.0.1:9901"))
+        token = None
+        if "token" in table and "token_file" in table:
+            self.error("admin.token", "give token or token_file, not both")
+        elif "token" in table:
+            token = self.convert("admin.token", _admin_token, table["token"])
+        elif "token_file" in table:
+            token = self.convert("admin.token_file", self.token_from_file, table["token_file"])
+        if len(self.issues) > before or address is _INVALID:
+            return None
+        host, port = address
+        if token is None and not _loopback(host):
+            self.error("admin.address", f"the admin API on {host} (not a loopback address) "
+                                        "needs a token (admin.token or admin.token_file)")
+            return None
+        return AdminSettings(host=host, port=port, token=token)
+
+    def token_from_file(self, value: object) -> str:
+        path = os.path.join(self.base_dir, _string(value))
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read(4096).strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+        return _admin_token(text)
+
     def auto_ban(self, raw: object) -> AutoBan | None:
         table = self.table(raw, "auto_ban", " like { after = 20, window = \"1m\" }")
         if table is None:
@@ -2418,6 +2492,7 @@ def parse_config(
     waf = ck.waf(data["waf"]) if "waf" in data else None
     auto_ban = ck.auto_ban(data["auto_ban"]) if "auto_ban" in data else None
     caches = ck.caches(data["caches"]) if "caches" in data else {}
+    admin = ck.admin(data["admin"]) if "admin" in data else None
     listeners, listener_names = ck.listeners(data.get("listeners", _MISSING))
     raw_listeners = data.get("listeners")
     if line is not _INVALID and head is not _INVALID and isinstance(raw_listeners, list) \
@@ -2461,6 +2536,7 @@ def parse_config(
         waf=waf,
         auto_ban=auto_ban,
         caches=MappingProxyType(caches),
+        admin=admin,
     )
 
 

@@ -113,7 +113,8 @@ def _text(value: bytes) -> str:
 
 # The header is a JSON array (flat: it is parsed on every disk hit):
 #   [VERSION, "r", key, variant, [vary names], status, reason, [name, value, ...],
-#    request_time, response_time, [freshness: FRESH_FIELDS in order]]   a response
+#    request_time, response_time, [freshness: FRESH_FIELDS in order], url, [tags]]
+#                                                                       a response
 #   [VERSION, "v", key, [vary names]]                                   a Vary record
 # Text is bytes as latin-1. Of the freshness, what serving needs (not explanations).
 FRESH_FIELDS = ("lifetime", "source", "corrected_initial_age", "must_revalidate", "no_cache",
@@ -134,7 +135,8 @@ def response_header(key: bytes, stored: Stored, names: Sequence[bytes]) -> bytes
         stored.status, _text(stored.reason),
         [_text(part) for field in stored.headers for part in field],
         stored.request_time, stored.response_time,
-        [getattr(fresh, name) for name in FRESH_FIELDS]])
+        [getattr(fresh, name) for name in FRESH_FIELDS],
+        _text(stored.url if stored.url is not None else key), [_text(t) for t in stored.tags]])
 
 
 def vary_header(key: bytes, names: Sequence[bytes]) -> bytes:
@@ -225,15 +227,18 @@ def _pread_all(fd: int, n: int, offset: int) -> bytes:
 def stored_from(fields: list[Any], body: bytes) -> tuple[Stored, tuple[bytes, ...]]:
     """The Stored of a response header (a "r" array), and its Vary names; TypeError,
     ValueError... when a field is not what it should be."""
-    (_, kind, _, variant, vary, status, reason, flat, request_time, response_time,
-     fresh) = fields
+    (_, kind, key, variant, vary, status, reason, flat, request_time, response_time,
+     fresh) = fields[:11]
     if kind != RESPONSE or len(fresh) != len(FRESH_FIELDS):
         raise ValueError("not a response")
+    url, tags = fields[11:13] if len(fields) >= 13 else (key, [])
     raw = [part.encode("latin-1") for part in flat]
     headers = list(zip(raw[::2], raw[1::2], strict=True))
     stored = Stored(int(status), reason.encode("latin-1"), headers, body, float(request_time),
                     float(response_time), cachepolicy.Freshness(*fresh),
                     variant.encode("latin-1"))
+    stored.url = url.encode("latin-1")
+    stored.tags = tuple(t.encode("latin-1") for t in tags)
     return stored, tuple(n.encode("latin-1") for n in vary)
 
 

@@ -34,10 +34,11 @@ import time
 from typing import Any
 
 from fastproxy import __version__
-from fastproxy._httpcache import SharedCounter, Stamps
+from fastproxy._httpcache import Purges, SharedCounter, Stamps
 from fastproxy._peers import PeerTable, slot_layout
 from fastproxy._ratelimit import BanTable, ConnTable, LimitTable
-from fastproxy.config import Config, ConfigError, Listener, load_config
+from fastproxy.admin import StatusBoard, config_digest, load_purges
+from fastproxy.config import AdminSettings, Config, ConfigError, Listener, load_config
 
 log = logging.getLogger("fastproxy.master")
 
@@ -45,6 +46,7 @@ _SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signa
 _QUICK_DEATH = 5.0  # a worker that dies sooner than this is restarted with back-off
 HEALTH = -1  # the slot number of the health-check process
 EVICTOR = -2  # ... and of the cache evictor (when a cache has a disk tier)
+ADMIN = -3  # ... and of the admin API (with [admin])
 
 
 def setup_logging(level: str) -> None:
@@ -56,7 +58,7 @@ def setup_logging(level: str) -> None:
     )
 
 
-def open_listener(listener: Listener) -> socket.socket:
+def open_listener(listener: Listener | AdminSettings) -> socket.socket:
     family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -97,7 +99,8 @@ class Generation:
     listener in config order), shared server table and TLS contexts."""
 
     def __init__(self, number: int, config: Config, slots: list[list[socket.socket]],
-                 table: PeerTable, contexts: list[Any], limits: LimitTable | None) -> None:
+                 table: PeerTable, contexts: list[Any], limits: LimitTable | None,
+                 purges: Purges | None = None, admin: socket.socket | None = None) -> None:
         self.number = number
         self.config = config
         self.slots = slots
@@ -113,11 +116,18 @@ class Generation:
                      if ban is not None else None)
         # Cache invalidations, seen by every worker of the generation.
         self.cache_stamps = Stamps(65536) if config.caches else None
+        # The admin API's purges (kept across reloads: see Supervisor.reload).
+        self.purges = purges
+        if purges is None and config.caches:
+            self.purges = Purges()
+            load_purges(config.caches, self.purges)
+        self.admin = admin  # the admin API's listening socket, None without [admin]
         # Bytes in use in each disk cache directory (the writers add, the evictor sets).
         self.cache_usage = {name: SharedCounter() for name, spec in config.caches.items()
                             if spec.disk is not None}
         self.health_checks = any(up.health_check is not None
                                  for up in config.upstreams.values())
+        self.digest = config_digest(config.source)
 
     def sockets(self) -> set[socket.socket]:
         return {s for socks in self.slots for s in socks}
@@ -146,10 +156,29 @@ class Supervisor:
         self.restart_at: dict[int, float] = {}    # slot -> when to start it again
         self.stopping = False
         self.stop_deadline = 0.0
+        self.board = StatusBoard()  # what the admin process shows
+        self.started_at = time.time()
+        self.reloads = 0
+        self.last_reload: dict[str, Any] = {}
+        self.publish()
 
     @property
     def config(self) -> Config:
         return self.gen.config
+
+    def publish(self) -> None:
+        """What the admin API's GET /status shows of the master's state."""
+        gen = self.gen
+        self.board.publish({
+            "master_pid": os.getpid(), "started": self.started_at,
+            "generation": gen.number,
+            "config": {"file": os.path.abspath(gen.config.source),
+                       "sha256": gen.digest},
+            "workers": sorted(({"pid": pid, "slot": _role(slot), "generation": number}
+                               for pid, (number, slot) in self.pids.items()),
+                              key=lambda w: (w["generation"], str(w["slot"]))),
+            "reloads": self.reloads, "last_reload": self.last_reload,
+            "stopping": self.stopping})
 
     def run(self) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
@@ -185,6 +214,8 @@ class Supervisor:
             self._spawn(HEALTH)
         if self.gen.cache_usage:
             self._spawn(EVICTOR)
+        if self.gen.admin is not None:
+            self._spawn(ADMIN)
 
     def _spawn(self, slot: int) -> None:
         gen = self.gen
@@ -196,6 +227,8 @@ class Supervisor:
                 mine = set(gen.slots[slot]) if slot >= 0 else set()
                 for s in gen.sockets() - mine:
                     s.close()
+                if gen.admin is not None and slot != ADMIN:
+                    gen.admin.close()
                 code = self._child_main(gen, slot)
             except BaseException:
                 log.exception("%s crashed", _name(os.getpid(), slot))
@@ -205,9 +238,9 @@ class Supervisor:
         self.pids[pid] = (gen.number, slot)
         self.started[slot] = time.monotonic()
         log.info("%s started", _name(pid, slot))
+        self.publish()
 
-    @staticmethod
-    def _child_main(gen: Generation, slot: int) -> int:
+    def _child_main(self, gen: Generation, slot: int) -> int:
         if slot == HEALTH:
             from fastproxy.health import HealthChecker
 
@@ -216,36 +249,59 @@ class Supervisor:
             from fastproxy.cacheevictor import CacheEvictor
 
             return CacheEvictor(gen.config, gen.cache_usage).run()
+        if slot == ADMIN:
+            from fastproxy.admin import AdminServer
+
+            assert gen.admin is not None
+            return AdminServer(gen.config, gen.admin, gen.number, gen.purges,
+                               self.board).run()
         from fastproxy.worker import Worker
 
         return Worker(gen.config, gen.slots[slot], gen.table, gen.contexts, gen.limits,
-                      gen.conns, gen.bans, gen.cache_stamps, gen.cache_usage).run()
+                      gen.conns, gen.bans, gen.cache_stamps, gen.cache_usage,
+                      gen.purges).run()
 
     def reload(self) -> None:
         """SIGHUP: start a generation on the config file as it is now, if it is good."""
         source = self.config.source
         log.info("reloading %s", source)
+        self.reloads += 1
         try:
             config = load_config(source)
             contexts = tls_contexts(config)
         except ConfigError as e:
             log.error("reload failed, the running config stays in service:\n%s", e)
+            self._reload_failed(str(e))
             return
         except (OSError, ValueError) as e:
             log.error("reload failed, the running config stays in service: %s", e)
+            self._reload_failed(str(e))
             return
         old = self.gen
         try:
-            slots = reuse_sockets(old, config)
+            admin = reuse_admin(old, config)
         except OSError as e:
             log.error("reload failed, the running config stays in service: %s", e)
+            self._reload_failed(str(e))
+            return
+        try:
+            slots = reuse_sockets(old, config)
+        except OSError as e:
+            if admin is not None and admin is not old.admin:
+                admin.close()
+            log.error("reload failed, the running config stays in service: %s", e)
+            self._reload_failed(str(e))
             return
         limits = old.limits
         if limits is None or old.config.limits.rate_limit_keys != config.limits.rate_limit_keys:
             limits = new_limit_table(config) if config.rate_limits else None
         # else: the same table, so clients keep their counts across the reload.
+        purges = old.purges
+        if purges is not None:  # the disk tiers new to this config bring their purges
+            load_purges({name: spec for name, spec in config.caches.items()
+                         if spec.disk is not None and name not in old.config.caches}, purges)
         new = Generation(old.number + 1, config, slots, PeerTable(slot_layout(config.upstreams)[1]),
-                         contexts, limits)
+                         contexts, limits, purges, admin)
         carry_health(old, new)
         if old.bans is not None and old.config.auto_ban == config.auto_ban:
             new.bans = old.bans
@@ -261,8 +317,18 @@ class Supervisor:
         # on them that nobody accepts.
         for sock in old.sockets() - new.sockets():
             sock.close()
+        if old.admin is not None and old.admin is not admin:
+            old.admin.close()
         log.info("reloaded: generation %d with %d worker(s); generation %d stopping",
                  new.number, len(new.slots), old.number)
+        self.last_reload = {"ok": True, "time": time.time(), "generation": new.number,
+                            "config_sha256": new.digest}
+        self.publish()
+
+    def _reload_failed(self, error: str) -> None:
+        self.last_reload = {"ok": False, "time": time.time(), "generation": self.gen.number,
+                            "error": error}
+        self.publish()
 
     def _reap(self) -> None:
         while self.pids:
@@ -277,6 +343,7 @@ class Supervisor:
                 continue
             number, slot = entry
             code = os.waitstatus_to_exitcode(status)
+            self.publish()
             if self.stopping or number != self.gen.number:
                 log.info("%s exited (%d)", _name(pid, slot), code)
                 continue
@@ -297,6 +364,8 @@ class Supervisor:
         # nobody reads: close them so new connections are refused at once.
         for s in self.gen.sockets():
             s.close()
+        if self.gen.admin is not None:
+            self.gen.admin.close()
         timeout = 0.0 if fast else self.config.server.shutdown_timeout
         self.stop_deadline = time.monotonic() + timeout + 5
         log.info("stopping %d workers (%s)", len(self.pids), "fast" if fast else "graceful")
@@ -333,11 +402,31 @@ def reuse_sockets(old: Generation, config: Config) -> list[list[socket.socket]]:
     return slots
 
 
+def reuse_admin(old: Generation, config: Config) -> socket.socket | None:
+    """The admin API's socket for `config`: the old one when the address stays."""
+    if config.admin is None:
+        return None
+    if old.admin is not None and old.config.admin is not None \
+            and old.config.admin.address == config.admin.address:
+        return old.admin
+    try:
+        return open_listener(config.admin)
+    except OSError as e:
+        raise OSError(f"cannot listen on {config.admin.address} (admin): "
+                      f"{e.strerror or e}") from e
+
+
+def _role(slot: int) -> int | str:
+    return {HEALTH: "health", EVICTOR: "evictor", ADMIN: "admin"}.get(slot, slot)
+
+
 def _name(pid: int, slot: int) -> str:
     if slot == HEALTH:
         return f"health checker {pid}"
     if slot == EVICTOR:
         return f"cache evictor {pid}"
+    if slot == ADMIN:
+        return f"admin API {pid}"
     return f"worker {pid} (slot {slot})"
 
 
@@ -377,11 +466,24 @@ def serve(config: Config) -> int:
     log.info("fastproxy %s listening on %s with %d worker(s)", __version__, where,
              config.server.workers)
     # Mapped before the first fork: every child shares this one segment.
+    admin = None
+    if config.admin is not None:
+        try:
+            admin = open_listener(config.admin)
+        except OSError as e:
+            log.error("cannot listen on %s (admin): %s", config.admin.address, e.strerror or e)
+            for socks in slots:
+                for s in socks:
+                    s.close()
+            return 1
+        log.info("admin API on http://%s", config.admin.address)
     table = PeerTable(slot_layout(config.upstreams)[1])
     limits = new_limit_table(config) if config.rate_limits else None
-    supervisor = Supervisor(Generation(1, config, slots, table, contexts, limits))
+    supervisor = Supervisor(Generation(1, config, slots, table, contexts, limits, None, admin))
     try:
         return supervisor.run()
     finally:
         for s in supervisor.gen.sockets():
             s.close()
+        if supervisor.gen.admin is not None:
+            supervisor.gen.admin.close()

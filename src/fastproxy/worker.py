@@ -19,7 +19,7 @@ from typing import Any
 import uvloop
 
 from fastproxy._actions import Template
-from fastproxy._httpcache import RouteCache, SharedCounter, Stamps
+from fastproxy._httpcache import Purges, RouteCache, SharedCounter, Stamps
 from fastproxy._peers import PeerTable, slot_layout
 from fastproxy._proxy import Core
 from fastproxy._ratelimit import BanTable, ConnTable, LimitTable, RateLimit
@@ -64,7 +64,8 @@ class Worker:
                  conn_table: ConnTable | None = None,
                  ban_table: BanTable | None = None,
                  cache_stamps: Stamps | None = None,
-                 cache_usage: Mapping[str, SharedCounter] | None = None) -> None:
+                 cache_usage: Mapping[str, SharedCounter] | None = None,
+                 cache_purges: Purges | None = None) -> None:
         self.config = config
         self.sockets = sockets
         # Each listener's server SSLContext (built by the master before forking, so
@@ -103,6 +104,10 @@ class Worker:
                 disk = DiskStore(spec.disk.path, spec.disk.size, spec.disk.max_object, usage)
                 self.caches[name].set_disk(disk)
                 self.disks.append(disk)
+        # The admin API's purges (the master's table; workers apply them lazily).
+        if cache_purges is not None:
+            for cache in self.caches.values():
+                cache.set_purges(cache_purges)
         self.core.router = build_router(config, self.groups, self.rate_limits, self.caches)
         if config.server.trusted_proxies:
             self.core.trusted = IpSet(config.server.trusted_proxies)
@@ -254,6 +259,8 @@ class Worker:
         for tls_server in self._tls_servers:
             tls_server.expire(now)
         self.access_log.flush()
+        for cache in self.caches.values():
+            cache.poll_purges()  # so that the purges' ring never runs past this worker
         if core.handshake_failures != self._handshake_failures and now >= self._handshake_report:
             # A summary at most every 10 s: scanners and old clients fail handshakes
             # all day, and one line each would drown the log.

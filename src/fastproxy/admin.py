@@ -1,0 +1,545 @@
+"""The admin API: JSON over HTTP/1.1 on `[admin] address`, served by a process of
+its own (the master forks one per generation, next to the workers), so that a
+slow or hostile admin client never costs a worker anything.
+
+Endpoints (all answers are JSON; with `[admin] token`, every request needs
+``Authorization: Bearer TOKEN``):
+
+* ``GET /status``: version, uptime, the config file and its SHA-256, the
+  generation, the workers' pids, the last reload's result;
+* ``POST /reload``: reload the config file (as SIGHUP does) and answer with
+  the result, once the master has one (the old generation's admin process
+  answers it, then goes);
+* ``POST /cache/purge``: a JSON object with one of ``url``, ``prefix``, ``tag``
+  or ``all`` (true), and optionally ``cache`` (a cache's name; default every
+  cache) and ``soft`` (true: mark stale, kept to revalidate and for
+  stale-if-error; default false: removed);
+* ``GET /cache/purges``: the purges the workers still apply.
+
+A purge is a record in the master's shared `Purges` table: each worker checks
+a stored response against the purges made after it was fetched, the first
+time it meets it (see `_httpcache.RouteCache.purged`), so a purge costs the
+same for one URL or a million. Purges of caches with a disk tier are also
+appended to ``purges.log`` in the cache's directory and read again when the
+proxy starts, so that a restart does not bring purged files back.
+
+The master publishes what only it knows (pids, reload results) on a small
+shared `StatusBoard`; the admin process reads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import mmap
+import os
+import signal
+import socket
+import struct
+import time
+import urllib.parse
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from fastproxy import __version__
+from fastproxy._actions import Template
+from fastproxy._http import HttpParseError, MessageHead, RequestParser
+from fastproxy._httpcache import (
+    DEFAULT_KEY,
+    PURGE_KINDS,
+    PURGE_NAME_MAX,
+    PURGE_SLOTS,
+    PURGE_TEXT_MAX,
+    Purges,
+)
+from fastproxy._router import new_context
+from fastproxy.config import CacheSpec, Config
+from fastproxy.routeconf import parse_template
+
+log = logging.getLogger("fastproxy.admin")
+
+MAX_HEAD = 16 * 1024
+MAX_BODY = 64 * 1024
+READ_TIMEOUT = 10.0  # seconds a client has to send its whole request
+RELOAD_WAIT = 30.0  # seconds POST /reload waits for the master's verdict
+PURGE_LOG = "purges.log"
+
+
+# -- what the master publishes -----------------------------------------------------------
+
+class StatusBoard:
+    """A JSON document the master writes and the admin process reads, in shared
+    memory mapped before the fork. A sequence number, odd while a write is under
+    way, lets a reader retry instead of reading half of one."""
+
+    SIZE = 256 * 1024
+    _HEAD = struct.Struct("<QI")  # sequence, length
+
+    def __init__(self) -> None:
+        self._map = mmap.mmap(-1, self.SIZE, flags=mmap.MAP_SHARED)
+
+    def publish(self, document: Mapping[str, Any]) -> None:
+        data = json.dumps(document, separators=(",", ":")).encode()
+        if len(data) > self.SIZE - self._HEAD.size:
+            data = json.dumps({"error": "status too large"}).encode()
+        seq, _ = self._HEAD.unpack_from(self._map, 0)
+        self._HEAD.pack_into(self._map, 0, seq + 1, 0)  # odd: being written
+        self._map[self._HEAD.size:self._HEAD.size + len(data)] = data
+        self._HEAD.pack_into(self._map, 0, seq + 2, len(data))
+
+    def read(self) -> dict[str, Any]:
+        for _ in range(1000):
+            seq, length = self._HEAD.unpack_from(self._map, 0)
+            if seq % 2 == 0:
+                data = self._map[self._HEAD.size:self._HEAD.size + length]
+                if self._HEAD.unpack_from(self._map, 0)[0] == seq:
+                    return json.loads(data) if data else {}
+            time.sleep(0.0001)
+        return {}
+
+
+def config_digest(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return None
+
+
+# -- purges ------------------------------------------------------------------------------
+
+class PurgeError(ValueError):
+    """A purge request that cannot be done: the message says why."""
+
+
+_URL_KEY = Template(parse_template(DEFAULT_KEY))
+
+
+def purge_url(config: Config, url: str) -> bytes:
+    """The URL as the cache records it (scheme://host/path?query, the host and the
+    path normalized as the proxy does for its default cache key)."""
+    from fastproxy.routing import ExplainError, _parse, _request_bytes
+
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise PurgeError(f"url must be absolute, like http://example.com/path, found {url!r}")
+    try:
+        head = _parse(_request_bytes("GET", url, ()), config)
+    except ExplainError as e:
+        raise PurgeError(f"url {url!r}: {e}") from None
+    ctx = new_context(head, config.routing.merge_slashes, b"127.0.0.1", parts.scheme.encode(),
+                      0, b"admin")
+    if ctx.path is None:
+        raise PurgeError(f"url {url!r}: the path or authority is invalid")
+    return bytes(_URL_KEY.render_for(ctx))
+
+
+def purge_prefix(prefix: str) -> bytes:
+    """A URL prefix: scheme and host lower case, the rest as given (compare it with
+    what `fastproxy cache explain` shows as the URL)."""
+    parts = urllib.parse.urlsplit(prefix)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise PurgeError("prefix must start with a scheme and a host, like "
+                         f"http://example.com/static/, found {prefix!r}")
+    head, sep, rest = prefix.partition("://")
+    host, slash, path = rest.partition("/")
+    try:
+        return (head.lower() + sep + host.lower() + slash + path).encode("ascii")
+    except UnicodeEncodeError:
+        raise PurgeError("prefix must be ASCII (percent-encode the path)") from None
+
+
+def parse_purge(config: Config, body: Any) -> tuple[str, bytes, str, bool]:
+    """(kind, text, cache or "", soft) from a purge request's JSON object."""
+    if not isinstance(body, dict):
+        raise PurgeError('expected a JSON object like {"url": "http://example.com/a"}')
+    unknown = sorted(set(body) - {"url", "prefix", "tag", "all", "cache", "soft"})
+    if unknown:
+        raise PurgeError(f"unknown field {unknown[0]!r}: use url, prefix, tag or all, "
+                         "with cache and soft")
+    kinds = [k for k in ("url", "prefix", "tag", "all") if k in body]
+    if len(kinds) != 1:
+        raise PurgeError("give exactly one of url, prefix, tag or all")
+    kind = kinds[0]
+    value = body[kind]
+    soft = body.get("soft", False)
+    if not isinstance(soft, bool):
+        raise PurgeError("soft must be true or false")
+    cache = body.get("cache", "")
+    if not isinstance(cache, str):
+        raise PurgeError("cache must be a cache's name")
+    if cache and cache not in config.caches:
+        known = ", ".join(sorted(config.caches)) or "none"
+        raise PurgeError(f"no cache named {cache!r} (caches: {known})")
+    if not config.caches:
+        raise PurgeError("the config has no [caches]")
+    if kind == "all":
+        if value is not True:
+            raise PurgeError("all must be true")
+        text = b""
+    elif not isinstance(value, str) or not value:
+        raise PurgeError(f"{kind} must be a non-empty string")
+    elif kind == "url":
+        text = purge_url(config, value)
+    elif kind == "prefix":
+        text = purge_prefix(value)
+    else:
+        if any(c.isspace() or c == "," for c in value):
+            raise PurgeError("tag must be one tag (no spaces or commas)")
+        try:
+            text = value.encode("ascii")
+        except UnicodeEncodeError:
+            raise PurgeError("tag must be ASCII") from None
+    if len(text) > PURGE_TEXT_MAX:
+        raise PurgeError(f"{kind} is too long (at most {PURGE_TEXT_MAX} bytes)")
+    if len(cache.encode()) > PURGE_NAME_MAX:
+        raise PurgeError("cache name too long")
+    return kind, text, cache, soft
+
+
+def purge_logs(config: Config, cache: str) -> list[str]:
+    """The purge logs a purge of `cache` ("" for all) goes to: one per disk tier."""
+    return [os.path.join(spec.disk.path, PURGE_LOG) for name, spec in config.caches.items()
+            if spec.disk is not None and cache in ("", name)]
+
+
+def append_purge(paths: Iterable[str], record: Mapping[str, Any]) -> None:
+    line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, line)  # one write with O_APPEND: whole lines
+            finally:
+                os.close(fd)
+        except OSError as e:
+            log.error("cannot record the purge in %s: %s (it applies until a restart)",
+                      path, e.strerror or e)
+
+
+def load_purges(caches: Mapping[str, CacheSpec], purges: Purges) -> int:
+    """Put the purges recorded in the disk tiers' logs into a new `purges` table
+    (oldest first), and rewrite the logs to what was kept. When a log holds more
+    than the table does, what it loses is replaced by one purge of the whole
+    cache at the newest lost purge's time: nothing purged comes back. Returns the
+    number of purges loaded."""
+    records: dict[tuple[Any, ...], dict[str, Any]] = {}
+    per_log: dict[str, list[dict[str, Any]]] = {}
+    for spec in caches.values():
+        if spec.disk is None:
+            continue
+        path = os.path.join(spec.disk.path, PURGE_LOG)
+        kept: list[dict[str, Any]] = []
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                for number, line in enumerate(f, 1):
+                    try:
+                        record = json.loads(line)
+                        if record["kind"] not in PURGE_KINDS:
+                            raise ValueError(record["kind"])
+                        float(record["time"])
+                        record["text"].encode("latin-1")
+                    except (ValueError, KeyError, TypeError, AttributeError):
+                        log.warning("%s:%d: not a purge record, skipped", path, number)
+                        continue
+                    record["cache"] = record.get("cache") or ""
+                    kept.append(record)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            log.error("cannot read %s: %s", path, e.strerror or e)
+            continue
+        per_log[path] = kept
+        for record in kept:
+            key = (record["time"], record["kind"], record["text"], bool(record.get("soft")),
+                   record["cache"])
+            records[key] = record
+    ordered = sorted(records.values(), key=lambda r: float(r["time"]))
+    room = PURGE_SLOTS - len(caches)
+    lost, ordered = ordered[:max(0, len(ordered) - room)], ordered[max(0, len(ordered) - room):]
+    floors: dict[str, float] = {}
+    for record in lost:
+        for name in ([record["cache"]] if record["cache"] else list(caches)):
+            floors[name] = max(floors.get(name, 0.0), float(record["time"]))
+    for name, when in sorted(floors.items(), key=lambda item: item[1]):
+        purges.add("all", b"", name, False, when)
+    for record in ordered:
+        purges.add(record["kind"], record["text"].encode("latin-1"), record["cache"],
+                   bool(record.get("soft")), float(record["time"]))
+    if lost:
+        log.warning("the purge logs held %d purges more than are remembered: the oldest "
+                    "ones are replaced by purges of everything fetched before them", len(lost))
+    remembered = {id(r) for r in ordered}
+    for path, kept in per_log.items():
+        if len(kept) > PURGE_SLOTS:
+            _rewrite(path, [r for r in kept if id(r) in remembered] + [
+                {"time": when, "kind": "all", "text": "", "soft": False, "cache": name}
+                for name, when in floors.items()])
+    return len(ordered) + len(floors)
+
+
+def _rewrite(path: str, records: list[dict[str, Any]]) -> None:
+    temp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(temp, "w", encoding="utf-8") as f:
+            for record in sorted(records, key=lambda r: float(r["time"])):
+                f.write(json.dumps(record, separators=(",", ":")) + "\n")
+        os.replace(temp, path)
+    except OSError as e:
+        log.error("cannot rewrite %s: %s", path, e.strerror or e)
+
+
+# -- the HTTP side -----------------------------------------------------------------------
+
+class _Head:
+    """The parser's sink: keeps the request head; a body is read by length."""
+
+    def __init__(self) -> None:
+        self.head: MessageHead | None = None
+
+    def on_head(self, head: MessageHead) -> None:
+        self.head = head
+
+    def on_body(self, data: Any) -> None:
+        pass
+
+    def on_message_complete(self) -> None:
+        pass
+
+
+class Answer(Exception):
+    """An answer other than 200: raised by a handler."""
+
+    def __init__(self, status: int, message: str, headers: tuple[tuple[str, str], ...] = ()):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+            405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large",
+            500: "Internal Server Error", 503: "Service Unavailable",
+            504: "Gateway Timeout"}
+
+
+class AdminServer:
+    """The admin process: serves the admin API on the master's socket until SIGTERM,
+    then finishes what it is answering."""
+
+    def __init__(self, config: Config, sock: socket.socket, generation: int,
+                 purges: Purges | None, board: StatusBoard) -> None:
+        self.config = config
+        self.sock = sock
+        self.generation = generation
+        self.purges = purges
+        self.board = board
+        settings = config.admin
+        assert settings is not None
+        self.token = settings.token.encode() if settings.token else None
+        self.busy: set[asyncio.Task[None]] = set()
+        self.stopping: asyncio.Event | None = None
+
+    def run(self) -> int:
+        import uvloop
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the master decides
+        loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._main())
+        finally:
+            loop.close()
+        return 0
+
+    async def _main(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.stopping = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+        loop.add_signal_handler(signal.SIGQUIT, self.stopping.set)
+        server = await asyncio.start_server(self._client, sock=self.sock, limit=MAX_HEAD)
+        log.info("admin API on %s", self.config.admin.address if self.config.admin else "")
+        await self.stopping.wait()
+        server.close()  # the socket stays open in the master for the next generation
+        if self.busy:
+            await asyncio.wait(list(self.busy), timeout=RELOAD_WAIT + 5)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.busy.add(task)
+        try:
+            status, body, extra = await self._answer(reader)
+            data = json.dumps(body, indent=1).encode() + b"\n"
+            lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}",
+                     "Content-Type: application/json", f"Content-Length: {len(data)}",
+                     "Cache-Control: no-store", "Connection: close",
+                     *(f"{k}: {v}" for k, v in extra)]
+            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + data)
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except Exception:
+            log.exception("admin request failed")
+        finally:
+            writer.close()
+            self.busy.discard(task)
+
+    async def _answer(self, reader: asyncio.StreamReader
+                      ) -> tuple[int, Any, tuple[tuple[str, str], ...]]:
+        try:
+            head, body = await asyncio.wait_for(self._read(reader), READ_TIMEOUT)
+            if self.token is not None and not self._authorized(head):
+                raise Answer(401, "a bearer token is required",
+                             (("WWW-Authenticate", 'Bearer realm="fastproxy admin"'),))
+            return 200, await self._route(head, body), ()
+        except Answer as a:
+            return a.status, {"error": a.message}, a.headers
+        except TimeoutError:
+            return 408, {"error": "the request took too long to arrive"}, ()
+
+    async def _read(self, reader: asyncio.StreamReader) -> tuple[MessageHead, bytes]:
+        try:
+            data = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.LimitOverrunError:
+            raise Answer(400, f"the request head is longer than {MAX_HEAD} bytes") from None
+        sink = _Head()
+        try:
+            RequestParser(sink, max_line_bytes=8192, max_header_bytes=MAX_HEAD,
+                          max_header_count=100).feed(data)
+        except HttpParseError as e:
+            raise Answer(400, f"malformed request: {e.reason}") from None
+        head = sink.head
+        if head is None:
+            raise Answer(400, "malformed request")
+        length = head.get(b"content-length")
+        if head.get(b"transfer-encoding") is not None:
+            raise Answer(400, "send the body with Content-Length")
+        body = b""
+        if length is not None:
+            size = int(length)  # the parser checked it is a number
+            if size > MAX_BODY:
+                raise Answer(413, f"the body is longer than {MAX_BODY} bytes")
+            body = await reader.readexactly(size)
+        return head, body
+
+    def _authorized(self, head: MessageHead) -> bool:
+        value = head.get(b"authorization") or b""
+        scheme, _, token = value.partition(b" ")
+        return (self.token is not None and scheme.lower() == b"bearer"
+                and hmac.compare_digest(token.strip(), self.token))
+
+    async def _route(self, head: MessageHead, body: bytes) -> Any:
+        path = head.target.split(b"?", 1)[0]
+        routes = {b"/": ({b"GET"}, self.index), b"/status": ({b"GET"}, self.status),
+                  b"/reload": ({b"POST"}, self.reload),
+                  b"/cache/purge": ({b"POST"}, self.purge),
+                  b"/cache/purges": ({b"GET"}, self.list_purges)}
+        if path not in routes:
+            raise Answer(404, f"no such endpoint: {path.decode('latin-1')} (see GET /)")
+        methods, handler = routes[path]
+        method = head.method
+        if method == b"HEAD":
+            method = b"GET"
+        if method not in methods:
+            allowed = ", ".join(m.decode() for m in sorted(methods))
+            raise Answer(405, f"use {allowed}", (("Allow", allowed),))
+        return await handler(body)
+
+    # -- endpoints ---------------------------------------------------------------------
+
+    async def index(self, body: bytes) -> Any:
+        return {"endpoints": {"GET /status": "the proxy's state",
+                              "POST /reload": "reload the config file",
+                              "POST /cache/purge": 'purge: {"url"|"prefix"|"tag": "...", '
+                                                   '"cache": NAME, "soft": true}',
+                              "GET /cache/purges": "the purges in force"}}
+
+    async def status(self, body: bytes) -> Any:
+        board = self.board.read()
+        now = time.time()
+        started = board.get("started", now)
+        return {"version": __version__, "pid": os.getpid(), **board,
+                "uptime": round(now - started, 3),
+                "admin_generation": self.generation}
+
+    async def reload(self, body: bytes) -> Any:
+        before = self.board.read().get("reloads", 0)
+        os.kill(os.getppid(), signal.SIGHUP)
+        deadline = time.monotonic() + RELOAD_WAIT
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            board = self.board.read()
+            if board.get("reloads", 0) > before:
+                result = board.get("last_reload", {})
+                if not result.get("ok"):
+                    raise Answer(400, result.get("error", "reload failed"))
+                return result
+        raise Answer(504, "the master gave no reload result in time")
+
+    async def purge(self, body: bytes) -> Any:
+        if self.purges is None:
+            raise Answer(400, "the config has no [caches]")
+        try:
+            request = json.loads(body or b"null")
+        except ValueError as e:
+            raise Answer(400, f"the body is not JSON: {e}") from None
+        try:
+            kind, text, cache, soft = parse_purge(self.config, request)
+        except PurgeError as e:
+            raise Answer(400, str(e)) from None
+        when = time.time()
+        seq = self.purges.add(kind, text, cache, soft, when)
+        record = {"time": when, "kind": kind, "text": text.decode("latin-1"), "soft": soft,
+                  "cache": cache}
+        logs = purge_logs(self.config, cache)
+        if logs:  # a disk write each: not on the loop
+            await asyncio.get_running_loop().run_in_executor(None, append_purge, logs, record)
+        log.info("purge %d: %s %s%s%s", seq, kind, text.decode("latin-1"),
+                 " (soft)" if soft else "", f" in cache {cache}" if cache else "")
+        return {"purged": kind, "value": text.decode("latin-1"), "soft": soft,
+                "caches": [cache] if cache else sorted(self.config.caches), "seq": seq,
+                "time": when}
+
+    async def list_purges(self, body: bytes) -> Any:
+        if self.purges is None:
+            return {"purges": []}
+        found, lost = self.purges.since(0)
+        return {"purges": [{"seq": seq, "time": when, "kind": kind, "soft": soft,
+                            "cache": cache or None, "value": text.decode("latin-1")}
+                           for seq, when, kind, soft, cache, text in found],
+                "older_forgotten": lost}
+
+
+# -- the client side (fastproxy cache purge, fastproxy reload) ---------------------------
+
+def call(config: Config, method: str, path: str, body: Any = None,
+         timeout: float = RELOAD_WAIT + 10) -> tuple[int, Any]:
+    """Ask the running proxy's admin API (the config's [admin] address and token):
+    (status, decoded JSON). OSError when it cannot be reached."""
+    import http.client
+
+    settings = config.admin
+    if settings is None:
+        raise PurgeError(f"{config.source} has no [admin] section: the admin API is off")
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "localhost") else settings.host
+    conn = http.client.HTTPConnection(host.strip("[]"), settings.port, timeout=timeout)
+    headers = {"Content-Type": "application/json"}
+    if settings.token:
+        headers["Authorization"] = f"Bearer {settings.token}"
+    try:
+        data = json.dumps(body).encode() if body is not None else None
+        conn.request(method, path, body=data, headers=headers)
+        resp = conn.getresponse()
+        payload = resp.read()
+    except http.client.HTTPException as e:
+        raise OSError(f"bad answer from the admin API: {e}") from None
+    finally:
+        conn.close()
+    try:
+        return resp.status, json.loads(payload) if payload else None
+    except ValueError:
+        return resp.status, {"error": payload.decode("latin-1", "replace")[:200]}

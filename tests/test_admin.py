@@ -1,0 +1,427 @@
+"""The admin API end to end (a real proxy with `[admin]`), and cache purges: by URL,
+by prefix, by tag, soft, in every worker, across a restart. The origin counts
+what it is asked: a purge is proven by the next request reaching it."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fastproxy._httpcache import PURGE_SLOTS, Purges
+from fastproxy.admin import PURGE_LOG, StatusBoard, load_purges, parse_purge, purge_url
+from fastproxy.cachepolicy import tags_of
+from fastproxy.config import ConfigError, parse_config
+from servers import Origin, ProxyProcess, RawClient, RawResponse, Received, Reply, free_port
+
+TOKEN = "s3cret-token-0123456789"
+
+
+class Site:
+    """Every path is cacheable for a minute; bodies carry the path's fetch count."""
+
+    def __init__(self) -> None:
+        self.asked: dict[str, int] = {}
+        self.fail = False
+        self.version = 1
+        self.lock = threading.Lock()
+
+    def __call__(self, req: Received) -> Reply:
+        path = req.target
+        with self.lock:
+            self.asked[path] = self.asked.get(path, 0) + 1
+            n = self.asked[path]
+        if self.fail:
+            return Reply(503, [], b"down")
+        headers = [("Cache-Control", "max-age=60, stale-if-error=600"),
+                   ("Content-Type", "text/plain"), ("ETag", f'"{path}-{n}"')]
+        if path.startswith("/tagged-a"):
+            headers.append(("Surrogate-Key", "product-1 sale"))
+        if path.startswith("/tagged-b"):
+            headers.append(("Cache-Tag", "sale,product-2"))
+        if path == "/versioned":
+            return Reply(200, headers, b"v%d" % self.version)
+        return Reply(200, headers, f"{path} #{n}".encode())
+
+
+def config_text(port: int, origin: Origin, admin_port: int, cache: str = "",
+                workers: int = 1, admin: str = "", routes: str = "") -> str:
+    return (f'[server]\nworkers = {workers}\n[log]\naccess = "off"\n'
+            f'[[listeners]]\naddress = "127.0.0.1:{port}"\n'
+            f'[admin]\naddress = "127.0.0.1:{admin_port}"\n{admin}\n'
+            f'[caches.main]\nmemory = "8m"\n{cache}\n'
+            f'[upstreams.app]\nservers = ["{origin.address}"]\n{routes}'
+            '[[routes]]\nupstream = "app"\ncache = "main"\n')
+
+
+class Proxy(ProxyProcess):
+    admin_port: int
+
+    def admin(self, method: str, path: str, body: Any = None, token: str | None = None,
+              raw: bytes | None = None) -> tuple[int, Any, http.client.HTTPResponse]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=40)
+        try:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            data = raw if raw is not None else (json.dumps(body).encode()
+                                                if body is not None else None)
+            conn.request(method, path, body=data, headers=headers)
+            resp = conn.getresponse()
+            payload = resp.read()
+            return resp.status, json.loads(payload) if payload else None, resp
+        finally:
+            conn.close()
+
+    def purge(self, **what: Any) -> Any:
+        status, body, _ = self.admin("POST", "/cache/purge", what)
+        assert status == 200, body
+        return body
+
+
+def start(tmp_path: Path, origin: Origin, **kw: Any) -> Proxy:
+    port, admin_port = free_port(), free_port()
+    proxy = Proxy(config_text(port, origin, admin_port, **kw), tmp_path, port)
+    proxy.admin_port = admin_port
+    proxy.start()
+    return proxy
+
+
+def get(port: int, path: str, host: str = "site") -> RawResponse:
+    with RawClient(port) as client:
+        client.send(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        return client.read_response()
+
+
+@pytest.fixture
+def site() -> Site:
+    return Site()
+
+
+def test_purge_by_url_prefix_and_tag(make_origin: Callable[..., Origin], site: Site,
+                                     tmp_path: Path) -> None:
+    origin = make_origin(site, name="app")
+    proxy = start(tmp_path, origin)
+    paths = ["/a", "/a?x=1", "/static/x.css", "/static/y.js", "/other", "/tagged-a",
+             "/tagged-b"]
+    try:
+        for path in paths:
+            assert get(proxy.port, path).status == 200
+            hit = get(proxy.port, path)
+            assert hit.header("Cache-Status").startswith("fastproxy;hit"), path
+        assert all(n == 1 for n in site.asked.values()), site.asked
+
+        # By URL: that URL only (not another query of the same path).
+        answer = proxy.purge(url="http://SITE/a")
+        assert answer["purged"] == "url" and answer["value"] == "http://site/a"
+        assert get(proxy.port, "/a").body == b"/a #2"
+        assert get(proxy.port, "/a?x=1").header("Cache-Status").startswith("fastproxy;hit")
+        assert get(proxy.port, "/a").header("Cache-Status").startswith("fastproxy;hit")
+
+        # By prefix.
+        proxy.purge(prefix="http://site/static/")
+        assert get(proxy.port, "/static/x.css").body == b"/static/x.css #2"
+        assert get(proxy.port, "/static/y.js").body == b"/static/y.js #2"
+        assert get(proxy.port, "/other").header("Cache-Status").startswith("fastproxy;hit")
+
+        # By tag: Surrogate-Key (spaces) and Cache-Tag (commas).
+        proxy.purge(tag="product-2")
+        assert get(proxy.port, "/tagged-a").header("Cache-Status").startswith("fastproxy;hit")
+        assert get(proxy.port, "/tagged-b").body == b"/tagged-b #2"
+        proxy.purge(tag="sale")
+        assert get(proxy.port, "/tagged-a").body == b"/tagged-a #2"
+        assert get(proxy.port, "/tagged-b").body == b"/tagged-b #3"
+        assert site.asked["/other"] == 1 and site.asked["/a?x=1"] == 1 and site.asked["/a"] == 2
+
+        # Everything.
+        proxy.purge(all=True)
+        assert get(proxy.port, "/other").body == b"/other #2"
+
+        status, listed, _ = proxy.admin("GET", "/cache/purges")
+        assert status == 200
+        kinds = [(p["kind"], p["value"], p["soft"]) for p in listed["purges"]]
+        assert kinds == [("url", "http://site/a", False),
+                         ("prefix", "http://site/static/", False),
+                         ("tag", "product-2", False), ("tag", "sale", False),
+                         ("all", "", False)]
+    finally:
+        proxy.stop()
+
+
+def test_soft_purge_keeps_the_response_for_stale_if_error(
+        make_origin: Callable[..., Origin], site: Site, tmp_path: Path) -> None:
+    origin = make_origin(site, name="app")
+    proxy = start(tmp_path, origin)
+    try:
+        assert get(proxy.port, "/soft").body == b"/soft #1"
+        assert get(proxy.port, "/hard").body == b"/hard #1"
+        proxy.purge(url="http://site/soft", soft=True)
+        proxy.purge(url="http://site/hard")
+        site.fail = True
+        # Soft: stale now, so the origin is asked (and fails): the stored
+        # response is served under stale-if-error.
+        soft = get(proxy.port, "/soft")
+        assert soft.status == 200 and soft.body == b"/soft #1"
+        assert "fwd=stale" in soft.header("Cache-Status"), soft.header("Cache-Status")
+        assert site.asked["/soft"] == 2
+        # Hard: gone, so the failure is what the client gets.
+        hard = get(proxy.port, "/hard")
+        assert hard.status == 503 and site.asked["/hard"] == 2
+        site.fail = False
+        # Revalidated once the origin is back: a fresh response again.
+        assert get(proxy.port, "/soft").body == b"/soft #3"
+    finally:
+        proxy.stop()
+
+
+def test_a_purge_reaches_every_worker(make_origin: Callable[..., Origin], site: Site,
+                                      tmp_path: Path) -> None:
+    origin = make_origin(site, name="app")
+    proxy = start(tmp_path, origin, workers=2)
+    try:
+        # New connections spread over both workers: each fills its memory tier.
+        bodies = {get(proxy.port, "/versioned").body for _ in range(40)}
+        assert bodies == {b"v1"}
+        assert site.asked["/versioned"] == 2, "both workers should have filled"
+        site.version = 2
+        proxy.purge(url="http://site/versioned")
+        after = [get(proxy.port, "/versioned").body for _ in range(40)]
+        assert set(after) == {b"v2"}, after
+        assert site.asked["/versioned"] == 4
+    finally:
+        proxy.stop()
+
+
+def test_purges_of_a_disk_cache_survive_a_restart(make_origin: Callable[..., Origin],
+                                                  site: Site, tmp_path: Path) -> None:
+    origin = make_origin(site, name="app")
+    disk = tmp_path / "cache"
+    cache = f'disk = {{ path = "{disk}", size = "16m" }}'
+    proxy = start(tmp_path, origin, cache=cache)
+    try:
+        for path in ("/kept", "/purged", "/soft"):
+            assert get(proxy.port, path).status == 200
+        proxy.purge(url="http://site/purged")
+        proxy.purge(url="http://site/soft", soft=True)
+        assert (disk / PURGE_LOG).exists()
+    finally:
+        proxy.stop()
+    proxy.start()  # the same config, files and log
+    try:
+        kept = get(proxy.port, "/kept")
+        assert kept.header("Cache-Status").startswith("fastproxy;hit"), kept.header(
+            "Cache-Status")
+        assert get(proxy.port, "/purged").body == b"/purged #2"
+        soft = get(proxy.port, "/soft")  # stale: revalidated (the ETag differs: a 200)
+        assert soft.body == b"/soft #2"
+        assert site.asked == {"/kept": 1, "/purged": 2, "/soft": 2}
+    finally:
+        proxy.stop()
+
+
+def test_token_and_bad_requests(make_origin: Callable[..., Origin], site: Site,
+                                tmp_path: Path) -> None:
+    origin = make_origin(site, name="app")
+    proxy = start(tmp_path, origin, admin=f'token = "{TOKEN}"')
+    try:
+        status, body, resp = proxy.admin("GET", "/status")
+        assert status == 401 and "token" in body["error"]
+        assert resp.getheader("WWW-Authenticate", "").startswith("Bearer")
+        assert proxy.admin("GET", "/status", token="wrong-token-0123456789")[0] == 401
+        status, body, _ = proxy.admin("GET", "/status", token=TOKEN)
+        assert status == 200 and body["generation"] == 1
+
+        def purge(payload: Any = None, raw: bytes | None = None) -> tuple[int, str]:
+            s, b, _ = proxy.admin("POST", "/cache/purge", payload, token=TOKEN, raw=raw)
+            return s, b["error"] if s != 200 else ""
+
+        assert purge(raw=b"{not json")[0] == 400
+        assert "absolute" in purge({"url": "/relative"})[1]
+        assert "exactly one" in purge({"url": "http://a/", "tag": "x"})[1]
+        assert "exactly one" in purge({})[1]
+        assert "no cache named 'nope'" in purge({"all": True, "cache": "nope"})[1]
+        assert "unknown field" in purge({"uri": "http://a/"})[1]
+        assert "soft must be" in purge({"tag": "x", "soft": "yes"})[1]
+        assert "one tag" in purge({"tag": "a b"})[1]
+        assert purge(raw=b"x" * (70 * 1024))[0] == 413
+        assert proxy.admin("GET", "/cache/purge", token=TOKEN)[0] == 405
+        assert proxy.admin("GET", "/nowhere", token=TOKEN)[0] == 404
+        assert purge({"tag": "ok"})[0] == 200
+        # A malformed request: 400, and the connection is closed.
+        with socket.create_connection(("127.0.0.1", proxy.admin_port), timeout=5) as s:
+            s.sendall(b"GET /status HTTP/1.1\r\nBad Header\r\n\r\n")
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 400 ")
+        assert "Traceback" not in proxy.log()
+    finally:
+        proxy.stop()
+
+
+def test_status_and_reload(make_origin: Callable[..., Origin], site: Site,
+                           tmp_path: Path) -> None:
+    origin = make_origin(site, name="app")
+    proxy = start(tmp_path, origin, workers=2)
+    try:
+        status, body, _ = proxy.admin("GET", "/status")
+        assert status == 200
+        assert body["master_pid"] == proxy.pid and body["generation"] == 1
+        import hashlib
+        assert body["config"]["sha256"] == hashlib.sha256(
+            proxy.config_path.read_bytes()).hexdigest()
+        roles = sorted(str(w["slot"]) for w in body["workers"])
+        assert roles == ["0", "1", "admin"]
+        for worker in body["workers"]:
+            os.kill(worker["pid"], 0)  # alive
+
+        # A good reload: a new route answers.
+        text = proxy.config_path.read_text().replace(
+            "[[routes]]\n", '[[routes]]\nmatch = { path = "/new" }\nrespond = { status = 200, '
+            'body = "new route" }\n[[routes]]\n', 1)
+        proxy.config_path.write_text(text)
+        status, body, _ = proxy.admin("POST", "/reload")
+        assert status == 200 and body["ok"] and body["generation"] == 2, body
+        assert get(proxy.port, "/new").body == b"new route"
+        status, body, _ = proxy.admin("GET", "/status")
+        assert body["generation"] == 2 and body["last_reload"]["ok"]
+
+        # A bad one: refused with the reason; the running config stays.
+        proxy.config_path.write_text(text.replace('memory = "8m"', 'memory = "lots"'))
+        status, body, _ = proxy.admin("POST", "/reload")
+        assert status == 400 and "caches.main.memory" in body["error"], body
+        assert get(proxy.port, "/new").body == b"new route"
+        status, body, _ = proxy.admin("GET", "/status")
+        assert body["generation"] == 2 and body["last_reload"]["ok"] is False
+    finally:
+        proxy.stop()
+
+
+def test_the_command_line_calls_the_admin_api(make_origin: Callable[..., Origin],
+                                              site: Site, tmp_path: Path) -> None:
+    origin = make_origin(site, name="app")
+    proxy = start(tmp_path, origin, admin=f'token = "{TOKEN}"')
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "fastproxy", *args], capture_output=True,
+                              text=True, timeout=60, stdin=subprocess.DEVNULL)
+    try:
+        assert get(proxy.port, "/c").body == b"/c #1"
+        done = cli("cache", "purge", str(proxy.config_path), "--url", "http://site/c")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["purged"] == "url"
+        assert get(proxy.port, "/c").body == b"/c #2"
+        done = cli("cache", "purge", str(proxy.config_path), "--tag", "a b")
+        assert done.returncode == 1 and "one tag" in done.stderr
+        done = cli("reload", str(proxy.config_path))
+        assert done.returncode == 0 and json.loads(done.stdout)["generation"] == 2, done.stderr
+    finally:
+        proxy.stop()
+    done = cli("reload", str(proxy.config_path))  # nobody listens now
+    assert done.returncode == 1 and "cannot reach the admin API" in done.stderr
+    bare = tmp_path / "bare.toml"
+    bare.write_text(proxy.config_path.read_text().split("[admin]")[0] + "[upstreams.app]\n"
+                    f'servers = ["{origin.address}"]\n[[routes]]\nupstream = "app"\n')
+    done = cli("cache", "purge", str(bare), "--all")
+    assert done.returncode == 2 and "has no [admin] section" in done.stderr
+
+
+# -- config ------------------------------------------------------------------------------
+
+def _parse(admin: str, tmp_path: Path, caches: str = "") -> Any:
+    text = ('[[listeners]]\naddress = "127.0.0.1:8080"\n[upstreams.app]\n'
+            f'servers = ["127.0.0.1:9000"]\n[[routes]]\nupstream = "app"\n{admin}\n{caches}')
+    return parse_config(tomllib.loads(text), str(tmp_path / "fastproxy.toml"),
+                        base_dir=str(tmp_path))
+
+
+def test_admin_config(tmp_path: Path) -> None:
+    config = _parse("[admin]", tmp_path)
+    assert config.admin.address == "127.0.0.1:9901" and config.admin.token is None
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    config = _parse('[admin]\naddress = "0.0.0.0:9000"\ntoken_file = "token"', tmp_path)
+    assert config.admin.token == TOKEN and config.admin.port == 9000
+    cases = {
+        '[admin]\naddress = "0.0.0.0:9901"': "admin.address: the admin API on 0.0.0.0",
+        '[admin]\ntoken = "short"': "admin.token: must be at least 16",
+        '[admin]\naddress = "127.0.0.1:0"': "admin.address: port must be",
+        f'[admin]\ntoken = "{TOKEN}"\ntoken_file = "token"': "give token or token_file",
+        '[admin]\ntoken_file = "missing"': "admin.token_file: cannot read",
+        '[admin]\nport = 1': "admin.port: unknown key",
+    }
+    for admin, message in cases.items():
+        with pytest.raises(ConfigError) as e:
+            _parse(admin, tmp_path)
+        assert message in str(e.value), (admin, str(e.value))
+    with pytest.raises(ConfigError) as e:
+        _parse("", tmp_path, '[caches.c]\ntag_headers = ["Bad Header"]')
+    assert "caches.c.tag_headers" in str(e.value)
+
+
+def test_parse_purge_normalizes_like_the_proxy(tmp_path: Path) -> None:
+    config = _parse("", tmp_path, "[caches.main]\n[caches.other]")
+    assert purge_url(config, "http://Example.COM/a/./b/../c?q=1") == b"http://example.com/a/c?q=1"
+    assert parse_purge(config, {"prefix": "HTTPS://Example.com/Static/"}) == (
+        "prefix", b"https://example.com/Static/", "", False)
+    assert parse_purge(config, {"tag": "t1", "cache": "other", "soft": True}) == (
+        "tag", b"t1", "other", True)
+
+
+# -- the shared table and the log -------------------------------------------------------
+
+def test_purges_table_order_overflow_and_limits() -> None:
+    table = Purges()
+    assert table.seq == 0 and table.since(0) == ([], False)
+    first = table.add("url", b"http://a/x", "", False, 100.0)
+    table.add("tag", b"t", "main", True, 101.0)
+    found, lost = table.since(0)
+    assert not lost and [(f[0], f[2], f[3], f[4], f[5]) for f in found] == [
+        (first, "url", False, "", b"http://a/x"), (first + 1, "tag", True, "main", b"t")]
+    assert table.since(first)[0][0][0] == first + 1
+    for i in range(PURGE_SLOTS + 10):
+        table.add("prefix", b"http://a/%d" % i)
+    found, lost = table.since(2)
+    assert lost and len(found) == PURGE_SLOTS and found[-1][0] == table.seq
+    found, lost = table.since(table.seq - 5)
+    assert not lost and len(found) == 5
+    with pytest.raises(ValueError):
+        table.add("url", b"x" * 5000)
+    with pytest.raises(KeyError):
+        table.add("everything", b"")
+
+
+def test_load_purges_from_the_logs(tmp_path: Path) -> None:
+    disk = tmp_path / "d"
+    disk.mkdir()
+    lines = [json.dumps({"time": 1000.0 + i, "kind": "url", "text": f"http://a/{i}",
+                         "soft": False, "cache": ""}) for i in range(PURGE_SLOTS + 5)]
+    (disk / PURGE_LOG).write_text("\n".join([*lines[:3], "garbage", *lines[3:]]) + "\n")
+    config = _parse("", tmp_path, f'[caches.main]\ndisk = {{ path = "{disk}", size = "8m" }}')
+    table = Purges()
+    loaded = load_purges(config.caches, table)
+    found, lost = table.since(0)
+    assert not lost and len(found) == loaded == PURGE_SLOTS
+    # What did not fit became one purge of everything fetched before it.
+    assert found[0][2] == "all" and found[0][4] == "main"
+    assert found[0][1] == pytest.approx(1000.0 + 5)
+    assert found[-1][5] == b"http://a/%d" % (PURGE_SLOTS + 4)
+    # The log was rewritten to what is remembered.
+    assert len((disk / PURGE_LOG).read_text().splitlines()) == PURGE_SLOTS
+
+
+def test_tags_and_status_board() -> None:
+    headers = [(b"Surrogate-Key", b"a  b"), (b"Cache-Tag", b"b,c, d"), (b"X-Other", b"e")]
+    assert tags_of(headers, (b"surrogate-key", b"cache-tag")) == (b"a", b"b", b"c", b"d")
+    assert tags_of(headers, ()) == ()
+    board = StatusBoard()
+    assert board.read() == {}
+    board.publish({"generation": 3, "workers": [1, 2]})
+    assert board.read() == {"generation": 3, "workers": [1, 2]}
