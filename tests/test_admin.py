@@ -7,10 +7,12 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -321,6 +323,10 @@ def test_the_command_line_calls_the_admin_api(make_origin: Callable[..., Origin]
         assert get(proxy.port, "/c").body == b"/c #2"
         done = cli("cache", "purge", str(proxy.config_path), "--tag", "a b")
         assert done.returncode == 1 and "one tag" in done.stderr
+        done = cli("server", "drain", str(proxy.config_path), "app", origin.address)
+        assert done.returncode == 0 and json.loads(done.stdout)["state"] == "drain", done.stderr
+        done = cli("server", "enable", str(proxy.config_path), "app", "10.0.0.1:80")
+        assert done.returncode == 1 and "has no server" in done.stderr
         done = cli("reload", str(proxy.config_path))
         assert done.returncode == 0 and json.loads(done.stdout)["generation"] == 2, done.stderr
     finally:
@@ -425,3 +431,82 @@ def test_tags_and_status_board() -> None:
     assert board.read() == {}
     board.publish({"generation": 3, "workers": [1, 2]})
     assert board.read() == {"generation": 3, "workers": [1, 2]}
+
+
+# -- servers: drain, disable, enable ----------------------------------------------------
+
+def _named_get(port: int, cookie: str | None = None) -> tuple[str, str | None]:
+    """(origin name, the sticky cookie set) of a GET on a new connection."""
+    with RawClient(port) as client:
+        extra = f"Cookie: fpsrv={cookie}\r\n" if cookie else ""
+        client.send(f"GET /s HTTP/1.1\r\nHost: x\r\n{extra}\r\n".encode())
+        resp = client.read_response()
+    assert resp.status == 200, resp
+    set_cookie = resp.header("Set-Cookie")
+    value = set_cookie.split("=", 1)[1].split(";", 1)[0] if set_cookie else None
+    return resp.body.split(b" ", 1)[0].decode(), value
+
+
+def test_drain_disable_and_enable_a_server(make_origin: Callable[..., Origin],
+                                           make_proxy: Callable[..., ProxyProcess]) -> None:
+    a, b = make_origin(name="a"), make_origin(name="b")
+    admin_port = free_port()
+    proxy = make_proxy({"pool": [a.address, b.address]}, workers=2,
+                       upstream_extra='sticky = { cookie = "fpsrv" }',
+                       extra=f'[admin]\naddress = "127.0.0.1:{admin_port}"\n')
+    api = Proxy.__new__(Proxy)
+    api.admin_port = admin_port
+
+    def state(server: str, to: str) -> Any:
+        status, body, _ = api.admin("POST", "/servers/state",
+                                    {"upstream": "pool", "server": server, "state": to})
+        assert status == 200, body
+        return body
+
+    # A client bound to a (its cookie), for the drain below.
+    cookie = None
+    for _ in range(10):
+        name, value = _named_get(proxy.port)
+        if name == "a":
+            cookie = value
+            break
+    assert cookie is not None
+
+    assert state(a.address, "drain")["changed"] is True
+    status, listed, _ = api.admin("GET", "/upstreams")
+    servers = listed["upstreams"]["pool"]["servers"]
+    assert [(s["address"], s["admin"], s["health"]) for s in servers] == [
+        (a.address, "drain", "up"), (b.address, "enabled", "up")]
+    # New clients (new connections, both workers) go to b only; a's own client
+    # still reaches a.
+    assert {_named_get(proxy.port)[0] for _ in range(20)} == {"b"}
+    assert _named_get(proxy.port, cookie)[0] == "a"
+    # Disabled: not even a's own clients.
+    state(a.address, "disabled")
+    assert {_named_get(proxy.port, cookie)[0] for _ in range(10)} == {"b"}
+    # Enabled again: a takes new clients again.
+    assert state(a.address, "enabled")["changed"] is True
+    assert state(a.address, "enabled")["changed"] is False
+    assert "a" in {_named_get(proxy.port)[0] for _ in range(20)}
+
+    # The state survives a reload (the servers' state is carried over).
+    state(b.address, "drain")
+    proxy.signal(signal.SIGHUP)
+    for _ in range(100):
+        status, body, _ = api.admin("GET", "/status")
+        if status == 200 and body.get("generation") == 2:
+            break
+        time.sleep(0.05)
+    status, listed, _ = api.admin("GET", "/upstreams")
+    assert listed["upstreams"]["pool"]["servers"][1]["admin"] == "drain"
+    assert {_named_get(proxy.port)[0] for _ in range(10)} == {"a"}
+
+    # Mistakes.
+    for payload, code, message in (
+            ({"upstream": "nope", "server": a.address, "state": "drain"}, 404, "no upstream"),
+            ({"upstream": "pool", "server": "1.2.3.4:5", "state": "drain"}, 404, "no server"),
+            ({"upstream": "pool", "server": a.address, "state": "off"}, 400, "state must be"),
+            ({"upstream": "pool", "server": a.address, "state": "drain", "x": 1}, 400,
+             "unknown field")):
+        status, body, _ = api.admin("POST", "/servers/state", payload)
+        assert status == code and message in body["error"], (payload, body)

@@ -733,7 +733,8 @@ def test_no_ejection_when_failures_is_zero(algo: str, eject: Any) -> None:
     balancer = make(algo, [1, 1], table=table, eject=eject)
     for _ in range(100):
         balancer.outcome(0, False)
-    assert table.state(0) == {"up": True, "ejections": 0, "ejected_for": 0.0, "up_for": None}
+    assert table.state(0) == {"up": True, "ejections": 0, "ejected_for": 0.0, "up_for": None,
+                              "admin": "enabled"}
     assert chosen(balancer, algo) == {0, 1}
 
 
@@ -961,3 +962,21 @@ def test_retry_budget_refuses_bad_values(ratio: float, capacity: float) -> None:
 
 # -- the module's interface ---------------------------------------------------------------
 
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_drained_and_disabled_servers_get_no_new_requests(algo: str) -> None:
+    table = PeerTable(3)
+    balancer = make(algo, [1, 1, 1], table=table)
+    assert chosen(balancer, algo) == {0, 1, 2}
+    assert table.set_admin(0, "drain") and table.set_admin(2, "disabled")
+    assert not table.set_admin(2, "disabled")  # no change
+    assert chosen(balancer, algo) == {1}
+    assert table.state(0)["admin"] == "drain" and table.state(0)["up"]
+    table.set_admin(1, "drain")
+    assert set(picks(balancer, KEYS[:200])) == {NO_PEER}
+    for i in range(3):
+        table.set_admin(i, "enabled")
+    assert chosen(balancer, algo) == {0, 1, 2}
+    with pytest.raises(ValueError):
+        table.set_admin(0, "maintenance")

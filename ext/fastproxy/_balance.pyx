@@ -16,7 +16,7 @@ from libc.limits cimport LLONG_MIN
 from libc.stdint cimport uint64_t
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
-from fastproxy._peers cimport PeerSlot, PeerTable, now_ns
+from fastproxy._peers cimport ADMIN_DRAIN, ADMIN_ENABLED, PeerSlot, PeerTable, now_ns
 from fastproxy.xxhash cimport XXH3_64bits
 
 
@@ -124,9 +124,16 @@ cdef class Balancer:
         return 0
 
     cdef bint usable(self, Py_ssize_t i) except -1:
-        """Peer i may take a request now (up, not ejected, below its max_conns)."""
+        """Peer i may take a request bound to it (a sticky client): up, not ejected,
+        not disabled (a drained one still takes its own clients), below its
+        max_conns."""
+        cdef PeerSlot* s
         self.refresh()
-        return self.weights[i] != 0 and (self.max_conns[i] == 0 or self.active[i] < self.max_conns[i])
+        if self.weights[i] == 0:
+            s = &self.table.slots[self.slot_of[i]]
+            if not (s.admin == ADMIN_DRAIN and s.health != 0 and now_ns() >= s.ejected_until):
+                return False
+        return self.max_conns[i] == 0 or self.active[i] < self.max_conns[i]
 
     cdef Py_ssize_t choose(self, uint64_t key) except -2:
         """The peer for a request with key hash `key`; NO_PEER or ALL_BUSY."""
@@ -182,7 +189,7 @@ cdef class Balancer:
         for i in range(self.n):
             s = &self.table.slots[self.slot_of[i]]
             w = 0
-            if s.health != 0:
+            if s.health != 0 and s.admin == ADMIN_ENABLED:
                 if now < s.ejected_until:
                     if recheck == 0 or s.ejected_until < recheck:
                         recheck = s.ejected_until

@@ -8,6 +8,14 @@ ctypedef struct PeerSlot:
                             # last one has ended = on probation (one failure re-ejects)
     int64_t up_since        # CLOCK_MONOTONIC ns when it last came back (0: up from the start)
     int64_t ejected_until   # CLOCK_MONOTONIC ns; not used before this
+    int32_t admin           # set through the admin API: ADMIN_ENABLED, ADMIN_DRAIN, ADMIN_DISABLED
+    int32_t _pad
+
+
+cdef enum:
+    ADMIN_ENABLED = 0       # as the config says
+    ADMIN_DRAIN = 1         # no new clients; the ones bound to it (sticky) still go
+    ADMIN_DISABLED = 2      # nothing goes to it
 
 
 cdef int64_t now_ns() noexcept nogil
@@ -27,4 +35,4 @@ cdef class PeerTable:
 
 
 cdef inline bint slot_usable(const PeerSlot* s, int64_t now) noexcept nogil:
-    return s.health != 0 and now >= s.ejected_until
+    return s.health != 0 and now >= s.ejected_until and s.admin == ADMIN_ENABLED

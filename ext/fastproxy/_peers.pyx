@@ -27,6 +27,9 @@ cdef extern from *:
     uint64_t fastproxy_load(uint64_t* v) nogil
 
 
+ADMIN_STATES = ("enabled", "drain", "disabled")  # by PeerSlot.admin
+
+
 cdef int64_t now_ns() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
@@ -71,6 +74,7 @@ cdef class PeerTable:
             self.slots[i].ejections = 0
             self.slots[i].up_since = 0
             self.slots[i].ejected_until = 0
+            self.slots[i].admin = ADMIN_ENABLED
 
     def __dealloc__(self):
         if self._mem != NULL:
@@ -137,6 +141,22 @@ cdef class PeerTable:
         self.changed()
         return True
 
+    def set_admin(self, Py_ssize_t i, str state):
+        """The admin API's verdict on slot i: "enabled", "drain" (no new clients;
+        those bound to it by a sticky cookie still go) or "disabled". True when it
+        changed. Enabling starts the server's slow start from now."""
+        cdef PeerSlot* s
+        cdef int32_t code = ADMIN_STATES.index(state)
+        self._check(i)
+        s = &self.slots[i]
+        if s.admin == code:
+            return False
+        s.admin = code
+        if code == ADMIN_ENABLED:
+            s.up_since = now_ns()
+        self.changed()
+        return True
+
     def eject_for(self, Py_ssize_t i, double base, double max_time):
         """Eject slot i (seconds; see eject)."""
         self._check(i)
@@ -167,4 +187,5 @@ cdef class PeerTable:
             "ejections": s.ejections,
             "ejected_for": max(0.0, (s.ejected_until - now) / 1e9),
             "up_for": None if s.up_since == 0 else (now - s.up_since) / 1e9,
+            "admin": ADMIN_STATES[s.admin] if 0 <= s.admin < 3 else "enabled",
         }

@@ -55,6 +55,7 @@ from fastproxy._httpcache import (
     PURGE_TEXT_MAX,
     Purges,
 )
+from fastproxy._peers import ADMIN_STATES, PeerTable, slot_layout
 from fastproxy._router import new_context
 from fastproxy.config import CacheSpec, Config
 from fastproxy.routeconf import parse_template
@@ -331,8 +332,10 @@ class AdminServer:
     then finishes what it is answering."""
 
     def __init__(self, config: Config, sock: socket.socket, generation: int,
-                 purges: Purges | None, board: StatusBoard) -> None:
+                 purges: Purges | None, board: StatusBoard, table: PeerTable) -> None:
         self.config = config
+        self.table = table
+        self.first_slot, _ = slot_layout(config.upstreams)
         self.sock = sock
         self.generation = generation
         self.purges = purges
@@ -436,6 +439,8 @@ class AdminServer:
         path = head.target.split(b"?", 1)[0]
         routes = {b"/": ({b"GET"}, self.index), b"/status": ({b"GET"}, self.status),
                   b"/reload": ({b"POST"}, self.reload),
+                  b"/upstreams": ({b"GET"}, self.upstreams),
+                  b"/servers/state": ({b"POST"}, self.server_state),
                   b"/cache/purge": ({b"POST"}, self.purge),
                   b"/cache/purges": ({b"GET"}, self.list_purges)}
         if path not in routes:
@@ -454,6 +459,10 @@ class AdminServer:
     async def index(self, body: bytes) -> Any:
         return {"endpoints": {"GET /status": "the proxy's state",
                               "POST /reload": "reload the config file",
+                              "GET /upstreams": "upstreams and their servers' state",
+                              "POST /servers/state": '{"upstream": NAME, "server": '
+                                                     '"HOST:PORT", "state": "drain"|'
+                                                     '"disabled"|"enabled"}',
                               "POST /cache/purge": 'purge: {"url"|"prefix"|"tag": "...", '
                                                    '"cache": NAME, "soft": true}',
                               "GET /cache/purges": "the purges in force"}}
@@ -480,13 +489,46 @@ class AdminServer:
                 return result
         raise Answer(504, "the master gave no reload result in time")
 
+    async def upstreams(self, body: bytes) -> Any:
+        out = {}
+        for name, upstream in self.config.upstreams.items():
+            first = self.first_slot[name]
+            servers = []
+            for i, server in enumerate(upstream.servers):
+                state = self.table.state(first + i)
+                servers.append({"address": server.address, "weight": server.weight,
+                                "backup": server.backup, "max_conns": server.max_conns,
+                                "health": "up" if state["up"] else "down",
+                                "ejections": state["ejections"],
+                                "ejected_for": round(state["ejected_for"], 3),
+                                "admin": state["admin"]})
+            out[name] = {"balance": upstream.balance, "servers": servers}
+        return {"upstreams": out}
+
+    async def server_state(self, body: bytes) -> Any:
+        request = _json_object(body)
+        unknown = sorted(set(request) - {"upstream", "server", "state"})
+        if unknown:
+            raise Answer(400, f"unknown field {unknown[0]!r}: use upstream, server, state")
+        name, address, state = (request.get(k) for k in ("upstream", "server", "state"))
+        if state not in ADMIN_STATES:
+            raise Answer(400, "state must be one of " + ", ".join(ADMIN_STATES))
+        upstream = self.config.upstreams.get(name) if isinstance(name, str) else None
+        if upstream is None:
+            known = ", ".join(sorted(self.config.upstreams))
+            raise Answer(404, f"no upstream named {name!r} (upstreams: {known})")
+        where = [i for i, server in enumerate(upstream.servers) if server.address == address]
+        if not where:
+            known = ", ".join(server.address for server in upstream.servers)
+            raise Answer(404, f"upstream {name} has no server {address!r} (servers: {known})")
+        changed = self.table.set_admin(self.first_slot[upstream.name] + where[0], state)
+        log.warning("server %s of upstream %s: %s (admin API)", address, name, state)
+        return {"upstream": name, "server": address, "state": state, "changed": changed}
+
     async def purge(self, body: bytes) -> Any:
         if self.purges is None:
             raise Answer(400, "the config has no [caches]")
-        try:
-            request = json.loads(body or b"null")
-        except ValueError as e:
-            raise Answer(400, f"the body is not JSON: {e}") from None
+        request = _json_object(body)
         try:
             kind, text, cache, soft = parse_purge(self.config, request)
         except PurgeError as e:
@@ -512,6 +554,16 @@ class AdminServer:
                             "cache": cache or None, "value": text.decode("latin-1")}
                            for seq, when, kind, soft, cache, text in found],
                 "older_forgotten": lost}
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(body or b"null")
+    except ValueError as e:
+        raise Answer(400, f"the body is not JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise Answer(400, "expected a JSON object")
+    return value
 
 
 # -- the client side (fastproxy cache purge, fastproxy reload) ---------------------------

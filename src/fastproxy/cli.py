@@ -1,5 +1,5 @@
-"""The ``fastproxy`` command line: check, serve, reload, demo, route explain, cache
-explain, cache purge, hash-password, --version.
+"""The ``fastproxy`` command line: check, serve, reload, server (drain, disable,
+enable), demo, route explain, cache explain, cache purge, hash-password, --version.
 
 Bad input (a bad config file, bad arguments) is reported as plain lines on
 stderr and a non-zero exit status, never as a traceback. The heavier modules
@@ -58,6 +58,15 @@ def _build_parser() -> argparse.ArgumentParser:
         "read its config file again, as SIGHUP does, and print the result: the new "
         "generation, or why the file was refused (the running config stays).")
     reload.add_argument("config", metavar="CONFIG", help="path to the TOML config file")
+    server = commands.add_parser(
+        "server", help="drain, disable or enable an upstream server (through the admin API)",
+        description="Ask the running proxy (the [admin] address and token of CONFIG) to "
+        "change a server's state in every worker: drain (no new clients; those bound "
+        "to it by a sticky cookie still go), disable (nothing goes to it) or enable.")
+    server.add_argument("action", choices=("drain", "disable", "enable"))
+    server.add_argument("config", metavar="CONFIG", help="path to the TOML config file")
+    server.add_argument("upstream", metavar="UPSTREAM", help="the upstream's name")
+    server.add_argument("server", metavar="HOST:PORT", help="the server, as in the config")
     route = commands.add_parser("route", help="inspect the routes of a config")
     route_commands = route.add_subparsers(dest="route_command", metavar="SUBCOMMAND")
     explain = route_commands.add_parser(
@@ -243,6 +252,13 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if config is None:
             return EXIT_CONFIG
         return _admin(config, "reload", "POST", "/reload")
+    if args.command == "server":
+        config = _load(args.config)
+        if config is None:
+            return EXIT_CONFIG
+        state = {"drain": "drain", "disable": "disabled", "enable": "enabled"}[args.action]
+        return _admin(config, "server", "POST", "/servers/state",
+                      {"upstream": args.upstream, "server": args.server, "state": state})
     if args.command == "hash-password":
         return _hash_password(args)
     if args.command == "cache":
@@ -252,8 +268,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
         return run_demo(port=args.port)
     parser.print_usage(sys.stderr)
-    print("fastproxy: error: a command is required (check, serve, reload, demo, route, cache "
-          "or hash-password)",
+    print("fastproxy: error: a command is required (check, serve, reload, server, demo, "
+          "route, cache or hash-password)",
           file=sys.stderr)
     return EXIT_USAGE
 

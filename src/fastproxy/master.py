@@ -254,7 +254,7 @@ class Supervisor:
 
             assert gen.admin is not None
             return AdminServer(gen.config, gen.admin, gen.number, gen.purges,
-                               self.board).run()
+                               self.board, gen.table).run()
         from fastproxy.worker import Worker
 
         return Worker(gen.config, gen.slots[slot], gen.table, gen.contexts, gen.limits,
@@ -265,7 +265,6 @@ class Supervisor:
         """SIGHUP: start a generation on the config file as it is now, if it is good."""
         source = self.config.source
         log.info("reloading %s", source)
-        self.reloads += 1
         try:
             config = load_config(source)
             contexts = tls_contexts(config)
@@ -321,13 +320,17 @@ class Supervisor:
             old.admin.close()
         log.info("reloaded: generation %d with %d worker(s); generation %d stopping",
                  new.number, len(new.slots), old.number)
-        self.last_reload = {"ok": True, "time": time.time(), "generation": new.number,
-                            "config_sha256": new.digest}
-        self.publish()
+        self._reloaded({"ok": True, "time": time.time(), "generation": new.number,
+                        "config_sha256": new.digest})
 
     def _reload_failed(self, error: str) -> None:
-        self.last_reload = {"ok": False, "time": time.time(), "generation": self.gen.number,
-                            "error": error}
+        self._reloaded({"ok": False, "time": time.time(), "generation": self.gen.number,
+                        "error": error})
+
+    def _reloaded(self, result: dict[str, Any]) -> None:
+        # The count and the result change together: the admin API waits for the count.
+        self.reloads += 1
+        self.last_reload = result
         self.publish()
 
     def _reap(self) -> None:
