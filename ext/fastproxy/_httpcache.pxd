@@ -69,6 +69,7 @@ cdef class RouteCache:
     cdef readonly object disk           # diskcache.DiskStore, or None
     cdef bytes status_name
     cdef Stamps stamps                  # invalidations of every worker (None: alone)
+    cdef public Py_ssize_t stats_base   # the cache's first counter in _stats (-1: none)
     cdef readonly tuple tag_headers     # the response fields that list tags (lowercase)
     cdef Purges purges                  # the admin API's purges (None: none)
     cdef list rules                     # the purges for this cache: (seq, time, kind, soft, text)

@@ -454,6 +454,7 @@ cdef class RouteCache:
         self.debug = spec.debug
         self.fills = {}
         self.status_name = b"fastproxy"
+        self.stats_base = -1
         self.tag_headers = tuple(name.lower().encode() for name in spec.tag_headers)
         self.rules = []
 

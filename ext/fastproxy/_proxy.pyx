@@ -60,6 +60,10 @@ from fastproxy._ratelimit cimport BanTable, ConnTable, RateLimit, ip_key
 from fastproxy._cache cimport cache_key
 from fastproxy._httpcache cimport RouteCache, Stored, wall_now
 from fastproxy._peers cimport now_ns
+from fastproxy._stats cimport (Stats, stat_add, ST_ACCEPTED, ST_CLOSED, ST_OPEN, ST_BYTES_IN,
+                               ST_BYTES_OUT, ST_WAF, ST_RATE_LIMITED, SV_REQUESTS,
+                               SV_FAILURES, SV_IN_FLIGHT, UP_FAILURES, UP_COUNTS,
+                               ROUTE_COUNTS, CA_HIT, CA_MISS, CA_STALE, CA_BYPASS)
 from libc.stdint cimport int64_t
 
 import asyncio
@@ -275,12 +279,24 @@ cdef class Core:
     cdef bint ban_waf               # WAF blocks count as refusals
     cdef unsigned char ban_status[100]  # ... and answers with these 4xx statuses
     cdef readonly long long banned  # requests refused because their client is banned
+    # Metrics (_stats; None: off): this worker's counters, and where the instance's
+    # own series and the series of requests that matched no route start.
+    cdef public Stats stats
+    cdef public Py_ssize_t stats_instance
+    cdef public Py_ssize_t stats_noroute
+
+    cdef void instance_add(self, int what, int64_t v) noexcept:
+        """Count on the instance's own series (metrics), when they are on."""
+        if self.stats is not None and self.stats_instance >= 0:
+            self.stats.mine[self.stats_instance + what] += v
 
     def __init__(self, config, router, access_log, clock, local_response, local_body_size):
         limits = config.limits
         timeouts = config.timeouts
         self.clients = set()
         self.upstream_conns = set()
+        self.stats_instance = -1
+        self.stats_noroute = -1
         self.router = router
         self.access_log = access_log
         self.log_on = access_log.enabled
@@ -456,6 +472,8 @@ cdef class ClientConnection(ParserHandler):
         cdef Core core = self.core
         self.made = True
         self.transport = transport
+        core.instance_add(ST_ACCEPTED, 1)
+        core.instance_add(ST_OPEN, 1)
         if len(core.clients) >= core.max_connections:
             self.closed = True
             transport.abort()
@@ -527,8 +545,12 @@ cdef class ClientConnection(ParserHandler):
 
     def connection_lost(self, exc):
         cdef Exchange ex = self.exchange
+        cdef Core core = self.core
         self.closed = True
-        self.core.clients.discard(self)
+        core.clients.discard(self)
+        if self.made:
+            core.instance_add(ST_CLOSED, 1)
+            core.instance_add(ST_OPEN, -1)
         if self.ip_counted:
             self.ip_counted = False
             self.core.conn_table.release(ip_key(self.ip))
@@ -716,6 +738,8 @@ cdef class ClientConnection(ParserHandler):
             ex.status = status
             ex.sent = core.local_body_size(status)
             ex.settle(PEER_UNKNOWN)  # the request's share of limits, queues, the server
+            if core.stats is not None:
+                ex.count_request()
             if core.log_on:
                 core.access_log.record(ex)
         elif core.log_on:
@@ -906,6 +930,7 @@ cdef Exchange new_exchange(ClientConnection client, MessageHead head):
     ex.host = head.host
     ex.upstream_label = "-"
     ex.peer = -1
+    ex.t0 = monotonic()
     ex.max_body = client.max_body
     ex.out = client.out
     if ex.out:
@@ -978,6 +1003,8 @@ cdef class Exchange:
     cdef bint waiting_fill      # this one waits for another's fill
     cdef bint background        # a refresh nobody waits for (stale-while-revalidate)
     cdef double request_time    # wall clock when the request went upstream
+    cdef double t0              # monotonic, when the request head was read (metrics)
+    cdef bint cache_hit         # answered from the cache (metrics)
     cdef tuple auth_drop        # forward_auth: fields the auth service's answer replaces
     cdef bytes auth_extra       # ... and its lines that replace them
     cdef readonly str upstream_label
@@ -1435,6 +1462,7 @@ cdef class Exchange:
         """Answer from a stored response; `full`: also look at the request's
         conditionals (304) and Range (206/416)."""
         cdef MessageHead req = self.head
+        self.cache_hit = self.fwd is None  # else a revalidation's or an error's answer
         cdef Core core = self.core
         cdef RouteCache cache = self.cache
         cdef bint close = req.expect_continue and req.body_kind != K_NONE and not self.req_done
@@ -1603,6 +1631,7 @@ cdef class Exchange:
                 continue
             wait = limit.check(key, now, &remaining, &reset, &hold)
             if wait:
+                self.core.instance_add(ST_RATE_LIMITED, 1)
                 self.respond_text(429, b"Too Many Requests",
                                   b"429 Too Many Requests: rate limit \"%s\"\n"
                                   % limit.name.encode(),
@@ -1650,6 +1679,7 @@ cdef class Exchange:
                               b"reached\n", b"Retry-After: 1\r\n")
         elif result[0] == "refused":
             limit = result[1]
+            self.core.instance_add(ST_RATE_LIMITED, 1)
             self.respond_text(429, b"Too Many Requests",
                               b"429 Too Many Requests: rate limit \"%s\"\n"
                               % limit.name.encode(),
@@ -1784,6 +1814,9 @@ cdef class Exchange:
         self.peer_start = monotonic()
         self.balancer.started(peer)
         self.pool = pool
+        if self.core.stats is not None and pool.stats_base >= 0:
+            stat_add(self.core.stats, pool.stats_base + SV_REQUESTS, 1)
+            stat_add(self.core.stats, pool.stats_base + SV_IN_FLIGHT, 1)
         self.upstream_label = pool.label
         conn = pool.take()
         if conn is not None:
@@ -2288,10 +2321,82 @@ cdef class Exchange:
                 seconds = -1.0
             else:
                 seconds = NAN
+            if self.core.stats is not None:
+                self.count_try(outcome, seconds)
             self.balancer.finished(self.peer, seconds)
             self.peer = -1
             if self.balancer.capped and self.group.waiting is not None:
                 (<WaitQueue>self.group.waiting).wake()  # a server has room now
+        return 0
+
+    cdef int count_try(self, int outcome, double seconds) except -1:
+        """Metrics of one try on a server (see peer_done)."""
+        cdef Stats stats = self.core.stats
+        cdef ServerPool pool = self.pool
+        cdef Py_ssize_t base = -1
+        cdef int status
+        if pool is not None and pool.stats_base >= 0:
+            stat_add(stats, pool.stats_base + SV_IN_FLIGHT, -1)
+            if outcome == PEER_FAILED:
+                stat_add(stats, pool.stats_base + SV_FAILURES, 1)
+        if self.group is not None:
+            base = self.group.stats_base
+        if base < 0 or outcome == PEER_UNKNOWN:
+            return 0
+        if outcome == PEER_FAILED or self.resp_head is None:
+            stat_add(stats, base + UP_FAILURES, 1)
+            return 0
+        status = self.resp_head.status // 100 - 1
+        stat_add(stats, base + (status if 0 <= status < 5 else 4), 1)
+        stats.observe(base + UP_COUNTS, <int64_t>(seconds * 1e6))
+        return 0
+
+    cdef int count_request(self) except -1:
+        """Metrics of a request that is over (see finish)."""
+        cdef Core core = self.core
+        cdef Stats stats = core.stats
+        cdef Py_ssize_t base = self.rule.stats_base if self.rule is not None \
+            else core.stats_noroute
+        cdef Py_ssize_t inst = core.stats_instance
+        cdef int status = self.status // 100 - 1
+        cdef bytes method = self.head.method
+        cdef int m
+        if status < 0 or status > 4:
+            status = 4 if status > 4 else 0
+        if base >= 0:
+            if method == b"GET":
+                m = 0
+            elif method == b"HEAD":
+                m = 1
+            elif method == b"POST":
+                m = 2
+            elif method == b"PUT":
+                m = 3
+            elif method == b"DELETE":
+                m = 4
+            elif method == b"PATCH":
+                m = 5
+            elif method == b"OPTIONS":
+                m = 6
+            else:
+                m = 7
+            stat_add(stats, base + m * 5 + status, 1)
+            stats.observe(base + ROUTE_COUNTS, <int64_t>((monotonic() - self.t0) * 1e6))
+        if inst >= 0:
+            stat_add(stats, inst + ST_BYTES_IN, self.req_bytes)
+            stat_add(stats, inst + ST_BYTES_OUT, self.sent)
+            if self.waf_hit:
+                stat_add(stats, inst + ST_WAF, 1)
+        if self.cache is not None and self.cache.stats_base >= 0:
+            if self.cache_hit:
+                m = CA_HIT
+            elif self.fwd is None or self.fwd == "uri-miss" or self.fwd == "vary-miss":
+                m = CA_MISS
+            elif self.fwd == "stale":
+                m = CA_STALE
+            else:
+                m = CA_BYPASS
+            stat_add(stats, self.cache.stats_base + m, 1)
         return 0
 
     cdef int settle(self, int outcome) except -1:
@@ -2325,6 +2430,8 @@ cdef class Exchange:
                 (self.waf_hit and core.ban_waf) or (
                     400 <= self.status < 499 and core.ban_status[self.status - 400])):
             core.ban_event(self.ctx.client_ip)
+        if core.stats is not None:
+            self.count_request()
         if core.log_on:
             core.access_log.record(self)
         self.client.exchange_done(self, keep)
@@ -2556,6 +2663,7 @@ cdef class ServerPool:
     cdef double read_timeout, send_timeout, idle_timeout, connect_timeout
     cdef double head_timeout    # for the response head of one try (retry.per_try_timeout)
     cdef readonly long long connects   # counted for the metrics (not exported yet)
+    cdef public Py_ssize_t stats_base  # the server's first counter in _stats (-1: none)
     cdef readonly long long reuses
     cdef readonly tuple addresses      # resolved IPs of a host name (empty: connect to `host`)
     cdef object ssl                    # client SSLContext for an https:// server, or None
@@ -2569,6 +2677,7 @@ cdef class ServerPool:
         self.weight = weight
         self.label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.label_bytes = self.label.encode()
+        self.stats_base = -1
         self.idle = []
         self.addresses = ()
         self.keepalive = upstream.keepalive

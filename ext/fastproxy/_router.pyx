@@ -161,6 +161,7 @@ cdef class Rule:
 
     def __init__(self, route, action, listener_ids):
         """`route` is a config Route; `listener_ids` maps listener names to indexes."""
+        self.stats_base = -1
         match = route.match
         self.index = route.index
         self.route = route

@@ -57,7 +57,9 @@ from fastproxy._httpcache import (
 )
 from fastproxy._peers import ADMIN_STATES, PeerTable, slot_layout
 from fastproxy._router import new_context
+from fastproxy._stats import Stats
 from fastproxy.config import CacheSpec, Config
+from fastproxy.metrics import Layout, render
 from fastproxy.routeconf import parse_template
 
 log = logging.getLogger("fastproxy.admin")
@@ -311,6 +313,14 @@ class _Head:
         pass
 
 
+class Raw:
+    """An answer that is not JSON."""
+
+    def __init__(self, data: bytes, content_type: str) -> None:
+        self.data = data
+        self.content_type = content_type
+
+
 class Answer(Exception):
     """An answer other than 200: raised by a handler."""
 
@@ -332,8 +342,11 @@ class AdminServer:
     then finishes what it is answering."""
 
     def __init__(self, config: Config, sock: socket.socket, generation: int,
-                 purges: Purges | None, board: StatusBoard, table: PeerTable) -> None:
+                 purges: Purges | None, board: StatusBoard, table: PeerTable,
+                 stats: Stats | None = None, layout: Layout | None = None) -> None:
         self.config = config
+        self.stats = stats
+        self.layout = layout
         self.table = table
         self.first_slot, _ = slot_layout(config.upstreams)
         self.sock = sock
@@ -376,9 +389,12 @@ class AdminServer:
         self.busy.add(task)
         try:
             status, body, extra = await self._answer(reader)
-            data = json.dumps(body, indent=1).encode() + b"\n"
+            if isinstance(body, Raw):
+                data, kind = body.data, body.content_type
+            else:
+                data, kind = json.dumps(body, indent=1).encode() + b"\n", "application/json"
             lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}",
-                     "Content-Type: application/json", f"Content-Length: {len(data)}",
+                     f"Content-Type: {kind}", f"Content-Length: {len(data)}",
                      "Cache-Control: no-store", "Connection: close",
                      *(f"{k}: {v}" for k, v in extra)]
             writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + data)
@@ -440,6 +456,7 @@ class AdminServer:
         routes = {b"/": ({b"GET"}, self.index), b"/status": ({b"GET"}, self.status),
                   b"/reload": ({b"POST"}, self.reload),
                   b"/upstreams": ({b"GET"}, self.upstreams),
+                  b"/metrics": ({b"GET"}, self.metrics),
                   b"/servers/state": ({b"POST"}, self.server_state),
                   b"/cache/purge": ({b"POST"}, self.purge),
                   b"/cache/purges": ({b"GET"}, self.list_purges)}
@@ -460,6 +477,7 @@ class AdminServer:
         return {"endpoints": {"GET /status": "the proxy's state",
                               "POST /reload": "reload the config file",
                               "GET /upstreams": "upstreams and their servers' state",
+                              "GET /metrics": "Prometheus metrics ([metrics])",
                               "POST /servers/state": '{"upstream": NAME, "server": '
                                                      '"HOST:PORT", "state": "drain"|'
                                                      '"disabled"|"enabled"}',
@@ -488,6 +506,13 @@ class AdminServer:
                     raise Answer(400, result.get("error", "reload failed"))
                 return result
         raise Answer(504, "the master gave no reload result in time")
+
+    async def metrics(self, body: bytes) -> Any:
+        if self.stats is None or self.layout is None:
+            raise Answer(404, "metrics are off ([metrics] enabled = false)")
+        text = render(self.stats, self.layout, self.config, self.table, self.first_slot,
+                      self.board.read(), __version__)
+        return Raw(text.encode(), "text/plain; version=0.0.4; charset=utf-8")
 
     async def upstreams(self, body: bytes) -> Any:
         out = {}

@@ -210,6 +210,14 @@ class CacheSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """[metrics]: what /metrics on the admin API counts."""
+
+    enabled: bool = True
+    buckets: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass(frozen=True, slots=True)
 class AdminSettings:
     """[admin]: the admin API (JSON over HTTP), served by its own process."""
 
@@ -436,6 +444,12 @@ class Config:
     auto_ban: AutoBan | None = None
     caches: Mapping[str, CacheSpec] = field(default_factory=lambda: MappingProxyType({}))
     admin: AdminSettings | None = None
+    metrics: MetricsSettings = field(default_factory=lambda: MetricsSettings())
+
+    @property
+    def counting(self) -> bool:
+        """Metrics are counted: on, and the admin API is there to show them."""
+        return self.metrics.enabled and self.admin is not None
 
     def summary(self) -> str:
         servers = sum(len(u.servers) for u in self.upstreams.values())
@@ -1462,6 +1476,25 @@ AUTO_BAN_FIELDS: Final = (
               _integer(64, 10_000_000)),
 )
 
+def _buckets(value: object) -> tuple[float, ...]:
+    seconds = _array(_duration(), "durations", empty_ok=False, unique=True)(value)
+    if list(seconds) != sorted(seconds):
+        raise ValueError("must be in increasing order")
+    if len(seconds) > 30:
+        raise ValueError(f"at most 30 buckets, found {len(seconds)}")
+    if seconds[0] < 0.0001:
+        raise ValueError("the smallest bucket is 100us")
+    return tuple(seconds)
+
+
+METRICS_FIELDS: Final = (
+    FieldSpec("enabled", True, "boolean",
+              "count requests for /metrics on the admin API (which needs [admin])", _boolean),
+    FieldSpec("buckets", ["5ms", "10ms", "25ms", "50ms", "100ms", "250ms", "500ms", "1s",
+                          "2.5s", "5s", "10s"], "array of durations",
+              "upper bounds of the latency histograms (a change needs a restart)", _buckets),
+)
+
 _SECTIONS: Final[Mapping[str, tuple[FieldSpec, ...]]] = MappingProxyType(
     {
         "server": SERVER_FIELDS,
@@ -1469,6 +1502,7 @@ _SECTIONS: Final[Mapping[str, tuple[FieldSpec, ...]]] = MappingProxyType(
         "timeouts": TIMEOUTS_FIELDS,
         "log": LOG_FIELDS,
         "routing": ROUTING_FIELDS,
+        "metrics": METRICS_FIELDS,
     }
 )
 _TOP_LEVEL_KEYS: Final = (*_SECTIONS, "listeners", "upstreams", "routes", "waf", "auto_ban",
@@ -2481,6 +2515,7 @@ def parse_config(
     log = ck.section(data, "log")
     log["access"] = ck.access_log(log["access"])
     routing = ck.section(data, "routing")
+    metrics = ck.section(data, "metrics")
 
     line, head = limits["max_line_bytes"], limits["max_header_bytes"]
     if line is not _INVALID and head is not _INVALID and line > head:
@@ -2528,6 +2563,7 @@ def parse_config(
         timeouts=Timeouts(**timeouts),
         log=LogSettings(**log),
         routing=RoutingSettings(**routing),
+        metrics=MetricsSettings(**metrics),
         listeners=tuple(listeners),
         upstreams=MappingProxyType(dict(upstreams)),
         routes=tuple(routes),

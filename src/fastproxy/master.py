@@ -33,10 +33,11 @@ import sys
 import time
 from typing import Any
 
-from fastproxy import __version__
+from fastproxy import __version__, metrics
 from fastproxy._httpcache import Purges, SharedCounter, Stamps
 from fastproxy._peers import PeerTable, slot_layout
 from fastproxy._ratelimit import BanTable, ConnTable, LimitTable
+from fastproxy._stats import Stats
 from fastproxy.admin import StatusBoard, config_digest, load_purges
 from fastproxy.config import AdminSettings, Config, ConfigError, Listener, load_config
 
@@ -100,7 +101,8 @@ class Generation:
 
     def __init__(self, number: int, config: Config, slots: list[list[socket.socket]],
                  table: PeerTable, contexts: list[Any], limits: LimitTable | None,
-                 purges: Purges | None = None, admin: socket.socket | None = None) -> None:
+                 purges: Purges | None = None, admin: socket.socket | None = None,
+                 stats: tuple[Stats, metrics.Registry] | None = None) -> None:
         self.number = number
         self.config = config
         self.slots = slots
@@ -122,6 +124,18 @@ class Generation:
             self.purges = Purges()
             load_purges(config.caches, self.purges)
         self.admin = admin  # the admin API's listening socket, None without [admin]
+        # Metrics: the master's table (kept for its life) and this config's view of it.
+        self.stats: Stats | None = None
+        self.layout: metrics.Layout | None = None
+        if stats is not None and config.counting:
+            from fastproxy.routing import https_redirects
+
+            self.stats = stats[0]
+            self.layout = metrics.Layout.of(config, stats[1],
+                                            [*https_redirects(config), *config.routes])
+            if stats[1].full:
+                log.warning("the metrics table is full: series new since the start are "
+                            "not counted until a restart")
         # Bytes in use in each disk cache directory (the writers add, the evictor sets).
         self.cache_usage = {name: SharedCounter() for name, spec in config.caches.items()
                             if spec.disk is not None}
@@ -148,7 +162,8 @@ def carry_health(old: Generation, new: Generation) -> None:
 
 
 class Supervisor:
-    def __init__(self, generation: Generation) -> None:
+    def __init__(self, generation: Generation,
+                 stats: tuple[Stats, metrics.Registry] | None = None) -> None:
         self.gen = generation
         self.pids: dict[int, tuple[int, int]] = {}  # pid -> (generation, slot); HEALTH slot
         self.started: dict[int, float] = {}       # slot -> start time (current generation)
@@ -157,6 +172,10 @@ class Supervisor:
         self.stopping = False
         self.stop_deadline = 0.0
         self.board = StatusBoard()  # what the admin process shows
+        # Metrics: the table's blocks (block 0 keeps what dead processes counted).
+        self.stats = stats
+        self.free_blocks = list(range(stats[0].blocks - 1, 0, -1)) if stats else []
+        self.blocks: dict[int, int] = {}  # pid -> its block
         self.started_at = time.time()
         self.reloads = 0
         self.last_reload: dict[str, Any] = {}
@@ -219,6 +238,11 @@ class Supervisor:
 
     def _spawn(self, slot: int) -> None:
         gen = self.gen
+        block = 0
+        if slot >= 0 and gen.stats is not None:
+            # Its own block; when every one is taken (reloads in a row with slow
+            # drains) the last one is shared, and a few counts may be lost.
+            block = self.free_blocks.pop() if self.free_blocks else gen.stats.blocks - 1
         pid = os.fork()
         if pid == 0:  # the child
             code = 1
@@ -229,18 +253,20 @@ class Supervisor:
                     s.close()
                 if gen.admin is not None and slot != ADMIN:
                     gen.admin.close()
-                code = self._child_main(gen, slot)
+                code = self._child_main(gen, slot, block)
             except BaseException:
                 log.exception("%s crashed", _name(os.getpid(), slot))
             finally:
                 logging.shutdown()
                 os._exit(code)
         self.pids[pid] = (gen.number, slot)
+        if block:
+            self.blocks[pid] = block
         self.started[slot] = time.monotonic()
         log.info("%s started", _name(pid, slot))
         self.publish()
 
-    def _child_main(self, gen: Generation, slot: int) -> int:
+    def _child_main(self, gen: Generation, slot: int, block: int = 0) -> int:
         if slot == HEALTH:
             from fastproxy.health import HealthChecker
 
@@ -254,12 +280,12 @@ class Supervisor:
 
             assert gen.admin is not None
             return AdminServer(gen.config, gen.admin, gen.number, gen.purges,
-                               self.board, gen.table).run()
+                               self.board, gen.table, gen.stats, gen.layout).run()
         from fastproxy.worker import Worker
 
         return Worker(gen.config, gen.slots[slot], gen.table, gen.contexts, gen.limits,
                       gen.conns, gen.bans, gen.cache_stamps, gen.cache_usage,
-                      gen.purges).run()
+                      gen.purges, gen.stats, gen.layout, block).run()
 
     def reload(self) -> None:
         """SIGHUP: start a generation on the config file as it is now, if it is good."""
@@ -299,8 +325,15 @@ class Supervisor:
         if purges is not None:  # the disk tiers new to this config bring their purges
             load_purges({name: spec for name, spec in config.caches.items()
                          if spec.disk is not None and name not in old.config.caches}, purges)
+        if self.stats is None and config.counting:
+            self.stats = metrics.new_stats(config, config.server.workers)
+            self.free_blocks = list(range(self.stats[0].blocks - 1, 0, -1))
+        elif self.stats is not None and config.counting and \
+                config.metrics.buckets != self.stats[1].buckets:
+            log.warning("metrics.buckets changed: the histograms keep the old buckets "
+                        "until a restart")
         new = Generation(old.number + 1, config, slots, PeerTable(slot_layout(config.upstreams)[1]),
-                         contexts, limits, purges, admin)
+                         contexts, limits, purges, admin, self.stats)
         carry_health(old, new)
         if old.bans is not None and old.config.auto_ban == config.auto_ban:
             new.bans = old.bans
@@ -346,6 +379,12 @@ class Supervisor:
                 continue
             number, slot = entry
             code = os.waitstatus_to_exitcode(status)
+            block = self.blocks.pop(pid, 0)
+            if block and self.stats is not None:
+                # Its counts go on in block 0; its gauges (in flight, open) die with it.
+                self.stats[0].retire(block, bytes(self.stats[1].gauges))
+                if block not in self.free_blocks and block not in self.blocks.values():
+                    self.free_blocks.append(block)
             self.publish()
             if self.stopping or number != self.gen.number:
                 log.info("%s exited (%d)", _name(pid, slot), code)
@@ -482,7 +521,9 @@ def serve(config: Config) -> int:
         log.info("admin API on http://%s", config.admin.address)
     table = PeerTable(slot_layout(config.upstreams)[1])
     limits = new_limit_table(config) if config.rate_limits else None
-    supervisor = Supervisor(Generation(1, config, slots, table, contexts, limits, None, admin))
+    stats = metrics.new_stats(config, config.server.workers) if config.counting else None
+    supervisor = Supervisor(Generation(1, config, slots, table, contexts, limits, None, admin,
+                                       stats), stats)
     try:
         return supervisor.run()
     finally:

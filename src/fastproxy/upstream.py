@@ -75,12 +75,13 @@ class UpstreamGroup:
     __slots__ = ("config", "pools", "balancer", "backup", "name", "hash_key", "sticky_cookie",
                  "sticky_values", "sticky_peers", "sticky_lines", "retries", "retry_on",
                  "retry_reset", "retry_timeout", "retry_statuses", "retry_buffer", "budget",
-                 "waiting", "busy", "unavailable")
+                 "waiting", "busy", "unavailable", "stats_base")
 
     def __init__(self, config: Upstream, core: Core, table: PeerTable | None = None,
                  first_slot: int = 0) -> None:
         self.config = config
         self.name = config.name
+        self.stats_base = -1  # the upstream's first counter in _stats (metrics; -1: none)
         if table is None:
             table, first_slot = PeerTable(len(config.servers)), 0
         primaries = [i for i, s in enumerate(config.servers) if not s.backup]

@@ -18,17 +18,20 @@ from typing import Any
 
 import uvloop
 
+from fastproxy import metrics
 from fastproxy._actions import Template
 from fastproxy._httpcache import Purges, RouteCache, SharedCounter, Stamps
 from fastproxy._peers import PeerTable, slot_layout
 from fastproxy._proxy import Core
 from fastproxy._ratelimit import BanTable, ConnTable, LimitTable, RateLimit
+from fastproxy._stats import LAYOUT, Stats
 from fastproxy._tls import ServerContext, TlsServer
 from fastproxy._url import IpSet
 from fastproxy.accesslog import AccessLog
 from fastproxy.clock import Clock
 from fastproxy.config import Config, ListenerTls
 from fastproxy.diskcache import DiskStore
+from fastproxy.metrics import Layout
 from fastproxy.proxyheader import ProxyHeaderGate
 from fastproxy.resolver import Resolver
 from fastproxy.responses import local_body_size, local_response
@@ -37,6 +40,7 @@ from fastproxy.upstream import UpstreamGroup
 
 log = logging.getLogger("fastproxy.worker")
 
+TLS_FAILURES = LAYOUT["ST_TLS_FAILURES"]
 TICK = 0.25  # seconds between deadline checks: the resolution of every timeout
 HANDSHAKE_REPORT = 10.0  # seconds between two summaries of failed TLS handshakes
 
@@ -65,7 +69,9 @@ class Worker:
                  ban_table: BanTable | None = None,
                  cache_stamps: Stamps | None = None,
                  cache_usage: Mapping[str, SharedCounter] | None = None,
-                 cache_purges: Purges | None = None) -> None:
+                 cache_purges: Purges | None = None,
+                 stats: Stats | None = None, layout: Layout | None = None,
+                 stats_block: int = 0) -> None:
         self.config = config
         self.sockets = sockets
         # Each listener's server SSLContext (built by the master before forking, so
@@ -109,6 +115,13 @@ class Worker:
             for cache in self.caches.values():
                 cache.set_purges(cache_purges)
         self.core.router = build_router(config, self.groups, self.rate_limits, self.caches)
+        # Metrics: this worker counts in its own block of the master's table.
+        self.stats = stats if layout is not None else None
+        if stats is not None and layout is not None:
+            if stats_block:
+                stats.use_block(stats_block)
+            metrics.apply(layout, self.core, self.core.router, self.groups, self.caches, stats)
+            self._tls_failures_at = layout.instance + TLS_FAILURES if layout.instance >= 0 else -1
         if config.server.trusted_proxies:
             self.core.trusted = IpSet(config.server.trusted_proxies)
         self.core.listener_access = [compile_access(listener.access)
@@ -259,6 +272,8 @@ class Worker:
         for tls_server in self._tls_servers:
             tls_server.expire(now)
         self.access_log.flush()
+        if self.stats is not None and self._tls_failures_at >= 0:
+            self.stats.set(self._tls_failures_at, core.handshake_failures)
         for cache in self.caches.values():
             cache.poll_purges()  # so that the purges' ring never runs past this worker
         if core.handshake_failures != self._handshake_failures and now >= self._handshake_report:
