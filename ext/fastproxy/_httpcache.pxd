@@ -57,6 +57,8 @@ cdef class RouteCache:
     cdef readonly dict fills            # primary key -> [waiting Exchange, ...]
     cdef readonly long long store_limit # the largest response a tier keeps
     cdef readonly object disk           # diskcache.DiskStore, or None
+    cdef readonly object redis          # rediscache.RedisCache, or None
+    cdef readonly long long capture_limit  # the largest body kept whole (memory or Redis)
     cdef bytes status_name
     cdef Stamps stamps                  # invalidations of every worker (None: alone)
 

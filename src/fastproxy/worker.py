@@ -103,6 +103,17 @@ class Worker:
                 disk = DiskStore(spec.disk.path, spec.disk.size, spec.disk.max_object, usage)
                 self.caches[name].set_disk(disk)
                 self.disks.append(disk)
+        # The Redis tiers: responses shared with the other instances.
+        self.redis_caches: list[Any] = []
+        for name, spec in config.caches.items():
+            if spec.redis is not None:
+                from fastproxy.rediscache import RedisCache
+
+                shared = RedisCache(spec.redis.url, name=name, prefix=spec.redis.prefix,
+                                    max_object=spec.redis.max_object,
+                                    timeout=spec.redis.timeout)
+                self.caches[name].set_redis(shared)
+                self.redis_caches.append(shared)
         self.core.router = build_router(config, self.groups, self.rate_limits, self.caches)
         if config.server.trusted_proxies:
             self.core.trusted = IpSet(config.server.trusted_proxies)
@@ -163,6 +174,8 @@ class Worker:
         self.core.loop = loop
         for disk in self.disks:
             disk.start(loop)
+        for shared in self.redis_caches:
+            shared.start(loop)
         # Everything made so far (config, modules) lives as long as the worker:
         # keep it out of the cyclic GC's generations.
         gc.freeze()
@@ -205,6 +218,8 @@ class Worker:
             await self._stopped
         finally:
             resolver.stop()
+            for shared in self.redis_caches:
+                await shared.close()  # the writes queued get a moment to go out
 
     def _tls_server(self, index: int) -> TlsServer:
         """The protocol factory of an `engine = "openssl"` listener (OpenSSL driven
