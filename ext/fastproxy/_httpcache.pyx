@@ -439,6 +439,16 @@ cdef class RouteCache:
         """The Redis tier of this cache in this worker (a rediscache.RedisCache)."""
         self.redis = redis
         self.capture_limit = max(self.max_object, redis.max_object)
+        redis.on_invalidate = self.invalidated_elsewhere
+
+    def invalidated_elsewhere(self, uint64_t primary):
+        """Another instance invalidated `primary` (heard through Redis): this
+        instance's copies go, in every worker's memory (the stamps) and on disk."""
+        self.index.remove(primary)
+        if self.stamps is not None:
+            self.stamps.mark(primary, wall_now())
+        if self.disk is not None:
+            self.disk.remove(primary)
 
     def forget_shared(self, uint64_t primary):
         """Remove a primary key's copies from the disk and Redis tiers."""

@@ -24,6 +24,12 @@ Nothing here waits for Redis on behalf of a client beyond one `timeout`:
   a `redislink.RedisLink` (bounded connections, timeout, circuit breaker):
   Redis down or slow is a miss, and while the breaker is open `read` says so at
   once without a task.
+- Invalidations reach the other instances: the delete is followed by a PUBLISH
+  of the primary key's hash on PREFIX``invalidate``, which every worker of every
+  instance subscribes to; one that hears of another's invalidation drops its own
+  copies (memory, through the shared invalidation stamps, and disk). A worker that
+  is not connected when it is published does not hear it: its copies live until
+  they are stale.
 - Writes and deletes go into a queue (bounded in bytes) that one writer task
   sends in order, in pipelined batches on one connection, after the response
   went to the client. A store and a later invalidation of the same key therefore
@@ -36,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -56,7 +63,7 @@ from fastproxy.diskcache import (
     vary_header,
     whole_file,
 )
-from fastproxy.redislink import RedisLink, StoreUnavailable
+from fastproxy.redislink import FAILURES, RedisLink, StoreUnavailable
 
 log = logging.getLogger("fastproxy.cache")
 
@@ -116,12 +123,13 @@ def variant_field(variant: bytes) -> bytes:
 class _Op:
     """One write or delete waiting for the writer task."""
 
-    __slots__ = ("primary", "args", "size", "done", "future")
+    __slots__ = ("primary", "args", "size", "done", "future", "publish")
 
     def __init__(self, primary: int, args: tuple[Any, ...] | None, size: int,
                  done: Callable[[bool], None] | None = None,
-                 future: asyncio.Future[int] | None = None) -> None:
+                 future: asyncio.Future[int] | None = None, publish: bool = False) -> None:
         self.primary = primary
+        self.publish = publish  # a delete the other instances hear of
         self.args = args  # the store script's ARGV; None: a delete
         self.size = size
         self.done = done
@@ -140,7 +148,12 @@ class RedisCache:
         self.redis = self.link.redis
         self.prefix = prefix.encode()
         self.max_object = max_object
+        self.channel = self.prefix + b"invalidate"
+        self.instance = os.urandom(8).hex().encode()  # this worker, in what it publishes
+        # Called with a primary key another instance invalidated (RouteCache sets it).
+        self.on_invalidate: Callable[[int], None] | None = None
         self._store = self.redis.register_script(STORE_SCRIPT)
+        self._listener: asyncio.Task[None] | None = None
         self.loop: Any = None
         self._queue: deque[_Op] = deque()
         self._queued = 0  # bytes in the queue
@@ -152,7 +165,7 @@ class RedisCache:
         # Counters, for tests and later metrics.
         self.stats = {"hits": 0, "misses": 0, "vary_misses": 0, "collisions": 0, "corrupt": 0,
                       "errors": 0, "skipped": 0, "writes": 0, "write_errors": 0, "dropped": 0,
-                      "deletes": 0}
+                      "deletes": 0, "heard": 0}
 
     def keys(self, primary: int) -> tuple[bytes, bytes]:
         """The Redis keys of a primary key: its response or Vary record, its variants."""
@@ -163,6 +176,7 @@ class RedisCache:
         self.loop = loop
         self._wake = asyncio.Event()
         self._writer = loop.create_task(self._write_loop())
+        self._listener = loop.create_task(self._listen())
 
     async def close(self, wait: float = CLOSE_WAIT) -> None:
         """Give the queued writes up to `wait` seconds, then stop."""
@@ -170,6 +184,13 @@ class RedisCache:
         while (self._queue or self._lost) and not self.link.failing() \
                 and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+        if self._listener is not None:
+            self._listener.cancel()
+            try:
+                await self._listener
+            except (asyncio.CancelledError, Exception):  # stopping: whatever it did ends
+                pass
+            self._listener = None
         if self._writer is not None:
             self._writer.cancel()
             try:
@@ -271,7 +292,7 @@ class RedisCache:
         self.stats["corrupt"] += 1
         self._log("corrupt", logging.WARNING, "cache [caches.%s] Redis: ignored %s: %s "
                   "(deleted)", self.name, where.decode("latin-1"), why)
-        self.remove(primary)
+        self._submit(_Op(primary, None, 0))
 
     # -- writes -----------------------------------------------------------------------
 
@@ -303,14 +324,15 @@ class RedisCache:
 
     def remove(self, primary: int) -> None:
         """Delete a primary key's entries (the response or Vary record, and every
-        variant), after the writes queued before. Purging and invalidation use it."""
-        self._submit(_Op(primary, None, 0))
+        variant), after the writes queued before, and tell the other instances
+        (they drop their copies). Purging and invalidation use it."""
+        self._submit(_Op(primary, None, 0, publish=True))
 
     async def purge(self, primary: int) -> int:
         """`remove`, awaited: the number of Redis keys deleted (0, 1 or 2). Raises
         StoreUnavailable when Redis could not be reached (then it is retried later)."""
         future: asyncio.Future[int] = self.loop.create_future()
-        self._submit(_Op(primary, None, 0, future=future))
+        self._submit(_Op(primary, None, 0, future=future, publish=True))
         return await future
 
     def _later(self, done: Callable[[bool], None] | None, ok: bool) -> None:
@@ -398,7 +420,7 @@ class RedisCache:
         while self._lost and len(batch) < 256:
             primary = next(iter(self._lost))
             del self._lost[primary]
-            batch.append(_Op(primary, None, 0))
+            batch.append(_Op(primary, None, 0, publish=True))
         while self._queue and (not batch or size + self._queue[0].size <= BATCH_BYTES):
             op = self._queue.popleft()
             self._queued -= op.size
@@ -412,6 +434,8 @@ class RedisCache:
             base, variants = self.keys(op.primary)
             if op.args is None:
                 pipe.delete(base, variants)
+                if op.publish:
+                    pipe.publish(self.channel, b"%016x %s" % (op.primary, self.instance))
             else:
                 await self._store(keys=(base, variants), args=op.args, client=pipe)  # queued
         try:
@@ -428,7 +452,11 @@ class RedisCache:
             return
         finally:
             await pipe.reset()
-        for op, result in zip(batch, results, strict=True):
+        results = iter(results)
+        for op in batch:
+            result = next(results)
+            if op.args is None and op.publish:
+                next(results)  # PUBLISH: how many heard it
             ok = not isinstance(result, Exception)
             if not ok:  # an error answer for this key only (say, another program's data)
                 self.stats["write_errors"] += 1
@@ -440,6 +468,55 @@ class RedisCache:
             else:
                 self.stats["writes"] += 1
             self._settle(op, ok, int(result) if ok and op.args is None else 0)
+
+    # -- invalidations from the other instances ------------------------------------------
+
+    async def _listen(self) -> None:
+        """Hear the invalidations published by the other workers and instances (a
+        connection of its own, re-made after a failure every retry_after)."""
+        client = self.link.listener()
+        deaf = False  # logged that it is not hearing them (once, until it is again)
+        try:
+            while True:
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                try:
+                    await pubsub.subscribe(self.channel)
+                    if deaf:
+                        deaf = False
+                        log.info("cache [caches.%s] Redis: hearing invalidations again",
+                                 self.name)
+                    while True:
+                        message = await pubsub.get_message(timeout=1.0)
+                        if message is not None and message.get("type") == "message":
+                            self._heard(message["data"])
+                except FAILURES as e:
+                    if not deaf:
+                        deaf = True
+                        log.info("cache [caches.%s] Redis: not hearing other instances' "
+                                 "invalidations (%s); trying again every %gs", self.name, e,
+                                 max(self.link.retry_after, 0.1))
+                except Exception:
+                    log.exception("cache [caches.%s] Redis: invalidation listener failed",
+                                  self.name)
+                finally:
+                    try:
+                        await pubsub.aclose()
+                    except FAILURES:
+                        pass
+                await asyncio.sleep(max(self.link.retry_after, 0.1))
+        finally:
+            await client.aclose()
+
+    def _heard(self, data: bytes) -> None:
+        hex_key, _, sender = data.partition(b" ")
+        if sender == self.instance or len(hex_key) != 16 or self.on_invalidate is None:
+            return
+        try:
+            primary = int(hex_key, 16)
+        except ValueError:
+            return
+        self.stats["heard"] += 1
+        self.on_invalidate(primary)
 
     def _log(self, kind: str, level: int, message: str, *args: Any) -> None:
         """Log at most one line of a kind every LOG_EVERY seconds (with how many

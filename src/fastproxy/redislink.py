@@ -121,6 +121,7 @@ class RedisLink:
         if not (retry_after >= 0 and math.isfinite(retry_after)):
             raise ValueError(f"retry_after must be >= 0 seconds, not {retry_after!r}")
         self.url = check_url(url)  # password masked
+        self._raw_url = url
         self.timeout = timeout
         self.retry_after = retry_after
         self.what = what
@@ -149,6 +150,14 @@ class RedisLink:
         self._retry_at = 0.0
         self._probing = False
         self._reason = ""
+
+    def listener(self) -> aioredis.Redis:
+        """A second client of the same server for a subscription (which keeps its
+        connection): connects within `timeout`, no retries."""
+        return aioredis.Redis.from_url(
+            self._raw_url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout,
+            retry=Retry(NoBackoff(), 0), health_check_interval=0, protocol=2,
+            max_connections=2)
 
     def failing(self) -> bool:
         """The breaker is open and no probe may go now: a call would fail at once.
