@@ -526,3 +526,26 @@ def test_redis_config(tmp_path: Path) -> None:
         issues = [(i.key, i.reason) for i in info.value.errors]
         assert any(k == key and reason in r for k, r in issues), (value, issues)
         assert str(path) in str(info.value)
+
+
+def test_cache_explain_shows_the_redis_key(pair: tuple[ProxyProcess, ProxyProcess],
+                                          redis_server: RedisServer,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from fastproxy.cli import main
+
+    a, _ = pair
+    filled(a, redis_server, "/small")
+    filled(a, redis_server, "/vary", "Accept-Language: en\r\n")
+    config = str(a.config_path)
+    assert main(["cache", "explain", config, "http://site/small"]) == 0
+    out = capsys.readouterr().out
+    assert f"; redis {redis_server.url})" in out
+    assert f"redis:     {key_of('/small').decode()} (stored, expires in 6" in out
+    assert main(["cache", "explain", config, "http://site/vary"]) == 0
+    out = capsys.readouterr().out
+    assert f"redis:     {key_of('/vary').decode()} (a Vary record and 1 variant(s)" in out
+    assert main(["cache", "explain", config, "http://site/nothing"]) == 0
+    assert f"redis:     {key_of('/nothing').decode()} (not in Redis)" in capsys.readouterr().out
+    redis_server.stop()
+    assert main(["cache", "explain", config, "http://site/small"]) == 0
+    assert "(cannot ask Redis: ConnectionError" in capsys.readouterr().out
