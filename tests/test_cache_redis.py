@@ -549,3 +549,59 @@ def test_cache_explain_shows_the_redis_key(pair: tuple[ProxyProcess, ProxyProces
     redis_server.stop()
     assert main(["cache", "explain", config, "http://site/small"]) == 0
     assert "(cannot ask Redis: ConnectionError" in capsys.readouterr().out
+
+
+# -- the tier in one process -------------------------------------------------------------------
+
+
+def test_purge_and_deletes_kept_while_redis_is_down(redis_server: RedisServer) -> None:
+    """`purge` deletes a primary key's entries and says how many; a delete that
+    could not be sent (Redis down) is sent once Redis answers again."""
+    import asyncio
+
+    import uvloop
+
+    from fastproxy.rediscache import RedisCache
+    from fastproxy.redislink import StoreUnavailable
+
+    r = client(redis_server)
+    fresh = cachepolicy.Freshness(600.0, "max-age", 0.0)
+
+    async def main() -> None:
+        cache = RedisCache(redis_server.url, name="main", prefix="t:", max_object=1 << 20,
+                           timeout=1.0, retry_after=0.2)
+        cache.start(asyncio.get_running_loop())
+        try:
+            stored = Stored(200, b"OK", [], b"body", time.time(), time.time(), fresh, b"")
+            written: list[bool] = []
+            cache.write(7, b"http://k/7", stored, (), written.append)
+            assert written == []  # never from within the call
+            for _ in range(200):
+                if written:
+                    break
+                await asyncio.sleep(0.01)
+            assert written == [True] and 590_000 <= r.pttl(b"t:0000000000000007") <= 600_000
+            found = await cache.lookup(7, b"http://k/7", [])
+            assert isinstance(found, tuple) and found[0].body == b"body"
+            assert await cache.lookup(7, b"http://other", []) is None  # key text differs
+            assert await cache.purge(7) == 1 and not r.exists(b"t:0000000000000007")
+
+            redis_server.stop()
+            with pytest.raises(StoreUnavailable):
+                await cache.purge(8)  # not sent: kept
+            cache.remove(9)
+            assert not cache.read(9, b"http://k/9", [], lambda found: None)  # breaker open
+            redis_server.start()  # same port, empty
+            client(redis_server).set(b"t:0000000000000008", b"old")
+            client(redis_server).set(b"t:0000000000000009:v", b"old")
+            for _ in range(300):
+                if not client(redis_server).exists(b"t:0000000000000008",
+                                                   b"t:0000000000000009:v"):
+                    break
+                await asyncio.sleep(0.01)
+            assert not client(redis_server).exists(b"t:0000000000000008",
+                                                   b"t:0000000000000009:v")
+        finally:
+            await cache.close()
+
+    uvloop.run(main())
