@@ -458,10 +458,11 @@ cdef class RouteCache:
             self.redis.remove(primary)
 
     def invalidate(self, uint64_t primary):
-        self.index.remove(primary)
-        if self.stamps is not None:
-            self.stamps.mark(primary, wall_now())
-        self.forget_shared(primary)
+        """Every copy of `primary` goes: this instance's (as when another one
+        invalidated it) and Redis' (which tells the other instances)."""
+        self.invalidated_elsewhere(primary)
+        if self.redis is not None:
+            self.redis.remove(primary)
 
     def invalidate_after(self, uint64_t primary, bytes method, int status, bytes host,
                          bytes target, list response_headers, bytes scheme):
