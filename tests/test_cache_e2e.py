@@ -271,7 +271,7 @@ def test_cache_config() -> None:
     assert config.routes[0].cache == "main"
     with pytest.raises(ConfigError) as info:
         parse_config({**base, "caches": {"main": {"memory": "1m", "max_object": "2m",
-                                                  "redis": "redis://127.0.0.1:1"},
+                                                  "redis": "http://127.0.0.1:1"},
                                          "other": {"valid": {"abc": "1m"}}},
                       "routes": [{"upstream": "a", "cache": "nope"},
                                  {"respond": {"body": "x"}, "cache": "other"}]})

@@ -112,7 +112,7 @@ def test_counters_equal_the_traffic_over_two_workers(make_origin: Callable[..., 
             while s.recv(4096):
                 pass
 
-        samples, text = scrape(admin)
+        samples, _ = scrape(admin)
         req = "fastproxy_http_requests_total"
         assert value(samples, req, route="api", method="GET", status_class="2xx") == 30
         assert value(samples, req, route="api", method="POST", status_class="2xx") == 10

@@ -67,6 +67,8 @@ cdef class RouteCache:
     cdef readonly dict fills            # primary key -> [waiting Exchange, ...]
     cdef readonly long long store_limit # the largest response a tier keeps
     cdef readonly object disk           # diskcache.DiskStore, or None
+    cdef readonly object redis          # rediscache.RedisCache, or None
+    cdef readonly long long capture_limit  # the largest body kept whole (memory or Redis)
     cdef bytes status_name
     cdef Stamps stamps                  # invalidations of every worker (None: alone)
     cdef public Py_ssize_t stats_base   # the cache's first counter in _stats (-1: none)

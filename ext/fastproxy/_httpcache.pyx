@@ -449,6 +449,7 @@ cdef class RouteCache:
             stale_while_revalidate=spec.stale_while_revalidate,
             stale_if_error=spec.stale_if_error)
         self.max_object = spec.max_object
+        self.capture_limit = spec.max_object
         self.store_limit = spec.store_limit
         self.lock_timeout = spec.lock_timeout
         self.debug = spec.debug
@@ -513,17 +514,19 @@ cdef class RouteCache:
     def store(self, uint64_t primary, list request_headers, MessageHead head, bytes body,
               double request_time, double response_time, fresh, bytes key=None, write=None,
               done=None, bytes url=None):
-        """Store a complete response (in memory when `body` is not None; on disk
-        through `write`, a diskcache.DiskWrite that has the body, with `key` the
-        key text): the Stored kept in memory, or None. `done(ok)` is called once
-        the disk write is over (not at all without one)."""
+        """Store a complete response: in memory when `body` is not None and within
+        max_object; in Redis when `body` is not None (the tier checks its own
+        max_object); on disk through `write`, a diskcache.DiskWrite that has the
+        body; `key` is the key text. Returns the Stored kept in memory, or None.
+        `done(ok)` is called once the disk write is over, or without one the Redis
+        write (not at all without either)."""
         response_headers = head.headers()
         names = cachepolicy.vary_names(response_headers)
         if names is None:  # Vary: * (admit refused it already)
             if write is not None:
                 write.abort()
-                if done is not None:
-                    done(False)
+            if done is not None and (write is not None or self.redis is not None):
+                done(False)
             return None
         kept = [(name, value) for name, value in response_headers
                 if name.lower() not in _NOT_STORED]
@@ -537,14 +540,21 @@ cdef class RouteCache:
             write.commit(key, stored, names, done)
         if body is None:
             return None
+        if self.redis is not None and key is not None:
+            if self.stamps is None or not self.stamps.outdated(primary, request_time):
+                self.redis.write(primary, key, stored, names, done if write is None else None)
+            elif write is None and done is not None:
+                done(False)  # invalidated while it was fetched: not shared
+        if len(body) > self.max_object:
+            return None
         self.put(primary, stored, names)
         return stored
 
     def adopt(self, uint64_t primary, Stored stored, tuple names):
-        """A response read from disk: None when it was invalidated since it was
-        fetched (its file is removed); else kept in memory too, if it fits."""
+        """A response read from disk or Redis: None when it was invalidated since it
+        was fetched (its copies are removed); else kept in memory too, if it fits."""
         if self.stamps is not None and self.stamps.outdated(primary, stored.request_time):
-            self.disk.remove(primary)
+            self.forget_shared(primary)
             return None
         if self.purges is not None and self.purged(primary, stored):
             return None
@@ -591,6 +601,8 @@ cdef class RouteCache:
             self.put(primary, new, names)
         if self.disk is not None and key is not None:
             self.disk.write_whole(primary, key, new, names)
+        if self.redis is not None and key is not None:
+            self.redis.write(primary, key, new, names)
         return new
 
     def set_stamps(self, Stamps stamps):
@@ -678,21 +690,43 @@ cdef class RouteCache:
         return False
 
     def drop(self, uint64_t primary):
-        """Remove what is stored under a primary key, in memory and on disk."""
+        """Remove what is stored under a primary key, in memory, on disk and in Redis
+        (whose deletion the other instances hear as an invalidation)."""
         self.index.remove(primary)
-        if self.disk is not None:
-            self.disk.remove(primary)
+        self.forget_shared(primary)
 
     def set_disk(self, disk):
         """The disk tier of this cache in this worker (a diskcache.DiskStore)."""
         self.disk = disk
 
-    def invalidate(self, uint64_t primary):
+    def set_redis(self, redis):
+        """The Redis tier of this cache in this worker (a rediscache.RedisCache)."""
+        self.redis = redis
+        self.capture_limit = max(self.max_object, redis.max_object)
+        redis.on_invalidate = self.invalidated_elsewhere
+
+    def invalidated_elsewhere(self, uint64_t primary):
+        """Another instance invalidated `primary` (heard through Redis): this
+        instance's copies go, in every worker's memory (the stamps) and on disk."""
         self.index.remove(primary)
         if self.stamps is not None:
             self.stamps.mark(primary, wall_now())
         if self.disk is not None:
             self.disk.remove(primary)
+
+    def forget_shared(self, uint64_t primary):
+        """Remove a primary key's copies from the disk and Redis tiers."""
+        if self.disk is not None:
+            self.disk.remove(primary)
+        if self.redis is not None:
+            self.redis.remove(primary)
+
+    def invalidate(self, uint64_t primary):
+        """Every copy of `primary` goes: this instance's (as when another one
+        invalidated it) and Redis' (which tells the other instances)."""
+        self.invalidated_elsewhere(primary)
+        if self.redis is not None:
+            self.redis.remove(primary)
 
     def invalidate_after(self, uint64_t primary, bytes method, int status, bytes host,
                          bytes target, list response_headers, bytes scheme):

@@ -870,12 +870,18 @@ def _fill_wait_over(Exchange ex):
 
 def _disk_found(Exchange ex, found):
     """On the loop, when the disk tier answered a lookup."""
-    ex.disk_found(found)
+    ex.shared_found(found, None)
 
 
-def _disk_committed(RouteCache cache, uint64_t primary, ok):
-    """On the loop, when a response kept on disk only is written (or failed): the
-    requests that waited for it look again (from disk) or fetch it themselves."""
+def _redis_found(Exchange ex, found):
+    """On the loop, when the Redis tier answered a lookup."""
+    ex.shared_found(found, "redis")
+
+
+def _shared_committed(RouteCache cache, uint64_t primary, ok):
+    """On the loop, when a response kept on disk or in Redis only (too big for the
+    memory tier) is written (or failed): the requests that waited for it look
+    again (there) or fetch it themselves."""
     waiters = cache.fills.pop(primary, None)
     if waiters:
         for ex in <list>waiters:
@@ -996,9 +1002,10 @@ cdef class Exchange:
     cdef list capture           # the body being stored (None: not storing)
     cdef Py_ssize_t capture_size
     cdef object fresh           # cachepolicy.Freshness of the response being stored
-    cdef bytes disk_key         # the key itself, for the disk tier (None: no disk)
+    cdef bytes shared_key       # the key itself, for the disk and Redis tiers (None: neither)
     cdef object disk_write      # diskcache.DiskWrite of the response being stored, or None
     cdef bint disk_checked      # the disk tier was asked for this request already
+    cdef bint redis_checked     # the Redis tier was asked for this request already
     cdef bint filling           # others with the same key may wait for this one
     cdef bint waiting_fill      # this one waits for another's fill
     cdef bint background        # a refresh nobody waits for (stale-while-revalidate)
@@ -1240,8 +1247,8 @@ cdef class Exchange:
         self.cache_primary = cache_key(key)
         if cache.debug:
             self.cache_text = key
-        if cache.disk is not None:
-            self.disk_key = key
+        if cache.disk is not None or cache.redis is not None:
+            self.shared_key = key
         if method != b"GET" and method != b"HEAD":
             self.fwd = "method"  # forwarded; a success invalidates what is stored
             return False
@@ -1253,19 +1260,27 @@ cdef class Exchange:
         return self.use_stored(<Stored>found)
 
     cdef bint missed(self, bint vary_miss) except -1:
-        """Nothing stored answers this request: ask the upstream (filling the cache)."""
+        """Nothing stored here answers this request: ask Redis when the cache has
+        that tier, else the upstream (filling the cache)."""
         cdef RouteCache cache = self.cache
         self.fwd = "vary-miss" if vary_miss else "uri-miss"
-        cc = self.head.get(b"cache-control")
-        if cc is not None and b"only-if-cached" in cc.lower():
+        if cache.redis is not None and not self.redis_checked:
+            return self.read_redis()
+        if self.only_cached():
             self.respond_text(504, b"Gateway Timeout",
                               b"504 Gateway Timeout: not in the cache (only-if-cached)\n",
                               cache.status_line(fwd=self.fwd, key=self.cache_text))
             return True
         return self.fill_or_wait()
 
-    cdef bint use_stored(self, Stored stored) except -1:
-        """A stored response selected for this request: serve it, or revalidate it."""
+    cdef bint only_cached(self) except -1:
+        """The client said only-if-cached: never forwarded (a 504 instead)."""
+        cc = self.head.get(b"cache-control")
+        return cc is not None and b"only-if-cached" in cc.lower()
+
+    cdef bint use_stored(self, Stored stored, str tier=None) except -1:
+        """A stored response selected for this request: serve it, or revalidate it.
+        `tier`: "redis" when it came from there (Cache-Status shows it)."""
         cdef RouteCache cache = self.cache
         cdef MessageHead head = self.head
         cdef double now = wall_now()
@@ -1273,9 +1288,9 @@ cdef class Exchange:
             # The fast path: fresh, and a request that asks nothing more of it.
             self.serve_stored(stored, now, b"Cache-Status: fastproxy;hit;ttl=%d\r\n"
                               % <long long>(stored.fresh_until - now)
-                              if self.cache_text is None else
+                              if self.cache_text is None and tier is None else
                               cache.status_line(hit=True, ttl=stored.fresh_until - now,
-                                                key=self.cache_text), False)
+                                                key=self.cache_text, detail=tier), False)
             return True
         decision = cache.decide(stored, head.headers(), now)
         verdict = decision.verdict.value
@@ -1289,7 +1304,7 @@ cdef class Exchange:
                 self.refresh_in_background(stored)
             self.serve_stored(stored, now, cache.status_line(
                 hit=True, ttl=decision.ttl, key=self.cache_text,
-                detail=None if verdict == "fresh" else verdict), True)
+                detail=tier if verdict == "fresh" else verdict), True)
             return True
         self.stale = stored
         self.fwd = "stale" if stored.fresh_until <= now else "request"
@@ -1298,15 +1313,16 @@ cdef class Exchange:
     cdef bint read_disk(self) except -1:
         """The memory tier missed: look in the disk tier. From the kernel's caches
         when it can be done without waiting (answered now), else in a thread
-        (disk_found goes on): then a GET that would fill the cache holds the key
+        (shared_found goes on): then a GET that would fill the cache holds the key
         meanwhile, so requests for it wait for this lookup (and the fetch after it)
         instead of reading too."""
         cdef RouteCache cache = self.cache
-        cdef bint fills = not self.head.is_head_request and self.head.body_kind == K_NONE
+        cdef bint fills = (not self.head.is_head_request and self.head.body_kind == K_NONE
+                           and not self.only_cached())
         self.disk_checked = True
-        found = cache.disk.lookup_now(self.cache_primary, self.disk_key, self.head.headers())
+        found = cache.disk.lookup_now(self.cache_primary, self.shared_key, self.head.headers())
         if found != "would-block":
-            return self.disk_answer(found)
+            return self.shared_answer(found, None)
         if fills:
             waiters = cache.fills.get(self.cache_primary)
             if waiters is not None:
@@ -1317,7 +1333,7 @@ cdef class Exchange:
                 self.connecting = True
                 self.core.loop.call_later(cache.lock_timeout, _fill_wait_over, self)
                 return True
-        if not cache.disk.read(self.cache_primary, self.disk_key, self.head.headers(),
+        if not cache.disk.read(self.cache_primary, self.shared_key, self.head.headers(),
                                partial(_disk_found, self)):
             return self.missed(cache.index.peek(self.cache_primary) is not None)
         if fills:
@@ -1326,19 +1342,46 @@ cdef class Exchange:
         self.connecting = True  # a request body waits in `pending`
         return True
 
-    cdef bint disk_answer(self, object found) except -1:
-        """Serve or revalidate what the disk tier found, or go on as a miss."""
+    cdef bint read_redis(self) except -1:
+        """Memory (and disk) missed: ask the Redis tier, in a task (shared_found goes
+        on). A GET that would fill the cache holds the key meanwhile, so requests
+        for it wait for this lookup (and the fetch after it) instead of asking
+        Redis too. Redis known to be down: a miss at once."""
+        cdef RouteCache cache = self.cache
+        cdef bint fills = (not self.head.is_head_request and self.head.body_kind == K_NONE
+                           and not self.only_cached())
+        self.redis_checked = True
+        if fills:
+            waiters = cache.fills.get(self.cache_primary)
+            if waiters is not None:
+                (<list>waiters).append(self)
+                self.waiting_fill = True
+                self.connecting = True
+                self.core.loop.call_later(cache.lock_timeout, _fill_wait_over, self)
+                return True
+        if not cache.redis.read(self.cache_primary, self.shared_key, self.head.headers(),
+                                partial(_redis_found, self)):
+            return self.missed(self.fwd == "vary-miss")
+        if fills:
+            cache.fills[self.cache_primary] = []
+            self.filling = True
+        self.connecting = True  # a request body waits in `pending`
+        return True
+
+    cdef bint shared_answer(self, object found, str tier) except -1:
+        """Serve or revalidate what the disk or Redis tier found, or go on as a miss."""
         cdef RouteCache cache = self.cache
         cdef Stored stored = None
         if type(found) is tuple:
             stored = cache.adopt(self.cache_primary, <Stored>found[0], <tuple>found[1])
         if stored is not None:
-            return self.use_stored(stored)
-        return self.missed(found == "vary-miss" or
+            return self.use_stored(stored, tier)
+        return self.missed(found == "vary-miss" or self.fwd == "vary-miss" or
                            cache.index.peek(self.cache_primary) is not None)
 
-    cdef int disk_found(self, object found) except -1:
-        """The disk tier's answer from a thread (see diskcache.DiskStore.lookup)."""
+    cdef int shared_found(self, object found, str tier) except -1:
+        """The answer of the disk tier (from a thread, see diskcache.DiskStore.lookup)
+        or of the Redis tier (from a task, see rediscache.RedisCache.lookup)."""
         cdef RouteCache cache = self.cache
         cdef bint answered
         self.connecting = False
@@ -1350,7 +1393,7 @@ cdef class Exchange:
         if self.filling:
             waiters = cache.fills.pop(self.cache_primary, None)
             self.filling = False
-        answered = self.disk_answer(found)
+        answered = self.shared_answer(found, tier)
         if waiters:
             mine = cache.fills.get(self.cache_primary) if self.filling else None
             if mine is not None:
@@ -1421,6 +1464,7 @@ cdef class Exchange:
         self.connecting = False
         self.stale = None
         self.disk_checked = False  # a file may be there now
+        self.redis_checked = False  # ... or a value in Redis
         if not self.from_cache():
             self.send_continue()
             self.proxy(<ProxyAction>self.rule.action)
@@ -1450,7 +1494,7 @@ cdef class Exchange:
         ex.cache = self.cache
         ex.cache_primary = self.cache_primary
         ex.cache_text = self.cache_text
-        ex.disk_key = self.disk_key
+        ex.shared_key = self.shared_key
         ex.stale = stored
         ex.fwd = "stale"
         ex.fill_or_wait()
@@ -1530,7 +1574,7 @@ cdef class Exchange:
         if self.stale is not None:
             if self.validators and head.status == 304:
                 new = cache.refreshed(self.cache_primary, self.stale, self.head.headers(), head,
-                                      self.request_time, now, self.disk_key)
+                                      self.request_time, now, self.shared_key)
                 self.refreshed = new if new is not None else self.stale
                 self.resp_head = head
                 return True
@@ -1554,8 +1598,8 @@ cdef class Exchange:
                 stored_ok = False
                 reason = "larger than max_object"
             if stored_ok:
-                if head.body_kind != K_LENGTH or head.content_length <= cache.max_object:
-                    self.capture = []
+                if head.body_kind != K_LENGTH or head.content_length <= cache.capture_limit:
+                    self.capture = []  # for the memory tier, or Redis
                 if cache.disk is not None:
                     self.disk_write = cache.disk.begin(self.cache_primary)
                 if self.capture is None and self.disk_write is None:
@@ -2076,7 +2120,7 @@ cdef class Exchange:
             if type(data) is not bytes:
                 data = bytes(data)  # a view of a buffer that is reused
             if self.capture is not None:
-                if self.capture_size > self.cache.max_object:
+                if self.capture_size > self.cache.capture_limit:
                     self.capture = None  # longer than announced, or unannounced and too long
                 else:
                     self.capture.append(data)
@@ -2132,22 +2176,22 @@ cdef class Exchange:
         return 0
 
     cdef int store_response(self) except -1:
-        """The response is complete: keep it in memory and/or write it to disk."""
+        """The response is complete: keep it in memory, write it to disk, to Redis."""
         cdef RouteCache cache = self.cache
         write = self.disk_write
         body = b"".join(self.capture) if self.capture is not None else None
         self.capture = None
         self.disk_write = None
         committed = None
-        if body is None and self.filling:
-            # On disk only: those waiting for it look again once the file is there.
-            committed = partial(_disk_committed, cache, self.cache_primary)
+        if self.filling and (body is None or len(body) > cache.max_object) and (
+                write is not None or (body is not None and cache.redis is not None)):
+            # On disk or in Redis only: those waiting for it look again once it is there.
+            committed = partial(_shared_committed, cache, self.cache_primary)
         stored = cache.store(self.cache_primary, self.head.headers(), self.resp_head, body,
-                             self.request_time, wall_now(), self.fresh, self.disk_key, write,
+                             self.request_time, wall_now(), self.fresh, self.shared_key, write,
                              committed, _CACHE_URL.render(self.ctx, self.ctx.captures))
-        if committed is not None and write is not None and cache.fills.get(
-                self.cache_primary) is not None:
-            self.filling = False  # the fill is over when the file is (see _disk_committed)
+        if committed is not None and cache.fills.get(self.cache_primary) is not None:
+            self.filling = False  # the fill is over when the write is (_shared_committed)
         else:
             self.fill_done(stored)
         return 0

@@ -20,12 +20,15 @@ import http.client
 import time
 from collections.abc import Sequence
 
+import redis
+
 from fastproxy import cachepolicy
 from fastproxy._actions import ProxyAction, Template
 from fastproxy._cache import cache_key
 from fastproxy._router import new_context
-from fastproxy.config import Config
+from fastproxy.config import Config, RedisCacheSpec
 from fastproxy.diskcache import entry_path
+from fastproxy.redislink import check_url
 from fastproxy.routing import ExplainError, _parse, _request_bytes, build_router
 
 _SHOWN = (b"cache-control", b"expires", b"date", b"age", b"last-modified", b"etag", b"vary",
@@ -52,6 +55,25 @@ def _fetch(address: tuple[str, int], method: str, target: bytes, host: bytes,
         return resp.status, fields, sent, time.time()
     finally:
         conn.close()
+
+
+def _in_redis(spec: RedisCacheSpec, primary: int, timeout: float) -> str:
+    """The Redis key of a primary key and whether Redis holds it (asked now)."""
+    base = f"{spec.prefix}{primary:016x}"
+    try:
+        client = redis.Redis.from_url(spec.url, socket_timeout=timeout,
+                                      socket_connect_timeout=timeout)
+        try:
+            left = client.pttl(base)
+            variants = client.hlen(base + ":v") if left >= 0 else 0
+        finally:
+            client.close()
+    except (redis.RedisError, OSError) as exc:
+        return f"{base} (cannot ask Redis: {type(exc).__name__}: {exc})"
+    if left < 0:
+        return f"{base} (not in Redis)"
+    held = f"a Vary record and {variants} variant(s)" if variants else "stored"
+    return f"{base} ({held}, expires in {left / 1000:.0f} s)"
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -86,11 +108,15 @@ def cache_explain(config: Config, url: str, headers: Sequence[str] = (),
     tiers = f"memory {spec.memory} bytes per worker"
     if spec.disk is not None:
         tiers += f"; disk {spec.disk.path}, {spec.disk.size} bytes"
+    if spec.redis is not None:
+        tiers += f"; redis {check_url(spec.redis.url)}"
     out += [f"cache:     [caches.{spec.name}] ({tiers})",
             f"key:       {key.decode('latin-1')}  (xxh3 {cache_key(key):016x}; "
             f"template {spec.key.source})"]
     if spec.disk is not None:
         out.append(f"file:      {entry_path(spec.disk.path, cache_key(key))}")
+    if spec.redis is not None:
+        out.append("redis:     " + _in_redis(spec.redis, cache_key(key), timeout))
     request = cachepolicy.RequestDirectives.from_headers(head.headers())
     asked = [name for name in ("no_cache", "no_store", "only_if_cached") if getattr(request,
                                                                                name)]

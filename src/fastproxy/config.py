@@ -184,6 +184,16 @@ class DiskSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class RedisCacheSpec:
+    """The Redis tier of a [caches.NAME]: `redis = "redis://..."` or a table."""
+
+    url: str  # checked (redislink.check_url); may hold a password: never logged as is
+    max_object: int  # a bigger response is not written to Redis
+    timeout: float  # seconds a Redis step may take before it counts as failed
+    prefix: str  # of every Redis key of this cache
+
+
+@dataclass(frozen=True, slots=True)
 class CacheSpec:
     """[caches.NAME]: a shared HTTP cache (RFC 9111) that routes name in `cache`."""
 
@@ -202,11 +212,13 @@ class CacheSpec:
     debug: bool  # Cache-Status shows the key
     tag_headers: tuple[str, ...] = ("Surrogate-Key", "Cache-Tag")  # purge by tag
     disk: DiskSpec | None = None  # the disk tier, shared by the workers
+    redis: RedisCacheSpec | None = None  # the Redis tier, shared by instances
 
     @property
     def store_limit(self) -> int:
         """The largest response some tier stores."""
-        return max(self.max_object, self.disk.max_object if self.disk is not None else 0)
+        return max(self.max_object, self.disk.max_object if self.disk is not None else 0,
+                   self.redis.max_object if self.redis is not None else 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1452,6 +1464,40 @@ DISK_FIELDS: Final = (
 )
 
 
+# Redis holds the whole value in memory and answers one command at a time: large
+# values slow it down for every proxy sharing it.
+REDIS_MAX_OBJECT: Final = 64 * 1024**2
+_REDIS_PREFIX_RE: Final = re.compile(r"[!-~]{1,128}")
+
+
+def _redis_timeout(value: object) -> float:
+    seconds = _duration()(value)
+    if not 0.001 <= seconds <= 10:
+        raise ValueError(f"must be from 1ms to 10s, found {_describe(value)}")
+    return float(seconds)
+
+
+def _redis_prefix(value: object) -> str:
+    text = _string(value)
+    if not _REDIS_PREFIX_RE.fullmatch(text):
+        raise ValueError("must be 1 to 128 printable ASCII characters without spaces, "
+                         f"found {text!r}")
+    return text
+
+
+REDIS_CACHE_FIELDS: Final = (
+    FieldSpec("url", None, "Redis URL", "redis://HOST:PORT/DB, rediss://... or "
+              "unix:///PATH (required)", lambda v: _store_url(v)),
+    FieldSpec("max_object", "1m", 'size, at most "64m"',
+              "a bigger response is not written to Redis", _size(1, REDIS_MAX_OBJECT)),
+    FieldSpec("timeout", "100ms", "duration 1ms..10s",
+              "a Redis lookup or write slower than this is a miss (and opens the breaker)",
+              _redis_timeout),
+    FieldSpec("prefix", "fastproxy:cache:NAME:", "string",
+              "of every key this cache writes", _redis_prefix),
+)
+
+
 def _ban_window(value: object) -> float:
     seconds = _duration()(value)
     if seconds < 0.001:
@@ -1556,12 +1602,14 @@ def _rate(value: object) -> tuple[float, str]:
 
 
 def _store_url(value: object) -> str:
-    """A Redis URL for a rate limit's shared store: checked, and its client built
-    (as the workers will), without connecting."""
-    from fastproxy.redisstore import RedisStore
+    """A Redis URL (a rate limit's shared store, a cache's Redis tier): checked,
+    and a client built (as the workers will), without connecting."""
+    import logging
+
+    from fastproxy.redislink import RedisLink
 
     url = _string(value)
-    RedisStore(url)  # raises ValueError with the reason
+    RedisLink(url, timeout=0.1, retry_after=1.0, what="", log=logging.getLogger(__name__))
     return url
 
 
@@ -2109,17 +2157,16 @@ class _Checker(KeyChecker):
             spec = self.table(item, path, ' like { memory = "256m" }')
             if spec is None:
                 continue
-            if "redis" in spec:
-                self.error(_key(path, "redis"), "the redis tier is not implemented yet; "
-                                                "only the memory and disk tiers are")
-                continue
-            self.known_keys(spec, path, (*(f.name for f in CACHE_FIELDS), "disk"))
+            self.known_keys(spec, path, (*(f.name for f in CACHE_FIELDS), "disk", "redis"))
             values = self.fields(spec, path, CACHE_FIELDS)
             disk = self.cache_disk(spec["disk"], _key(path, "disk"), name, disk_paths) \
                 if "disk" in spec else None
-            if _INVALID in values.values() or disk is _INVALID:
+            redis = self.cache_redis(spec["redis"], _key(path, "redis"), name) \
+                if "redis" in spec else None
+            if _INVALID in values.values() or disk is _INVALID or redis is _INVALID:
                 continue
             values["disk"] = disk
+            values["redis"] = redis
             if "max_object" not in spec:  # the default: 8m, at most a quarter of memory
                 values["max_object"] = min(values["max_object"], values["memory"] // 4)
             if values["max_object"] > values["memory"]:
@@ -2196,6 +2243,33 @@ class _Checker(KeyChecker):
         except (OSError, UnicodeDecodeError) as e:
             raise ValueError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
         return _admin_token(text)
+
+    def cache_redis(self, raw: object, path: str, name: str) -> Any:
+        """`redis = "redis://..."` or `redis = { url, max_object, timeout, prefix }`:
+        a RedisCacheSpec, or _INVALID."""
+        table: Mapping[str, Any]
+        if isinstance(raw, str):
+            table = {"url": raw}
+            url_key = path
+        else:
+            found = self.table(raw, path, ' like "redis://127.0.0.1:6379/0" or '
+                                          '{ url = "redis://127.0.0.1:6379/0" }')
+            url_key = _key(path, "url")
+            if found is None:
+                return _INVALID
+            table = found
+            self.known_keys(table, path, tuple(f.name for f in REDIS_CACHE_FIELDS))
+            if "url" not in table:
+                self.error(url_key, "missing required key")
+                return _INVALID
+        specs = [f for f in REDIS_CACHE_FIELDS if f.name != "prefix"]
+        values = {f.name: self.field(table, path, f) for f in specs if f.name != "url"}
+        values["url"] = self.convert(url_key, _store_url, table["url"])
+        values["prefix"] = self.convert(_key(path, "prefix"), _redis_prefix, table["prefix"]) \
+            if "prefix" in table else f"fastproxy:cache:{name}:"
+        if _INVALID in values.values():
+            return _INVALID
+        return RedisCacheSpec(**values)
 
     def auto_ban(self, raw: object) -> AutoBan | None:
         table = self.table(raw, "auto_ban", " like { after = 20, window = \"1m\" }")

@@ -14,19 +14,12 @@ means (`on_store_error = "allow" | "deny"`).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
-import math
 import re
-import time
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from fastproxy.redislink import RedisLink, StoreUnavailable
 
 log = logging.getLogger("fastproxy.ratelimit")
 
@@ -79,28 +72,11 @@ return {0, remaining, d, now_s, clock[2]}
 """
 
 PREFIX = b"fastproxy:rl:"
-# Checks in flight (= connections) per store unless the URL sets max_connections:
-# a check holds a connection for one round trip, so a few keep up with a worker.
-DEFAULT_CONNECTIONS = 16
 # Printable ASCII without spaces, short: kept as is in the Redis key (readable
 # in redis-cli). Anything else is hashed. A limit name may not hold ':' (it ends
 # at the first one); a key may, being last. '#' starts only hashed parts.
 _PLAIN_KEY = re.compile(rb"[!-~]{1,128}")
 _PLAIN_LIMIT = re.compile(rb"[!-9;-~]{1,128}")
-
-# What the URL may carry besides host, port, db and credentials. Timeouts and
-# retries are the store's own (a URL must not turn the circuit breaker off).
-_QUERY_KEYS = frozenset({"db", "protocol", "client_name", "max_connections", "socket_keepalive"})
-_TLS_QUERY_KEYS = frozenset({"ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_path", "ssl_certfile",
-                             "ssl_keyfile", "ssl_check_hostname", "ssl_min_version"})
-
-# A network error, a timeout (TimeoutError is an OSError), or an error answer.
-_FAILURES = (RedisError, OSError)
-
-
-class StoreUnavailable(Exception):
-    """The store could not answer (now, or recently: the circuit breaker is open)."""
-
 
 def key_part(raw: bytes, plain: re.Pattern[bytes] = _PLAIN_KEY) -> bytes:
     """`raw` as it goes into a Redis key: itself when short and printable (and
@@ -121,69 +97,9 @@ def redis_key(limit: str, key: bytes) -> bytes:
     return limit_prefix(limit) + key_part(key)
 
 
-def check_url(url: str) -> str:
-    """Raise ValueError (why) unless `url` names a Redis server this store can use;
-    return it for logs, password masked. (No connection is made.)"""
-    return _parse_url(url)
-
-
-def _parse_url(url: str) -> str:
-    """Raise ValueError (why) unless `url` names a Redis server this store can use;
-    return it for logs, password masked."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"bad Redis URL {url!r}: {exc}") from None
-    scheme = parts.scheme
-    if scheme not in ("redis", "rediss", "unix"):
-        raise ValueError(f"Redis URL must start with redis://, rediss:// or unix://, "
-                         f"not {scheme + '://' if scheme else repr(url)}")
-    if parts.fragment:
-        raise ValueError("a Redis URL has no #fragment")
-    if scheme == "unix":
-        if parts.hostname or port is not None:
-            raise ValueError("unix:// takes a socket path, no host: unix:///run/redis.sock")
-        if not parts.path or parts.path == "/":
-            raise ValueError("unix:// needs the socket path: unix:///run/redis.sock")
-    else:
-        if not parts.hostname:
-            raise ValueError(f"{scheme}:// needs a host: {scheme}://127.0.0.1:6379/0")
-        if port == 0:
-            raise ValueError("Redis URL port must be 1-65535")
-        db = parts.path.removeprefix("/")
-        if db and not (db.isascii() and db.isdigit()):
-            raise ValueError(f"Redis URL path must be a database number (/0), not {parts.path!r}")
-    allowed = _QUERY_KEYS | (_TLS_QUERY_KEYS if scheme == "rediss" else frozenset())
-    try:
-        query = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
-    except ValueError:
-        raise ValueError(f"bad Redis URL query {parts.query!r}") from None
-    for name, value in query:
-        if name in ("password", "username"):
-            continue
-        if name not in allowed:
-            hint = (" (the store sets timeouts and retries itself)"
-                    if "timeout" in name or "retry" in name or name == "health_check_interval"
-                    else " (ssl_* needs rediss://)" if name in _TLS_QUERY_KEYS else "")
-            raise ValueError(f"Redis URL option {name!r} is not supported{hint}")
-        if name in ("db", "max_connections", "protocol") and not (
-                value.isascii() and value.isdigit()):
-            raise ValueError(f"Redis URL option {name} must be a number, not {value!r}")
-        if name == "max_connections" and int(value) < 1:
-            raise ValueError("Redis URL option max_connections must be at least 1")
-        if name == "protocol" and value not in ("2", "3"):
-            raise ValueError(f"Redis URL option protocol must be 2 or 3, not {value!r}")
-    # The URL without its password, for logs and errors.
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
-    shown = [(k, "***" if k == "password" else v) for k, v in query]
-    return f"{scheme}://{netloc}{parts.path}" + (f"?{urlencode(shown, safe='*')}" if shown else "")
-
-
 class RedisStore:
-    """GCRA rate-limit checks against one Redis server (pooled connections).
+    """GCRA rate-limit checks against one Redis server, through a `RedisLink`
+    (bounded connections, `timeout`, the circuit breaker; see fastproxy.redislink).
 
     Counters: `checks` (calls of `check`), `errors` (StoreUnavailable raised,
     the fast ones included), `outages` (times the store went from up to down).
@@ -193,39 +109,19 @@ class RedisStore:
     """
 
     def __init__(self, url: str, *, timeout: float = 0.1, retry_after: float = 1.0) -> None:
-        if not (timeout > 0 and math.isfinite(timeout)):
-            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
-        if not (retry_after >= 0 and math.isfinite(retry_after)):
-            raise ValueError(f"retry_after must be >= 0 seconds, not {retry_after!r}")
-        self.url = _parse_url(url)  # password masked
-        self.timeout = timeout
-        self.retry_after = retry_after
-        try:
-            # No retries: a failure opens the circuit breaker instead (a retry
-            # would double the time a dead server costs). RESP2 unless the URL
-            # asks for 3: every server speaks it (no HELLO), whatever redis-py's
-            # default is, and a flat array of integers needs nothing more.
-            self._redis = aioredis.Redis.from_url(
-                url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                retry=Retry(NoBackoff(), 0), health_check_interval=0, protocol=2,
-                max_connections=DEFAULT_CONNECTIONS)
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"bad Redis URL {self.url}: {exc}") from None
-        # At most this many checks in flight, so at most this many connections:
-        # a burst of requests must not open hundreds of connections at once
-        # (their handshakes alone would outlast `timeout`). More wait for a slot.
-        self.max_connections: int = self._redis.connection_pool.max_connections
-        self._slots = asyncio.Semaphore(self.max_connections)
-        self._script = self._redis.register_script(GCRA_SCRIPT)
+        self.link = RedisLink(url, timeout=timeout, retry_after=retry_after,
+                              what="rate-limit store", log=log)
+        self._script = self.link.redis.register_script(GCRA_SCRIPT)
         self._limits: dict[str, bytes] = {}
-        self.checks = 0
-        self.errors = 0
-        self.outages = 0
-        self._down = False
-        self._down_since = 0.0
-        self._retry_at = 0.0
-        self._probing = False
-        self._reason = ""
+
+    url = property(lambda self: self.link.url)  # password masked
+    timeout = property(lambda self: self.link.timeout)
+    retry_after = property(lambda self: self.link.retry_after)
+    max_connections = property(lambda self: self.link.max_connections)
+    _slots = property(lambda self: self.link.slots)
+    checks = property(lambda self: self.link.calls)
+    errors = property(lambda self: self.link.errors)
+    outages = property(lambda self: self.link.outages)
 
     async def check(self, limit: str, key: bytes, interval_ns: int,
                     tolerance_ns: int) -> tuple[int, int, int]:
@@ -245,52 +141,13 @@ class RedisStore:
 
     async def _run(self, limit: str, key: bytes, interval_ns: int,
                    tolerance_ns: int) -> list[Any]:
-        self.checks += 1
-        probe = self._down and self._probe()
         prefix = self._limits.get(limit)
         if prefix is None:
             prefix = self._prefix(limit)
-        slots = self._slots
-        try:
-            if not slots.locked():
-                await slots.acquire()  # returns at once
-            else:
-                try:
-                    async with asyncio.timeout(self.timeout):
-                        await slots.acquire()
-                except TimeoutError:
-                    # Busy here, not down there: no outage, the breaker stays shut.
-                    self.errors += 1
-                    raise StoreUnavailable(
-                        f"{self.url}: all {self.max_connections} connections busy for "
-                        f"{self.timeout:g}s") from None
-                if self._down and not probe:  # it went down while this one waited
-                    slots.release()
-                    self.errors += 1
-                    raise StoreUnavailable(f"{self.url}: {self._reason}")
-            try:
-                reply: list[Any] = await self._script(
-                    keys=(prefix + key_part(key),), args=(interval_ns, tolerance_ns))
-            except _FAILURES as exc:
-                self.errors += 1
-                raise StoreUnavailable(f"{self.url}: {self._failed(exc)}") from exc
-            finally:
-                slots.release()
-        finally:
-            if probe:
-                self._probing = False
-        if self._down:
-            self._recovered()
+        keys = (prefix + key_part(key),)
+        args = (interval_ns, tolerance_ns)
+        reply: list[Any] = await self.link.run(lambda: self._script(keys=keys, args=args))
         return reply
-
-    def _probe(self) -> bool:
-        """While down: raise StoreUnavailable at once, or, once retry_after has
-        passed, return True: this check tries the server (one at a time)."""
-        if self._probing or time.monotonic() < self._retry_at:
-            self.errors += 1
-            raise StoreUnavailable(f"{self.url}: {self._reason}")
-        self._probing = True
-        return True
 
     def _prefix(self, limit: str) -> bytes:
         prefix = limit_prefix(limit)
@@ -298,26 +155,8 @@ class RedisStore:
             self._limits[limit] = prefix
         return prefix
 
-    def _failed(self, exc: BaseException) -> str:
-        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        now = time.monotonic()
-        self._retry_at = now + self.retry_after
-        self._reason = reason  # what the fast failures report
-        if not self._down:
-            self._down = True
-            self._down_since = now
-            self.outages += 1
-            log.warning("rate-limit store %s is unavailable (%s); failing fast, "
-                        "retrying every %gs", self.url, reason, self.retry_after)
-        return reason
-
-    def _recovered(self) -> None:
-        self._down = False
-        log.info("rate-limit store %s is back after %.1fs", self.url,
-                 time.monotonic() - self._down_since)
-
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self.link.close()
 
 
 class StoreLimit:

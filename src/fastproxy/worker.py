@@ -114,6 +114,17 @@ class Worker:
         if cache_purges is not None:
             for cache in self.caches.values():
                 cache.set_purges(cache_purges)
+        # The Redis tiers: responses shared with the other instances.
+        self.redis_caches: list[Any] = []
+        for name, spec in config.caches.items():
+            if spec.redis is not None:
+                from fastproxy.rediscache import RedisCache
+
+                shared = RedisCache(spec.redis.url, name=name, prefix=spec.redis.prefix,
+                                    max_object=spec.redis.max_object,
+                                    timeout=spec.redis.timeout)
+                self.caches[name].set_redis(shared)
+                self.redis_caches.append(shared)
         self.core.router = build_router(config, self.groups, self.rate_limits, self.caches)
         # Metrics: this worker counts in its own block of the master's table.
         self.stats = stats if layout is not None else None
@@ -181,6 +192,8 @@ class Worker:
         self.core.loop = loop
         for disk in self.disks:
             disk.start(loop)
+        for shared in self.redis_caches:
+            shared.start(loop)
         # Everything made so far (config, modules) lives as long as the worker:
         # keep it out of the cyclic GC's generations.
         gc.freeze()
@@ -223,6 +236,8 @@ class Worker:
             await self._stopped
         finally:
             resolver.stop()
+            for shared in self.redis_caches:
+                await shared.close()  # the writes queued get a moment to go out
 
     def _tls_server(self, index: int) -> TlsServer:
         """The protocol factory of an `engine = "openssl"` listener (OpenSSL driven
