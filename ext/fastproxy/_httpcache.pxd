@@ -37,6 +37,7 @@ cdef class Stored:
     cdef readonly bytes prefix          # status line and stored fields, serialized
     cdef readonly bytes length_line     # "Content-Length: N\r\n"
     cdef readonly long long size        # counted against the memory budget
+    cdef public dict encodings          # _compress.Policy -> its StoredForm (None: none yet)
 
 
 cdef class Variants:
@@ -63,3 +64,4 @@ cdef class RouteCache:
     cdef object lookup(self, uint64_t primary, MessageHead head)
     cdef bint plain(self, MessageHead head) except -1
     cdef int put(self, uint64_t primary, Stored stored, tuple names) except -1
+    cdef bint charge(self, uint64_t primary, Stored stored, long long extra) except -1

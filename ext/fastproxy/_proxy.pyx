@@ -59,6 +59,8 @@ from fastproxy._url cimport IpSet, cookie_get, real_client
 from fastproxy._ratelimit cimport BanTable, ConnTable, RateLimit, ip_key
 from fastproxy._cache cimport cache_key
 from fastproxy._httpcache cimport RouteCache, Stored, wall_now
+from fastproxy._compress cimport (C_NONE, D_IDENTITY, Encoder, Policy, coding_name,
+                                  stored_form, StoredForm)
 from fastproxy._peers cimport now_ns
 from libc.stdint cimport int64_t
 
@@ -974,6 +976,11 @@ cdef class Exchange:
     cdef bint waiting_fill      # this one waits for another's fill
     cdef bint background        # a refresh nobody waits for (stale-while-revalidate)
     cdef double request_time    # wall clock when the request went upstream
+    # Compression of the response (the route's `compress`)
+    cdef Encoder encoder        # encoding the upstream's body (None: sent as it comes)
+    cdef list enc_capture       # ... and what it made, kept for the cache (None: not kept)
+    cdef Py_ssize_t enc_size
+    cdef int resp_coding        # the coding of the response (C_NONE: identity)
     cdef tuple auth_drop        # forward_auth: fields the auth service's answer replaces
     cdef bytes auth_extra       # ... and its lines that replace them
     cdef readonly str upstream_label
@@ -1464,6 +1471,19 @@ cdef class Exchange:
                                      + b"Content-Range: bytes %d-%d/%d\r\n"
                                      % (span[0], span[1], len(stored.body)))
                         body = stored.body[span[0]:span[1] + 1]
+                    length_line = b"Content-Length: %d\r\n" % len(body)
+        policy = self.rule.compress
+        if policy is not None and status == stored.status:
+            form = stored_form(stored, <Policy>policy)
+            if (<StoredForm>form).compressible:
+                coding = (<Policy>policy).choose_for(req)
+                if coding == C_NONE:
+                    head_part = (<StoredForm>form).vary_prefix
+                else:
+                    body = (<StoredForm>form).body(cache, self.cache_primary, stored,
+                                                   <Policy>policy, coding)
+                    head_part = (<StoredForm>form).enc_prefix + b"Content-Encoding: " + \
+                        coding_name(coding) + _CRLF
                     length_line = b"Content-Length: %d\r\n" % len(body)
         if edits is not None and edits.drop:
             # The route removes some fields from responses: from stored ones too.
@@ -2007,7 +2027,21 @@ cdef class Exchange:
         if self.cache is not None and self.cache_head(head):
             return 0
         keep = req.keep_alive and self.req_done and not self.core.closing
-        if head.body_kind == K_NONE or head.body_kind == K_LENGTH:
+        coding = None
+        vary = False
+        policy = self.rule.compress
+        if policy is not None and not self.background:
+            decision = (<Policy>policy).decide(req, head)
+            if decision >= D_IDENTITY:
+                vary = True  # compressed for some clients: caches must tell them apart
+                if decision != C_NONE:
+                    coding = coding_name(decision)
+                    self.resp_coding = decision
+                    self.encoder = (<Policy>policy).encoder(
+                        decision, head.content_length if head.body_kind == K_LENGTH else -1)
+                    if self.capture is not None:
+                        self.enc_capture = []  # the encoded form is kept with the stored one
+        if self.encoder is None and (head.body_kind == K_NONE or head.body_kind == K_LENGTH):
             framing = FR_PASS
         elif req.http_minor == 1:
             framing = FR_CHUNKED
@@ -2029,7 +2063,7 @@ cdef class Exchange:
                 line = <bytes>self.group.sticky_lines[self.peer]
                 extra = extra + line if extra else line
         self.out.append(response_head(head, framing, keep, req.http_minor, self.core.via,
-                                      self.resp_drop, extra))
+                                      self.resp_drop, extra, coding, vary))
         return 0
 
     cdef int upstream_body(self, object data) except -1:
@@ -2047,7 +2081,32 @@ cdef class Exchange:
                 self.disk_write = None  # too long for the disk, or its writer is behind
         if self.refreshed is not None:
             return 0  # a 304's (there is none)
+        if self.encoder is not None:
+            self.encoder.feed(data)  # what it makes goes out when the read is handled
+            return 0
         self.sent += n
+        if self.framing == FR_CHUNKED:
+            self.out.append(b"%x\r\n" % n)
+            self.out.append(data)
+            self.out.append(_CRLF)
+        else:
+            self.out.append(data)
+        return 0
+
+    cdef int encoded(self, bint final) except -1:
+        """What the encoder has made so far (flushed: the client can decode all it was
+        fed) into `out`; with `final`, the end of the encoded stream."""
+        cdef bytes data = self.encoder.take(final)
+        cdef Py_ssize_t n = len(data)
+        if not n:
+            return 0
+        self.sent += n
+        if self.enc_capture is not None:
+            self.enc_size += n
+            if self.capture is None:
+                self.enc_capture = None
+            else:
+                self.enc_capture.append(data)
         if self.framing == FR_CHUNKED:
             self.out.append(b"%x\r\n" % n)
             self.out.append(data)
@@ -2058,6 +2117,8 @@ cdef class Exchange:
 
     cdef int flush(self) except -1:
         cdef list out = self.out
+        if self.encoder is not None and self.encoder.taken_in:
+            self.encoded(False)  # one chunk per upstream read: a stream is not held back
         if out:
             self.client.write_all(out)
             PyList_Clear(out)  # emptied and reused
@@ -2082,6 +2143,10 @@ cdef class Exchange:
                 fwd=self.fwd, fwd_status=304, ttl=self.refreshed.fresh_until - now,
                 key=self.cache_text), True)
             return 0
+        if self.encoder is not None:
+            self.encoded(True)
+            self.encoder.release()
+            self.encoder = None
         if self.framing == FR_CHUNKED:
             self.out.append(_LAST_CHUNK)
         self.flush()
@@ -2108,6 +2173,13 @@ cdef class Exchange:
         stored = cache.store(self.cache_primary, self.head.headers(), self.resp_head, body,
                              self.request_time, wall_now(), self.fresh, self.disk_key, write,
                              committed)
+        if stored is not None and self.enc_capture is not None:
+            # What was encoded for this client is the stored response's variant in
+            # that coding: later hits in it are not compressed again.
+            form = stored_form(<Stored>stored, <Policy>self.rule.compress)
+            (<StoredForm>form).keep(cache, self.cache_primary, <Stored>stored,
+                                    self.resp_coding, b"".join(self.enc_capture))
+        self.enc_capture = None
         if committed is not None and write is not None and cache.fills.get(
                 self.cache_primary) is not None:
             self.filling = False  # the fill is over when the file is (see _disk_committed)
@@ -2307,6 +2379,9 @@ cdef class Exchange:
             return 0
         self.finished = True
         self.settle(PEER_ANSWERED if self.resp_head is not None else PEER_FAILED)
+        if self.encoder is not None:
+            self.encoder.release()  # cut short: its state is reset for another response
+            self.encoder = None
         if self.disk_write is not None:
             self.disk_write.abort()  # cut short: its temporary file goes
             self.disk_write = None

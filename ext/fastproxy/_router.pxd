@@ -55,6 +55,7 @@ cdef class Rule:
     cdef public long long max_body  # request body limit of the route; -1: the listener's
     cdef public object forward_auth # forwardauth.ForwardAuth of the route, or None
     cdef public object cache        # _httpcache.RouteCache of the route, or None
+    cdef public object compress     # _compress.Policy of the route, or None
     cdef readonly bint any_host
     cdef frozenset _hosts           # exact host names
     cdef tuple _suffixes            # wildcard hosts as ".example.com"
