@@ -703,6 +703,16 @@ cdef class StoredForm:
             self.keep(cache, primary, stored, coding, data)
         return <bytes>data
 
+    def encoded(self, RouteCache cache not None, uint64_t primary, Stored stored not None,
+                Policy policy not None, str name):
+        """body() from Python (tests): the stored body in coding `name`."""
+        return self.body(cache, primary, stored, policy, NAMES[name])
+
+
+def form_of(Stored stored not None, Policy policy not None):
+    """The StoredForm of `stored` for `policy` (made on first use)."""
+    return stored_form(stored, policy)
+
 
 cdef StoredForm stored_form(Stored stored, Policy policy):
     cdef dict forms = stored.encodings

@@ -1,6 +1,7 @@
 """Type stubs for the compiled fastproxy._compress extension (ext/fastproxy/_compress.pyx)."""
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 NAMES: dict[str, int]
 LEVELS: dict[str, tuple[int, int]]
@@ -37,3 +38,7 @@ class StoredForm:
     vary_prefix: bytes | None
     enc_prefix: bytes | None
     bodies: dict[int, bytes]
+    def encoded(self, cache: Any, primary: int, stored: Any, policy: Policy,
+                name: str) -> bytes: ...
+
+def form_of(stored: Any, policy: Policy) -> StoredForm: ...
