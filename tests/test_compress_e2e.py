@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import os
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,6 +33,10 @@ HTML = (b"<!doctype html><html><head><title>t</title></head><body>"
                    for i in range(400)) + b"</body></html>")
 JSON = b'{"items": [' + b", ".join(b'{"id": %d, "name": "item %d"}' % (i, i)
                                    for i in range(600)) + b"]}"
+
+
+HUGE = b"".join(b"<tr><td>%d</td><td>%s</td></tr>\n" % (i, os.urandom(8).hex().encode())
+                for i in range(80_000))  # ~3.4 MiB, compresses about 2:1
 
 
 def decode(coding: str | None, data: bytes) -> bytes:
@@ -101,6 +106,8 @@ class Site:
         if path == "/cached-json":
             return Reply(200, [("Content-Type", "application/json"),
                                ("Cache-Control", "max-age=60")], JSON)
+        if path == "/cached-huge":
+            return Reply(200, [*html, ("Cache-Control", "max-age=60")], HUGE)
         if path == "/cached-big":
             return Reply(200, [*html, ("Cache-Control", "max-age=60")], HTML * 20)
         return Reply(404, [], b"no")
@@ -385,3 +392,39 @@ def test_cache_first_fill_identity_then_codings(setup: tuple[Site, ProxyProcess]
     again = get(proxy.port, "/cached-big", "br")
     assert again.body == big.body and again.header("Cache-Status").startswith("fastproxy;hit")
     assert site.asked["/cached-json"] == 1 and site.asked["/cached-big"] == 1
+
+
+def test_cache_big_body_encoded_in_slices(setup: tuple[Site, ProxyProcess]) -> None:
+    """A big stored body is encoded in slices on its first request in a coding (sent
+    chunked as it is made, a slow reader included), then kept: later hits send the
+    kept bytes with a Content-Length."""
+    site, proxy = setup
+    first = get(proxy.port, "/cached-huge")  # fills the cache with identity
+    assert first.body == HUGE and first.header("Content-Encoding") is None
+    # A client that goes away in the middle of the encoding does no harm.
+    with RawClient(proxy.port) as client:
+        client.send(b"GET /cached-huge HTTP/1.1\r\nHost: site\r\nAccept-Encoding: zstd\r\n\r\n")
+        assert client.read_until(b"\r\n\r\n") is not None
+    # A slow reader: the slices wait for the client to read.
+    with RawClient(proxy.port, timeout=20, rcvbuf=16384) as client:
+        client.send(b"GET /cached-huge HTTP/1.1\r\nHost: site\r\nAccept-Encoding: gzip\r\n\r\n")
+        time.sleep(0.5)
+        r = client.read_response()
+    assert r.framing == "chunked" and r.header("Content-Encoding") == "gzip"
+    assert r.header("Cache-Status").startswith("fastproxy;hit")
+    assert gzip.decompress(r.body) == HUGE
+    assert len(r.wire_body) > len(r.body) + 40  # several chunks, not one
+    again = get(proxy.port, "/cached-huge", "gzip")
+    assert again.framing == "length" and again.body == r.body  # kept, not made again
+    made = get(proxy.port, "/cached-huge", "br")
+    kept = get(proxy.port, "/cached-huge", "br")
+    assert made.framing == "chunked" and kept.framing == "length"
+    assert decode("br", kept.body) == HUGE and kept.body == made.body
+    # (zstd: the client that went away may or may not have seen its encoding finish)
+    made = get(proxy.port, "/cached-huge", "zstd")
+    kept = get(proxy.port, "/cached-huge", "zstd")
+    assert kept.framing == "length" and decode("zstd", kept.body) == HUGE
+    assert decode("zstd", made.body) == HUGE
+    old = get(proxy.port, "/cached-huge", "gzip", version="1.0")
+    assert old.framing == "length" and old.body == r.body
+    assert site.asked["/cached-huge"] == 1

@@ -20,6 +20,7 @@ cdef enum:
 cdef class Encoder:
     cdef readonly int coding
     cdef readonly long long taken_in    # bytes fed
+    cdef readonly bint pending          # fed since the last take()
     cdef bint done
     cdef int feed(self, object data) except -1
     cdef bytes take(self, bint final)   # what is ready (sync flush), or the end

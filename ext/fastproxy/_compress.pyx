@@ -486,6 +486,7 @@ cdef class GzipEncoder(Encoder):
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
             self.taken_in += view.len
+            self.pending = True
             self.zs.next_in = <unsigned char*>view.buf
             self.zs.avail_in = <unsigned int>view.len
             self._run(Z_NO_FLUSH)
@@ -499,6 +500,7 @@ cdef class GzipEncoder(Encoder):
         cdef bytes out
         if self.done:
             return b""
+        self.pending = False
         self._run(Z_FINISH if final else Z_SYNC_FLUSH)
         if final:
             self.done = True
@@ -510,6 +512,7 @@ cdef class GzipEncoder(Encoder):
         cdef list pool = <list>_gzip_pool[self.level]
         if len(pool) < GZIP_POOL and deflateReset(&self.zs) == Z_OK:
             self.done = False
+            self.pending = False
             self.taken_in = 0
             self.len = 0
             if self.cap > 1 << 20:  # a burst of output: do not keep a big buffer
@@ -539,6 +542,7 @@ cdef class BrotliEncoder(Encoder):
 
     cdef int feed(self, object data) except -1:
         self.taken_in += len(data)
+        self.pending = True
         out = self.comp.process(data)
         if out:
             self.parts.append(out)
@@ -548,6 +552,7 @@ cdef class BrotliEncoder(Encoder):
         cdef bytes out
         if self.done:
             return b""
+        self.pending = False
         if final:
             self.done = True
             self.parts.append(self.comp.finish())
@@ -582,6 +587,7 @@ cdef class ZstdEncoder(Encoder):
 
     cdef int feed(self, object data) except -1:
         self.taken_in += len(data)
+        self.pending = True
         out = self.stream.compress(data)
         if out:
             self.parts.append(out)
@@ -591,6 +597,7 @@ cdef class ZstdEncoder(Encoder):
         cdef bytes out
         if self.done:
             return b""
+        self.pending = False
         if final:
             self.done = True
             self.parts.append(self.stream.flush(_FLUSH_FINISH))
@@ -605,6 +612,7 @@ cdef class ZstdEncoder(Encoder):
         self.stream = None
         if len(pool) < GZIP_POOL:
             self.done = False
+            self.pending = False
             self.taken_in = 0
             self.parts.clear()
             pool.append(self)

@@ -107,6 +107,12 @@ cdef class WaitQueue
 
 cdef enum:
     PENDING_LIMIT = 64 * 1024  # request body bytes buffered before an upstream is ready
+    # A stored body bigger than this is compressed in slices of SLICE bytes, one per
+    # loop iteration (about 1 ms each with gzip level 5), not in one go.
+    SLICE_ABOVE = 64 * 1024
+    SLICE = 64 * 1024
+    # Upstream bytes compressed in one loop iteration before the loop runs again.
+    YIELD_AFTER = 64 * 1024
 
 # Shutdown: how long a connection that has sent nothing yet may take to send its
 # first request (see Core.close_idle_clients).
@@ -860,6 +866,15 @@ def _held(Exchange ex):
     ex.hold_over()
 
 
+def _next_slice(Exchange ex):
+    ex.next_slice()
+
+
+def _read_on(Exchange ex):
+    """The loop ran once since the upstream's reading was stopped for compression."""
+    ex.read_on()
+
+
 def _auth_checked(Exchange ex, auth, bytes header, future):
     """On the loop, when a password check done in a thread is over."""
     try:
@@ -981,6 +996,12 @@ cdef class Exchange:
     cdef list enc_capture       # ... and what it made, kept for the cache (None: not kept)
     cdef Py_ssize_t enc_size
     cdef int resp_coding        # the coding of the response (C_NONE: identity)
+    cdef long long enc_yielded  # encoder.taken_in when the loop last ran in between
+    cdef Stored slicing         # a stored body being encoded in slices (see stream_stored)
+    cdef StoredForm slice_form
+    cdef Py_ssize_t slice_off
+    cdef bint slice_waiting     # ... held until the client reads again
+    cdef bint slice_close       # ... and the connection ends after it
     cdef tuple auth_drop        # forward_auth: fields the auth service's answer replaces
     cdef bytes auth_extra       # ... and its lines that replace them
     cdef readonly str upstream_label
@@ -1449,6 +1470,7 @@ cdef class Exchange:
         cdef bytes head_part = stored.prefix
         cdef bytes length_line = stored.length_line
         cdef list parts
+        cdef int slices = 0         # a coding to encode the body in, slice by slice
         edits = (<ProxyAction>self.rule.action).response_edits
         if full:
             if cache.conditional(stored, req.headers(), now) == 304:
@@ -1480,11 +1502,21 @@ cdef class Exchange:
                 if coding == C_NONE:
                     head_part = (<StoredForm>form).vary_prefix
                 else:
-                    body = (<StoredForm>form).body(cache, self.cache_primary, stored,
-                                                   <Policy>policy, coding)
                     head_part = (<StoredForm>form).enc_prefix + b"Content-Encoding: " + \
                         coding_name(coding) + _CRLF
-                    length_line = b"Content-Length: %d\r\n" % len(body)
+                    if coding not in (<StoredForm>form).bodies and \
+                            len(stored.body) > SLICE_ABOVE:
+                        # Encoded in slices, between which the loop runs (and kept
+                        # when it is done): the head goes now, chunked.
+                        slices = coding
+                        length_line = b"Transfer-Encoding: chunked\r\n" \
+                            if req.http_minor == 1 else b""
+                        if req.http_minor != 1:
+                            keep = False
+                    else:
+                        body = (<StoredForm>form).body(cache, self.cache_primary, stored,
+                                                       <Policy>policy, coding)
+                        length_line = b"Content-Length: %d\r\n" % len(body)
         if edits is not None and edits.drop:
             # The route removes some fields from responses: from stored ones too.
             cut = head_part.find(_CRLF) + 2
@@ -1500,11 +1532,74 @@ cdef class Exchange:
             parts.append(self.client.hsts)
         parts.append(length_line)
         parts.append(b"Connection: keep-alive\r\n\r\n" if keep else b"Connection: close\r\n\r\n")
+        if slices:
+            self.stream_stored(stored, <StoredForm>form, slices, parts, keep, close)
+            return 0
         if req.is_head_request:
             body = b""
         if body:
             parts.append(body)
         self.send_parts(status, parts, len(body), keep, close)
+        return 0
+
+    cdef int stream_stored(self, Stored stored, StoredForm form, int coding, list parts,
+                           bint keep, bint close) except -1:
+        """Answer with a stored body encoded now, SLICE bytes per loop iteration (a big
+        body would otherwise hold the loop for its whole compression): the head
+        first, then one chunk per slice; the result is kept for the next requests."""
+        self.local_begin(stored.status, 0, keep)
+        self.client.write_all(parts)
+        self.encoder = (<Policy>self.rule.compress).encoder(coding, len(stored.body))
+        self.resp_coding = coding
+        self.enc_capture = []
+        self.slicing = stored
+        self.slice_form = form
+        self.slice_off = 0
+        self.framing = FR_CHUNKED if self.head.http_minor == 1 else FR_CLOSE
+        self.slice_close = close
+        self.core.loop.call_soon(_next_slice, self)
+        return 0
+
+    cdef int read_on(self) except -1:
+        if self.conn is not None and not self.finished and not self.client.write_paused:
+            self.conn.set_reading(True)
+        return 0
+
+    cdef int next_slice(self) except -1:
+        cdef Stored stored = self.slicing
+        cdef Py_ssize_t end, size
+        cdef list out = self.out
+        if stored is None or self.finished or self.encoder is None:
+            return 0
+        if self.client.write_paused:
+            self.slice_waiting = True  # client_write_paused(False) goes on
+            return 0
+        size = len(stored.body)
+        end = self.slice_off + SLICE
+        if end > size:
+            end = size
+        self.encoder.feed(memoryview(stored.body)[self.slice_off:end])
+        self.slice_off = end
+        self.encoded(end == size)
+        if end < size:
+            self.client.write_all(out)
+            PyList_Clear(out)
+            self.core.loop.call_soon(_next_slice, self)
+            return 0
+        if self.framing == FR_CHUNKED:
+            out.append(_LAST_CHUNK)
+        self.client.write_all(out)
+        PyList_Clear(out)
+        self.encoder.release()
+        self.encoder = None
+        if self.enc_capture is not None:
+            self.slice_form.keep(self.cache, self.cache_primary, stored, self.resp_coding,
+                                 b"".join(self.enc_capture))
+            self.enc_capture = None
+        self.slicing = None
+        self.slice_form = None
+        if self.slice_close or self.req_done:
+            self.finish(self.keep)
         return 0
 
     cdef bint cache_head(self, MessageHead head) except -1:
@@ -1974,7 +2069,7 @@ cdef class Exchange:
     cdef int request_complete(self) except -1:
         self.req_done = True
         if self.local:
-            if not self.finished:
+            if not self.finished and self.slicing is None:  # (a stream ends by itself)
                 self.finish(self.keep)
             return 0
         if self.head.body_kind == K_CHUNKED:
@@ -2103,7 +2198,7 @@ cdef class Exchange:
         self.sent += n
         if self.enc_capture is not None:
             self.enc_size += n
-            if self.capture is None:
+            if self.capture is None and self.slicing is None:
                 self.enc_capture = None
             else:
                 self.enc_capture.append(data)
@@ -2117,8 +2212,18 @@ cdef class Exchange:
 
     cdef int flush(self) except -1:
         cdef list out = self.out
-        if self.encoder is not None and self.encoder.taken_in:
+        cdef UpstreamConnection conn
+        if self.encoder is not None and self.encoder.pending:
             self.encoded(False)  # one chunk per upstream read: a stream is not held back
+            conn = self.conn
+            if self.encoder.taken_in - self.enc_yielded >= YIELD_AFTER and conn is not None \
+                    and not conn.read_paused:
+                # libuv reads a socket up to 32 times per loop iteration: compressing all
+                # that (8 MiB) would hold the loop for a long time. Stop reading until
+                # the loop has run once.
+                self.enc_yielded = self.encoder.taken_in
+                conn.set_reading(False)
+                self.core.loop.call_soon(_read_on, self)
         if out:
             self.client.write_all(out)
             PyList_Clear(out)  # emptied and reused
@@ -2243,6 +2348,9 @@ cdef class Exchange:
     cdef int client_write_paused(self, bint paused) except -1:
         if self.conn is not None:
             self.conn.set_reading(not paused)
+        elif not paused and self.slice_waiting:
+            self.slice_waiting = False
+            self.core.loop.call_soon(_next_slice, self)
         return 0
 
     cdef int client_lost(self) except -1:
