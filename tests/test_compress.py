@@ -393,7 +393,7 @@ def test_config_keys() -> None:
     ({"types": ["html"]}, "routes[0].compress.types[0]", "media type"),
     ({"types": ["*/*"]}, "routes[0].compress.types[0]", "media type"),
     ({"types": []}, "routes[0].compress.types", "at least one"),
-    ({"decompress": "no"}, "routes[0].compress.decompress", ""),
+    ({"decompress": True}, "routes[0].compress.decompress", "unknown key"),
     ({"gzip": True}, "routes[0].compress.gzip", "unknown key"),
 ])
 def test_config_errors(value: Any, key: str, reason: str) -> None:

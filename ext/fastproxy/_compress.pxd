@@ -34,7 +34,6 @@ cdef class Policy:
     cdef frozenset exact                # media types, lower case ("application/json")
     cdef tuple majors                   # "text/" for "text/*"
     cdef tuple suffixes                 # "+json" for "*/*+json"
-    cdef readonly bint decompress       # gunzip for clients that do not take gzip
 
     cdef int decide(self, MessageHead req, MessageHead resp) except -2
     cdef int choose(self, MessageHead req) except -1

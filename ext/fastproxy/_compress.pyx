@@ -257,7 +257,7 @@ cdef class Policy:
     levels, the smallest body worth it and the media types that compress."""
 
     def __cinit__(self, algorithms=DEFAULT_ALGORITHMS, levels=None, long long min_size=256,
-                  types=DEFAULT_TYPES, bint decompress=False):
+                  types=DEFAULT_TYPES):
         cdef list exact = [], majors = [], suffixes = []
         self.codings = tuple(NAMES[a] for a in algorithms)
         for name, code in NAMES.items():
@@ -276,7 +276,6 @@ cdef class Policy:
         self.exact = frozenset(exact)
         self.majors = tuple(majors)
         self.suffixes = tuple(suffixes)
-        self.decompress = decompress
 
     def level(self, str name):
         return self.levels[<int>NAMES[name]]

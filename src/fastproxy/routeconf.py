@@ -529,7 +529,6 @@ class CompressSpec:
     levels: tuple[tuple[str, int], ...] = ()  # given per algorithm; the rest default
     min_size: int = 256
     types: tuple[str, ...] = COMPRESS_TYPES
-    decompress: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -717,7 +716,7 @@ _ROUTE_KEYS: Final = (
     "cache",
     "compress",
 )
-_COMPRESS_KEYS: Final = ("algorithms", "level", "min_size", "types", "decompress")
+_COMPRESS_KEYS: Final = ("algorithms", "level", "min_size", "types")
 _ACTIONS: Final = ("upstream", "redirect", "respond")
 _MATCH_KEYS: Final = (
     "host",
@@ -965,7 +964,7 @@ class _RouteParser:
         )
 
     def compress(self, raw: object, path: str) -> CompressSpec | None:
-        """compress = true | false | { algorithms, level, min_size, types, decompress }"""
+        """compress = true | false | { algorithms, level, min_size, types }"""
         ck = self.ck
         if isinstance(raw, bool):
             return CompressSpec() if raw else None
@@ -1020,13 +1019,9 @@ class _RouteParser:
                                           "compress = false)")
             else:
                 types = self.string_list(raw["types"], f"{path}.types", _media_pattern)
-        decompress: Any = False
-        if "decompress" in raw:
-            decompress = ck.convert(f"{path}.decompress", boolean, raw["decompress"])
         if ck.error_count != before:
             return None
-        return CompressSpec(algorithms, tuple(levels), min_size, types or COMPRESS_TYPES,
-                            decompress is True)
+        return CompressSpec(algorithms, tuple(levels), min_size, types or COMPRESS_TYPES)
 
     def forward_auth(self, raw: object, path: str) -> ForwardAuthSpec | None:
         """forward_auth = { url = "http://127.0.0.1:9000/verify", copy_headers = [...] }"""

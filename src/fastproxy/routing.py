@@ -95,7 +95,7 @@ def build_router(config: Config, targets: Mapping[str, Any],
             comp = route.compress
             if comp not in policies:  # routes with the same settings share one
                 policies[comp] = CompressPolicy(comp.algorithms, dict(comp.levels),
-                                                comp.min_size, comp.types, comp.decompress)
+                                                comp.min_size, comp.types)
             rule.compress = policies[comp]
     defaults = [listener.default_host.encode() if listener.default_host else None
                 for listener in config.listeners]
