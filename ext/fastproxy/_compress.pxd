@@ -59,3 +59,4 @@ cdef class StoredForm:
 
 
 cdef StoredForm stored_form(Stored stored, Policy policy)
+cdef bytes rewrite_prefix(bytes prefix, bint encoded)

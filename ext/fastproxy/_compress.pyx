@@ -652,7 +652,7 @@ def compress(str name, int level, bytes body not None):
 
 # -- stored responses (the cache) --------------------------------------------------------
 
-cdef bytes _rewrite_prefix(bytes prefix, bint encoded):
+cdef bytes rewrite_prefix(bytes prefix, bint encoded):
     """A stored response's prefix (status line and fields) for a compressible
     response: Vary with Accept-Encoding; when `encoded`, also no Accept-Ranges and
     a weak ETag."""
@@ -692,8 +692,8 @@ cdef class StoredForm:
                                                  len(stored.body)) == D_IDENTITY
         self.bodies = {}
         if self.compressible:
-            self.vary_prefix = _rewrite_prefix(stored.prefix, False)
-            self.enc_prefix = _rewrite_prefix(stored.prefix, True)
+            self.vary_prefix = rewrite_prefix(stored.prefix, False)
+            self.enc_prefix = rewrite_prefix(stored.prefix, True)
 
     cdef int keep(self, RouteCache cache, uint64_t primary, Stored stored, int coding,
                   bytes data) except -1:

@@ -60,7 +60,7 @@ from fastproxy._ratelimit cimport BanTable, ConnTable, RateLimit, ip_key
 from fastproxy._cache cimport cache_key
 from fastproxy._httpcache cimport RouteCache, Stored, wall_now
 from fastproxy._compress cimport (C_NONE, D_IDENTITY, Encoder, Policy, coding_name,
-                                  stored_form, StoredForm)
+                                  rewrite_prefix, stored_form, StoredForm)
 from fastproxy._peers cimport now_ns
 from libc.stdint cimport int64_t
 
@@ -1495,7 +1495,12 @@ cdef class Exchange:
                         body = stored.body[span[0]:span[1] + 1]
                     length_line = b"Content-Length: %d\r\n" % len(body)
         policy = self.rule.compress
-        if policy is not None and status == stored.status:
+        if policy is not None and status == 304:
+            form = stored_form(stored, <Policy>policy)
+            if (<StoredForm>form).compressible:
+                # The fields a 200 would carry: Vary, and the weak ETag of an encoded one.
+                head_part = rewrite_prefix(head_part, (<Policy>policy).choose_for(req) != C_NONE)
+        elif policy is not None and status == stored.status:
             form = stored_form(stored, <Policy>policy)
             if (<StoredForm>form).compressible:
                 coding = (<Policy>policy).choose_for(req)
