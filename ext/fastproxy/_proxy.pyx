@@ -997,6 +997,8 @@ cdef class Exchange:
     cdef Py_ssize_t enc_size
     cdef int resp_coding        # the coding of the response (C_NONE: identity)
     cdef long long enc_yielded  # encoder.taken_in when the loop last ran in between
+    cdef bytes head_extra       # a compressed response's head waits (see send_head)
+    cdef Py_ssize_t head_slot   # ... for its place in `out`
     cdef Stored slicing         # a stored body being encoded in slices (see stream_stored)
     cdef StoredForm slice_form
     cdef Py_ssize_t slice_off
@@ -2162,8 +2164,31 @@ cdef class Exchange:
             if self.sticky_value != self.group.sticky_values[self.peer]:
                 line = <bytes>self.group.sticky_lines[self.peer]
                 extra = extra + line if extra else line
+        if self.encoder is not None:
+            # The head waits for the end of this read: when the whole body came in
+            # it, the compressed length is known and goes in Content-Length.
+            self.head_extra = extra if extra is not None else b""
+            self.head_slot = len(self.out)
+            self.out.append(None)
+            return 0
         self.out.append(response_head(head, framing, keep, req.http_minor, self.core.via,
                                       self.resp_drop, extra, coding, vary))
+        return 0
+
+    cdef int send_head(self, long long length) except -1:
+        """The head of a compressed response, into its place in `out`: with a
+        Content-Length when `length` >= 0 (the whole body was compressed), else
+        chunked (or delimited by the connection's end for HTTP/1.0)."""
+        cdef MessageHead req = self.head
+        cdef bytes extra = self.head_extra
+        self.head_extra = None
+        if length >= 0:
+            self.framing = FR_PASS
+            self.keep = req.keep_alive and self.req_done and not self.core.closing
+            extra += b"Content-Length: %d\r\n" % length
+        self.out[self.head_slot] = response_head(
+            self.resp_head, self.framing, self.keep, req.http_minor, self.core.via,
+            self.resp_drop, extra, coding_name(self.resp_coding), True)
         return 0
 
     cdef int upstream_body(self, object data) except -1:
@@ -2218,6 +2243,8 @@ cdef class Exchange:
     cdef int flush(self) except -1:
         cdef list out = self.out
         cdef UpstreamConnection conn
+        if self.head_extra is not None:
+            self.send_head(-1)  # the body goes on in later reads: chunked
         if self.encoder is not None and self.encoder.pending:
             self.encoded(False)  # one chunk per upstream read: a stream is not held back
             conn = self.conn
@@ -2254,7 +2281,13 @@ cdef class Exchange:
                 key=self.cache_text), True)
             return 0
         if self.encoder is not None:
-            self.encoded(True)
+            if self.head_extra is not None:
+                # Head and whole body in one read: sent with its length.
+                self.framing = FR_PASS
+                self.encoded(True)
+                self.send_head(self.sent)
+            else:
+                self.encoded(True)
             self.encoder.release()
             self.encoder = None
         if self.framing == FR_CHUNKED:
