@@ -42,6 +42,7 @@ EXTRA_C_SOURCES: dict[str, list[str]] = {
 # a manylinux wheel gets libssl/libcrypto vendored by auditwheel).
 LIBRARIES: dict[str, list[str]] = {
     "fastproxy._tls": ["ssl", "crypto"],
+    "fastproxy._compress": ["z"],  # zlib's deflate, called from C (zlib.h needed to build)
 }
 
 INCLUDE_DIRS = [LLHTTP_DIR, XXHASH_DIR, EXT_DIR]

@@ -11,6 +11,7 @@
     python benchmarks/e2e.py --tls --proxies fastproxy,nginx   # only the TLS cases (opt-in)
     python benchmarks/e2e.py --cases tls-handshake --tls-key rsa      # RSA-2048 instead of P-256
     python benchmarks/e2e.py --cases cache-hit   # hits from each proxy's cache (opt-in)
+    python benchmarks/e2e.py --cases compress-20k --proxies fastproxy,nginx   # gzip on the fly
     python benchmarks/e2e.py --waf           # fastproxy with [waf] vs without, ~2 min (opt-in)
     python benchmarks/e2e.py --cases waf-browser --profile /tmp/w.txt --profile-case waf-browser
 
@@ -105,6 +106,7 @@ import argparse
 import atexit
 import contextlib
 import datetime as dt
+import gzip
 import json
 import os
 import platform
@@ -120,6 +122,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -138,7 +141,20 @@ CASES = {
     "cache-hit": ("/cached/1k.bin", False,
                   "keep-alive, 1 KiB served from each proxy's cache (nginx proxy_cache, "
                   "HAProxy cache, fastproxy [caches])"),
+    # Opt-in (--cases compress-20k): a 20 KiB HTML page gzip'd on the fly by the proxy
+    # for a client that sends Accept-Encoding: gzip, at the same level everywhere
+    # (--gzip-level): nginx `gzip on; gzip_comp_level N`, fastproxy `compress = {
+    # algorithms = ["gzip"], level = { gzip = N } }`, HAProxy `compression algo gzip`
+    # (its build's library and level: with libslz it has no levels).
+    "compress-20k": ("/gz/20k.html", False,
+                     "keep-alive, 20 KiB HTML compressed on the fly with gzip "
+                     "(Accept-Encoding: gzip)"),
 }
+COMPRESS_CASE = "compress-20k"
+COMPRESS_FILE = "/20k.html"
+COMPRESS_HEADERS = ("Accept-Encoding: gzip",)
+GZIP_LEVEL = 5  # --gzip-level
+
 # TLS cases (opt-in): case -> (path or None, client, what it measures)
 TLS_CASES = {
     "tls-keepalive": ("/1k.bin", "wrk",
@@ -372,6 +388,10 @@ def upstream_conf(prefix: Path, port: int, workers: int = 1) -> str:
             alias {prefix}/www/;
             add_header Cache-Control "max-age=3600";
         }}
+        location /gz/ {{
+            alias {prefix}/www/;
+            types {{ text/html html; }}
+        }}
         location = /status {{ stub_status; }}  # counts the connections the proxies open
     }}
 }}
@@ -404,6 +424,17 @@ def nginx_proxy_conf(prefix: Path, port: int, upstream_port: int, keepalive: int
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }
+        location /gz/ {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            gzip on;
+            gzip_comp_level %d;
+            gzip_proxied any;
+            gzip_vary on;
+            gzip_min_length 256;
+        }
+""" % GZIP_LEVEL + """\
         location /cached/ {
             proxy_pass http://backend;
             proxy_http_version 1.1;
@@ -495,6 +526,8 @@ cache hits
     max-age 3600
 
 backend be
+    compression algo gzip
+    compression type text/html
     http-request cache-use hits if {{ path_beg /cached/ }}
     http-response cache-store hits
     server s1 127.0.0.1:{upstream_port} pool-max-conn {keepalive}
@@ -538,6 +571,11 @@ memory = "64m"
 match = {{ path_prefix = "/cached", whole_segments = true }}
 upstream = "backend"
 cache = "hits"
+
+[[routes]]
+match = {{ path_prefix = "/gz", whole_segments = true }}
+upstream = "backend"
+compress = {{ algorithms = ["gzip"], level = {{ gzip = {GZIP_LEVEL} }} }}
 
 [[routes]]
 upstream = "backend"
@@ -876,11 +914,29 @@ def case_path(case: str) -> str | None:
 
 
 def body_size(case: str) -> int:
-    """The size of the file a wrk case fetches (its path without the query)."""
+    """The size of the file a wrk case fetches (its path without the query); for the
+    compression case, what the smallest gzip of it can be (zlib level 9, less 10 %)."""
     path = case_path(case)
     assert path is not None
     path = path.partition("?")[0]
+    if case == COMPRESS_CASE:
+        return int(len(zlib.compress(compress_page(), 9)) * 0.9)
     return FILES[path.removeprefix("/cached")]
+
+
+def compress_page() -> bytes:
+    """The 20 KiB HTML page of the compression case (the same bytes every run)."""
+    rng = random.Random(1)
+    words = ["proxy", "cache", "request", "upstream", "header", "server", "client", "latency",
+             "connection", "worker", "the", "a", "of", "and", "to", "with", "for", "on"]
+    rows = []
+    while sum(map(len, rows)) < 20 * 1024 - 200:
+        text = " ".join(rng.choice(words) for _ in range(rng.randint(6, 14)))
+        rows.append(f'<li class="item-{rng.randint(1, 40)}"><a href="/p/{rng.randint(1, 9999)}">'
+                    f"{text}</a> <span>{rng.randint(1, 10**6)}</span></li>\n")
+    page = ("<!doctype html><html><head><title>bench</title></head><body><ul>\n"
+            + "".join(rows) + "</ul></body></html>\n").encode()
+    return page[:20 * 1024 - 15] + b"</body></html>\n"
 
 
 def run_load(case: str, port: int, seconds: int, args: argparse.Namespace, cpu: str | None,
@@ -893,6 +949,8 @@ def run_load(case: str, port: int, seconds: int, args: argparse.Namespace, cpu: 
     path = case_path(case)
     assert path is not None
     headers = WAF_CASES[case][1] if case in WAF_CASES else ()
+    if case == COMPRESS_CASE:
+        headers = COMPRESS_HEADERS
     result, raw, client_cpu = run_wrk(port, path, close, seconds, args, cpu,
                                       https=case in TLS_CASES, headers=headers)
     return result, raw, client_cpu, None
@@ -1263,6 +1321,7 @@ def profile_worker(worker_pid: int, port: int, out: Path, args: argparse.Namespa
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    global GZIP_LEVEL
     usage = __doc__.split("\n\n")[1]
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 epilog=f"examples:\n{usage}",
@@ -1275,10 +1334,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=int, help="seconds per wrk run (default 8; --quick: 3)")
     p.add_argument("--cases", default="1k,64k,close",
                    help=f"comma-separated, from: {', '.join(ALL_CASES)} "
-                        f"(default 1k,64k,close; cache-hit and {SCALE} are opt-in: fastproxy only, with "
+                        f"(default 1k,64k,close; cache-hit, {COMPRESS_CASE} and {SCALE} are "
+                        f"opt-in; {SCALE}: fastproxy only, with "
                         f"{', '.join(map(str, SCALE_WORKERS))} workers, nothing pinned, wrk "
                         f"-t{SCALE_THREADS} -c{SCALE_CONNECTIONS}; the tls-* and waf-* cases "
                         "are opt-in too, see --tls and --waf)")
+    p.add_argument("--gzip-level", type=int, default=GZIP_LEVEL, choices=range(1, 10),
+                   metavar="N", help=f"{COMPRESS_CASE}: the gzip level of nginx and fastproxy "
+                                     f"(default {GZIP_LEVEL})")
     p.add_argument("--tls", action="store_true",
                    help=f"add the TLS cases ({', '.join(TLS_CASES)}) to --cases; alone (no "
                         "--cases), only them")
@@ -1331,6 +1394,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.cases = ""
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.duration = args.duration or (3 if args.quick else 8)
+    GZIP_LEVEL = args.gzip_level
     args.cases = list(dict.fromkeys(c.strip() for c in args.cases.split(",") if c.strip()))
     if args.tls:
         args.cases += [c for c in TLS_CASES if c not in args.cases]
@@ -1466,6 +1530,32 @@ def write_files(www: Path) -> None:
         f = www / path[1:]
         f.write_bytes(rng.randbytes(size))
         os.chmod(f, 0o644)
+    f = www / COMPRESS_FILE[1:]
+    f.write_bytes(compress_page())
+    os.chmod(f, 0o644)
+
+
+def verify_compressed(name: str, port: int, www: Path, scratch: Path) -> None:
+    """The compression case: a gzip body that decodes to the page, and identity for a
+    client that does not ask for it."""
+    page = (www / COMPRESS_FILE[1:]).read_bytes()
+    code, _ = http_get(port, "/gz" + COMPRESS_FILE, scratch,
+                       ("-H", "Accept-Encoding: gzip", "-D", str(scratch) + ".head"))
+    head = Path(str(scratch) + ".head").read_text(errors="replace").lower()
+    try:
+        body = gzip.decompress(scratch.read_bytes())
+    except (OSError, EOFError) as e:
+        raise BenchError(f"{name}: GET /gz{COMPRESS_FILE} with Accept-Encoding: gzip: the "
+                         f"body is not gzip ({e}); head:\n{head}") from None
+    if code != 200 or "content-encoding: gzip" not in head or body != page:
+        raise BenchError(f"{name}: GET /gz{COMPRESS_FILE} with Accept-Encoding: gzip gave "
+                         f"{code}, head:\n{head}")
+    code, got = http_get(port, "/gz" + COMPRESS_FILE, scratch)
+    if code != 200 or scratch.read_bytes() != page:
+        raise BenchError(f"{name}: GET /gz{COMPRESS_FILE} without Accept-Encoding gave {code}, "
+                         f"{got} bytes (expected the page as it is)")
+    print(f"  verified: {name} gzips /gz{COMPRESS_FILE} ({len(page)} bytes) for a client that "
+          "asks, and sends it as it is otherwise")
 
 
 def note_logs(name: str, paths: tuple[Path, ...]) -> None:
@@ -1520,6 +1610,8 @@ def _regular(args: argparse.Namespace, cases: list[str], tmp: Path, scratch: Pat
     for name in proxies:
         wait_ready(servers[name], ports[name], scratch)
         verify(name, ports[name], www, scratch)
+        if COMPRESS_CASE in cases:
+            verify_compressed(name, ports[name], www, scratch)
         if tls is not None:
             verify(f"{name} (TLS)", tls_ports[name], www, scratch, cacert=tls.cert)
             negotiated[name] = tls_facts(tls_ports[name])

@@ -5,6 +5,8 @@
 # manylinux tag of this machine's glibc, or stays linux_x86_64, and this script
 # says which.
 #
+# fastproxy._compress links zlib (headers: zlib1g-dev / zlib-devel; auditwheel
+# vendors libz when the image's is not in the manylinux policy's list).
 # fastproxy._tls links libssl and libcrypto (OpenSSL >= 3.0: it calls
 # SSL_get1_peer_certificate). Building needs their headers (Debian libssl-dev;
 # in a manylinux image openssl-devel, which is 3.x only from manylinux_2_34 on),

@@ -84,6 +84,8 @@ install_system_packages() {
     done
     # fastproxy._tls is linked against OpenSSL: its headers are needed to build it.
     [ -f /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
+    # fastproxy._compress calls zlib's deflate from C.
+    [ -f /usr/include/zlib.h ] || missing+=(zlib1g-dev)
     [ "${#missing[@]}" -eq 0 ] && return 0
     if ! apt_install "${missing[@]}"; then
         if as_root true 2>/dev/null && command -v apt-get >/dev/null 2>&1; then

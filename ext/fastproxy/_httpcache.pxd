@@ -47,6 +47,7 @@ cdef class Stored:
     cdef public bytes url               # scheme://host/target, what purges match
     cdef public tuple tags              # from the cache's tag header (purge by tag)
     cdef public int64_t purge_seq       # the purges it was checked against (Purges seq)
+    cdef public dict encodings          # _compress.Policy -> its StoredForm (None: none yet)
 
 
 cdef class Variants:
@@ -84,3 +85,4 @@ cdef class RouteCache:
     cdef object lookup(self, uint64_t primary, MessageHead head)
     cdef bint plain(self, MessageHead head) except -1
     cdef int put(self, uint64_t primary, Stored stored, tuple names) except -1
+    cdef bint charge(self, uint64_t primary, Stored stored, long long extra) except -1

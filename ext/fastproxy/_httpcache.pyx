@@ -580,6 +580,23 @@ cdef class RouteCache:
         self.index.put(primary, variants, variants.size)
         return 0
 
+    cdef bint charge(self, uint64_t primary, Stored stored, long long extra) except -1:
+        """`extra` more bytes kept with `stored` (its encoded forms): counted against the
+        budget, as a put. False when `stored` is not in memory (any more): then the
+        caller does not keep them."""
+        cdef Variants variants
+        found = self.index.peek(primary)
+        if found is stored:
+            stored.size += extra
+            return self.index.put(primary, stored, stored.size) == 1
+        if type(found) is Variants:
+            variants = <Variants>found
+            if variants.entries.get(stored.variant) is stored:
+                stored.size += extra
+                variants.size += extra
+                return self.index.put(primary, variants, variants.size) == 1
+        return False
+
     def refreshed(self, uint64_t primary, Stored stored, list request_headers,
                   MessageHead head, double request_time, double response_time, bytes key=None):
         """A 304 to our revalidation: the stored response with the 304's fields

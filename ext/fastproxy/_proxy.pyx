@@ -59,6 +59,8 @@ from fastproxy._url cimport IpSet, cookie_get, real_client
 from fastproxy._ratelimit cimport BanTable, ConnTable, RateLimit, ip_key
 from fastproxy._cache cimport cache_key
 from fastproxy._httpcache cimport RouteCache, Stored, wall_now
+from fastproxy._compress cimport (C_NONE, D_IDENTITY, Encoder, Policy, coding_name,
+                                  rewrite_prefix, stored_form, StoredForm)
 from fastproxy._peers cimport now_ns
 from fastproxy._stats cimport (Stats, stat_add, ST_ACCEPTED, ST_CLOSED, ST_OPEN, ST_BYTES_IN,
                                ST_BYTES_OUT, ST_WAF, ST_RATE_LIMITED, SV_REQUESTS,
@@ -113,6 +115,12 @@ cdef class WaitQueue
 
 cdef enum:
     PENDING_LIMIT = 64 * 1024  # request body bytes buffered before an upstream is ready
+    # A stored body bigger than this is compressed in slices of SLICE bytes, one per
+    # loop iteration (about 1 ms each with gzip level 5), not in one go.
+    SLICE_ABOVE = 64 * 1024
+    SLICE = 64 * 1024
+    # Upstream bytes compressed in one loop iteration before the loop runs again.
+    YIELD_AFTER = 64 * 1024
 
 # Shutdown: how long a connection that has sent nothing yet may take to send its
 # first request (see Core.close_idle_clients).
@@ -892,6 +900,15 @@ def _held(Exchange ex):
     ex.hold_over()
 
 
+def _next_slice(Exchange ex):
+    ex.next_slice()
+
+
+def _read_on(Exchange ex):
+    """The loop ran once since the upstream's reading was stopped for compression."""
+    ex.read_on()
+
+
 def _auth_checked(Exchange ex, auth, bytes header, future):
     """On the loop, when a password check done in a thread is over."""
     try:
@@ -1012,6 +1029,19 @@ cdef class Exchange:
     cdef double request_time    # wall clock when the request went upstream
     cdef double t0              # monotonic, when the request head was read (metrics)
     cdef bint cache_hit         # answered from the cache (metrics)
+    # Compression of the response (the route's `compress`)
+    cdef Encoder encoder        # encoding the upstream's body (None: sent as it comes)
+    cdef list enc_capture       # ... and what it made, kept for the cache (None: not kept)
+    cdef Py_ssize_t enc_size
+    cdef int resp_coding        # the coding of the response (C_NONE: identity)
+    cdef long long enc_yielded  # encoder.taken_in when the loop last ran in between
+    cdef bytes head_extra       # a compressed response's head waits (see send_head)
+    cdef Py_ssize_t head_slot   # ... for its place in `out`
+    cdef Stored slicing         # a stored body being encoded in slices (see stream_stored)
+    cdef StoredForm slice_form
+    cdef Py_ssize_t slice_off
+    cdef bint slice_waiting     # ... held until the client reads again
+    cdef bint slice_close       # ... and the connection ends after it
     cdef tuple auth_drop        # forward_auth: fields the auth service's answer replaces
     cdef bytes auth_extra       # ... and its lines that replace them
     cdef readonly str upstream_label
@@ -1518,6 +1548,7 @@ cdef class Exchange:
         cdef bytes head_part = stored.prefix
         cdef bytes length_line = stored.length_line
         cdef list parts
+        cdef int slices = 0         # a coding to encode the body in, slice by slice
         edits = (<ProxyAction>self.rule.action).response_edits
         if full:
             if cache.conditional(stored, req.headers(), now) == 304:
@@ -1541,6 +1572,34 @@ cdef class Exchange:
                                      % (span[0], span[1], len(stored.body)))
                         body = stored.body[span[0]:span[1] + 1]
                     length_line = b"Content-Length: %d\r\n" % len(body)
+        policy = self.rule.compress
+        if policy is not None and status == 304:
+            form = stored_form(stored, <Policy>policy)
+            if (<StoredForm>form).compressible:
+                # The fields a 200 would carry: Vary, and the weak ETag of an encoded one.
+                head_part = rewrite_prefix(head_part, (<Policy>policy).choose_for(req) != C_NONE)
+        elif policy is not None and status == stored.status:
+            form = stored_form(stored, <Policy>policy)
+            if (<StoredForm>form).compressible:
+                coding = (<Policy>policy).choose_for(req)
+                if coding == C_NONE:
+                    head_part = (<StoredForm>form).vary_prefix
+                else:
+                    head_part = (<StoredForm>form).enc_prefix + b"Content-Encoding: " + \
+                        coding_name(coding) + _CRLF
+                    if coding not in (<StoredForm>form).bodies and \
+                            len(stored.body) > SLICE_ABOVE:
+                        # Encoded in slices, between which the loop runs (and kept
+                        # when it is done): the head goes now, chunked.
+                        slices = coding
+                        length_line = b"Transfer-Encoding: chunked\r\n" \
+                            if req.http_minor == 1 else b""
+                        if req.http_minor != 1:
+                            keep = False
+                    else:
+                        body = (<StoredForm>form).body(cache, self.cache_primary, stored,
+                                                       <Policy>policy, coding)
+                        length_line = b"Content-Length: %d\r\n" % len(body)
         if edits is not None and edits.drop:
             # The route removes some fields from responses: from stored ones too.
             cut = head_part.find(_CRLF) + 2
@@ -1556,11 +1615,74 @@ cdef class Exchange:
             parts.append(self.client.hsts)
         parts.append(length_line)
         parts.append(b"Connection: keep-alive\r\n\r\n" if keep else b"Connection: close\r\n\r\n")
+        if slices:
+            self.stream_stored(stored, <StoredForm>form, slices, parts, keep, close)
+            return 0
         if req.is_head_request:
             body = b""
         if body:
             parts.append(body)
         self.send_parts(status, parts, len(body), keep, close)
+        return 0
+
+    cdef int stream_stored(self, Stored stored, StoredForm form, int coding, list parts,
+                           bint keep, bint close) except -1:
+        """Answer with a stored body encoded now, SLICE bytes per loop iteration (a big
+        body would otherwise hold the loop for its whole compression): the head
+        first, then one chunk per slice; the result is kept for the next requests."""
+        self.local_begin(stored.status, 0, keep)
+        self.client.write_all(parts)
+        self.encoder = (<Policy>self.rule.compress).encoder(coding, len(stored.body))
+        self.resp_coding = coding
+        self.enc_capture = []
+        self.slicing = stored
+        self.slice_form = form
+        self.slice_off = 0
+        self.framing = FR_CHUNKED if self.head.http_minor == 1 else FR_CLOSE
+        self.slice_close = close
+        self.core.loop.call_soon(_next_slice, self)
+        return 0
+
+    cdef int read_on(self) except -1:
+        if self.conn is not None and not self.finished and not self.client.write_paused:
+            self.conn.set_reading(True)
+        return 0
+
+    cdef int next_slice(self) except -1:
+        cdef Stored stored = self.slicing
+        cdef Py_ssize_t end, size
+        cdef list out = self.out
+        if stored is None or self.finished or self.encoder is None:
+            return 0
+        if self.client.write_paused:
+            self.slice_waiting = True  # client_write_paused(False) goes on
+            return 0
+        size = len(stored.body)
+        end = self.slice_off + SLICE
+        if end > size:
+            end = size
+        self.encoder.feed(memoryview(stored.body)[self.slice_off:end])
+        self.slice_off = end
+        self.encoded(end == size)
+        if end < size:
+            self.client.write_all(out)
+            PyList_Clear(out)
+            self.core.loop.call_soon(_next_slice, self)
+            return 0
+        if self.framing == FR_CHUNKED:
+            out.append(_LAST_CHUNK)
+        self.client.write_all(out)
+        PyList_Clear(out)
+        self.encoder.release()
+        self.encoder = None
+        if self.enc_capture is not None:
+            self.slice_form.keep(self.cache, self.cache_primary, stored, self.resp_coding,
+                                 b"".join(self.enc_capture))
+            self.enc_capture = None
+        self.slicing = None
+        self.slice_form = None
+        if self.slice_close or self.req_done:
+            self.finish(self.keep)
         return 0
 
     cdef bint cache_head(self, MessageHead head) except -1:
@@ -2035,7 +2157,7 @@ cdef class Exchange:
     cdef int request_complete(self) except -1:
         self.req_done = True
         if self.local:
-            if not self.finished:
+            if not self.finished and self.slicing is None:  # (a stream ends by itself)
                 self.finish(self.keep)
             return 0
         if self.head.body_kind == K_CHUNKED:
@@ -2088,7 +2210,21 @@ cdef class Exchange:
         if self.cache is not None and self.cache_head(head):
             return 0
         keep = req.keep_alive and self.req_done and not self.core.closing
-        if head.body_kind == K_NONE or head.body_kind == K_LENGTH:
+        coding = None
+        vary = False
+        policy = self.rule.compress
+        if policy is not None and not self.background:
+            decision = (<Policy>policy).decide(req, head)
+            if decision >= D_IDENTITY:
+                vary = True  # compressed for some clients: caches must tell them apart
+                if decision != C_NONE:
+                    coding = coding_name(decision)
+                    self.resp_coding = decision
+                    self.encoder = (<Policy>policy).encoder(
+                        decision, head.content_length if head.body_kind == K_LENGTH else -1)
+                    if self.capture is not None:
+                        self.enc_capture = []  # the encoded form is kept with the stored one
+        if self.encoder is None and (head.body_kind == K_NONE or head.body_kind == K_LENGTH):
             framing = FR_PASS
         elif req.http_minor == 1:
             framing = FR_CHUNKED
@@ -2109,8 +2245,31 @@ cdef class Exchange:
             if self.sticky_value != self.group.sticky_values[self.peer]:
                 line = <bytes>self.group.sticky_lines[self.peer]
                 extra = extra + line if extra else line
+        if self.encoder is not None:
+            # The head waits for the end of this read: when the whole body came in
+            # it, the compressed length is known and goes in Content-Length.
+            self.head_extra = extra if extra is not None else b""
+            self.head_slot = len(self.out)
+            self.out.append(None)
+            return 0
         self.out.append(response_head(head, framing, keep, req.http_minor, self.core.via,
-                                      self.resp_drop, extra))
+                                      self.resp_drop, extra, coding, vary))
+        return 0
+
+    cdef int send_head(self, long long length) except -1:
+        """The head of a compressed response, into its place in `out`: with a
+        Content-Length when `length` >= 0 (the whole body was compressed), else
+        chunked (or delimited by the connection's end for HTTP/1.0)."""
+        cdef MessageHead req = self.head
+        cdef bytes extra = self.head_extra
+        self.head_extra = None
+        if length >= 0:
+            self.framing = FR_PASS
+            self.keep = req.keep_alive and self.req_done and not self.core.closing
+            extra += b"Content-Length: %d\r\n" % length
+        self.out[self.head_slot] = response_head(
+            self.resp_head, self.framing, self.keep, req.http_minor, self.core.via,
+            self.resp_drop, extra, coding_name(self.resp_coding), True)
         return 0
 
     cdef int upstream_body(self, object data) except -1:
@@ -2128,7 +2287,32 @@ cdef class Exchange:
                 self.disk_write = None  # too long for the disk, or its writer is behind
         if self.refreshed is not None:
             return 0  # a 304's (there is none)
+        if self.encoder is not None:
+            self.encoder.feed(data)  # what it makes goes out when the read is handled
+            return 0
         self.sent += n
+        if self.framing == FR_CHUNKED:
+            self.out.append(b"%x\r\n" % n)
+            self.out.append(data)
+            self.out.append(_CRLF)
+        else:
+            self.out.append(data)
+        return 0
+
+    cdef int encoded(self, bint final) except -1:
+        """What the encoder has made so far (flushed: the client can decode all it was
+        fed) into `out`; with `final`, the end of the encoded stream."""
+        cdef bytes data = self.encoder.take(final)
+        cdef Py_ssize_t n = len(data)
+        if not n:
+            return 0
+        self.sent += n
+        if self.enc_capture is not None:
+            self.enc_size += n
+            if self.capture is None and self.slicing is None:
+                self.enc_capture = None
+            else:
+                self.enc_capture.append(data)
         if self.framing == FR_CHUNKED:
             self.out.append(b"%x\r\n" % n)
             self.out.append(data)
@@ -2139,6 +2323,20 @@ cdef class Exchange:
 
     cdef int flush(self) except -1:
         cdef list out = self.out
+        cdef UpstreamConnection conn
+        if self.head_extra is not None:
+            self.send_head(-1)  # the body goes on in later reads: chunked
+        if self.encoder is not None and self.encoder.pending:
+            self.encoded(False)  # one chunk per upstream read: a stream is not held back
+            conn = self.conn
+            if self.encoder.taken_in - self.enc_yielded >= YIELD_AFTER and conn is not None \
+                    and not conn.read_paused:
+                # libuv reads a socket up to 32 times per loop iteration: compressing all
+                # that (8 MiB) would hold the loop for a long time. Stop reading until
+                # the loop has run once.
+                self.enc_yielded = self.encoder.taken_in
+                conn.set_reading(False)
+                self.core.loop.call_soon(_read_on, self)
         if out:
             self.client.write_all(out)
             PyList_Clear(out)  # emptied and reused
@@ -2163,6 +2361,16 @@ cdef class Exchange:
                 fwd=self.fwd, fwd_status=304, ttl=self.refreshed.fresh_until - now,
                 key=self.cache_text), True)
             return 0
+        if self.encoder is not None:
+            if self.head_extra is not None:
+                # Head and whole body in one read: sent with its length.
+                self.framing = FR_PASS
+                self.encoded(True)
+                self.send_head(self.sent)
+            else:
+                self.encoded(True)
+            self.encoder.release()
+            self.encoder = None
         if self.framing == FR_CHUNKED:
             self.out.append(_LAST_CHUNK)
         self.flush()
@@ -2190,6 +2398,13 @@ cdef class Exchange:
         stored = cache.store(self.cache_primary, self.head.headers(), self.resp_head, body,
                              self.request_time, wall_now(), self.fresh, self.shared_key, write,
                              committed, _CACHE_URL.render(self.ctx, self.ctx.captures))
+        if stored is not None and self.enc_capture is not None:
+            # What was encoded for this client is the stored response's variant in
+            # that coding: later hits in it are not compressed again.
+            form = stored_form(<Stored>stored, <Policy>self.rule.compress)
+            (<StoredForm>form).keep(cache, self.cache_primary, <Stored>stored,
+                                    self.resp_coding, b"".join(self.enc_capture))
+        self.enc_capture = None
         if committed is not None and cache.fills.get(self.cache_primary) is not None:
             self.filling = False  # the fill is over when the write is (_shared_committed)
         else:
@@ -2252,6 +2467,9 @@ cdef class Exchange:
     cdef int client_write_paused(self, bint paused) except -1:
         if self.conn is not None:
             self.conn.set_reading(not paused)
+        elif not paused and self.slice_waiting:
+            self.slice_waiting = False
+            self.core.loop.call_soon(_next_slice, self)
         return 0
 
     cdef int client_lost(self) except -1:
@@ -2460,6 +2678,9 @@ cdef class Exchange:
             return 0
         self.finished = True
         self.settle(PEER_ANSWERED if self.resp_head is not None else PEER_FAILED)
+        if self.encoder is not None:
+            self.encoder.release()  # cut short: its state is reset for another response
+            self.encoder = None
         if self.disk_write is not None:
             self.disk_write.abort()  # cut short: its temporary file goes
             self.disk_write = None

@@ -180,7 +180,8 @@ cdef bint _dropped(const char* name, size_t nl, tuple drop) noexcept:
 
 
 cdef int _copy_headers(Writer* w, char* stack, MessageHead head, bint request,
-                       Writer* xff, Writer* via, bint keep_length, tuple drop) except -1:
+                       Writer* xff, Writer* via, bint keep_length, tuple drop,
+                       int comp=0, Writer* vary=NULL) except -1:
     cdef const uint32_t* o = head.offsets()
     cdef const char* raw = PyBytes_AS_STRING(head.raw)
     cdef const char* name
@@ -203,6 +204,23 @@ cdef int _copy_headers(Writer* w, char* stack, MessageHead head, bint request,
         if drop and cls == H_KEEP and _dropped(name, nl, drop):
             continue
         vl = o[4 * i + 3]
+        if comp and cls == H_KEEP:
+            # Compression (see _compress): Vary gains Accept-Encoding; an encoded
+            # body has no byte ranges and only a weak ETag (as nginx does).
+            if comp & COMP_VARY and is_lower_literal(name, nl, b"vary", 4):
+                if vary.len:
+                    w_put(vary, b", ", 2, NULL)
+                w_put(vary, raw + o[4 * i + 2], vl, NULL)
+                continue
+            if comp & COMP_ENCODED:
+                if is_lower_literal(name, nl, b"accept-ranges", 13):
+                    continue
+                if is_lower_literal(name, nl, b"etag", 4) and vl and raw[o[4 * i + 2]] == b'"':
+                    w_put(w, name, nl, stack)
+                    w_put(w, b": W/", 4, stack)
+                    w_put(w, raw + o[4 * i + 2], vl, stack)
+                    w_put(w, b"\r\n", 2, stack)
+                    continue
         if cls == H_XFF or cls == H_VIA:
             # Several fields of one name combine into one list (RFC 9110 §5.3).
             target = xff if cls == H_XFF else via
@@ -263,9 +281,14 @@ def build_request_head(MessageHead head not None, bytes target not None, bytes h
 
 
 def build_response_head(MessageHead head not None, int framing, bint keep_alive,
-                        int client_minor, bytes via not None, tuple drop=(), bytes extra=b""):
-    """The head we send to the client for the upstream response `head`."""
-    return response_head(head, framing, keep_alive, client_minor, via, drop, extra)
+                        int client_minor, bytes via not None, tuple drop=(), bytes extra=b"",
+                        bytes coding=None, bint vary=False):
+    """The head we send to the client for the upstream response `head`; with
+    `coding`, for its body encoded so (Content-Encoding added, Content-Length and
+    Accept-Ranges left out, a strong ETag made weak); with `vary`, Accept-Encoding
+    merged into Vary."""
+    return response_head(head, framing, keep_alive, client_minor, via, drop, extra, coding,
+                         vary)
 
 
 # The C entry points (see _rewrite.pxd); arguments are never None.
@@ -314,16 +337,21 @@ cdef bytes request_head(MessageHead head, bytes target, bytes host, bytes client
 
 
 cdef bytes response_head(MessageHead head, int framing, bint keep_alive, int client_minor,
-                         bytes via, tuple drop, bytes extra):
+                         bytes via, tuple drop, bytes extra, bytes coding=None,
+                         bint vary=False):
     cdef char stack[STACK_BUF]
     cdef char vbuf[256]
+    cdef char varybuf[256]
     cdef char line[64]
     cdef Writer w
     cdef Writer vw
+    cdef Writer vy
     cdef Writer unused
     cdef int k
+    cdef int comp = (COMP_VARY if vary else 0) | (COMP_ENCODED if coding is not None else 0)
     w.data = stack; w.len = 0; w.cap = STACK_BUF; w.heap = False
     vw.data = vbuf; vw.len = 0; vw.cap = 256; vw.heap = False
+    vy.data = varybuf; vy.len = 0; vy.cap = 256; vy.heap = False
     unused.data = NULL; unused.len = 0; unused.cap = 0; unused.heap = False
     try:
         # "HTTP/1.1 NNN " (the parser guarantees 100 <= status <= 999)
@@ -335,13 +363,24 @@ cdef bytes response_head(MessageHead head, int framing, bint keep_alive, int cli
         w_put(&w, line, 13, stack)
         w_bytes(&w, head.reason, stack)
         w_put(&w, b"\r\n", 2, stack)
-        _copy_headers(&w, stack, head, False, &unused, &vw, framing == FR_PASS, drop)
+        _copy_headers(&w, stack, head, False, &unused, &vw,
+                      framing == FR_PASS and coding is None, drop, comp, &vy)
         if extra:
             w_bytes(&w, extra, stack)
         if via:
             _put_list(&w, stack, b"Via: ", 5, &vw, via)
         elif vw.len:
             _put_list(&w, stack, b"Via: ", 5, &vw, b"")
+        if vary:
+            if vy.len and (_listed(vy.data, vy.len, b"accept-encoding", 15)
+                           or _listed(vy.data, vy.len, b"*", 1)):
+                _put_list(&w, stack, b"Vary: ", 6, &vy, b"")
+            else:
+                _put_list(&w, stack, b"Vary: ", 6, &vy, b"Accept-Encoding")
+        if coding is not None:
+            w_put(&w, b"Content-Encoding: ", 18, stack)
+            w_bytes(&w, coding, stack)
+            w_put(&w, b"\r\n", 2, stack)
         if framing == FR_CHUNKED:
             w_put(&w, b"Transfer-Encoding: chunked\r\n", 28, stack)
         if not keep_alive:
@@ -353,3 +392,4 @@ cdef bytes response_head(MessageHead head, int framing, bint keep_alive, int cli
     finally:
         _free(&w)
         _free(&vw)
+        _free(&vy)

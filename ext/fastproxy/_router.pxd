@@ -56,6 +56,7 @@ cdef class Rule:
     cdef public object forward_auth # forwardauth.ForwardAuth of the route, or None
     cdef public object cache        # _httpcache.RouteCache of the route, or None
     cdef public Py_ssize_t stats_base  # the route's first counter in _stats (-1: none)
+    cdef public object compress     # _compress.Policy of the route, or None
     cdef readonly bint any_host
     cdef frozenset _hosts           # exact host names
     cdef tuple _suffixes            # wildcard hosts as ".example.com"

@@ -56,6 +56,7 @@ class Rule:
     max_body: int
     forward_auth: Any
     cache: Any
+    compress: Any
     index: int
     route: Route
     action: Any

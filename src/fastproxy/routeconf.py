@@ -31,6 +31,7 @@ from fastproxy._url import normalize_path
 
 __all__ = [
     "VARIABLES",
+    "CompressSpec",
     "HeaderEdits",
     "KeyChecker",
     "Redirect",
@@ -147,6 +148,36 @@ def body_size(value: object) -> int:
     if size > BODY_SIZE_MAX:
         raise ValueError(f"must be at most 1p ({BODY_SIZE_MAX} bytes), found {describe(value)}")
     return size
+
+
+# Route compression (`compress`): the codings by name with their level ranges, and
+# the defaults (the compiled side is fastproxy._compress, which keeps the same ones).
+COMPRESS_LEVELS: Final = {"zstd": (1, 19), "br": (0, 11), "gzip": (1, 9)}
+COMPRESS_ALGORITHMS: Final = ("zstd", "br", "gzip")
+COMPRESS_TYPES: Final = (
+    "text/*", "application/json", "application/javascript", "application/x-javascript",
+    "application/ecmascript", "application/xml", "application/xhtml+xml", "application/wasm",
+    "application/manifest+json", "application/x-ndjson", "application/graphql-response+json",
+    "application/vnd.api+json", "application/x-www-form-urlencoded", "image/svg+xml",
+    "image/x-icon", "image/vnd.microsoft.icon", "image/bmp", "font/ttf", "font/otf",
+    "application/vnd.ms-fontobject", "*/*+json", "*/*+xml",
+)
+_MEDIA_TOKEN_RE: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _media_pattern(value: object) -> str:
+    """A media type for compress.types: "type/subtype", "type/*" or "*/*+suffix"."""
+    text = string(value).strip().lower()
+    major, slash, minor = text.partition("/")
+    ok = bool(slash) and _MEDIA_TOKEN_RE.fullmatch(major) is not None and (
+        _MEDIA_TOKEN_RE.fullmatch(minor) is not None)
+    if ok and "*" in text:
+        ok = (major != "*" and minor == "*") or (
+            major == "*" and minor.startswith("*+") and "*" not in minor[1:] and len(minor) > 2)
+    if not ok:
+        raise ValueError('expected a media type like "text/html", "text/*" or "*/*+json", '
+                         f"found {describe(value)}")
+    return text
 
 
 def _plural(n: int, noun: str) -> str:
@@ -491,6 +522,16 @@ class HeaderEdits:
 
 
 @dataclass(frozen=True, slots=True)
+class CompressSpec:
+    """A route's ``compress``: codings in server order, levels, size and types."""
+
+    algorithms: tuple[str, ...] = COMPRESS_ALGORITHMS
+    levels: tuple[tuple[str, int], ...] = ()  # given per algorithm; the rest default
+    min_size: int = 256
+    types: tuple[str, ...] = COMPRESS_TYPES
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     index: int  # position in the file, 0-based (as in the key path routes[N])
     name: str | None
@@ -509,6 +550,7 @@ class Route:
     max_body_bytes: int | None = None  # overrides the listener's and [limits]' (0: unlimited)
     forward_auth: ForwardAuthSpec | None = None  # an auth service asked first
     cache: str | None = None  # the [caches.NAME] that stores this route's responses
+    compress: CompressSpec | None = None  # compress responses for clients that accept it
 
     @property
     def label(self) -> str:
@@ -672,7 +714,9 @@ _ROUTE_KEYS: Final = (
     "max_body_bytes",
     "forward_auth",
     "cache",
+    "compress",
 )
+_COMPRESS_KEYS: Final = ("algorithms", "level", "min_size", "types")
 _ACTIONS: Final = ("upstream", "redirect", "respond")
 _MATCH_KEYS: Final = (
     "host",
@@ -880,6 +924,13 @@ class _RouteParser:
                 defined = ", ".join(sorted(self.caches)) or "none"
                 ck.error(f"{path}.cache", f"unknown cache {cache!r} (defined: {defined}; "
                                           "define it as [caches.NAME])")
+        compress = None
+        if "compress" in table:
+            if "upstream" not in table:
+                ck.error(f"{path}.compress", "only allowed on a route with upstream (local "
+                                             "answers are not compressed)")
+            else:
+                compress = self.compress(table["compress"], f"{path}.compress")
         forward_auth = None
         if "forward_auth" in table:
             forward_auth = self.forward_auth(table["forward_auth"], f"{path}.forward_auth")
@@ -909,7 +960,68 @@ class _RouteParser:
             max_body_bytes=max_body,
             forward_auth=forward_auth,
             cache=cache if isinstance(cache, str) else None,
+            compress=compress,
         )
+
+    def compress(self, raw: object, path: str) -> CompressSpec | None:
+        """compress = true | false | { algorithms, level, min_size, types }"""
+        ck = self.ck
+        if isinstance(raw, bool):
+            return CompressSpec() if raw else None
+        if not isinstance(raw, Mapping):
+            ck.error(path, "expected true, false or a table like { algorithms = [\"gzip\"] }, "
+                           f"found {describe(raw)}")
+            return None
+        before = ck.error_count
+        ck.known_keys(raw, path, _COMPRESS_KEYS)
+        algorithms: tuple[str, ...] = COMPRESS_ALGORITHMS
+        if "algorithms" in raw:
+            items = ck.array(raw["algorithms"], f"{path}.algorithms", ' like ["zstd", "gzip"]')
+            if items is not None:
+                if not items:
+                    ck.error(f"{path}.algorithms", "must name at least one algorithm (or set "
+                                                   "compress = false)")
+                names: list[str] = []
+                for i, item in enumerate(items):
+                    where = f"{path}.algorithms[{i}]"
+                    if item not in COMPRESS_LEVELS:
+                        ck.error(where, f"unknown algorithm {describe(item)} (known: "
+                                        + ", ".join(COMPRESS_LEVELS) + ")")
+                    elif item in names:
+                        ck.error(where, f"{item!r} is listed twice")
+                    else:
+                        names.append(item)
+                algorithms = tuple(names)
+        levels: list[tuple[str, int]] = []
+        if "level" in raw:
+            table = ck.table(raw["level"], f"{path}.level", " like { gzip = 6, br = 5 }")
+            for name, value in (table or {}).items():
+                where = key(f"{path}.level", name)
+                if name not in COMPRESS_LEVELS:
+                    ck.error(where, "unknown algorithm" + suggest(str(name), COMPRESS_LEVELS))
+                    continue
+                low, high = COMPRESS_LEVELS[name]
+                if isinstance(value, bool) or not isinstance(value, int) \
+                        or not low <= value <= high:
+                    ck.error(where, f"must be an integer from {low} to {high}, found "
+                                    f"{describe(value)}")
+                    continue
+                levels.append((name, value))
+        min_size = 256
+        if "min_size" in raw:
+            got = ck.convert(f"{path}.min_size", body_size, raw["min_size"])
+            if got is not INVALID:
+                min_size = got
+        types: tuple[str, ...] | None = COMPRESS_TYPES
+        if "types" in raw:
+            if raw["types"] == []:
+                ck.error(f"{path}.types", "must name at least one media type (or set "
+                                          "compress = false)")
+            else:
+                types = self.string_list(raw["types"], f"{path}.types", _media_pattern)
+        if ck.error_count != before:
+            return None
+        return CompressSpec(algorithms, tuple(levels), min_size, types or COMPRESS_TYPES)
 
     def forward_auth(self, raw: object, path: str) -> ForwardAuthSpec | None:
         """forward_auth = { url = "http://127.0.0.1:9000/verify", copy_headers = [...] }"""

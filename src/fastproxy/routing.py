@@ -17,6 +17,7 @@ from email.utils import formatdate
 from typing import Any
 
 from fastproxy._actions import REDIRECT, RESPOND, LocalAction, ProxyAction
+from fastproxy._compress import Policy as CompressPolicy
 from fastproxy._http import HttpParseError, MessageHead, RequestParser
 from fastproxy._rewrite import build_request_head
 from fastproxy._router import RequestContext, Router, Rule, new_context
@@ -27,6 +28,7 @@ from fastproxy.forwardauth import ForwardAuth
 from fastproxy.responses import reason_phrase
 from fastproxy.routeconf import (
     AccessList,
+    CompressSpec,
     ForwardAuthSpec,
     Redirect,
     RouteMatch,
@@ -71,6 +73,7 @@ def build_router(config: Config, targets: Mapping[str, Any],
     engine = (Waf(config.waf.rule_sets, config.waf.rules, config.waf.exclusions,
                   config.waf.body_limit) if config.waf is not None else None)
     services: dict[ForwardAuthSpec, ForwardAuth] = {}
+    policies: dict[CompressSpec, CompressPolicy] = {}
     for rule, route in zip(rules, routes, strict=True):
         if limits is not None:
             rule.limits = tuple(limits[name] for name in route.limits)
@@ -88,6 +91,12 @@ def build_router(config: Config, targets: Mapping[str, Any],
             rule.forward_auth = services[spec]
         if route.cache is not None and caches is not None:
             rule.cache = caches[route.cache]
+        if route.compress is not None:
+            comp = route.compress
+            if comp not in policies:  # routes with the same settings share one
+                policies[comp] = CompressPolicy(comp.algorithms, dict(comp.levels),
+                                                comp.min_size, comp.types)
+            rule.compress = policies[comp]
     defaults = [listener.default_host.encode() if listener.default_host else None
                 for listener in config.listeners]
     return Router(rules, defaults)
