@@ -60,6 +60,12 @@ class Site:
             if req.header("If-None-Match") == '"s1"':
                 return Reply(304, short, b"")
             return Reply(200, short, b"short")
+        if path == "/shortbig":  # disk only, revalidated slowly with its ETag
+            short = [("Cache-Control", "max-age=1"), ("ETag", '"b1"')]
+            if req.header("If-None-Match") == '"b1"':
+                return Reply(304, [("Cache-Control", "max-age=600"), ("ETag", '"b1"')], b"",
+                             delay=1.0)
+            return Reply(200, short, BIG)
         if path == "/versioned":
             if req.method == "POST":
                 self.version += 1
@@ -223,6 +229,46 @@ def test_a_stale_disk_copy_is_revalidated(make_origin: Callable[..., Origin], si
             return isinstance(found, tuple) and found[0].response_time > stored_at
 
         assert wait_for(refreshed)
+    finally:
+        proxy.stop()
+
+
+def test_waiters_for_a_revalidated_disk_only_response_are_served_from_it(
+        make_origin: Callable[..., Origin], site: Site, tmp_path: Path) -> None:
+    """Requests that wait while a stale response kept on disk only (too big for the
+    memory tier) is revalidated get the refreshed response; none of them fetches
+    the whole body from the origin."""
+    origin = make_origin(site, name="app")
+    disk = tmp_path / "cache"
+    port = free_port()
+    proxy = ProxyProcess(config_text(port, origin.address, disk), tmp_path, port).start()
+    results: list[RawResponse] = []
+    lock = threading.Lock()
+
+    def one(ready: threading.Barrier) -> None:
+        with RawClient(port, timeout=10) as client:
+            ready.wait()
+            client.send(b"GET /shortbig HTTP/1.1\r\nHost: site\r\n\r\n")
+            response = client.read_response()
+        with lock:
+            results.append(response)
+
+    try:
+        assert get(port, "/shortbig").body == BIG
+        assert wait_for(file_of(disk, "/shortbig").exists)
+        time.sleep(1.3)  # stale now (max-age=1)
+        ready = threading.Barrier(5, timeout=10)
+        threads = [threading.Thread(target=one, args=(ready,)) for _ in range(5)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(15)
+        assert [r.body for r in results] == [BIG] * 5
+        statuses = [r.header("Cache-Status") for r in results]
+        # One conditional request (answered 304) and no other: the others waited.
+        assert site.asked["/shortbig"] == 2, statuses
+        assert sum("fwd-status=304" in st for st in statuses) == 1, statuses
+        assert sum(st.endswith(";collapsed") for st in statuses) == 4, statuses
     finally:
         proxy.stop()
 

@@ -367,6 +367,14 @@ cdef class RouteCache:
         self.put(primary, stored, names)
         return stored
 
+    def selects(self, Stored stored, list request_headers):
+        """`stored` is the variant a request with these fields asks for."""
+        names = cachepolicy.vary_names(stored.headers)
+        if names is None:
+            return False
+        variant = cachepolicy.secondary_key(names, request_headers) if names else b""
+        return variant == stored.variant
+
     def adopt(self, uint64_t primary, Stored stored, tuple names):
         """A response read from disk: None when it was invalidated since it was
         fetched (its file is removed); else kept in memory too, if it fits."""

@@ -1370,6 +1370,9 @@ cdef class Exchange:
         self.connecting = False
         if stored is not None:
             found = self.cache.lookup(self.cache_primary, self.head)
+            if found is None and self.cache.disk is not None and self.cache.selects(
+                    <Stored>stored, self.head.headers()):
+                found = stored  # kept on disk only (too big for memory): the fill's copy
             now = wall_now()
             if found is not None and now < (<Stored>found).fresh_until:
                 self.serve_stored(<Stored>found, now, self.cache.status_line(
