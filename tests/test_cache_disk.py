@@ -382,6 +382,41 @@ def test_streamed_while_stored_and_a_crash_leaves_only_a_temp_file(
         proxy.stop()
 
 
+def test_a_write_in_flight_across_an_invalidation_does_not_leave_its_file(
+        held: HeldOrigin, tmp_path: Path) -> None:
+    """A response that was being written when its key was invalidated (by another
+    request, in any worker) is not left on disk: a restart (which forgets the
+    invalidations) would serve the old version."""
+    disk = tmp_path / "cache"
+    port = free_port()
+    text = config_text(port, held.address, disk)
+    proxy = ProxyProcess(text, tmp_path, port).start()
+    final = file_of(disk, "/held")
+    try:
+        with RawClient(port, timeout=10) as client:
+            client.send(b"GET /held HTTP/1.1\r\nHost: site\r\n\r\n")
+            head = client.read_until(b"\r\n\r\n")
+            assert head is not None and b" 200 " in head.split(b"\r\n")[0]
+            assert client.read_exactly(held.first) == b"h" * held.first
+            assert wait_for(lambda: any(disk.glob(f"*/{TEMP_PREFIX}*")), 5)
+            # The key is invalidated while its response is still being written.
+            posted = get(port, "/held", method="POST")
+            assert posted.status == 200 and held.asked == 2
+            held.release.set()
+            assert client.read_exactly(held.total - held.first) == b"h" * (
+                held.total - held.first)
+        assert wait_for(lambda: not any(disk.glob(f"*/{TEMP_PREFIX}*")), 5)
+        assert wait_for(lambda: not final.exists(), 5), "the invalidated response was kept"
+    finally:
+        proxy.stop()
+    proxy = ProxyProcess(text, tmp_path, port).start()
+    try:
+        again = get(port, "/held")
+        assert again.status == 200 and not hit(again) and held.asked == 3
+    finally:
+        proxy.stop()
+
+
 def test_the_size_limit_evicts_the_least_recently_used(
         make_origin: Callable[..., Origin], site: Site, tmp_path: Path) -> None:
     origin = make_origin(site, name="app")

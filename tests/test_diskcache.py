@@ -165,6 +165,35 @@ def test_a_disk_copy_older_than_an_invalidation_is_dropped() -> None:
     assert cache.adopt(5, new, ()) is new and cache.index.peek(5) is new
 
 
+def test_a_write_invalidated_while_in_flight_is_not_kept(tmp_path: Path) -> None:
+    """The removal of an invalidated key may run before a write already under way
+    renames its file into place: that write must not leave its file behind."""
+    disk = tmp_path / "cache"
+
+    async def main() -> None:
+        stamps = Stamps(64)
+        store = DiskStore(str(disk), 1 << 30, 1 << 20, stamps=stamps)
+        store.start(asyncio.get_running_loop())
+        try:
+            fetched = time.time() - 5
+            assert await _write(store, 9, b"k", b"before", request_time=fetched)
+            assert Path(entry_path(str(disk), 9)).exists()
+            stamps.invalidate(9, fetched + 1)  # after that fetch began
+            store.remove(9)  # what the invalidating worker does
+            assert not await _write(store, 9, b"k", b"old", request_time=fetched)
+            assert not Path(entry_path(str(disk), 9)).exists()
+            # A fetch that began after the invalidation is kept.
+            assert await _write(store, 9, b"k", b"new")
+            found = store.lookup(9, b"k", [])
+            assert isinstance(found, tuple) and found[0].body == b"new"
+            await asyncio.get_running_loop().run_in_executor(None, store.close)
+            assert store.usage.value == sum(blocks(p.stat().st_size) for p in entries(disk))
+        finally:
+            store.close()
+
+    asyncio.run(main())
+
+
 def test_evictor_scan_and_temp_files(tmp_path: Path) -> None:
     disk = tmp_path / "cache"
     (disk / "ab").mkdir(parents=True)

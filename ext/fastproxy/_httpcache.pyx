@@ -225,6 +225,10 @@ cdef class Stamps:
     cdef void mark(self, uint64_t key, double now) noexcept nogil:
         fastproxy_stamp_raise(&self.slots[key & self.mask], <int64_t>(now * 1e9))
 
+    def invalidated(self, uint64_t key, double fetched):
+        """A response for `key` whose fetch began at `fetched` was invalidated since."""
+        return self.outdated(key, fetched)
+
     def invalidate(self, uint64_t key, now=None):
         """Mark `key` invalidated at `now` (wall seconds; default: now)."""
         self.mark(key, wall_now() if now is None else now)

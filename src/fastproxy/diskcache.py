@@ -48,7 +48,7 @@ from typing import Any
 
 from fastproxy import cachepolicy
 from fastproxy._cache import cache_key
-from fastproxy._httpcache import ContentHash, SharedCounter, Stored, read_cached
+from fastproxy._httpcache import ContentHash, SharedCounter, Stamps, Stored, read_cached
 
 log = logging.getLogger("fastproxy.cache")
 
@@ -257,11 +257,12 @@ class DiskStore:
     and `remove` methods are called on the loop; the file work runs in threads."""
 
     def __init__(self, root: str, size: int, max_object: int,
-                 usage: SharedCounter | None = None) -> None:
+                 usage: SharedCounter | None = None, stamps: Stamps | None = None) -> None:
         self.root = root
         self.size = size
         self.max_object = max_object
         self.usage = usage if usage is not None else SharedCounter()
+        self.stamps = stamps  # the invalidations of every worker
         self.loop: Any = None  # set by start()
         self._reader: ThreadPoolExecutor | None = None
         self._writer: ThreadPoolExecutor | None = None
@@ -549,7 +550,8 @@ class DiskWrite:
         variant = stored.variant if names else None
         chunks, n = self.pending, self.pending_size
         self.pending, self.pending_size = [], 0
-        self.store._submit(n + len(header), self._commit, chunks, header, variant, record, done)
+        self.store._submit(n + len(header), self._commit, chunks, header, variant, record,
+                           stored.request_time, done)
 
     def abort(self) -> None:
         if self.over:
@@ -601,7 +603,8 @@ class DiskWrite:
             self.temp = ""
 
     def _commit(self, chunks: list[bytes], header: bytes, variant: bytes | None,
-                record: bytes | None, done: Callable[[bool], None] | None) -> None:
+                record: bytes | None, request_time: float,
+                done: Callable[[bool], None] | None) -> None:
         ok = False
         try:
             self._write(chunks)
@@ -621,6 +624,11 @@ class DiskWrite:
             if record is not None:
                 _write_file(store, os.path.dirname(final),
                             entry_path(store.root, self.primary), whole_file(b"", record))
+            if store.stamps is not None and store.stamps.invalidated(self.primary, request_time):
+                # Invalidated while it was written (the removal may have run before
+                # the rename): checked after the rename, so one of the two removes it.
+                store._remove(self.primary)
+                return
             store.stats["writes"] += 1
             ok = True
         except OSError as e:
