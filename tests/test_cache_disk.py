@@ -4,9 +4,12 @@ the proof of a hit)."""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import select
 import signal
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +30,7 @@ from servers import Origin, ProxyProcess, RawClient, RawResponse, Received, Repl
 
 SMALL = b"s" * 11          # fits the memory tier (memory 64k: max_object 16k)
 BIG = b"B" * (40 * 1024)   # disk only
+HUGE = bytes(range(256)) * (16 * 1024)  # 4 MiB: disk only, read in a thread
 
 
 class Site:
@@ -44,6 +48,8 @@ class Site:
         cc = [("Cache-Control", "max-age=600")]
         if path == "/small":
             return Reply(200, [*cc, ("ETag", '"s"')], SMALL)
+        if path == "/huge":
+            return Reply(200, cc, HUGE)
         if path.startswith("/big"):
             return Reply(200, cc, BIG)
         if path.startswith("/obj"):
@@ -270,6 +276,88 @@ def test_waiters_for_a_revalidated_disk_only_response_are_served_from_it(
         assert sum("fwd-status=304" in st for st in statuses) == 1, statuses
         assert sum(st.endswith(";collapsed") for st in statuses) == 4, statuses
     finally:
+        proxy.stop()
+
+
+class FileOpens:
+    """Counts the opens of the files in one directory, seen from the kernel
+    (inotify): how often the proxy read a cache file. A thread drains the events
+    as they come (the kernel merges two identical events in a row left unread);
+    opens and closes alternate for a file opened by one reader at a time."""
+
+    IN_OPEN = 0x20
+    IN_CLOSE_NOWRITE = 0x10
+
+    def __init__(self, directory: Path) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = libc.inotify_init1(os.O_CLOEXEC)
+        assert self.fd >= 0, os.strerror(ctypes.get_errno())
+        watch = libc.inotify_add_watch(self.fd, os.fsencode(directory),
+                                       self.IN_OPEN | self.IN_CLOSE_NOWRITE)
+        assert watch >= 0, os.strerror(ctypes.get_errno())
+        self.opens: dict[str, int] = {}
+        self.lock = threading.Lock()
+        self.stopping = False
+        self.reader = threading.Thread(target=self._drain, daemon=True)
+        self.reader.start()
+
+    def _drain(self) -> None:
+        while not self.stopping:
+            if not select.select([self.fd], [], [], 0.05)[0]:
+                continue
+            data = os.read(self.fd, 65536)
+            at = 0
+            while at < len(data):
+                _, mask, _, size = struct.unpack_from("iIII", data, at)
+                name = data[at + 16:at + 16 + size].rstrip(b"\0").decode()
+                at += 16 + size
+                if mask & self.IN_OPEN:
+                    with self.lock:
+                        self.opens[name] = self.opens.get(name, 0) + 1
+
+    def count(self, name: str) -> int:
+        time.sleep(0.2)  # the last events are read
+        with self.lock:
+            return self.opens.get(name, 0)
+
+    def close(self) -> None:
+        self.stopping = True
+        self.reader.join(5)
+        os.close(self.fd)
+
+
+def test_requests_waiting_for_a_disk_read_share_its_answer(
+        make_origin: Callable[..., Origin], site: Site, tmp_path: Path) -> None:
+    """Requests for a key being read from disk (in a thread) wait for that read and
+    are answered from it; they do not each read the file again, one after the
+    other."""
+    origin = make_origin(site, name="app")
+    disk = tmp_path / "cache"
+    port = free_port()
+    text = config_text(port, origin.address, disk, extra=', max_object = "8m"').replace(
+        'size = "10m"', 'size = "64m"')
+    proxy = ProxyProcess(text, tmp_path, port).start()
+    clients = [RawClient(port, timeout=20) for _ in range(20)]
+    opens = None
+    try:
+        assert get(port, "/huge").body == HUGE
+        final = file_of(disk, "/huge")
+        assert wait_for(final.exists)
+        opens = FileOpens(final.parent)
+        for client in clients:  # all at once, from one thread
+            client.send(b"GET /huge HTTP/1.1\r\nHost: site\r\n\r\n")
+        responses = [client.read_response() for client in clients]
+        assert all(r.status == 200 and r.body == HUGE and hit(r) for r in responses)
+        assert site.asked["/huge"] == 1
+        # A request that reads the file itself opens it twice (on the loop, found
+        # too big to read there, then in a thread); one that waits for another's
+        # read opens it once (on the loop), and is answered from that read.
+        assert opens.count(final.name) < 2 * len(clients), opens.opens
+    finally:
+        for client in clients:
+            client.close()
+        if opens is not None:
+            opens.close()
         proxy.stop()
 
 

@@ -851,7 +851,7 @@ def _disk_committed(RouteCache cache, uint64_t primary, ok):
     waiters = cache.fills.pop(primary, None)
     if waiters:
         for ex in <list>waiters:
-            (<Exchange>ex).fill_retry()
+            (<Exchange>ex).fill_retry(None)
 
 
 def _held(Exchange ex):
@@ -1275,7 +1275,7 @@ cdef class Exchange:
         self.disk_checked = True
         found = cache.disk.lookup_now(self.cache_primary, self.disk_key, self.head.headers())
         if found != "would-block":
-            return self.disk_answer(found)
+            return self.disk_answer(found, self.adopted(found))
         if fills:
             waiters = cache.fills.get(self.cache_primary)
             if waiters is not None:
@@ -1295,38 +1295,41 @@ cdef class Exchange:
         self.connecting = True  # a request body waits in `pending`
         return True
 
-    cdef bint disk_answer(self, object found) except -1:
-        """Serve or revalidate what the disk tier found, or go on as a miss."""
-        cdef RouteCache cache = self.cache
-        cdef Stored stored = None
-        if type(found) is tuple:
-            stored = cache.adopt(self.cache_primary, <Stored>found[0], <tuple>found[1])
+    cdef Stored adopted(self, object found):
+        """The response the disk tier found (kept in memory when it fits), or None."""
+        if type(found) is not tuple:
+            return None
+        return self.cache.adopt(self.cache_primary, <Stored>found[0], <tuple>found[1])
+
+    cdef bint disk_answer(self, object found, Stored stored) except -1:
+        """Serve or revalidate what the disk tier found (`stored`, adopted), or go on
+        as a miss."""
         if stored is not None:
             return self.use_stored(stored)
         return self.missed(found == "vary-miss" or
-                           cache.index.peek(self.cache_primary) is not None)
+                           self.cache.index.peek(self.cache_primary) is not None)
 
     cdef int disk_found(self, object found) except -1:
         """The disk tier's answer from a thread (see diskcache.DiskStore.lookup)."""
         cdef RouteCache cache = self.cache
         cdef bint answered
+        cdef Stored stored
         self.connecting = False
+        stored = self.adopted(found)
         if self.finished:  # the client went away (finish() let the waiters go)
-            if type(found) is tuple:
-                cache.adopt(self.cache_primary, <Stored>found[0], <tuple>found[1])
             return 0
         waiters = None
         if self.filling:
             waiters = cache.fills.pop(self.cache_primary, None)
             self.filling = False
-        answered = self.disk_answer(found)
+        answered = self.disk_answer(found, stored)
         if waiters:
             mine = cache.fills.get(self.cache_primary) if self.filling else None
             if mine is not None:
                 (<list>mine).extend(<list>waiters)  # they wait for this fetch now
             else:
-                for ex in <list>waiters:
-                    (<Exchange>ex).fill_retry()
+                for ex in <list>waiters:  # answered from this read when it is theirs
+                    (<Exchange>ex).fill_retry(stored)
         if not answered and not self.finished:
             self.send_continue()
             self.proxy(<ProxyAction>self.rule.action)
@@ -1384,14 +1387,22 @@ cdef class Exchange:
         self.proxy(<ProxyAction>self.rule.action)
         return 0
 
-    cdef int fill_retry(self) except -1:
+    cdef int fill_retry(self, Stored read) except -1:
         """What this request waited for is in the cache now, or another request will
-        fetch it: look again, as if it had just come."""
+        fetch it: look again, as if it had just come. `read`: what the disk read
+        it waited for found (used when it is this request's variant; a response
+        too big for memory is not read again for each waiting request)."""
         if not self.waiting_fill or self.finished:
             return 0
         self.waiting_fill = False
         self.connecting = False
         self.stale = None
+        if read is not None and self.cache.selects(read, self.head.headers()):
+            self.disk_checked = True
+            if not self.use_stored(read):
+                self.send_continue()
+                self.proxy(<ProxyAction>self.rule.action)
+            return 0
         self.disk_checked = False  # a file may be there now
         if not self.from_cache():
             self.send_continue()
