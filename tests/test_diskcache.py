@@ -5,6 +5,7 @@ test_cache_disk.py for the end-to-end tests)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from fastproxy.diskcache import (
     entry_path,
     is_entry,
     temp_owner_gone,
+    whole_file,
 )
 
 
@@ -192,6 +194,39 @@ def test_a_write_invalidated_while_in_flight_is_not_kept(tmp_path: Path) -> None
             store.close()
 
     asyncio.run(main())
+
+
+def test_well_formed_files_with_wrong_fields_are_misses(tmp_path: Path) -> None:
+    """A file whose checksum holds but whose header fields are not what this
+    version writes (another build, or a hand-made file) is a logged miss, on the
+    loop and in a thread, never an exception in the request's path."""
+    disk = tmp_path / "cache"
+
+    def put(primary: int, header: list[object], variant: bytes | None = None) -> Path:
+        path = Path(entry_path(str(disk), primary, variant))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"".join(whole_file(b"body", json.dumps(header).encode())))
+        return path
+
+    fresh = [60.0, "max-age", 0.0, False, False, 0.0, 0.0, ""]
+    now = time.time()
+    good = [1, "r", "k", "", [], 200, "OK", ["ETag", '"a"'], now, now, fresh]
+    bad_headers = [
+        [1, "v", "k", 5],  # Vary names that are not a list
+        [1, "v", "k", [7]],  # ... not text
+        [*good[:10], [60.0, "max-age", 0.0, False, False, "soon", 0.0, ""]],
+        [*good[:10], ["60", "max-age", 0.0, False, False, 0.0, 0.0, ""]],
+        [*good[:7], ["ETag"], *good[8:]],  # a name without its value
+    ]
+    store = DiskStore(str(disk), 1 << 30, 1 << 20)
+    for on_loop in (True, False):
+        for i, header in enumerate(bad_headers):
+            put(i, header)
+            found = store.lookup_now(i, b"k", []) if on_loop else store.lookup(i, b"k", [])
+            assert found is None or (on_loop and found == WOULD_BLOCK), (header, found)
+    put(100, good)
+    found = store.lookup(100, b"k", [])
+    assert isinstance(found, tuple) and found[0].headers == [(b"ETag", b'"a"')]
 
 
 def test_evictor_scan_and_temp_files(tmp_path: Path) -> None:

@@ -118,6 +118,9 @@ def _text(value: bytes) -> str:
 # Text is bytes as latin-1. Of the freshness, what serving needs (not explanations).
 FRESH_FIELDS = ("lifetime", "source", "corrected_initial_age", "must_revalidate", "no_cache",
                 "stale_while_revalidate", "stale_if_error", "revalidate_directive")
+_NUMBER: tuple[type, ...] = (int, float)
+FRESH_TYPES: tuple[type | tuple[type, ...], ...] = (_NUMBER, str, _NUMBER, bool, bool, _NUMBER,
+                                                     _NUMBER, str)
 RESPONSE = "r"
 VARY_RECORD = "v"
 
@@ -229,6 +232,8 @@ def stored_from(fields: list[Any], body: bytes) -> tuple[Stored, tuple[bytes, ..
      fresh) = fields
     if kind != RESPONSE or len(fresh) != len(FRESH_FIELDS):
         raise ValueError("not a response")
+    if not all(isinstance(value, types) for value, types in zip(fresh, FRESH_TYPES, strict=True)):
+        raise TypeError("freshness fields of the wrong types")
     raw = [part.encode("latin-1") for part in flat]
     headers = list(zip(raw[::2], raw[1::2], strict=True))
     stored = Stored(int(status), reason.encode("latin-1"), headers, body, float(request_time),
@@ -341,6 +346,9 @@ class DiskStore:
         fields, body, mtime = entry
         used = [(path, mtime)]
         if fields[1] == VARY_RECORD:
+            if not (isinstance(fields[3], list) and all(isinstance(n, str) for n in fields[3])):
+                self._bad(on_loop, path, None, "bad Vary record")
+                return None
             names = tuple(n.encode("latin-1") for n in fields[3])
             variant = cachepolicy.secondary_key(names, request_headers)
             path = entry_path(self.root, primary, variant)
