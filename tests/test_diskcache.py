@@ -229,6 +229,48 @@ def test_well_formed_files_with_wrong_fields_are_misses(tmp_path: Path) -> None:
     assert isinstance(found, tuple) and found[0].headers == [(b"ETag", b'"a"')]
 
 
+def test_what_is_not_a_regular_file_is_a_miss_without_waiting(tmp_path: Path) -> None:
+    """A FIFO (opening one waits for a writer), or a symlink, under an entry's name:
+    a miss at once, on the loop and in a thread, and it is removed; what a
+    symlink points to is left alone."""
+    disk = tmp_path / "cache"
+    fifo = Path(entry_path(str(disk), 1))
+    fifo.parent.mkdir(parents=True)
+    os.mkfifo(fifo)
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"not a cache file")
+    link = Path(entry_path(str(disk), 2))
+    link.parent.mkdir()
+    link.symlink_to(target)
+    # In another process: a lookup that waits on the FIFO holds the GIL.
+    script = (
+        "import json, sys\n"
+        "from fastproxy.diskcache import DiskStore\n"
+        "store = DiskStore(sys.argv[1], 1 << 30, 1 << 20)\n"
+        "print(json.dumps([repr(store.lookup_now(1, b'k', [])), repr(store.lookup(1, b'k', [])),\n"
+        "      repr(store.lookup_now(2, b'k', [])), repr(store.lookup(2, b'k', []))]))\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(disk)], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        out, _ = proc.communicate(timeout=10)
+        blocked = False
+    except subprocess.TimeoutExpired:
+        blocked = True
+        while proc.poll() is None:  # let it go: a writer opens the FIFO
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+            time.sleep(0.1)
+        out, _ = proc.communicate()
+    assert not blocked, "a lookup waited on a FIFO"
+    results = json.loads(out)  # the reprs of what the lookups returned
+    assert results[1] == "None" and results[3] == "None", results
+    assert results[0] in ("None", repr(WOULD_BLOCK)), results
+    assert results[2] in ("None", repr(WOULD_BLOCK)), results
+    assert not fifo.exists() and not link.is_symlink() and target.exists()
+
+
 def test_evictor_scan_and_temp_files(tmp_path: Path) -> None:
     disk = tmp_path / "cache"
     (disk / "ab").mkdir(parents=True)

@@ -19,7 +19,7 @@ from fastproxy.xxhash cimport (XXH3_64bits_digest, XXH3_64bits_reset, XXH3_64bit
                                XXH3_createState, XXH3_freeState, XXH3_state_t)
 from fastproxy._ratelimit cimport shared_map, table_size
 from posix.mman cimport munmap
-from posix.stat cimport fstat, struct_stat
+from posix.stat cimport S_ISREG, fstat, struct_stat
 from posix.unistd cimport close
 from libc.errno cimport errno, ENOENT, ENOTDIR, ENOSYS, EINVAL, E2BIG
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
@@ -91,7 +91,10 @@ cdef extern from *:
     struct fastproxy_open_how { uint64_t flags; uint64_t mode; uint64_t resolve; };
     static int fastproxy_open_cached(const char* path) {
     #ifdef __NR_openat2
-        struct fastproxy_open_how how = {O_RDONLY | O_CLOEXEC, 0, 0x20 /* RESOLVE_CACHED */};
+        /* O_NONBLOCK: a FIFO under an entry's name does not wait for a writer;
+           O_NOFOLLOW: a symlink there is not ours (the thread removes it). */
+        struct fastproxy_open_how how = {O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW, 0,
+                                         0x20 /* RESOLVE_CACHED */};
         return (int)syscall(__NR_openat2, AT_FDCWD, path, &how, sizeof(how));
     #else
         errno = ENOSYS;
@@ -120,7 +123,8 @@ def read_cached(bytes path, Py_ssize_t limit):
     (openat2 with RESOLVE_CACHED, preadv2 with RWF_NOWAIT): it never waits for a
     device, so the event loop may call it. None: there is no such file (the
     kernel's cache says so). False: it would have to wait, the file is larger
-    than `limit`, or the kernel cannot do this: read it in a thread."""
+    than `limit` or not a regular file, or the kernel cannot do this: read it in
+    a thread."""
     global _cached_reads
     cdef int fd
     cdef struct_stat st
@@ -136,7 +140,7 @@ def read_cached(bytes path, Py_ssize_t limit):
             _cached_reads = False  # an older kernel: threads only, from now on
         return False  # EAGAIN (not all cached), or an error the thread will report
     try:
-        if fstat(fd, &st) != 0 or st.st_size > limit:
+        if fstat(fd, &st) != 0 or not S_ISREG(st.st_mode) or st.st_size > limit:
             return False
         data = PyBytes_FromStringAndSize(NULL, st.st_size)
         if st.st_size:

@@ -39,6 +39,7 @@ import itertools
 import json
 import logging
 import os
+import stat
 import struct
 import threading
 import time
@@ -394,14 +395,21 @@ class DiskStore:
 
     def _load(self, path: str, key: bytes) -> Entry | None:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            # Not a FIFO's wait for a writer, nor a symlink's target.
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as e:
-            self._write_error(f"cannot open {path}: {e}")
+            if e.errno == errno.ELOOP:
+                self._corrupt(path, None, "a symlink, not a file of the cache")
+            else:
+                self._write_error(f"cannot open {path}: {e}")
             return None
         try:
             st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                self._corrupt(path, st.st_ino, "not a regular file")
+                return None
             try:
                 fields, body = read_entry(fd, st.st_size)
             except Corrupt as e:
@@ -429,10 +437,11 @@ class DiskStore:
         self.stats["corrupt"] += 1
         log.warning("disk cache: ignored %s: %s (removed)", path, why)
         try:
-            now = os.stat(path)
+            now = os.lstat(path)
             if ino is None or now.st_ino == ino:
                 os.unlink(path)
-                self.usage.add(-blocks(now.st_size))
+                if stat.S_ISREG(now.st_mode):  # what the evictor counts
+                    self.usage.add(-blocks(now.st_size))
         except OSError:
             pass
 
