@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from fastproxy import cachepolicy
 from fastproxy._httpcache import RouteCache, SharedCounter, Stamps, Stored, read_cached
@@ -269,6 +272,42 @@ def test_what_is_not_a_regular_file_is_a_miss_without_waiting(tmp_path: Path) ->
     assert results[0] in ("None", repr(WOULD_BLOCK)), results
     assert results[2] in ("None", repr(WOULD_BLOCK)), results
     assert not fifo.exists() and not link.is_symlink() and target.exists()
+
+
+def test_a_failing_descriptor_loses_the_write_not_the_temporary_file(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A write whose file descriptor fails (here: closed under it, as a close()
+    that reports an error leaves it) is a logged write error: its temporary file
+    is removed and its descriptor is not closed a second time."""
+    disk = tmp_path / "cache"
+
+    async def main() -> None:
+        store = DiskStore(str(disk), 1 << 30, 1 << 20)
+        loop = asyncio.get_running_loop()
+        store.start(loop)
+        try:
+            write = store.begin(5)
+            assert write is not None and write.add(b"x" * 300_000)  # written now
+            assert store._writer is not None
+            await loop.run_in_executor(None, store._writer.submit(lambda: None).result)
+            assert write.fd >= 0 and list(disk.glob(f"*/{TEMP_PREFIX}*"))
+            os.close(write.fd)
+            now = time.time()
+            fresh = cachepolicy.Freshness(lifetime=60.0, source="max-age",
+                                          corrected_initial_age=0.0)
+            done: asyncio.Future[bool] = loop.create_future()
+            write.commit(b"k", Stored(200, b"OK", [], b"", now, now, fresh, b""), (),
+                         done.set_result)
+            assert await done is False
+            await loop.run_in_executor(None, store.close)
+            assert not list(disk.glob(f"*/{TEMP_PREFIX}*"))
+            assert store.stats["write_errors"] == 1 and write.fd == -1
+            assert "write failed" not in caplog.text  # no traceback, a logged error
+        finally:
+            store.close()
+
+    with caplog.at_level(logging.ERROR, "fastproxy.cache"):
+        asyncio.run(main())
 
 
 def test_evictor_scan_and_temp_files(tmp_path: Path) -> None:

@@ -610,8 +610,11 @@ class DiskWrite:
 
     def _discard(self) -> None:
         if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+            fd, self.fd = self.fd, -1  # never closed twice (the number may be reused)
+            try:
+                os.close(fd)
+            except OSError:
+                pass
         if self.temp:
             try:
                 os.unlink(self.temp)
@@ -632,8 +635,8 @@ class DiskWrite:
             digest = int(self.hasher.digest())
             self.written += write_all(self.fd, [
                 header, TRAILER.pack(body_len, len(header), digest, END)])
-            os.close(self.fd)
-            self.fd = -1
+            fd, self.fd = self.fd, -1  # closed once, even when close() reports an error
+            os.close(fd)
             store = self.store
             final = entry_path(store.root, self.primary, variant)
             _replace(self.temp, final, self.written, store.usage)
