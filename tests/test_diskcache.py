@@ -310,6 +310,27 @@ def test_a_failing_descriptor_loses_the_write_not_the_temporary_file(
         asyncio.run(main())
 
 
+def test_a_vary_record_that_cannot_be_renamed_leaves_no_temporary_file(
+        tmp_path: Path) -> None:
+    """The rename of a Vary record fails (here a directory has its name; a full
+    disk can fail a rename too): a logged write error, and its temporary file goes."""
+    disk = tmp_path / "cache"
+
+    async def main() -> None:
+        store = DiskStore(str(disk), 1 << 30, 1 << 20)
+        store.start(asyncio.get_running_loop())
+        try:
+            Path(entry_path(str(disk), 7)).mkdir(parents=True)
+            assert not await _write(store, 7, b"k", b"fr", names=(b"accept-language",))
+            await asyncio.get_running_loop().run_in_executor(None, store.close)
+            assert store.stats["write_errors"] == 1
+            assert not list(disk.glob(f"*/{TEMP_PREFIX}*"))
+        finally:
+            store.close()
+
+    asyncio.run(main())
+
+
 def test_evictor_scan_and_temp_files(tmp_path: Path) -> None:
     disk = tmp_path / "cache"
     (disk / "ab").mkdir(parents=True)

@@ -692,13 +692,17 @@ def _write_file(store: DiskStore, directory: str, final: str, parts: list[bytes]
     temp = store.temp_path(directory)
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        size = write_all(fd, parts)
+        try:
+            size = write_all(fd, parts)
+        finally:
+            os.close(fd)
+        _replace(temp, final, size, store.usage)
     except OSError:
-        os.close(fd)
-        os.unlink(temp)
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
         raise
-    os.close(fd)
-    _replace(temp, final, size, store.usage)
 
 
 def temp_owner_gone(name: str, age: float, max_age: float) -> bool:
