@@ -675,3 +675,19 @@ def test_disk_config(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as info:
             parse_config(caches(main={"disk": {"path": str(locked), "size": "1m"}}))
         assert "not writable" in str(info.value)
+
+
+def test_one_directory_is_one_cache_also_through_a_symlink(tmp_path: Path) -> None:
+    """Two caches on one directory (two evictors, two key spaces in one set of
+    files) are refused also when one path reaches it through a symlink."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(ConfigError) as info:
+        parse_config({"listeners": [{"address": "127.0.0.1:1"}],
+                      "upstreams": {"a": {"servers": ["127.0.0.1:2"]}},
+                      "caches": {"one": {"disk": {"path": str(tmp_path / "real"), "size": "1m"}},
+                                 "two": {"disk": {"path": str(tmp_path / "link"), "size": "1m"}}},
+                      "routes": [{"upstream": "a", "cache": "one"}]})
+    errors = {i.key: i.reason for i in info.value.errors}
+    assert list(errors) == ["caches.two.disk.path"]
+    assert "already the disk of [caches.one]" in errors["caches.two.disk.path"]
