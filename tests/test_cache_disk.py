@@ -72,6 +72,12 @@ class Site:
                 return Reply(304, [("Cache-Control", "max-age=600"), ("ETag", '"b1"')], b"",
                              delay=1.0)
             return Reply(200, short, BIG)
+        if path == "/varystar":  # varies on Accept-Language; its 304 says Vary: *
+            lang = req.header("Accept-Language") or "none"
+            if req.header("If-None-Match") == '"%s"' % lang:
+                return Reply(304, [("Cache-Control", "max-age=600"), ("Vary", "*")], b"")
+            return Reply(200, [("Cache-Control", "max-age=1"), ("ETag", '"%s"' % lang),
+                               ("Vary", "Accept-Language")], lang.encode())
         if path == "/versioned":
             if req.method == "POST":
                 self.version += 1
@@ -275,6 +281,30 @@ def test_waiters_for_a_revalidated_disk_only_response_are_served_from_it(
         assert site.asked["/shortbig"] == 2, statuses
         assert sum("fwd-status=304" in st for st in statuses) == 1, statuses
         assert sum(st.endswith(";collapsed") for st in statuses) == 4, statuses
+    finally:
+        proxy.stop()
+
+
+def test_a_304_that_says_vary_star_is_not_stored_for_every_variant(
+        make_origin: Callable[..., Origin], site: Site, tmp_path: Path) -> None:
+    """A 304 whose fields make the stored response `Vary: *` answers the request
+    that revalidated; it is not stored as a response that varies on nothing (in
+    memory, or on disk over the Vary record), which would answer every variant."""
+    origin = make_origin(site, name="app")
+    disk = tmp_path / "cache"
+    port = free_port()
+    proxy = ProxyProcess(config_text(port, origin.address, disk), tmp_path, port).start()
+    try:
+        assert get(port, "/varystar", "Accept-Language: fr\r\n").body == b"fr"
+        assert wait_for(file_of(disk, "/varystar", b'accept-language="fr"').exists)
+        time.sleep(1.3)  # stale now (max-age=1)
+        again = get(port, "/varystar", "Accept-Language: fr\r\n")
+        assert (again.status, again.body) == (200, b"fr")
+        assert "fwd-status=304" in again.header("Cache-Status")
+        time.sleep(0.3)  # a disk write the 304 made would be done
+        other = get(port, "/varystar", "Accept-Language: de\r\n")
+        assert (other.status, other.body) == (200, b"de"), other.header("Cache-Status")
+        assert site.asked["/varystar"] == 3
     finally:
         proxy.stop()
 

@@ -414,7 +414,8 @@ cdef class RouteCache:
     def refreshed(self, uint64_t primary, Stored stored, list request_headers,
                   MessageHead head, double request_time, double response_time, bytes key=None):
         """A 304 to our revalidation: the stored response with the 304's fields
-        (RFC 9111 §4.3.4), stored again; None when the 304 does not match it."""
+        (RFC 9111 §4.3.4), stored again (unless they say Vary: *); None when the
+        304 does not match it."""
         not_modified = head.headers()
         if not cachepolicy.freshens(stored.headers, not_modified):
             return None
@@ -424,7 +425,11 @@ cdef class RouteCache:
         kept = [(name, value) for name, value in merged if name.lower() not in _NOT_STORED]
         new = Stored(stored.status, stored.reason, kept, stored.body, request_time,
                      response_time, fresh, stored.variant)
-        names = cachepolicy.vary_names(merged) or ()
+        names = cachepolicy.vary_names(merged)
+        if names is None:
+            # Vary: * now: it answers the request that revalidated, no other (stored
+            # with no names it would answer every variant, in memory and on disk).
+            return new
         if len(new.body) <= self.max_object:
             self.put(primary, new, names)
         if self.disk is not None and key is not None:
