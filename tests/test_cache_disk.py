@@ -4,9 +4,12 @@ the proof of a hit)."""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import select
 import signal
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +30,7 @@ from servers import Origin, ProxyProcess, RawClient, RawResponse, Received, Repl
 
 SMALL = b"s" * 11          # fits the memory tier (memory 64k: max_object 16k)
 BIG = b"B" * (40 * 1024)   # disk only
+HUGE = bytes(range(256)) * (16 * 1024)  # 4 MiB: disk only, read in a thread
 
 
 class Site:
@@ -44,6 +48,8 @@ class Site:
         cc = [("Cache-Control", "max-age=600")]
         if path == "/small":
             return Reply(200, [*cc, ("ETag", '"s"')], SMALL)
+        if path == "/huge":
+            return Reply(200, cc, HUGE)
         if path.startswith("/big"):
             return Reply(200, cc, BIG)
         if path.startswith("/obj"):
@@ -60,6 +66,18 @@ class Site:
             if req.header("If-None-Match") == '"s1"':
                 return Reply(304, short, b"")
             return Reply(200, short, b"short")
+        if path == "/shortbig":  # disk only, revalidated slowly with its ETag
+            short = [("Cache-Control", "max-age=1"), ("ETag", '"b1"')]
+            if req.header("If-None-Match") == '"b1"':
+                return Reply(304, [("Cache-Control", "max-age=600"), ("ETag", '"b1"')], b"",
+                             delay=1.0)
+            return Reply(200, short, BIG)
+        if path == "/varystar":  # varies on Accept-Language; its 304 says Vary: *
+            lang = req.header("Accept-Language") or "none"
+            if req.header("If-None-Match") == '"%s"' % lang:
+                return Reply(304, [("Cache-Control", "max-age=600"), ("Vary", "*")], b"")
+            return Reply(200, [("Cache-Control", "max-age=1"), ("ETag", '"%s"' % lang),
+                               ("Vary", "Accept-Language")], lang.encode())
         if path == "/versioned":
             if req.method == "POST":
                 self.version += 1
@@ -227,6 +245,152 @@ def test_a_stale_disk_copy_is_revalidated(make_origin: Callable[..., Origin], si
         proxy.stop()
 
 
+def test_waiters_for_a_revalidated_disk_only_response_are_served_from_it(
+        make_origin: Callable[..., Origin], site: Site, tmp_path: Path) -> None:
+    """Requests that wait while a stale response kept on disk only (too big for the
+    memory tier) is revalidated get the refreshed response; none of them fetches
+    the whole body from the origin."""
+    origin = make_origin(site, name="app")
+    disk = tmp_path / "cache"
+    port = free_port()
+    proxy = ProxyProcess(config_text(port, origin.address, disk), tmp_path, port).start()
+    results: list[RawResponse] = []
+    lock = threading.Lock()
+
+    def one(ready: threading.Barrier) -> None:
+        with RawClient(port, timeout=10) as client:
+            ready.wait()
+            client.send(b"GET /shortbig HTTP/1.1\r\nHost: site\r\n\r\n")
+            response = client.read_response()
+        with lock:
+            results.append(response)
+
+    try:
+        assert get(port, "/shortbig").body == BIG
+        assert wait_for(file_of(disk, "/shortbig").exists)
+        time.sleep(1.3)  # stale now (max-age=1)
+        ready = threading.Barrier(5, timeout=10)
+        threads = [threading.Thread(target=one, args=(ready,)) for _ in range(5)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(15)
+        assert [r.body for r in results] == [BIG] * 5
+        statuses = [r.header("Cache-Status") for r in results]
+        # One conditional request (answered 304) and no other: the others waited.
+        assert site.asked["/shortbig"] == 2, statuses
+        assert sum("fwd-status=304" in st for st in statuses) == 1, statuses
+        assert sum(st.endswith(";collapsed") for st in statuses) == 4, statuses
+    finally:
+        proxy.stop()
+
+
+def test_a_304_that_says_vary_star_is_not_stored_for_every_variant(
+        make_origin: Callable[..., Origin], site: Site, tmp_path: Path) -> None:
+    """A 304 whose fields make the stored response `Vary: *` answers the request
+    that revalidated; it is not stored as a response that varies on nothing (in
+    memory, or on disk over the Vary record), which would answer every variant."""
+    origin = make_origin(site, name="app")
+    disk = tmp_path / "cache"
+    port = free_port()
+    proxy = ProxyProcess(config_text(port, origin.address, disk), tmp_path, port).start()
+    try:
+        assert get(port, "/varystar", "Accept-Language: fr\r\n").body == b"fr"
+        assert wait_for(file_of(disk, "/varystar", b'accept-language="fr"').exists)
+        time.sleep(1.3)  # stale now (max-age=1)
+        again = get(port, "/varystar", "Accept-Language: fr\r\n")
+        assert (again.status, again.body) == (200, b"fr")
+        assert "fwd-status=304" in again.header("Cache-Status")
+        time.sleep(0.3)  # a disk write the 304 made would be done
+        other = get(port, "/varystar", "Accept-Language: de\r\n")
+        assert (other.status, other.body) == (200, b"de"), other.header("Cache-Status")
+        assert site.asked["/varystar"] == 3
+    finally:
+        proxy.stop()
+
+
+class FileOpens:
+    """Counts the opens of the files in one directory, seen from the kernel
+    (inotify): how often the proxy read a cache file. A thread drains the events
+    as they come (the kernel merges two identical events in a row left unread);
+    opens and closes alternate for a file opened by one reader at a time."""
+
+    IN_OPEN = 0x20
+    IN_CLOSE_NOWRITE = 0x10
+
+    def __init__(self, directory: Path) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = libc.inotify_init1(os.O_CLOEXEC)
+        assert self.fd >= 0, os.strerror(ctypes.get_errno())
+        watch = libc.inotify_add_watch(self.fd, os.fsencode(directory),
+                                       self.IN_OPEN | self.IN_CLOSE_NOWRITE)
+        assert watch >= 0, os.strerror(ctypes.get_errno())
+        self.opens: dict[str, int] = {}
+        self.lock = threading.Lock()
+        self.stopping = False
+        self.reader = threading.Thread(target=self._drain, daemon=True)
+        self.reader.start()
+
+    def _drain(self) -> None:
+        while not self.stopping:
+            if not select.select([self.fd], [], [], 0.05)[0]:
+                continue
+            data = os.read(self.fd, 65536)
+            at = 0
+            while at < len(data):
+                _, mask, _, size = struct.unpack_from("iIII", data, at)
+                name = data[at + 16:at + 16 + size].rstrip(b"\0").decode()
+                at += 16 + size
+                if mask & self.IN_OPEN:
+                    with self.lock:
+                        self.opens[name] = self.opens.get(name, 0) + 1
+
+    def count(self, name: str) -> int:
+        time.sleep(0.2)  # the last events are read
+        with self.lock:
+            return self.opens.get(name, 0)
+
+    def close(self) -> None:
+        self.stopping = True
+        self.reader.join(5)
+        os.close(self.fd)
+
+
+def test_requests_waiting_for_a_disk_read_share_its_answer(
+        make_origin: Callable[..., Origin], site: Site, tmp_path: Path) -> None:
+    """Requests for a key being read from disk (in a thread) wait for that read and
+    are answered from it; they do not each read the file again, one after the
+    other."""
+    origin = make_origin(site, name="app")
+    disk = tmp_path / "cache"
+    port = free_port()
+    text = config_text(port, origin.address, disk, extra=', max_object = "8m"').replace(
+        'size = "10m"', 'size = "64m"')
+    proxy = ProxyProcess(text, tmp_path, port).start()
+    clients = [RawClient(port, timeout=20) for _ in range(20)]
+    opens = None
+    try:
+        assert get(port, "/huge").body == HUGE
+        final = file_of(disk, "/huge")
+        assert wait_for(final.exists)
+        opens = FileOpens(final.parent)
+        for client in clients:  # all at once, from one thread
+            client.send(b"GET /huge HTTP/1.1\r\nHost: site\r\n\r\n")
+        responses = [client.read_response() for client in clients]
+        assert all(r.status == 200 and r.body == HUGE and hit(r) for r in responses)
+        assert site.asked["/huge"] == 1
+        # A request that reads the file itself opens it twice (on the loop, found
+        # too big to read there, then in a thread); one that waits for another's
+        # read opens it once (on the loop), and is answered from that read.
+        assert opens.count(final.name) < 2 * len(clients), opens.opens
+    finally:
+        for client in clients:
+            client.close()
+        if opens is not None:
+            opens.close()
+        proxy.stop()
+
+
 class HeldOrigin:
     """An origin whose first answer to /held stops after `first` body bytes until
     `release` is set (the proxy is then writing the file); later ones are whole."""
@@ -332,6 +496,41 @@ def test_streamed_while_stored_and_a_crash_leaves_only_a_temp_file(
         assert wait_for(lambda: not temp.exists(), 10)
         assert wait_for(lambda: "removed 1 unfinished file" in proxy.log(), 5)
         assert hit(get(port, "/held")) and held.asked == 2
+    finally:
+        proxy.stop()
+
+
+def test_a_write_in_flight_across_an_invalidation_does_not_leave_its_file(
+        held: HeldOrigin, tmp_path: Path) -> None:
+    """A response that was being written when its key was invalidated (by another
+    request, in any worker) is not left on disk: a restart (which forgets the
+    invalidations) would serve the old version."""
+    disk = tmp_path / "cache"
+    port = free_port()
+    text = config_text(port, held.address, disk)
+    proxy = ProxyProcess(text, tmp_path, port).start()
+    final = file_of(disk, "/held")
+    try:
+        with RawClient(port, timeout=10) as client:
+            client.send(b"GET /held HTTP/1.1\r\nHost: site\r\n\r\n")
+            head = client.read_until(b"\r\n\r\n")
+            assert head is not None and b" 200 " in head.split(b"\r\n")[0]
+            assert client.read_exactly(held.first) == b"h" * held.first
+            assert wait_for(lambda: any(disk.glob(f"*/{TEMP_PREFIX}*")), 5)
+            # The key is invalidated while its response is still being written.
+            posted = get(port, "/held", method="POST")
+            assert posted.status == 200 and held.asked == 2
+            held.release.set()
+            assert client.read_exactly(held.total - held.first) == b"h" * (
+                held.total - held.first)
+        assert wait_for(lambda: not any(disk.glob(f"*/{TEMP_PREFIX}*")), 5)
+        assert wait_for(lambda: not final.exists(), 5), "the invalidated response was kept"
+    finally:
+        proxy.stop()
+    proxy = ProxyProcess(text, tmp_path, port).start()
+    try:
+        again = get(port, "/held")
+        assert again.status == 200 and not hit(again) and held.asked == 3
     finally:
         proxy.stop()
 
@@ -506,3 +705,19 @@ def test_disk_config(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as info:
             parse_config(caches(main={"disk": {"path": str(locked), "size": "1m"}}))
         assert "not writable" in str(info.value)
+
+
+def test_one_directory_is_one_cache_also_through_a_symlink(tmp_path: Path) -> None:
+    """Two caches on one directory (two evictors, two key spaces in one set of
+    files) are refused also when one path reaches it through a symlink."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(ConfigError) as info:
+        parse_config({"listeners": [{"address": "127.0.0.1:1"}],
+                      "upstreams": {"a": {"servers": ["127.0.0.1:2"]}},
+                      "caches": {"one": {"disk": {"path": str(tmp_path / "real"), "size": "1m"}},
+                                 "two": {"disk": {"path": str(tmp_path / "link"), "size": "1m"}}},
+                      "routes": [{"upstream": "a", "cache": "one"}]})
+    errors = {i.key: i.reason for i in info.value.errors}
+    assert list(errors) == ["caches.two.disk.path"]
+    assert "already the disk of [caches.one]" in errors["caches.two.disk.path"]

@@ -5,11 +5,15 @@ test_cache_disk.py for the end-to-end tests)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from fastproxy import cachepolicy
 from fastproxy._httpcache import RouteCache, SharedCounter, Stamps, Stored, read_cached
@@ -25,6 +29,7 @@ from fastproxy.diskcache import (
     entry_path,
     is_entry,
     temp_owner_gone,
+    whole_file,
 )
 
 
@@ -163,6 +168,167 @@ def test_a_disk_copy_older_than_an_invalidation_is_dropped() -> None:
     assert cache.index.peek(5) is None
     new = Stored(200, b"OK", [], b"new", now + 1, now + 1, fresh, b"")
     assert cache.adopt(5, new, ()) is new and cache.index.peek(5) is new
+
+
+def test_a_write_invalidated_while_in_flight_is_not_kept(tmp_path: Path) -> None:
+    """The removal of an invalidated key may run before a write already under way
+    renames its file into place: that write must not leave its file behind."""
+    disk = tmp_path / "cache"
+
+    async def main() -> None:
+        stamps = Stamps(64)
+        store = DiskStore(str(disk), 1 << 30, 1 << 20, stamps=stamps)
+        store.start(asyncio.get_running_loop())
+        try:
+            fetched = time.time() - 5
+            assert await _write(store, 9, b"k", b"before", request_time=fetched)
+            assert Path(entry_path(str(disk), 9)).exists()
+            stamps.invalidate(9, fetched + 1)  # after that fetch began
+            store.remove(9)  # what the invalidating worker does
+            assert not await _write(store, 9, b"k", b"old", request_time=fetched)
+            assert not Path(entry_path(str(disk), 9)).exists()
+            # A fetch that began after the invalidation is kept.
+            assert await _write(store, 9, b"k", b"new")
+            found = store.lookup(9, b"k", [])
+            assert isinstance(found, tuple) and found[0].body == b"new"
+            await asyncio.get_running_loop().run_in_executor(None, store.close)
+            assert store.usage.value == sum(blocks(p.stat().st_size) for p in entries(disk))
+        finally:
+            store.close()
+
+    asyncio.run(main())
+
+
+def test_well_formed_files_with_wrong_fields_are_misses(tmp_path: Path) -> None:
+    """A file whose checksum holds but whose header fields are not what this
+    version writes (another build, or a hand-made file) is a logged miss, on the
+    loop and in a thread, never an exception in the request's path."""
+    disk = tmp_path / "cache"
+
+    def put(primary: int, header: list[object], variant: bytes | None = None) -> Path:
+        path = Path(entry_path(str(disk), primary, variant))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"".join(whole_file(b"body", json.dumps(header).encode())))
+        return path
+
+    fresh = [60.0, "max-age", 0.0, False, False, 0.0, 0.0, ""]
+    now = time.time()
+    good = [1, "r", "k", "", [], 200, "OK", ["ETag", '"a"'], now, now, fresh]
+    bad_headers = [
+        [1, "v", "k", 5],  # Vary names that are not a list
+        [1, "v", "k", [7]],  # ... not text
+        [*good[:10], [60.0, "max-age", 0.0, False, False, "soon", 0.0, ""]],
+        [*good[:10], ["60", "max-age", 0.0, False, False, 0.0, 0.0, ""]],
+        [*good[:7], ["ETag"], *good[8:]],  # a name without its value
+    ]
+    store = DiskStore(str(disk), 1 << 30, 1 << 20)
+    for on_loop in (True, False):
+        for i, header in enumerate(bad_headers):
+            put(i, header)
+            found = store.lookup_now(i, b"k", []) if on_loop else store.lookup(i, b"k", [])
+            assert found is None or (on_loop and found == WOULD_BLOCK), (header, found)
+    put(100, good)
+    found = store.lookup(100, b"k", [])
+    assert isinstance(found, tuple) and found[0].headers == [(b"ETag", b'"a"')]
+
+
+def test_what_is_not_a_regular_file_is_a_miss_without_waiting(tmp_path: Path) -> None:
+    """A FIFO (opening one waits for a writer), or a symlink, under an entry's name:
+    a miss at once, on the loop and in a thread, and it is removed; what a
+    symlink points to is left alone."""
+    disk = tmp_path / "cache"
+    fifo = Path(entry_path(str(disk), 1))
+    fifo.parent.mkdir(parents=True)
+    os.mkfifo(fifo)
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"not a cache file")
+    link = Path(entry_path(str(disk), 2))
+    link.parent.mkdir()
+    link.symlink_to(target)
+    # In another process: a lookup that waits on the FIFO holds the GIL.
+    script = (
+        "import json, sys\n"
+        "from fastproxy.diskcache import DiskStore\n"
+        "store = DiskStore(sys.argv[1], 1 << 30, 1 << 20)\n"
+        "print(json.dumps([repr(store.lookup_now(1, b'k', [])), repr(store.lookup(1, b'k', [])),\n"
+        "      repr(store.lookup_now(2, b'k', [])), repr(store.lookup(2, b'k', []))]))\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(disk)], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        out, _ = proc.communicate(timeout=10)
+        blocked = False
+    except subprocess.TimeoutExpired:
+        blocked = True
+        while proc.poll() is None:  # let it go: a writer opens the FIFO
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+            time.sleep(0.1)
+        out, _ = proc.communicate()
+    assert not blocked, "a lookup waited on a FIFO"
+    results = json.loads(out)  # the reprs of what the lookups returned
+    assert results[1] == "None" and results[3] == "None", results
+    assert results[0] in ("None", repr(WOULD_BLOCK)), results
+    assert results[2] in ("None", repr(WOULD_BLOCK)), results
+    assert not fifo.exists() and not link.is_symlink() and target.exists()
+
+
+def test_a_failing_descriptor_loses_the_write_not_the_temporary_file(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A write whose file descriptor fails (here: closed under it, as a close()
+    that reports an error leaves it) is a logged write error: its temporary file
+    is removed and its descriptor is not closed a second time."""
+    disk = tmp_path / "cache"
+
+    async def main() -> None:
+        store = DiskStore(str(disk), 1 << 30, 1 << 20)
+        loop = asyncio.get_running_loop()
+        store.start(loop)
+        try:
+            write = store.begin(5)
+            assert write is not None and write.add(b"x" * 300_000)  # written now
+            assert store._writer is not None
+            await loop.run_in_executor(None, store._writer.submit(lambda: None).result)
+            assert write.fd >= 0 and list(disk.glob(f"*/{TEMP_PREFIX}*"))
+            os.close(write.fd)
+            now = time.time()
+            fresh = cachepolicy.Freshness(lifetime=60.0, source="max-age",
+                                          corrected_initial_age=0.0)
+            done: asyncio.Future[bool] = loop.create_future()
+            write.commit(b"k", Stored(200, b"OK", [], b"", now, now, fresh, b""), (),
+                         done.set_result)
+            assert await done is False
+            await loop.run_in_executor(None, store.close)
+            assert not list(disk.glob(f"*/{TEMP_PREFIX}*"))
+            assert store.stats["write_errors"] == 1 and write.fd == -1
+            assert "write failed" not in caplog.text  # no traceback, a logged error
+        finally:
+            store.close()
+
+    with caplog.at_level(logging.ERROR, "fastproxy.cache"):
+        asyncio.run(main())
+
+
+def test_a_vary_record_that_cannot_be_renamed_leaves_no_temporary_file(
+        tmp_path: Path) -> None:
+    """The rename of a Vary record fails (here a directory has its name; a full
+    disk can fail a rename too): a logged write error, and its temporary file goes."""
+    disk = tmp_path / "cache"
+
+    async def main() -> None:
+        store = DiskStore(str(disk), 1 << 30, 1 << 20)
+        store.start(asyncio.get_running_loop())
+        try:
+            Path(entry_path(str(disk), 7)).mkdir(parents=True)
+            assert not await _write(store, 7, b"k", b"fr", names=(b"accept-language",))
+            await asyncio.get_running_loop().run_in_executor(None, store.close)
+            assert store.stats["write_errors"] == 1
+            assert not list(disk.glob(f"*/{TEMP_PREFIX}*"))
+        finally:
+            store.close()
+
+    asyncio.run(main())
 
 
 def test_evictor_scan_and_temp_files(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from fastproxy.xxhash cimport (XXH3_64bits_digest, XXH3_64bits_reset, XXH3_64bit
                                XXH3_createState, XXH3_freeState, XXH3_state_t)
 from fastproxy._ratelimit cimport shared_map, table_size
 from posix.mman cimport munmap
-from posix.stat cimport fstat, struct_stat
+from posix.stat cimport S_ISREG, fstat, struct_stat
 from posix.unistd cimport close
 from libc.errno cimport errno, ENOENT, ENOTDIR, ENOSYS, EINVAL, E2BIG
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
@@ -98,7 +98,10 @@ cdef extern from *:
     struct fastproxy_open_how { uint64_t flags; uint64_t mode; uint64_t resolve; };
     static int fastproxy_open_cached(const char* path) {
     #ifdef __NR_openat2
-        struct fastproxy_open_how how = {O_RDONLY | O_CLOEXEC, 0, 0x20 /* RESOLVE_CACHED */};
+        /* O_NONBLOCK: a FIFO under an entry's name does not wait for a writer;
+           O_NOFOLLOW: a symlink there is not ours (the thread removes it). */
+        struct fastproxy_open_how how = {O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW, 0,
+                                         0x20 /* RESOLVE_CACHED */};
         return (int)syscall(__NR_openat2, AT_FDCWD, path, &how, sizeof(how));
     #else
         errno = ENOSYS;
@@ -127,7 +130,8 @@ def read_cached(bytes path, Py_ssize_t limit):
     (openat2 with RESOLVE_CACHED, preadv2 with RWF_NOWAIT): it never waits for a
     device, so the event loop may call it. None: there is no such file (the
     kernel's cache says so). False: it would have to wait, the file is larger
-    than `limit`, or the kernel cannot do this: read it in a thread."""
+    than `limit` or not a regular file, or the kernel cannot do this: read it in
+    a thread."""
     global _cached_reads
     cdef int fd
     cdef struct_stat st
@@ -143,7 +147,7 @@ def read_cached(bytes path, Py_ssize_t limit):
             _cached_reads = False  # an older kernel: threads only, from now on
         return False  # EAGAIN (not all cached), or an error the thread will report
     try:
-        if fstat(fd, &st) != 0 or st.st_size > limit:
+        if fstat(fd, &st) != 0 or not S_ISREG(st.st_mode) or st.st_size > limit:
             return False
         data = PyBytes_FromStringAndSize(NULL, st.st_size)
         if st.st_size:
@@ -231,6 +235,10 @@ cdef class Stamps:
 
     cdef void mark(self, uint64_t key, double now) noexcept nogil:
         fastproxy_stamp_raise(&self.slots[key & self.mask], <int64_t>(now * 1e9))
+
+    def invalidated(self, uint64_t key, double fetched):
+        """A response for `key` whose fetch began at `fetched` was invalidated since."""
+        return self.outdated(key, fetched)
 
     def invalidate(self, uint64_t key, now=None):
         """Mark `key` invalidated at `now` (wall seconds; default: now)."""
@@ -550,6 +558,14 @@ cdef class RouteCache:
         self.put(primary, stored, names)
         return stored
 
+    def selects(self, Stored stored, list request_headers):
+        """`stored` is the variant a request with these fields asks for."""
+        names = cachepolicy.vary_names(stored.headers)
+        if names is None:
+            return False
+        variant = cachepolicy.secondary_key(names, request_headers) if names else b""
+        return variant == stored.variant
+
     def adopt(self, uint64_t primary, Stored stored, tuple names):
         """A response read from disk or Redis: None when it was invalidated since it
         was fetched (its copies are removed); else kept in memory too, if it fits."""
@@ -600,7 +616,8 @@ cdef class RouteCache:
     def refreshed(self, uint64_t primary, Stored stored, list request_headers,
                   MessageHead head, double request_time, double response_time, bytes key=None):
         """A 304 to our revalidation: the stored response with the 304's fields
-        (RFC 9111 §4.3.4), stored again; None when the 304 does not match it."""
+        (RFC 9111 §4.3.4), stored again (unless they say Vary: *); None when the
+        304 does not match it."""
         not_modified = head.headers()
         if not cachepolicy.freshens(stored.headers, not_modified):
             return None
@@ -613,7 +630,11 @@ cdef class RouteCache:
         new.url = stored.url
         new.tags = (cachepolicy.tags_of(merged, self.tag_headers) if self.tag_headers
                     else stored.tags)
-        names = cachepolicy.vary_names(merged) or ()
+        names = cachepolicy.vary_names(merged)
+        if names is None:
+            # Vary: * now: it answers the request that revalidated, no other (stored
+            # with no names it would answer every variant, in memory and on disk).
+            return new
         if len(new.body) <= self.max_object:
             self.put(primary, new, names)
         if self.disk is not None and key is not None:

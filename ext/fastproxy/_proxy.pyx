@@ -893,7 +893,7 @@ def _shared_committed(RouteCache cache, uint64_t primary, ok):
     waiters = cache.fills.pop(primary, None)
     if waiters:
         for ex in <list>waiters:
-            (<Exchange>ex).fill_retry()
+            (<Exchange>ex).fill_retry(None)
 
 
 def _held(Exchange ex):
@@ -1352,7 +1352,7 @@ cdef class Exchange:
         self.disk_checked = True
         found = cache.disk.lookup_now(self.cache_primary, self.shared_key, self.head.headers())
         if found != "would-block":
-            return self.shared_answer(found, None)
+            return self.shared_answer(found, self.adopted(found), None)
         if fills:
             waiters = cache.fills.get(self.cache_primary)
             if waiters is not None:
@@ -1398,39 +1398,43 @@ cdef class Exchange:
         self.connecting = True  # a request body waits in `pending`
         return True
 
-    cdef bint shared_answer(self, object found, str tier) except -1:
-        """Serve or revalidate what the disk or Redis tier found, or go on as a miss."""
-        cdef RouteCache cache = self.cache
-        cdef Stored stored = None
-        if type(found) is tuple:
-            stored = cache.adopt(self.cache_primary, <Stored>found[0], <tuple>found[1])
+    cdef Stored adopted(self, object found):
+        """The response the disk or Redis tier found (kept in memory when it fits,
+        and not purged or invalidated since), or None."""
+        if type(found) is not tuple:
+            return None
+        return self.cache.adopt(self.cache_primary, <Stored>found[0], <tuple>found[1])
+
+    cdef bint shared_answer(self, object found, Stored stored, str tier) except -1:
+        """Serve or revalidate what the disk or Redis tier found (`stored`, adopted),
+        or go on as a miss."""
         if stored is not None:
             return self.use_stored(stored, tier)
         return self.missed(found == "vary-miss" or self.fwd == "vary-miss" or
-                           cache.index.peek(self.cache_primary) is not None)
+                           self.cache.index.peek(self.cache_primary) is not None)
 
     cdef int shared_found(self, object found, str tier) except -1:
         """The answer of the disk tier (from a thread, see diskcache.DiskStore.lookup)
         or of the Redis tier (from a task, see rediscache.RedisCache.lookup)."""
         cdef RouteCache cache = self.cache
         cdef bint answered
+        cdef Stored stored
         self.connecting = False
+        stored = self.adopted(found)
         if self.finished:  # the client went away (finish() let the waiters go)
-            if type(found) is tuple:
-                cache.adopt(self.cache_primary, <Stored>found[0], <tuple>found[1])
             return 0
         waiters = None
         if self.filling:
             waiters = cache.fills.pop(self.cache_primary, None)
             self.filling = False
-        answered = self.shared_answer(found, tier)
+        answered = self.shared_answer(found, stored, tier)
         if waiters:
             mine = cache.fills.get(self.cache_primary) if self.filling else None
             if mine is not None:
                 (<list>mine).extend(<list>waiters)  # they wait for this fetch now
             else:
-                for ex in <list>waiters:
-                    (<Exchange>ex).fill_retry()
+                for ex in <list>waiters:  # answered from this read when it is theirs
+                    (<Exchange>ex).fill_retry(stored)
         if not answered and not self.finished:
             self.send_continue()
             self.proxy(<ProxyAction>self.rule.action)
@@ -1474,6 +1478,9 @@ cdef class Exchange:
         self.connecting = False
         if stored is not None:
             found = self.cache.lookup(self.cache_primary, self.head)
+            if found is None and self.cache.disk is not None and self.cache.selects(
+                    <Stored>stored, self.head.headers()):
+                found = stored  # kept on disk only (too big for memory): the fill's copy
             now = wall_now()
             if found is not None and now < (<Stored>found).fresh_until:
                 self.serve_stored(<Stored>found, now, self.cache.status_line(
@@ -1485,14 +1492,22 @@ cdef class Exchange:
         self.proxy(<ProxyAction>self.rule.action)
         return 0
 
-    cdef int fill_retry(self) except -1:
+    cdef int fill_retry(self, Stored read) except -1:
         """What this request waited for is in the cache now, or another request will
-        fetch it: look again, as if it had just come."""
+        fetch it: look again, as if it had just come. `read`: what the disk read
+        it waited for found (used when it is this request's variant; a response
+        too big for memory is not read again for each waiting request)."""
         if not self.waiting_fill or self.finished:
             return 0
         self.waiting_fill = False
         self.connecting = False
         self.stale = None
+        if read is not None and self.cache.selects(read, self.head.headers()):
+            self.disk_checked = True
+            if not self.use_stored(read):
+                self.send_continue()
+                self.proxy(<ProxyAction>self.rule.action)
+            return 0
         self.disk_checked = False  # a file may be there now
         self.redis_checked = False  # ... or a value in Redis
         if not self.from_cache():

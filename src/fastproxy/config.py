@@ -2196,12 +2196,13 @@ class _Checker(KeyChecker):
         if problem:
             self.error(_key(path, "path"), problem)
             return _INVALID
-        owner = taken.get(directory)
+        real = os.path.realpath(directory)  # one directory under two names is one
+        owner = taken.get(real)
         if owner is not None:
             self.error(_key(path, "path"), f"{directory!r} is already the disk of "
                                            f"[caches.{owner}]: one cache per directory")
             return _INVALID
-        taken[directory] = name
+        taken[real] = name
         size = values["size"]
         max_object = values["max_object"]
         if max_object is None:

@@ -39,6 +39,7 @@ import itertools
 import json
 import logging
 import os
+import stat
 import struct
 import threading
 import time
@@ -48,7 +49,7 @@ from typing import Any
 
 from fastproxy import cachepolicy
 from fastproxy._cache import cache_key
-from fastproxy._httpcache import ContentHash, SharedCounter, Stored, read_cached
+from fastproxy._httpcache import ContentHash, SharedCounter, Stamps, Stored, read_cached
 
 log = logging.getLogger("fastproxy.cache")
 
@@ -119,6 +120,9 @@ def _text(value: bytes) -> str:
 # Text is bytes as latin-1. Of the freshness, what serving needs (not explanations).
 FRESH_FIELDS = ("lifetime", "source", "corrected_initial_age", "must_revalidate", "no_cache",
                 "stale_while_revalidate", "stale_if_error", "revalidate_directive")
+_NUMBER: tuple[type, ...] = (int, float)
+FRESH_TYPES: tuple[type | tuple[type, ...], ...] = (_NUMBER, str, _NUMBER, bool, bool, _NUMBER,
+                                                     _NUMBER, str)
 RESPONSE = "r"
 VARY_RECORD = "v"
 
@@ -231,7 +235,12 @@ def stored_from(fields: list[Any], body: bytes) -> tuple[Stored, tuple[bytes, ..
      fresh) = fields[:11]
     if kind != RESPONSE or len(fresh) != len(FRESH_FIELDS):
         raise ValueError("not a response")
+    if not all(isinstance(value, types) for value, types in zip(fresh, FRESH_TYPES, strict=True)):
+        raise TypeError("freshness fields of the wrong types")
     url, tags = fields[11:13] if len(fields) >= 13 else (key, [])
+    if not (isinstance(url, str) and isinstance(tags, list)
+            and all(isinstance(t, str) for t in tags)):
+        raise TypeError("url or tags of the wrong types")
     raw = [part.encode("latin-1") for part in flat]
     headers = list(zip(raw[::2], raw[1::2], strict=True))
     stored = Stored(int(status), reason.encode("latin-1"), headers, body, float(request_time),
@@ -262,11 +271,12 @@ class DiskStore:
     and `remove` methods are called on the loop; the file work runs in threads."""
 
     def __init__(self, root: str, size: int, max_object: int,
-                 usage: SharedCounter | None = None) -> None:
+                 usage: SharedCounter | None = None, stamps: Stamps | None = None) -> None:
         self.root = root
         self.size = size
         self.max_object = max_object
         self.usage = usage if usage is not None else SharedCounter()
+        self.stamps = stamps  # the invalidations of every worker
         self.loop: Any = None  # set by start()
         self._reader: ThreadPoolExecutor | None = None
         self._writer: ThreadPoolExecutor | None = None
@@ -345,6 +355,9 @@ class DiskStore:
         fields, body, mtime = entry
         used = [(path, mtime)]
         if fields[1] == VARY_RECORD:
+            if not (isinstance(fields[3], list) and all(isinstance(n, str) for n in fields[3])):
+                self._bad(on_loop, path, None, "bad Vary record")
+                return None
             names = tuple(n.encode("latin-1") for n in fields[3])
             variant = cachepolicy.secondary_key(names, request_headers)
             path = entry_path(self.root, primary, variant)
@@ -390,14 +403,21 @@ class DiskStore:
 
     def _load(self, path: str, key: bytes) -> Entry | None:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            # Not a FIFO's wait for a writer, nor a symlink's target.
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as e:
-            self._write_error(f"cannot open {path}: {e}")
+            if e.errno == errno.ELOOP:
+                self._corrupt(path, None, "a symlink, not a file of the cache")
+            else:
+                self._write_error(f"cannot open {path}: {e}")
             return None
         try:
             st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                self._corrupt(path, st.st_ino, "not a regular file")
+                return None
             try:
                 fields, body = read_entry(fd, st.st_size)
             except Corrupt as e:
@@ -425,10 +445,11 @@ class DiskStore:
         self.stats["corrupt"] += 1
         log.warning("disk cache: ignored %s: %s (removed)", path, why)
         try:
-            now = os.stat(path)
+            now = os.lstat(path)
             if ino is None or now.st_ino == ino:
                 os.unlink(path)
-                self.usage.add(-blocks(now.st_size))
+                if stat.S_ISREG(now.st_mode):  # what the evictor counts
+                    self.usage.add(-blocks(now.st_size))
         except OSError:
             pass
 
@@ -554,7 +575,8 @@ class DiskWrite:
         variant = stored.variant if names else None
         chunks, n = self.pending, self.pending_size
         self.pending, self.pending_size = [], 0
-        self.store._submit(n + len(header), self._commit, chunks, header, variant, record, done)
+        self.store._submit(n + len(header), self._commit, chunks, header, variant, record,
+                           stored.request_time, done)
 
     def abort(self) -> None:
         if self.over:
@@ -596,8 +618,11 @@ class DiskWrite:
 
     def _discard(self) -> None:
         if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+            fd, self.fd = self.fd, -1  # never closed twice (the number may be reused)
+            try:
+                os.close(fd)
+            except OSError:
+                pass
         if self.temp:
             try:
                 os.unlink(self.temp)
@@ -606,7 +631,8 @@ class DiskWrite:
             self.temp = ""
 
     def _commit(self, chunks: list[bytes], header: bytes, variant: bytes | None,
-                record: bytes | None, done: Callable[[bool], None] | None) -> None:
+                record: bytes | None, request_time: float,
+                done: Callable[[bool], None] | None) -> None:
         ok = False
         try:
             self._write(chunks)
@@ -617,8 +643,8 @@ class DiskWrite:
             digest = int(self.hasher.digest())
             self.written += write_all(self.fd, [
                 header, TRAILER.pack(body_len, len(header), digest, END)])
-            os.close(self.fd)
-            self.fd = -1
+            fd, self.fd = self.fd, -1  # closed once, even when close() reports an error
+            os.close(fd)
             store = self.store
             final = entry_path(store.root, self.primary, variant)
             _replace(self.temp, final, self.written, store.usage)
@@ -626,6 +652,11 @@ class DiskWrite:
             if record is not None:
                 _write_file(store, os.path.dirname(final),
                             entry_path(store.root, self.primary), whole_file(b"", record))
+            if store.stamps is not None and store.stamps.invalidated(self.primary, request_time):
+                # Invalidated while it was written (the removal may have run before
+                # the rename): checked after the rename, so one of the two removes it.
+                store._remove(self.primary)
+                return
             store.stats["writes"] += 1
             ok = True
         except OSError as e:
@@ -669,13 +700,17 @@ def _write_file(store: DiskStore, directory: str, final: str, parts: list[bytes]
     temp = store.temp_path(directory)
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        size = write_all(fd, parts)
+        try:
+            size = write_all(fd, parts)
+        finally:
+            os.close(fd)
+        _replace(temp, final, size, store.usage)
     except OSError:
-        os.close(fd)
-        os.unlink(temp)
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
         raise
-    os.close(fd)
-    _replace(temp, final, size, store.usage)
 
 
 def temp_owner_gone(name: str, age: float, max_age: float) -> bool:

@@ -98,6 +98,7 @@ class Worker:
             self._store_limits(config)
         # Each [caches.NAME]: this worker's memory tier and fills in flight.
         self.caches = {name: RouteCache(spec) for name, spec in config.caches.items()}
+        stamps = None
         if self.caches:
             stamps = cache_stamps if cache_stamps is not None else Stamps(65536)
             for cache in self.caches.values():
@@ -107,7 +108,8 @@ class Worker:
         for name, spec in config.caches.items():
             if spec.disk is not None:
                 usage = (cache_usage or {}).get(name)
-                disk = DiskStore(spec.disk.path, spec.disk.size, spec.disk.max_object, usage)
+                disk = DiskStore(spec.disk.path, spec.disk.size, spec.disk.max_object, usage,
+                                 stamps)
                 self.caches[name].set_disk(disk)
                 self.disks.append(disk)
         # The admin API's purges (the master's table; workers apply them lazily).
