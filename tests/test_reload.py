@@ -116,3 +116,108 @@ def _answers(port: int) -> bytes | None:
         return get(port)
     except OSError:
         return None
+
+
+class KeepAliveClient:
+    """A client that keeps its connection, as browsers do: a request on a reused
+    connection that the server closed before answering (it was idle) is sent again
+    on a new one (RFC 9112 §9.3.1); any other failure is a failure."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.sock: socket.socket | None = None
+        self.resent = 0
+
+    def get(self) -> bytes:
+        reused = self.sock is not None
+        if self.sock is None:
+            self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        try:
+            self.sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise ConnectionResetError("closed before the response head")
+                data += chunk
+        except OSError:
+            self.close()
+            if reused and not data:  # the idle connection was closed: send it again
+                self.resent += 1
+                return self.get()
+            raise
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:")))
+        while len(body) < length:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                self.close()
+                raise ConnectionResetError("closed inside the body")
+            body += chunk
+        if b"connection: close" in head.lower():
+            self.close()
+        return body
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+def test_five_reloads_under_steady_load_fail_nothing(tmp_path: Path) -> None:
+    """Issue 11: keep-alive and new-connection clients at a fixed pace while the
+    routes change five times (and one bad config is refused in between): no
+    request fails, no connection is refused, every new route takes effect."""
+    port = free_port()
+    proxy = ProxyProcess(config(port, "v0"), tmp_path, port).start()
+    results: list[bytes] = []
+    errors: list[str] = []
+    stop = threading.Event()
+    clients: list[KeepAliveClient] = []
+
+    def paced(fresh: bool) -> None:
+        client = None if fresh else KeepAliveClient(port)
+        if client is not None:
+            clients.append(client)
+        deadline = time.monotonic() + 40
+        next_at = time.monotonic()
+        while not stop.is_set() and time.monotonic() < deadline and len(results) < 40000:
+            try:
+                results.append(get(port) if client is None else client.get())
+            except OSError as e:
+                errors.append(f"{'new' if fresh else 'keep-alive'}: {e!r}")
+            next_at += 0.005  # 200 requests/s per thread
+            time.sleep(max(0.0, next_at - time.monotonic()))
+        if client is not None:
+            client.close()
+
+    threads = [threading.Thread(target=paced, args=(fresh,)) for fresh in (True, True, False,
+                                                                           False)]
+    try:
+        proxy.wait_worker_pids(2)
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        for n in range(1, 6):
+            if n == 3:  # a bad config: refused, the running one stays
+                proxy.config_path.write_text(config(port, "bad") + "\n[limits]\nbogus = 1\n")
+                proxy.signal(signal.SIGHUP)
+                assert wait_for(lambda: "reload failed" in proxy.log())
+                assert get(port) == b"v2\n"
+            proxy.config_path.write_text(config(port, f"v{n}"))
+            proxy.signal(signal.SIGHUP)
+            assert wait_for(lambda n=n: get(port) == f"v{n}\n".encode()), proxy.log()
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(15)
+    try:
+        assert not errors, errors[:5]
+        assert len(results) > 1000, len(results)
+        assert set(results) <= {f"v{n}\n".encode() for n in range(6)}
+        assert proxy.log().count("reloaded: generation") == 5
+        assert proxy.log().count("reload failed") == 1
+    finally:
+        proxy.stop()

@@ -127,6 +127,9 @@ class ServerSettings:
     # these networks, the last address of `real_ip_header` not itself trusted.
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     real_ip_header: str = "X-Forwarded-For"
+    pid_file: str = ""  # written by the master ("" = none); relative to the config file
+    user: str = ""  # the children run as this user when the master is root ("" = as is)
+    group: str = ""  # ... and group (default: the user's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -716,7 +719,45 @@ SERVER_FIELDS: Final = (
         "where trusted proxies put the client address",
         _choice("X-Forwarded-For", "X-Real-IP", "Forwarded"),
     ),
+    FieldSpec("pid_file", "", "path", "the master writes its PID here (relative to the config "
+              "file); removed when it stops", lambda v: _path_text(v)),
+    FieldSpec("user", "", "user name", "when started as root, the workers and the other "
+              "children switch to this user (the master keeps root to open ports on reload)",
+              lambda v: _user(v)),
+    FieldSpec("group", "", "group name", "... and this group (default: the user's)",
+              lambda v: _group(v)),
 )
+
+
+def _path_text(value: object) -> str:
+    text = _string(value)
+    if "\0" in text:
+        raise ValueError("must not contain NUL")
+    return text
+
+
+def _user(value: object) -> str:
+    import pwd
+
+    name = _string(value)
+    if name:
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            raise ValueError(f"no such user: {name!r}") from None
+    return name
+
+
+def _group(value: object) -> str:
+    import grp
+
+    name = _string(value)
+    if name:
+        try:
+            grp.getgrnam(name)
+        except KeyError:
+            raise ValueError(f"no such group: {name!r}") from None
+    return name
 
 
 def _cidr_list(value: object) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

@@ -59,6 +59,70 @@ def setup_logging(level: str) -> None:
     )
 
 
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) about the service's state, when it asked
+    (NOTIFY_SOCKET); a failure is logged, never fatal."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    target = "\0" + address[1:] if address.startswith("@") else address
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.connect(target)
+            s.sendall(message.encode())
+    except OSError as e:
+        log.warning("cannot notify %s: %s", address, e.strerror or e)
+
+
+def drop_privileges(server: Any) -> None:
+    """(In a child) Become [server] user/group when the master runs as root."""
+    if not server.user or os.geteuid() != 0:
+        return
+    import grp
+    import pwd
+
+    entry = pwd.getpwnam(server.user)
+    gid = grp.getgrnam(server.group).gr_gid if server.group else entry.pw_gid
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(entry.pw_uid)
+
+
+def _import_child_modules() -> None:
+    """Import what the children run before they drop root: the interpreter's
+    and the virtualenv's files may not be readable by the user."""
+    import concurrent.futures.thread  # noqa: F401  (uvloop and the disk tier use it)
+
+    import fastproxy.admin
+    import fastproxy.cacheevictor
+    import fastproxy.health
+    import fastproxy.worker  # noqa: F401
+
+
+def write_pid_file(config: Config) -> str | None:
+    """Write the master's PID to [server] pid_file (atomically); its path."""
+    if not config.server.pid_file:
+        return None
+    path = os.path.join(os.path.dirname(os.path.abspath(config.source)), config.server.pid_file)
+    temp = f"{path}.{os.getpid()}.tmp"
+    with open(temp, "w", encoding="ascii") as f:
+        f.write(f"{os.getpid()}\n")
+    os.replace(temp, path)
+    return path
+
+
+def remove_pid_file(path: str | None) -> None:
+    if path is None:
+        return
+    try:
+        with open(path, encoding="ascii") as f:
+            if f.read().strip() != str(os.getpid()):
+                return  # another master's now
+        os.unlink(path)
+    except (OSError, ValueError):
+        pass
+
+
 def open_listener(listener: Listener | AdminSettings) -> socket.socket:
     family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -202,6 +266,7 @@ class Supervisor:
     def run(self) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         self._spawn_all()
+        sd_notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=generation {self.gen.number}")
         while True:
             info = signal.sigtimedwait(_SIGNALS, 0.5)
             if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT,
@@ -248,11 +313,15 @@ class Supervisor:
             code = 1
             try:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+                os.environ.pop("NOTIFY_SOCKET", None)  # the master speaks to systemd
                 mine = set(gen.slots[slot]) if slot >= 0 else set()
                 for s in gen.sockets() - mine:
                     s.close()
                 if gen.admin is not None and slot != ADMIN:
                     gen.admin.close()
+                if gen.config.server.user and os.geteuid() == 0:
+                    _import_child_modules()  # while the files are surely readable
+                drop_privileges(gen.config.server)
                 code = self._child_main(gen, slot, block)
             except BaseException:
                 log.exception("%s crashed", _name(os.getpid(), slot))
@@ -291,6 +360,8 @@ class Supervisor:
         """SIGHUP: start a generation on the config file as it is now, if it is good."""
         source = self.config.source
         log.info("reloading %s", source)
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        sd_notify(f"RELOADING=1\nMONOTONIC_USEC={usec}")
         try:
             config = load_config(source)
             contexts = tls_contexts(config)
@@ -365,6 +436,8 @@ class Supervisor:
         self.reloads += 1
         self.last_reload = result
         self.publish()
+        sd_notify(f"READY=1\nSTATUS=generation {self.gen.number}"
+                  + ("" if result["ok"] else " (the last reload failed)"))
 
     def _reap(self) -> None:
         while self.pids:
@@ -401,6 +474,7 @@ class Supervisor:
         if self.stopping and not fast:
             return
         self.stopping = True
+        sd_notify("STOPPING=1")
         self.restart_at.clear()
         # Our copies of the listening sockets would keep accepting into queues
         # nobody reads: close them so new connections are refused at once.
@@ -525,9 +599,15 @@ def serve(config: Config) -> int:
     supervisor = Supervisor(Generation(1, config, slots, table, contexts, limits, None, admin,
                                        stats), stats)
     try:
+        pid_file = write_pid_file(config)
+    except OSError as e:
+        log.error("cannot write server.pid_file: %s", e)
+        pid_file = None
+    try:
         return supervisor.run()
     finally:
         for s in supervisor.gen.sockets():
             s.close()
         if supervisor.gen.admin is not None:
             supervisor.gen.admin.close()
+        remove_pid_file(pid_file)
