@@ -453,3 +453,18 @@ def test_repeat_filter_reports_what_it_left_out(monkeypatch: pytest.MonkeyPatch)
                                   "last minute]")
     line = json.loads(JsonFormatter().format(again))
     assert line["message"] == again.getMessage() and line["level"] == "warning"
+
+
+def test_cache_status_field(make_origin: Callable[..., Origin], tmp_path: Path,
+                            own_proxies: list[ProxyProcess]) -> None:
+    origin = make_origin(lambda req: Reply(headers=[("Cache-Control", "max-age=60")],
+                                           body=b"cached"))
+    proxy = start_proxy(own_proxies, tmp_path, origin,
+                        'access = "access.log"\nformat = "{cache_status} {upstream_addr}"\n',
+                        extra='[caches.c]\nmemory = "1m"\n',
+                        routes='[[routes]]\nupstream = "backend"\ncache = "c"\n')
+    for _ in range(2):
+        assert get(proxy.port, "/c").endswith(b"cached")
+    exchange(proxy.port, b"POST /c HTTP/1.1\r\nHost: example.com\r\nContent-Length: 0\r\n\r\n")
+    assert wait_lines(tmp_path / "access.log", 3) == [
+        f"MISS {origin.address}", "HIT -", f"BYPASS {origin.address}"]
