@@ -569,9 +569,10 @@ def test_unknown_keys(data: dict[str, Any], key: str, reason: str) -> None:
             "duration must not be negative, found integer -1",
         ),
         (
-            minimal(log={"format": "json"}),
+            minimal(log={"format": "jsn"}),
             "log.format",
-            "unsupported value 'json' (supported: combined)",
+            "expected \"combined\", \"json\" or a template naming at least one {variable}, "
+            "found 'jsn'",
         ),
         (
             minimal(log={"level": "warn"}),

@@ -86,10 +86,17 @@ def test_children_run_as_the_configured_user(make_origin: Callable[..., Origin],
         workers = proxy.wait_worker_pids(2)
         assert len(workers) == 2
         assert get(port) == 200
-        for pid in workers:
-            uids = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        def uids(pid: int) -> list[str]:
+            return next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
                         if line.startswith("Uid:")).split()[1:]
-            assert uids == [str(nobody.pw_uid)] * 4, (pid, uids)
+
+        # (A child just forked is root for a moment, until it switches.)
+        deadline = time.monotonic() + 5
+        while any(uids(pid) != [str(nobody.pw_uid)] * 4 for pid in workers) \
+                and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for pid in workers:
+            assert uids(pid) == [str(nobody.pw_uid)] * 4, (pid, uids(pid))
         master = next(line for line in Path(f"/proc/{proxy.pid}/status").read_text()
                       .splitlines() if line.startswith("Uid:")).split()[1]
         assert master == "0"

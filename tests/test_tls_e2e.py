@@ -450,3 +450,33 @@ def test_sessions_resume_across_workers(make_origin: OriginFactory, certs: Path,
     # The kernel spreads the 30 connections over both workers; every one resumes.
     assert reused == 30
     assert len({r.conn_id for r in origin.requests}) >= 1
+
+
+def test_access_log_tls_fields(make_origin: OriginFactory, certs: Path, tmp_path: Path) -> None:
+    """tls_version and tls_sni in access lines (both engines); "-" on a plain listener."""
+    origin = make_origin(name="app")
+    port, plain = free_port(), free_port()
+    text = (f'[log]\naccess = "{tmp_path / "tls.log"}"\nformat = "{{tls_version}} '
+            f'{{tls_sni}} {{path}}"\n\n{tls_listener(port, certs)}\n'
+            f'[[listeners]]\naddress = "127.0.0.1:{plain}"\n'
+            f'{upstream(origin)}[[routes]]\nupstream = "app"\n')
+    proxy = ProxyProcess(text, tmp_path, port)
+    try:
+        proxy.start()
+        tls13 = client_context(certs)
+        tls12 = client_context(certs, maximum_version=ssl.TLSVersion.TLSv1_2)
+        https_get(port, "site.example", "/one", ctx=tls13)
+        https_get(port, "a.wild.example", "/two", ctx=tls12)
+        with socket.create_connection(("127.0.0.1", plain), timeout=5) as s:
+            s.sendall(b"GET /three HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            while s.recv(65536):
+                pass
+        deadline = time.monotonic() + 5
+        lines: list[str] = []
+        while len(lines) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            lines = (tmp_path / "tls.log").read_text().splitlines()
+        assert sorted(lines) == ["- - /three", "TLSv1.2 a.wild.example /two",
+                                 "TLSv1.3 site.example /one"]
+    finally:
+        proxy.stop()

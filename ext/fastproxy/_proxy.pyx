@@ -25,10 +25,11 @@ other ext modules; the worker passes in the Python-layer objects it needs
 """
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.list cimport PyList_Clear
 from libc.math cimport NAN
 from libc.stdint cimport uint64_t
+from libc.string cimport memcpy
 from libc.errno cimport EINTR, errno
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from posix.uio cimport iovec, writev
@@ -70,6 +71,7 @@ from libc.stdint cimport int64_t
 
 import asyncio
 import logging
+import os
 from functools import partial
 import ssl
 from collections import deque
@@ -235,6 +237,112 @@ cdef int send_parts(object transport, int fd, bint* queued, object parts, bint s
     return 0
 
 
+# -- request ids and W3C Trace Context ------------------------------------------------
+
+cdef uint64_t _rng = 0  # splitmix64 state, seeded per worker (Core.__init__, after the fork)
+cdef const char* _HEX = b"0123456789abcdef"
+
+
+cdef inline uint64_t _random64() noexcept nogil:
+    """splitmix64: span and trace ids (unique, unpredictable enough, no syscall)."""
+    global _rng
+    cdef uint64_t z
+    _rng += <uint64_t>0x9E3779B97F4A7C15
+    z = _rng
+    z = (z ^ (z >> 30)) * <uint64_t>0xBF58476D1CE4E5B9
+    z = (z ^ (z >> 27)) * <uint64_t>0x94D049BB133111EB
+    return z ^ (z >> 31)
+
+
+cdef inline void _put_hex64(char* out, uint64_t x) noexcept nogil:
+    cdef int i
+    for i in range(15, -1, -1):
+        out[i] = _HEX[x & 15]
+        x >>= 4
+
+
+cdef inline bint _lower_hex(const char* s, Py_ssize_t n, bint* nonzero) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef char c
+    for i in range(n):
+        c = s[i]
+        if not ((b'0' <= c <= b'9') or (b'a' <= c <= b'f')):
+            return False
+        if c != b'0':
+            nonzero[0] = True
+    return True
+
+
+cdef bint valid_traceparent(bytes value) noexcept:
+    """W3C Trace Context version 00: "00-" 32 lower-case hex "-" 16 lower-case hex "-"
+    2 lower-case hex, where neither id is all zeros."""
+    cdef const char* v = PyBytes_AS_STRING(value)
+    cdef bint trace_set = False, parent_set = False, unused = False
+    if PyBytes_GET_SIZE(value) != 55 or v[0] != b'0' or v[1] != b'0' or v[2] != b'-' \
+            or v[35] != b'-' or v[52] != b'-':
+        return False
+    return (_lower_hex(v + 3, 32, &trace_set) and _lower_hex(v + 36, 16, &parent_set)
+            and _lower_hex(v + 53, 2, &unused) and trace_set and parent_set)
+
+
+cdef bytes next_traceparent(bytes incoming):
+    """The traceparent sent upstream: the incoming (valid) trace with a new span id
+    for this hop, or, when `incoming` is None, a new trace (sampled)."""
+    cdef char out[55]
+    cdef uint64_t span = 0, high = 0, low = 0
+    while span == 0:
+        span = _random64()
+    if incoming is not None:
+        memcpy(out, PyBytes_AS_STRING(incoming), 55)
+    else:
+        while high == 0 and low == 0:
+            high = _random64()
+            low = _random64()
+        memcpy(out, b"00-", 3)
+        _put_hex64(out + 3, high)
+        _put_hex64(out + 19, low)
+        out[35] = b'-'
+        out[52] = b'-'
+        out[53] = b'0'
+        out[54] = b'1'
+    _put_hex64(out + 36, span)
+    return PyBytes_FromStringAndSize(out, 55)
+
+
+cdef bint valid_request_id(bytes value) noexcept:
+    """An incoming request id worth keeping: 1..128 of A-Z a-z 0-9 - . _ ~ : + / = @"""
+    cdef const char* v = PyBytes_AS_STRING(value)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(value), i
+    cdef char c
+    if n == 0 or n > 128:
+        return False
+    for i in range(n):
+        c = v[i]
+        if not ((b'a' <= c <= b'z') or (b'A' <= c <= b'Z') or (b'0' <= c <= b'9')
+                or c == b'-' or c == b'.' or c == b'_' or c == b'~' or c == b':'
+                or c == b'+' or c == b'/' or c == b'=' or c == b'@'):
+            return False
+    return True
+
+
+def _trace_test(bytes incoming):
+    """For the tests: (valid, the traceparent sent upstream for `incoming` or None)."""
+    if incoming is not None and valid_traceparent(incoming):
+        return True, next_traceparent(incoming)
+    return False, next_traceparent(None)
+
+
+def _request_id_test(bytes value not None):
+    return valid_request_id(value)
+
+
+# What the trace edits drop from the upstream request (Exchange.trace_drop bits).
+cdef enum:
+    DROP_ID = 1            # the incoming request id (replaced)
+    DROP_PARENT = 2        # traceparent (replaced, or malformed)
+    DROP_STATE = 4         # tracestate (with a malformed or missing traceparent)
+
+
 cdef inline double monotonic() noexcept nogil:
     """time.monotonic() without a Python call (the same clock)."""
     cdef timespec ts
@@ -297,6 +405,15 @@ cdef class Core:
         """Count on the instance's own series (metrics), when they are on."""
         if self.stats is not None and self.stats_instance >= 0:
             self.stats.mine[self.stats_instance + what] += v
+    # [tracing]
+    cdef bint rid_on                # request ids go upstream and back
+    cdef int rid_trust              # 0: never kept, 1: from trusted proxies, 2: always
+    cdef bytes rid_name             # its field, lower case
+    cdef bytes rid_prefix           # b"X-Request-ID: "
+    cdef tuple rid_drop             # (rid_name,): an upstream's own is not passed on
+    cdef bint tp_on                 # traceparent: a span per hop
+    cdef bint tp_start              # ... and a new trace when there is none
+    cdef tuple trace_drops          # by DROP_* bits: the names left out upstream
 
     def __init__(self, config, router, access_log, clock, local_response, local_body_size):
         limits = config.limits
@@ -335,6 +452,23 @@ cdef class Core:
             config.server.real_ip_header.lower())
         self.listener_access = [None] * len(self.listener_names)
         self.tls_listeners = [None] * len(self.listener_names)
+        self.set_tracing(config.tracing)
+
+    def set_tracing(self, tracing):
+        """[tracing]: request ids and traceparent (config.Tracing)."""
+        global _rng
+        _rng = int.from_bytes(os.urandom(8), "little")  # per worker: made after the fork
+        self.rid_on = tracing.request_id
+        self.rid_trust = ("never", "trusted_proxies", "always").index(tracing.trust_request_id)
+        self.rid_name = tracing.request_id_header.lower().encode()
+        self.rid_prefix = tracing.request_id_header.encode() + b": "
+        self.rid_drop = (self.rid_name,)
+        self.tp_on = tracing.traceparent
+        self.tp_start = tracing.start_trace
+        self.trace_drops = tuple(
+            ((self.rid_name,) if bits & DROP_ID else ()) +
+            ((b"traceparent",) if bits & DROP_PARENT else ()) +
+            ((b"tracestate",) if bits & DROP_STATE else ()) for bits in range(8))
 
     def set_auto_ban(self, BanTable table not None, IpSet exempt, bint waf, statuses):
         """Count refusals (WAF blocks when `waf`, answers with a status in
@@ -751,7 +885,7 @@ cdef class ClientConnection(ParserHandler):
             if core.log_on:
                 core.access_log.record(ex)
         elif core.log_on:
-            core.access_log.refused(self.ip, status, core.local_body_size(status))
+            core.access_log.refused(self, status, core.local_body_size(status))
         if core.bans is not None and 400 <= status < 500 and core.ban_status[status - 400] \
                 and (core.trusted is None or not core.trusted.contains(self.ip)):
             # A bad request counts against its sender; not against a trusted proxy,
@@ -953,7 +1087,9 @@ cdef Exchange new_exchange(ClientConnection client, MessageHead head):
     ex.host = head.host
     ex.upstream_label = "-"
     ex.peer = -1
-    ex.t0 = monotonic()
+    ex.t_start = monotonic()
+    ex.connect_time = -1.0
+    ex.upstream_time = -1.0
     ex.max_body = client.max_body
     ex.out = client.out
     if ex.out:
@@ -973,7 +1109,7 @@ cdef class Exchange:
     cdef readonly bytes host
     cdef readonly int status
     cdef readonly long long sent
-    cdef long long req_bytes
+    cdef readonly long long req_bytes   # request body bytes received
     cdef long long max_body     # the listener's or the route's limit (0: none)
     cdef bint req_done
     cdef bint connecting        # between the pick and an attached connection
@@ -1027,7 +1163,6 @@ cdef class Exchange:
     cdef bint waiting_fill      # this one waits for another's fill
     cdef bint background        # a refresh nobody waits for (stale-while-revalidate)
     cdef double request_time    # wall clock when the request went upstream
-    cdef double t0              # monotonic, when the request head was read (metrics)
     cdef bint cache_hit         # answered from the cache (metrics)
     # Compression of the response (the route's `compress`)
     cdef Encoder encoder        # encoding the upstream's body (None: sent as it comes)
@@ -1055,6 +1190,92 @@ cdef class Exchange:
     # Client-bound bytes of the current upstream read, written in one call
     # (one syscall) when the read is handled; the client connection's list.
     cdef list out
+    # For the access log (seconds; -1: does not apply)
+    cdef readonly double t_start        # monotonic, when the request head was parsed
+    cdef readonly double connect_time   # connecting to the upstream (0: a pooled connection)
+    cdef readonly double upstream_time  # from the request going upstream to the response's end
+    cdef readonly int upstream_status   # of the last upstream response head (0: none)
+    cdef bytes cache_line               # the Cache-Status line of an answer from the cache
+    # [tracing]
+    cdef bytes rid                      # the request id sent upstream and back (None: off)
+    cdef bytes rid_line                 # b"X-Request-ID: <id>\r\n" for the response
+    cdef bytes trace_extra              # lines added upstream (request id, traceparent)
+    cdef int trace_drop                 # DROP_* bits: incoming fields replaced
+    cdef readonly bytes traceparent     # the one sent upstream (None: none)
+
+    @property
+    def request_id(self):
+        if self.rid is not None:
+            return self.rid
+        return self.ctx.request_id() if self.ctx is not None else None
+
+    @property
+    def trace_id(self):
+        return self.traceparent[3:35] if self.traceparent is not None else None
+
+    @property
+    def span_id(self):
+        return self.traceparent[36:52] if self.traceparent is not None else None
+
+    @property
+    def cache_status(self):
+        """As nginx's $upstream_cache_status: HIT, STALE, REVALIDATED, MISS, EXPIRED,
+        BYPASS; None when the route has no cache."""
+        cdef bytes line = self.cache_line
+        if self.cache is None:
+            return None
+        if line is not None:
+            if b"fwd-status=304" in line:
+                return "REVALIDATED"
+            if b"stale" in line:
+                return "STALE"
+            return "HIT"
+        if self.fwd == "uri-miss" or self.fwd == "vary-miss":
+            return "MISS"
+        if self.fwd == "stale":
+            return "EXPIRED"
+        return "BYPASS"
+
+    cdef int trace_begin(self, RequestContext ctx) except -1:
+        """[tracing]: the request id (kept from the client when trusted, else made)
+        and the traceparent for the upstream (this hop's span, or a new trace)."""
+        cdef Core core = self.core
+        cdef MessageHead head = self.head
+        cdef bytes rid = None
+        cdef bytes extra = b""
+        cdef list found
+        cdef int drop = 0
+        if core.rid_on:
+            if core.rid_trust == 2 or (core.rid_trust == 1 and core.trusted is not None
+                                       and core.trusted.contains(self.client.ip)):
+                found = head.get_all(core.rid_name)
+                if len(found) == 1 and valid_request_id(<bytes>found[0]):
+                    rid = <bytes>found[0]
+                    ctx._request_id = rid  # what {request_id} renders too
+            if rid is None:
+                rid = ctx.request_id()
+                drop = DROP_ID
+                extra = core.rid_prefix + rid + _CRLF
+            self.rid = rid
+            self.rid_line = core.rid_prefix + rid + _CRLF
+        if core.tp_on:
+            found = head.get_all(b"traceparent")
+            if len(found) == 1 and valid_traceparent(<bytes>found[0]):
+                # The same trace, this hop's span; tracestate goes on as received.
+                self.traceparent = next_traceparent(<bytes>found[0])
+                drop |= DROP_PARENT
+            else:
+                # Absent or malformed: never forwarded broken; tracestate without a
+                # valid traceparent means nothing.
+                drop |= DROP_PARENT | DROP_STATE
+                if core.tp_start:
+                    self.traceparent = next_traceparent(None)
+            if self.traceparent is not None:
+                extra += b"traceparent: " + self.traceparent + _CRLF
+        self.trace_drop = drop
+        if extra:
+            self.trace_extra = extra
+        return 0
 
     # -- phase 1: route and limits ----------------------------------------------------
     cdef int begin(self) except -1:
@@ -1075,6 +1296,8 @@ cdef class Exchange:
         cdef RequestContext ctx = new_context(
             head, core.merge_slashes, client.ip, client.proto, client.listener,
             <bytes>core.listener_names[client.listener])
+        if core.rid_on or core.tp_on:
+            self.trace_begin(ctx)
         if ctx.path is None:  # a bad authority or path
             self.respond_local(400, True)
             return 0
@@ -1628,6 +1851,9 @@ cdef class Exchange:
             parts.append(edits.render(self.ctx))
         if self.client.hsts is not None:
             parts.append(self.client.hsts)
+        if self.rid_line is not None:
+            parts.append(self.rid_line)
+        self.cache_line = cache_line
         parts.append(length_line)
         parts.append(b"Connection: keep-alive\r\n\r\n" if keep else b"Connection: close\r\n\r\n")
         if slices:
@@ -1899,6 +2125,10 @@ cdef class Exchange:
         if self.auth_drop is not None:
             self.req_drop = self.auth_drop + (self.req_drop or ())
             self.req_extra = self.auth_extra + (self.req_extra or b"")
+        if self.trace_drop:
+            self.req_drop = <tuple>self.core.trace_drops[self.trace_drop] + (self.req_drop or ())
+        if self.trace_extra is not None:
+            self.req_extra = self.trace_extra + (self.req_extra or b"")
         if self.filling:
             # A whole response to store: the client's conditionals and Range are
             # answered from it; ours (revalidation) go instead.
@@ -2001,6 +2231,7 @@ cdef class Exchange:
         self.upstream_label = pool.label
         conn = pool.take()
         if conn is not None:
+            self.connect_time = 0.0
             self.attach(conn)
         else:
             self.connecting = True
@@ -2012,6 +2243,7 @@ cdef class Exchange:
             if not conn.closed:
                 conn.pool.put(conn)  # fresh and unused: keep it for the next request
             return 0
+        self.connect_time = monotonic() - self.peer_start
         self.attach(conn)
         return 0
 
@@ -2203,6 +2435,7 @@ cdef class Exchange:
             self.interim = True  # 1xx: we answered 100-continue ourselves
             return 0
         self.interim = False
+        self.upstream_status = head.status
         if self.peer >= 0:
             if 502 <= head.status <= 504:
                 self.balancer.report(self.peer, False)
@@ -2252,8 +2485,13 @@ cdef class Exchange:
         self.resp_head = head
         self.resp_started = True
         extra = self.resp_extra
+        drop = self.resp_drop
         if self.client.hsts is not None:
             extra = extra + self.client.hsts if extra else self.client.hsts
+        if self.rid_line is not None:
+            # Ours replaces any the upstream sent.
+            extra = extra + self.rid_line if extra else self.rid_line
+            drop = self.core.rid_drop + drop if drop else self.core.rid_drop
         if self.sticky and self.peer >= 0:
             # The server that answered is not the one the cookie named (none, an
             # unknown one, or one that failed): name it now.
@@ -2264,11 +2502,12 @@ cdef class Exchange:
             # The head waits for the end of this read: when the whole body came in
             # it, the compressed length is known and goes in Content-Length.
             self.head_extra = extra if extra is not None else b""
+            self.resp_drop = drop  # with the request id's field (see send_head)
             self.head_slot = len(self.out)
             self.out.append(None)
             return 0
         self.out.append(response_head(head, framing, keep, req.http_minor, self.core.via,
-                                      self.resp_drop, extra, coding, vary))
+                                      drop, extra, coding, vary))
         return 0
 
     cdef int send_head(self, long long length) except -1:
@@ -2526,6 +2765,9 @@ cdef class Exchange:
             # On every response of a TLS listener, errors and local answers too.
             cut = data.find(_CRLF) + 2
             data = data[:cut] + self.client.hsts + data[cut:]
+        if self.rid_line is not None:
+            cut = data.find(_CRLF) + 2
+            data = data[:cut] + self.rid_line + data[cut:]
         self.client.write(data)
         if close or self.req_done:
             self.finish(keep)
@@ -2594,6 +2836,7 @@ cdef class Exchange:
         if self.peer >= 0:
             if outcome == PEER_ANSWERED:
                 seconds = monotonic() - self.peer_start
+                self.upstream_time = seconds
             elif outcome == PEER_FAILED:
                 seconds = -1.0
             else:
@@ -2658,7 +2901,7 @@ cdef class Exchange:
             else:
                 m = 7
             stat_add(stats, base + m * 5 + status, 1)
-            stats.observe(base + ROUTE_COUNTS, <int64_t>((monotonic() - self.t0) * 1e6))
+            stats.observe(base + ROUTE_COUNTS, <int64_t>((monotonic() - self.t_start) * 1e6))
         if inst >= 0:
             stat_add(stats, inst + ST_BYTES_IN, self.req_bytes)
             stat_add(stats, inst + ST_BYTES_OUT, self.sent)

@@ -573,6 +573,15 @@ cdef class TlsConnection:
     def version(self):
         return None if self.ssl == NULL else SSL_get_version(self.ssl).decode()
 
+    @property
+    def sni_name(self):
+        """The server name the client asked for (SNI), or None."""
+        cdef const char* name
+        if self.ssl == NULL:
+            return None
+        name = SSL_get_servername(self.ssl, TLSEXT_NAMETYPE_host_name)
+        return None if name == NULL else (<bytes>name).decode("ascii", "replace")
+
     def selected_alpn_protocol(self):
         cdef const unsigned char* data = NULL
         cdef unsigned int n = 0

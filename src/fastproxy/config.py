@@ -59,6 +59,7 @@ from fastproxy.routeconf import suggest as _suggest
 
 __all__ = [
     "CLIENT_CERT_FIELDS",
+    "AccessOutput",
     "CertificateFiles",
     "Config",
     "ConfigError",
@@ -75,6 +76,7 @@ __all__ = [
     "ServerSettings",
     "StickyCookie",
     "Timeouts",
+    "Tracing",
     "Upstream",
     "UpstreamTls",
     "load_config",
@@ -274,8 +276,52 @@ class Timeouts:
 @dataclass(frozen=True, slots=True)
 class LogSettings:
     access: str  # "stdout", "stderr", "off" or an absolute file path
-    format: str
+    format: str  # "combined", "json" or a template (logformat.parse_template)
     level: str
+    # [[log.access_outputs]]: when given, these replace `access`.
+    outputs: tuple[AccessOutput, ...] = ()
+    error_format: str = "text"  # "text" | "json"
+    error_repeats: int = 100  # lines of one message template per minute (0: no limit)
+
+    def access_outputs(self) -> tuple[AccessOutput, ...]:
+        """Where access lines go: the [[log.access_outputs]], else `access` in `format`."""
+        if self.outputs:
+            return self.outputs
+        if self.access == "off":
+            return ()
+        if self.access in ("stdout", "stderr"):
+            return (AccessOutput(kind=self.access, target="", format=self.format),)
+        return (AccessOutput(kind="file", target=self.access, format=self.format),)
+
+
+SYSLOG_FACILITIES: Final = ("kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news",
+                            "uucp", "cron", "authpriv", "ftp", "ntp", "audit", "alert",
+                            "clock", "local0", "local1", "local2", "local3", "local4",
+                            "local5", "local6", "local7")
+
+
+@dataclass(frozen=True, slots=True)
+class AccessOutput:
+    """One destination of access lines ([[log.access_outputs]] or `log.access`)."""
+
+    kind: str  # "file" | "stdout" | "stderr" | "syslog"
+    target: str  # file: absolute path; syslog: "udp://h:p", "tcp://h:p" or "unix:///path"
+    format: str  # "combined", "json" or a template
+    min_status: int = 0  # only responses with a status >= this
+    sample: float = 1.0  # the share of (those) requests logged
+    facility: str = "local0"  # syslog
+    app_name: str = "fastproxy"  # syslog APP-NAME
+
+
+@dataclass(frozen=True, slots=True)
+class Tracing:
+    """[tracing]: request ids and W3C Trace Context."""
+
+    request_id: bool = False  # send the id upstream (request_id_header) and back
+    request_id_header: str = "X-Request-ID"
+    trust_request_id: str = "trusted_proxies"  # "always" | "never" | "trusted_proxies"
+    traceparent: bool = False  # continue (or start) traces with a span per hop
+    start_trace: bool = True  # with traceparent: start a trace when the request has none
 
 
 def _format_address(host: str, port: int) -> str:
@@ -460,6 +506,7 @@ class Config:
     caches: Mapping[str, CacheSpec] = field(default_factory=lambda: MappingProxyType({}))
     admin: AdminSettings | None = None
     metrics: MetricsSettings = field(default_factory=lambda: MetricsSettings())
+    tracing: Tracing = Tracing()
 
     @property
     def counting(self) -> bool:
@@ -873,6 +920,12 @@ TIMEOUTS_FIELDS: Final = (
     ),
 )
 
+def _log_format(value: object) -> str:
+    from fastproxy.logformat import check_format
+
+    return check_format(_string(value))
+
+
 LOG_FIELDS: Final = (
     FieldSpec(
         "access",
@@ -885,8 +938,10 @@ LOG_FIELDS: Final = (
         "format",
         "combined",
         "string",
-        'access log format; only "combined" (nginx combined)',
-        _choice("combined"),
+        'access log format: "combined" (nginx combined), "json" (one object per line) or '
+        'a template like "{client_ip} {status} {duration_ms}"; also the default format of '
+        "[[log.access_outputs]]",
+        _log_format,
     ),
     FieldSpec(
         "level",
@@ -895,6 +950,93 @@ LOG_FIELDS: Final = (
         'error log level: "debug", "info", "warning" or "error"',
         _choice("debug", "info", "warning", "error"),
     ),
+    FieldSpec(
+        "error_format",
+        "text",
+        "string",
+        'error log lines: "text" or "json" (one object per line)',
+        _choice("text", "json"),
+    ),
+    FieldSpec(
+        "error_repeats",
+        100,
+        "integer 0..1000000",
+        "error log lines of one message (its template) per minute; the rest are counted "
+        "and reported once (0: no limit)",
+        _integer(0, 1_000_000),
+    ),
+)
+
+_ACCESS_OUTPUT_KEYS: Final = ("file", "stream", "syslog", "format", "min_status", "sample",
+                              "facility", "app_name")
+_SYSLOG_SCHEMES: Final = ("udp://", "tcp://", "unix://")
+_APP_NAME_RE: Final = re.compile(r"[!-~]{1,48}")  # RFC 5424 APP-NAME: PRINTUSASCII{1,48}
+
+
+def _sample(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"expected a number above 0 and at most 1, found {_describe(value)}")
+    return float(value)
+
+
+def _syslog_address(value: object) -> str:
+    """udp://host:port, tcp://host:port, unix:///path (absolute)."""
+    text = _string(value)
+    scheme = next((s for s in _SYSLOG_SCHEMES if text.startswith(s)), None)
+    if scheme is None:
+        raise ValueError('expected "udp://HOST:PORT", "tcp://HOST:PORT" or "unix:///PATH", '
+                         f"found {text!r}")
+    rest = text[len(scheme):]
+    if scheme == "unix://":
+        if not rest.startswith("/") or "\x00" in rest:
+            raise ValueError(f'expected an absolute socket path like "unix:///dev/log", '
+                             f"found {text!r}")
+        return text
+    host, port_text, bracketed = _split_host_port(rest)
+    port = _parse_port(port_text)
+    host = _ipv6(host) if bracketed else _hostname(host)
+    return f"{scheme}[{host}]:{port}" if bracketed else f"{scheme}{host}:{port}"
+
+
+def _app_name(value: object) -> str:
+    text = _string(value)
+    if not _APP_NAME_RE.fullmatch(text):
+        raise ValueError("expected 1 to 48 printable ASCII characters without spaces "
+                         f"(RFC 5424 APP-NAME), found {text!r}")
+    return text
+
+
+# Fields the request id must not replace: the proxy writes or drops these itself.
+_RESERVED_ID_HEADERS: Final = frozenset((
+    "host", "content-length", "transfer-encoding", "connection", "keep-alive", "te",
+    "trailer", "upgrade", "proxy-connection", "via", "x-forwarded-for", "x-forwarded-proto",
+    "x-forwarded-host", "forwarded", "expect", "traceparent", "tracestate"))
+
+
+def _request_id_header(value: object) -> str:
+    name = _header_name(value)
+    if name.lower() in _RESERVED_ID_HEADERS:
+        raise ValueError(f"{name!r} is a field the proxy writes itself; choose another name")
+    return name
+
+
+TRACING_FIELDS: Final = (
+    FieldSpec("request_id", False, "boolean",
+              "send each request's id upstream and return it to the client in "
+              "request_id_header (the id is in the access log either way)", _boolean),
+    FieldSpec("request_id_header", "X-Request-ID", "header name",
+              "the field that carries the request id", _request_id_header),
+    FieldSpec("trust_request_id", "trusted_proxies",
+              '"trusted_proxies", "always" or "never"',
+              "when an incoming id is kept (from a peer in server.trusted_proxies, from "
+              "anyone, from no one); otherwise it is replaced by a new one",
+              _choice("trusted_proxies", "always", "never")),
+    FieldSpec("traceparent", False, "boolean",
+              "W3C Trace Context: continue the incoming trace with a new span id for this "
+              "hop (tracestate kept); a malformed traceparent is dropped", _boolean),
+    FieldSpec("start_trace", True, "boolean",
+              "with traceparent: start a trace when the request has none (or a malformed one)",
+              _boolean),
 )
 
 UPSTREAM_FIELDS: Final = (
@@ -1590,6 +1732,7 @@ _SECTIONS: Final[Mapping[str, tuple[FieldSpec, ...]]] = MappingProxyType(
         "log": LOG_FIELDS,
         "routing": ROUTING_FIELDS,
         "metrics": METRICS_FIELDS,
+        "tracing": TRACING_FIELDS,
     }
 )
 _TOP_LEVEL_KEYS: Final = (*_SECTIONS, "listeners", "upstreams", "routes", "waf", "auto_ban",
@@ -1839,13 +1982,72 @@ class _Checker(KeyChecker):
         if value is _INVALID or value in _LOG_STREAMS:
             return value
         assert isinstance(value, str)
+        return self.log_file("log.access", value)
+
+    def access_outputs(self, raw: object, default_format: object) -> tuple[AccessOutput, ...]:
+        """[[log.access_outputs]]: each one file, stream or syslog, its format and filters."""
+        items = self.array(raw, "log.access_outputs", " of tables ([[log.access_outputs]])")
+        if items is None:
+            return ()
+        if not items:
+            self.error("log.access_outputs", 'give at least one output (or log.access = "off")')
+        result: list[AccessOutput] = []
+        files: dict[str, int] = {}
+        for i, item in enumerate(items):
+            path = f"log.access_outputs[{i}]"
+            table = self.table(item, path)
+            if table is None:
+                continue
+            before = len(self.issues)
+            self.known_keys(table, path, _ACCESS_OUTPUT_KEYS)
+            where = [k for k in ("file", "stream", "syslog") if k in table]
+            if len(where) != 1:
+                self.error(path, "give exactly one of file, stream or syslog"
+                           + (f" (found {', '.join(where)})" if where else ""))
+                continue
+            kind = where[0]
+            target = ""
+            if kind == "file":
+                target = self.convert(_key(path, "file"), _access_log, table["file"])
+                if target is not _INVALID:
+                    target = self.log_file(_key(path, "file"), target)
+                    if target in files:
+                        self.error(_key(path, "file"), f"the same file as "
+                                   f"log.access_outputs[{files[target]}]")
+                    files.setdefault(target, i)
+            elif kind == "stream":
+                kind = self.convert(_key(path, "stream"), _choice("stdout", "stderr"),
+                                    table["stream"])
+            else:
+                target = self.convert(_key(path, "syslog"), _syslog_address, table["syslog"])
+            for key in ("facility", "app_name"):
+                if key in table and kind != "syslog":
+                    self.error(_key(path, key), "applies to syslog outputs only")
+            fmt = (self.convert(_key(path, "format"), _log_format, table["format"])
+                   if "format" in table else default_format)
+            min_status = self.convert(_key(path, "min_status"), _integer(0, 999),
+                                      table.get("min_status", 0))
+            sample = self.convert(_key(path, "sample"), _sample, table.get("sample", 1.0))
+            facility = self.convert(_key(path, "facility"), _choice(*SYSLOG_FACILITIES),
+                                    table.get("facility", "local0"))
+            app_name = self.convert(_key(path, "app_name"), _app_name,
+                                    table.get("app_name", "fastproxy"))
+            if len(self.issues) != before or fmt is _INVALID:
+                continue
+            result.append(AccessOutput(kind=kind, target=target, format=str(fmt),
+                                       min_status=min_status, sample=sample,
+                                       facility=facility, app_name=app_name))
+        return tuple(result)
+
+    def log_file(self, key: str, value: str) -> Any:
+        """A log file path made absolute (relative to the config file); its directory
+        must exist."""
         path = os.path.normpath(os.path.join(self.base_dir, value))
-        directory = os.path.dirname(path)
         if os.path.isdir(path):
-            self.error("log.access", f"{path!r} is a directory")
+            self.error(key, f"{path!r} is a directory")
             return _INVALID
-        if not os.path.isdir(directory):
-            self.error("log.access", f"directory {directory!r} does not exist")
+        if not os.path.isdir(os.path.dirname(path)):
+            self.error(key, f"directory {os.path.dirname(path)!r} does not exist")
             return _INVALID
         return path
 
@@ -2628,8 +2830,19 @@ def parse_config(
     rate_limits = {name: spec for name, table in rate_tables.items()
                    if (spec := ck.rate_limit(name, table)) is not None}
     timeouts = ck.section(data, "timeouts")
+    raw_log = data.get("log", {})
+    raw_outputs: object = _MISSING
+    if isinstance(raw_log, Mapping) and "access_outputs" in raw_log:
+        raw_outputs = raw_log["access_outputs"]
+        if "access" in raw_log:
+            ck.error("log.access_outputs",
+                     "give log.access or [[log.access_outputs]], not both")
+        data = {**data, "log": {k: v for k, v in raw_log.items() if k != "access_outputs"}}
     log = ck.section(data, "log")
     log["access"] = ck.access_log(log["access"])
+    if raw_outputs is not _MISSING:
+        log["outputs"] = ck.access_outputs(raw_outputs, log["format"])
+    tracing = ck.section(data, "tracing")
     routing = ck.section(data, "routing")
     metrics = ck.section(data, "metrics")
 
@@ -2680,6 +2893,7 @@ def parse_config(
         log=LogSettings(**log),
         routing=RoutingSettings(**routing),
         metrics=MetricsSettings(**metrics),
+        tracing=Tracing(**tracing),
         listeners=tuple(listeners),
         upstreams=MappingProxyType(dict(upstreams)),
         routes=tuple(routes),

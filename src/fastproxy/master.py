@@ -29,11 +29,10 @@ import logging
 import os
 import signal
 import socket
-import sys
 import time
 from typing import Any
 
-from fastproxy import __version__, metrics
+from fastproxy import __version__, errorlog, metrics
 from fastproxy._httpcache import Purges, SharedCounter, Stamps
 from fastproxy._peers import PeerTable, slot_layout
 from fastproxy._ratelimit import BanTable, ConnTable, LimitTable
@@ -43,20 +42,16 @@ from fastproxy.config import AdminSettings, Config, ConfigError, Listener, load_
 
 log = logging.getLogger("fastproxy.master")
 
-_SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP}
+_SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
+            signal.SIGUSR1}
 _QUICK_DEATH = 5.0  # a worker that dies sooner than this is restarted with back-off
 HEALTH = -1  # the slot number of the health-check process
 EVICTOR = -2  # ... and of the cache evictor (when a cache has a disk tier)
 ADMIN = -3  # ... and of the admin API (with [admin])
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s [%(levelname)s] %(process)d %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
+def setup_logging(level: str, fmt: str = "text", repeats: int = 0) -> None:
+    errorlog.setup(level, fmt, repeats)
 
 
 def sd_notify(message: str) -> None:
@@ -274,6 +269,8 @@ class Supervisor:
                 self._stop(fast=info.si_signo == signal.SIGQUIT)
             elif info is not None and info.si_signo == signal.SIGHUP and not self.stopping:
                 self.reload()
+            elif info is not None and info.si_signo == signal.SIGUSR1:
+                self.reopen_logs()
             self._reap()
             now = time.monotonic()
             if self.stopping:
@@ -290,6 +287,14 @@ class Supervisor:
                 if now >= when:
                     del self.restart_at[slot]
                     self._spawn(slot)
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1 (after logrotate renamed the files): every worker, of every
+        generation still running, opens its access-log files again."""
+        workers = sorted(pid for pid, (_, slot) in self.pids.items() if slot >= 0)
+        log.info("reopening the log files of %d worker(s)", len(workers))
+        for pid in workers:
+            _kill(pid, signal.SIGUSR1)
 
     def _spawn_all(self) -> None:
         for slot in range(len(self.gen.slots)):
@@ -312,6 +317,8 @@ class Supervisor:
         if pid == 0:  # the child
             code = 1
             try:
+                # Until a worker's loop handles it, SIGUSR1 must not kill the child.
+                signal.signal(signal.SIGUSR1, signal.SIG_IGN)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
                 os.environ.pop("NOTIFY_SOCKET", None)  # the master speaks to systemd
                 mine = set(gen.slots[slot]) if slot >= 0 else set()
@@ -555,7 +562,7 @@ def _kill(pid: int, sig: int) -> None:
 
 def serve(config: Config) -> int:
     """Run the proxy in the foreground until SIGTERM/SIGINT; return the exit code."""
-    setup_logging(config.log.level)
+    setup_logging(config.log.level, config.log.error_format, config.log.error_repeats)
     try:
         contexts = tls_contexts(config)
     except (OSError, ValueError) as e:

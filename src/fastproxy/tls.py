@@ -192,6 +192,10 @@ def _sni_selector(
     def select(conn: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> int | None:
         if server_name is None:
             return refusal
+        try:
+            conn.fastproxy_sni = server_name  # type: ignore[attr-defined]  # the access log's tls_sni
+        except AttributeError:
+            pass
         name = server_name.lower()
         context = by_name.get(name)
         if context is None:

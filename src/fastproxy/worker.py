@@ -229,6 +229,8 @@ class Worker:
             self._servers.append(server)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.shutdown)
+        # logrotate renamed the files: open them again (the master forwards SIGUSR1).
+        loop.add_signal_handler(signal.SIGUSR1, self.access_log.reopen)
         resolver = Resolver(loop)
         for group in self.groups.values():
             for pool in group.pools:
