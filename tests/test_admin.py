@@ -477,6 +477,10 @@ def test_drain_disable_and_enable_a_server(make_origin: Callable[..., Origin],
     servers = listed["upstreams"]["pool"]["servers"]
     assert [(s["address"], s["admin"], s["health"]) for s in servers] == [
         (a.address, "drain", "up"), (b.address, "enabled", "up")]
+    # With the metrics: each server's tries and in-flight, the upstream's mean time.
+    assert servers[0]["requests"] >= 1 and servers[0]["in_flight"] == 0
+    assert sum(s["requests"] for s in servers) == listed["upstreams"]["pool"]["responses"]
+    assert listed["upstreams"]["pool"]["mean_response_ms"] > 0
     # New clients (new connections, both workers) go to b only; a's own client
     # still reaches a.
     assert {_named_get(proxy.port)[0] for _ in range(20)} == {"b"}

@@ -59,7 +59,8 @@ from fastproxy._peers import ADMIN_STATES, PeerTable, slot_layout
 from fastproxy._router import new_context
 from fastproxy._stats import Stats
 from fastproxy.config import CacheSpec, Config
-from fastproxy.metrics import Layout, render
+from fastproxy.metrics import CLASSES, UPSTREAM_COUNTS, Layout, render
+from fastproxy.metrics import SERVER as SERVER_FIELDS
 from fastproxy.routeconf import parse_template
 
 log = logging.getLogger("fastproxy.admin")
@@ -515,19 +516,35 @@ class AdminServer:
         return Raw(text.encode(), "text/plain; version=0.0.4; charset=utf-8")
 
     async def upstreams(self, body: bytes) -> Any:
-        out = {}
+        out: dict[str, dict[str, Any]] = {}
+        layout = self.layout
+        totals = self.stats.totals() if self.stats is not None and layout is not None else None
         for name, upstream in self.config.upstreams.items():
             first = self.first_slot[name]
             servers = []
             for i, server in enumerate(upstream.servers):
                 state = self.table.state(first + i)
-                servers.append({"address": server.address, "weight": server.weight,
-                                "backup": server.backup, "max_conns": server.max_conns,
-                                "health": "up" if state["up"] else "down",
-                                "ejections": state["ejections"],
-                                "ejected_for": round(state["ejected_for"], 3),
-                                "admin": state["admin"]})
+                entry = {"address": server.address, "weight": server.weight,
+                         "backup": server.backup, "max_conns": server.max_conns,
+                         "health": "up" if state["up"] else "down",
+                         "ejections": state["ejections"],
+                         "ejected_for": round(state["ejected_for"], 3),
+                         "admin": state["admin"]}
+                base = layout.servers.get((name, server.address), -1) if layout else -1
+                if totals is not None and base >= 0:
+                    entry.update(zip(SERVER_FIELDS, totals[base:base + len(SERVER_FIELDS)],
+                                     strict=True))
+                servers.append(entry)
             out[name] = {"balance": upstream.balance, "servers": servers}
+            base = layout.upstreams.get(name, -1) if layout else -1
+            if totals is not None and layout is not None and base >= 0:
+                # Since the start: tries answered, failed, and their mean time.
+                at = base + UPSTREAM_COUNTS + len(layout.buckets)
+                count = totals[at + 2]
+                out[name].update(
+                    responses=sum(totals[base:base + len(CLASSES)]),
+                    failures=totals[base + len(CLASSES)],
+                    mean_response_ms=round(totals[at + 1] / count / 1000, 3) if count else None)
         return {"upstreams": out}
 
     async def server_state(self, body: bytes) -> Any:
