@@ -14,6 +14,7 @@
     python benchmarks/e2e.py --cases compress-20k --proxies fastproxy,nginx   # gzip on the fly
     python benchmarks/e2e.py --waf           # fastproxy with [waf] vs without, ~2 min (opt-in)
     python benchmarks/e2e.py --cases waf-browser --profile /tmp/w.txt --profile-case waf-browser
+    python benchmarks/e2e.py --metrics       # fastproxy counting metrics vs not, ~2 min (opt-in)
 
 Everything listens on 127.0.0.1 only. The script starts, in a temporary
 directory, one upstream nginx (static 1 KiB and 64 KiB files, keep-alive on),
@@ -95,6 +96,24 @@ medians and the median of the rounds' ratios. Compare req per proxy CPU-s:
 at -c50 the proxy is not saturated, and the instance that idles more (the
 cheaper one) loses time to wake-ups, so req/s can even favour the WAF.
 
+The metrics cases (opt-in: `--cases metrics-plain,metrics-routes` or
+`--metrics`, which selects both; alone, only them) measure what counting
+Prometheus metrics costs, the same way as the WAF cases (the same machinery,
+`Comparison` below): two fastproxy instances, one with an `[admin]` table on a
+port of its own (its workers count for /metrics; no `[metrics]` table, so the
+default: on), one without (nothing counted). Both have 8 more named routes
+(`r1` .. `r8` on /r1 .. /r8, which the upstream serves as /) before the
+catch-all one. Checks: both serve /r1/1k.bin .. /r8/1k.bin; the one with
+`[admin]` listens on its proxy and admin ports, the other on its proxy port
+only; after each warm-up, `fastproxy_http_requests_total` on the admin API's
+/metrics has grown by at least the requests wrk counted (in metrics-routes:
+on every one of the 8 routes).
+
+- `metrics-plain`: wrk's own request (`GET /1k.bin`, Host only; the catch-all
+  route).
+- `metrics-routes`: each connection asks for /r1/1k.bin .. /r8/1k.bin in turn
+  (a wrk Lua script): route matching and counting over 8 series.
+
 Every run is bounded by its duration; every process started here is stopped by
 its PID at exit, also on errors and signals. A run with socket errors or
 non-2xx responses fails the whole benchmark.
@@ -124,6 +143,7 @@ import time
 import urllib.request
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -204,7 +224,8 @@ BROWSER_HEADERS = (
     "Referer: https://shop.example.com/search?q=shoes&page=1",
 )
 # case -> (path with query, wrk -H header fields, what it measures)
-WAF_CASES = {
+CaseSpec = tuple[str, tuple[str, ...], str]
+WAF_CASES: dict[str, CaseSpec] = {
     "waf-browser": ("/1k.bin?q=red+shoes&page=2", BROWSER_HEADERS,
                     "keep-alive, 1 KiB, a browser-like GET (query, Chrome header fields, "
                     "cookies, Referer)"),
@@ -212,7 +233,21 @@ WAF_CASES = {
 }
 WAF_VARIANTS = ("fastproxy", "fastproxy+waf")  # without [waf], with it
 WAF_ATTACK = "/1k.bin?id=1%27%20OR%20%271%27%3D%271"  # the check: 403 with [waf], else 200
-ALL_CASES = (*CASES, *TLS_CASES, *WAF_CASES, SCALE)
+# The opt-in metrics cases: fastproxy with `[admin]` (so its workers count for /metrics)
+# against without. Both have METRICS_ROUTES more named routes (`r1`, `r2`, ...: path
+# prefixes /r1, /r2, ... that the upstream serves as /), before the catch-all one.
+METRICS_ROUTES = 8
+METRICS_CASES: dict[str, CaseSpec] = {
+    "metrics-plain": ("/1k.bin", (), "keep-alive, 1 KiB, wrk's own request (Host only)"),
+    "metrics-routes": ("/r1/1k.bin", (),
+                       f"keep-alive, 1 KiB, each connection's requests go to the "
+                       f"{METRICS_ROUTES} named routes in turn (a wrk Lua script)"),
+}
+METRICS_VARIANTS = ("fastproxy", "fastproxy+metrics")  # without [admin], with it
+# case -> the paths each wrk connection asks for in turn (by a Lua script)
+ROTATING = {"metrics-routes": tuple(f"/r{i}/1k.bin" for i in range(1, METRICS_ROUTES + 1))}
+WRK_SCRIPTS: dict[str, Path] = {}  # case -> its Lua script (write_wrk_script)
+ALL_CASES = (*CASES, *TLS_CASES, *WAF_CASES, *METRICS_CASES, SCALE)
 
 
 class BenchError(RuntimeError):
@@ -374,7 +409,11 @@ def _nginx_common(prefix: Path, name: str, workers: int = 1) -> str:
             f"    keepalive_requests {KEEPALIVE_REQUESTS};\n{temp}\n")
 
 
-def upstream_conf(prefix: Path, port: int, workers: int = 1) -> str:
+def upstream_conf(prefix: Path, port: int, workers: int = 1, routes: int = 0) -> str:
+    """The upstream nginx; with `routes`, it also serves the files under /r1/ .. /rN/
+    (the metrics-routes case's paths)."""
+    aliases = "".join(f"        location /r{i}/ {{ alias {prefix}/www/; }}\n"
+                      for i in range(1, routes + 1))
     return _nginx_common(prefix, "upstream", workers) + f"""\
     default_type application/octet-stream;
     sendfile on;
@@ -393,7 +432,7 @@ def upstream_conf(prefix: Path, port: int, workers: int = 1) -> str:
             types {{ text/html html; }}
         }}
         location = /status {{ stub_status; }}  # counts the connections the proxies open
-    }}
+{aliases}    }}
 }}
 """
 
@@ -535,7 +574,12 @@ backend be
 
 
 def fastproxy_conf(port: int, upstream_port: int, keepalive: int, workers: int = 1,
-                   tls: TlsFiles | None = None, tls_port: int = 0, waf: bool = False) -> str:
+                   tls: TlsFiles | None = None, tls_port: int = 0, waf: bool = False,
+                   admin_port: int = 0, routes: int = 0) -> str:
+    """fastproxy in front of the upstream. `waf`: a `[waf]` table with no keys;
+    `admin_port`: an `[admin]` table there (and so the workers count metrics);
+    `routes`: that many more named routes, r1 .. rN on the path prefixes /r1 .. /rN,
+    before the catch-all route."""
     tls_listener = ""
     if tls is not None:  # the defaults: TLS 1.2 + 1.3, DEFAULT_CIPHERS, tickets on
         tls_listener = f"""
@@ -548,6 +592,13 @@ engine = "{tls.engine}"
 """
     # No keys: the default rule sets (waf.DEFAULT_RULE_SETS) on every route.
     waf_table = "\n[waf]\n" if waf else ""
+    admin_table = f'\n[admin]\naddress = "127.0.0.1:{admin_port}"\n' if admin_port else ""
+    named = "".join(f"""
+[[routes]]
+name = "r{i}"
+match = {{ path_prefix = "/r{i}", whole_segments = true }}
+upstream = "backend"
+""" for i in range(1, routes + 1))
     return f"""\
 [server]
 workers = {workers}
@@ -556,7 +607,7 @@ shutdown_timeout = "2s"
 [log]
 access = "off"
 level = "warning"
-{waf_table}
+{waf_table}{admin_table}
 [[listeners]]
 address = "127.0.0.1:{port}"
 {tls_listener}
@@ -576,7 +627,7 @@ cache = "hits"
 match = {{ path_prefix = "/gz", whole_segments = true }}
 upstream = "backend"
 compress = {{ algorithms = ["gzip"], level = {{ gzip = {GZIP_LEVEL} }} }}
-
+{named}
 [[routes]]
 upstream = "backend"
 """
@@ -869,10 +920,13 @@ def parse_wrk(out: str) -> WrkResult:
 
 def run_wrk(port: int, path: str, close: bool, seconds: int, args: argparse.Namespace,
             cpu: str | None, https: bool = False, headers: tuple[str, ...] = (),
-            ) -> tuple[WrkResult, str, float]:
-    """One wrk run: the parsed result, wrk's output and wrk's own CPU seconds."""
+            script: Path | None = None) -> tuple[WrkResult, str, float]:
+    """One wrk run: the parsed result, wrk's output and wrk's own CPU seconds. With
+    `script`, wrk runs that Lua script (which makes the requests)."""
     argv = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{seconds}s", "--latency",
             "--timeout", "5s"]
+    if script is not None:
+        argv += ["-s", str(script)]
     if close:
         argv += ["-H", "Connection: close"]
     for header in headers:
@@ -908,8 +962,8 @@ def case_path(case: str) -> str | None:
     """The file a case fetches (None: tls-handshake sends no request)."""
     if case == SCALE:
         return SCALE_PATH
-    if case in WAF_CASES:
-        return WAF_CASES[case][0]
+    if case in COMPARED_CASES:
+        return COMPARED_CASES[case].cases[case][0]
     return TLS_CASES[case][0] if case in TLS_CASES else CASES[case][0]
 
 
@@ -921,7 +975,7 @@ def body_size(case: str) -> int:
     path = path.partition("?")[0]
     if case == COMPRESS_CASE:
         return int(len(zlib.compress(compress_page(), 9)) * 0.9)
-    return FILES[path.removeprefix("/cached")]
+    return FILES["/" + path.rpartition("/")[2]]  # /cached/1k.bin and /r1/1k.bin: /1k.bin
 
 
 def compress_page() -> bytes:
@@ -948,11 +1002,12 @@ def run_load(case: str, port: int, seconds: int, args: argparse.Namespace, cpu: 
     close = case in CASES and CASES[case][1]
     path = case_path(case)
     assert path is not None
-    headers = WAF_CASES[case][1] if case in WAF_CASES else ()
+    headers = COMPARED_CASES[case].cases[case][1] if case in COMPARED_CASES else ()
     if case == COMPRESS_CASE:
         headers = COMPRESS_HEADERS
     result, raw, client_cpu = run_wrk(port, path, close, seconds, args, cpu,
-                                      https=case in TLS_CASES, headers=headers)
+                                      https=case in TLS_CASES, headers=headers,
+                                      script=WRK_SCRIPTS.get(case))
     return result, raw, client_cpu, None
 
 
@@ -1337,8 +1392,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         f"(default 1k,64k,close; cache-hit, {COMPRESS_CASE} and {SCALE} are "
                         f"opt-in; {SCALE}: fastproxy only, with "
                         f"{', '.join(map(str, SCALE_WORKERS))} workers, nothing pinned, wrk "
-                        f"-t{SCALE_THREADS} -c{SCALE_CONNECTIONS}; the tls-* and waf-* cases "
-                        "are opt-in too, see --tls and --waf)")
+                        f"-t{SCALE_THREADS} -c{SCALE_CONNECTIONS}; the tls-*, waf-* and "
+                        "metrics-* cases are opt-in too, see --tls, --waf and --metrics)")
     p.add_argument("--gzip-level", type=int, default=GZIP_LEVEL, choices=range(1, 10),
                    metavar="N", help=f"{COMPRESS_CASE}: the gzip level of nginx and fastproxy "
                                      f"(default {GZIP_LEVEL})")
@@ -1360,6 +1415,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"add the WAF cases ({', '.join(WAF_CASES)}: fastproxy with [waf] "
                         "and the default rule sets against fastproxy without) to --cases; "
                         "alone (no --cases), only them")
+    p.add_argument("--metrics", action="store_true",
+                   help=f"add the metrics cases ({', '.join(METRICS_CASES)}: fastproxy with "
+                        "[admin], so counting for /metrics, against fastproxy without, both "
+                        f"with {METRICS_ROUTES} more named routes) to --cases; alone (no "
+                        "--cases), only them")
     p.add_argument("--scaling", action="store_true",
                    help=f"add the {SCALE} case to --cases (it runs before the others)")
     p.add_argument("--proxies", default=",".join(PROXIES),
@@ -1384,13 +1444,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="after measuring, run py-spy (raw format) on the fastproxy worker "
                         "during one extra run of --profile-case and print the top frames")
     p.add_argument("--profile-case", default="1k", metavar="CASE",
-                   help="the case run under --profile (default 1k, or the first WAF case when "
-                        "only WAF cases run; a tls-* or waf-* case needs it in --cases; a "
-                        "waf-* case profiles the worker of the fastproxy with [waf])")
+                   help="the case run under --profile (default 1k, or the first case when "
+                        "only waf-* or metrics-* cases run; a tls-*, waf-* or metrics-* case "
+                        "needs it in --cases; a waf-* or metrics-* case profiles the worker "
+                        "of the fastproxy with [waf] or with metrics)")
     explicit_cases = any(a == "--cases" or a.startswith("--cases=")
                          for a in (argv if argv is not None else sys.argv[1:]))
     args = p.parse_args(argv)
-    if (args.tls or args.waf) and not explicit_cases:
+    if (args.tls or args.waf or args.metrics) and not explicit_cases:
         args.cases = ""
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.duration = args.duration or (3 if args.quick else 8)
@@ -1400,6 +1461,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.cases += [c for c in TLS_CASES if c not in args.cases]
     if args.waf:
         args.cases += [c for c in WAF_CASES if c not in args.cases]
+    if args.metrics:
+        args.cases += [c for c in METRICS_CASES if c not in args.cases]
     if args.scaling and SCALE not in args.cases:
         args.cases.append(SCALE)
     bad = [c for c in args.cases if c not in ALL_CASES]
@@ -1414,20 +1477,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.proxies = [x for x in PROXIES if x in chosen]
     if args.rounds < 1 or args.duration < 1:
         p.error("--rounds and --duration must be at least 1")
-    waf_only = all(c in WAF_CASES for c in args.cases)
-    if args.profile and not waf_only and (
+    compared_only = all(c in COMPARED_CASES for c in args.cases)
+    if args.profile and not compared_only and (
             "fastproxy" not in args.proxies or args.cases == [SCALE]):
         p.error(f"--profile needs fastproxy in --proxies and a case other than {SCALE}")
-    if args.profile and waf_only and args.profile_case == "1k":
-        args.profile_case = args.cases[0]  # the default case is not run: profile a WAF one
+    if args.profile and compared_only and args.profile_case == "1k":
+        args.profile_case = args.cases[0]  # the default case is not run: profile another
     if args.profile_case not in CASES and args.profile_case not in TLS_CASES \
-            and args.profile_case not in WAF_CASES:
-        p.error(f"--profile-case: choose from {', '.join([*CASES, *TLS_CASES, *WAF_CASES])}")
-    if args.profile and args.profile_case in (*TLS_CASES, *WAF_CASES) \
+            and args.profile_case not in COMPARED_CASES:
+        p.error(f"--profile-case: choose from {', '.join([*CASES, *TLS_CASES, *COMPARED_CASES])}")
+    if args.profile and args.profile_case in (*TLS_CASES, *COMPARED_CASES) \
             and args.profile_case not in args.cases:
         p.error(f"--profile-case {args.profile_case} needs {args.profile_case} in --cases")
-    if args.profile and args.profile_case not in WAF_CASES and waf_only:
-        p.error("--profile with only WAF cases: --profile-case is one of them")
+    if args.profile and args.profile_case not in COMPARED_CASES and compared_only:
+        p.error("--profile with only waf-* or metrics-* cases: --profile-case is one of them")
     if args.tls_clients < 1:
         p.error("--tls-clients must be at least 1")
     return args
@@ -1469,8 +1532,7 @@ def main(argv: list[str] | None = None) -> int:
                   "or run with --install)", file=sys.stderr)
             return 2
     haproxy = find_haproxy()
-    regular = [c for c in args.cases if c != SCALE and c not in WAF_CASES]
-    waf_cases = [c for c in args.cases if c in WAF_CASES]
+    regular = [c for c in args.cases if c != SCALE and c not in COMPARED_CASES]
     if "haproxy" in args.proxies and haproxy is None:
         args.proxies.remove("haproxy")
         if regular:
@@ -1498,13 +1560,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{' vs '.join(args.proxies)}, cases {','.join(regular)}: {args.rounds} round(s) "
               f"x {args.duration}s per proxy, wrk -t{args.threads} -c{args.connections}")
         print(f"pinning: {pinning}")
-    if waf_cases:
-        budget += 5 + len(waf_cases) * len(WAF_VARIANTS) * (
+    compared = False
+    for cmp in COMPARISONS.values():
+        cmp_cases = [c for c in args.cases if c in cmp.cases]
+        if not cmp_cases:
+            continue
+        budget += 5 + len(cmp_cases) * len(cmp.variants) * (
             args.rounds * (args.duration + RUN_OVERHEAD_S + 0.5) + WARMUP_SECONDS + 0.3)
-        print(f"{' vs '.join(WAF_VARIANTS)}, cases {','.join(waf_cases)}: {args.rounds} "
+        print(f"{' vs '.join(cmp.variants)}, cases {','.join(cmp_cases)}: {args.rounds} "
               f"round(s) x {args.duration}s each, wrk -t{args.threads} -c{args.connections}")
-        if not regular:
+        if not regular and not compared:
             print(f"pinning: {pinning}")
+        compared = True
     print(f"about {budget:.0f}s in all")
 
     tmp = Path(tempfile.mkdtemp(prefix="fastproxy-e2e-"))
@@ -1776,106 +1843,318 @@ def _scaling(args: argparse.Namespace, tmp: Path, scratch: Path) -> dict[str, ob
     }
 
 
-def _waf(args: argparse.Namespace, cases: list[str], tmp: Path, scratch: Path,
-         cpus: tuple[str | None, str | None]) -> tuple[dict[str, object], int, int]:
-    """The opt-in WAF cases: fastproxy with [waf] against fastproxy without, side by
-    side behind one upstream. Returns (the report, the port and the worker PID of
-    the one with [waf], for --profile)."""
-    base, with_waf = WAF_VARIANTS
-    up_dir = tmp / "upstream-waf"
+# -- opt-in comparisons: fastproxy with a feature against the same without it ------
+
+
+@dataclass
+class Instance:
+    """One of the two fastproxy instances of a comparison."""
+    name: str
+    on: bool  # the one with the feature
+    port: int
+    admin_port: int  # 0: no [admin] table
+    server: Started
+    worker: int = 0
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """An opt-in comparison (--waf, --metrics): two fastproxy instances side by side,
+    the same but for one feature, pinned like the other cases, in front of one upstream
+    nginx, the rounds alternating the order (without, with; with, without; ...)."""
+    key: str  # the option (--KEY), the report's JSON key, the name of its upstream
+    cases: dict[str, CaseSpec]
+    variants: tuple[str, str]  # (without the feature, with it)
+    labels: tuple[str, str]  # the variants in the table
+    ratio: str  # the ratio's name in the table: "with / without"
+    ratio_line: str  # ... in the per-round lines
+    title: str  # the report section's heading
+    note: str  # what the report section says of the set-up
+    adds: str  # the ratio line's µs per request is what {adds} adds
+    described: Callable[[], tuple[str, str]]  # the variants, for the JSON report
+    conf: Callable[[bool, int], dict[str, Any]]  # fastproxy_conf's extra arguments
+    # Before the warm-up, on each instance (after `verify`): what it checked.
+    check: Callable[[Instance, Path, Path], str]
+    admin: bool = False  # the one with the feature has an [admin] table
+    routes: int = 0  # upstream_conf's `routes`
+    # Around each case's warm-up, on each instance: before(case, instance) -> state;
+    # after(case, instance, state, requests wrk counted) -> what it checked, or None.
+    before_warmup: Callable[[str, Instance], Any] | None = None
+    after_warmup: Callable[[str, Instance, Any, int], str | None] | None = None
+    expected_log: str | None = None  # a log line with this in it is expected
+
+
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports `pid` has a listening socket on (its fds against /proc/net/tcp*)."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            next(f)  # the header
+            for line in f:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                    ports.add(int(fields[1].rpartition(":")[2], 16))
+    return ports
+
+
+def _waf_check(inst: Instance, www: Path, scratch: Path) -> str:
+    # The rules are on in one and off in the other; the browser request passes both.
+    expect = 403 if inst.on else 200
+    code, _ = http_get(inst.port, WAF_ATTACK, scratch)
+    if code != expect:
+        raise BenchError(f"{inst.name}: GET {WAF_ATTACK} gave status {code}, expected {expect}")
+    browser = tuple(arg for header in BROWSER_HEADERS for arg in ("-H", header))
+    code, got = http_get(inst.port, WAF_CASES["waf-browser"][0], scratch, browser)
+    if code != 200 or got != FILES["/1k.bin"]:
+        raise BenchError(f"{inst.name}: the browser-like GET gave status {code}, {got} bytes "
+                         "(expected 200 with the 1 KiB file)")
+    return f"GET {WAF_ATTACK} -> {expect}, the browser-like GET -> 200"
+
+
+def scrape_requests(inst: Instance) -> dict[str, float]:
+    """fastproxy_http_requests_total from the instance's admin API, summed per route."""
+    url = f"http://127.0.0.1:{inst.admin_port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            status, text = resp.status, resp.read().decode()
+    except OSError as e:
+        raise BenchError(f"{inst.name}: GET {url} failed: {e}") from None
+    if status != 200:
+        raise BenchError(f"{inst.name}: GET {url} gave status {status}")
+    counts: dict[str, float] = {}
+    for m in re.finditer(r"^fastproxy_http_requests_total\{([^}]*)\}\s+(\S+)$", text, re.M):
+        route = re.search(r'route="([^"]*)"', m.group(1))
+        label = route.group(1) if route else "?"
+        counts[label] = counts.get(label, 0.0) + float(m.group(2))
+    return counts
+
+
+def _metrics_check(inst: Instance, www: Path, scratch: Path) -> str:
+    for path in ROTATING["metrics-routes"]:
+        code, got = http_get(inst.port, path, scratch)
+        if code != 200 or scratch.read_bytes() != (www / "1k.bin").read_bytes():
+            raise BenchError(f"{inst.name}: GET {path} gave status {code}, {got} bytes "
+                             "(expected 200 with the 1 KiB file)")
+    # Only the one with [admin] listens on a second port (its admin process).
+    tree = process_tree(inst.server.proc.pid)
+    ports = set().union(*(listening_ports(pid) for pid in tree))
+    expect = {inst.port, inst.admin_port} if inst.on else {inst.port}
+    if ports != expect:
+        raise BenchError(f"{inst.name}: its processes {tree} listen on the ports "
+                         f"{sorted(ports)}, expected {sorted(expect)}")
+    routes = f"GET /r1/1k.bin .. /r{METRICS_ROUTES}/1k.bin -> 200"
+    if not inst.on:
+        return f"{routes}; no admin port (listens on {inst.port} only)"
+    if not sum(scrape_requests(inst).values()):
+        raise BenchError(f"{inst.name}: /metrics counts no request after the checks")
+    return f"{routes}; admin API on {inst.admin_port} answers /metrics"
+
+
+def _metrics_before(case: str, inst: Instance) -> dict[str, float] | None:
+    return scrape_requests(inst) if inst.on else None
+
+
+def _metrics_after(case: str, inst: Instance, before: dict[str, float] | None,
+                   requests: int) -> str | None:
+    """The one with [admin] counted at least the requests wrk saw complete (it also
+    counts those it answered that wrk did not wait for); for metrics-routes, on each
+    of the routes."""
+    if before is None:
+        return None
+    after = scrape_requests(inst)
+    grew = {route: n - before.get(route, 0.0) for route, n in after.items()}
+    total, added = sum(after.values()), sum(grew.values())
+    if total <= 0 or added < requests:
+        raise BenchError(f"{inst.name}: fastproxy_http_requests_total went from "
+                         f"{sum(before.values()):.0f} to {total:.0f} over a warm-up of "
+                         f"{requests} requests")
+    routes = [f"r{i}" for i in range(1, METRICS_ROUTES + 1)] if case in ROTATING else []
+    idle = [r for r in routes if grew.get(r, 0.0) < requests / len(routes) / 2]
+    if idle:
+        raise BenchError(f"{inst.name}: the routes {', '.join(idle)} counted fewer requests "
+                         f"than expected over the warm-up: {grew}")
+    spread = (f" ({len(routes)} routes, each +{min(grew[r] for r in routes):,.0f} or more)"
+              if routes else "")
+    return (f"  {inst.name}: fastproxy_http_requests_total {total:,.0f} "
+            f"(+{added:,.0f} over the warm-up's {requests:,} requests{spread})")
+
+
+def _waf_described() -> tuple[str, str]:
+    return ("no [waf] table",
+            "[waf] with no keys: the default rule sets (" + ", ".join(_default_rule_sets())
+            + ")")
+
+
+WAF = Comparison(
+    key="waf", cases=WAF_CASES, variants=WAF_VARIANTS,
+    labels=("without [waf]", "with [waf]"), ratio="with / without",
+    ratio_line="with / without [waf]", title="fastproxy with [waf] vs without",
+    note="[waf] with no keys: the default rule sets.", adds="the WAF",
+    described=_waf_described, conf=lambda on, _admin: {"waf": on}, check=_waf_check,
+    expected_log="fastproxy.waf: waf blocked ")
+METRICS_CMP = Comparison(
+    key="metrics", cases=METRICS_CASES, variants=METRICS_VARIANTS,
+    labels=("metrics off (no [admin])", "metrics on ([admin])"), ratio="on / off",
+    ratio_line="metrics on / off", title="fastproxy with metrics ([admin]) vs without",
+    note=f"Metrics on: an [admin] table on a port of its own (no [metrics] table: counting "
+         f"on, the default buckets); off: no [admin]. Both have {METRICS_ROUTES} more named "
+         "routes before the catch-all one.",
+    adds="counting",
+    described=lambda: (
+        f"no [admin] table (nothing counted); {METRICS_ROUTES} more named routes",
+        f"[admin] address = 127.0.0.1:PORT, no [metrics] table (counting on); "
+        f"{METRICS_ROUTES} more named routes"),
+    conf=lambda on, admin: {"admin_port": admin if on else 0, "routes": METRICS_ROUTES},
+    check=_metrics_check, admin=True, routes=METRICS_ROUTES,
+    before_warmup=_metrics_before, after_warmup=_metrics_after)
+COMPARISONS = {c.key: c for c in (WAF, METRICS_CMP)}
+COMPARED_CASES = {case: c for c in COMPARISONS.values() for case in c.cases}
+
+
+def write_wrk_script(case: str, directory: Path) -> None:
+    """The Lua script of a ROTATING case: each connection asks for its paths in turn."""
+    paths = ", ".join(json.dumps(path) for path in ROTATING[case])
+    script = directory / f"{case}.lua"
+    script.write_text(f"""\
+-- {case}: the requests go to these paths in turn
+local paths = {{ {paths} }}
+local requests = {{}}
+local i = 0
+init = function(args)
+  for k, path in ipairs(paths) do requests[k] = wrk.format(nil, path) end
+end
+request = function()
+  i = i % #requests + 1
+  return requests[i]
+end
+""")
+    WRK_SCRIPTS[case] = script
+
+
+def _compare(cmp: Comparison, args: argparse.Namespace, cases: list[str], tmp: Path,
+             scratch: Path, cpus: tuple[str | None, str | None],
+             ) -> tuple[dict[str, object], int, int]:
+    """One comparison's cases: fastproxy with the feature against fastproxy without,
+    side by side behind one upstream. Returns (the report, the port and the worker PID
+    of the one with it, for --profile)."""
+    base, with_it = cmp.variants
+    up_name = f"upstream nginx ({cmp.key})"
+    up_dir = tmp / f"upstream-{cmp.key}"
     www = up_dir / "www"
-    dirs = {name: tmp / name.replace("+", "-") for name in WAF_VARIANTS}
+    dirs = {name: tmp / name.replace("+", "-") for name in cmp.variants}
     make_dirs(up_dir, www, *dirs.values())
     write_files(www)
+    for case in cases:
+        if case in ROTATING:
+            write_wrk_script(case, tmp)
     up_port = free_port()
-    ports = {name: free_port() for name in WAF_VARIANTS}
+    ports = {name: free_port() for name in cmp.variants}
+    admin_port = free_port() if cmp.admin else 0
     keep = args.upstream_keepalive
-    upstream = start_nginx("upstream nginx (waf)", up_dir, upstream_conf(up_dir, up_port),
+    upstream = start_nginx(up_name, up_dir, upstream_conf(up_dir, up_port, routes=cmp.routes),
                            cpus[1])
     wait_ready(upstream, up_port, scratch)
-    verify("upstream nginx (waf)", up_port, www, scratch)
-    configs = {"upstream_nginx": upstream_conf(Path("TMP/upstream-waf"), up_port)}
-    servers: dict[str, Started] = {}
-    for name in WAF_VARIANTS:
-        configs[name] = fastproxy_conf(ports[name], up_port, keep, waf=name == with_waf)
-        servers[name] = start_fastproxy(dirs[name], configs[name], cpus[0])
-        servers[name].name = name
-    browser = tuple(arg for header in BROWSER_HEADERS for arg in ("-H", header))
-    for name in WAF_VARIANTS:
-        wait_ready(servers[name], ports[name], scratch)
-        verify(name, ports[name], www, scratch)
-        # The rules are on in one and off in the other; the browser request passes both.
-        expect = 403 if name == with_waf else 200
-        code, _ = http_get(ports[name], WAF_ATTACK, scratch)
-        if code != expect:
-            raise BenchError(f"{name}: GET {WAF_ATTACK} gave status {code}, expected {expect}")
-        code, got = http_get(ports[name], WAF_CASES["waf-browser"][0], scratch, browser)
-        if code != 200 or got != FILES["/1k.bin"]:
-            raise BenchError(f"{name}: the browser-like GET gave status {code}, {got} bytes "
-                             "(expected 200 with the 1 KiB file)")
-        tree = process_tree(servers[name].proc.pid)
-        servers[name].extra_pids = tuple(tree[1:])
-        print(f"  {name}: master {tree[0]}, workers {tree[1:]}, CPUs {affinity(tree[-1])}; "
-              f"GET {WAF_ATTACK} -> {expect}, the browser-like GET -> 200")
+    verify(up_name, up_port, www, scratch)
+    configs = {"upstream_nginx": upstream_conf(Path(f"TMP/upstream-{cmp.key}"), up_port,
+                                               routes=cmp.routes)}
+    insts: dict[str, Instance] = {}
+    for name in cmp.variants:
+        on = name == with_it
+        configs[name] = fastproxy_conf(ports[name], up_port, keep,
+                                       **cmp.conf(on, admin_port if on else 0))
+        server = start_fastproxy(dirs[name], configs[name], cpus[0])
+        server.name = name
+        insts[name] = Instance(name, on, ports[name], admin_port if on else 0, server)
+    for name, inst in insts.items():
+        wait_ready(inst.server, inst.port, scratch)
+        verify(name, inst.port, www, scratch)
+        checked = cmp.check(inst, www, scratch)
+        tree = process_tree(inst.server.proc.pid)
+        inst.server.extra_pids = tuple(tree[1:])
+        # The workers hold the proxy's listening socket (an admin process does not).
+        workers = [pid for pid in tree[1:] if inst.port in listening_ports(pid)]
+        if not workers:
+            raise BenchError(f"{name}: no child of {tree[0]} listens on {inst.port}")
+        inst.worker = workers[-1]
+        others = [pid for pid in tree[1:] if pid not in workers]
+        print(f"  {name}: master {tree[0]}, workers {workers}"
+              + (f", other children {others}" if others else "")
+              + f", CPUs {affinity(inst.worker)}; {checked}")
     upstream.extra_pids = tuple(children(upstream.proc.pid))
 
+    width = max(map(len, cmp.variants))
     runs: list[Run] = []
     summary: dict[str, dict[str, object]] = {}
     for case in cases:
-        path, headers, what = WAF_CASES[case]
-        print(f"\n[{case}] {what}: GET {path}"
+        path, headers, what = cmp.cases[case]
+        target = ", ".join(ROTATING[case]) if case in ROTATING else path
+        print(f"\n[{case}] {what}: GET {target}"
               + (f" with {len(headers)} -H header fields" if headers else ""))
-        for name in WAF_VARIANTS:  # warm-up, not recorded
-            result, raw, _, marks = run_load(case, ports[name], WARMUP_SECONDS, args, cpus[1])
+        for name, inst in insts.items():  # warm-up, not recorded
+            state = cmp.before_warmup(case, inst) if cmp.before_warmup else None
+            result, raw, _, marks = run_load(case, inst.port, WARMUP_SECONDS, args, cpus[1])
             check_load(f"{case}/{name} warm-up", case, result, raw, marks)
+            counted = (cmp.after_warmup(case, inst, state, result.requests)
+                       if cmp.after_warmup else None)
+            if counted:
+                print(counted)
         case_runs: list[Run] = []
         for rnd in range(1, args.rounds + 1):
-            order = WAF_VARIANTS if rnd % 2 else WAF_VARIANTS[::-1]
+            order = cmp.variants if rnd % 2 else cmp.variants[::-1]
             for name in order:
                 time.sleep(0.5)
-                r = measure(case, name, rnd, ports[name], servers[name].proc.pid,
+                r = measure(case, name, rnd, ports[name], insts[name].server.proc.pid,
                             upstream.proc.pid, up_port, args, cpus)
                 case_runs.append(r)
-                print(f"  round {rnd} {name:13s} {r.rps:8,.0f} req/s  p50 {r.p50_ms:5.2f} ms  "
-                      f"p99 {r.p99_ms:6.2f} ms  {r.req_per_cpu_s:7,.0f} req/CPU-s "
+                print(f"  round {rnd} {name:{width}s} {r.rps:8,.0f} req/s  p50 {r.p50_ms:5.2f} "
+                      f"ms  p99 {r.p99_ms:6.2f} ms  {r.req_per_cpu_s:7,.0f} req/CPU-s "
                       f"({1e6 / r.req_per_cpu_s:5.1f} µs/req)  CPU: proxy "
                       f"{r.proxy_cpu_pct:.0f}% (sys {r.proxy_kernel_pct:.0f}%), upstream "
                       f"{r.upstream_cpu_pct:.0f}%, wrk {r.wrk_cpu_pct:.0f}%, other "
                       f"{r.other_cpu_pct:.0f}%")
         runs += case_runs
-        med = {name: medians([r for r in case_runs if r.proxy == name]) for name in WAF_VARIANTS}
+        med = {name: medians([r for r in case_runs if r.proxy == name]) for name in cmp.variants}
         by_round = {(r.round, r.proxy): r for r in case_runs}
-        per_round = [{m: round(getattr(by_round[rnd, with_waf], m)
+        per_round = [{m: round(getattr(by_round[rnd, with_it], m)
                                / getattr(by_round[rnd, base], m), 3)
                       for m in ("rps", "req_per_cpu_s")}
                      for rnd in range(1, args.rounds + 1)]
         round_median = {m: round(statistics.median(x[m] for x in per_round), 3)
                         for m in ("rps", "req_per_cpu_s")}
-        print("  with / without [waf], each round: req/s "
+        print(f"  {cmp.ratio_line}, each round: req/s "
               + " ".join(f"{x['rps']:.3f}" for x in per_round) + "; req per CPU-s "
               + " ".join(f"{x['req_per_cpu_s']:.3f}" for x in per_round)
               + f" (medians {round_median['rps']:.3f}, {round_median['req_per_cpu_s']:.3f})")
         summary[case] = {
             "description": what, "path": path, "headers": list(headers), "median": med,
-            "ratio": ratios(med[with_waf], med[base]),
+            "ratio": ratios(med[with_it], med[base]),
             "ratio_by_round": per_round,
             "ratio_by_round_median": round_median,
-            "waf_cpu_us_per_request": round(1e6 / med[with_waf]["req_per_cpu_s"]
-                                            - 1e6 / med[base]["req_per_cpu_s"], 2),
+            f"{cmp.key}_cpu_us_per_request": round(1e6 / med[with_it]["req_per_cpu_s"]
+                                                   - 1e6 / med[base]["req_per_cpu_s"], 2),
         }
+        if case in ROTATING:
+            summary[case]["paths"] = list(ROTATING[case])
     print()
-    for name in WAF_VARIANTS:
-        # The [waf] one logged the check's block (a warning): only other lines count.
-        log = servers[name].log_path
+    for name, inst in insts.items():
+        log = inst.server.log_path
         lines = [line for line in log.read_text(errors="replace").splitlines()
-                 if "fastproxy.waf: waf blocked " not in line] if log.exists() else []
+                 if cmp.expected_log is None or cmp.expected_log not in line] \
+            if log.exists() else []
         if lines:
             print(f"note: {name} log {log} is not empty:\n" + "\n".join(lines[-5:]))
-    note_logs("upstream nginx (waf)", (up_dir / "error.log", up_dir / "stdout.log"))
+    note_logs(up_name, (up_dir / "error.log", up_dir / "stdout.log"))
     print()
+    described = cmp.described()
     report = {
-        "variants": {base: "no [waf] table", with_waf: "[waf] with no keys: the default rule "
-                     "sets (" + ", ".join(_default_rule_sets()) + ")"},
+        "variants": {base: described[0], with_it: described[1]},
         "wrk": f"-t{args.threads} -c{args.connections} --latency --timeout 5s",
         "order": "alternating: without, with in odd rounds; with, without in even ones",
         "rounds": args.rounds, "duration_s": args.duration,
@@ -1884,8 +2163,7 @@ def _waf(args: argparse.Namespace, cases: list[str], tmp: Path, scratch: Path,
         "cases": summary,
         "runs": [asdict(r) for r in runs],
     }
-    worker = servers[with_waf].extra_pids[-1]
-    return report, ports[with_waf], worker
+    return report, ports[with_it], insts[with_it].worker
 
 
 def _default_rule_sets() -> tuple[str, ...]:
@@ -1894,30 +2172,29 @@ def _default_rule_sets() -> tuple[str, ...]:
     return DEFAULT_RULE_SETS
 
 
-def waf_table(waf: dict[str, object]) -> str:
-    base, with_waf = WAF_VARIANTS
+def comparison_table(cmp: Comparison, report: dict[str, object]) -> str:
     lines = [
         "| case | fastproxy | req/s | p50 ms | p99 ms | req per proxy CPU-s "
         "| proxy CPU µs per req | proxy CPU % (kernel share) |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    cases: dict[str, dict[str, Any]] = waf["cases"]  # type: ignore[assignment]
+    cases: dict[str, dict[str, Any]] = report["cases"]  # type: ignore[assignment]
     for case, data in cases.items():
         med = data["median"]
-        for name, label in ((base, "without [waf]"), (with_waf, "with [waf]")):
+        for name, label in zip(cmp.variants, cmp.labels, strict=True):
             m = med[name]
             lines.append(f"| {case} | {label} | {fmt(m['rps'])} | {fmt(m['p50_ms'])} | "
                          f"{fmt(m['p99_ms'])} | {fmt(m['req_per_cpu_s'])} | "
                          f"{fmt(1e6 / m['req_per_cpu_s'], 1)} | "
                          f"{fmt(m['proxy_cpu_pct'], 0)} ({fmt(m['proxy_kernel_pct'], 0)}) |")
         r = {k: _ratio(v) for k, v in data["ratio"].items()}
-        lines.append(f"| {case} | **with / without** | **{r['rps']}** | {r['p50_ms']} | "
+        lines.append(f"| {case} | **{cmp.ratio}** | **{r['rps']}** | {r['p50_ms']} | "
                      f"{r['p99_ms']} | **{r['req_per_cpu_s']}** | "
-                     f"{data['waf_cpu_us_per_request']:+.1f} | |")
+                     f"{data[f'{cmp.key}_cpu_us_per_request']:+.1f} | |")
         by_round = data["ratio_by_round"]
         lo, hi = (f(x["req_per_cpu_s"] for x in by_round) for f in (min, max))
         rm = data["ratio_by_round_median"]
-        lines.append(f"| {case} | with / without, each round: median (min-max) | "
+        lines.append(f"| {case} | {cmp.ratio}, each round: median (min-max) | "
                      f"{_ratio(rm['rps'])} | | | {_ratio(rm['req_per_cpu_s'])} "
                      f"({_ratio(lo)}-{_ratio(hi)}) | | |")
     return "\n".join(lines)
@@ -1927,21 +2204,24 @@ def _bench(args: argparse.Namespace, tmp: Path, cpus: tuple[str | None, str | No
            pinning: str, haproxy: str | None) -> int:
     os.chmod(tmp, 0o755)  # nginx workers may run as an unprivileged user
     scratch = tmp / "check.bin"
-    regular = [c for c in args.cases if c != SCALE and c not in WAF_CASES]
-    waf_cases = [c for c in args.cases if c in WAF_CASES]
+    regular = [c for c in args.cases if c != SCALE and c not in COMPARED_CASES]
     scaling = _scaling(args, tmp, scratch) if SCALE in args.cases else None
     summary: dict[str, dict[str, object]] = {}
     runs: list[Run] = []
     configs: dict[str, str] = {}
     fp_ports: dict[str, int] = {}
-    fp_worker = waf_worker = 0
+    fp_worker = 0
+    compared_workers: dict[str, int] = {}
     tls_report = None
     if regular:
         summary, runs, configs, fp_ports, fp_worker, tls_report = _regular(
             args, regular, tmp, scratch, cpus, haproxy)
-    waf: dict[str, object] | None = None
-    if waf_cases:
-        waf, fp_ports["waf"], waf_worker = _waf(args, waf_cases, tmp, scratch, cpus)
+    compared: dict[str, dict[str, object]] = {}
+    for key, cmp in COMPARISONS.items():
+        cmp_cases = [c for c in args.cases if c in cmp.cases]
+        if cmp_cases:
+            compared[key], fp_ports[key], compared_workers[key] = _compare(
+                cmp, args, cmp_cases, tmp, scratch, cpus)
 
     stamp = dt.datetime.now().astimezone()
     report: dict[str, object] = {
@@ -1968,8 +2248,7 @@ def _bench(args: argparse.Namespace, tmp: Path, cpus: tuple[str | None, str | No
     }
     if scaling is not None:
         report["scaling"] = scaling
-    if waf is not None:
-        report["waf"] = waf
+    report.update(compared)
     if regular:
         print(f"## {' vs '.join(args.proxies)} ({stamp:%Y-%m-%d %H:%M}, medians of "
               f"{args.rounds} round(s) x {args.duration}s, wrk -t{args.threads} "
@@ -1998,16 +2277,16 @@ def _bench(args: argparse.Namespace, tmp: Path, cpus: tuple[str | None, str | No
         print(f"{scaling['note']} Each worker count is a fresh fastproxy; proxy CPU is the "
               "master plus all its workers, in % of one CPU.\n")
         print(scaling_table(scaling))
-    if waf is not None:
-        print(f"\n## fastproxy with [waf] vs without ({stamp:%Y-%m-%d %H:%M}, medians of "
+    for key, cmp_report in compared.items():
+        cmp = COMPARISONS[key]
+        print(f"\n## {cmp.title} ({stamp:%Y-%m-%d %H:%M}, medians of "
               f"{args.rounds} round(s) x {args.duration}s, wrk -t{args.threads} "
               f"-c{args.connections})\n")
-        print(f"Pinning: {pinning}. [waf] with no keys: the default rule sets. Ratio: with / "
-              "without (higher is better; req per proxy CPU-s is the figure that holds on a "
-              "busy machine). Proxy CPU µs per req = 1e6 / req per proxy CPU-s; on the ratio "
-              "line, what the WAF adds.\n")
-        print(waf_table(waf))
-        busiest = float(waf["max_other_cpu_pct"])  # type: ignore[arg-type]
+        print(f"Pinning: {pinning}. {cmp.note} Ratio: {cmp.ratio} (higher is better; req per "
+              "proxy CPU-s is the figure that holds on a busy machine). Proxy CPU µs per req "
+              f"= 1e6 / req per proxy CPU-s; on the ratio line, what {cmp.adds} adds.\n")
+        print(comparison_table(cmp, cmp_report))
+        busiest = float(cmp_report["max_other_cpu_pct"])  # type: ignore[arg-type]
         if busiest > 20:
             print(f"\nwarning: other processes used up to {busiest:.0f}% of a CPU during a run "
                   "(see other_cpu_pct in the JSON): absolute figures are unreliable, the "
@@ -2018,8 +2297,9 @@ def _bench(args: argparse.Namespace, tmp: Path, cpus: tuple[str | None, str | No
     print(f"\nresults written to {json_path}")
 
     if args.profile:
-        if args.profile_case in WAF_CASES:
-            profile_worker(waf_worker, fp_ports["waf"], args.profile, args, cpus)
+        if args.profile_case in COMPARED_CASES:
+            key = COMPARED_CASES[args.profile_case].key
+            profile_worker(compared_workers[key], fp_ports[key], args.profile, args, cpus)
         else:
             kind = "tls" if args.profile_case in TLS_CASES else "plain"
             profile_worker(fp_worker, fp_ports[kind], args.profile, args, cpus)
