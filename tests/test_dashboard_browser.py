@@ -99,7 +99,8 @@ def wait_for_requests(admin: int, total: int) -> dict[str, Any]:
     while time.monotonic() < deadline:
         status, doc = api(admin, "/api/stats?window=300")
         assert status == 200, doc
-        if doc["totals"]["requests"] >= total:
+        clients = doc["top"]["clients"]
+        if doc["totals"]["requests"] >= total and clients and clients[0]["count"] >= total:
             return doc
         time.sleep(0.25)
     raise AssertionError(f"the sampler never saw {total} requests: {doc.get('totals')}")
@@ -148,6 +149,16 @@ def test_dashboard_shows_the_traffic_in_chromium(make_origin: Callable[..., Orig
         assert {r["route"]: r["requests"] for r in doc["routes"]} == {
             "api": 120, "other": 30, "cached": 30, "limited": 20}
         assert sum(sum(v) for v in doc["series"]["requests_per_second"].values()) > 0
+        # The top lists (each worker's heavy hitters, summed): exact at this size.
+        top = doc["top"]
+        assert top["available"] is True
+        assert top["clients"] == [{"key": "127.0.0.1", "count": 200}], top
+        assert top["user_agents"] == [{"key": "dash-test/1", "count": 200}], top
+        paths = {e["key"]: e["count"] for e in top["paths"]}
+        assert len(top["paths"]) == 10 and [e["count"] for e in top["paths"][:5]] == \
+            [40, 40, 40, 30, 20], top["paths"]
+        assert paths["/api/items/0"] == 40 and paths["/cached"] == 30 and \
+            paths["/limited"] == 20, paths
         [upstream] = doc["upstreams"]
         assert upstream["name"] == "app" and upstream["servers"][0]["health"] == "up"
         assert 150 <= upstream["servers"][0]["requests"] <= 152  # 120+30+1+cache misses
@@ -200,6 +211,8 @@ def test_dashboard_shows_the_traffic_in_chromium(make_origin: Callable[..., Orig
                             ratio: document.getElementById('cache-ratio').textContent,
                             latency: document.getElementById('latency').textContent,
                             routes: cells('top-routes'), upstreams: cells('upstreams'),
+                            paths: cells('top-paths'), clients: cells('top-clients'),
+                            agents: cells('top-agents'),
                             canvases: canvases,
                             token: sessionStorage.getItem('fastproxy-admin-token')};
                 }""")
@@ -218,6 +231,11 @@ def test_dashboard_shows_the_traffic_in_chromium(make_origin: Callable[..., Orig
         assert values["routes"][0][:3] == ["api", "120", "120"], values["routes"]
         assert [r[0] for r in values["routes"]][1:] and \
             {r[0] for r in values["routes"]} == {"api", "other", "cached", "limited"}
+        assert values["paths"][:5] == [["/api/items/0", "40"], ["/api/items/1", "40"],
+                                       ["/api/items/2", "40"], ["/cached", "30"],
+                                       ["/limited", "20"]], values["paths"]
+        assert values["clients"] == [["127.0.0.1", "200"]], values["clients"]
+        assert values["agents"] == [["dash-test/1", "200"]], values["agents"]
         assert values["upstreams"][0][:3] == ["app", origin.address, "up"], values["upstreams"]
         charts = values["canvases"]
         assert set(charts) == {"chart-requests", "chart-latency", "chart-bytes",

@@ -64,7 +64,7 @@ from fastproxy._peers import ADMIN_STATES, PeerTable, slot_layout
 from fastproxy._router import new_context
 from fastproxy._stats import Stats
 from fastproxy.config import CacheSpec, Config
-from fastproxy.dashboard import Sampler, page, parse_window
+from fastproxy.dashboard import Sampler, TopLists, page, parse_window
 from fastproxy.metrics import Layout, render
 from fastproxy.routeconf import parse_template
 
@@ -365,6 +365,8 @@ class AdminServer:
         self.busy: set[asyncio.Task[None]] = set()
         self.stopping: asyncio.Event | None = None
         self.sampler = Sampler(layout) if stats is not None and layout is not None else None
+        self.tops = TopLists() if self.sampler is not None and config.metrics.analytics \
+            else None
 
     def run(self) -> int:
         import uvloop
@@ -399,6 +401,10 @@ class AdminServer:
         while True:
             try:
                 self.sampler.sample(self.stats.totals())
+                if self.tops is not None:
+                    stats = self.stats
+                    self.tops.update([stats.note(b) for b in range(1, stats.blocks)],
+                                     time.time())
             except Exception:
                 log.exception("dashboard sampling failed")
             await asyncio.sleep(1.0 - time.time() % 1.0)
@@ -560,7 +566,8 @@ class AdminServer:
                 servers.append({"address": server.address, "health": health,
                                 "admin": state["admin"], "backup": server.backup})
             upstreams.append({"name": name, "servers": servers})
-        return self.sampler.report(seconds, upstreams, None)
+        tops = self.tops.window(seconds, time.time()) if self.tops is not None else None
+        return self.sampler.report(seconds, upstreams, tops)
 
     async def dashboard(self, body: bytes) -> Any:
         return Raw(page(), "text/html; charset=utf-8")

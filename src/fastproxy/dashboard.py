@@ -288,6 +288,66 @@ class Sampler:
         return doc
 
 
+DIMENSIONS = ("paths", "clients", "user_agents")
+TOPS_EVERY = 10.0  # seconds between the snapshots of the top lists that windows start at
+
+
+def merge_notes(notes: Sequence[bytes]) -> dict[str, dict[str, int]]:
+    """The workers' published top lists summed: {dimension: {key: count}}. A note
+    that is not what a worker writes is skipped."""
+    import json
+
+    out: dict[str, dict[str, int]] = {d: {} for d in DIMENSIONS}
+    for note in notes:
+        if not note:
+            continue
+        try:
+            doc = json.loads(note)
+            for dim in DIMENSIONS:
+                into = out[dim]
+                for key, count, _error in doc.get(dim, ()):
+                    into[key] = into.get(key, 0) + int(count)
+        except (ValueError, TypeError, AttributeError):
+            continue
+    return out
+
+
+class TopLists:
+    """Windows over the workers' cumulative top lists: a snapshot every
+    TOPS_EVERY seconds for the last hour; a window's counts are now's minus those
+    of the newest snapshot at least that old (or, younger than the window, since
+    the start). A worker that restarts starts its counts again: its keys' counts
+    go down, which is counted as nothing, never as a negative."""
+
+    def __init__(self, history: int = HISTORY) -> None:
+        self.snapshots: deque[tuple[float, dict[str, dict[str, int]]]] = deque(
+            maxlen=int(history / TOPS_EVERY) + 2)
+        self.current: dict[str, dict[str, int]] = {d: {} for d in DIMENSIONS}
+        self.seen = False
+
+    def update(self, notes: Sequence[bytes], now: float) -> None:
+        self.current = merge_notes(notes)
+        self.seen = self.seen or any(notes)
+        if not self.snapshots or now - self.snapshots[-1][0] >= TOPS_EVERY:
+            self.snapshots.append((now, self.current))
+
+    def window(self, seconds: int, now: float, top: int = TOP) -> dict[str, Any]:
+        base: dict[str, dict[str, int]] = {d: {} for d in DIMENSIONS}
+        for t, snap in self.snapshots:
+            if t <= now - seconds:
+                base = snap
+            else:
+                break
+        out: dict[str, Any] = {"available": self.seen}
+        for dim in DIMENSIONS:
+            before = base[dim]
+            counts = [(key, count - before.get(key, 0)) for key, count in self.current[dim].items()]
+            counts = [c for c in counts if c[1] > 0]
+            counts.sort(key=lambda c: (-c[1], c[0]))
+            out[dim] = [{"key": key, "count": count} for key, count in counts[:top]]
+        return out
+
+
 def _ratio(cache: Sequence[int]) -> float | None:
     """Hits (fresh or stale served) over lookups that could hit; None when none."""
     hit, miss, stale = cache[0], cache[1], cache[2]
