@@ -86,6 +86,9 @@ install_system_packages() {
     [ -f /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
     # fastproxy._compress calls zlib's deflate from C.
     [ -f /usr/include/zlib.h ] || missing+=(zlib1g-dev)
+    # The dashboard's browser test drives Debian's Chromium with Playwright (which is
+    # told where it is, so it downloads no browser of its own).
+    have_cmd chromium || missing+=(chromium)
     [ "${#missing[@]}" -eq 0 ] && return 0
     if ! apt_install "${missing[@]}"; then
         if as_root true 2>/dev/null && command -v apt-get >/dev/null 2>&1; then

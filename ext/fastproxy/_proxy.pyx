@@ -63,6 +63,7 @@ from fastproxy._httpcache cimport RouteCache, Stored, wall_now
 from fastproxy._compress cimport (C_NONE, D_IDENTITY, Encoder, Policy, coding_name,
                                   rewrite_prefix, stored_form, StoredForm)
 from fastproxy._peers cimport now_ns
+from fastproxy._tops cimport Analytics
 from fastproxy._stats cimport (Stats, stat_add, ST_ACCEPTED, ST_CLOSED, ST_OPEN, ST_BYTES_IN,
                                ST_BYTES_OUT, ST_WAF, ST_RATE_LIMITED, SV_REQUESTS,
                                SV_FAILURES, SV_IN_FLIGHT, UP_FAILURES, UP_COUNTS,
@@ -400,6 +401,7 @@ cdef class Core:
     cdef public Stats stats
     cdef public Py_ssize_t stats_instance
     cdef public Py_ssize_t stats_noroute
+    cdef public Analytics analytics  # the dashboard's top paths, clients, agents; or None
 
     cdef void instance_add(self, int what, int64_t v) noexcept:
         """Count on the instance's own series (metrics), when they are on."""
@@ -2907,6 +2909,8 @@ cdef class Exchange:
             stat_add(stats, inst + ST_BYTES_OUT, self.sent)
             if self.waf_hit:
                 stat_add(stats, inst + ST_WAF, 1)
+        if core.analytics is not None:
+            self.note_tops(core.analytics)
         if self.cache is not None and self.cache.stats_base >= 0:
             if self.cache_hit:
                 m = CA_HIT
@@ -2917,6 +2921,21 @@ cdef class Exchange:
             else:
                 m = CA_BYPASS
             stat_add(stats, self.cache.stats_base + m, 1)
+        return 0
+
+    cdef int note_tops(self, Analytics analytics) except -1:
+        """The dashboard's heavy hitters: the path (as routed, else the target
+        without its query), the client (as the routes saw it), the User-Agent."""
+        cdef RequestContext ctx = self.ctx
+        cdef bytes path
+        cdef bytes client
+        if ctx is not None and ctx.path is not None:
+            path = ctx.path
+            client = ctx.client_ip
+        else:
+            path = self.head.target.partition(b"?")[0]
+            client = self.client.ip
+        analytics.note(path, client, self.head.get(b"user-agent"))
         return 0
 
     cdef int settle(self, int outcome) except -1:

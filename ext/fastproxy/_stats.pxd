@@ -38,6 +38,12 @@ cdef class Stats:
     cdef int64_t* scratch
     cdef int64_t* bounds                # histogram bounds, microseconds, increasing
     cdef readonly int nbounds
+    # Notes: a small document per block (the dashboard's top lists), written by the
+    # block's process under a sequence number (odd while written), read by the admin.
+    cdef unsigned char* notes
+    cdef size_t _note_bytes
+    cdef readonly Py_ssize_t note_size  # bytes per block, with its 16-byte head
+    cdef Py_ssize_t block               # this process's block (0: none yet)
 
     cdef void observe(self, Py_ssize_t base, int64_t us) noexcept nogil
 

@@ -8,15 +8,24 @@ excepted, and gives the block to the next worker). A reader (the admin process)
 sums the blocks. Which counter is which is `fastproxy.metrics`' business (a
 registry of series kept by the master across reloads).
 
+Each block also has a note: a small byte string its process publishes (the
+dashboard's top lists, as JSON) under a sequence number, odd while it is being
+written, so that a reader retries instead of reading half of one.
+
 A histogram at `base` is nbounds + 1 buckets (not cumulative: the reader sums
 them up), then the sum of the observations (microseconds), then their count.
 """
 from libc.stdint cimport int64_t
-from libc.string cimport memset
+from libc.stdint cimport uint64_t
+from libc.string cimport memcpy, memset
 from posix.mman cimport munmap
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
 
 from fastproxy._ratelimit cimport shared_map
+
+
+cdef extern from *:
+    void __sync_synchronize() nogil
 
 
 LAYOUT = {"ST_ACCEPTED": ST_ACCEPTED, "ST_CLOSED": ST_CLOSED, "ST_OPEN": ST_OPEN,
@@ -28,10 +37,17 @@ LAYOUT = {"ST_ACCEPTED": ST_ACCEPTED, "ST_CLOSED": ST_CLOSED, "ST_OPEN": ST_OPEN
 
 
 cdef class Stats:
-    def __cinit__(self, Py_ssize_t series, Py_ssize_t blocks, bounds=()):
+    def __cinit__(self, Py_ssize_t series, Py_ssize_t blocks, bounds=(),
+                  Py_ssize_t note_size=0):
         cdef Py_ssize_t i
         if series < 1 or blocks < 2:
             raise ValueError("at least one series and two blocks")
+        if note_size < 0 or note_size % 8:
+            raise ValueError("note_size must be a multiple of 8")
+        self.note_size = note_size + 16 if note_size else 0
+        self._note_bytes = <size_t>self.note_size * <size_t>blocks
+        if self._note_bytes:
+            self.notes = <unsigned char*>shared_map(self._note_bytes)
         self.series = series
         self.blocks = blocks
         self._bytes = <size_t>series * <size_t>blocks * sizeof(int64_t)
@@ -54,6 +70,8 @@ cdef class Stats:
     def __dealloc__(self):
         if self.mem != NULL:
             munmap(self.mem, self._bytes)
+        if self.notes != NULL:
+            munmap(self.notes, self._note_bytes)
         PyMem_Free(self.scratch)
         PyMem_Free(self.bounds)
 
@@ -67,6 +85,47 @@ cdef class Stats:
         if not 0 < block < self.blocks:
             raise IndexError(block)
         self.mine = self.mem + block * self.series
+        self.block = block
+
+    def publish(self, bytes data not None):
+        """Put `data` in this process's note (after use_block). False when it
+        does not fit (the note keeps what it had) or there are no notes."""
+        cdef unsigned char* at
+        cdef uint64_t* head
+        cdef Py_ssize_t n = len(data)
+        if self.notes == NULL or self.block == 0 or n > self.note_size - 16:
+            return False
+        at = self.notes + self.block * self.note_size
+        head = <uint64_t*>at
+        head[0] += 1  # odd: being written
+        __sync_synchronize()
+        memcpy(at + 16, <const char*>data, n)
+        head[1] = n
+        __sync_synchronize()
+        head[0] += 1
+        return True
+
+    def note(self, Py_ssize_t block):
+        """The note of `block` (b"" when none, or when it was being written
+        during every one of a few tries)."""
+        cdef unsigned char* at
+        cdef uint64_t* head
+        cdef uint64_t seq, n
+        cdef int tries
+        if self.notes == NULL or not 0 < block < self.blocks:
+            return b""
+        at = self.notes + block * self.note_size
+        head = <uint64_t*>at
+        for tries in range(100):
+            seq = head[0]
+            __sync_synchronize()
+            n = head[1]
+            if seq % 2 == 0 and n <= <uint64_t>(self.note_size - 16):
+                data = (<char*>at)[16:16 + n]
+                __sync_synchronize()
+                if head[0] == seq:
+                    return data
+        return b""
 
     def add(self, Py_ssize_t i, int64_t v=1):
         """Python-side add (tools, tests, the slow paths)."""
@@ -105,6 +164,8 @@ cdef class Stats:
         if not 0 < block < self.blocks:
             raise IndexError(block)
         src = self.mem + block * self.series
+        if self.notes != NULL:  # its note goes with it
+            (<uint64_t*>(self.notes + block * self.note_size))[1] = 0
         for i in range(self.series):
             if i >= n or mask[i] == 0:
                 dst[i] += src[i]

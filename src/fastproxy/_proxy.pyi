@@ -14,6 +14,7 @@ class Core:
     upstream_conns: set[UpstreamConnection]
     closing: bool
     router: Router | None
+    analytics: Any  # fastproxy._tops.Analytics or None
     def __init__(self, config: Config, router: Router | None, access_log: Any, clock: Any,
                  local_response: Callable[..., bytes],
                  local_body_size: Callable[[int], int]) -> None: ...

@@ -14,7 +14,12 @@ Endpoints (all answers are JSON; with `[admin] token`, every request needs
   or ``all`` (true), and optionally ``cache`` (a cache's name; default every
   cache) and ``soft`` (true: mark stale, kept to revalidate and for
   stale-if-error; default false: removed);
-* ``GET /cache/purges``: the purges the workers still apply.
+* ``GET /cache/purges``: the purges the workers still apply;
+* ``GET /api/stats?window=SECONDS``: the live dashboard's data (see
+  `fastproxy.dashboard`): per-second series and totals of the last SECONDS
+  (10..3600, default 300);
+* ``GET /dashboard``: the dashboard page (HTML; it holds no data, so it is served
+  without the token: the page asks for it and sends it with each /api/stats).
 
 A purge is a record in the master's shared `Purges` table: each worker checks
 a stored response against the purges made after it was fetched, the first
@@ -59,6 +64,7 @@ from fastproxy._peers import ADMIN_STATES, PeerTable, slot_layout
 from fastproxy._router import new_context
 from fastproxy._stats import Stats
 from fastproxy.config import CacheSpec, Config
+from fastproxy.dashboard import Sampler, TopLists, page, parse_window
 from fastproxy.metrics import CLASSES, UPSTREAM_COUNTS, Layout, render
 from fastproxy.metrics import SERVER as SERVER_FIELDS
 from fastproxy.routeconf import parse_template
@@ -359,6 +365,9 @@ class AdminServer:
         self.token = settings.token.encode() if settings.token else None
         self.busy: set[asyncio.Task[None]] = set()
         self.stopping: asyncio.Event | None = None
+        self.sampler = Sampler(layout) if stats is not None and layout is not None else None
+        self.tops = TopLists() if self.sampler is not None and config.metrics.analytics \
+            else None
 
     def run(self) -> int:
         import uvloop
@@ -379,10 +388,27 @@ class AdminServer:
         loop.add_signal_handler(signal.SIGQUIT, self.stopping.set)
         server = await asyncio.start_server(self._client, sock=self.sock, limit=MAX_HEAD)
         log.info("admin API on %s", self.config.admin.address if self.config.admin else "")
+        sampling = asyncio.ensure_future(self._sample()) if self.sampler is not None else None
         await self.stopping.wait()
+        if sampling is not None:
+            sampling.cancel()
         server.close()  # the socket stays open in the master for the next generation
         if self.busy:
             await asyncio.wait(list(self.busy), timeout=RELOAD_WAIT + 5)
+
+    async def _sample(self) -> None:
+        """Once a second (on the second), the counters' differences for the dashboard."""
+        assert self.sampler is not None and self.stats is not None
+        while True:
+            try:
+                self.sampler.sample(self.stats.totals())
+                if self.tops is not None:
+                    stats = self.stats
+                    self.tops.update([stats.note(b) for b in range(1, stats.blocks)],
+                                     time.time())
+            except Exception:
+                log.exception("dashboard sampling failed")
+            await asyncio.sleep(1.0 - time.time() % 1.0)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -412,7 +438,8 @@ class AdminServer:
                       ) -> tuple[int, Any, tuple[tuple[str, str], ...]]:
         try:
             head, body = await asyncio.wait_for(self._read(reader), READ_TIMEOUT)
-            if self.token is not None and not self._authorized(head):
+            if self.token is not None and not self._authorized(head) \
+                    and head.target.split(b"?", 1)[0] != b"/dashboard":
                 raise Answer(401, "a bearer token is required",
                              (("WWW-Authenticate", 'Bearer realm="fastproxy admin"'),))
             return 200, await self._route(head, body), ()
@@ -453,14 +480,16 @@ class AdminServer:
                 and hmac.compare_digest(token.strip(), self.token))
 
     async def _route(self, head: MessageHead, body: bytes) -> Any:
-        path = head.target.split(b"?", 1)[0]
+        path, _, query = head.target.partition(b"?")
         routes = {b"/": ({b"GET"}, self.index), b"/status": ({b"GET"}, self.status),
                   b"/reload": ({b"POST"}, self.reload),
                   b"/upstreams": ({b"GET"}, self.upstreams),
                   b"/metrics": ({b"GET"}, self.metrics),
                   b"/servers/state": ({b"POST"}, self.server_state),
                   b"/cache/purge": ({b"POST"}, self.purge),
-                  b"/cache/purges": ({b"GET"}, self.list_purges)}
+                  b"/cache/purges": ({b"GET"}, self.list_purges),
+                  b"/api/stats": ({b"GET"}, lambda body: self.api_stats(query)),
+                  b"/dashboard": ({b"GET"}, self.dashboard)}
         if path not in routes:
             raise Answer(404, f"no such endpoint: {path.decode('latin-1')} (see GET /)")
         methods, handler = routes[path]
@@ -484,7 +513,11 @@ class AdminServer:
                                                      '"disabled"|"enabled"}',
                               "POST /cache/purge": 'purge: {"url"|"prefix"|"tag": "...", '
                                                    '"cache": NAME, "soft": true}',
-                              "GET /cache/purges": "the purges in force"}}
+                              "GET /cache/purges": "the purges in force",
+                              "GET /api/stats?window=SECONDS": "the dashboard's data: "
+                                                               "series and tops of the last "
+                                                               "SECONDS (10..3600)",
+                              "GET /dashboard": "the live dashboard (HTML)"}}
 
     async def status(self, body: bytes) -> Any:
         board = self.board.read()
@@ -514,6 +547,31 @@ class AdminServer:
         text = render(self.stats, self.layout, self.config, self.table, self.first_slot,
                       self.board.read(), __version__)
         return Raw(text.encode(), "text/plain; version=0.0.4; charset=utf-8")
+
+    async def api_stats(self, query: bytes) -> Any:
+        if self.sampler is None or self.stats is None:
+            raise Answer(404, "metrics are off ([metrics] enabled = false): "
+                              "the dashboard has no data")
+        try:
+            seconds = parse_window(query.decode("latin-1"))
+        except ValueError as e:
+            raise Answer(400, str(e)) from None
+        upstreams = []
+        for name, upstream in self.config.upstreams.items():
+            first = self.first_slot[name]
+            servers = []
+            for i, server in enumerate(upstream.servers):
+                state = self.table.state(first + i)
+                health = ("down" if not state["up"] else
+                          "ejected" if state["ejected_for"] > 0 else "up")
+                servers.append({"address": server.address, "health": health,
+                                "admin": state["admin"], "backup": server.backup})
+            upstreams.append({"name": name, "servers": servers})
+        tops = self.tops.window(seconds, time.time()) if self.tops is not None else None
+        return self.sampler.report(seconds, upstreams, tops)
+
+    async def dashboard(self, body: bytes) -> Any:
+        return Raw(page(), "text/html; charset=utf-8")
 
     async def upstreams(self, body: bytes) -> Any:
         out: dict[str, dict[str, Any]] = {}

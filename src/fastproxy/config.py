@@ -231,6 +231,7 @@ class MetricsSettings:
     """[metrics]: what /metrics on the admin API counts."""
 
     enabled: bool = True
+    analytics: bool = True  # the dashboard's top paths, clients and user agents
     buckets: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -1722,6 +1723,9 @@ METRICS_FIELDS: Final = (
     FieldSpec("buckets", ["5ms", "10ms", "25ms", "50ms", "100ms", "250ms", "500ms", "1s",
                           "2.5s", "5s", "10s"], "array of durations",
               "upper bounds of the latency histograms (a change needs a restart)", _buckets),
+    FieldSpec("analytics", True, "boolean",
+              "count each worker's top paths, client addresses and user agents for the "
+              "dashboard (64 of each, space-saving)", _boolean),
 )
 
 _SECTIONS: Final[Mapping[str, tuple[FieldSpec, ...]]] = MappingProxyType(

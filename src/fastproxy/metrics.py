@@ -42,6 +42,7 @@ CACHE_RESULTS = ("hit", "miss", "stale", "bypass")
 SERVER = ("requests", "failures", "in_flight")
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
+NOTE_SIZE = 64 * 1024  # bytes of each worker's published top lists (the dashboard's)
 ROUTE_COUNTS = len(METHODS) * len(CLASSES)
 UPSTREAM_COUNTS = len(CLASSES) + 1  # + failures
 
@@ -129,7 +130,8 @@ def new_stats(config: Config, workers: int) -> tuple[Stats, Registry]:
     (reloads that rename things), blocks for three generations of workers."""
     hist = len(config.metrics.buckets) + 3
     capacity = max(16384, 4 * need(config, hist))
-    stats = Stats(capacity, 3 * workers + 2, bounds_us(config.metrics.buckets))
+    stats = Stats(capacity, 3 * workers + 2, bounds_us(config.metrics.buckets),
+                  note_size=NOTE_SIZE)
     return stats, Registry(capacity, config.metrics.buckets)
 
 

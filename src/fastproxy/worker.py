@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import signal
 import socket
@@ -26,6 +27,7 @@ from fastproxy._proxy import Core
 from fastproxy._ratelimit import BanTable, ConnTable, LimitTable, RateLimit
 from fastproxy._stats import LAYOUT, Stats
 from fastproxy._tls import ServerContext, TlsServer
+from fastproxy._tops import Analytics
 from fastproxy._url import IpSet
 from fastproxy.accesslog import AccessLog
 from fastproxy.clock import Clock
@@ -41,6 +43,7 @@ from fastproxy.upstream import UpstreamGroup
 log = logging.getLogger("fastproxy.worker")
 
 TLS_FAILURES = LAYOUT["ST_TLS_FAILURES"]
+TOP_K = 64  # entries per top list and worker (the dashboard's heavy hitters)
 TICK = 0.25  # seconds between deadline checks: the resolution of every timeout
 HANDSHAKE_REPORT = 10.0  # seconds between two summaries of failed TLS handshakes
 
@@ -134,6 +137,8 @@ class Worker:
             if stats_block:
                 stats.use_block(stats_block)
             metrics.apply(layout, self.core, self.core.router, self.groups, self.caches, stats)
+            if config.metrics.analytics:
+                self.core.analytics = Analytics(TOP_K)
             self._tls_failures_at = layout.instance + TLS_FAILURES if layout.instance >= 0 else -1
         if config.server.trusted_proxies:
             self.core.trusted = IpSet(config.server.trusted_proxies)
@@ -152,6 +157,7 @@ class Worker:
         self._handshake_failures = 0
         self.proxy_header_stats: dict[str, int] = {}  # "refused": bad or missing headers
         self._handshake_report = 0.0
+        self._tops_at = 0.0  # when the top lists are published next
         self._upstream_tls(config)
         self._servers: list[Any] = []
         self._tls_servers: list[TlsServer] = []
@@ -293,6 +299,9 @@ class Worker:
         self.access_log.flush()
         if self.stats is not None and self._tls_failures_at >= 0:
             self.stats.set(self._tls_failures_at, core.handshake_failures)
+        if core.analytics is not None and now >= self._tops_at:
+            self._tops_at = now + 1.0
+            publish_tops(self.stats, core.analytics)
         for cache in self.caches.values():
             cache.poll_purges()  # so that the purges' ring never runs past this worker
         if core.handshake_failures != self._handshake_failures and now >= self._handshake_report:
@@ -311,3 +320,18 @@ class Worker:
                 self._stopped.set_result(None)
             return
         self.loop.call_later(TICK, self._tick)
+
+
+def publish_tops(stats: Stats | None, analytics: Analytics) -> None:
+    """Put this worker's top lists where the admin process reads them (its note in
+    the shared table). When they do not fit, the longest keys go first."""
+    if stats is None:
+        return
+    snapshot = analytics.snapshot()
+    data = json.dumps(snapshot, separators=(",", ":")).encode()
+    while not stats.publish(data):
+        # Too long (long paths or agents): keep the most counted half of each list.
+        if not any(len(v) > 1 for v in snapshot.values()):
+            return
+        snapshot = {k: v[:max(1, len(v) // 2)] for k, v in snapshot.items()}
+        data = json.dumps(snapshot, separators=(",", ":")).encode()
