@@ -3,10 +3,13 @@ switching the children to an unprivileged user."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import pwd
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -123,3 +126,109 @@ def test_user_and_group_must_exist(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as e:
             parse_config(tomllib.loads(text), str(tmp_path / "f.toml"))
         assert message in str(e.value)
+
+
+def test_a_worker_killed_under_load_costs_only_its_requests(
+        make_origin: Callable[..., Origin], tmp_path: Path) -> None:
+    """Issue 11: kill -9 one of two workers under a steady load: it is replaced, the
+    failures are at most the requests it had (one per client thread), the death is
+    logged and counted."""
+    origin = make_origin()
+    port, admin = free_port(), free_port()
+    text = config(port, origin, 'shutdown_timeout = "5s"') + (
+        f'[admin]\naddress = "127.0.0.1:{admin}"\n')
+    proxy = ProxyProcess(text, tmp_path, port)
+    ok: list[int] = []
+    failed: list[str] = []
+    stop = threading.Event()
+    threads_count = 4
+
+    def load() -> None:
+        deadline = time.monotonic() + 30
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                ok.append(get(port))
+            except OSError as e:
+                failed.append(repr(e))
+            time.sleep(0.002)
+
+    threads = [threading.Thread(target=load) for _ in range(threads_count)]
+    try:
+        proxy.start()
+        workers = proxy.wait_worker_pids(3)  # two workers and the admin process
+        conn = http.client.HTTPConnection("127.0.0.1", admin, timeout=10)
+        conn.request("GET", "/status")
+        status = json.loads(conn.getresponse().read())
+        conn.close()
+        victim = next(w["pid"] for w in status["workers"] if w["slot"] == 0)
+        assert victim in workers
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        before = len(ok)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while f"worker {victim} (slot 0) died (signal 9)" not in proxy.log() \
+                and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(1.5)  # replaced (after the back-off) and serving again
+        stop.set()
+        for t in threads:
+            t.join(15)
+        assert before > 20 and len(ok) > before + 20, (before, len(ok))
+        assert len(failed) <= threads_count, failed
+        assert set(ok) == {200}
+        assert f"worker {victim} (slot 0) died (signal 9)" in proxy.log()
+        conn = http.client.HTTPConnection("127.0.0.1", admin, timeout=10)
+        conn.request("GET", "/metrics")
+        metrics_text = conn.getresponse().read().decode()
+        conn.close()
+        assert "fastproxy_child_deaths_total 1\n" in metrics_text
+    finally:
+        stop.set()
+        proxy.stop()
+
+
+def test_the_disk_cache_survives_a_reload(make_origin: Callable[..., Origin],
+                                                        tmp_path: Path) -> None:
+    from servers import Received, Reply
+
+    asked: list[str] = []
+
+    def site(req: Received) -> Reply:
+        asked.append(req.target)
+        return Reply(200, [("Cache-Control", "max-age=600")], req.target.encode())
+
+    origin = make_origin(site)
+    port = free_port()
+    cache = (f'[caches.c]\nmemory = "1m"\ndisk = {{ path = "{tmp_path / "disk"}", '
+             'size = "8m" }\n')
+    text = config(port, origin).replace('[[routes]]\nupstream = "app"\n',
+                                        f'{cache}[[routes]]\nupstream = "app"\ncache = "c"\n')
+    proxy = ProxyProcess(text, tmp_path, port)
+
+    def fetch(path: str) -> tuple[bytes, str]:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        status = next(line.split(b":", 1)[1].strip().decode() for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"cache-status:"))
+        return body, status
+
+    try:
+        proxy.start()
+        assert fetch("/kept")[1].endswith(";stored")
+        proxy.config_path.write_text(text.replace("workers = 2", "workers = 1"))
+        proxy.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "reloaded: generation 2" not in proxy.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # the old workers are gone; the new one has an empty memory tier
+        body, status = fetch("/kept")
+        assert body == b"/kept" and status.startswith("fastproxy;hit"), status
+        assert asked == ["/kept"]
+    finally:
+        proxy.stop()

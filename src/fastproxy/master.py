@@ -237,6 +237,7 @@ class Supervisor:
         self.blocks: dict[int, int] = {}  # pid -> its block
         self.started_at = time.time()
         self.reloads = 0
+        self.deaths = 0  # children of the current generation that died (and were restarted)
         self.last_reload: dict[str, Any] = {}
         self.publish()
 
@@ -256,6 +257,7 @@ class Supervisor:
                                for pid, (number, slot) in self.pids.items()),
                               key=lambda w: (w["generation"], str(w["slot"]))),
             "reloads": self.reloads, "last_reload": self.last_reload,
+            "child_deaths": self.deaths,
             "stopping": self.stopping})
 
     def run(self) -> int:
@@ -469,6 +471,8 @@ class Supervisor:
             if self.stopping or number != self.gen.number:
                 log.info("%s exited (%d)", _name(pid, slot), code)
                 continue
+            self.deaths += 1
+            self.publish()
             lived = time.monotonic() - self.started.get(slot, 0.0)
             fails = self.failures.get(slot, 0) + 1 if lived < _QUICK_DEATH else 0
             self.failures[slot] = fails

@@ -204,6 +204,10 @@ def render(stats: Stats, layout: Layout, config: Config, table: Any | None = Non
             roles[role] = roles.get(role, 0) + 1
         for role, n in sorted(roles.items()):
             out.sample("fastproxy_processes", _labels(role=role), n)
+    if "child_deaths" in board:
+        out.family("fastproxy_child_deaths_total", "counter",
+                   "Workers (and other children) that died and were started again.")
+        out.sample("fastproxy_child_deaths_total", "", board["child_deaths"])
     if "reloads" in board:
         out.family("fastproxy_reloads_total", "counter", "Config reloads asked for.")
         out.sample("fastproxy_reloads_total", "", board["reloads"])
