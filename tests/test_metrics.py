@@ -262,7 +262,8 @@ def test_metrics_can_be_turned_off(make_origin: Callable[..., Origin], tmp_path:
 
 def test_layout_numbers_agree_with_the_hot_path() -> None:
     assert [LAYOUT[f"ST_{n}"] for n in ("ACCEPTED", "CLOSED", "OPEN", "BYTES_IN", "BYTES_OUT",
-                                        "WAF", "RATE_LIMITED", "TLS_FAILURES")] == \
+                                        "WAF", "RATE_LIMITED", "TLS_FAILURES",
+                                        "TLS_HANDSHAKES", "DENIED")] == \
         list(range(len(metrics.INSTANCE)))
     assert metrics.INSTANCE.index("connections_open") == LAYOUT["ST_OPEN"]
     assert [LAYOUT["SV_REQUESTS"], LAYOUT["SV_FAILURES"], LAYOUT["SV_IN_FLIGHT"]] == \
@@ -305,3 +306,51 @@ def test_registry_keeps_series_across_configs_and_fills_up() -> None:
     assert (a, b) == (0, 40) and registry.series(("route", "a"), 40) == 0
     assert registry.gauges[43] == 1 and registry.gauges[3] == 0
     assert registry.series(("route", "c"), 40) == -1 and registry.full
+
+
+def test_tls_handshakes_and_access_denials_are_counted(make_origin: Callable[..., Origin],
+                                                       tmp_path: Path) -> None:
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("site.example")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "site.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "site.key"))
+    origin = make_origin(Site(), name="app")
+    port, admin = free_port(), free_port()
+    text = (f'[server]\nworkers = 1\n[log]\naccess = "off"\n'
+            f'[[listeners]]\naddress = "127.0.0.1:{port}"\n[listeners.tls]\n'
+            f'certificates = [{{ cert = "{tmp_path}/site.pem", key = "{tmp_path}/site.key" }}]\n'
+            f'[admin]\naddress = "127.0.0.1:{admin}"\n'
+            f'[upstreams.app]\nservers = ["{origin.address}"]\n'
+            '[[routes]]\nmatch = { path_prefix = "/private" }\nupstream = "app"\n'
+            'access = { deny = ["127.0.0.1"] }\n'
+            '[[routes]]\nupstream = "app"\n')
+    proxy = ProxyProcess(text, tmp_path, port).start()
+    try:
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        for path, expect in (("/a", 200), ("/b", 200), ("/private/x", 403)):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                    context.wrap_socket(raw, server_hostname="site.example") as s:
+                s.sendall(f"GET {path} HTTP/1.1\r\nHost: site.example\r\n"
+                          "Connection: close\r\n\r\n".encode())
+                data = b""
+                while chunk := s.recv(65536):
+                    data += chunk
+            assert data.startswith(f"HTTP/1.1 {expect} ".encode()), data[:60]
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"not a TLS hello\r\n\r\n" * 4)  # a handshake that fails
+            s.recv(100)
+        for _ in range(50):
+            samples, _ = scrape(admin)
+            if value(samples, "fastproxy_tls_handshake_failures_total") >= 1:
+                break
+            time.sleep(0.1)  # (the worker counts failures on its tick)
+        assert value(samples, "fastproxy_tls_handshakes_total") == 3
+        assert value(samples, "fastproxy_tls_handshake_failures_total") >= 1
+        assert value(samples, "fastproxy_access_denied_total") == 1
+    finally:
+        proxy.stop()

@@ -65,7 +65,8 @@ from fastproxy._compress cimport (C_NONE, D_IDENTITY, Encoder, Policy, coding_na
 from fastproxy._peers cimport now_ns
 from fastproxy._tops cimport Analytics
 from fastproxy._stats cimport (Stats, stat_add, ST_ACCEPTED, ST_CLOSED, ST_OPEN, ST_BYTES_IN,
-                               ST_BYTES_OUT, ST_WAF, ST_RATE_LIMITED, SV_REQUESTS,
+                               ST_BYTES_OUT, ST_WAF, ST_RATE_LIMITED, ST_TLS_HANDSHAKES,
+                               ST_DENIED, SV_REQUESTS,
                                SV_FAILURES, SV_IN_FLIGHT, UP_FAILURES, UP_COUNTS,
                                ROUTE_COUNTS, CA_HIT, CA_MISS, CA_STALE, CA_BYPASS)
 from libc.stdint cimport int64_t
@@ -650,6 +651,7 @@ cdef class ClientConnection(ParserHandler):
         """A TLS connection: the scheme, HSTS and the client-certificate facts."""
         cdef list lines
         self.proto = b"https"
+        self.core.instance_add(ST_TLS_HANDSHAKES, 1)
         self.hsts = info.hsts_line
         self.tls = info.describe(ssl_object) if ssl_object is not None else {}
         if info.cert_headers:
@@ -1316,6 +1318,7 @@ cdef class Exchange:
             return 0
         acl = core.listener_access[client.listener]
         if acl is not None and refused(<tuple>acl, ctx.client_ip):
+            core.instance_add(ST_DENIED, 1)
             self.respond_text(403, b"Forbidden", b"403 Forbidden\n", b"")
             return 0
         self.host = ctx.host_header
@@ -1330,6 +1333,7 @@ cdef class Exchange:
             self.respond_local(413, True)  # before any filter answers 100 Continue
             return 0
         if self.rule.access is not None and refused(<tuple>self.rule.access, ctx.client_ip):
+            core.instance_add(ST_DENIED, 1)
             self.respond_text(403, b"Forbidden", b"403 Forbidden\n", b"")
             return 0
         if self.rule.waf is not None and head.body_kind != K_NONE and \
@@ -1350,6 +1354,7 @@ cdef class Exchange:
         if not left:
             return False
         self.core.banned += 1
+        self.core.instance_add(ST_DENIED, 1)
         self.head.keep_alive = False
         self.respond_text(403, b"Forbidden",
                           b"403 Forbidden: refused for a while after repeated refused "

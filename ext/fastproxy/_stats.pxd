@@ -13,6 +13,8 @@ cdef enum:
     ST_WAF = 5
     ST_RATE_LIMITED = 6
     ST_TLS_FAILURES = 7
+    ST_TLS_HANDSHAKES = 8
+    ST_DENIED = 9           # access lists and bans (403)
     # an upstream server
     SV_REQUESTS = 0
     SV_FAILURES = 1

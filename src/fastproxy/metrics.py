@@ -36,7 +36,7 @@ CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 # The instance's own counters, in this order from Layout.instance.
 INSTANCE = ("connections_accepted", "connections_closed", "connections_open",
             "bytes_received", "bytes_sent", "waf_blocked", "rate_limited",
-            "tls_handshake_failures")
+            "tls_handshake_failures", "tls_handshakes", "access_denied")
 INSTANCE_GAUGES = ("connections_open",)
 CACHE_RESULTS = ("hit", "miss", "stale", "bypass")
 SERVER = ("requests", "failures", "in_flight")
@@ -225,6 +225,8 @@ def render(stats: Stats, layout: Layout, config: Config, table: Any | None = Non
             "waf_blocked": ("counter", "Requests the WAF blocked."),
             "rate_limited": ("counter", "Requests a rate limit refused (429)."),
             "tls_handshake_failures": ("counter", "TLS handshakes that failed or timed out."),
+            "tls_handshakes": ("counter", "TLS handshakes that completed."),
+            "access_denied": ("counter", "Requests refused by an access list or a ban (403)."),
         }
         for i, name in enumerate(INSTANCE):
             kind, text = helps[name]
