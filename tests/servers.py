@@ -859,6 +859,8 @@ def ws_frame(opcode: int, payload: bytes, mask: bytes | None = None) -> bytes:
         head += bytes([bit | 127]) + n.to_bytes(8, "big")
     if mask is None:
         return head + payload
+    if mask == bytes(4):
+        return head + mask + payload  # (a zero mask leaves the payload as it is: big tests)
     masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
     return head + mask + masked
 
@@ -873,7 +875,7 @@ async def ws_read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
         n = int.from_bytes(await reader.readexactly(8), "big")
     mask = await reader.readexactly(4) if b1 & 0x80 else None
     payload = await reader.readexactly(n)
-    if mask is not None:
+    if mask is not None and mask != bytes(4):
         payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
     return b0 & 0x0F, payload
 
@@ -884,6 +886,7 @@ class WebSocketOrigin:
     Paths: /echo (frames echoed; a close frame is answered and the connection
     closed; the text "bye" makes the origin close first), /big?N (N bytes sent in
     64 KiB binary frames as fast as the connection takes them, then a close),
+    /sink?N (reads N bytes of frames slowly, then sends the text "done"),
     /plain (no switch: 200 with a body, keep-alive), /deny (403, keep-alive).
     Every request head is kept in `heads`; `events` records what each tunnel saw
     ("close-frame", "eof", "closed-by-origin")."""
@@ -893,6 +896,7 @@ class WebSocketOrigin:
         self.heads: list[bytes] = []
         self.events: list[str] = []
         self.big_sent = 0
+        self.sink_read = 0
         self._origin = Origin()  # its thread-and-loop machinery, with our handler
 
     @property
@@ -937,6 +941,8 @@ class WebSocketOrigin:
                 await writer.drain()
                 if path == "/big":
                     await self._send_big(writer, int(query))
+                elif path == "/sink":
+                    await self._slow_sink(reader, writer, int(query))
                 else:
                     await self._echo(reader, writer)
                 return
@@ -963,6 +969,16 @@ class WebSocketOrigin:
                 return
             writer.write(ws_frame(opcode, payload))
             await writer.drain()
+
+    async def _slow_sink(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         total: int) -> None:
+        while self.sink_read < total:
+            _, payload = await ws_read_frame(reader)
+            self.sink_read += len(payload)
+            if self.sink_read % (1 << 20) == 0:
+                await asyncio.sleep(0.03)
+        writer.write(ws_frame(OP_TEXT, b"done"))
+        await writer.drain()
 
     async def _send_big(self, writer: asyncio.StreamWriter, total: int) -> None:
         piece = ws_frame(OP_BINARY, b"\xab" * 65536)

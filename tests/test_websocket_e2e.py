@@ -318,3 +318,22 @@ def test_big_transfer_to_slow_client_is_bounded(ws: tuple[WebSocketOrigin, Proxy
     assert rss.growth_mib < 8, f"proxy RSS grew {rss.growth_mib:.1f} MiB"
     assert client.at_eof()
     client.close()
+
+
+def test_big_upload_to_slow_origin_is_bounded(ws: tuple[WebSocketOrigin, ProxyProcess]) -> None:
+    origin, proxy = ws
+    total = 32 << 20
+    worker = proxy.wait_worker_pids(1)[0]
+    client = handshake(proxy, f"/sink?{total}")
+    frame = ws_frame(OP_BINARY, b"\xcd" * 65536, bytes(4))
+    sent = lead = 0
+    with RssSampler(worker, limit=120) as rss:
+        while sent < total:
+            client.sock.sendall(frame)  # blocks while the proxy holds our side
+            sent += 65536
+            lead = max(lead, sent - origin.sink_read)
+        assert client.recv() == (OP_TEXT, b"done")
+    assert origin.sink_read == total
+    print(f"RSS growth {rss.growth_mib:.1f} MiB, client ahead by at most {lead >> 10} KiB")
+    assert rss.growth_mib < 8, f"proxy RSS grew {rss.growth_mib:.1f} MiB"
+    client.close()
