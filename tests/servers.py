@@ -830,3 +830,161 @@ class RedisServer:
 
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# -- WebSocket (RFC 6455) ----------------------------------------------------------------
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+OP_TEXT, OP_BINARY, OP_CLOSE = 1, 2, 8
+
+
+def ws_accept(key: bytes) -> bytes:
+    """Sec-WebSocket-Accept for a Sec-WebSocket-Key (RFC 6455 §4.2.2)."""
+    import base64
+    import hashlib
+
+    return base64.b64encode(hashlib.sha1(key.strip() + WS_GUID).digest())
+
+
+def ws_frame(opcode: int, payload: bytes, mask: bytes | None = None) -> bytes:
+    """One final frame; masked when `mask` (4 bytes) is given (a client's frames are)."""
+    n = len(payload)
+    head = bytes([0x80 | opcode])
+    bit = 0x80 if mask is not None else 0
+    if n < 126:
+        head += bytes([bit | n])
+    elif n < 1 << 16:
+        head += bytes([bit | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([bit | 127]) + n.to_bytes(8, "big")
+    if mask is None:
+        return head + payload
+    if mask == bytes(4):
+        return head + mask + payload  # (a zero mask leaves the payload as it is: big tests)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return head + mask + masked
+
+
+async def ws_read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """(opcode, unmasked payload) of the next frame."""
+    b0, b1 = await reader.readexactly(2)
+    n = b1 & 0x7F
+    if n == 126:
+        n = int.from_bytes(await reader.readexactly(2), "big")
+    elif n == 127:
+        n = int.from_bytes(await reader.readexactly(8), "big")
+    mask = await reader.readexactly(4) if b1 & 0x80 else None
+    payload = await reader.readexactly(n)
+    if mask is not None and mask != bytes(4):
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return b0 & 0x0F, payload
+
+
+class WebSocketOrigin:
+    """A WebSocket origin on 127.0.0.1 in its own thread, with its own HTTP reader.
+
+    Paths: /echo (frames echoed; a close frame is answered and the connection
+    closed; the text "bye" makes the origin close first), /big?N (N bytes sent in
+    64 KiB binary frames as fast as the connection takes them, then a close),
+    /sink?N (reads N bytes of frames slowly, then sends the text "done"),
+    /plain (no switch: 200 with a body, keep-alive), /deny (403, keep-alive).
+    Every request head is kept in `heads`; `events` records what each tunnel saw
+    ("close-frame", "eof", "closed-by-origin")."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.heads: list[bytes] = []
+        self.events: list[str] = []
+        self.big_sent = 0
+        self.sink_read = 0
+        self._origin = Origin()  # its thread-and-loop machinery, with our handler
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> WebSocketOrigin:
+        origin = self._origin
+        origin._serve = self._serve  # type: ignore[method-assign]
+        origin.start()
+        self.port = origin.port
+        return self
+
+    def stop(self) -> None:
+        self._origin.stop()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._origin._writers.add(writer)
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                self.heads.append(head)
+                lines = head.decode("latin-1").split("\r\n")
+                target = lines[0].split(" ")[1]
+                fields = {k.strip().lower(): v.strip() for k, _, v in
+                          (line.partition(":") for line in lines[1:] if line)}
+                path, _, query = target.partition("?")
+                if path in ("/plain", "/deny") or "upgrade" not in fields:
+                    status = b"403 Forbidden" if path == "/deny" else b"200 OK"
+                    body = b"not switched " + path.encode()
+                    writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Length: %d\r\n\r\n"
+                                 % len(body) + body)
+                    await writer.drain()
+                    continue
+                accept = ws_accept(fields["sec-websocket-key"].encode())
+                writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                             b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept
+                             + b"\r\n\r\n")
+                await writer.drain()
+                if path == "/big":
+                    await self._send_big(writer, int(query))
+                elif path == "/sink":
+                    await self._slow_sink(reader, writer, int(query))
+                else:
+                    await self._echo(reader, writer)
+                return
+        finally:
+            self._origin._writers.discard(writer)
+            writer.close()
+
+    async def _echo(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                opcode, payload = await ws_read_frame(reader)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                self.events.append("eof")
+                return
+            if opcode == OP_CLOSE:
+                self.events.append("close-frame")
+                writer.write(ws_frame(OP_CLOSE, payload))
+                await writer.drain()
+                return
+            if opcode == OP_TEXT and payload == b"bye":
+                writer.write(ws_frame(OP_CLOSE, (1000).to_bytes(2, "big")))
+                await writer.drain()
+                self.events.append("closed-by-origin")
+                return
+            writer.write(ws_frame(opcode, payload))
+            await writer.drain()
+
+    async def _slow_sink(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         total: int) -> None:
+        while self.sink_read < total:
+            _, payload = await ws_read_frame(reader)
+            self.sink_read += len(payload)
+            if self.sink_read % (1 << 20) == 0:
+                await asyncio.sleep(0.03)
+        writer.write(ws_frame(OP_TEXT, b"done"))
+        await writer.drain()
+
+    async def _send_big(self, writer: asyncio.StreamWriter, total: int) -> None:
+        piece = ws_frame(OP_BINARY, b"\xab" * 65536)
+        while self.big_sent < total:
+            writer.write(piece)
+            await writer.drain()
+            self.big_sent += 65536
+        writer.write(ws_frame(OP_CLOSE, (1000).to_bytes(2, "big")))
+        await writer.drain()

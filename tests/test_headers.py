@@ -49,7 +49,7 @@ def test_request_hop_by_hop_headers_removed(origin: Origin, proxy: ProxyProcess)
                b"Proxy-Connection: keep-alive\r\n"
                b"TE: trailers\r\n"
                b"Trailer: X-Checksum\r\n"
-               b"Upgrade: websocket\r\n"
+               b"Upgrade: h2c\r\n"  # never passed on (a WebSocket one is: test_websocket_e2e)
                b"X-Secret: do-not-forward\r\n"
                b"X-Other-Secret: nor-this\r\n"
                b"X-Kept: yes\r\n"

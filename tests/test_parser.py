@@ -915,3 +915,53 @@ def test_parse_error_carries_status_and_reason() -> None:
     assert err.reason == "too big"
     assert str(err) == "too big"
     assert isinstance(err, Exception)
+
+
+# -- protocol switches (Upgrade) ------------------------------------------------------------
+
+@pytest.mark.parametrize("connection,version,expected", [
+    (b"Upgrade", b"1.1", b"websocket"),
+    (b"keep-alive, upgrade", b"1.1", b"websocket"),
+    (b"keep-alive", b"1.1", None),    # Upgrade without Connection: upgrade is not a request
+    (b"Upgrade", b"1.0", None),       # HTTP/1.0 has no Upgrade
+])
+def test_request_upgrade(connection: bytes, version: bytes, expected: bytes | None) -> None:
+    rec = Recorder()
+    parser = RequestParser(rec)
+    data = (b"GET /ws HTTP/" + version + b"\r\nHost: a\r\nConnection: " + connection
+            + b"\r\nUpgrade: websocket\r\n\r\n")
+    # Parsed as a plain request: complete at the end of its head, nothing more taken.
+    assert parser.feed(data + b"\x81\x00") == len(data)
+    assert rec.heads[0].upgrade == expected
+    assert rec.events[-1] == ("complete",)
+
+
+def test_request_upgrade_with_body_is_read_first() -> None:
+    rec = Recorder()
+    parser = RequestParser(rec)
+    data = (b"POST /up HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: x\r\n"
+            b"Content-Length: 3\r\n\r\nabc")
+    assert parser.feed(data + b"new protocol") == len(data)
+    assert rec.normalized()[1:] == [("body", b"abc"), ("complete",)]
+    assert rec.heads[0].upgrade == b"x"
+
+
+def test_response_101_when_asked() -> None:
+    rec = Recorder()
+    parser = ResponseParser(rec)
+    parser.upgrade_asked = True
+    head = (b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+            b"Upgrade: websocket\r\nSec-WebSocket-Accept: x\r\n\r\n")
+    # What follows the head is the new protocol's: not consumed.
+    assert parser.feed(head + b"\x81\x02hi") == len(head)
+    assert rec.heads[0].status == 101
+    assert rec.heads[0].upgrade == b"websocket"
+    assert rec.heads[0].body_kind == BODY_NONE
+
+
+def test_response_101_without_upgrade_fields_is_502() -> None:
+    parser = ResponseParser(Recorder())
+    parser.upgrade_asked = True
+    with pytest.raises(HttpParseError) as info:
+        parser.feed(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+    assert info.value.status == 502

@@ -1337,3 +1337,25 @@ def test_tls_and_client_cert_conditions() -> None:
     # A TLS-only route does not hide a later route for the same requests over plain HTTP.
     assert warnings(matching(tls=True), up()) == []
     assert warnings(up(), matching(tls=True))  # but a catch-all hides a TLS route
+
+
+# --------------------------------------------------------------------------
+# tunnel_idle_timeout (protocol switches)
+
+
+def test_tunnel_idle_timeout() -> None:
+    assert one_route(up()).tunnel_idle_timeout == 60.0
+    assert one_route(up(tunnel_idle_timeout="5m")).tunnel_idle_timeout == 300.0
+    assert one_route(up(tunnel_idle_timeout=0)).tunnel_idle_timeout == 0.0
+
+
+@pytest.mark.parametrize("route,reason", [
+    (up(tunnel_idle_timeout="2d"), "invalid duration"),
+    (up(tunnel_idle_timeout="25h"), "must be from 0 (no timeout) to 24h"),
+    (up(tunnel_idle_timeout=True), "expected a duration"),
+    ({"respond": {}, "tunnel_idle_timeout": "1s"}, "only allowed on a route with upstream"),
+])
+def test_tunnel_idle_timeout_refused(route: dict[str, Any], reason: str) -> None:
+    [(key, why)] = issues(route)
+    assert key == "routes[0].tunnel_idle_timeout"
+    assert reason in why

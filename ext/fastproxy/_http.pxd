@@ -29,6 +29,9 @@ cdef class MessageHead:
     cdef readonly bint expect_continue
     cdef readonly bint has_connection_header
     cdef readonly bint is_head_request
+    # A request asking to switch protocols (HTTP/1.1, Upgrade and a Connection
+    # listing "upgrade"), or a 101 response: the Upgrade value. None otherwise.
+    cdef readonly bytes upgrade
 
     cdef inline const uint32_t* offsets(self)
     cpdef bytes get(self, bytes name)
@@ -75,6 +78,7 @@ cdef class HttpParser:
     cdef size_t _data_len
     cdef object _error
     cdef bint _skip_body
+    cdef public bint upgrade_asked  # responses: the request asked to switch protocols
     cdef readonly MessageHead head
 
     cdef _setup(self, handler, size_t max_line, size_t max_head, int max_count)

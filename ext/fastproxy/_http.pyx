@@ -421,7 +421,12 @@ cdef class HttpParser:
             if head.method is None:
                 self._fail(501, "method not implemented")
             self._validate_request(head)
-            p.upgrade = 0  # no tunnelling yet: an Upgrade request is proxied as a plain one
+            if p.upgrade:
+                # Parsed as a plain request (its body, if any, is read as one): the
+                # switch happens after it, when the upstream answers 101 (RFC 9110 §7.8).
+                p.upgrade = 0
+                if p.http_minor == 1:
+                    head.upgrade = head.get(b"upgrade")
         else:
             if p.http_major != 1:
                 self._fail(502, "upstream answered with an unsupported HTTP version")
@@ -433,7 +438,11 @@ cdef class HttpParser:
             if self._skip_body or p.status_code < 200:
                 rc = 1  # HEAD answers and interim (1xx) responses never have a body
             if p.upgrade or p.status_code == 101:
-                self._fail(502, "upstream switched protocols without a request for it")
+                if not self.upgrade_asked:
+                    self._fail(502, "upstream switched protocols without a request for it")
+                if not p.upgrade:
+                    self._fail(502, "upstream answered 101 without Upgrade and Connection: upgrade")
+                head.upgrade = head.get(b"upgrade")
         if (p.flags & F_CONTENT_LENGTH) and p.content_length > <uint64_t>0x7fffffffffffffff:
             self._fail(400 if self._is_request else 502, "Content-Length too large")
         if rc == 1 or (p.flags & F_SKIPBODY) or (not self._is_request and (
@@ -564,6 +573,9 @@ cdef class HttpParser:
                     pos = llhttp_get_error_pos(&self._p) - base
                     llhttp_resume(&self._p)
                     return pos
+                if err == HPE_PAUSED_UPGRADE and self._message_done:
+                    # A 101 head: what follows is the new protocol's, not ours.
+                    return llhttp_get_error_pos(&self._p) - base
                 reason = llhttp_get_error_reason(&self._p)
                 raise HttpParseError(400 if self._is_request else 502,
                                      (<bytes>reason).decode("ascii", "replace") if reason != NULL

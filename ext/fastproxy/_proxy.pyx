@@ -116,6 +116,7 @@ cdef class Exchange
 cdef class UpstreamConnection
 cdef class ServerPool
 cdef class WaitQueue
+cdef class Tunnel
 
 cdef enum:
     PENDING_LIMIT = 64 * 1024  # request body bytes buffered before an upstream is ready
@@ -144,6 +145,7 @@ cdef enum:
     WAIT_SEND = 4  # the client does not read our response -> abort
     WAIT_LINGER = 5  # lingering close: the client sent nothing for a while -> close
     WAIT_CLOSING = 6  # closed, but the client does not read the rest of our answer -> abort
+    WAIT_TUNNEL = 7  # switched protocols: no bytes either way for the route's idle time -> close
 
 
 # -- writing to a socket -----------------------------------------------------------------
@@ -591,6 +593,7 @@ cdef class ClientConnection(ParserHandler):
     cdef double body_start      # when the current request body began (body_min_rate)
     cdef long long body_bytes   # ... and how much of it came since
     cdef double held_since      # when reading was last paused (holds became non-zero)
+    cdef Tunnel tunnel          # after a switch of protocols (101): bytes go through it
 
     def __cinit__(self, Core core not None, int listener=0):
         self.core = core
@@ -667,6 +670,9 @@ cdef class ClientConnection(ParserHandler):
         return 0
 
     def data_received(self, bytes data):
+        if self.tunnel is not None:
+            self.tunnel.from_client(data)
+            return
         if self.lingering:  # dropped: the answer is out and the connection ends
             self.deadline = min(monotonic() + self.core.t_linger, self.linger_end)
             return
@@ -681,6 +687,8 @@ cdef class ClientConnection(ParserHandler):
         # A half-closed client still gets the answer to a request it completed.
         cdef Exchange ex = self.exchange
         self.eof = True
+        if self.tunnel is not None:
+            return self.tunnel.eof(False)
         if ex is not None and ex.req_done and not ex.finished:
             return True  # keep the transport open to send the answer
         if not self.closed:
@@ -707,15 +715,25 @@ cdef class ClientConnection(ParserHandler):
         # The parser holds a reference to us: drop it so this connection is
         # freed by reference counting, not left for the cyclic GC.
         self.parser = None
+        if self.tunnel is not None:
+            tunnel = self.tunnel
+            self.tunnel = None
+            (<Tunnel>tunnel).lost(False)
 
     def pause_writing(self):
         self.write_paused = True
+        if self.tunnel is not None:
+            self.tunnel.client_paused(True)
+            return
         self._wait(WAIT_SEND, self.core.t_send)
         if self.exchange is not None:
             self.exchange.client_write_paused(True)
 
     def resume_writing(self):
         self.write_paused = False
+        if self.tunnel is not None:
+            self.tunnel.client_paused(False)
+            return
         if self.waiting == WAIT_SEND:
             if self.exchange is None:
                 self._wait(WAIT_IDLE, self.core.t_keepalive)
@@ -825,6 +843,8 @@ cdef class ClientConnection(ParserHandler):
         self.served += 1
         if self.exchange is exchange:
             self.exchange = None
+        if self.tunnel is not None:
+            return 0  # switched protocols: the connection is the tunnel's now
         if self.holds & HOLD_UPSTREAM:
             self.hold_reading(HOLD_UPSTREAM, False)  # that upstream is not ours any more
         if self.closed:
@@ -951,6 +971,9 @@ cdef class ClientConnection(ParserHandler):
         cdef Exchange ex
         self.waiting = WAIT_NONE
         self.deadline = 0.0
+        if what == WAIT_TUNNEL and not self.closed:
+            self.tunnel.idle_out()
+            return 0
         if what == WAIT_LINGER and self.lingering:
             now = monotonic()
             if now < self.linger_end and self.transport.get_write_buffer_size():
@@ -1056,6 +1079,18 @@ def _auth_checked(Exchange ex, auth, bytes header, future):
         ok = False
     auth.remember(header, ok)
     ex.auth_done(ok)
+
+
+cdef bytes upgrade_wanted(bytes value):
+    """The Upgrade value to pass on, or None when the request is forwarded as a
+    plain one: h2c among the protocols (we do not speak HTTP/2 to upstreams and the
+    server must not switch this connection to it; nginx ignores it too)."""
+    cdef bytes token
+    for token in value.lower().split(b","):
+        token = token.strip()
+        if token == b"h2c" or token.startswith(b"h2c/"):
+            return None
+    return value
 
 
 cdef inline bint refused(tuple acl, bytes ip) except -1:
@@ -1206,6 +1241,7 @@ cdef class Exchange:
     cdef bytes trace_extra              # lines added upstream (request id, traceparent)
     cdef int trace_drop                 # DROP_* bits: incoming fields replaced
     cdef readonly bytes traceparent     # the one sent upstream (None: none)
+    cdef bytes upgrade                  # the protocol asked for (Upgrade), to pass on (None: none)
 
     @property
     def request_id(self):
@@ -1487,6 +1523,13 @@ cdef class Exchange:
         if type(action) is not ProxyAction:
             self.answer(<LocalAction?>action)
             return 0
+        if self.head.upgrade is not None:
+            self.upgrade = upgrade_wanted(self.head.upgrade)
+            if self.upgrade is not None:
+                # A switch of protocols is never answered from the cache.
+                self.send_continue()
+                self.proxy(<ProxyAction>action)
+                return 0
         if self.rule.cache is not None and self.from_cache():
             return 0
         self.send_continue()
@@ -2136,6 +2179,10 @@ cdef class Exchange:
             self.req_drop = <tuple>self.core.trace_drops[self.trace_drop] + (self.req_drop or ())
         if self.trace_extra is not None:
             self.req_extra = self.trace_extra + (self.req_extra or b"")
+        if self.upgrade is not None:
+            # Hop-by-hop fields, dropped from the client's head with the others: ours.
+            self.req_extra = (self.req_extra or b"") + b"Connection: upgrade\r\nUpgrade: " \
+                + self.upgrade + _CRLF
         if self.filling:
             # A whole response to store: the client's conditionals and Range are
             # answered from it; ours (revalidation) go instead.
@@ -2236,7 +2283,9 @@ cdef class Exchange:
             stat_add(self.core.stats, pool.stats_base + SV_REQUESTS, 1)
             stat_add(self.core.stats, pool.stats_base + SV_IN_FLIGHT, 1)
         self.upstream_label = pool.label
-        conn = pool.take()
+        # A connection that may switch protocols is never one from the pool (nor
+        # goes back to it once switched).
+        conn = pool.take() if self.upgrade is None else None
         if conn is not None:
             self.connect_time = 0.0
             self.attach(conn)
@@ -2339,7 +2388,7 @@ cdef class Exchange:
         self.conn = conn
         self.connecting = False
         self.pending = None
-        conn.attach(self, self.head.is_head_request)
+        conn.attach(self, self.head.is_head_request, self.upgrade is not None)
         if client.write_paused:
             # A pipelined request behind a response the client has not read yet:
             # its pause signal came before this connection existed.
@@ -2409,7 +2458,15 @@ cdef class Exchange:
         return 0
 
     cdef int request_complete(self) except -1:
+        cdef ClientConnection client
         self.req_done = True
+        if self.upgrade is not None and not self.local:
+            # What the client sends next is the new protocol's if the upstream agrees
+            # (101), the next request if not: held until we know.
+            client = self.client
+            if client.pending is None:
+                client.pending = b""
+                client.hold_reading(HOLD_PIPELINE, True)
         if self.local:
             if not self.finished and self.slicing is None:  # (a stream ends by itself)
                 self.finish(self.keep)
@@ -2439,6 +2496,9 @@ cdef class Exchange:
         cdef Py_ssize_t retry
         cdef UpstreamConnection conn
         if head.status < 200:
+            if head.status == 101:  # (the parser lets it through only when we asked)
+                self.switch(head)
+                return 0
             self.interim = True  # 1xx: we answered 100-continue ourselves
             return 0
         self.interim = False
@@ -2515,6 +2575,68 @@ cdef class Exchange:
             return 0
         self.out.append(response_head(head, framing, keep, req.http_minor, self.core.via,
                                       drop, extra, coding, vary))
+        return 0
+
+    cdef int switch(self, MessageHead head) except -1:
+        """The upstream switched protocols (101): its head goes to the client, then
+        both connections become a `Tunnel` and this exchange ends (logged as 101)."""
+        cdef ClientConnection client = self.client
+        cdef UpstreamConnection conn = self.conn
+        cdef Tunnel tunnel
+        cdef bytes pending, extra, drop_line
+        cdef bint held
+        if not self.req_done or client.closed:
+            # RFC 9110 §7.8: the switch takes effect after the whole request.
+            conn.abort()
+            self.upstream_failed(502, "switched protocols before the request was complete")
+            return 0
+        self.upstream_status = 101
+        self.status = 101
+        self.resp_head = head
+        self.resp_started = True
+        self.interim = False
+        extra = self.resp_extra
+        drop = self.resp_drop
+        if client.hsts is not None:
+            extra = extra + client.hsts if extra else client.hsts
+        if self.rid_line is not None:
+            extra = extra + self.rid_line if extra else self.rid_line
+            drop = self.core.rid_drop + drop if drop else self.core.rid_drop
+        drop_line = b"Connection: upgrade\r\nUpgrade: " + head.upgrade + _CRLF
+        extra = extra + drop_line if extra else drop_line
+        client.write(response_head(head, FR_PASS, True, 1, self.core.via, drop, extra))
+        tunnel = Tunnel.__new__(Tunnel)
+        tunnel.client = client
+        tunnel.conn = conn
+        tunnel.idle = self.rule.tunnel_idle
+        self.conn = None
+        conn.sink = None
+        conn.tunnel = tunnel
+        conn.deadline = 0.0
+        client.tunnel = tunnel
+        pending = client.pending
+        client.pending = None
+        # Reading on each side follows whether the other side takes bytes now.
+        held = client.holds != 0
+        client.holds = 0
+        if held and not conn.write_paused:
+            client.transport.resume_reading()
+        elif not held and conn.write_paused:
+            client.transport.pause_reading()
+        tunnel.down_held = conn.write_paused
+        if conn.read_paused != client.write_paused:
+            conn.read_paused = client.write_paused
+            if conn.read_paused:
+                conn.transport.pause_reading()
+            else:
+                conn.transport.resume_reading()
+        client.waiting = WAIT_TUNNEL
+        client.deadline = monotonic() + tunnel.idle if tunnel.idle > 0 else 0.0
+        if pending:
+            tunnel.from_client(pending)
+        self.finish(False)
+        if client.eof:
+            tunnel.eof(False)  # the client had half-closed already
         return 0
 
     cdef int send_head(self, long long length) except -1:
@@ -3007,6 +3129,7 @@ cdef class UpstreamConnection(ParserHandler):
     cdef bint parked    # released during that read: pool it once the read is done
     cdef int fd         # for send_parts: -1 = always through the transport
     cdef bint queued    # the transport may hold unsent bytes
+    cdef Tunnel tunnel  # after a switch of protocols (101): bytes go through it
 
     def __cinit__(self, ServerPool pool not None):
         self.pool = pool
@@ -3014,10 +3137,11 @@ cdef class UpstreamConnection(ParserHandler):
         self.fd = -1
 
     # -- owner side -------------------------------------------------------------------
-    cdef int attach(self, Exchange sink, bint head_request) except -1:
+    cdef int attach(self, Exchange sink, bint head_request, bint upgrade) except -1:
         self.sink = sink
         self.got_bytes = False
         self.parser._skip_body = head_request
+        self.parser.upgrade_asked = upgrade
         self.deadline = monotonic() + self.pool.head_timeout
         return 0
 
@@ -3084,6 +3208,9 @@ cdef class UpstreamConnection(ParserHandler):
 
     cdef int timed_out(self) except -1:
         cdef Exchange sink = self.sink
+        if self.tunnel is not None:  # a tunnel's close waits on a peer that does not read
+            self.transport.abort()
+            return 0
         if sink is None:  # idle in the pool for too long
             self.pool.discard(self)
             self.close()
@@ -3103,6 +3230,9 @@ cdef class UpstreamConnection(ParserHandler):
         cdef ResponseParser parser = self.parser
         cdef Py_ssize_t n
         if self.sink is None:
+            if self.tunnel is not None:
+                self.tunnel.from_upstream(data)
+                return
             # Nothing was asked: an idle connection must stay silent.
             self.pool.discard(self)
             self.abort()
@@ -3122,6 +3252,9 @@ cdef class UpstreamConnection(ParserHandler):
                         self.sink.flush()
                     break
                 data = data[n:]
+                if self.tunnel is not None:
+                    self.tunnel.from_upstream(data)  # the new protocol's first bytes
+                    return
                 if self.sink is None:
                     # Bytes after the end of the response: the upstream cannot be trusted.
                     self.parked = False
@@ -3135,6 +3268,8 @@ cdef class UpstreamConnection(ParserHandler):
                 self.pool.put(self)
 
     def eof_received(self):
+        if self.tunnel is not None:
+            return self.tunnel.eof(True)
         if self.sink is not None and self.got_bytes and (<object>self.parser).message_needs_eof:
             try:
                 (<object>self.parser).feed_eof()  # completes a close-delimited body
@@ -3155,16 +3290,26 @@ cdef class UpstreamConnection(ParserHandler):
             self.sink = None
             sink.upstream_lost(self, exc)
         self.parser = None  # it holds a reference to us: break the cycle
+        if self.tunnel is not None:
+            tunnel = self.tunnel
+            self.tunnel = None
+            (<Tunnel>tunnel).lost(True)
 
     def pause_writing(self):
         # The upstream stalls reading our request: send_timeout runs from now.
         self.write_paused = True
+        if self.tunnel is not None:
+            self.tunnel.upstream_paused(True)
+            return
         self.deadline = monotonic() + self.pool.send_timeout
         if self.sink is not None:
             self.sink.upstream_write_paused(True)
 
     def resume_writing(self):
         self.write_paused = False
+        if self.tunnel is not None:
+            self.tunnel.upstream_paused(False)
+            return
         self.deadline = monotonic() + self.pool.read_timeout
         if self.sink is not None:
             self.sink.upstream_write_paused(False)
@@ -3173,8 +3318,9 @@ cdef class UpstreamConnection(ParserHandler):
     # The sink may let go in the middle of one feed (the client went away):
     # the rest of that chunk is then dropped.
     cdef int on_head(self, MessageHead head) except -1:
-        if self.sink is not None:
-            self.sink.upstream_head(head)
+        cdef Exchange sink = self.sink  # held: a switch (101) ends the exchange in the call
+        if sink is not None:
+            sink.upstream_head(head)
         return 0
 
     cdef int on_body(self, object data) except -1:
@@ -3192,6 +3338,129 @@ cdef class UpstreamConnection(ParserHandler):
         self.abort()
         if sink is not None:
             sink.upstream_failed(502, reason)
+        return 0
+
+
+@cython.final
+cdef class Tunnel:
+    """A client connection and an upstream connection after a switch of protocols
+    (101, e.g. WebSocket): bytes from each side are written to the other as they
+    come, unparsed. Back-pressure both ways: a side whose writes are paused pauses
+    reading on the other. No bytes either way for `idle` seconds closes both (the
+    client connection's deadline, WAIT_TUNNEL). A FIN is passed on as a half-close
+    (when both transports can), both sides close after the second; a side that is
+    lost (closed, reset) closes the other after what is buffered for it is sent."""
+
+    cdef ClientConnection client
+    cdef UpstreamConnection conn
+    cdef double idle            # seconds (0: no idle timeout)
+    cdef bint down_held         # we paused reading the client (the upstream's writes are paused)
+    cdef bint down_eof          # the client sent its FIN
+    cdef bint up_eof            # the upstream sent its FIN
+    cdef bint closing
+    cdef bint down_lost
+    cdef bint up_lost
+    cdef long long to_client
+    cdef long long to_upstream
+
+    cdef int from_client(self, bytes data) except -1:
+        if self.closing:
+            return 0
+        self.to_upstream += len(data)
+        self.conn.send(data)
+        if self.idle > 0:
+            self.client.deadline = monotonic() + self.idle
+        return 0
+
+    cdef int from_upstream(self, bytes data) except -1:
+        if self.closing or not data:
+            return 0
+        self.to_client += len(data)
+        self.client.write(data)
+        if self.idle > 0:
+            self.client.deadline = monotonic() + self.idle
+        return 0
+
+    cdef int client_paused(self, bint paused) except -1:
+        """The client does not take more now (or again does): hold the upstream."""
+        cdef UpstreamConnection conn = self.conn
+        if self.closing or self.up_lost or conn.read_paused == paused:
+            return 0
+        conn.read_paused = paused
+        if paused:
+            conn.transport.pause_reading()
+        else:
+            conn.transport.resume_reading()
+        return 0
+
+    cdef int upstream_paused(self, bint paused) except -1:
+        """The upstream does not take more now (or again does): hold the client."""
+        if self.closing or self.down_lost or self.down_held == paused:
+            return 0
+        self.down_held = paused
+        if paused:
+            self.client.transport.pause_reading()
+        else:
+            self.client.transport.resume_reading()
+        return 0
+
+    cdef bint eof(self, bint from_upstream) except -1:
+        """One side sent its FIN: True keeps that side's transport open (it may still
+        be written to)."""
+        cdef object this, other
+        if from_upstream:
+            self.up_eof = True
+            this = self.conn.transport
+            other = self.client.transport
+        else:
+            self.down_eof = True
+            this = self.client.transport
+            other = self.conn.transport
+        if self.closing:
+            return False
+        if (self.up_eof and self.down_eof) or not (this.can_write_eof() and other.can_write_eof()):
+            self.close()
+            return False
+        other.write_eof()  # after what is buffered for it
+        return True
+
+    cdef int idle_out(self) except -1:
+        log_proxy.info("upstream %s: tunnel idle for %g s, closed (%d bytes to the client, "
+                       "%d to the upstream)", self.conn.pool.label, self.idle, self.to_client,
+                       self.to_upstream)
+        self.close()
+        return 0
+
+    cdef int close(self) except -1:
+        """Close both sides after what is buffered for each is sent; a side that does
+        not take it in its send timeout is cut (timed_out of each connection)."""
+        cdef ClientConnection client = self.client
+        cdef UpstreamConnection conn = self.conn
+        cdef double now = monotonic()
+        if self.closing:
+            return 0
+        self.closing = True
+        if not self.down_lost and client is not None:
+            client.closed = True
+            client.transport.close()
+            client.waiting = WAIT_CLOSING
+            client.deadline = now + client.core.t_send
+        if not self.up_lost and conn is not None:
+            conn.closed = True
+            conn.transport.close()
+            conn.deadline = now + conn.pool.send_timeout
+        return 0
+
+    cdef int lost(self, bint upstream) except -1:
+        """One side's transport is gone (its connection did its own bookkeeping)."""
+        if upstream:
+            self.up_lost = True
+        else:
+            self.down_lost = True
+        self.close()
+        if self.up_lost and self.down_lost:
+            self.client = None
+            self.conn = None
         return 0
 
 

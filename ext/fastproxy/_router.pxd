@@ -53,6 +53,7 @@ cdef class Rule:
     cdef public object auth         # auth.BasicAuth of the route, or None
     cdef public object waf          # waf.Waf of the route, or None
     cdef public long long max_body  # request body limit of the route; -1: the listener's
+    cdef public double tunnel_idle  # an upgraded connection's idle timeout (0: none)
     cdef public object forward_auth # forwardauth.ForwardAuth of the route, or None
     cdef public object cache        # _httpcache.RouteCache of the route, or None
     cdef public Py_ssize_t stats_base  # the route's first counter in _stats (-1: none)

@@ -168,6 +168,7 @@ cdef class Rule:
         self.action = action
         self.limits = ()
         self.max_body = -1
+        self.tunnel_idle = route.tunnel_idle_timeout
         self.any_host = match.hosts is None
         hosts = match.hosts or ()
         self._hosts = frozenset(h.encode() for h in hosts if not h.startswith("*."))

@@ -54,6 +54,7 @@ class Rule:
     auth: Any
     waf: Any
     max_body: int
+    tunnel_idle: float
     forward_auth: Any
     cache: Any
     compress: Any

@@ -137,6 +137,15 @@ def _auth_timeout(value: object) -> float:
     return seconds
 
 
+def _tunnel_idle(value: object) -> float:
+    from fastproxy.config import parse_duration  # config imports this module
+
+    seconds = parse_duration(value)
+    if not 0 <= seconds <= 86400:
+        raise ValueError(f"must be from 0 (no timeout) to 24h, found {describe(value)}")
+    return seconds
+
+
 BODY_SIZE_MAX: Final = 1 << 50  # far beyond any body; keeps the value a C long long
 
 
@@ -551,6 +560,7 @@ class Route:
     forward_auth: ForwardAuthSpec | None = None  # an auth service asked first
     cache: str | None = None  # the [caches.NAME] that stores this route's responses
     compress: CompressSpec | None = None  # compress responses for clients that accept it
+    tunnel_idle_timeout: float = 60.0  # an upgraded (WebSocket) connection's idle time (0: none)
 
     @property
     def label(self) -> str:
@@ -715,6 +725,7 @@ _ROUTE_KEYS: Final = (
     "forward_auth",
     "cache",
     "compress",
+    "tunnel_idle_timeout",
 )
 _COMPRESS_KEYS: Final = ("algorithms", "level", "min_size", "types")
 _ACTIONS: Final = ("upstream", "redirect", "respond")
@@ -931,6 +942,13 @@ class _RouteParser:
                                              "answers are not compressed)")
             else:
                 compress = self.compress(table["compress"], f"{path}.compress")
+        tunnel_idle: Any = 60.0
+        if "tunnel_idle_timeout" in table:
+            tunnel_idle = ck.convert(f"{path}.tunnel_idle_timeout", _tunnel_idle,
+                                     table["tunnel_idle_timeout"])
+            if tunnel_idle is not INVALID and "upstream" not in table:
+                ck.error(f"{path}.tunnel_idle_timeout", "only allowed on a route with upstream "
+                                                        "(only those switch protocols)")
         forward_auth = None
         if "forward_auth" in table:
             forward_auth = self.forward_auth(table["forward_auth"], f"{path}.forward_auth")
@@ -961,6 +979,7 @@ class _RouteParser:
             forward_auth=forward_auth,
             cache=cache if isinstance(cache, str) else None,
             compress=compress,
+            tunnel_idle_timeout=tunnel_idle if isinstance(tunnel_idle, float) else 60.0,
         )
 
     def compress(self, raw: object, path: str) -> CompressSpec | None:
