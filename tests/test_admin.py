@@ -514,3 +514,28 @@ def test_drain_disable_and_enable_a_server(make_origin: Callable[..., Origin],
              "unknown field")):
         status, body, _ = api.admin("POST", "/servers/state", payload)
         assert status == code and message in body["error"], (payload, body)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+def test_reload_through_the_api_when_the_children_run_as_another_user(
+        make_origin: Callable[..., Origin], site: Site, tmp_path: Path) -> None:
+    # The admin process runs as [server] user; the master stays root, so the
+    # admin process may not signal it: the reload must reach the master anyway.
+    origin = make_origin(site, name="app")
+    tmp_path.chmod(0o755)
+    port, admin_port = free_port(), free_port()
+    text = config_text(port, origin, admin_port).replace(
+        "[server]\n", '[server]\nuser = "nobody"\n', 1)
+    proxy = Proxy(text, tmp_path, port)
+    proxy.admin_port = admin_port
+    try:
+        proxy.start()
+        status, body, _ = proxy.admin("GET", "/status")
+        assert status == 200 and body["generation"] == 1, body
+        status, body, _ = proxy.admin("POST", "/reload")
+        assert status == 200 and body["ok"] and body["generation"] == 2, (status, body)
+        status, body, _ = proxy.admin("GET", "/status")
+        assert body["generation"] == 2
+        assert "Traceback" not in proxy.log()
+    finally:
+        proxy.stop()

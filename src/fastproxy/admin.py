@@ -350,8 +350,10 @@ class AdminServer:
 
     def __init__(self, config: Config, sock: socket.socket, generation: int,
                  purges: Purges | None, board: StatusBoard, table: PeerTable,
-                 stats: Stats | None = None, layout: Layout | None = None) -> None:
+                 stats: Stats | None = None, layout: Layout | None = None,
+                 reload_fd: int | None = None) -> None:
         self.config = config
+        self.reload_fd = reload_fd  # the master's reload pipe (None: signal it)
         self.stats = stats
         self.layout = layout
         self.table = table
@@ -529,7 +531,16 @@ class AdminServer:
 
     async def reload(self, body: bytes) -> Any:
         before = self.board.read().get("reloads", 0)
-        os.kill(os.getppid(), signal.SIGHUP)
+        try:
+            if self.reload_fd is not None:
+                # Not a signal: this process may run as [server] user, the master as root.
+                os.write(self.reload_fd, b"R")
+            else:
+                os.kill(os.getppid(), signal.SIGHUP)
+        except BlockingIOError:
+            pass  # the pipe is full of asks the master has not read yet: one reload is due
+        except OSError as e:
+            raise Answer(503, f"cannot ask the master to reload: {e.strerror or e}") from None
         deadline = time.monotonic() + RELOAD_WAIT
         while time.monotonic() < deadline:
             await asyncio.sleep(0.05)
