@@ -539,3 +539,25 @@ def test_reload_through_the_api_when_the_children_run_as_another_user(
         assert "Traceback" not in proxy.log()
     finally:
         proxy.stop()
+
+
+def test_head_gets_no_body(make_origin: Callable[..., Origin], site: Site,
+                           tmp_path: Path) -> None:
+    origin = make_origin(site, name="app")
+    proxy = start(tmp_path, origin)
+    try:
+        for path in (b"/status", b"/cache/purges", b"/nowhere"):
+            with socket.create_connection(("127.0.0.1", proxy.admin_port), timeout=5) as s:
+                s.sendall(b"HEAD " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+                data = b""
+                while chunk := s.recv(4096):
+                    data += chunk
+            head, _, rest = data.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 " if path != b"/nowhere"
+                                   else b"HTTP/1.1 404 "), data
+            length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:")))
+            assert length > 0  # what a GET would get
+            assert rest == b"", (path, rest[:80])
+    finally:
+        proxy.stop()

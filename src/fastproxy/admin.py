@@ -417,7 +417,8 @@ class AdminServer:
         assert task is not None
         self.busy.add(task)
         try:
-            status, body, extra = await self._answer(reader)
+            methods: list[bytes] = []
+            status, body, extra = await self._answer(reader, methods)
             if isinstance(body, Raw):
                 data, kind = body.data, body.content_type
             else:
@@ -426,6 +427,8 @@ class AdminServer:
                      f"Content-Type: {kind}", f"Content-Length: {len(data)}",
                      "Cache-Control: no-store", "Connection: close",
                      *(f"{k}: {v}" for k, v in extra)]
+            if methods == [b"HEAD"]:
+                data = b""  # the head a GET would get (its Content-Length too), no body
             writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + data)
             await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -436,10 +439,11 @@ class AdminServer:
             writer.close()
             self.busy.discard(task)
 
-    async def _answer(self, reader: asyncio.StreamReader
+    async def _answer(self, reader: asyncio.StreamReader, methods: list[bytes]
                       ) -> tuple[int, Any, tuple[tuple[str, str], ...]]:
         try:
             head, body = await asyncio.wait_for(self._read(reader), READ_TIMEOUT)
+            methods.append(head.method)
             if self.token is not None and not self._authorized(head) \
                     and head.target.split(b"?", 1)[0] != b"/dashboard":
                 raise Answer(401, "a bearer token is required",
