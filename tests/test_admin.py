@@ -21,7 +21,14 @@ from typing import Any
 import pytest
 
 from fastproxy._httpcache import PURGE_SLOTS, Purges
-from fastproxy.admin import PURGE_LOG, StatusBoard, load_purges, parse_purge, purge_url
+from fastproxy.admin import (
+    PURGE_LOG,
+    PurgeError,
+    StatusBoard,
+    load_purges,
+    parse_purge,
+    purge_url,
+)
 from fastproxy.cachepolicy import tags_of
 from fastproxy.config import ConfigError, parse_config
 from servers import Origin, ProxyProcess, RawClient, RawResponse, Received, Reply, free_port
@@ -561,3 +568,23 @@ def test_head_gets_no_body(make_origin: Callable[..., Origin], site: Site,
             assert rest == b"", (path, rest[:80])
     finally:
         proxy.stop()
+
+
+def test_deeply_nested_json_is_a_bad_request(make_origin: Callable[..., Origin], site: Site,
+                                             tmp_path: Path) -> None:
+    origin = make_origin(site, name="app")
+    proxy = start(tmp_path, origin)
+    try:
+        for path in ("/cache/purge", "/servers/state"):
+            status, body, _ = proxy.admin("POST", path, raw=b"[" * 50000)
+            assert status == 400 and "JSON" in body["error"], (path, status, body)
+        assert "Traceback" not in proxy.log()
+    finally:
+        proxy.stop()
+
+
+def test_parse_purge_refuses_a_malformed_authority(tmp_path: Path) -> None:
+    config = _parse("", tmp_path, "[caches.main]")
+    for body in ({"url": "http://[::1/x"}, {"prefix": "http://[x/"}):
+        with pytest.raises(PurgeError, match="IPv6"):
+            parse_purge(config, body)

@@ -133,7 +133,10 @@ def purge_url(config: Config, url: str) -> bytes:
     path normalized as the proxy does for its default cache key)."""
     from fastproxy.routing import ExplainError, _parse, _request_bytes
 
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as e:  # a bracket left open: "Invalid IPv6 URL"
+        raise PurgeError(f"url {url!r}: {e}") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise PurgeError(f"url must be absolute, like http://example.com/path, found {url!r}")
     try:
@@ -150,7 +153,10 @@ def purge_url(config: Config, url: str) -> bytes:
 def purge_prefix(prefix: str) -> bytes:
     """A URL prefix: scheme and host lower case, the rest as given (compare it with
     what `fastproxy cache explain` shows as the URL)."""
-    parts = urllib.parse.urlsplit(prefix)
+    try:
+        parts = urllib.parse.urlsplit(prefix)
+    except ValueError as e:
+        raise PurgeError(f"prefix {prefix!r}: {e}") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise PurgeError("prefix must start with a scheme and a host, like "
                          f"http://example.com/static/, found {prefix!r}")
@@ -676,6 +682,8 @@ def _json_object(body: bytes) -> dict[str, Any]:
         value = json.loads(body or b"null")
     except ValueError as e:
         raise Answer(400, f"the body is not JSON: {e}") from None
+    except RecursionError:
+        raise Answer(400, "the body is not JSON this API takes: nested too deep") from None
     if not isinstance(value, dict):
         raise Answer(400, "expected a JSON object")
     return value
