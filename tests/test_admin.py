@@ -588,3 +588,25 @@ def test_parse_purge_refuses_a_malformed_authority(tmp_path: Path) -> None:
     for body in ({"url": "http://[::1/x"}, {"prefix": "http://[x/"}):
         with pytest.raises(PurgeError, match="IPv6"):
             parse_purge(config, body)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing owners needs root")
+def test_rewriting_a_purge_log_keeps_its_owner(tmp_path: Path) -> None:
+    # The master (root) rewrites the log when it holds too much; the admin
+    # process, running as [server] user, must still be able to append to it.
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    disk = tmp_path / "d"
+    disk.mkdir()
+    lines = [json.dumps({"time": 1000.0 + i, "kind": "url", "text": f"http://a/{i}",
+                         "soft": False, "cache": ""}) for i in range(PURGE_SLOTS + 5)]
+    log_path = disk / PURGE_LOG
+    log_path.write_text("\n".join(lines) + "\n")
+    os.chown(log_path, nobody.pw_uid, nobody.pw_gid)
+    log_path.chmod(0o600)
+    config = _parse("", tmp_path, f'[caches.main]\ndisk = {{ path = "{disk}", size = "8m" }}')
+    load_purges(config.caches, Purges())
+    assert len(log_path.read_text().splitlines()) == PURGE_SLOTS  # it was rewritten
+    st = log_path.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (nobody.pw_uid, nobody.pw_gid, 0o600)

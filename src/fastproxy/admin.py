@@ -300,9 +300,15 @@ def load_purges(caches: Mapping[str, CacheSpec], purges: Purges) -> int:
 def _rewrite(path: str, records: list[dict[str, Any]]) -> None:
     temp = f"{path}.tmp.{os.getpid()}"
     try:
+        before = os.stat(path)
         with open(temp, "w", encoding="utf-8") as f:
             for record in sorted(records, key=lambda r: float(r["time"])):
                 f.write(json.dumps(record, separators=(",", ":")) + "\n")
+            # The master (maybe root) rewrites what the admin process (maybe
+            # [server] user) appends to: the file keeps its owner and mode.
+            os.fchmod(f.fileno(), before.st_mode & 0o7777)
+            if os.geteuid() == 0:
+                os.fchown(f.fileno(), before.st_uid, before.st_gid)
         os.replace(temp, path)
     except OSError as e:
         log.error("cannot rewrite %s: %s", path, e.strerror or e)
