@@ -487,10 +487,15 @@ class Supervisor:
             number, slot = entry
             code = os.waitstatus_to_exitcode(status)
             block = self.blocks.pop(pid, 0)
-            if block and self.stats is not None:
+            if block and self.stats is not None and block not in self.blocks.values():
                 # Its counts go on in block 0; its gauges (in flight, open) die with it.
+                # Not while another process still counts in the block (one shared when
+                # blocks ran out): emptying it would take that one's open connections
+                # and requests in flight from the gauges, which its closes would then
+                # drive below zero. What the dead one left in the gauges stays until
+                # the last user of the block is gone.
                 self.stats[0].retire(block, bytes(self.stats[1].gauges))
-                if block not in self.free_blocks and block not in self.blocks.values():
+                if block not in self.free_blocks:
                     self.free_blocks.append(block)
             self.publish()
             if self.stopping or number != self.gen.number:
