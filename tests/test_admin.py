@@ -610,3 +610,15 @@ def test_rewriting_a_purge_log_keeps_its_owner(tmp_path: Path) -> None:
     assert len(log_path.read_text().splitlines()) == PURGE_SLOTS  # it was rewritten
     st = log_path.stat()
     assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (nobody.pw_uid, nobody.pw_gid, 0o600)
+
+
+def test_a_prefix_covers_the_url_it_spells(tmp_path: Path) -> None:
+    # The cache records URLs with the host as the proxy's default key has it (no
+    # port, no trailing dot, lower case): a prefix must be normalized the same
+    # way, or a purge by prefix says it purged and matches nothing.
+    config = _parse("", tmp_path, "[caches.main]")
+    for url in ("http://a:8080/static/x", "http://Example.com.:80/x", "https://a:443/x",
+                "http://[::1]:8080/x", "http://a./x", "HTTP://A/Static/?q=1"):
+        prefix = parse_purge(config, {"prefix": url})[1]
+        assert purge_url(config, url).startswith(prefix), (url, prefix)
+    assert parse_purge(config, {"prefix": "http://a:8080/St"})[1] == b"http://a/St"

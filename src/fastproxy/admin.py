@@ -150,22 +150,26 @@ def purge_url(config: Config, url: str) -> bytes:
     return bytes(_URL_KEY.render_for(ctx))
 
 
-def purge_prefix(prefix: str) -> bytes:
-    """A URL prefix: scheme and host lower case, the rest as given (compare it with
-    what `fastproxy cache explain` shows as the URL)."""
+def purge_prefix(config: Config, prefix: str) -> bytes:
+    """A URL prefix: scheme and host as the cache records them (as for `purge_url`:
+    lower case, no port, no trailing dot), the rest as given (compare it with what
+    `fastproxy cache explain` shows as the URL)."""
     try:
         parts = urllib.parse.urlsplit(prefix)
     except ValueError as e:
         raise PurgeError(f"prefix {prefix!r}: {e}") from None
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    _, sep, rest = prefix.partition("://")
+    if parts.scheme not in ("http", "https") or not parts.netloc or not sep \
+            or not rest.startswith(parts.netloc):
         raise PurgeError("prefix must start with a scheme and a host, like "
                          f"http://example.com/static/, found {prefix!r}")
-    head, sep, rest = prefix.partition("://")
-    host, slash, path = rest.partition("/")
+    path = rest[len(parts.netloc):]
     try:
-        return (head.lower() + sep + host.lower() + slash + path).encode("ascii")
+        path_bytes = path.encode("ascii")
     except UnicodeEncodeError:
         raise PurgeError("prefix must be ASCII (percent-encode the path)") from None
+    origin = purge_url(config, f"{parts.scheme}://{parts.netloc}/")  # b"http://host/"
+    return origin[:-1] + path_bytes
 
 
 def parse_purge(config: Config, body: Any) -> tuple[str, bytes, str, bool]:
@@ -201,7 +205,7 @@ def parse_purge(config: Config, body: Any) -> tuple[str, bytes, str, bool]:
     elif kind == "url":
         text = purge_url(config, value)
     elif kind == "prefix":
-        text = purge_prefix(value)
+        text = purge_prefix(config, value)
     else:
         if any(c.isspace() or c == "," for c in value):
             raise PurgeError("tag must be one tag (no spaces or commas)")
