@@ -622,3 +622,40 @@ def test_a_prefix_covers_the_url_it_spells(tmp_path: Path) -> None:
         prefix = parse_purge(config, {"prefix": url})[1]
         assert purge_url(config, url).startswith(prefix), (url, prefix)
     assert parse_purge(config, {"prefix": "http://a:8080/St"})[1] == b"http://a/St"
+
+
+def test_a_reload_leaves_no_socket_the_new_config_dropped_open(
+        make_origin: Callable[..., Origin], site: Site, tmp_path: Path) -> None:
+    # 2 workers -> 1 and a new admin address: the second worker's listening socket
+    # and the old admin socket must close everywhere, or the kernel keeps queueing
+    # connections on them that nobody accepts (clients hang instead of being
+    # served or refused).
+    origin = make_origin(site, name="app")
+    proxy = start(tmp_path, origin, workers=2)
+    try:
+        assert proxy.admin("GET", "/status")[0] == 200  # the master runs its loop
+        old_admin, new_admin = proxy.admin_port, free_port()
+        proxy.config_path.write_text(proxy.config_path.read_text().replace(
+            "workers = 2", "workers = 1").replace(f":{old_admin}", f":{new_admin}"))
+        proxy.signal(signal.SIGHUP)
+        proxy.admin_port = new_admin
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                status, body, _ = proxy.admin("GET", "/status")
+                if status == 200 and body["generation"] == 2 and \
+                        all(w["generation"] == 2 for w in body["workers"]):
+                    break
+            except OSError:
+                pass
+            time.sleep(0.05)
+        assert body["generation"] == 2 and all(w["generation"] == 2 for w in body["workers"])
+        for i in range(20):  # spread over the listening sockets by the kernel's hash
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=3) as s:
+                s.sendall(f"GET /r{i} HTTP/1.1\r\nHost: site\r\nConnection: close\r\n\r\n"
+                          .encode())
+                assert s.recv(12).startswith(b"HTTP/1.1 "), i
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", old_admin), timeout=3).close()
+    finally:
+        proxy.stop()

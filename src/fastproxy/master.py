@@ -445,17 +445,18 @@ class Supervisor:
         self.gen = new
         self.restart_at.clear()
         self.failures.clear()
-        self._spawn_all()
-        for pid, (number, _) in self.pids.items():
-            if number != new.number:
-                _kill(pid, signal.SIGTERM)  # graceful: in-flight requests finish
         # Sockets the new generation does not use: the old workers close theirs on
         # SIGTERM; ours must go too, or the kernel would keep queueing connections
-        # on them that nobody accepts.
+        # on them that nobody accepts. Before the fork: a child only closes the
+        # sockets of its own generation, so one forked now would keep them open.
         for sock in old.sockets() - new.sockets():
             sock.close()
         if old.admin is not None and old.admin is not admin:
             old.admin.close()
+        self._spawn_all()
+        for pid, (number, _) in self.pids.items():
+            if number != new.number:
+                _kill(pid, signal.SIGTERM)  # graceful: in-flight requests finish
         log.info("reloaded: generation %d with %d worker(s); generation %d stopping",
                  new.number, len(new.slots), old.number)
         self._reloaded({"ok": True, "time": time.time(), "generation": new.number,
