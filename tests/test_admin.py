@@ -21,7 +21,14 @@ from typing import Any
 import pytest
 
 from fastproxy._httpcache import PURGE_SLOTS, Purges
-from fastproxy.admin import PURGE_LOG, StatusBoard, load_purges, parse_purge, purge_url
+from fastproxy.admin import (
+    PURGE_LOG,
+    PurgeError,
+    StatusBoard,
+    load_purges,
+    parse_purge,
+    purge_url,
+)
 from fastproxy.cachepolicy import tags_of
 from fastproxy.config import ConfigError, parse_config
 from servers import Origin, ProxyProcess, RawClient, RawResponse, Received, Reply, free_port
@@ -514,3 +521,141 @@ def test_drain_disable_and_enable_a_server(make_origin: Callable[..., Origin],
              "unknown field")):
         status, body, _ = api.admin("POST", "/servers/state", payload)
         assert status == code and message in body["error"], (payload, body)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+def test_reload_through_the_api_when_the_children_run_as_another_user(
+        make_origin: Callable[..., Origin], site: Site, tmp_path: Path) -> None:
+    # The admin process runs as [server] user; the master stays root, so the
+    # admin process may not signal it: the reload must reach the master anyway.
+    origin = make_origin(site, name="app")
+    tmp_path.chmod(0o755)
+    port, admin_port = free_port(), free_port()
+    text = config_text(port, origin, admin_port).replace(
+        "[server]\n", '[server]\nuser = "nobody"\n', 1)
+    proxy = Proxy(text, tmp_path, port)
+    proxy.admin_port = admin_port
+    try:
+        proxy.start()
+        status, body, _ = proxy.admin("GET", "/status")
+        assert status == 200 and body["generation"] == 1, body
+        status, body, _ = proxy.admin("POST", "/reload")
+        assert status == 200 and body["ok"] and body["generation"] == 2, (status, body)
+        status, body, _ = proxy.admin("GET", "/status")
+        assert body["generation"] == 2
+        assert "Traceback" not in proxy.log()
+    finally:
+        proxy.stop()
+
+
+def test_head_gets_no_body(make_origin: Callable[..., Origin], site: Site,
+                           tmp_path: Path) -> None:
+    origin = make_origin(site, name="app")
+    proxy = start(tmp_path, origin)
+    try:
+        for path in (b"/status", b"/cache/purges", b"/nowhere"):
+            with socket.create_connection(("127.0.0.1", proxy.admin_port), timeout=5) as s:
+                s.sendall(b"HEAD " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+                data = b""
+                while chunk := s.recv(4096):
+                    data += chunk
+            head, _, rest = data.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 " if path != b"/nowhere"
+                                   else b"HTTP/1.1 404 "), data
+            length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:")))
+            assert length > 0  # what a GET would get
+            assert rest == b"", (path, rest[:80])
+    finally:
+        proxy.stop()
+
+
+def test_deeply_nested_json_is_a_bad_request(make_origin: Callable[..., Origin], site: Site,
+                                             tmp_path: Path) -> None:
+    origin = make_origin(site, name="app")
+    proxy = start(tmp_path, origin)
+    try:
+        for path in ("/cache/purge", "/servers/state"):
+            status, body, _ = proxy.admin("POST", path, raw=b"[" * 50000)
+            assert status == 400 and "JSON" in body["error"], (path, status, body)
+        assert "Traceback" not in proxy.log()
+    finally:
+        proxy.stop()
+
+
+def test_parse_purge_refuses_a_malformed_authority(tmp_path: Path) -> None:
+    config = _parse("", tmp_path, "[caches.main]")
+    for body in ({"url": "http://[::1/x"}, {"prefix": "http://[x/"}):
+        with pytest.raises(PurgeError, match="IPv6"):
+            parse_purge(config, body)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing owners needs root")
+def test_rewriting_a_purge_log_keeps_its_owner(tmp_path: Path) -> None:
+    # The master (root) rewrites the log when it holds too much; the admin
+    # process, running as [server] user, must still be able to append to it.
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    disk = tmp_path / "d"
+    disk.mkdir()
+    lines = [json.dumps({"time": 1000.0 + i, "kind": "url", "text": f"http://a/{i}",
+                         "soft": False, "cache": ""}) for i in range(PURGE_SLOTS + 5)]
+    log_path = disk / PURGE_LOG
+    log_path.write_text("\n".join(lines) + "\n")
+    os.chown(log_path, nobody.pw_uid, nobody.pw_gid)
+    log_path.chmod(0o600)
+    config = _parse("", tmp_path, f'[caches.main]\ndisk = {{ path = "{disk}", size = "8m" }}')
+    load_purges(config.caches, Purges())
+    assert len(log_path.read_text().splitlines()) == PURGE_SLOTS  # it was rewritten
+    st = log_path.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (nobody.pw_uid, nobody.pw_gid, 0o600)
+
+
+def test_a_prefix_covers_the_url_it_spells(tmp_path: Path) -> None:
+    # The cache records URLs with the host as the proxy's default key has it (no
+    # port, no trailing dot, lower case): a prefix must be normalized the same
+    # way, or a purge by prefix says it purged and matches nothing.
+    config = _parse("", tmp_path, "[caches.main]")
+    for url in ("http://a:8080/static/x", "http://Example.com.:80/x", "https://a:443/x",
+                "http://[::1]:8080/x", "http://a./x", "HTTP://A/Static/?q=1"):
+        prefix = parse_purge(config, {"prefix": url})[1]
+        assert purge_url(config, url).startswith(prefix), (url, prefix)
+    assert parse_purge(config, {"prefix": "http://a:8080/St"})[1] == b"http://a/St"
+
+
+def test_a_reload_leaves_no_socket_the_new_config_dropped_open(
+        make_origin: Callable[..., Origin], site: Site, tmp_path: Path) -> None:
+    # 2 workers -> 1 and a new admin address: the second worker's listening socket
+    # and the old admin socket must close everywhere, or the kernel keeps queueing
+    # connections on them that nobody accepts (clients hang instead of being
+    # served or refused).
+    origin = make_origin(site, name="app")
+    proxy = start(tmp_path, origin, workers=2)
+    try:
+        assert proxy.admin("GET", "/status")[0] == 200  # the master runs its loop
+        old_admin, new_admin = proxy.admin_port, free_port()
+        proxy.config_path.write_text(proxy.config_path.read_text().replace(
+            "workers = 2", "workers = 1").replace(f":{old_admin}", f":{new_admin}"))
+        proxy.signal(signal.SIGHUP)
+        proxy.admin_port = new_admin
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                status, body, _ = proxy.admin("GET", "/status")
+                if status == 200 and body["generation"] == 2 and \
+                        all(w["generation"] == 2 for w in body["workers"]):
+                    break
+            except OSError:
+                pass
+            time.sleep(0.05)
+        assert body["generation"] == 2 and all(w["generation"] == 2 for w in body["workers"])
+        for i in range(20):  # spread over the listening sockets by the kernel's hash
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=3) as s:
+                s.sendall(f"GET /r{i} HTTP/1.1\r\nHost: site\r\nConnection: close\r\n\r\n"
+                          .encode())
+                assert s.recv(12).startswith(b"HTTP/1.1 "), i
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", old_admin), timeout=3).close()
+    finally:
+        proxy.stop()

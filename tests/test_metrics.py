@@ -354,3 +354,69 @@ def test_tls_handshakes_and_access_denials_are_counted(make_origin: Callable[...
         assert value(samples, "fastproxy_access_denied_total") == 1
     finally:
         proxy.stop()
+
+
+_SHARED_BLOCK_SCRIPT = r'''
+import os, sys, tomllib
+from fastproxy import metrics
+from fastproxy._peers import PeerTable, slot_layout
+from fastproxy.config import parse_config
+from fastproxy.master import Generation, Supervisor
+
+path = sys.argv[1]
+config = parse_config(tomllib.loads(open(path).read()), path)
+stats = metrics.new_stats(config, 1)
+gen = Generation(2, config, [[]], PeerTable(slot_layout(config.upstreams)[1]), [], None,
+                 None, None, stats)
+sup = Supervisor(gen, stats)
+opened = gen.layout.instance + metrics.INSTANCE.index("connections_open")
+accepted = gen.layout.instance + metrics.INSTANCE.index("connections_accepted")
+last = stats[0].blocks - 1
+# Reloads ran out of blocks: an old worker (generation 1, draining) and a new one
+# count in the same block. The new one has a connection open.
+old = os.fork()
+if old == 0:
+    os._exit(0)
+hold, keep = os.pipe()
+live = os.fork()
+if live == 0:
+    os.read(hold, 1)  # until killed
+    os._exit(0)
+sup.pids = {old: (1, 0), live: (2, 0)}
+sup.blocks = {old: last, live: last}
+sup.free_blocks = []
+stats[0].use_block(last)
+stats[0].add(accepted, 5)
+stats[0].add(opened, 1)
+os.waitid(os.P_PID, old, os.WEXITED | os.WNOWAIT)
+sup._reap()  # the old worker is gone: the new one still counts in the block
+totals = stats[0].totals()
+print(totals[opened], totals[accepted], last in sup.free_blocks)
+stats[0].add(opened, -1)  # the live worker's connection closes
+print(stats[0].totals()[opened])
+os.kill(live, 9)
+os.waitid(os.P_PID, live, os.WEXITED | os.WNOWAIT)
+sup._reap()
+totals = stats[0].totals()
+print(totals[opened], totals[accepted], last in sup.free_blocks)
+'''
+
+
+def test_a_shared_block_is_not_emptied_while_a_worker_still_counts_in_it(
+        tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "f.toml"
+    path.write_text('[[listeners]]\naddress = "127.0.0.1:1"\n[admin]\naddress = "127.0.0.1:2"\n'
+                    '[upstreams.app]\nservers = ["127.0.0.1:3"]\n'
+                    '[[routes]]\nupstream = "app"\n')
+    done = subprocess.run([sys.executable, "-c", _SHARED_BLOCK_SCRIPT, str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.split("\n")
+    # Before the last user of the block is gone, nothing of it is folded away...
+    assert lines[0] == "1 5 False", done.stdout
+    assert lines[1] == "0", done.stdout  # ... so the gauge never goes below zero
+    # ... and when it is, the counts stay (in block 0) and the block is free again.
+    assert lines[2] == "0 5 True", done.stdout

@@ -133,7 +133,10 @@ def purge_url(config: Config, url: str) -> bytes:
     path normalized as the proxy does for its default cache key)."""
     from fastproxy.routing import ExplainError, _parse, _request_bytes
 
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as e:  # a bracket left open: "Invalid IPv6 URL"
+        raise PurgeError(f"url {url!r}: {e}") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise PurgeError(f"url must be absolute, like http://example.com/path, found {url!r}")
     try:
@@ -147,19 +150,26 @@ def purge_url(config: Config, url: str) -> bytes:
     return bytes(_URL_KEY.render_for(ctx))
 
 
-def purge_prefix(prefix: str) -> bytes:
-    """A URL prefix: scheme and host lower case, the rest as given (compare it with
-    what `fastproxy cache explain` shows as the URL)."""
-    parts = urllib.parse.urlsplit(prefix)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+def purge_prefix(config: Config, prefix: str) -> bytes:
+    """A URL prefix: scheme and host as the cache records them (as for `purge_url`:
+    lower case, no port, no trailing dot), the rest as given (compare it with what
+    `fastproxy cache explain` shows as the URL)."""
+    try:
+        parts = urllib.parse.urlsplit(prefix)
+    except ValueError as e:
+        raise PurgeError(f"prefix {prefix!r}: {e}") from None
+    _, sep, rest = prefix.partition("://")
+    if parts.scheme not in ("http", "https") or not parts.netloc or not sep \
+            or not rest.startswith(parts.netloc):
         raise PurgeError("prefix must start with a scheme and a host, like "
                          f"http://example.com/static/, found {prefix!r}")
-    head, sep, rest = prefix.partition("://")
-    host, slash, path = rest.partition("/")
+    path = rest[len(parts.netloc):]
     try:
-        return (head.lower() + sep + host.lower() + slash + path).encode("ascii")
+        path_bytes = path.encode("ascii")
     except UnicodeEncodeError:
         raise PurgeError("prefix must be ASCII (percent-encode the path)") from None
+    origin = purge_url(config, f"{parts.scheme}://{parts.netloc}/")  # b"http://host/"
+    return origin[:-1] + path_bytes
 
 
 def parse_purge(config: Config, body: Any) -> tuple[str, bytes, str, bool]:
@@ -195,7 +205,7 @@ def parse_purge(config: Config, body: Any) -> tuple[str, bytes, str, bool]:
     elif kind == "url":
         text = purge_url(config, value)
     elif kind == "prefix":
-        text = purge_prefix(value)
+        text = purge_prefix(config, value)
     else:
         if any(c.isspace() or c == "," for c in value):
             raise PurgeError("tag must be one tag (no spaces or commas)")
@@ -294,9 +304,15 @@ def load_purges(caches: Mapping[str, CacheSpec], purges: Purges) -> int:
 def _rewrite(path: str, records: list[dict[str, Any]]) -> None:
     temp = f"{path}.tmp.{os.getpid()}"
     try:
+        before = os.stat(path)
         with open(temp, "w", encoding="utf-8") as f:
             for record in sorted(records, key=lambda r: float(r["time"])):
                 f.write(json.dumps(record, separators=(",", ":")) + "\n")
+            # The master (maybe root) rewrites what the admin process (maybe
+            # [server] user) appends to: the file keeps its owner and mode.
+            os.fchmod(f.fileno(), before.st_mode & 0o7777)
+            if os.geteuid() == 0:
+                os.fchown(f.fileno(), before.st_uid, before.st_gid)
         os.replace(temp, path)
     except OSError as e:
         log.error("cannot rewrite %s: %s", path, e.strerror or e)
@@ -350,8 +366,10 @@ class AdminServer:
 
     def __init__(self, config: Config, sock: socket.socket, generation: int,
                  purges: Purges | None, board: StatusBoard, table: PeerTable,
-                 stats: Stats | None = None, layout: Layout | None = None) -> None:
+                 stats: Stats | None = None, layout: Layout | None = None,
+                 reload_fd: int | None = None) -> None:
         self.config = config
+        self.reload_fd = reload_fd  # the master's reload pipe (None: signal it)
         self.stats = stats
         self.layout = layout
         self.table = table
@@ -415,7 +433,8 @@ class AdminServer:
         assert task is not None
         self.busy.add(task)
         try:
-            status, body, extra = await self._answer(reader)
+            methods: list[bytes] = []
+            status, body, extra = await self._answer(reader, methods)
             if isinstance(body, Raw):
                 data, kind = body.data, body.content_type
             else:
@@ -424,6 +443,8 @@ class AdminServer:
                      f"Content-Type: {kind}", f"Content-Length: {len(data)}",
                      "Cache-Control: no-store", "Connection: close",
                      *(f"{k}: {v}" for k, v in extra)]
+            if methods == [b"HEAD"]:
+                data = b""  # the head a GET would get (its Content-Length too), no body
             writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + data)
             await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -434,10 +455,11 @@ class AdminServer:
             writer.close()
             self.busy.discard(task)
 
-    async def _answer(self, reader: asyncio.StreamReader
+    async def _answer(self, reader: asyncio.StreamReader, methods: list[bytes]
                       ) -> tuple[int, Any, tuple[tuple[str, str], ...]]:
         try:
             head, body = await asyncio.wait_for(self._read(reader), READ_TIMEOUT)
+            methods.append(head.method)
             if self.token is not None and not self._authorized(head) \
                     and head.target.split(b"?", 1)[0] != b"/dashboard":
                 raise Answer(401, "a bearer token is required",
@@ -529,7 +551,16 @@ class AdminServer:
 
     async def reload(self, body: bytes) -> Any:
         before = self.board.read().get("reloads", 0)
-        os.kill(os.getppid(), signal.SIGHUP)
+        try:
+            if self.reload_fd is not None:
+                # Not a signal: this process may run as [server] user, the master as root.
+                os.write(self.reload_fd, b"R")
+            else:
+                os.kill(os.getppid(), signal.SIGHUP)
+        except BlockingIOError:
+            pass  # the pipe is full of asks the master has not read yet: one reload is due
+        except OSError as e:
+            raise Answer(503, f"cannot ask the master to reload: {e.strerror or e}") from None
         deadline = time.monotonic() + RELOAD_WAIT
         while time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -661,6 +692,8 @@ def _json_object(body: bytes) -> dict[str, Any]:
         value = json.loads(body or b"null")
     except ValueError as e:
         raise Answer(400, f"the body is not JSON: {e}") from None
+    except RecursionError:
+        raise Answer(400, "the body is not JSON this API takes: nested too deep") from None
     if not isinstance(value, dict):
         raise Answer(400, "expected a JSON object")
     return value

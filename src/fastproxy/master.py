@@ -43,7 +43,7 @@ from fastproxy.config import AdminSettings, Config, ConfigError, Listener, load_
 log = logging.getLogger("fastproxy.master")
 
 _SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
-            signal.SIGUSR1}
+            signal.SIGUSR1, signal.SIGIO}
 _QUICK_DEATH = 5.0  # a worker that dies sooner than this is restarted with back-off
 HEALTH = -1  # the slot number of the health-check process
 EVICTOR = -2  # ... and of the cache evictor (when a cache has a disk tier)
@@ -239,6 +239,10 @@ class Supervisor:
         self.reloads = 0
         self.deaths = 0  # children of the current generation that died (and were restarted)
         self.last_reload: dict[str, Any] = {}
+        # The admin process asks for reloads by writing to this pipe: it may run as
+        # [server] user, and a process of another user may not signal the master.
+        # The read end wakes the master with SIGIO (see run).
+        self.reload_pipe = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self.publish()
 
     @property
@@ -262,6 +266,11 @@ class Supervisor:
 
     def run(self) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        import fcntl
+
+        asked = self.reload_pipe[0]
+        fcntl.fcntl(asked, fcntl.F_SETOWN, os.getpid())
+        fcntl.fcntl(asked, fcntl.F_SETFL, fcntl.fcntl(asked, fcntl.F_GETFL) | os.O_ASYNC)
         self._spawn_all()
         sd_notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=generation {self.gen.number}")
         while True:
@@ -273,6 +282,8 @@ class Supervisor:
                 self.reload()
             elif info is not None and info.si_signo == signal.SIGUSR1:
                 self.reopen_logs()
+            if self._reload_asked() and not self.stopping:
+                self.reload()
             self._reap()
             now = time.monotonic()
             if self.stopping:
@@ -289,6 +300,16 @@ class Supervisor:
                 if now >= when:
                     del self.restart_at[slot]
                     self._spawn(slot)
+
+    def _reload_asked(self) -> bool:
+        """The admin process wrote to the reload pipe (one reload for all it wrote)."""
+        asked = False
+        try:
+            while os.read(self.reload_pipe[0], 4096):
+                asked = True
+        except BlockingIOError:
+            pass
+        return asked
 
     def reopen_logs(self) -> None:
         """SIGUSR1 (after logrotate renamed the files): every worker, of every
@@ -328,6 +349,9 @@ class Supervisor:
                     s.close()
                 if gen.admin is not None and slot != ADMIN:
                     gen.admin.close()
+                os.close(self.reload_pipe[0])
+                if slot != ADMIN:
+                    os.close(self.reload_pipe[1])
                 if gen.config.server.user and os.geteuid() == 0:
                     _import_child_modules()  # while the files are surely readable
                 drop_privileges(gen.config.server)
@@ -358,7 +382,8 @@ class Supervisor:
 
             assert gen.admin is not None
             return AdminServer(gen.config, gen.admin, gen.number, gen.purges,
-                               self.board, gen.table, gen.stats, gen.layout).run()
+                               self.board, gen.table, gen.stats, gen.layout,
+                               self.reload_pipe[1]).run()
         from fastproxy.worker import Worker
 
         return Worker(gen.config, gen.slots[slot], gen.table, gen.contexts, gen.limits,
@@ -420,17 +445,18 @@ class Supervisor:
         self.gen = new
         self.restart_at.clear()
         self.failures.clear()
-        self._spawn_all()
-        for pid, (number, _) in self.pids.items():
-            if number != new.number:
-                _kill(pid, signal.SIGTERM)  # graceful: in-flight requests finish
         # Sockets the new generation does not use: the old workers close theirs on
         # SIGTERM; ours must go too, or the kernel would keep queueing connections
-        # on them that nobody accepts.
+        # on them that nobody accepts. Before the fork: a child only closes the
+        # sockets of its own generation, so one forked now would keep them open.
         for sock in old.sockets() - new.sockets():
             sock.close()
         if old.admin is not None and old.admin is not admin:
             old.admin.close()
+        self._spawn_all()
+        for pid, (number, _) in self.pids.items():
+            if number != new.number:
+                _kill(pid, signal.SIGTERM)  # graceful: in-flight requests finish
         log.info("reloaded: generation %d with %d worker(s); generation %d stopping",
                  new.number, len(new.slots), old.number)
         self._reloaded({"ok": True, "time": time.time(), "generation": new.number,
@@ -462,10 +488,15 @@ class Supervisor:
             number, slot = entry
             code = os.waitstatus_to_exitcode(status)
             block = self.blocks.pop(pid, 0)
-            if block and self.stats is not None:
+            if block and self.stats is not None and block not in self.blocks.values():
                 # Its counts go on in block 0; its gauges (in flight, open) die with it.
+                # Not while another process still counts in the block (one shared when
+                # blocks ran out): emptying it would take that one's open connections
+                # and requests in flight from the gauges, which its closes would then
+                # drive below zero. What the dead one left in the gauges stays until
+                # the last user of the block is gone.
                 self.stats[0].retire(block, bytes(self.stats[1].gauges))
-                if block not in self.free_blocks and block not in self.blocks.values():
+                if block not in self.free_blocks:
                     self.free_blocks.append(block)
             self.publish()
             if self.stopping or number != self.gen.number:

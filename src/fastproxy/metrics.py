@@ -127,10 +127,13 @@ def bounds_us(buckets: Iterable[float]) -> list[int]:
 
 def new_stats(config: Config, workers: int) -> tuple[Stats, Registry]:
     """The master's table and registry: room for this config four times over
-    (reloads that rename things), blocks for three generations of workers."""
+    (reloads that rename things); blocks for two generations of at least 16
+    workers each (and three of this config's), so that a reload that adds workers
+    does not make two processes share a block (then counts can be lost)."""
     hist = len(config.metrics.buckets) + 3
     capacity = max(16384, 4 * need(config, hist))
-    stats = Stats(capacity, 3 * workers + 2, bounds_us(config.metrics.buckets),
+    blocks = max(2 * max(workers, 16), 3 * workers) + 2
+    stats = Stats(capacity, blocks, bounds_us(config.metrics.buckets),
                   note_size=NOTE_SIZE)
     return stats, Registry(capacity, config.metrics.buckets)
 
