@@ -27,7 +27,7 @@ cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
-from libc.errno cimport EINTR, errno
+from libc.errno cimport ECONNRESET, EINTR, EPIPE, errno
 from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy
 from posix.unistd cimport write
@@ -80,6 +80,7 @@ ctypedef struct _Out:
     Py_ssize_t cap
     int fd          # the socket (-1: never written to directly)
     bint direct     # write to fd while nothing is in buf
+    bint gone       # a write to fd met EPIPE or ECONNRESET: the peer has gone
 
 
 cdef int _out_append(_Out* o, const char* data, Py_ssize_t n) noexcept nogil:
@@ -114,7 +115,11 @@ cdef int _out_write(BIO* bio, const char* data, int n) noexcept nogil:
             return n
         o.direct = False  # the rest is queued: what follows goes after it
         if r > 0:
-            done = r  # (EAGAIN, or an error the transport will meet and report)
+            done = r
+        elif errno == EPIPE or errno == ECONNRESET:
+            o.gone = True  # nothing more can reach the peer: _flush closes
+            return n
+        # (EAGAIN, or another error the transport will meet and report)
     if _out_append(o, data + done, n - done) < 0:
         return -1
     return n
@@ -779,6 +784,8 @@ cdef class TlsConnection:
         keeps the order until its buffer is empty again."""
         cdef Py_ssize_t n = self.out.len
         cdef Py_ssize_t done = 0
+        if self.out.gone:
+            return self._gone()
         if n <= 0:
             return 0
         if self.tcp_closed:
@@ -793,11 +800,27 @@ cdef class TlsConnection:
                 self._sent()
                 return 0
             if done < 0:
+                if errno == EPIPE or errno == ECONNRESET:
+                    return self._gone()
                 done = 0  # EAGAIN, or an error the transport will meet and report
         data = PyBytes_FromStringAndSize(self.out.buf + done, n - done)
         self._sent()
         self.queued = True
         self.transport.write(data)
+        return 0
+
+    cdef int _gone(self) except -1:
+        """The peer has gone (reset, or shut down its reading): drop what is left to
+        send and close, instead of handing it to the transport only for its write to
+        fail again and build an exception (a client that closes right after its
+        handshake, before the session tickets arrive, does this each time)."""
+        self.out.gone = False
+        self._sent()
+        self.closing = True
+        self.server.handshaking.discard(self)
+        if not self.tcp_closed:
+            self.tcp_closed = True
+            self.transport.close()
         return 0
 
     cdef void _sent(self) noexcept:
