@@ -1,8 +1,9 @@
 """The "openssl" TLS engine (fastproxy._tls) through `fastproxy serve`: what its
-memory-BIO layer must get right beyond a plain request (test_tls_e2e runs those
-with both engines): pipelined requests, a client that half-closes, large bodies
-both ways under back-pressure, refused renegotiation, the handshake timeout,
-malformed handshakes, and no traceback in the log for any of it."""
+BIO layer must get right beyond a plain request (test_tls_e2e runs those with
+both engines): pipelined requests, a client that half-closes, large bodies both
+ways under back-pressure, one-record responses written straight to a socket that
+stops taking them, refused renegotiation, the handshake timeout, malformed
+handshakes, and no traceback in the log for any of it."""
 
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 `TlsConnection` sits between uvloop's TCP transport and the proxy's client
 protocol. To uvloop it is a buffered protocol (`get_buffer`/`buffer_updated`:
 the ciphertext lands in one buffer shared by the worker's connections, and goes
-straight into the connection's memory BIO); to the client protocol it is the
+straight into the connection's input memory BIO; OpenSSL's records leave through
+an output BIO of our own, see _Out); to the client protocol it is the
 transport (`write`, `writelines`, `close`, `abort`, `write_eof`,
 `pause_reading`, ...). Every TLS operation is one C call into libssl: no
 `ssl.SSLObject`, no Python exception per handshake step that waits for bytes,
