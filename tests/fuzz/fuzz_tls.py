@@ -43,7 +43,6 @@ from __future__ import annotations
 import os
 import ssl
 import sys
-import tempfile
 from pathlib import Path
 
 import atheris
@@ -60,8 +59,9 @@ WORK_CORPUS = ROOT / "build" / "fuzz-corpus-tls"
 OUT_BOUND = 64 * 1024  # the server's own output (flight, tickets, alerts), beyond the echo
 RSS_GROWTH = 64 * 1024 * 1024
 CA = trustme.CA()
-_DIR = tempfile.mkdtemp(prefix="fuzz-tls-")
-_CERT, _KEY = os.path.join(_DIR, "cert.pem"), os.path.join(_DIR, "key.pem")
+_DIR = ROOT / "build" / "fuzz-tls-certs"  # made again at each start (libFuzzer skips atexit)
+_DIR.mkdir(parents=True, exist_ok=True)
+_CERT, _KEY = str(_DIR / "cert.pem"), str(_DIR / "key.pem")
 _issued = CA.issue_cert("localhost")
 _issued.private_key_pem.write_to_path(_KEY)
 _issued.cert_chain_pems[0].write_to_path(_CERT)
