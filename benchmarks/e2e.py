@@ -1067,10 +1067,26 @@ class Run:
     resumed_handshakes: int | None = None
 
 
+def is_cache_helper(pid: int) -> bool:
+    """nginx's cache loader (it exits about a minute after the start) or cache manager:
+    idle in these cases, and left out of the proxy's processes (a run that spans the
+    loader's exit would otherwise fail: "process ... disappeared")."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().startswith(b"nginx: cache ")
+    except OSError:
+        return False
+
+
+def proxy_processes(pid: int) -> list[int]:
+    """The proxy's master and workers (process_tree without nginx's cache helpers)."""
+    return [p for p in process_tree(pid) if not is_cache_helper(p)]
+
+
 def measure(case: str, proxy: str, rnd: int, port: int, proxy_pid: int, upstream_pid: int,
             upstream_port: int, args: argparse.Namespace,
             cpus: tuple[str | None, str | None], workers: int = 1) -> Run:
-    pids = process_tree(proxy_pid)
+    pids = proxy_processes(proxy_pid)
     up_pids = process_tree(upstream_pid)
     accepts0 = upstream_accepts(upstream_port)
     busy0 = busy_cpu_seconds()
@@ -1079,9 +1095,9 @@ def measure(case: str, proxy: str, rnd: int, port: int, proxy_pid: int, upstream
     (user1, sys1), up1, t1 = cpu_times(pids), cpu_seconds(up_pids), time.monotonic()
     busy1 = busy_cpu_seconds()
     conns = upstream_accepts(upstream_port) - accepts0 - 1  # minus the status request's own
-    if process_tree(proxy_pid) != pids:
+    if proxy_processes(proxy_pid) != pids:
         raise BenchError(f"{proxy}: its worker processes changed during the run "
-                         f"({pids} -> {process_tree(proxy_pid)}): a worker died?")
+                         f"({pids} -> {proxy_processes(proxy_pid)}): a worker died?")
     check_load(f"{case}/{proxy} round {rnd}", case, result, raw, marks)
     cpu = (user1 + sys1) - (user0 + sys0)
     wall = t1 - t0

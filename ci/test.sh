@@ -2,7 +2,7 @@
 # The project's test command (see README): installs what the tests need, runs
 # pytest, proves that the sdist carries the pinned third-party C sources and
 # builds without network, then runs the fuzz targets (parser, config loader,
-# URL helpers, PROXY protocol), each for a bounded time.
+# URL helpers, PROXY protocol, TLS engine), each for a bounded time.
 #
 #   ci/test.sh                 everything (what CI runs, through .ci/run)
 #   ci/test.sh PYTEST_ARGS...  only pytest, with these arguments (a subset)
@@ -10,7 +10,7 @@
 #
 # Environment: PYTHON (interpreter for the venv, default python3.11/python3),
 # FASTPROXY_VENV (default .venv in the repo), FASTPROXY_FUZZ_SECONDS (parser fuzzing,
-# default 20), FASTPROXY_FUZZ_SMALL_SECONDS (config, URL and PROXY protocol fuzzing,
+# default 20), FASTPROXY_FUZZ_SMALL_SECONDS (config, URL, PROXY protocol and TLS fuzzing,
 # each, default 10).
 set -euo pipefail
 
@@ -25,6 +25,7 @@ FUZZ_TARGETS=(  # target=seconds, run in this order
     "tests/fuzz/fuzz_config.py=$FUZZ_SMALL_SECONDS"
     "tests/fuzz/fuzz_url.py=$FUZZ_SMALL_SECONDS"
     "tests/fuzz/fuzz_proxyproto.py=$FUZZ_SMALL_SECONDS"
+    "tests/fuzz/fuzz_tls.py=$FUZZ_SMALL_SECONDS"
 )
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PIP_PROGRESS_BAR=off
 export DEBIAN_FRONTEND=noninteractive

@@ -1,8 +1,9 @@
 """The "openssl" TLS engine (fastproxy._tls) through `fastproxy serve`: what its
-memory-BIO layer must get right beyond a plain request (test_tls_e2e runs those
-with both engines): pipelined requests, a client that half-closes, large bodies
-both ways under back-pressure, refused renegotiation, the handshake timeout,
-malformed handshakes, and no traceback in the log for any of it."""
+BIO layer must get right beyond a plain request (test_tls_e2e runs those with
+both engines): pipelined requests, a client that half-closes, large bodies both
+ways under back-pressure, one-record responses written straight to a socket that
+stops taking them, refused renegotiation, the handshake timeout, malformed
+handshakes, and no traceback in the log for any of it."""
 
 from __future__ import annotations
 
@@ -223,6 +224,43 @@ def test_large_bodies_both_ways_under_back_pressure(make_origin: OriginFactory,
     head, _, body = bytes(data).partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200")
     assert len(body) == BIG and hashlib.sha256(body).digest() == hashlib.sha256(payload).digest()
+
+
+def test_one_record_responses_while_the_client_does_not_read(
+        make_origin: OriginFactory, start_proxy: Callable[..., ProxyProcess],
+        certs: Path) -> None:
+    """Responses that fit in one record go from OpenSSL's buffer to the socket; when
+    the kernel takes only part of one (the client reads nothing for a while), the
+    rest and everything after it must go through the transport, in order."""
+    count, size = 400, 12000  # 4.8 MB of one-record responses
+
+    def handler(req: Received) -> Reply:
+        n = int(req.target.strip("/"))
+        return Reply(body=(b"%06d" % n) * (size // 6))
+
+    proxy = start_proxy(make_origin(handler))
+    ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    raw.settimeout(10)
+    raw.connect(("127.0.0.1", proxy.port))
+    with ctx.wrap_socket(raw, server_hostname="site.example") as sock:
+        sock.sendall(b"".join(GET % i for i in range(count - 1))
+                     + b"GET /%d HTTP/1.1\r\nHost: site.example\r\nConnection: close\r\n\r\n"
+                     % (count - 1))
+        time.sleep(1.0)  # the proxy fills the socket buffers and queues the rest
+        data = bytearray()
+        while chunk := sock.recv(1 << 16):
+            data += chunk
+    bodies = re.findall(rb"HTTP/1\.1 200 [^\r]*\r\n(?:[^\r]+\r\n)*\r\n", bytes(data))
+    assert len(bodies) == count
+    rest = bytes(data)
+    for i in range(count):
+        head, _, rest = rest.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), (i, head[:100])
+        body, rest = rest[:size], rest[size:]
+        assert body == (b"%06d" % i) * (size // 6), i
+    assert rest == b""
 
 
 def test_keep_alive_requests_and_both_versions(make_origin: OriginFactory,

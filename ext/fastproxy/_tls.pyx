@@ -3,7 +3,8 @@
 `TlsConnection` sits between uvloop's TCP transport and the proxy's client
 protocol. To uvloop it is a buffered protocol (`get_buffer`/`buffer_updated`:
 the ciphertext lands in one buffer shared by the worker's connections, and goes
-straight into the connection's memory BIO); to the client protocol it is the
+straight into the connection's input memory BIO; OpenSSL's records leave through
+an output BIO of our own, see _Out); to the client protocol it is the
 transport (`write`, `writelines`, `close`, `abort`, `write_eof`,
 `pause_reading`, ...). Every TLS operation is one C call into libssl: no
 `ssl.SSLObject`, no Python exception per handshake step that waits for bytes,
@@ -27,7 +28,8 @@ cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
-from libc.errno cimport EINTR, errno
+from libc.errno cimport ECONNRESET, EINTR, EPIPE, errno
+from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy
 from posix.unistd cimport write
 
@@ -60,7 +62,89 @@ cdef extern from "sys/socket.h" nogil:
 cdef enum:
     IN_SIZE = 64 * 1024      # one socket read (libuv suggests 64 KiB)
     PLAIN_SIZE = 64 * 1024   # plaintext handed to the client protocol in one call
-    GATHER_SIZE = 16 * 1024  # small parts of one writelines() joined into one record
+    RECORD = 16 * 1024       # the most plaintext one TLS record carries
+    GATHER_SIZE = RECORD     # small parts of one writelines() joined into one record
+    OUT_KEEP = 32 * 1024     # a larger output buffer is freed once it is sent
+
+
+# -- the output BIO -------------------------------------------------------------------
+# OpenSSL writes a connection's records into this BIO of ours instead of a memory BIO.
+# While `direct` is set (TlsConnection sets it around an SSL_write of at most one
+# record, when uvloop holds nothing unsent for the socket) a record goes from OpenSSL's
+# buffer straight to the socket: no copy, no memory-BIO bookkeeping (its BIO_ctrl
+# calls, the memset of BIO_reset). Otherwise, and for whatever the kernel does not
+# take, the bytes are appended to `buf`, which _flush sends in one write.
+
+ctypedef struct _Out:
+    char* buf
+    Py_ssize_t len
+    Py_ssize_t cap
+    int fd          # the socket (-1: never written to directly)
+    bint direct     # write to fd while nothing is in buf
+    bint gone       # a write to fd met EPIPE or ECONNRESET: the peer has gone
+
+
+cdef int _out_append(_Out* o, const char* data, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t cap
+    cdef char* grown
+    if o.len + n > o.cap:
+        cap = o.cap * 2 if o.cap else 4096
+        while cap < o.len + n:
+            cap *= 2
+        grown = <char*>realloc(o.buf, cap)
+        if grown == NULL:
+            return -1
+        o.buf = grown
+        o.cap = cap
+    memcpy(o.buf + o.len, data, n)
+    o.len += n
+    return 0
+
+
+cdef int _out_write(BIO* bio, const char* data, int n) noexcept nogil:
+    cdef _Out* o = <_Out*>BIO_get_data(bio)
+    cdef Py_ssize_t done = 0, r
+    BIO_clear_retry_flags(bio)
+    if n <= 0:
+        return 0
+    if o.direct and o.len == 0:
+        while True:
+            r = write(o.fd, data, n)
+            if r >= 0 or errno != EINTR:
+                break
+        if r == n:
+            return n
+        o.direct = False  # the rest is queued: what follows goes after it
+        if r > 0:
+            done = r
+        elif errno == EPIPE or errno == ECONNRESET:
+            o.gone = True  # nothing more can reach the peer: _flush closes
+            return n
+        # (EAGAIN, or another error the transport will meet and report)
+    if _out_append(o, data + done, n - done) < 0:
+        return -1
+    return n
+
+
+cdef long _out_ctrl(BIO* bio, int cmd, long num, void* ptr) noexcept nogil:
+    if cmd == BIO_CTRL_FLUSH:
+        return 1
+    if cmd == BIO_CTRL_WPENDING or cmd == BIO_CTRL_PENDING:
+        return (<_Out*>BIO_get_data(bio)).len
+    return 0
+
+
+cdef int _out_create(BIO* bio) noexcept nogil:
+    BIO_set_init(bio, 1)
+    return 1
+
+
+cdef BIO_METHOD* _OUT_METHOD = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK,
+                                            b"fastproxy output")
+if (_OUT_METHOD == NULL or not BIO_meth_set_write(_OUT_METHOD, _out_write)
+        or not BIO_meth_set_ctrl(_OUT_METHOD, _out_ctrl)
+        or not BIO_meth_set_create(_OUT_METHOD, _out_create)):
+    raise ImportError("OpenSSL could not make the output BIO method")
 
 
 # The ciphertext of every read goes here first (uvloop reads one socket at a time
@@ -215,6 +299,9 @@ cdef class ServerContext:
                                 | SSL_OP_SINGLE_ECDH_USE | SSL_OP_NO_RENEGOTIATION)
             # As nginx: an idle connection keeps no 16 KiB record buffers.
             SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS)
+            # As nginx: OpenSSL takes all the input BIO holds in one read (not a record
+            # header, then its body); what it holds undecrypted is SSL_has_pending.
+            SSL_CTX_set_read_ahead(ctx, 1)
             if (not SSL_CTX_set_min_proto_version(
                     ctx, TLS1_3_VERSION if min_version == "1.3" else TLS1_2_VERSION)
                     or not SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION)):
@@ -308,11 +395,14 @@ cdef class TlsConnection:
     cdef int fd                 # the socket, written to directly by _flush (-1: never)
     cdef bint queued            # the transport may hold unsent bytes of ours
     cdef bint resume_scheduled
+    cdef _Out out               # the output BIO's state (see _Out)
 
     def __dealloc__(self):
         if self.ssl != NULL:
             SSL_free(self.ssl)  # frees both BIOs
             self.ssl = NULL
+        free(self.out.buf)
+        self.out.buf = NULL
 
     # -- below: the protocol of uvloop's TCP transport -----------------------------------
     def connection_made(self, transport):
@@ -331,7 +421,8 @@ cdef class TlsConnection:
             return
         self.ssl = ssl
         self.rbio = BIO_new(BIO_s_mem())
-        self.wbio = BIO_new(BIO_s_mem())
+        self.wbio = BIO_new(_OUT_METHOD)
+        self.out.fd = self.fd
         if self.rbio == NULL or self.wbio == NULL:
             if self.rbio != NULL:
                 BIO_free(self.rbio)
@@ -343,6 +434,7 @@ cdef class TlsConnection:
             transport.abort()
             return
         BIO_set_mem_eof_return(self.rbio, -1)  # an empty input BIO means "want read"
+        BIO_set_data(self.wbio, &self.out)
         SSL_set_bio(ssl, self.rbio, self.wbio)
         SSL_set_accept_state(ssl)
         self.deadline = monotonic() + self.server.context.handshake_timeout
@@ -390,6 +482,9 @@ cdef class TlsConnection:
         if self.ssl != NULL:
             SSL_free(self.ssl)
             self.ssl = NULL
+        free(self.out.buf)
+        self.out.buf = NULL
+        self.out.len = self.out.cap = 0
         if self.established and app is not None:
             app.connection_lost(exc)
 
@@ -408,7 +503,8 @@ cdef class TlsConnection:
             return
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
-            if view.len and not self._encrypt(<const char*>view.buf, view.len):
+            if view.len and not self._encrypt(<const char*>view.buf, view.len,
+                                              view.len <= RECORD):
                 return
         finally:
             PyBuffer_Release(&view)
@@ -419,6 +515,7 @@ cdef class TlsConnection:
         not a head record and a body record); large ones are encrypted in place."""
         cdef Py_buffer view
         cdef Py_ssize_t used = 0
+        cdef bint first = True  # nothing encrypted yet in this call
         if self.ssl == NULL or self.closing or self.eof_sent:
             return
         for part in parts:
@@ -428,18 +525,21 @@ cdef class TlsConnection:
                     memcpy(_gather + used, view.buf, view.len)
                     used += view.len
                     continue
+                first = False
                 if used:
-                    if not self._encrypt(_gather, used):
+                    if not self._encrypt(_gather, used, False):
                         return
                     used = 0
                 if view.len <= GATHER_SIZE:
                     memcpy(_gather, view.buf, view.len)
                     used = view.len
-                elif not self._encrypt(<const char*>view.buf, view.len):
+                elif not self._encrypt(<const char*>view.buf, view.len, False):
                     return
             finally:
                 PyBuffer_Release(&view)
-        if used and not self._encrypt(_gather, used):
+        # A response that fits in one record (the usual case) goes to the socket from
+        # OpenSSL's buffer (see _Out).
+        if used and not self._encrypt(_gather, used, first):
             return
         self._flush()
 
@@ -592,7 +692,8 @@ cdef class TlsConnection:
 
     # -- internals ------------------------------------------------------------------------
     cdef bint _has_input(self) noexcept:
-        return self.ssl != NULL and (SSL_pending(self.ssl) > 0
+        # SSL_has_pending: decrypted bytes, or records read ahead but not yet decrypted.
+        return self.ssl != NULL and (SSL_has_pending(self.ssl)
                                      or BIO_ctrl_pending(self.rbio) > 0)
 
     cdef int _handshake(self) except -1:
@@ -626,13 +727,18 @@ cdef class TlsConnection:
                     err = SSL_get_error(self.ssl, r)
                     break
                 used += r
+                if not SSL_has_pending(self.ssl) and BIO_ctrl_pending(self.rbio) == 0:
+                    # All read: spare the SSL_read that would only say "want read".
+                    r = -1
+                    err = SSL_ERROR_WANT_READ
+                    break
             if used:
                 self.app.data_received(PyBytes_FromStringAndSize(_plain, used))
                 if r > 0:
                     continue  # the buffer was full: there may be more
             if self.ssl == NULL:
                 return 0
-            if BIO_ctrl_pending(self.wbio):
+            if self.out.len:
                 self._flush()  # a KeyUpdate answer, a no_renegotiation alert
             if err == SSL_ERROR_WANT_READ:
                 return 0
@@ -649,50 +755,91 @@ cdef class TlsConnection:
             return 0
         return 0
 
-    cdef bint _encrypt(self, const char* data, Py_ssize_t n) except -1:
+    cdef bint _encrypt(self, const char* data, Py_ssize_t n, bint one_record) except -1:
+        """SSL_write all of it. `one_record`: it fits in one record, which may go to
+        the socket at once (see _Out) when nothing of ours waits to be sent."""
         cdef int r
-        while n > 0:
-            r = SSL_write(self.ssl, data, <int>min(n, 1 << 30))
-            if r <= 0:
-                ERR_clear_error()
-                self._fail()
+        if one_record and self.out.len == 0 and self._direct_ok():
+            self.out.direct = True
+        try:
+            while n > 0:
+                r = SSL_write(self.ssl, data, <int>min(n, 1 << 30))
+                if r <= 0:
+                    ERR_clear_error()
+                    self._fail()
+                    return False
+                data += r
+                n -= r
+        finally:
+            self.out.direct = False
+        return True
+
+    cdef bint _direct_ok(self) except -1:
+        """May we write to the socket ourselves now? Not when uvloop holds bytes of
+        ours for it (their order), nor once it is closing: after an error uvloop closes
+        the descriptor on its own schedule, and its number may already belong to
+        another connection."""
+        if self.fd < 0 or self.tcp_closed or self.transport.is_closing():
+            return False
+        if self.queued:
+            if self.transport.get_write_buffer_size():
                 return False
-            data += r
-            n -= r
+            self.queued = False
         return True
 
     cdef int _flush(self) except -1:
-        """Send what OpenSSL wrote to the output BIO, as one TCP write: straight from
-        the BIO to the socket when uvloop has nothing queued for it (as _proxy's
+        """Send what OpenSSL wrote to the output buffer (see _Out), as one TCP write:
+        straight to the socket when uvloop has nothing queued for it (as _proxy's
         send_parts does for plain sockets), else through the transport, which then
         keeps the order until its buffer is empty again."""
-        cdef char* data = NULL
-        cdef Py_ssize_t n = BIO_get_mem_data(self.wbio, &data)
+        cdef Py_ssize_t n = self.out.len
         cdef Py_ssize_t done = 0
+        if self.out.gone:
+            return self._gone()
         if n <= 0:
             return 0
         if self.tcp_closed:
-            BIO_reset(self.wbio)
+            self._sent()
             return 0
-        # is_closing(): after an error uvloop closes the descriptor on its own
-        # schedule, and its number may already belong to another connection.
-        if self.fd >= 0 and not self.transport.is_closing() and (
-                not self.queued or not self.transport.get_write_buffer_size()):
-            self.queued = False
+        if self._direct_ok():
             while True:
-                done = write(self.fd, data, n)
+                done = write(self.fd, self.out.buf, n)
                 if done >= 0 or errno != EINTR:
                     break
             if done == n:
-                BIO_reset(self.wbio)
+                self._sent()
                 return 0
             if done < 0:
+                if errno == EPIPE or errno == ECONNRESET:
+                    return self._gone()
                 done = 0  # EAGAIN, or an error the transport will meet and report
-        out = PyBytes_FromStringAndSize(data + done, n - done)
-        BIO_reset(self.wbio)
+        data = PyBytes_FromStringAndSize(self.out.buf + done, n - done)
+        self._sent()
         self.queued = True
-        self.transport.write(out)
+        self.transport.write(data)
         return 0
+
+    cdef int _gone(self) except -1:
+        """The peer has gone (reset, or shut down its reading): drop what is left to
+        send and close, instead of handing it to the transport only for its write to
+        fail again and build an exception (a client that closes right after its
+        handshake, before the session tickets arrive, does this each time)."""
+        self.out.gone = False
+        self._sent()
+        self.closing = True
+        self.server.handshaking.discard(self)
+        if not self.tcp_closed:
+            self.tcp_closed = True
+            self.transport.close()
+        return 0
+
+    cdef void _sent(self) noexcept:
+        """The output buffer is empty again; a large one is not kept."""
+        self.out.len = 0
+        if self.out.cap > OUT_KEEP:
+            free(self.out.buf)
+            self.out.buf = NULL
+            self.out.cap = 0
 
     cdef int _shutdown(self) except -1:
         if self.ssl != NULL and self.established:
@@ -703,6 +850,8 @@ cdef class TlsConnection:
 
     cdef int _fail(self) except -1:
         """An OpenSSL error: send what it wrote (an alert), then close."""
+        if not self.tcp_closed:
+            self._flush()
         self.closing = True
         self.server.handshaking.discard(self)
         if not self.tcp_closed:

@@ -53,6 +53,11 @@ cdef extern from "openssl/ssl.h" nogil:
     void SSL_CTX_free(SSL_CTX* ctx)
     unsigned long SSL_CTX_set_options(SSL_CTX* ctx, unsigned long options)
     long SSL_CTX_set_mode(SSL_CTX* ctx, long mode)  # macro
+    long SSL_set_mode(SSL* ssl, long mode)  # macro
+    long SSL_clear_mode(SSL* ssl, long mode)  # macro
+    void SSL_CTX_set_read_ahead(SSL_CTX* ctx, int yes)  # macro
+    int SSL_has_pending(const SSL* ssl)
+    int SSL_free_buffers(SSL* ssl)
     int SSL_CTX_set_min_proto_version(SSL_CTX* ctx, int version)  # macro
     int SSL_CTX_set_max_proto_version(SSL_CTX* ctx, int version)  # macro
     int SSL_CTX_set_cipher_list(SSL_CTX* ctx, const char* text)
@@ -116,6 +121,20 @@ cdef extern from "openssl/bio.h" nogil:
     long BIO_set_mem_eof_return(BIO* bio, int v)  # macro
     long BIO_get_mem_data(BIO* bio, char** pp)  # macro
     int BIO_reset(BIO* bio)  # macro
+    # A BIO of our own (_tls's output BIO): its method table and per-BIO state.
+    int BIO_TYPE_SOURCE_SINK
+    int BIO_CTRL_FLUSH
+    int BIO_CTRL_PENDING
+    int BIO_CTRL_WPENDING
+    int BIO_get_new_index()
+    BIO_METHOD* BIO_meth_new(int kind, const char* name)
+    int BIO_meth_set_write(BIO_METHOD* m, int (*write)(BIO*, const char*, int) noexcept nogil)
+    int BIO_meth_set_ctrl(BIO_METHOD* m, long (*ctrl)(BIO*, int, long, void*) noexcept nogil)
+    int BIO_meth_set_create(BIO_METHOD* m, int (*create)(BIO*) noexcept nogil)
+    void BIO_set_data(BIO* bio, void* data)
+    void* BIO_get_data(BIO* bio)
+    void BIO_set_init(BIO* bio, int init)
+    void BIO_clear_retry_flags(BIO* bio)  # macro
 
 cdef extern from "openssl/err.h" nogil:
     void ERR_clear_error()

@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""Instructions per request (or per handshake) of fastproxy's and nginx's worker,
+counted by valgrind's callgrind: a measure that does not depend on the load of the
+machine, unlike CPU time (this VM has no hardware counters for `perf stat`).
+
+    python benchmarks/instructions.py                          # 1k, tls-keepalive, tls-handshake
+    python benchmarks/instructions.py --cases tls-keepalive --seconds 15 --connections 10
+    python benchmarks/instructions.py --proxies fastproxy --cases tls-handshake,tls-resume
+
+Same set-up as e2e.py (an upstream nginx; the proxies with its configurations,
+the TLS listener included), except that each proxy runs as one process under
+`valgrind --tool=callgrind`: nginx with `master_process off`, fastproxy's worker
+in this script's `--worker CONFIG` mode (the master's set-up, then the worker's
+loop, without a fork, so that `callgrind_control` can reach it). For each case
+and proxy: a 2 s warm-up, the counters zeroed, one load of --seconds (wrk, or
+s_time as in e2e.py; 4 s_time processes), a dump; the figure is the dump's total
+divided by the requests (or connections) the client completed. Only user-space
+instructions count (the kernel's work is not seen), and valgrind slows the proxy
+about 50x, so wrk keeps fewer requests in flight than in e2e.py: compare the
+proxies with each other and a change with its before, not with e2e.py's rates.
+In tls-keepalive each wrk connection's handshake is in the count (--connections
+handshakes over the whole run); use a long --seconds and few connections to make
+that small. Needs valgrind (apt-get install valgrind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import e2e  # the set-up and the process registry live there
+
+# Under valgrind the s_time clients use almost no CPU: s_time then prints "inf".
+e2e._S_TIME_DONE = re.compile(r"(\d+) connections in ([\d.]+)s; (?:[\d.]+|inf) "
+                              r"connections/user sec, bytes read (\d+)")
+_TOTAL = re.compile(r"^(?:summary|totals): (\d+)", re.M)
+
+
+def worker_main(config_path: str) -> int:
+    """fastproxy's worker in this process: what `serve` and the master do before
+    forking a worker, then the worker's loop (SIGTERM stops it)."""
+    from fastproxy import master
+    from fastproxy.config import load_config
+
+    config = load_config(config_path)
+    master.setup_logging(config.log.level)
+    contexts = master.tls_contexts(config)
+    slot = [master.open_listener(listener) for listener in config.listeners]
+    table = master.PeerTable(master.slot_layout(config.upstreams)[1])
+    gen = master.Generation(1, config, [slot], table, contexts, None)
+    return master.Supervisor(gen)._child_main(gen, 0)
+
+
+def dump_total(pid: int, out_dir: Path, timeout: float = 60.0) -> int:
+    """Ask callgrind in `pid` for a dump; the instructions counted since the last zeroing."""
+    before = set(out_dir.glob(f"cg.{pid}.*"))
+    subprocess.run(["callgrind_control", "-d", str(pid)], capture_output=True, timeout=120,
+                   check=False)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        new = set(out_dir.glob(f"cg.{pid}.*")) - before
+        if new:
+            time.sleep(0.3)  # written in one go, but give it a moment
+            m = _TOTAL.search(max(new, key=os.path.getmtime).read_text(errors="replace"))
+            if m:
+                return int(m.group(1))
+        time.sleep(0.1)
+    raise e2e.BenchError(f"callgrind in {pid} wrote no dump within {timeout:.0f}s")
+
+
+def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        return worker_main(sys.argv[2])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cases", default="1k,tls-keepalive,tls-handshake",
+                   help=f"from: 1k, 64k, {', '.join(e2e.TLS_CASES)}")
+    p.add_argument("--proxies", default="fastproxy,nginx")
+    p.add_argument("--seconds", type=int, default=6, help="load per measurement")
+    p.add_argument("--connections", type=int, default=50, help="wrk -c")
+    args = p.parse_args()
+    cases = [c for c in args.cases.split(",") if c]
+    proxies = [x for x in args.proxies.split(",") if x]
+    if any(c not in ("1k", "64k", *e2e.TLS_CASES) for c in cases) or \
+            any(x not in ("fastproxy", "nginx") for x in proxies):
+        p.error("unknown case or proxy")
+    for tool in ("valgrind", "callgrind_control", "wrk", "nginx", "openssl"):
+        if shutil.which(tool) is None:
+            p.error(f"{tool} is not installed")
+    signal.signal(signal.SIGTERM, e2e._on_signal)
+    load = argparse.Namespace(threads=1, connections=args.connections, tls_clients=4,
+                              duration=args.seconds)
+    tmp = Path(tempfile.mkdtemp(prefix="fastproxy-instructions-"))
+    try:
+        os.chmod(tmp, 0o755)
+        up_dir, www = tmp / "upstream", tmp / "upstream" / "www"
+        dirs = {name: tmp / name for name in proxies}
+        e2e.make_dirs(up_dir, www, *dirs.values())
+        e2e.write_files(www)
+        scratch = tmp / "check.bin"
+        tls = e2e.make_certificate(tmp, "ecdsa", False)
+        up_port = e2e.free_port()
+        ports = {name: e2e.free_port() for name in proxies}
+        tls_ports = {name: e2e.free_port() for name in proxies}
+        upstream = e2e.start_nginx("upstream nginx", up_dir, e2e.upstream_conf(up_dir, up_port),
+                                   e2e.LOAD_CPU)
+        e2e.wait_ready(upstream, up_port, scratch)
+        grind = ["taskset", "-c", e2e.PROXY_CPU, "valgrind", "--tool=callgrind",
+                 f"--callgrind-out-file={tmp}/cg.%p"]
+        servers = {}
+        for name in proxies:
+            d = dirs[name]
+            if name == "nginx":
+                conf = d / "nginx.conf"
+                conf.write_text(e2e.nginx_proxy_conf(d, ports[name], up_port, 128, tls,
+                                                     tls_ports[name]))
+                argv = [*grind, "nginx", "-p", str(d), "-e", str(d / "error.log"), "-c",
+                        str(conf), "-g", "daemon off; master_process off;"]
+            else:
+                conf = d / "fastproxy.toml"
+                conf.write_text(e2e.fastproxy_conf(ports[name], up_port, 128, tls=tls,
+                                                   tls_port=tls_ports[name]))
+                argv = [*grind, sys.executable, str(Path(__file__).resolve()), "--worker",
+                        str(conf)]
+            servers[name] = e2e.PROCS.start(name, argv, d / "stdout.log", signal.SIGTERM)
+        for name in proxies:
+            e2e.wait_ready(servers[name], ports[name], scratch, timeout=300)
+        print(f"callgrind; proxy on CPU {e2e.PROXY_CPU}, clients and upstream on CPU "
+              f"{e2e.LOAD_CPU}; wrk -t1 -c{args.connections}, {args.seconds} s per load; "
+              f"s_time x4")
+        print("| case | proxy | requests (conns) | instructions per request (conn) |")
+        print("| --- | --- | ---: | ---: |")
+        for case in cases:
+            case_ports = tls_ports if case in e2e.TLS_CASES else ports
+            for name in proxies:
+                pid = servers[name].proc.pid
+                e2e.run_load(case, case_ports[name], 2, load, e2e.LOAD_CPU)  # warm-up
+                subprocess.run(["callgrind_control", "-z", str(pid)], capture_output=True,
+                               timeout=120, check=False)
+                time.sleep(0.2)
+                result, raw, _, marks = e2e.run_load(case, case_ports[name], args.seconds, load,
+                                                     e2e.LOAD_CPU)
+                e2e.check_load(f"{case}/{name}", case, result, raw, marks)
+                time.sleep(0.5)  # the last responses are out
+                total = dump_total(pid, tmp)
+                print(f"| {case} | {name} | {result.requests:,} | "
+                      f"{total / result.requests:,.0f} |", flush=True)
+    except e2e.BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        e2e.PROCS.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
