@@ -57,7 +57,8 @@ upstream = "nope"
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC_DIR), env.get("PYTHONPATH")]))
+    if SRC_DIR.is_dir():  # a checkout; copied beside an installed package (ci/install-test.sh)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC_DIR), env.get("PYTHONPATH")]))
     return subprocess.run(
         [sys.executable, "-m", "fastproxy", *args],
         capture_output=True,
