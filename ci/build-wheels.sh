@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds manylinux x86_64 wheels of fastproxy on a current Debian, without Docker.
 #
-#   ci/build-wheels.sh [PYTHON...]     default: every python3.11+ found (3.11, 3.12, 3.13)
+#   ci/build-wheels.sh [PYTHON...]     default: one interpreter per CPython 3.11+ found
+#                                      on PATH or in pyenv's versions
 #
 # Wheels land in dist/wheelhouse/ (the repaired, manylinux-tagged ones); the
 # script fails unless `auditwheel show` confirms the manylinux tag of the target
@@ -71,9 +72,23 @@ pythons=()
 if [ "$#" -gt 0 ]; then
     pythons=("$@")
 else
-    for candidate in python3.11 python3.12 python3.13; do
-        command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c pass 2>/dev/null \
-            && pythons+=("$candidate")
+    # One interpreter per CPython 3.11+ version: those on PATH, then pyenv's (whose
+    # shims run only the selected versions).
+    candidates=(python3.11 python3.12 python3.13 python3.14)
+    if command -v pyenv >/dev/null 2>&1; then
+        for candidate in "$(pyenv root)"/versions/3.*/bin/python3; do
+            candidates+=("$candidate")
+        done
+    fi
+    seen=" "
+    for candidate in "${candidates[@]}"; do
+        ver="$("$candidate" -c 'import sys
+if sys.version_info >= (3, 11): print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" \
+            || continue
+        [ -n "$ver" ] || continue
+        case "$seen" in *" $ver "*) continue ;; esac
+        seen="$seen$ver "
+        pythons+=("$candidate")
     done
 fi
 [ "${#pythons[@]}" -gt 0 ] || die "no python3.11+ found; pass interpreters as arguments"
@@ -113,8 +128,8 @@ export LDFLAGS="-L$STAGE/lib -Wl,--version-script=$STAGE/exports.map"
 
 built=()
 for py in "${pythons[@]}"; do
-    "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
-        || die "$py is older than Python 3.11"
+    "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+        || die "$py does not run, or is older than Python 3.11"
     ver="$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
     log "Python $ver ($py): pip wheel $(basename "$sdist"), CC=zig cc for glibc $GLIBC"
     rm -rf "$WORK/raw"/*

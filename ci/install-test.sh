@@ -14,8 +14,10 @@
 #   - a short smoke subset of the tests (SMOKE_TESTS below), which exercises the
 #     compiled parser, router, TLS engine and compression, and a proxy process.
 #
-# Environment: FASTPROXY_VENV (tool venv, default .venv), FASTPROXY_INSTALL_TESTS
-# (pytest arguments replacing SMOKE_TESTS, paths relative to tests/).
+# Environment: FASTPROXY_VENV (tool venv, default .venv), FASTPROXY_INSTALL_PYTHON
+# (the interpreter of the fresh venv, default the tool venv's; it must match the
+# wheel's cp3XX tag), FASTPROXY_INSTALL_TESTS (pytest arguments replacing
+# SMOKE_TESTS, paths relative to tests/).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -43,7 +45,10 @@ else
 fi
 log "wheel: $wheel"
 
-BASE_PY="$("$VPY" -c 'import sys; print(getattr(sys, "_base_executable", sys.executable))')"
+BASE_PY="${FASTPROXY_INSTALL_PYTHON:-}"
+if [ -z "$BASE_PY" ]; then
+    BASE_PY="$("$VPY" -c 'import sys; print(getattr(sys, "_base_executable", sys.executable))')"
+fi
 log "fresh venv in $WORK/venv ($("$BASE_PY" --version 2>&1))"
 "$BASE_PY" -m venv "$WORK/venv"
 PY="$WORK/venv/bin/python"
