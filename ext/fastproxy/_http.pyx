@@ -646,3 +646,8 @@ cdef class ResponseParser(HttpParser):
         self._in_head = True
         self._head_raw = 0
         self._error = None
+
+
+def llhttp_version():
+    """The version of the llhttp C sources compiled into this module."""
+    return f"{LLHTTP_VERSION_MAJOR}.{LLHTTP_VERSION_MINOR}.{LLHTTP_VERSION_PATCH}"

@@ -906,3 +906,8 @@ cdef str _serial(X509* cert):
         return buf[:n].decode("ascii", "replace") if n > 0 else ""
     finally:
         BIO_free(bio)
+
+
+def openssl_version():
+    """The version text of the libssl this module runs with (for `fastproxy --version`)."""
+    return OpenSSL_version(OPENSSL_VERSION_STRING).decode("ascii", "replace")

@@ -3,6 +3,11 @@ from libc.stdint cimport int32_t, uint8_t, uint16_t, uint64_t
 
 
 cdef extern from "llhttp.h":
+    enum:
+        LLHTTP_VERSION_MAJOR
+        LLHTTP_VERSION_MINOR
+        LLHTTP_VERSION_PATCH
+
     ctypedef struct llhttp_t:
         int32_t error
         const char* reason

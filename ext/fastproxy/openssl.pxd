@@ -163,3 +163,6 @@ cdef extern from "openssl/asn1.h" nogil:
 
 cdef extern from "openssl/crypto.h" nogil:
     void OPENSSL_free(void* p)  # macro
+    enum:
+        OPENSSL_VERSION_STRING  # "3.0.13": the version alone (OpenSSL >= 3.0)
+    const char* OpenSSL_version(int t)

@@ -23,14 +23,33 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-def _version_line() -> str:
+def _component_version(module: str, function: str) -> str:
+    """A version reported by one of the compiled modules, or why it is not there."""
+    import importlib
+
+    try:
+        return str(getattr(importlib.import_module(module), function)())
+    except ImportError:
+        return "not available (the compiled module is missing)"
+
+
+def _version_text() -> str:
+    """`fastproxy --version`: fastproxy's version, then the versions of what it runs on."""
     try:
         import uvloop
 
         uvloop_version = str(getattr(uvloop, "__version__", "unknown"))
     except ImportError:
         uvloop_version = "not installed"
-    return f"fastproxy {__version__} (Python {platform.python_version()}, uvloop {uvloop_version})"
+    lines = [
+        f"fastproxy {__version__}",
+        f"Python {platform.python_version()} ({platform.python_implementation()})",
+        f"uvloop {uvloop_version}",
+        f"llhttp {_component_version('fastproxy._http', 'llhttp_version')} (compiled in)",
+        f"OpenSSL {_component_version('fastproxy._tls', 'openssl_version')} (TLS engine)",
+        f"zlib {_component_version('fastproxy._compress', 'zlib_version')} (gzip)",
+    ]
+    return "\n".join(lines)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -227,7 +246,7 @@ def _explain(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.version:
-        print(_version_line())
+        print(_version_text())
         return EXIT_OK
     if args.command == "check":
         config = _load(args.config)

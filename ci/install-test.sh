@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Install test: the manylinux wheel, installed into a fresh venv outside the
+# source tree, works as a user gets it.
+#
+#   ci/install-test.sh [WHEEL]     default: build one with ci/build-wheels.sh for the
+#                                  tool venv's Python
+#
+# Checks, all against the installed package (never the checkout: the venv is new,
+# PYTHONPATH is unset, the working folder is a temporary one holding copies of
+# tests/ and examples/ but no src/):
+#   - `fastproxy --version` names llhttp, uvloop, OpenSSL 3 and zlib;
+#   - `fastproxy check` passes on every examples/*.toml (tls.toml beside
+#     certificates made here, as tests/test_cli_check.py does);
+#   - a short smoke subset of the tests (SMOKE_TESTS below), which exercises the
+#     compiled parser, router, TLS engine and compression, and a proxy process.
+#
+# Environment: FASTPROXY_VENV (tool venv, default .venv), FASTPROXY_INSTALL_PYTHON
+# (the interpreter of the fresh venv, default the tool venv's; it must match the
+# wheel's cp3XX tag), FASTPROXY_INSTALL_TESTS (pytest arguments replacing
+# SMOKE_TESTS, paths relative to tests/).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${FASTPROXY_VENV:-$ROOT/.venv}"
+VPY="$VENV/bin/python"
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PIP_PROGRESS_BAR=off
+SMOKE_TESTS=(test_cli_check.py test_smoke.py test_parser.py test_router.py test_tls_engine.py
+             test_compress.py test_url.py)
+
+log() { printf '==> %s\n' "$*"; }
+die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/fastproxy-install.XXXXXX")"
+trap 'rm -rf "$WORK"' EXIT
+
+if [ "$#" -gt 0 ]; then
+    wheel="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
+    [ -f "$wheel" ] || die "no such wheel: $1"
+else
+    [ -x "$VPY" ] || bash "$ROOT/ci/test.sh" --setup-only
+    # Build for the same interpreter as the tool venv's (its base Python).
+    bash "$ROOT/ci/build-wheels.sh" "$VPY" | tee "$WORK/build.log"
+    wheel="$ROOT/$(grep -oE 'dist/wheelhouse/fastproxy-[^ ]+\.whl' "$WORK/build.log" | tail -n 1)"
+    [ -f "$wheel" ] || die "ci/build-wheels.sh reported no wheel"
+fi
+log "wheel: $wheel"
+
+BASE_PY="${FASTPROXY_INSTALL_PYTHON:-}"
+if [ -z "$BASE_PY" ]; then
+    BASE_PY="$("$VPY" -c 'import sys; print(getattr(sys, "_base_executable", sys.executable))')"
+fi
+log "fresh venv in $WORK/venv ($("$BASE_PY" --version 2>&1))"
+"$BASE_PY" -m venv "$WORK/venv"
+PY="$WORK/venv/bin/python"
+# The test extra brings pytest and the tests' helpers (trustme, requests, ...).
+"$PY" -m pip install -q "${wheel}[test]" >"$WORK/pip.log" 2>&1 \
+    || { cat "$WORK/pip.log" >&2; die "pip install of the wheel failed (output above)"; }
+
+cp -r "$ROOT/tests" "$WORK/tests"
+cp -rL "$ROOT/examples" "$WORK/examples"   # -L: demo.toml is a link into src/
+rm -rf "$WORK/tests/__pycache__" "$WORK/tests/fuzz"
+# pyproject.toml's pytest settings that change outcomes (no pyproject here: no src/ either).
+printf '[pytest]\nxfail_strict = true\naddopts = -ra\n' >"$WORK/tests/pytest.ini"
+cd "$WORK"
+unset PYTHONPATH
+where="$("$PY" -c 'import fastproxy._http, fastproxy._tls; print(fastproxy._tls.__file__)')"
+case "$where" in
+    "$WORK/venv/"*) log "fastproxy is imported from the venv: $where" ;;
+    *) die "fastproxy is imported from $where, not from the fresh venv" ;;
+esac
+
+log "fastproxy --version"
+"$WORK/venv/bin/fastproxy" --version | tee "$WORK/version.txt"
+for want in '^fastproxy [0-9]' '^uvloop [0-9]' '^llhttp 9\.' '^OpenSSL 3\.' '^zlib 1\.'; do
+    grep -Eq "$want" "$WORK/version.txt" || die "fastproxy --version lacks a line matching $want"
+done
+
+log "fastproxy check examples/*.toml"
+# tls.toml names certificates that are not shipped: make them beside it.
+"$PY" - "$WORK/examples/certs" <<'PY'
+import pathlib, sys
+import trustme
+certs = pathlib.Path(sys.argv[1])
+certs.mkdir()
+ca = trustme.CA(key_type=trustme.KeyType.RSA)
+ecdsa_ca = trustme.CA(key_type=trustme.KeyType.ECDSA)
+issued = {
+    "site-rsa": ca.issue_cert("example.com", "www.example.com", key_type=trustme.KeyType.RSA),
+    "site-ecdsa": ecdsa_ca.issue_cert("example.com", "www.example.com"),
+    "api": ecdsa_ca.issue_cert("api.example.com", "*.api.example.com"),
+}
+for name, cert in issued.items():
+    cert.cert_chain_pems[0].write_to_path(str(certs / f"{name}.pem"))
+    cert.private_key_pem.write_to_path(str(certs / f"{name}.key"))
+ca.cert_pem.write_to_path(str(certs / "clients-ca.pem"))
+ecdsa_ca.cert_pem.write_to_path(str(certs / "internal-ca.pem"))
+PY
+checked=0
+for config in "$WORK"/examples/*.toml; do
+    if ! "$WORK/venv/bin/fastproxy" check "$config" >"$WORK/check.out" 2>&1; then
+        cat "$WORK/check.out" >&2
+        die "fastproxy check $(basename "$config") failed (output above)"
+    fi
+    printf '    %s: %s\n' "$(basename "$config")" "$(head -n 1 "$WORK/check.out")"
+    checked=$((checked + 1))
+done
+[ "$checked" -gt 0 ] || die "no examples/*.toml to check"
+
+if [ -n "${FASTPROXY_INSTALL_TESTS:-}" ]; then
+    read -r -a SMOKE_TESTS <<<"$FASTPROXY_INSTALL_TESTS"
+fi
+log "pytest (installed package) in $WORK/tests: ${SMOKE_TESTS[*]}"
+cd "$WORK/tests"
+"$PY" -m pytest -q -p no:cacheprovider -p no:benchmark "${SMOKE_TESTS[@]}"
+log "install test passed: $(basename "$wheel")"
