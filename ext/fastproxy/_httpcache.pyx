@@ -660,11 +660,6 @@ cdef class RouteCache:
         second, so that the ring is never written over before it is read)."""
         self.sync_purges()
 
-    @property
-    def purge_rules(self):
-        """The purges this cache follows: (seq, time, kind, soft, text)."""
-        return list(self.rules) if self.rules is not None else []
-
     cdef int sync_purges(self) except -1:
         cdef double last_time
         cdef Py_ssize_t excess
