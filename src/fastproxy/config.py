@@ -784,28 +784,27 @@ def _path_text(value: object) -> str:
     return text
 
 
-def _user(value: object) -> str:
-    import pwd
-
+def _account(value: object, lookup: Callable[[str], object], what: str) -> str:
+    """A user or group name that exists on this machine ("" for none)."""
     name = _string(value)
     if name:
         try:
-            pwd.getpwnam(name)
+            lookup(name)
         except KeyError:
-            raise ValueError(f"no such user: {name!r}") from None
+            raise ValueError(f"no such {what}: {name!r}") from None
     return name
+
+
+def _user(value: object) -> str:
+    import pwd
+
+    return _account(value, pwd.getpwnam, "user")
 
 
 def _group(value: object) -> str:
     import grp
 
-    name = _string(value)
-    if name:
-        try:
-            grp.getgrnam(name)
-        except KeyError:
-            raise ValueError(f"no such group: {name!r}") from None
-    return name
+    return _account(value, grp.getgrnam, "group")
 
 
 def _cidr_list(value: object) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

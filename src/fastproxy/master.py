@@ -498,12 +498,13 @@ class Supervisor:
                 self.stats[0].retire(block, bytes(self.stats[1].gauges))
                 if block not in self.free_blocks:
                     self.free_blocks.append(block)
+            died = not self.stopping and number == self.gen.number  # it is started again
+            if died:
+                self.deaths += 1
             self.publish()
-            if self.stopping or number != self.gen.number:
+            if not died:
                 log.info("%s exited (%d)", _name(pid, slot), code)
                 continue
-            self.deaths += 1
-            self.publish()
             lived = time.monotonic() - self.started.get(slot, 0.0)
             fails = self.failures.get(slot, 0) + 1 if lived < _QUICK_DEATH else 0
             self.failures[slot] = fails
