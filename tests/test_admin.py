@@ -666,3 +666,45 @@ def test_a_reload_leaves_no_socket_the_new_config_dropped_open(
             socket.create_connection(("127.0.0.1", old_admin), timeout=3).close()
     finally:
         proxy.stop()
+
+
+def test_connections_beyond_the_cap_get_503(make_origin: Callable[..., Origin], site: Site,
+                                            tmp_path: Path) -> None:
+    """Idle connections cannot pin the admin process: past MAX_CLIENTS at once a
+    connection is answered 503 at once, and a slot freed is usable again."""
+    from fastproxy.admin import MAX_CLIENTS
+    origin = make_origin(site, name="app")
+    proxy = start(tmp_path, origin)
+    idle: list[socket.socket] = []
+    try:
+        assert proxy.admin("GET", "/status")[0] == 200
+        for _ in range(MAX_CLIENTS):  # each sends nothing: held until READ_TIMEOUT
+            idle.append(socket.create_connection(("127.0.0.1", proxy.admin_port), timeout=5))
+        # The admin process takes the idle connections in its own time: a refusal
+        # shows that all of them are held.
+        deadline = time.monotonic() + 20
+        while True:
+            with socket.create_connection(("127.0.0.1", proxy.admin_port), timeout=5) as s:
+                s.sendall(b"GET /status HTTP/1.1\r\nHost: a\r\n\r\n")
+                data = b""
+                while chunk := s.recv(4096):
+                    data += chunk
+            if data.startswith(b"HTTP/1.1 503 "):
+                break
+            assert data.startswith(b"HTTP/1.1 200 "), data[:100]
+            assert time.monotonic() < deadline, "no connection was refused"
+            time.sleep(0.05)
+        assert b"Retry-After: 1" in data
+        for s in idle:
+            s.close()
+        idle.clear()
+        deadline = time.monotonic() + 20
+        while proxy.admin("GET", "/status")[0] != 200:
+            assert time.monotonic() < deadline, "the admin API stayed full"
+            time.sleep(0.1)
+        assert "connections at once" in proxy.log()
+        assert "Traceback" not in proxy.log()
+    finally:
+        for s in idle:
+            s.close()
+        proxy.stop()

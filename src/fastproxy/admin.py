@@ -74,6 +74,8 @@ log = logging.getLogger("fastproxy.admin")
 MAX_HEAD = 16 * 1024
 MAX_BODY = 64 * 1024
 READ_TIMEOUT = 10.0  # seconds a client has to send its whole request
+WRITE_TIMEOUT = 10.0  # seconds a client has to take the whole answer
+MAX_CLIENTS = 64  # connections served at once; more get 503 and are closed
 RELOAD_WAIT = 30.0  # seconds POST /reload waits for the master's verdict
 PURGE_LOG = "purges.log"
 
@@ -382,6 +384,7 @@ class AdminServer:
         assert settings is not None
         self.token = settings.token.encode() if settings.token else None
         self.busy: set[asyncio.Task[None]] = set()
+        self.refused = 0  # connections turned away by MAX_CLIENTS
         self.stopping: asyncio.Event | None = None
         self.sampler = Sampler(layout) if stats is not None and layout is not None else None
         self.tops = TopLists() if self.sampler is not None and config.metrics.analytics \
@@ -431,6 +434,18 @@ class AdminServer:
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if len(self.busy) >= MAX_CLIENTS:
+            # Without a cap, clients that open connections and send nothing would
+            # each hold a task (and a socket) for READ_TIMEOUT: answer at once,
+            # without reading, and close.
+            self.refused += 1
+            if self.refused == 1 or self.refused % 1000 == 0:
+                log.warning("admin API: more than %d connections at once; %d refused so far",
+                            MAX_CLIENTS, self.refused)
+            writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                         b"Retry-After: 1\r\nConnection: close\r\n\r\n")
+            writer.close()
+            return
         self.busy.add(task)
         try:
             methods: list[bytes] = []
@@ -446,7 +461,9 @@ class AdminServer:
             if methods == [b"HEAD"]:
                 data = b""  # the head a GET would get (its Content-Length too), no body
             writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + data)
-            await writer.drain()
+            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+        except TimeoutError:
+            writer.transport.abort()  # a client that does not read its answer
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         except Exception:
