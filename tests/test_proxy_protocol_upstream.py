@@ -13,6 +13,7 @@ import json
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -22,7 +23,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from fastproxy._proxyproto import ProxyProtocolError, parse
+from fastproxy._proxyproto import ProxyProtocolError, build_v2, parse, tlv
 from fastproxy.config import ConfigError, parse_config
 from servers import ProxyProcess, RawClient, free_port
 
@@ -361,6 +362,110 @@ def test_websocket_tunnel_starts_with_the_header(
         assert (facts["src"], facts["sport"]) == ("127.0.0.1", port)
         client.send(b"through the tunnel")
         assert client.read_exactly(18) == b"through the tunnel"
+
+
+@pytest.mark.parametrize("engine", ["openssl", "python"])
+def test_tls_listener_client(proxied: ProxiedOrigin, start_proxy,  # type: ignore[no-untyped-def]
+                             tmp_path: Path, engine: str) -> None:
+    """A client of a TLS listener: its TCP address and port, with either TLS engine."""
+    ca = trustme.CA()
+    leaf = ca.issue_cert("site.test")
+    leaf.cert_chain_pems[0].write_to_path(str(tmp_path / "site.pem"))
+    leaf.private_key_pem.write_to_path(str(tmp_path / "site.key"))
+    proxy = start_proxy(
+        f'[listeners.tls]\ncertificates = [{{ cert = "{tmp_path / "site.pem"}", '
+        f'key = "{tmp_path / "site.key"}" }}]\nengine = "{engine}"\n'
+        + upstream(proxied.address, "v1"))
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as raw, \
+            context.wrap_socket(raw, server_hostname="site.test") as sock:
+        port = sock.getsockname()[1]
+        for _ in range(2):
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: site.test\r\n\r\n")
+            data = b""
+            while b"}" not in data:
+                chunk = sock.recv(65536)
+                assert chunk, data
+                data += chunk
+            facts = json.loads(data.partition(b"\r\n\r\n")[2])
+            assert (facts["src"], facts["sport"], facts["dport"]) == \
+                ("127.0.0.1", port, proxy.port)
+    assert len(proxied.headers) == 1  # both requests on one upstream connection
+
+
+def tlvs_of(raw: bytes) -> dict[int, bytes]:
+    """The TLVs of a v2 PROXY header over TCP/IPv4 (after its 12 address bytes)."""
+    out: dict[int, bytes] = {}
+    end = 16 + int.from_bytes(raw[14:16], "big")
+    assert end == len(raw)
+    i = 16 + 12
+    while i < end:
+        n = int.from_bytes(raw[i + 1:i + 3], "big")
+        out[raw[i]] = raw[i + 3:i + 3 + n]
+        i += 3 + n
+    assert i == end
+    return out
+
+
+def test_build_v2_with_tlvs_parses_back() -> None:
+    tlvs = tlv(0x01, b"h2") + tlv(0x02, b"example.com")
+    header = build_v2("192.0.2.1", 1000, "192.0.2.2", 443, tlvs)
+    assert header.endswith(tlvs) and int.from_bytes(header[14:16], "big") == 12 + len(tlvs)
+    assert parse(header + b"GET") == (len(header), b"192.0.2.1", 1000, b"192.0.2.2", 443)
+    assert tlvs_of(header) == {0x01: b"h2", 0x02: b"example.com"}
+    assert build_v2(None, 0, None, 0, tlvs) == V2_SIG + b"\x20\x00\x00\x00"  # LOCAL: none
+    with pytest.raises(ValueError):
+        build_v2("192.0.2.1", 1000, "192.0.2.2", 443, b"x" * 5000)
+    with pytest.raises(ValueError):
+        tlv(256, b"")
+
+
+@pytest.mark.parametrize("engine", ["openssl", "python"])
+def test_v2_tells_the_tls_facts_of_the_client(
+        proxied: ProxiedOrigin, start_proxy, tmp_path: Path,  # type: ignore[no-untyped-def]
+        engine: str) -> None:
+    ca, client_ca = trustme.CA(), trustme.CA()
+    leaf = ca.issue_cert("site.test")
+    leaf.cert_chain_pems[0].write_to_path(str(tmp_path / "site.pem"))
+    leaf.private_key_pem.write_to_path(str(tmp_path / "site.key"))
+    client_ca.cert_pem.write_to_path(str(tmp_path / "client-ca.pem"))
+    alice = client_ca.issue_cert("alice@example.com", common_name="alice")
+    alice.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "alice.pem"))
+    proxy = start_proxy(
+        f'[listeners.tls]\ncertificates = [{{ cert = "{tmp_path / "site.pem"}", '
+        f'key = "{tmp_path / "site.key"}" }}]\nengine = "{engine}"\n'
+        f'client_auth = "optional"\nclient_ca = "{tmp_path / "client-ca.pem"}"\n'
+        + upstream(proxied.address, "v2"))
+    for cert in (True, False):
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        context.set_alpn_protocols(["http/1.1"])
+        context.maximum_version = ssl.TLSVersion.TLSv1_2 if cert else ssl.TLSVersion.TLSv1_3
+        if cert:
+            context.load_cert_chain(str(tmp_path / "alice.pem"))
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as raw, \
+                context.wrap_socket(raw, server_hostname="site.test") as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+            cipher = sock.cipher()[0]
+        facts = json.loads(data.partition(b"\r\n\r\n")[2])
+        tlvs = tlvs_of(proxied.headers[facts["conn"]])
+        assert tlvs[0x01] == b"http/1.1"  # ALPN
+        assert tlvs[0x02] == b"site.test"  # AUTHORITY (SNI)
+        ssl_tlv = tlvs[0x20]
+        sub = tlvs_of(b"\0" * 14 + (len(ssl_tlv) - 5 + 12).to_bytes(2, "big") + b"\0" * 12
+                      + ssl_tlv[5:])
+        assert sub[0x21] == (b"TLSv1.2" if cert else b"TLSv1.3")
+        assert sub[0x23] == cipher.encode()
+        if cert:
+            assert ssl_tlv[:5] == b"\x03\0\0\0\0"  # SSL + certificate on the connection, verified
+            assert sub[0x22] == b"alice"
+        else:
+            assert ssl_tlv[:5] == b"\x01\0\0\0\x01"  # SSL, no certificate
+            assert 0x22 not in sub
 
 
 # -- real peers: nginx (plain and TLS) and a fastproxy listener ---------------------------

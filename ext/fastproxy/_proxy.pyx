@@ -64,7 +64,10 @@ from fastproxy._compress cimport (C_NONE, D_IDENTITY, Encoder, Policy, coding_na
                                   rewrite_prefix, stored_form, StoredForm)
 from fastproxy._peers cimport now_ns
 from fastproxy._tops cimport Analytics
-from fastproxy._proxyproto cimport build_v1, build_v2
+from fastproxy._proxyproto cimport build_v1, build_v2, tlv
+from fastproxy._proxyproto import (PP2_CLIENT_CERT_CONN, PP2_CLIENT_SSL, PP2_SUBTYPE_SSL_CIPHER,
+                                   PP2_SUBTYPE_SSL_CN, PP2_SUBTYPE_SSL_VERSION, PP2_TYPE_ALPN,
+                                   PP2_TYPE_AUTHORITY, PP2_TYPE_SSL)
 from fastproxy._stats cimport (Stats, stat_add, ST_ACCEPTED, ST_CLOSED, ST_OPEN, ST_BYTES_IN,
                                ST_BYTES_OUT, ST_WAF, ST_RATE_LIMITED, ST_TLS_HANDSHAKES,
                                ST_DENIED, SV_REQUESTS,
@@ -600,6 +603,7 @@ cdef class ClientConnection(ParserHandler):
     cdef tuple pp_addrs
     cdef bytes pp_for           # ... and the headers made for this client address
     cdef bytes pp_v1, pp_v2
+    cdef bytes pp_tlvs          # v2 TLVs of a TLS client (b"": none; None: not made yet)
 
     def __cinit__(self, Core core not None, int listener=0):
         self.core = core
@@ -655,7 +659,11 @@ cdef class ClientConnection(ParserHandler):
             if version == 1:
                 header = build_v1(src, port, self.pp_addrs[1], self.pp_addrs[2])
             else:
-                header = build_v2(src, port, self.pp_addrs[1], self.pp_addrs[2])
+                if self.pp_tlvs is None:
+                    self.pp_tlvs = b"" if self.tls is None or self.transport is None else \
+                        tls_tlvs(self.transport.get_extra_info("ssl_object"))
+                header = build_v2(src, port, self.pp_addrs[1], self.pp_addrs[2],
+                                  self.pp_tlvs or None)
         except ValueError:
             header = build_v1(None, 0, None, 0) if version == 1 else build_v2(None, 0, None, 0)
         if version == 1:
@@ -3740,6 +3748,45 @@ cdef class WaitQueue:
             if not ex.finished:
                 ex.respond_unavailable(ex.group.busy)
         return 0
+
+
+def tls_tlvs(ssl_object):
+    """The v2 TLVs that describe a client's TLS connection: ALPN, AUTHORITY (its
+    SNI) and SSL (TLS version, cipher, and the CN of a verified client certificate),
+    as HAProxy's send-proxy-v2-ssl-cn sends. b"" when nothing can be said."""
+    cdef list parts = []
+    cdef int client = PP2_CLIENT_SSL
+    cdef unsigned int verify = 1     # 0: a client certificate was presented and verified
+    cdef bytes sub = b""
+    if ssl_object is None:
+        return b""
+    try:
+        alpn = ssl_object.selected_alpn_protocol()
+        if alpn:
+            parts.append(tlv(PP2_TYPE_ALPN, alpn.encode("ascii", "replace")))
+        sni = getattr(ssl_object, "sni_name", None) or getattr(ssl_object, "fastproxy_sni", None)
+        if sni:
+            parts.append(tlv(PP2_TYPE_AUTHORITY, (<str>sni).encode("ascii", "replace")))
+        version = ssl_object.version()
+        if version:
+            sub += tlv(PP2_SUBTYPE_SSL_VERSION, version.encode("ascii", "replace"))
+        cipher = ssl_object.cipher()
+        if cipher:
+            sub += tlv(PP2_SUBTYPE_SSL_CIPHER, cipher[0].encode("ascii", "replace"))
+        cert = ssl_object.getpeercert()  # {} or None unless verified
+        if cert:
+            client |= PP2_CLIENT_CERT_CONN
+            verify = 0
+            for rdn in cert.get("subject", ()):
+                for name, value in rdn:
+                    if name == "commonName":
+                        sub += tlv(PP2_SUBTYPE_SSL_CN, (<str>value).encode("utf-8"))
+                        break
+        parts.append(tlv(PP2_TYPE_SSL, bytes((client,)) + verify.to_bytes(4, "big") + sub))
+    except (ValueError, ssl.SSLError) as e:
+        log_proxy.info("PROXY v2 TLVs of a TLS client left out: %s", e)
+        return b""
+    return b"".join(parts)
 
 
 class _BeforeTls(asyncio.Protocol):
