@@ -648,10 +648,13 @@ cdef class ClientConnection(ParserHandler):
                 else None
             here = self.transport.get_extra_info("sockname") if self.transport is not None \
                 else None
-            self.pp_addrs = (
-                peer[1] if peer and len(peer) >= 2 else 0,
-                (<str>here[0]).encode("ascii", "replace") if here and len(here) >= 2 else None,
-                here[1] if here and len(here) >= 2 else 0)
+            # (host, port, ...) tuples for TCP; anything else (a Unix socket) has no address.
+            peer_ok = isinstance(peer, tuple) and len(peer) >= 2 and isinstance(peer[1], int)
+            here_ok = isinstance(here, tuple) and len(here) >= 2 and isinstance(here[0], str) \
+                and isinstance(here[1], int)
+            self.pp_addrs = (peer[1] if peer_ok else 0,
+                             (<str>here[0]).encode("ascii", "replace") if here_ok else None,
+                             here[1] if here_ok else 0)
         port = <int>self.pp_addrs[0] if src == self.ip else 0
         try:
             if self.pp_addrs[1] is None:
