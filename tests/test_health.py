@@ -278,8 +278,7 @@ def test_a_probe_that_raises_counts_as_a_failure(monkeypatch: pytest.MonkeyPatch
                                                  caplog: pytest.LogCaptureFixture) -> None:
     calls = []
 
-    async def broken(host: str, port: int, check: HealthCheck,
-                     proxy_header: bytes = b"") -> tuple[bool, str]:
+    async def broken(host: str, port: int, check: HealthCheck, *options: Any) -> tuple[bool, str]:
         calls.append(port)
         raise RuntimeError("bug")
 

@@ -535,8 +535,19 @@ def test_nginx_reads_the_header(tmp_path: Path, start_proxy,  # type: ignore[no-
         extra = f'tls = {{ ca = "{tmp_path / "ca.pem"}" }}\n'
         scheme = "https://"
     nginx = Nginx(tmp_path / "nginx", "ssl proxy_protocol" if tls else "proxy_protocol", cert)
+    # Health checks too (over TLS to https://, after their header): with fall = 1, one
+    # failed check would take the only server down and the requests below would get 503.
+    extra += ('\n[upstreams.app.health_check]\npath = "/health"\ninterval = "100ms"\n'
+              'timeout = "100ms"\nfall = 1\nrise = 1\n')
     try:
         proxy = start_proxy(upstream(f"{scheme}127.0.0.1:{nginx.port}", version, extra))
+        log = tmp_path / "nginx" / "access.log"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (
+                not log.exists() or log.read_text().count("fastproxy-health-check") < 3):
+            time.sleep(0.05)
+        checks = [line for line in log.read_text().splitlines() if "fastproxy-health-check" in line]
+        assert len(checks) >= 3 and all('"GET /health HTTP/1.1" 200 ' in c for c in checks), checks
         with RawClient(proxy.port) as client:
             here = client.sock.getsockname()[1]
             for _ in range(2):
