@@ -278,7 +278,7 @@ def test_a_probe_that_raises_counts_as_a_failure(monkeypatch: pytest.MonkeyPatch
                                                  caplog: pytest.LogCaptureFixture) -> None:
     calls = []
 
-    async def broken(host: str, port: int, check: HealthCheck) -> tuple[bool, str]:
+    async def broken(host: str, port: int, check: HealthCheck, *options: Any) -> tuple[bool, str]:
         calls.append(port)
         raise RuntimeError("bug")
 
@@ -393,3 +393,29 @@ def test_workers_skip_a_server_the_checker_took_down(make_origin: OriginFactory,
         bodies.add(data.partition(b"\r\n\r\n")[2])
     assert bodies == {b"well"}, proxy.log()
     assert all(r.target == "/health" for r in sick.requests)
+
+
+def test_probe_of_an_https_server_uses_tls() -> None:
+    import ssl
+
+    import trustme
+
+    from test_tls_e2e import TlsOrigin
+
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("backend.internal", "127.0.0.1").configure_cert(server_ctx)
+    origin = TlsOrigin(server_ctx).start()
+    try:
+        good = ssl.create_default_context()
+        ca.configure_trust(good)
+        assert run(probe("127.0.0.1", origin.port, HealthCheck(),
+                         tls=(good, "backend.internal"))) == (True, "ok")
+        assert origin.requests[-1].startswith(b"GET / HTTP/1.1\r\n")
+        passed, reason = run(probe("127.0.0.1", origin.port, HealthCheck(),
+                                   tls=(ssl.create_default_context(), "backend.internal")))
+        assert not passed and reason.startswith("TLS certificate verification failed"), reason
+        # Plain HTTP to the TLS port (what checks did before) fails.
+        assert not run(probe("127.0.0.1", origin.port, HealthCheck()))[0]
+    finally:
+        origin.stop()

@@ -64,6 +64,10 @@ from fastproxy._compress cimport (C_NONE, D_IDENTITY, Encoder, Policy, coding_na
                                   rewrite_prefix, stored_form, StoredForm)
 from fastproxy._peers cimport now_ns
 from fastproxy._tops cimport Analytics
+from fastproxy._proxyproto cimport build_v1, build_v2, tlv
+from fastproxy._proxyproto import (PP2_CLIENT_CERT_CONN, PP2_CLIENT_SSL, PP2_SUBTYPE_SSL_CIPHER,
+                                   PP2_SUBTYPE_SSL_CN, PP2_SUBTYPE_SSL_VERSION, PP2_TYPE_ALPN,
+                                   PP2_TYPE_AUTHORITY, PP2_TYPE_SSL)
 from fastproxy._stats cimport (Stats, stat_add, ST_ACCEPTED, ST_CLOSED, ST_OPEN, ST_BYTES_IN,
                                ST_BYTES_OUT, ST_WAF, ST_RATE_LIMITED, ST_TLS_HANDSHAKES,
                                ST_DENIED, SV_REQUESTS,
@@ -594,6 +598,12 @@ cdef class ClientConnection(ParserHandler):
     cdef long long body_bytes   # ... and how much of it came since
     cdef double held_since      # when reading was last paused (holds became non-zero)
     cdef Tunnel tunnel          # after a switch of protocols (101): bytes go through it
+    # PROXY protocol to upstreams (see proxy_header): the client's port and the address
+    # it reached, from its PROXY header or the socket (None: not looked up yet) ...
+    cdef tuple pp_addrs
+    cdef bytes pp_for           # ... and the headers made for this client address
+    cdef bytes pp_v1, pp_v2
+    cdef bytes pp_tlvs          # v2 TLVs of a TLS client (b"": none; None: not made yet)
 
     def __cinit__(self, Core core not None, int listener=0):
         self.core = core
@@ -609,11 +619,61 @@ cdef class ClientConnection(ParserHandler):
         if not self.made and self.core is not None:
             self.core.handshake_failures += 1
 
-    def set_peer(self, bytes ip not None):
+    def set_peer(self, bytes ip not None, int port=0, bytes dst_ip=None, int dst_port=0):
         """The client's address as a PROXY protocol header gave it (before
-        connection_made): used instead of the TCP peer's everywhere."""
+        connection_made): used instead of the TCP peer's everywhere. The port and
+        the destination go on in the PROXY headers sent to upstreams."""
         self.ip = ip
         self.peer_given = True
+        if dst_ip is not None:
+            self.pp_addrs = (port, dst_ip, dst_port)
+
+    cdef bytes proxy_header(self, bytes src, int version):
+        """The PROXY protocol header (`version` 1 or 2) that starts a connection to an
+        upstream for a request of client `src` (the client address after
+        trusted_proxies): src and its port (0 when `src` came from a trusted proxy's
+        header, which names no port), to the address this client reached (as its own
+        PROXY header named them, else the socket's). Made once per client connection
+        and address; an address the header cannot carry gives v1 UNKNOWN / v2 LOCAL."""
+        cdef bytes header
+        cdef int port
+        if src != self.pp_for:
+            self.pp_for = src
+            self.pp_v1 = self.pp_v2 = None
+        header = self.pp_v1 if version == 1 else self.pp_v2
+        if header is not None:
+            return header
+        if self.pp_addrs is None:
+            peer = self.transport.get_extra_info("peername") if self.transport is not None \
+                else None
+            here = self.transport.get_extra_info("sockname") if self.transport is not None \
+                else None
+            # (host, port, ...) tuples for TCP; anything else (a Unix socket) has no address.
+            peer_ok = isinstance(peer, tuple) and len(peer) >= 2 and isinstance(peer[1], int)
+            here_ok = isinstance(here, tuple) and len(here) >= 2 and isinstance(here[0], str) \
+                and isinstance(here[1], int)
+            self.pp_addrs = (peer[1] if peer_ok else 0,
+                             (<str>here[0]).encode("ascii", "replace") if here_ok else None,
+                             here[1] if here_ok else 0)
+        port = <int>self.pp_addrs[0] if src == self.ip else 0
+        try:
+            if self.pp_addrs[1] is None:
+                raise ValueError("no local address")
+            if version == 1:
+                header = build_v1(src, port, self.pp_addrs[1], self.pp_addrs[2])
+            else:
+                if self.pp_tlvs is None:
+                    self.pp_tlvs = b"" if self.tls is None or self.transport is None else \
+                        tls_tlvs(self.transport.get_extra_info("ssl_object"))
+                header = build_v2(src, port, self.pp_addrs[1], self.pp_addrs[2],
+                                  self.pp_tlvs or None)
+        except ValueError:
+            header = build_v1(None, 0, None, 0) if version == 1 else build_v2(None, 0, None, 0)
+        if version == 1:
+            self.pp_v1 = header
+        else:
+            self.pp_v2 = header
+        return header
 
     # -- asyncio.Protocol ---------------------------------------------------------
     def connection_made(self, transport):
@@ -1242,6 +1302,7 @@ cdef class Exchange:
     cdef int trace_drop                 # DROP_* bits: incoming fields replaced
     cdef readonly bytes traceparent     # the one sent upstream (None: none)
     cdef bytes upgrade                  # the protocol asked for (Upgrade), to pass on (None: none)
+    cdef bint log_at_close              # switched (101): logged when the tunnel closes
 
     @property
     def request_id(self):
@@ -2254,6 +2315,11 @@ cdef class Exchange:
         cdef bytes key = (<Template>template).render(ctx, ctx.captures)
         return hash_bytes(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
 
+    cdef bytes proxy_header(self, int version):
+        """The PROXY header for a new connection of this request (see ServerPool.connect)."""
+        cdef bytes src = self.ctx.client_ip if self.ctx is not None else self.client.ip
+        return self.client.proxy_header(src, version)
+
     cdef int answer(self, LocalAction action) except -1:
         """A redirect or a static response; a request body is read and dropped."""
         cdef MessageHead req = self.head
@@ -2285,7 +2351,13 @@ cdef class Exchange:
         self.upstream_label = pool.label
         # A connection that may switch protocols is never one from the pool (nor
         # goes back to it once switched).
-        conn = pool.take() if self.upgrade is None else None
+        if self.upgrade is not None:
+            conn = None
+        elif pool.proxy_protocol:
+            # Only a connection whose header named this very client (see take_for).
+            conn = pool.take_for(self.proxy_header(pool.proxy_protocol))
+        else:
+            conn = pool.take()
         if conn is not None:
             self.connect_time = 0.0
             self.attach(conn)
@@ -2608,6 +2680,8 @@ cdef class Exchange:
         tunnel = Tunnel.__new__(Tunnel)
         tunnel.client = client
         tunnel.conn = conn
+        tunnel.exchange = self
+        self.log_at_close = True
         tunnel.idle = self.rule.tunnel_idle
         self.conn = None
         conn.sink = None
@@ -3101,9 +3175,24 @@ cdef class Exchange:
             core.ban_event(self.ctx.client_ip)
         if core.stats is not None:
             self.count_request()
-        if core.log_on:
+        if core.log_on and not self.log_at_close:
             core.access_log.record(self)
         self.client.exchange_done(self, keep)
+        return 0
+
+    cdef int tunnel_over(self, long long to_client, long long to_upstream) except -1:
+        """The tunnel this exchange switched to is closing: its bytes count as this
+        request's (the body bytes sent and received, as nginx's $body_bytes_sent and
+        $request_length cover a WebSocket), in the metrics too, and its one access
+        log line is written now, with the whole duration."""
+        cdef Core core = self.core
+        self.sent += to_client
+        self.req_bytes += to_upstream
+        if core.stats is not None and core.stats_instance >= 0:
+            stat_add(core.stats, core.stats_instance + ST_BYTES_IN, to_upstream)
+            stat_add(core.stats, core.stats_instance + ST_BYTES_OUT, to_client)
+        if core.log_on:
+            core.access_log.record(self)
         return 0
 
 
@@ -3130,6 +3219,7 @@ cdef class UpstreamConnection(ParserHandler):
     cdef int fd         # for send_parts: -1 = always through the transport
     cdef bint queued    # the transport may hold unsent bytes
     cdef Tunnel tunnel  # after a switch of protocols (101): bytes go through it
+    cdef bytes pp_key   # the PROXY header it started with (None: none)
 
     def __cinit__(self, ServerPool pool not None):
         self.pool = pool
@@ -3362,6 +3452,7 @@ cdef class Tunnel:
     cdef bint up_lost
     cdef long long to_client
     cdef long long to_upstream
+    cdef Exchange exchange      # the switch: told the byte counts at close, then logged
 
     cdef int from_client(self, bytes data) except -1:
         if self.closing:
@@ -3437,9 +3528,13 @@ cdef class Tunnel:
         cdef ClientConnection client = self.client
         cdef UpstreamConnection conn = self.conn
         cdef double now = monotonic()
+        cdef Exchange ex = self.exchange
         if self.closing:
             return 0
         self.closing = True
+        if ex is not None:  # nothing more passes from here on: the counts are final
+            self.exchange = None
+            ex.tunnel_over(self.to_client, self.to_upstream)
         if not self.down_lost and client is not None:
             client.closed = True
             client.transport.close()
@@ -3485,6 +3580,7 @@ cdef class ServerPool:
     cdef object ssl                    # client SSLContext for an https:// server, or None
     cdef str server_hostname           # SNI and the name verified, with `ssl`
     cdef Py_ssize_t next_address       # new connections rotate over them
+    cdef readonly int proxy_protocol   # PROXY header version sent first (0: none)
 
     def __init__(self, upstream, str host, int port, int weight, Core core not None):
         self.core = core
@@ -3514,10 +3610,33 @@ cdef class ServerPool:
                 return conn
         return None
 
+    cdef UpstreamConnection take_for(self, bytes key):
+        """An idle connection that started with the PROXY header `key`, newest first:
+        a connection that named one client never carries another's requests."""
+        cdef UpstreamConnection conn
+        cdef Py_ssize_t i = len(self.idle) - 1
+        while i >= 0:
+            conn = <UpstreamConnection>self.idle[i]
+            if conn.pp_key == key:
+                del self.idle[i]
+                if not conn.closed:
+                    conn.reused = True
+                    self.reuses += 1
+                    return conn
+            i -= 1
+        return None
+
     cdef int put(self, UpstreamConnection conn) except -1:
+        cdef UpstreamConnection oldest
         if len(self.idle) >= self.keepalive or self.core.closing:
-            conn.close()
-            return 0
+            if self.proxy_protocol and self.keepalive and not self.core.closing:
+                # Per-client connections: the least recently used one makes room
+                # (its client has most likely gone).
+                oldest = <UpstreamConnection>self.idle.pop(0)
+                oldest.close()
+            else:
+                conn.close()
+                return 0
         conn.deadline = monotonic() + self.idle_timeout
         self.idle.append(conn)
         return 0
@@ -3534,8 +3653,19 @@ cdef class ServerPool:
     cdef int connect(self, Exchange waiter) except -1:
         """Open a new connection and report to `waiter` (no coroutine when pooled)."""
         self.connects += 1
-        self.core.loop.create_task(_connect(self, waiter))
+        if self.proxy_protocol:
+            self.core.loop.create_task(
+                _connect(self, waiter, waiter.proxy_header(self.proxy_protocol)))
+        else:
+            self.core.loop.create_task(_connect(self, waiter))
         return 0
+
+    def set_proxy_protocol(self, str version not None):
+        """Start every new connection with a PROXY protocol header: "v1", "v2" or "off"."""
+        versions = {"off": 0, "v1": 1, "v2": 2}
+        if version not in versions:
+            raise ValueError(f"proxy_protocol: {version!r} is not off, v1 or v2")
+        self.proxy_protocol = versions[version]
 
     def set_tls(self, context, str server_hostname):
         """Speak TLS to this server with `context`, naming it `server_hostname`."""
@@ -3623,11 +3753,80 @@ cdef class WaitQueue:
         return 0
 
 
-async def _connect(ServerPool pool, Exchange waiter):
+def tls_tlvs(ssl_object):
+    """The v2 TLVs that describe a client's TLS connection: ALPN, AUTHORITY (its
+    SNI) and SSL (TLS version, cipher, and the CN of a verified client certificate),
+    as HAProxy's send-proxy-v2-ssl-cn sends. b"" when nothing can be said."""
+    cdef list parts = []
+    cdef int client = PP2_CLIENT_SSL
+    cdef unsigned int verify = 1     # 0: a client certificate was presented and verified
+    cdef bytes sub = b""
+    if ssl_object is None:
+        return b""
+    try:
+        alpn = ssl_object.selected_alpn_protocol()
+        if alpn:
+            parts.append(tlv(PP2_TYPE_ALPN, alpn.encode("ascii", "replace")))
+        sni = getattr(ssl_object, "sni_name", None) or getattr(ssl_object, "fastproxy_sni", None)
+        if sni:
+            parts.append(tlv(PP2_TYPE_AUTHORITY, (<str>sni).encode("ascii", "replace")))
+        version = ssl_object.version()
+        if version:
+            sub += tlv(PP2_SUBTYPE_SSL_VERSION, version.encode("ascii", "replace"))
+        cipher = ssl_object.cipher()
+        if cipher:
+            sub += tlv(PP2_SUBTYPE_SSL_CIPHER, cipher[0].encode("ascii", "replace"))
+        cert = ssl_object.getpeercert()  # {} or None unless verified
+        if cert:
+            client |= PP2_CLIENT_CERT_CONN
+            verify = 0
+            for rdn in cert.get("subject", ()):
+                for name, value in rdn:
+                    if name == "commonName":
+                        sub += tlv(PP2_SUBTYPE_SSL_CN, (<str>value).encode("utf-8"))
+                        break
+        parts.append(tlv(PP2_TYPE_SSL, bytes((client,)) + verify.to_bytes(4, "big") + sub))
+    except (ValueError, ssl.SSLError) as e:
+        log_proxy.info("PROXY v2 TLVs of a TLS client left out: %s", e)
+        return b""
+    return b"".join(parts)
+
+
+class _BeforeTls(asyncio.Protocol):
+    """An upstream connection's protocol while its PROXY header goes out, before the
+    TLS handshake (nothing is read meanwhile: the server speaks after the handshake)."""
+
+
+async def _connect_with_header(ServerPool pool, bytes header):
+    """A new connection whose first bytes are the PROXY `header`: for an https://
+    server, in the clear before the ClientHello (as HAProxy's send-proxy with ssl)."""
+    loop = pool.core.loop
+    cdef UpstreamConnection conn = UpstreamConnection(pool)
+    conn.pp_key = header
+    if pool.ssl is None:
+        await loop.create_connection(lambda: conn, pool.connect_host(), pool.port)
+        conn.send(header)  # before the request head (attach) and any body
+        return conn
+    raw, _ = await loop.create_connection(_BeforeTls, pool.connect_host(), pool.port)
+    try:
+        raw.write(header)
+        transport = await loop.start_tls(raw, conn, pool.ssl,
+                                         server_hostname=pool.server_hostname,
+                                         ssl_handshake_timeout=pool.connect_timeout)
+    except BaseException:
+        raw.abort()
+        raise
+    conn.connection_made(transport)
+    return conn
+
+
+async def _connect(ServerPool pool, Exchange waiter, bytes header=None):
     loop = pool.core.loop
     try:
         async with asyncio.timeout(pool.connect_timeout):
-            if pool.ssl is None:
+            if header is not None:
+                conn = await _connect_with_header(pool, header)
+            elif pool.ssl is None:
                 _, conn = await loop.create_connection(
                     lambda: UpstreamConnection(pool), pool.connect_host(), pool.port)
             else:

@@ -20,4 +20,6 @@ cdef tuple header_tuple(const ProxyHeader* h)
 
 cpdef tuple parse(bytes data)
 cpdef bytes build_v1(object src_ip, object src_port, object dst_ip, object dst_port)
-cpdef bytes build_v2(object src_ip, object src_port, object dst_ip, object dst_port)
+cpdef bytes build_v2(object src_ip, object src_port, object dst_ip, object dst_port,
+                     bytes tlvs=*)
+cpdef bytes tlv(int kind, bytes value)

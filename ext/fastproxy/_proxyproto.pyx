@@ -506,14 +506,20 @@ cpdef bytes build_v1(object src_ip, object src_port, object dst_ip, object dst_p
         _ntop(h.family, h.src), _ntop(h.family, h.dst), h.src_port, h.dst_port)
 
 
-cpdef bytes build_v2(object src_ip, object src_port, object dst_ip, object dst_port):
+cpdef bytes build_v2(object src_ip, object src_port, object dst_ip, object dst_port,
+                     bytes tlvs=None):
     """The v2 header for a connection from src to dst: PROXY command, TCP over
-    IPv4 or IPv6, no TLVs; a LOCAL command with family UNSPEC when src_ip is None.
+    IPv4 or IPv6, then `tlvs` (already encoded, see tlv(); none by default); a
+    LOCAL command with family UNSPEC when src_ip is None (no TLVs).
     Addresses are str or bytes; raises ValueError on a bad one."""
     cdef ProxyHeader h
     cdef unsigned char out[V2_HEAD + 36]
-    cdef Py_ssize_t alen = 0, size
+    cdef Py_ssize_t alen = 0, size, extra = 0
     _endpoints(src_ip, src_port, dst_ip, dst_port, &h)
+    if tlvs is not None and h.family != 0:
+        extra = PyBytes_GET_SIZE(tlvs)
+        if 36 + extra > V2_MAX_BODY:
+            raise ValueError(f"PROXY v2: {extra} bytes of TLVs do not fit")
     memcpy(out, V2_SIG, V2_SIG_LEN)
     if h.family == 0:
         out[12] = 0x20          # version 2, LOCAL
@@ -529,7 +535,27 @@ cpdef bytes build_v2(object src_ip, object src_port, object dst_ip, object dst_p
         out[V2_HEAD + 2 * alen + 2] = h.dst_port >> 8
         out[V2_HEAD + 2 * alen + 3] = h.dst_port & 0xFF
         alen = 2 * alen + 4
-    out[14] = alen >> 8
-    out[15] = alen & 0xFF
+    out[14] = (alen + extra) >> 8
+    out[15] = (alen + extra) & 0xFF
     size = V2_HEAD + alen
+    if extra:
+        return PyBytes_FromStringAndSize(<const char*>out, size) + tlvs
     return PyBytes_FromStringAndSize(<const char*>out, size)
+
+
+# TLV types of v2 headers (proxy-protocol.txt 2.2), the ones we send.
+PP2_TYPE_ALPN = 0x01
+PP2_TYPE_AUTHORITY = 0x02
+PP2_TYPE_SSL = 0x20
+PP2_SUBTYPE_SSL_VERSION = 0x21
+PP2_SUBTYPE_SSL_CN = 0x22
+PP2_SUBTYPE_SSL_CIPHER = 0x23
+PP2_CLIENT_SSL = 0x01
+PP2_CLIENT_CERT_CONN = 0x02
+
+
+cpdef bytes tlv(int kind, bytes value):
+    """One TLV of a v2 header: type (0..255), 16-bit length, value."""
+    if not 0 <= kind <= 255 or value is None or PyBytes_GET_SIZE(value) > 0xFFFF:
+        raise ValueError("PROXY v2: a TLV has a type 0..255 and at most 65535 bytes")
+    return bytes((kind, PyBytes_GET_SIZE(value) >> 8, PyBytes_GET_SIZE(value) & 0xFF)) + value

@@ -396,6 +396,7 @@ class ServerAddress:
     max_conns: int = 0  # requests in flight per worker; 0 = no limit
     backup: bool = False  # used only while no primary server is usable
     tls: bool = False  # "https://host:port": TLS to this server (see Upstream.tls)
+    proxy_protocol: str | None = None  # "off" | "v1" | "v2"; None: the upstream's
 
     @property
     def address(self) -> str:
@@ -423,6 +424,11 @@ class Upstream:
     eject: Ejection = field(default_factory=lambda: Ejection())
     retry: RetryPolicy = field(default_factory=lambda: RetryPolicy())
     tls: UpstreamTls = field(default_factory=lambda: UpstreamTls())
+    proxy_protocol: str = "off"  # "off" | "v1" | "v2": a PROXY header starts each connection
+
+    def server_proxy_protocol(self, server: ServerAddress) -> str:
+        """The PROXY protocol version sent to `server` ("off": none)."""
+        return server.proxy_protocol or self.proxy_protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -1039,6 +1045,17 @@ TRACING_FIELDS: Final = (
               _boolean),
 )
 
+# PROXY protocol headers sent to upstream servers ("off": none).
+PROXY_PROTOCOL_VERSIONS: Final = ("off", "v1", "v2")
+
+
+def _proxy_protocol_version(value: object) -> str:
+    if isinstance(value, bool):
+        raise ValueError('expected "off", "v1" or "v2" (the version sent; only a listener takes'
+                         f" true/false), found {_describe(value)}")
+    version: str = _choice(*PROXY_PROTOCOL_VERSIONS)(value)
+    return version
+
 UPSTREAM_FIELDS: Final = (
     FieldSpec(
         "keepalive",
@@ -1097,6 +1114,14 @@ UPSTREAM_FIELDS: Final = (
         "servers named by host name are resolved again this often (in every worker)",
         _duration(),
     ),
+    FieldSpec(
+        "proxy_protocol",
+        "off",
+        '"off" | "v1" | "v2"',
+        "start every connection to the servers with a PROXY protocol header naming the"
+        " client (HAProxy send-proxy / send-proxy-v2); health checks send v1 UNKNOWN / v2 LOCAL",
+        _proxy_protocol_version,
+    ),
 )
 
 SERVER_OPTION_FIELDS: Final = (
@@ -1114,6 +1139,13 @@ SERVER_OPTION_FIELDS: Final = (
         "boolean",
         "used only while no primary (non-backup) server is usable",
         _boolean,
+    ),
+    FieldSpec(
+        "proxy_protocol",
+        None,
+        '"off" | "v1" | "v2"',
+        "this server's PROXY protocol header, instead of the upstream's proxy_protocol",
+        _proxy_protocol_version,
     ),
 )
 

@@ -20,11 +20,13 @@ import asyncio
 import logging
 import signal
 import socket
+import ssl
 from dataclasses import dataclass
 
 import uvloop
 
 from fastproxy._peers import PeerTable, slot_layout
+from fastproxy._proxyproto import build_v1, build_v2
 from fastproxy.config import Config, HealthCheck, ServerAddress
 
 log = logging.getLogger("fastproxy.health")
@@ -32,6 +34,9 @@ log = logging.getLogger("fastproxy.health")
 HEAD_LIMIT = 16 * 1024  # a response head larger than this is malformed
 BODY_LIMIT = 64 * 1024  # `body` is looked for in this much of the body at most
 USER_AGENT = "fastproxy-health-check"
+
+# An https:// server's checks: the upstream's client context, the name sent and verified.
+TlsTarget = tuple[ssl.SSLContext, str]
 
 
 class MalformedResponse(Exception):
@@ -42,16 +47,33 @@ class MalformedResponse(Exception):
 # One probe
 
 
-async def probe(host: str, port: int, check: HealthCheck) -> tuple[bool, str]:
-    """Probe one server once: (passed, why it failed or "ok"), within check.timeout."""
+async def probe(host: str, port: int, check: HealthCheck, proxy_header: bytes = b"",
+                tls: TlsTarget | None = None) -> tuple[bool, str]:
+    """Probe one server once: (passed, why it failed or "ok"), within check.timeout.
+    `proxy_header` goes first (a server that expects the PROXY protocol); with `tls`
+    (an https:// server: the upstream's client context and the name to verify), the
+    request goes over TLS, after the header."""
     try:
         async with asyncio.timeout(check.timeout):
-            return await _probe(host, port, check)
+            return await _probe(host, port, check, proxy_header, tls)
     except TimeoutError:
         return False, f"timed out after {check.timeout:g}s"
 
 
-async def _probe(host: str, port: int, check: HealthCheck) -> tuple[bool, str]:
+def check_proxy_header(version: str) -> bytes:
+    """What a health check sends first to a server with `proxy_protocol = version`:
+    v2 LOCAL or v1 UNKNOWN (the check is the proxy's own connection, no client's: the
+    server keeps the connection's addresses, as for HAProxy's check-send-proxy);
+    nothing when "off"."""
+    if version == "v2":
+        return build_v2(None, 0, None, 0)
+    if version == "v1":
+        return build_v1(None, 0, None, 0)
+    return b""
+
+
+async def _probe(host: str, port: int, check: HealthCheck, proxy_header: bytes = b"",
+                 tls: TlsTarget | None = None) -> tuple[bool, str]:
     try:
         reader, writer = await asyncio.open_connection(host, port, limit=HEAD_LIMIT)
     except ConnectionRefusedError:
@@ -61,7 +83,18 @@ async def _probe(host: str, port: int, check: HealthCheck) -> tuple[bool, str]:
     except OSError as e:
         return False, f"connect failed: {e.strerror or e}"
     try:
-        writer.write(_request(host, port, check))
+        if tls is not None:
+            if proxy_header:
+                writer.write(proxy_header)  # in the clear, before the handshake
+            try:
+                await writer.start_tls(tls[0], server_hostname=tls[1])
+            except ssl.SSLCertVerificationError as e:
+                return False, f"TLS certificate verification failed: {e.verify_message or e}"
+            except ssl.SSLError as e:
+                return False, f"TLS handshake failed: {e.reason or e}"
+            writer.write(_request(host, port, check))
+        else:
+            writer.write(proxy_header + _request(host, port, check))
         status, headers = await _read_head(reader)
         if not any(lo <= status <= hi for lo, hi in check.status):
             return False, f"status {status} not in {_ranges(check.status)}"
@@ -175,6 +208,8 @@ class Target:
     slot: int  # in the PeerTable
     check: HealthCheck
     offset: float  # seconds from the start to the first probe
+    proxy_header: bytes = b""  # sent first (the server's proxy_protocol)
+    tls: TlsTarget | None = None  # an https:// server: checked over TLS
     passes: int = 0
     failures: int = 0
 
@@ -195,8 +230,17 @@ class HealthChecker:
             if check is None:
                 continue
             n = len(upstream.servers)
-            self.targets += [Target(name, server, first[name] + j, check, j * check.interval / n)
-                             for j, server in enumerate(upstream.servers)]
+            context = None
+            if any(server.tls for server in upstream.servers):
+                from fastproxy.tls import client_context
+
+                context = client_context(upstream.tls)
+            self.targets += [
+                Target(name, server, first[name] + j, check, j * check.interval / n,
+                       check_proxy_header(upstream.server_proxy_protocol(server)),
+                       (context, upstream.tls.sni or server.host)
+                       if server.tls and context is not None else None)
+                for j, server in enumerate(upstream.servers)]
 
     def run(self) -> int:
         """The process's main: check until SIGTERM or SIGINT."""
@@ -234,7 +278,8 @@ class HealthChecker:
     async def check(self, target: Target) -> None:
         """Probe once and record the result."""
         try:
-            passed, reason = await probe(target.server.host, target.server.port, target.check)
+            passed, reason = await probe(target.server.host, target.server.port, target.check,
+                                         target.proxy_header, target.tls)
         except Exception as e:  # a bug in a probe must not stop the checks
             log.exception("%s: probe failed", target)
             passed, reason = False, f"probe error: {e!r}"

@@ -30,6 +30,10 @@ from fastproxy._tls import TlsServer
 
 log = logging.getLogger("fastproxy.client")
 
+# What a PROXY header says of the client: its address and port, and the address and
+# port it connected to (kept for the PROXY headers sent to upstreams).
+Peer = tuple[bytes, int, bytes | None, int]
+
 
 class ProxyHeaderGate(asyncio.Protocol):
     """Reads the PROXY header of one connection, then passes the connection on."""
@@ -70,12 +74,13 @@ class ProxyHeaderGate(asyncio.Protocol):
         consumed, src_ip = header[0], header[1]
         rest = self._buf[consumed:]
         self._buf = b""
+        peer = (src_ip, header[2], header[3], header[4]) if src_ip is not None else None
         if self._context is None:
-            self._hand_over(self._transport, src_ip, rest)
+            self._hand_over(self._transport, peer, rest)
         elif isinstance(self._context, TlsServer):
-            self._start_openssl(src_ip, rest)
+            self._start_openssl(peer, rest)
         else:
-            self._start_tls(src_ip, rest)
+            self._start_tls(peer, rest)
 
     def eof_received(self) -> bool:
         if not self._done:
@@ -102,28 +107,28 @@ class ProxyHeaderGate(asyncio.Protocol):
         if transport is not None:
             transport.abort()
 
-    def _hand_over(self, transport: Any, src_ip: bytes | None, rest: bytes) -> None:
+    def _hand_over(self, transport: Any, peer: Peer | None, rest: bytes) -> None:
         client = self._factory()
-        if src_ip is not None:
-            client.set_peer(src_ip)
+        if peer is not None:
+            client.set_peer(*peer)
         transport.set_protocol(client)
         client.connection_made(transport)
         if rest:
             client.data_received(rest)
 
-    def _start_openssl(self, src_ip: bytes | None, rest: bytes) -> None:
+    def _start_openssl(self, peer: Peer | None, rest: bytes) -> None:
         """TLS from here on, with fastproxy._tls (engine "openssl"): its connection
         becomes the transport's protocol and is handed the bytes read so far."""
         transport = self._transport
         assert transport is not None and isinstance(self._context, TlsServer)
         tls = self._context()
-        if src_ip is not None:
-            tls.app.set_peer(src_ip)
+        if peer is not None:
+            tls.app.set_peer(*peer)
         transport.set_protocol(tls)
         tls.connection_made(transport)
         _feed(tls, rest)
 
-    def _start_tls(self, src_ip: bytes | None, rest: bytes) -> None:
+    def _start_tls(self, peer: Peer | None, rest: bytes) -> None:
         """TLS from here on. The handshake's first bytes may have come in the same
         read as the header, so the TLS layer is asyncio's own SSLProtocol, which
         can be handed them (loop.start_tls could not). It calls the client's
@@ -132,8 +137,8 @@ class ProxyHeaderGate(asyncio.Protocol):
         transport = self._transport
         assert transport is not None and self._context is not None
         client = self._factory()
-        if src_ip is not None:
-            client.set_peer(src_ip)
+        if peer is not None:
+            client.set_peer(*peer)
         loop = asyncio.get_running_loop()
         tls = sslproto.SSLProtocol(
             loop, client, self._context, None,  # type: ignore[arg-type]  # no waiter

@@ -87,6 +87,8 @@ class UpstreamGroup:
         primaries = [i for i, s in enumerate(config.servers) if not s.backup]
         backups = [i for i, s in enumerate(config.servers) if s.backup]
         self.pools = [ServerPool(config, s.host, s.port, s.weight, core) for s in config.servers]
+        for server, pool in zip(config.servers, self.pools, strict=True):
+            pool.set_proxy_protocol(config.server_proxy_protocol(server))
         self.balancer = self._balancer(primaries, table, first_slot)
         self.backup = self._balancer(backups, table, first_slot) if backups else None
         self.hash_key = Template(config.hash_key) if config.hash_key is not None else None
