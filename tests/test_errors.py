@@ -532,7 +532,14 @@ def test_send_timeout_cuts_a_close_delimited_response_with_a_reset(
     try:
         sock.connect(("127.0.0.1", proxy.port))
         sock.sendall(b"GET /long HTTP/1.0\r\nHost: example.com\r\n\r\n")
-        time.sleep(1.8)  # more than the send timeout and one tick
+        # Not reading: the proxy's send stalls, and a send timeout later the
+        # exchange ends and its access-log line is written. Waiting for that line
+        # (not a fixed time: on a busy machine the stall may come late) means the
+        # proxy has cut the connection before we read.
+        deadline = time.monotonic() + 30
+        while not proxy.access_log():
+            assert time.monotonic() < deadline, "the send timeout never ended the exchange"
+            time.sleep(0.1)
         sock.settimeout(5)
         got = bytearray()
         how = "eof"
