@@ -236,34 +236,49 @@ def test_verdicts() -> None:
     assert reader_verdict([b"\x16\x03\x01\x00\x04\x02\x00\x00\x01"]) == ("bad", None)
 
 
-NAMES = st.binary(min_size=0, max_size=12).map(
-    lambda b: bytes(c % 26 + 97 if c % 5 else 46 for c in b))
+LABELS = st.text("abcXYZ019-_", min_size=1, max_size=6)
+NAMES = st.one_of(
+    st.lists(LABELS, min_size=1, max_size=4).map(lambda ls: ".".join(ls).encode()),
+    st.lists(LABELS, min_size=1, max_size=3).map(lambda ls: (".".join(ls) + ".").encode()),
+    st.binary(max_size=12),  # mostly invalid
+)
 
 
 @st.composite
 def hellos(draw: st.DrawFn) -> bytes:
-    exts = []
-    for _ in range(draw(st.integers(0, 4))):
-        if draw(st.booleans()):
-            exts.append(sni_ext(*draw(st.lists(NAMES, min_size=0, max_size=2)),
-                                kind=draw(st.sampled_from([0, 0, 1]))))
-        else:
-            exts.append((draw(st.integers(1, 65535)), draw(st.binary(max_size=20))))
-    body = hello_body(exts, draw(st.binary(max_size=33)),
-                      draw(st.binary(min_size=0, max_size=8)),
-                      with_ext=draw(st.booleans()))
-    if draw(st.booleans()):  # corrupt a byte
+    exts = [(draw(st.integers(1, 65535)), draw(st.binary(max_size=20)))
+            for _ in range(draw(st.integers(0, 3)))]
+    shape = draw(st.sampled_from(["one name", "one name", "no sni", "names", "empty",
+                                  "two sni"]))
+    if shape == "one name":
+        sni = [sni_ext(draw(NAMES))]
+    elif shape == "names":  # other name types around it, or two host names
+        sni = [sni_ext(*draw(st.lists(NAMES, min_size=0, max_size=3)),
+                       kind=draw(st.sampled_from([0, 1, 255])))]
+    elif shape == "empty":
+        sni = [(0, b"")]
+    elif shape == "two sni":
+        sni = [sni_ext(draw(NAMES)), sni_ext(draw(NAMES))]
+    else:
+        sni = []
+    exts[draw(st.integers(0, len(exts))):0] = sni
+    body = hello_body(exts, bytes(33) if draw(st.booleans()) else draw(st.binary(max_size=32)),
+                      draw(st.sampled_from([b"\x13\x01", b"\x13\x01\xc0\x2f", b"", b"\x01",
+                                            b"\x00\x01\x00\x02\x00\x03"])),
+                      with_ext=not draw(st.booleans()))
+    if draw(st.integers(0, 3)) == 3:  # corrupt a byte
         i = draw(st.integers(0, len(body) - 1))
         body = body[:i] + bytes([draw(st.integers(0, 255))]) + body[i + 1:]
     message = handshake(body)
     data = records(message, draw(st.lists(st.integers(0, len(message)), max_size=5)))
-    if draw(st.booleans()):
+    if draw(st.integers(0, 3)) == 3:
         data = data[:draw(st.integers(0, len(data)))]
     return data
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(hellos(), st.lists(st.integers(0, 400), max_size=6), st.integers(64, 400))
+@given(hellos(), st.lists(st.integers(0, 400), max_size=6),
+       st.sampled_from([16384, 16384, 200, 64]))
 def test_generated_against_the_model(data: bytes, cuts: list[int], limit: int) -> None:
     expected = model(data, limit)
     assert reader_verdict(pieces(data, cuts), limit) == expected

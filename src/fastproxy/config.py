@@ -539,7 +539,8 @@ class Config:
 
     def summary(self) -> str:
         servers = sum(len(u.servers) for u in self.upstreams.values())
-        addresses = ", ".join(listener.address for listener in self.listeners)
+        addresses = ", ".join(listener.address + (" tcp" if listener.mode == "tcp" else "")
+                              for listener in self.listeners)
         return (
             f"config OK: {_plural(len(self.listeners), 'listener')} ({addresses}), "
             f"{_plural(len(self.upstreams), 'upstream')} ({_plural(servers, 'server')}), "
@@ -2252,9 +2253,9 @@ class _Checker(KeyChecker):
                 ok = False
                 continue
             upstream = self.tcp_upstream(table["upstream"], f"{where}.upstream", upstreams)
-            names = self.convert(f"{where}.names",
-                                 _array(_sni_name, "server names", empty_ok=False, unique=True),
-                                 table["names"])
+            names = self.field(table, where, FieldSpec(
+                "names", None, "", "", _array(_sni_name, "server names", empty_ok=False,
+                                              unique=True)))
             if not _valid(upstream, names):
                 ok = False
                 continue
@@ -3087,7 +3088,9 @@ def tcp_routes(ck: _Checker, data: Mapping[str, Any], listeners: Sequence[Listen
     listener is a tcp one). Routes that name a tcp listener are refused."""
     tcp = {listener.name for listener in listeners if listener.mode == "tcp"}
     raw = data.get("routes", _MISSING)
-    if listeners and len(tcp) == len(listeners):
+    raw_listeners = data.get("listeners")
+    if isinstance(raw_listeners, list) and raw_listeners and all(
+            isinstance(item, Mapping) and item.get("mode") == "tcp" for item in raw_listeners):
         if raw is _MISSING:
             return None
         ck.warn("routes", 'every listener is mode = "tcp": routes apply to HTTP listeners '
