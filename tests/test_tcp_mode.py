@@ -677,3 +677,69 @@ def test_graceful_shutdown_lets_a_tunnel_finish(servers, tcp_proxy) -> None:
         sock.sendall(b"still here")
         assert sock.recv(10) == b"still here"
     assert proxy.wait(10) == 0
+
+
+# -- metrics -------------------------------------------------------------------------------
+
+def test_metrics_count_connections_bytes_and_servers(servers, tcp_proxy) -> None:
+    import http.client
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    a = servers(b"a")
+    dead = f"127.0.0.1:{free_port()}"
+    admin = free_port()
+    proxy = tcp_proxy(listener() + upstream("echo", [a.address, dead])
+                      + f'[admin]\naddress = "127.0.0.1:{admin}"\n')
+
+    def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        conn = http.client.HTTPConnection("127.0.0.1", admin, timeout=10)
+        try:
+            conn.request("GET", "/metrics")
+            text = conn.getresponse().read().decode()
+        finally:
+            conn.close()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    assert wait_for(lambda: admin_up(admin))
+    before = scrape()
+    held = connect(proxy.port)
+    try:
+        assert read_line(held) == b"a\n"
+        for _ in range(3):
+            with connect(proxy.port) as sock:
+                assert read_line(sock) == b"a\n"
+                sock.sendall(b"x" * 1000)
+                got = b""
+                while len(got) < 1000:
+                    got += sock.recv(1000)
+        time.sleep(0.3)
+        now = scrape()
+    finally:
+        held.close()
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return now.get(key, 0.0) - before.get(key, 0.0)
+
+    assert delta("fastproxy_connections_accepted_total") == 4
+    assert delta("fastproxy_connections_closed_total") == 3
+    assert now[("fastproxy_connections_open", ())] == 1
+    assert delta("fastproxy_bytes_received_total") == 3000
+    assert delta("fastproxy_bytes_sent_total") == 3000 + 4 * 2
+    assert delta("fastproxy_upstream_server_requests_total", upstream="echo",
+                 server=a.address) == 4
+    # Round robin sent some to the dead server first: failed connects, then a.
+    assert delta("fastproxy_upstream_server_failures_total", upstream="echo",
+                 server=dead) >= 1
+    assert now[("fastproxy_upstream_server_in_flight", (("server", a.address),
+                                                        ("upstream", "echo")))] == 1
+
+
+def admin_up(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
