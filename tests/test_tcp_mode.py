@@ -743,3 +743,61 @@ def admin_up(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def test_connect_timeout_moves_to_the_next_server(servers, tcp_proxy) -> None:
+    """A server whose accept queue is full drops our SYN: the connect times out after
+    the upstream's connect_timeout and the next server takes the connection."""
+    live = servers(b"live")
+    stuck = socket.socket()
+    stuck.bind(("127.0.0.1", 0))
+    stuck.listen(0)
+    fillers = []
+    try:
+        for _ in range(4):  # fill its accept queue; later SYNs are dropped
+            f = socket.socket()
+            f.setblocking(False)
+            f.connect_ex(stuck.getsockname())
+            fillers.append(f)
+        time.sleep(0.1)
+        probe = socket.socket()
+        probe.settimeout(0.5)
+        try:
+            probe.connect(stuck.getsockname())
+            pytest.skip("this kernel completes connects to a full accept queue")
+        except (TimeoutError, OSError):
+            pass
+        finally:
+            probe.close()
+        address = f"127.0.0.1:{stuck.getsockname()[1]}"
+        proxy = tcp_proxy(listener() + upstream("echo", [address, live.address],
+                                                'connect_timeout = "300ms"\n'
+                                                "eject = { failures = 0 }"))
+        for _ in range(2):  # round robin: one of these starts with the stuck server
+            with connect(proxy.port) as sock:
+                assert read_line(sock) == b"live\n"
+        assert "connect timed out" in proxy.log()
+    finally:
+        for f in fillers:
+            f.close()
+        stuck.close()
+
+
+def test_reload_keeps_open_connections(servers, tcp_proxy) -> None:
+    a, b = servers(b"a"), servers(b"b")
+    proxy = tcp_proxy(listener() + upstream("echo", [a.address]))
+    with connect(proxy.port) as old:
+        assert read_line(old) == b"a\n"
+        proxy.config_path.write_text(proxy.config_path.read_text().replace(a.address,
+                                                                           b.address))
+        proxy.signal(1)  # SIGHUP
+        assert wait_for(lambda: "reload" in proxy.log().lower() and
+                        len(proxy.worker_pids()) >= 1, 10)
+
+        def new_one() -> bool:
+            with connect(proxy.port) as sock:
+                return read_line(sock) == b"b\n"
+
+        assert wait_for(new_one, 10)
+        old.sendall(b"still the old one")  # its worker drains, the tunnel goes on
+        assert old.recv(100) == b"still the old one"
