@@ -55,6 +55,29 @@ cdef inline double monotonic() noexcept nogil:
     return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
 
 
+LOG_EVERY = 10.0  # seconds: a kind of refusal is logged at most this often (per listener)
+cdef dict _logged = {}  # (kind, where) -> [when last logged, refusals not logged since]
+
+
+cdef int _log_limited(int level, str kind, str where, str message) except -1:
+    """One line per `kind` and `where` per LOG_EVERY seconds, with how many were not
+    logged in between: scanners and floods must not drown the log."""
+    cdef double now = monotonic()
+    key = (kind, where)
+    entry = _logged.get(key)
+    if entry is None:
+        entry = _logged[key] = [-LOG_EVERY, 0]
+    if now - <double>entry[0] < LOG_EVERY:
+        entry[1] += 1
+        return 0
+    if entry[1]:
+        message += f" (and {entry[1]} more since the last such line)"
+    entry[0] = now
+    entry[1] = 0
+    log.log(level, "%s", message)
+    return 0
+
+
 # -- the ClientHello ------------------------------------------------------------------
 
 cdef enum:
@@ -592,9 +615,10 @@ cdef class StreamClient:
         if result == HELLO_NAME or result == HELLO_NO_NAME:
             group = listener.route_c(name)
             if group is None:
-                log.info("tcp %s: client %s: no upstream for server name %s; closed",
-                         listener.name, self.ip.decode("ascii", "replace"),
-                         name.decode("ascii") if name is not None else "(none)")
+                _log_limited(logging.INFO, "no_route", listener.name,
+                             f"tcp {listener.name}: client {self.ip.decode('ascii', 'replace')}"
+                             ": no upstream for server name "
+                             f"{name.decode('ascii') if name is not None else '(none)'}; closed")
                 self.cut(E_NO_ROUTE)
                 return 0
             self.deadline = 0.0
@@ -602,11 +626,12 @@ cdef class StreamClient:
             self.pick(group)
             return 0
         self.hub.bad_hellos += 1
-        log.info("tcp %s: client %s: %s; closed", listener.name,
-                 self.ip.decode("ascii", "replace"),
-                 "not a TLS ClientHello" if result == HELLO_NOT_TLS else
-                 f"ClientHello larger than {listener.hello_max} bytes" if result == HELLO_TOO_BIG
-                 else "malformed TLS ClientHello")
+        why = ("not a TLS ClientHello" if result == HELLO_NOT_TLS else
+               f"ClientHello larger than {listener.hello_max} bytes" if result == HELLO_TOO_BIG
+               else "malformed TLS ClientHello")
+        _log_limited(logging.INFO, why, listener.name,
+                     f"tcp {listener.name}: client {self.ip.decode('ascii', 'replace')}: "
+                     f"{why}; closed")
         self.cut(E_BAD_HELLO)
         return 0
 
@@ -687,14 +712,15 @@ cdef class StreamClient:
             return 0
         self.count_failure()
         if i == ALL_BUSY:
-            log.warning("tcp %s: upstream %s: every server is at its max_conns; client %s "
-                        "closed", self.listener.name, group.name,
-                        self.ip.decode("ascii", "replace"))
+            _log_limited(logging.WARNING, "busy", group.name,
+                         f"tcp {self.listener.name}: upstream {group.name}: every server is at "
+                         f"its max_conns; client {self.ip.decode('ascii', 'replace')} closed")
             self.cut(E_BUSY)
         else:
-            log.warning("tcp %s: upstream %s: no server is available (all are down or "
-                        "ejected); client %s closed", self.listener.name, group.name,
-                        self.ip.decode("ascii", "replace"))
+            _log_limited(logging.WARNING, "unavailable", group.name,
+                         f"tcp {self.listener.name}: upstream {group.name}: no server is "
+                         "available (all are down or ejected); client "
+                         f"{self.ip.decode('ascii', 'replace')} closed")
             self.cut(E_NO_SERVER)
         return 0
 
@@ -876,9 +902,10 @@ cdef class StreamClient:
             return 0
         if self.state == S_PEEK:
             self.hub.bad_hellos += 1
-            log.info("tcp %s: client %s: no whole ClientHello within %g s; closed",
-                     self.listener.name, self.ip.decode("ascii", "replace"),
-                     self.listener.hello_timeout)
+            _log_limited(logging.INFO, "hello_timeout", self.listener.name,
+                         f"tcp {self.listener.name}: client "
+                         f"{self.ip.decode('ascii', 'replace')}: no whole ClientHello within "
+                         f"{self.listener.hello_timeout:g} s; closed")
             self.cut(E_HELLO_TIMEOUT)
         elif self.state == S_CONNECT:
             if self.connecting is not None:
