@@ -807,3 +807,66 @@ def test_reload_keeps_open_connections(servers, tcp_proxy) -> None:
         assert wait_for(new_one, 10)
         old.sendall(b"still the old one")  # its worker drains, the tunnel goes on
         assert old.recv(100) == b"still the old one"
+
+
+def test_admin_drain_moves_new_connections(servers, tcp_proxy) -> None:
+    import http.client
+
+    a, b = servers(b"a"), servers(b"b")
+    admin = free_port()
+    proxy = tcp_proxy(listener() + upstream("echo", [a.address, b.address])
+                      + f'[admin]\naddress = "127.0.0.1:{admin}"\n')
+    assert wait_for(lambda: admin_up(admin))
+    held = connect(proxy.port)
+    try:
+        first = read_line(held)
+        conn = http.client.HTTPConnection("127.0.0.1", admin, timeout=10)
+        conn.request("POST", "/servers/state", body=json.dumps(
+            {"upstream": "echo", "server": a.address, "state": "drain"}).encode())
+        assert conn.getresponse().status == 200
+        conn.close()
+        for _ in range(4):
+            with connect(proxy.port) as sock:
+                assert read_line(sock) == b"b\n"
+        # A connection that was on a goes on.
+        held.sendall(b"ping")
+        assert held.recv(4) == b"ping"
+        assert first in (b"a\n", b"b\n")
+    finally:
+        held.close()
+
+
+def test_sni_after_a_proxy_protocol_header(servers, tcp_proxy, ca) -> None:
+    a = tls_server(servers, ca, "a.example.com")
+    proxy = tcp_proxy(listener("a", 'sni = [{ names = ["a.example.com"], upstream = "a" }]\n'
+                                    "proxy_protocol = true") + upstream("a", [a.address]),
+                      probe_logged=False)
+    with connect(proxy.port) as raw:
+        raw.sendall(b"PROXY TCP4 198.51.100.9 127.0.0.1 4000 443\r\n")
+        with tls_client(ca).wrap_socket(raw, server_hostname="a.example.com") as sock:
+            assert cert_names(sock.getpeercert()) == ["a.example.com"]
+            assert read_line(sock) == b"a.example.com\n"
+    assert wait_for(lambda: any(line.startswith("198.51.100.9 ") and "sni=a.example.com" in line
+                                for line in proxy.access_log()))
+
+
+def test_many_connections_at_once(servers, tcp_proxy) -> None:
+    """200 clients at once, each with its own bytes: all echoed, none mixed up, and
+    every connection is over (and logged) afterwards."""
+    import concurrent.futures
+
+    a = servers(b"a", greet=False)
+    proxy = tcp_proxy(listener() + upstream("echo", [a.address]))
+
+    def one(i: int) -> bool:
+        payload = (b"%05d" % i) * 2000
+        with connect(proxy.port, timeout=20) as sock:
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+            return read_all(sock) == payload
+
+    with concurrent.futures.ThreadPoolExecutor(50) as pool:
+        results = list(pool.map(one, range(200)))
+    assert all(results)
+    assert wait_for(lambda: len(proxy.access_log()) >= 201, 10)
+    assert sum(" closed " in line for line in proxy.access_log()) >= 200
