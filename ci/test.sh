@@ -27,6 +27,7 @@ FUZZ_TARGETS=(  # target=seconds, run in this order
     "tests/fuzz/fuzz_url.py=$FUZZ_SMALL_SECONDS"
     "tests/fuzz/fuzz_proxyproto.py=$FUZZ_SMALL_SECONDS"
     "tests/fuzz/fuzz_tls.py=$FUZZ_SMALL_SECONDS"
+    "tests/fuzz/fuzz_hello.py=$FUZZ_SMALL_SECONDS"
 )
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PIP_PROGRESS_BAR=off
 export DEBIAN_FRONTEND=noninteractive

@@ -15,6 +15,8 @@ class Core:
     closing: bool
     router: Router | None
     analytics: Any  # fastproxy._tops.Analytics or None
+    stats: Any  # fastproxy._stats.Stats or None
+    stats_instance: int
     def __init__(self, config: Config, router: Router | None, access_log: Any, clock: Any,
                  local_response: Callable[..., bytes],
                  local_body_size: Callable[[int], int]) -> None: ...

@@ -17,6 +17,7 @@ the new one.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -387,6 +388,13 @@ class AccessLog:
                 line = made[fmt] = fmt.line(ex, stamp)
             output.add(line)
 
+    def stream(self, conn: Any) -> None:
+        """One tcp listener connection that is over (a _stream.StreamClient): one line
+        in every output (their status and sample filters are for HTTP requests)."""
+        stamp = Stamp(time.time(), time.monotonic())
+        for output in self.outputs:
+            output.add(stream_line(conn, stamp, output.formatter.name == "json"))
+
     def refused(self, client: Any, status: int, sent: int) -> None:
         """A request that could not be parsed: no request line to show."""
         if self.enabled:
@@ -404,3 +412,20 @@ class AccessLog:
     def close(self) -> None:
         for output in self.outputs:
             output.close()
+
+
+def stream_line(conn: Any, stamp: Stamp, as_json: bool) -> str:
+    """A tcp connection's access line: client, listener, upstream and server, bytes
+    from and to the client, duration, how it ended, the SNI name when read."""
+    server_name = conn.server_name.decode("ascii") if conn.server_name is not None else None
+    if as_json:
+        return json.dumps({
+            "time": stamp.iso(), "kind": "tcp", "client": conn.ip.decode("ascii", "replace"),
+            "listener": conn.listener_name, "upstream": conn.upstream_name,
+            "server": conn.server, "sni": server_name, "bytes_in": conn.bytes_in,
+            "bytes_out": conn.bytes_out, "duration": round(conn.duration, 6),
+            "end": conn.how}, separators=(",", ":")) + "\n"
+    return '%s [%s] tcp %s %s %s %d %d %.3f %s sni=%s\n' % (
+        conn.ip.decode("ascii", "replace"), stamp.local(), conn.listener_name,
+        conn.upstream_name or "-", conn.server or "-", conn.bytes_in, conn.bytes_out,
+        conn.duration, conn.how, server_name or "-")

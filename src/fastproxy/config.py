@@ -24,7 +24,7 @@ import re
 import ssl
 import stat
 import tomllib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
@@ -364,6 +364,26 @@ class ListenerTls:
 
 
 @dataclass(frozen=True, slots=True)
+class SniRule:
+    """A tcp listener's connections whose ClientHello names one of `names` (lower
+    case; "*.example.com": one or more labels before ".example.com") go to `upstream`."""
+
+    names: tuple[str, ...]
+    upstream: str
+
+
+@dataclass(frozen=True, slots=True)
+class TcpSettings:
+    """A `mode = "tcp"` listener: bytes to a balanced upstream, unparsed."""
+
+    upstream: str | None  # the default upstream (None: a connection no SNI rule takes is closed)
+    sni: tuple[SniRule, ...] | None = None  # None: no SNI routing (no ClientHello is read)
+    idle_timeout: float = 600.0  # no byte either way for this long closes both sides
+    client_hello_timeout: float = 5.0  # SNI routing: the whole ClientHello within this
+    client_hello_max_bytes: int = 16384  # SNI routing: a larger ClientHello is refused
+
+
+@dataclass(frozen=True, slots=True)
 class Listener:
     host: str
     port: int
@@ -377,6 +397,8 @@ class Listener:
     sizes: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     # Every connection starts with a PROXY protocol v1/v2 header naming the client.
     proxy_protocol: bool = False
+    mode: str = "http"  # "http" | "tcp"
+    tcp: TcpSettings | None = None  # mode = "tcp": where the bytes go
 
     @property
     def address(self) -> str:
@@ -456,6 +478,7 @@ class HealthCheck:
     body: str | None = None  # a substring the response body must contain
     rise: int = 2  # consecutive passes that bring a down server back
     fall: int = 3  # consecutive failures that take an up server down
+    type: str = "http"  # "http": a request; "tcp": a connect that succeeds passes
 
 
 @dataclass(frozen=True, slots=True)
@@ -522,7 +545,8 @@ class Config:
 
     def summary(self) -> str:
         servers = sum(len(u.servers) for u in self.upstreams.values())
-        addresses = ", ".join(listener.address for listener in self.listeners)
+        addresses = ", ".join(listener.address + (" tcp" if listener.mode == "tcp" else "")
+                              for listener in self.listeners)
         return (
             f"config OK: {_plural(len(self.listeners), 'listener')} ({addresses}), "
             f"{_plural(len(self.upstreams), 'upstream')} ({_plural(servers, 'server')}), "
@@ -1317,6 +1341,23 @@ HEALTH_CHECK_FIELDS: Final = (
               _integer(1, 100)),
     FieldSpec("fall", 3, "integer 1..100", "consecutive failures that take a server down",
               _integer(1, 100)),
+    FieldSpec("type", "http", "http | tcp",
+              '"http": the request above; "tcp": a TCP connect that succeeds passes (for '
+              "servers behind tcp listeners that do not speak HTTP)", _choice("http", "tcp")),
+)
+
+# The HTTP keys of a health check, refused with type = "tcp".
+_HEALTH_HTTP_KEYS: Final = ("path", "method", "host", "status", "body")
+
+TCP_LISTENER_FIELDS: Final = (
+    FieldSpec("idle_timeout", "10m", "duration > 0",
+              "no byte either way for this long closes both sides (as nginx's stream "
+              "proxy_timeout)", _duration()),
+    FieldSpec("client_hello_timeout", "5s", "duration > 0",
+              "with sni: the whole TLS ClientHello must arrive within this",
+              _duration()),
+    FieldSpec("client_hello_max_bytes", 16384, "size 512..65536",
+              "with sni: a ClientHello larger than this is refused", _size(512, 65536)),
 )
 
 EJECT_FIELDS: Final = (
@@ -1773,7 +1814,12 @@ _SECTIONS: Final[Mapping[str, tuple[FieldSpec, ...]]] = MappingProxyType(
 _TOP_LEVEL_KEYS: Final = (*_SECTIONS, "listeners", "upstreams", "routes", "waf", "auto_ban",
                           "caches", "admin")
 _LISTENER_KEYS: Final = ("address", "name", "default_host", "tls", "https_redirect", "access",
-                         "proxy_protocol", *LISTENER_SIZE_KEYS)
+                         "proxy_protocol", *LISTENER_SIZE_KEYS, "mode", "upstream", "sni",
+                         *(f.name for f in TCP_LISTENER_FIELDS))
+# Keys that only mean something where requests are parsed (refused on tcp listeners),
+# and keys that only mean something for tcp listeners (refused on HTTP ones).
+_HTTP_LISTENER_KEYS: Final = ("default_host", "https_redirect", *LISTENER_SIZE_KEYS)
+_TCP_LISTENER_KEYS: Final = ("upstream", "sni", *(f.name for f in TCP_LISTENER_FIELDS))
 _STICKY_KEYS: Final = ("cookie", "max_age", "secure")
 # An RFC 9110 token: what a header field name is, and an RFC 6265 cookie-name too.
 _TOKEN_RE: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -2086,8 +2132,10 @@ class _Checker(KeyChecker):
             return _INVALID
         return path
 
-    def listeners(self, raw: object) -> tuple[list[Listener], set[str] | None]:
-        """The valid listeners, and the names routes may use (None if not all known)."""
+    def listeners(self, raw: object, upstreams: Collection[str] | None = None
+                  ) -> tuple[list[Listener], set[str] | None]:
+        """The valid listeners, and the names routes may use (None if not all known).
+        `upstreams`: the names tcp listeners may use (None: not checked)."""
         if raw is _MISSING:
             self.error("listeners", "missing: at least one [[listeners]] table is required")
             return [], None
@@ -2163,11 +2211,125 @@ class _Checker(KeyChecker):
             sizes = self.listener_sizes(table, path)
             proxy_protocol = self.convert(f"{path}.proxy_protocol", _boolean,
                                           table.get("proxy_protocol", False))
-            if not _valid(name, default_host, tls, redirect, sizes, proxy_protocol):
+            mode = self.convert(f"{path}.mode", _choice("http", "tcp"),
+                                table.get("mode", "http"))
+            tcp = self.tcp_listener(table, path, upstreams) if mode == "tcp" else None
+            if mode == "http":
+                for k in _TCP_LISTENER_KEYS:
+                    if k in table:
+                        self.error(f"{path}.{k}", 'only for mode = "tcp" listeners (an HTTP '
+                                   "listener's requests go where the routes send them)")
+            if not _valid(name, default_host, tls, redirect, sizes, proxy_protocol, mode, tcp):
                 continue
             result.append(Listener(parsed[0], parsed[1], name, default_host, tls, redirect,
-                                   access, sizes, proxy_protocol))
+                                   access, sizes, proxy_protocol, mode, tcp))
         return result, set(names) if complete else None
+
+    def tcp_listener(self, table: Mapping[str, Any], path: str,
+                     upstreams: Collection[str] | None) -> Any:
+        """A `mode = "tcp"` listener's TcpSettings, or _INVALID."""
+        errors = len(self.issues)
+        for k in _HTTP_LISTENER_KEYS:
+            if k in table:
+                self.error(f"{path}.{k}", 'not for a mode = "tcp" listener: it passes bytes '
+                           "without reading requests (HTTP only)")
+        default: Any = None
+        if "upstream" in table:
+            default = self.tcp_upstream(table["upstream"], f"{path}.upstream", upstreams)
+        sni: Any = None
+        if "sni" in table:
+            sni = self.sni_rules(table["sni"], f"{path}.sni", upstreams)
+            if "tls" in table:
+                self.error(f"{path}.sni", "routing by SNI passes TLS through unread; with tls "
+                           "the proxy terminates TLS itself: give one or the other")
+        elif "upstream" not in table:
+            self.error(path, 'a mode = "tcp" listener needs upstream (where its connections '
+                       "go), sni (routing by the TLS server name), or both")
+        for k in ("client_hello_timeout", "client_hello_max_bytes"):
+            if k in table and "sni" not in table:
+                self.error(f"{path}.{k}", "only with sni (no ClientHello is read otherwise)")
+        values = self.fields(table, path, TCP_LISTENER_FIELDS)
+        if len(self.issues) != errors or not _valid(default, sni, *values.values()):
+            return _INVALID
+        return TcpSettings(default, sni, **values)
+
+    def tcp_upstream(self, value: object, key: str, upstreams: Collection[str] | None) -> Any:
+        name = self.convert(key, _string, value)
+        if name is not _INVALID and upstreams is not None and name not in upstreams:
+            defined = ", ".join(sorted(upstreams)) or "none"
+            self.error(key, f"unknown upstream {name!r} (defined: {defined})")
+            return _INVALID
+        return name
+
+    def sni_rules(self, raw: object, path: str, upstreams: Collection[str] | None) -> Any:
+        """sni = [{ names = [...], upstream = "NAME" }, ...]"""
+        items = self.array(raw, path, ' of tables like { names = ["a.example.com"], '
+                                      'upstream = "a" }')
+        if items is None:
+            return _INVALID
+        if not items:
+            self.error(path, "give at least one { names = [...], upstream = ... } rule")
+            return _INVALID
+        rules: list[SniRule] = []
+        seen: dict[str, str] = {}
+        ok = True
+        for j, item in enumerate(items):
+            where = f"{path}[{j}]"
+            table = self.table(item, where, ' like { names = ["a.example.com"], upstream = "a" }')
+            if table is None:
+                ok = False
+                continue
+            self.known_keys(table, where, ("names", "upstream"))
+            if "upstream" not in table or "names" not in table:
+                self.error(where, "needs names (server names) and upstream")
+                ok = False
+                continue
+            upstream = self.tcp_upstream(table["upstream"], f"{where}.upstream", upstreams)
+            names = self.field(table, where, FieldSpec(
+                "names", None, "", "", _array(_sni_name, "server names", empty_ok=False,
+                                              unique=True)))
+            if not _valid(upstream, names):
+                ok = False
+                continue
+            for name in names:
+                if name in seen:
+                    self.error(f"{where}.names", f"{name!r} is already routed by {seen[name]}")
+                    ok = False
+                seen[name] = where
+            rules.append(SniRule(tuple(names), upstream))
+        return tuple(rules) if ok else _INVALID
+
+    def tcp_upstream_checks(self, listeners: Sequence[Listener],
+                            upstreams: Mapping[str, Upstream]) -> set[str]:
+        """The upstreams tcp listeners use, refusing what cannot apply to a byte stream."""
+        used: dict[str, str] = {}
+        for listener in listeners:
+            if listener.tcp is None:
+                continue
+            names = [listener.tcp.upstream] + [r.upstream for r in listener.tcp.sni or ()]
+            for name in names:
+                if name is not None:
+                    used.setdefault(name, listener.name)
+        for name, listener_name in used.items():
+            upstream = upstreams.get(name)
+            if upstream is None:
+                continue
+            why = f'(used by the mode = "tcp" listener {listener_name!r})'
+            for i, server in enumerate(upstream.servers):
+                if server.tls:
+                    self.error(f"upstreams.{name}.servers[{i}].address",
+                               f"https:// is not for a tcp upstream {why}: a tcp listener "
+                               "passes TLS through as it is; name the server host:port")
+            if upstream.sticky is not None:
+                self.error(f"upstreams.{name}.sticky",
+                           f"sticky cookies are HTTP {why}; balance = \"ring\" or "
+                           "\"maglev\" keeps a client address on one server")
+            if upstream.hash_key is not None and \
+                    upstream.hash_key != parse_template("{client_ip}"):
+                self.error(f"upstreams.{name}.hash_key",
+                           f"only \"{{client_ip}}\" (the default) can apply {why}: tcp "
+                           "connections are hashed by the client address")
+        return set(used)
 
     def listener_sizes(self, table: Mapping[str, Any], path: str) -> Any:
         """A listener's own size limits (the [limits] fields of the same names)."""
@@ -2788,6 +2950,12 @@ class _Checker(KeyChecker):
             return None
         self.known_keys(table, path, _HEALTH_CHECK_KEYS)
         values = self.fields(table, path, HEALTH_CHECK_FIELDS)
+        if values["type"] == "tcp":
+            for k in _HEALTH_HTTP_KEYS:
+                if k in table:
+                    self.error(_key(path, k), 'not with type = "tcp" (a connect that '
+                               "succeeds passes; nothing is sent)")
+                    return None
         interval, timeout = values["interval"], values["timeout"]
         if _valid(interval, timeout) and timeout > interval:
             self.error(_key(path, "timeout"),
@@ -2822,10 +2990,11 @@ class _Checker(KeyChecker):
             return None
         return RetryPolicy(**{**values, "on": frozenset(values["on"])})
 
-    def route_warnings(self, routes: Sequence[Route], upstreams: Iterable[str]) -> None:
+    def route_warnings(self, routes: Sequence[Route], upstreams: Iterable[str],
+                       tcp_used: Iterable[str] = ()) -> None:
         for key, reason in route_warnings(routes):
             self.warn(key, reason)
-        used = {route.upstream for route in routes}
+        used = {route.upstream for route in routes} | set(tcp_used)
         for name in upstreams:
             if name not in used:
                 self.warn(_key("upstreams", name), "not used by any route")
@@ -2892,7 +3061,10 @@ def parse_config(
     auto_ban = ck.auto_ban(data["auto_ban"]) if "auto_ban" in data else None
     caches = ck.caches(data["caches"]) if "caches" in data else {}
     admin = ck.admin(data["admin"]) if "admin" in data else None
-    listeners, listener_names = ck.listeners(data.get("listeners", _MISSING))
+    raw_upstreams = data.get("upstreams")
+    listeners, listener_names = ck.listeners(
+        data.get("listeners", _MISSING),
+        set(raw_upstreams) if isinstance(raw_upstreams, Mapping) else None)
     raw_listeners = data.get("listeners")
     if line is not _INVALID and head is not _INVALID and isinstance(raw_listeners, list) \
             and len(raw_listeners) == len(listeners):  # else the indexes would be wrong
@@ -2906,9 +3078,11 @@ def parse_config(
                          f"the listener's request line limit ({own_line} bytes) exceeds its "
                          f"header limit ({own_head} bytes)")
     upstreams, upstream_names = ck.upstreams(data.get("upstreams", _MISSING))
-    routes = parse_routes(
+    tcp_used = ck.tcp_upstream_checks(listeners, upstreams)
+    raw_routes = tcp_routes(ck, data, listeners)
+    routes = [] if raw_routes is None else parse_routes(
         ck,
-        data.get("routes", _MISSING),
+        raw_routes,
         # An invalid merge_slashes is already reported; normalize paths as by default.
         merge_slashes=routing["merge_slashes"] is not False,
         upstreams=upstream_names,
@@ -2919,7 +3093,7 @@ def parse_config(
 
     if ck.issues:
         raise ConfigError(ck.issues)
-    ck.route_warnings(routes, upstreams)
+    ck.route_warnings(routes, upstreams, tcp_used)
     return Config(
         source=source,
         server=ServerSettings(**server),
@@ -2939,6 +3113,44 @@ def parse_config(
         caches=MappingProxyType(caches),
         admin=admin,
     )
+
+
+def tcp_routes(ck: _Checker, data: Mapping[str, Any], listeners: Sequence[Listener]) -> Any:
+    """The raw routes to parse, or None when there are none and need be none (every
+    listener is a tcp one). Routes that name a tcp listener are refused."""
+    tcp = {listener.name for listener in listeners if listener.mode == "tcp"}
+    raw = data.get("routes", _MISSING)
+    raw_listeners = data.get("listeners")
+    if isinstance(raw_listeners, list) and raw_listeners and all(
+            isinstance(item, Mapping) and item.get("mode") == "tcp" for item in raw_listeners):
+        if raw is _MISSING:
+            return None
+        ck.warn("routes", 'every listener is mode = "tcp": routes apply to HTTP listeners '
+                "only and are not used")
+    if not tcp or not isinstance(raw, list):
+        return raw
+    for i, route in enumerate(raw):
+        match = route.get("match") if isinstance(route, Mapping) else None
+        named = match.get("listener") if isinstance(match, Mapping) else None
+        for name in [named] if isinstance(named, str) else named or ():
+            if name in tcp:
+                ck.error(f"routes[{i}].match.listener",
+                         f'{name!r} is a mode = "tcp" listener: routes apply to HTTP '
+                         "listeners only (a tcp listener's connections go to its upstream)")
+    return raw
+
+
+def _sni_name(value: object) -> str:
+    """A server name for SNI routing: a host name, or "*." and one (any depth)."""
+    text = _string(value).strip().lower().rstrip(".")
+    host = text[2:] if text.startswith("*.") else text
+    if not host or not all(_SNI_LABEL_RE.fullmatch(label) for label in host.split(".")):
+        raise ValueError(f'expected a host name like "a.example.com" or "*.example.com", '
+                         f"found {_describe(value)}")
+    return text
+
+
+_SNI_LABEL_RE: Final = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

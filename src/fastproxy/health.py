@@ -74,6 +74,8 @@ def check_proxy_header(version: str) -> bytes:
 
 async def _probe(host: str, port: int, check: HealthCheck, proxy_header: bytes = b"",
                  tls: TlsTarget | None = None) -> tuple[bool, str]:
+    if check.type == "tcp":
+        return await _connect_probe(host, port)
     try:
         reader, writer = await asyncio.open_connection(host, port, limit=HEAD_LIMIT)
     except ConnectionRefusedError:
@@ -116,6 +118,21 @@ async def _probe(host: str, port: int, check: HealthCheck, proxy_header: bytes =
         return False, f"connection error: {e.strerror or e}"
     finally:
         writer.close()
+
+
+async def _connect_probe(host: str, port: int) -> tuple[bool, str]:
+    """type = "tcp": the server accepts a connection (closed at once, nothing sent)."""
+    loop = asyncio.get_running_loop()
+    try:
+        transport, _ = await loop.create_connection(asyncio.Protocol, host, port)
+    except ConnectionRefusedError:
+        return False, "connect refused"
+    except socket.gaierror as e:
+        return False, f"cannot resolve {host}: {e.strerror}"
+    except OSError as e:
+        return False, f"connect failed: {e.strerror or e}"
+    transport.close()
+    return True, "ok"
 
 
 def _request(host: str, port: int, check: HealthCheck) -> bytes:

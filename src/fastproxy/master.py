@@ -621,6 +621,8 @@ def serve(config: Config) -> int:
                 s.close()
         return 1
     where = ", ".join(f"{'https' if listener.tls else 'http'}://{listener.address}"
+                      if listener.mode == "http" else f"tcp://{listener.address}"
+                      + (" (tls)" if listener.tls else "")
                       for listener in config.listeners)
     log.info("fastproxy %s listening on %s with %d worker(s)", __version__, where,
              config.server.workers)

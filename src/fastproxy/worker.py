@@ -26,6 +26,7 @@ from fastproxy._peers import PeerTable, slot_layout
 from fastproxy._proxy import Core
 from fastproxy._ratelimit import BanTable, ConnTable, LimitTable, RateLimit
 from fastproxy._stats import LAYOUT, Stats
+from fastproxy._stream import StreamHub, StreamListener
 from fastproxy._tls import ServerContext, TlsServer
 from fastproxy._tops import Analytics
 from fastproxy._url import IpSet
@@ -154,6 +155,7 @@ class Worker:
                 IpSet(ban.exempt) if ban.exempt else None, "waf" in ban.on, ban.statuses())
         self.core.tls_listeners = [TlsListener(listener.tls) if listener.tls else None
                                    for listener in config.listeners]
+        self.stream_hub = self._stream_hub(config)
         self._handshake_failures = 0
         self.proxy_header_stats: dict[str, int] = {}  # "refused": bad or missing headers
         self._handshake_report = 0.0
@@ -164,6 +166,27 @@ class Worker:
         self._stopped: asyncio.Future[None] | None = None
         self._drain_deadline = 0.0
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set in run()
+
+    def _stream_hub(self, config: Config) -> StreamHub:
+        """The tcp listeners' shared state (limits and metrics as the HTTP side's)."""
+        hub = StreamHub(config, self.access_log)
+        hub.http_clients = self.core.clients
+        hub.conn_table = self.core.conn_table
+        hub.stats = self.core.stats
+        hub.stats_instance = self.core.stats_instance
+        return hub
+
+    def _stream_listener(self, index: int) -> StreamListener:
+        """The protocol factory of a `mode = "tcp"` listener."""
+        listener = self.config.listeners[index]
+        tcp = listener.tcp
+        assert tcp is not None
+        groups = self.groups
+        rules = None if tcp.sni is None else [(r.names, groups[r.upstream]) for r in tcp.sni]
+        return StreamListener(self.stream_hub, listener.name,
+                              groups[tcp.upstream] if tcp.upstream is not None else None,
+                              rules, tcp.idle_timeout, tcp.client_hello_timeout,
+                              tcp.client_hello_max_bytes, self.core.listener_access[index])
 
     def _store_limits(self, config: Config) -> None:
         """Limits with a `store` count in Redis (one client per store URL)."""
@@ -198,6 +221,7 @@ class Worker:
         asyncio.set_event_loop(loop)
         self.loop = loop
         self.core.loop = loop
+        self.stream_hub.loop = loop
         for disk in self.disks:
             disk.start(loop)
         for shared in self.redis_caches:
@@ -219,19 +243,20 @@ class Worker:
         self._stopped = loop.create_future()
         for index, sock in enumerate(self.sockets):
             listener = self.config.listeners[index]
+            factory: Callable[[], Any] = (self._stream_listener(index) if listener.mode == "tcp"
+                                          else self.core.client_factory(index))
             if listener.proxy_protocol:
                 server = await loop.create_server(
-                    self._gate_factory(index), sock=sock, backlog=1024)
+                    self._gate_factory(index, factory), sock=sock, backlog=1024)
             elif listener.tls is not None and isinstance(self.contexts[index], ServerContext):
-                server = await loop.create_server(self._tls_server(index), sock=sock,
+                server = await loop.create_server(self._tls_server(index, factory), sock=sock,
                                                   backlog=1024)
             elif listener.tls is not None:
                 server = await loop.create_server(
-                    self.core.client_factory(index), sock=sock, backlog=1024,
+                    factory, sock=sock, backlog=1024,
                     ssl=self.contexts[index], ssl_handshake_timeout=listener.tls.handshake_timeout)
             else:
-                server = await loop.create_server(self.core.client_factory(index), sock=sock,
-                                                  backlog=1024)
+                server = await loop.create_server(factory, sock=sock, backlog=1024)
             self._servers.append(server)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.shutdown)
@@ -249,22 +274,23 @@ class Worker:
             for shared in self.redis_caches:
                 await shared.close()  # the writes queued get a moment to go out
 
-    def _tls_server(self, index: int) -> TlsServer:
+    def _tls_server(self, index: int, factory: Callable[[], Any] | None = None) -> TlsServer:
         """The protocol factory of an `engine = "openssl"` listener (OpenSSL driven
         from C, fastproxy._tls), whose handshake deadlines the tick checks."""
         context = self.contexts[index]
         assert isinstance(context, ServerContext)
-        server = context.server(self.core.client_factory(index))
+        server = context.server(factory or self.core.client_factory(index))
         self._tls_servers.append(server)
         return server
 
-    def _gate_factory(self, index: int) -> Callable[[], ProxyHeaderGate]:
+    def _gate_factory(self, index: int, factory: Callable[[], Any] | None = None
+                      ) -> Callable[[], ProxyHeaderGate]:
         """Connections of a `proxy_protocol` listener: the PROXY header first."""
         listener = self.config.listeners[index]
-        factory = self.core.client_factory(index)
+        factory = factory or self.core.client_factory(index)
         context = self.contexts[index]
         if isinstance(context, ServerContext):
-            context = self._tls_server(index)
+            context = self._tls_server(index, factory)
         handshake = listener.tls.handshake_timeout if listener.tls is not None else 0.0
         header = self.config.timeouts.header
         stats = self.proxy_header_stats
@@ -294,6 +320,8 @@ class Worker:
         now = clock.now
         core = self.core
         core.expire(now)
+        if self.stream_hub.conns:
+            self.stream_hub.expire(now)
         for tls_server in self._tls_servers:
             tls_server.expire(now)
         self.access_log.flush()
@@ -312,10 +340,14 @@ class Worker:
                      core.handshake_failures)
             self._handshake_failures = core.handshake_failures
             self._handshake_report = now + HANDSHAKE_REPORT
-        if core.closing and (not core.clients or now >= self._drain_deadline):
-            if core.clients:
-                log.warning("shutdown timeout: cutting %d connections", len(core.clients))
+        streams = self.stream_hub.conns
+        if core.closing and ((not core.clients and not streams)
+                             or now >= self._drain_deadline):
+            if core.clients or streams:
+                log.warning("shutdown timeout: cutting %d connections",
+                            len(core.clients) + len(streams))
             core.abort_all()
+            self.stream_hub.abort_all()
             if self._stopped is not None and not self._stopped.done():
                 self._stopped.set_result(None)
             return
