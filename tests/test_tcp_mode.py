@@ -870,3 +870,47 @@ def test_many_connections_at_once(servers, tcp_proxy) -> None:
     assert all(results)
     assert wait_for(lambda: len(proxy.access_log()) >= 201, 10)
     assert sum(" closed " in line for line in proxy.access_log()) >= 200
+
+
+# -- PROXY protocol to the servers ------------------------------------------------------
+
+def test_proxy_header_to_the_server(servers, tcp_proxy) -> None:
+    """`proxy_protocol` on the upstream: each connection to the server starts with a
+    header naming the client and the address it reached (HAProxy's send-proxy)."""
+    from fastproxy._proxyproto import parse
+    a = servers(b"a", greet=False)  # echoes everything, the header included
+    proxy = tcp_proxy(listener() + upstream("echo", [a.address], 'proxy_protocol = "v1"'))
+    with connect(proxy.port) as sock:
+        sock.sendall(b"hello")
+        data = b""
+        while not data.endswith(b"hello"):
+            chunk = sock.recv(4096)
+            assert chunk, data
+            data += chunk
+        header = parse(data)
+        assert header is not None, data
+        assert data.startswith(b"PROXY TCP4 127.0.0.1 127.0.0.1 ")
+        assert header[1:] == (b"127.0.0.1", sock.getsockname()[1], b"127.0.0.1", proxy.port)
+        assert data[header[0]:] == b"hello"
+
+
+def test_proxy_header_in_passed_on_to_the_server(servers, tcp_proxy) -> None:
+    """A client named by the listener's PROXY header is the one named to the server
+    (v2 here), with the port and destination that header gave."""
+    from fastproxy._proxyproto import parse
+    a = servers(b"a", greet=False)
+    proxy = tcp_proxy(listener(more="proxy_protocol = true")
+                      + upstream("echo", [a.address], 'proxy_protocol = "v2"'),
+                      probe_logged=False)
+    with connect(proxy.port) as sock:
+        sock.sendall(b"PROXY TCP4 192.0.2.7 198.51.100.1 5555 443\r\nhi")
+        data = b""
+        while not data.endswith(b"hi"):
+            chunk = sock.recv(4096)
+            assert chunk, data
+            data += chunk
+        assert data.startswith(b"\r\n\r\n\x00\r\nQUIT\n")  # the v2 signature
+        header = parse(data)
+        assert header is not None
+        assert header[1:] == (b"192.0.2.7", 5555, b"198.51.100.1", 443)
+        assert data[header[0]:] == b"hi"

@@ -37,6 +37,8 @@ from fastproxy._url cimport IpSet
 import asyncio
 import logging
 
+from fastproxy._proxyproto import build_v1, build_v2
+
 log = logging.getLogger("fastproxy.stream")
 
 
@@ -514,6 +516,7 @@ cdef class StreamClient:
     cdef readonly long long bytes_in    # from the client
     cdef readonly long long bytes_out   # to the client
     cdef readonly bytes server_name
+    cdef tuple pp_addrs             # (client port, destination ip, port) from a PROXY header
 
     def __cinit__(self, StreamListener listener not None):
         self.listener = listener
@@ -521,10 +524,37 @@ cdef class StreamClient:
         self.ip = b"-"
         self.peer = -1
 
-    def set_peer(self, bytes ip not None):
-        """The client's address from a PROXY protocol header (before connection_made)."""
+    def set_peer(self, bytes ip not None, int port=0, bytes dst_ip=None, int dst_port=0):
+        """The client's address from a PROXY protocol header (before connection_made);
+        the port and the destination go on in a PROXY header to the server."""
         self.ip = ip
         self.peer_given = True
+        if dst_ip is not None:
+            self.pp_addrs = (port, dst_ip, dst_port)
+
+    cdef bytes proxy_header(self, int version):
+        """The PROXY header (`version` 1 or 2) for this connection's server, as an
+        HTTP listener sends it (HAProxy's `send-proxy` in mode tcp): the client and
+        its port, to the address it reached (as its own PROXY header named them, else
+        the sockets'). An address the header cannot carry gives v1 UNKNOWN / v2 LOCAL."""
+        cdef tuple addrs = self.pp_addrs
+        if addrs is None:
+            peer = self.transport.get_extra_info("peername")
+            here = self.transport.get_extra_info("sockname")
+            peer_ok = isinstance(peer, tuple) and len(peer) >= 2 and isinstance(peer[1], int)
+            here_ok = isinstance(here, tuple) and len(here) >= 2 and isinstance(here[0], str) \
+                and isinstance(here[1], int)
+            addrs = (peer[1] if peer_ok and not self.peer_given else 0,
+                     (<str>here[0]).encode("ascii", "replace") if here_ok else None,
+                     here[1] if here_ok else 0)
+        try:
+            if addrs[1] is None or self.ip == b"-":
+                raise ValueError("no address")
+            if version == 1:
+                return build_v1(self.ip, addrs[0], addrs[1], addrs[2])
+            return build_v2(self.ip, addrs[0], addrs[1], addrs[2])
+        except ValueError:
+            return build_v1(None, 0, None, 0) if version == 1 else build_v2(None, 0, None, 0)
 
     # -- facts for the access log -----------------------------------------------------
     @property
@@ -807,6 +837,9 @@ cdef class StreamClient:
         up.client = self
         self.state = S_TUNNEL
         self.early = None
+        version = self.pool.proxy_protocol
+        if version:
+            up.transport.write(self.proxy_header(version))
         if early:
             up.transport.writelines(early)  # may pause our reading (HOLD_UPSTREAM)
         if self.down_eof:
