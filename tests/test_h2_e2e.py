@@ -101,8 +101,10 @@ class RawH2:
             assert self.sock.selected_alpn_protocol() == "h2"  # type: ignore[attr-defined]
         else:
             self.sock = raw
+        # The client does not check what it sends: the tests send malformed requests.
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(
-            client_side=True, header_encoding=None))
+            client_side=True, header_encoding=None, validate_outbound_headers=False,
+            normalize_outbound_headers=False, split_outbound_cookies=False))
         if settings:
             self.conn.local_settings = h2.settings.Settings(client=True, initial_values=settings)
         self.conn.initiate_connection()
@@ -503,7 +505,7 @@ def test_zero_window_reader_is_bounded_and_timed_out(make_origin: OriginFactory,
         # What the origin could send is bounded by the buffers (the proxy's stream
         # buffer and the sockets'), far below the 64 MiB body.
         assert origin.stream_bytes_sent < 16 << 20
-        assert client.response(client.request("/x"))[0] == 200 or True  # window 0: headers only
+        assert not client.goaway()  # a stream error: the connection goes on
     finally:
         client.close()
 
@@ -527,6 +529,66 @@ def test_malformed_frames_get_protocol_error(make_origin: OriginFactory, certs: 
             client.close()
     assert "Traceback" not in proxy.log() and "Error" not in proxy.log().replace(
         "connection error", "")
+
+
+@pytest.mark.parametrize("fields", [
+    [(":method", "GET"), (":path", "/a"), (":scheme", "https"), ("X-Upper", "1")],
+    [(":method", "GET"), (":path", "/a"), (":scheme", "https"), ("connection", "close")],
+    [(":method", "GET"), (":path", "/a"), (":scheme", "https"), ("te", "gzip")],
+    [(":method", "GET"), (":path", "/a"), (":scheme", "https"), ("x-pad", " padded")],
+    [(":method", "GET"), (":scheme", "https")],  # no :path
+    [(":method", "GET"), (":path", "/a b"), (":scheme", "https")],
+    [(":method", "GET"), (":path", "/a"), ("x-early", "1"), (":scheme", "https")],
+    [(":method", "GET"), (":path", "/a"), (":scheme", "https"), (":protocol", "websocket")],
+    [(":method", "GET"), (":path", "/a"), (":scheme", "https"), ("host", "other.example")],
+], ids=["uppercase", "connection", "te", "whitespace", "no-path", "space-in-path",
+        "pseudo-late", "unknown-pseudo", "host-differs"])
+def test_malformed_requests_are_stream_errors(make_origin: OriginFactory, certs: Path,
+                                              start_proxy: Callable[..., ProxyProcess],
+                                              fields: list[tuple[str, str]]) -> None:
+    origin = make_origin()
+    port = free_port()
+    proxy = start_proxy(tls_listener(port, certs), app(origin), port)
+    client = RawH2(port, certs)
+    try:
+        sid = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(sid, [(k.encode(), v.encode()) for k, v in fields]
+                                 + [(b":authority", b"site.example")] * (
+                                     ":authority" not in dict(fields)), end_stream=True)
+        client.send()
+        client.read(lambda: bool(client.of(h2.events.StreamReset, sid)) or client.closed)
+        reset = client.of(h2.events.StreamReset, sid)
+        assert reset and reset[0].error_code == ErrorCodes.PROTOCOL_ERROR
+        assert client.response(client.request("/fine"))[0] == 200  # the connection goes on
+        assert [r.target for r in origin.requests] == ["/fine"]
+    finally:
+        client.close()
+    assert "malformed request" in proxy.log() and "Traceback" not in proxy.log()
+
+
+def test_body_longer_than_content_length_is_refused(make_origin: OriginFactory, certs: Path,
+                                                    start_proxy: Callable[..., ProxyProcess]
+                                                    ) -> None:
+    origin = make_origin()
+    port = free_port()
+    start_proxy(tls_listener(port, certs), app(origin), port)
+    client = RawH2(port, certs)
+    try:
+        sid = client.request("/post", end=False, method="POST",
+                             extra=[("content-length", "5")])
+        # What an HTTP/1.1 reading of the bytes would take for a second request:
+        client.conn.send_data(sid, b"hello" + b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+                              end_stream=True)
+        client.send()
+        client.read(lambda: bool(client.of(h2.events.StreamReset, sid)) or client.closed)
+        reset = client.of(h2.events.StreamReset, sid)
+        goaway = client.goaway()
+        assert (reset and reset[0].error_code == ErrorCodes.PROTOCOL_ERROR) or (
+            goaway is not None and goaway.error_code == ErrorCodes.PROTOCOL_ERROR)
+    finally:
+        client.close()
+    time.sleep(0.3)
+    assert all(r.target != "/smuggled" for r in origin.requests)
 
 
 def test_idle_connection_closes_after_keepalive(make_origin: OriginFactory, certs: Path,
