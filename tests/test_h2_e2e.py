@@ -591,6 +591,25 @@ def test_body_longer_than_content_length_is_refused(make_origin: OriginFactory, 
     assert all(r.target != "/smuggled" for r in origin.requests)
 
 
+def test_requests_per_connection_end_with_goaway(make_origin: OriginFactory, certs: Path,
+                                                 start_proxy: Callable[..., ProxyProcess]
+                                                 ) -> None:
+    origin = make_origin(name="app")
+    port = free_port()
+    start_proxy(tls_listener(port, certs), app(origin), port,
+                limits="max_requests_per_connection = 3")
+    client = RawH2(port, certs)
+    try:
+        sids = [client.request(f"/n{i}") for i in range(3)]
+        assert [client.response(sid)[0] for sid in sids] == [200, 200, 200]
+        client.until_closed()
+        goaway = client.goaway()
+        assert goaway is not None and goaway.error_code == ErrorCodes.NO_ERROR
+        assert goaway.last_stream_id == sids[-1]
+    finally:
+        client.close()
+
+
 def test_idle_connection_closes_after_keepalive(make_origin: OriginFactory, certs: Path,
                                                 start_proxy: Callable[..., ProxyProcess]) -> None:
     origin = make_origin()

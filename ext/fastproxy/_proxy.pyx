@@ -697,7 +697,8 @@ cdef class ClientConnection(ParserHandler):
         """A TLS connection: the scheme, HSTS and the client-certificate facts."""
         cdef list lines
         self.proto = b"https"
-        self.core.instance_add(ST_TLS_HANDSHAKES, 1)
+        if not self.stream:  # (an HTTP/2 stream shares its connection's handshake)
+            self.core.instance_add(ST_TLS_HANDSHAKES, 1)
         self.hsts = info.hsts_line
         self.tls = info.describe(ssl_object) if ssl_object is not None else {}
         if info.cert_headers:

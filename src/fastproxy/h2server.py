@@ -95,7 +95,7 @@ class H2Limits:
     """What the sessions of one listener need to know (built once per worker)."""
 
     __slots__ = ("max_streams", "max_resets", "max_control", "header_list", "decode_list",
-                 "keepalive", "header_timeout")
+                 "keepalive", "header_timeout", "max_requests")
 
     def __init__(self, config: Any, listener: Any) -> None:
         limits = config.limits
@@ -110,6 +110,8 @@ class H2Limits:
         self.header_list = head
         self.decode_list = head + 32 * count
         self.keepalive = config.timeouts.keepalive
+        # Streams per connection, then GOAWAY (as nginx's keepalive_requests does for h2).
+        self.max_requests = limits.max_requests_per_connection
         self.header_timeout = config.timeouts.header
 
 
@@ -141,6 +143,7 @@ class H2Session:
         self.flush_soon = False
         self.resets = 0
         self.resets_since = 0.0
+        self.requests = 0
         self.control = 0
         self.control_since = 0.0
         self.queued_control = 0  # control frames answered while the socket is paused
@@ -349,6 +352,9 @@ class H2Session:
         stream = H2Stream(self, sid, chunked, length)
         self.streams[sid] = stream
         self.outer.h2_wait(0)
+        self.requests += 1
+        if self.limits.max_requests and self.requests >= self.limits.max_requests:
+            self.goaway(ErrorCodes.NO_ERROR)  # this one is served; the client opens anew
         stream.start(head)
 
     def _data(self, event: DataReceived) -> None:
