@@ -50,9 +50,13 @@ def free() -> int:
     return e2e.free_port()
 
 
-def run_h2load(port: int, args: argparse.Namespace, cpu: str | None) -> tuple[float, int, str]:
-    argv = e2e.pinned(cpu, ["h2load", "-t", "1", "-c", str(args.connections), "-m",
-                            str(args.streams), "-D", str(args.duration),
+def run_h2load(port: int, args: argparse.Namespace, cpu: str | None,
+               case: str) -> tuple[float, int, str]:
+    if case == "h2":
+        shape = ["-c", str(args.connections), "-m", str(args.streams)]
+    else:  # the same concurrency over HTTP/1.1 keep-alive connections (no pipelining)
+        shape = ["--h1", "-c", str(args.connections * args.streams), "-m", "1"]
+    argv = e2e.pinned(cpu, ["h2load", "-t", "1", *shape, "-D", str(args.duration),
                             f"https://127.0.0.1:{port}/1k.bin"])
     res = subprocess.run(argv, capture_output=True, text=True, timeout=args.duration + 60,
                          check=False)
@@ -64,7 +68,7 @@ def run_h2load(port: int, args: argparse.Namespace, cpu: str | None) -> tuple[fl
         raise e2e.BenchError(f"h2load failed ({res.returncode}):\n{out}\n{res.stderr}")
     if int(done.group(4)) or int(done.group(5)):
         raise e2e.BenchError(f"h2load saw failures:\n{out}")
-    if "Application protocol: h2" not in out:
+    if f"Application protocol: {'h2' if case == 'h2' else 'http/1.1'}" not in out:
         raise e2e.BenchError(f"not HTTP/2:\n{out}")
     return float(rps.group(1)), int(done.group(3)), out
 
@@ -76,6 +80,9 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--streams", type=int, default=10, help="h2load -m (per connection)")
     parser.add_argument("--profile", type=Path, help="py-spy record fastproxy's worker into it")
+    parser.add_argument("--cases", default="h2,h1",
+                        help="h2, and h1: the same load over HTTP/1.1 (h2load --h1), as a"
+                             " reference for what the HTTP/2 layer costs")
     args = parser.parse_args()
     for tool in ("nginx", "h2load", "openssl"):
         if shutil.which(tool) is None:
@@ -96,12 +103,14 @@ def main() -> int:
         ngx = e2e.start_nginx("nginx", root / "nginx",
                               nginx_h2_conf(root / "nginx", nginx_port, upstream_port, 128, tls),
                               proxy_cpu)
-        fp = e2e.start_fastproxy(root / "fastproxy",
-                                 e2e.fastproxy_conf(free(), upstream_port, 128, tls=tls,
-                                                    tls_port=fp_port), proxy_cpu)
+        # As the nginx's keepalive_requests: h2load does not open a new connection
+        # after a GOAWAY.
+        conf = (e2e.fastproxy_conf(free(), upstream_port, 128, tls=tls, tls_port=fp_port)
+                + f"\n[limits]\nmax_requests_per_connection = {e2e.KEEPALIVE_REQUESTS}\n")
+        fp = e2e.start_fastproxy(root / "fastproxy", conf, proxy_cpu)
         try:
             e2e.wait_ready(up, upstream_port, root / "scratch")
-            deadline = time.monotonic() + 15
+            deadline = time.monotonic() + 30
             ready = {"fastproxy": fp_port, "nginx": nginx_port}
             while ready and time.monotonic() < deadline:
                 for name, port in list(ready.items()):
@@ -113,11 +122,15 @@ def main() -> int:
                         del ready[name]
                 time.sleep(0.2)
             if ready:
-                raise e2e.BenchError(f"not answering over h2: {sorted(ready)}")
-            pids = {"fastproxy": e2e.process_tree(fp.proc.pid),
-                    "nginx": e2e.process_tree(ngx.proc.pid)}
+                logs = {"fastproxy": fp.log_path, "nginx": root / "nginx" / "error.log"}
+                raise e2e.BenchError(f"not answering over h2: {sorted(ready)}\n" + "\n".join(
+                    e2e.tail(logs[name]) for name in ready))
+            pids = {"fastproxy": e2e.proxy_processes(fp.proc.pid),
+                    "nginx": e2e.proxy_processes(ngx.proc.pid)}
             ports = {"fastproxy": fp_port, "nginx": nginx_port}
-            results: dict[str, list[tuple[float, float]]] = {"fastproxy": [], "nginx": []}
+            cases = args.cases.split(",")
+            results: dict[str, list[tuple[float, float]]] = {
+                f"{name} {case}": [] for case in cases for name in ("fastproxy", "nginx")}
             spy = None
             if args.profile is not None and shutil.which("py-spy"):
                 worker = e2e.children(fp.proc.pid)[0]
@@ -127,14 +140,17 @@ def main() -> int:
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             load = os.getloadavg()
             for rnd in range(args.rounds):
-                for name in (("fastproxy", "nginx") if rnd % 2 == 0 else ("nginx", "fastproxy")):
-                    before = e2e.cpu_seconds(pids[name])
-                    rps, done, _ = run_h2load(ports[name], args, load_cpu)
-                    cpu = e2e.cpu_seconds(pids[name]) - before
-                    results[name].append((rps, done / cpu if cpu > 0 else float("nan")))
-                    print(f"round {rnd + 1} {name:9s} {rps:9.0f} req/s  "
-                          f"{done / cpu if cpu else float('nan'):9.0f} req/CPU-s  "
-                          f"(cpu {cpu:.2f} s, {done} requests)", flush=True)
+                for case in cases:
+                    for name in (("fastproxy", "nginx") if rnd % 2 == 0
+                                 else ("nginx", "fastproxy")):
+                        before = e2e.cpu_seconds(pids[name])
+                        rps, done, _ = run_h2load(ports[name], args, load_cpu, case)
+                        cpu = e2e.cpu_seconds(pids[name]) - before
+                        results[f"{name} {case}"].append(
+                            (rps, done / cpu if cpu > 0 else float("nan")))
+                        print(f"round {rnd + 1} {case} {name:9s} {rps:9.0f} req/s  "
+                              f"{done / cpu if cpu else float('nan'):9.0f} req/CPU-s  "
+                              f"(cpu {cpu:.2f} s, {done} requests)", flush=True)
             if spy is not None:
                 spy.wait(timeout=args.duration * args.rounds + 60)
             after_load = os.getloadavg()
@@ -148,9 +164,11 @@ def main() -> int:
     print(f"load average before {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "
           f"after {after_load[0]:.2f} {after_load[1]:.2f} {after_load[2]:.2f}")
     for name, (rps, per_cpu) in med.items():
-        print(f"{name:9s} median {rps:9.0f} req/s  {per_cpu:9.0f} req/CPU-s")
-    print(f"ratio fastproxy/nginx: req/s {med['fastproxy'][0] / med['nginx'][0]:.2f}, "
-          f"req/CPU-s {med['fastproxy'][1] / med['nginx'][1]:.2f}")
+        print(f"{name:12s} median {rps:9.0f} req/s  {per_cpu:9.0f} req/CPU-s")
+    for case in cases:
+        fp, ngx = med[f"fastproxy {case}"], med[f"nginx {case}"]
+        print(f"ratio fastproxy/nginx over {case}: req/s {fp[0] / ngx[0]:.2f}, "
+              f"req/CPU-s {fp[1] / ngx[1]:.2f}")
     return 0
 
 
