@@ -219,6 +219,11 @@ class H2Session:
         for stream in list(self.streams.values()):
             stream.lost()
         self.streams.clear()
+        # h2's connection refers to itself (its frame dispatch table of bound methods)
+        # and keeps every closed stream's id: a cycle that only a full collection of
+        # the cyclic GC would free, long after (it lived long enough to be old).
+        # Nothing uses it once closed.
+        self.conn.__dict__.clear()
 
     def pause_writing(self) -> None:
         # The client does not read: nothing more is made for it. Reading goes on (a
@@ -498,7 +503,8 @@ class H2Stream:
         # exactly (RFC 9113 8.1.1), so the HTTP/1.1 framing can never disagree.
         self.remaining = length
         self.client: Any = None
-        self.parser = ResponseParser(self, max_header_bytes=1 << 20, max_header_count=10000)
+        self.parser: Any = ResponseParser(self, max_header_bytes=1 << 20,
+                                          max_header_count=10000)
         self.in_paused = False  # the ClientConnection holds its reading
         self.held: deque[tuple[bytes, int]] = deque()  # request data while it does
         self.drain_soon = False
@@ -584,7 +590,7 @@ class H2Stream:
 
     # -- the ClientConnection's transport ------------------------------------------------
     def write(self, data: bytes) -> None:
-        if self.ended or self.resp_done:
+        if self.ended or self.resp_done or self.gone:
             return
         try:
             self.parser.feed(data)
@@ -604,7 +610,7 @@ class H2Stream:
         return True
 
     def close(self) -> None:
-        if not self.resp_done and not self.ended:
+        if not self.resp_done and not self.ended and not self.gone:
             if self.parser.message_needs_eof:
                 try:
                     self.parser.feed_eof()  # a close-delimited body ends here
@@ -790,5 +796,9 @@ class H2Stream:
         self.held.clear()
         self.session.stream_done(self)
         client = self.client
+        # The stream, its parser and its connection refer to each other: break the
+        # cycles so that reference counting frees them (not the cyclic GC).
+        self.client = None
+        self.parser = None
         if client is not None:
             client.connection_lost(None)
