@@ -356,6 +356,22 @@ def test_h2load_multiplexed_run(make_origin: OriginFactory, certs: Path,
     assert rss[-1] - rss[0] < 300, rss
 
 
+@pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load (nghttp2-client) missing")
+def test_pipelined_http1_over_tls_keeps_the_worker(make_origin: OriginFactory, certs: Path,
+                                                   start_proxy: Callable[..., ProxyProcess]
+                                                   ) -> None:
+    # HTTP/1.1 with 10 pipelined requests per connection over TLS: the worker used to
+    # crash (an exchange freed in the middle of upstream_complete).
+    origin = make_origin(name="app")
+    port = free_port()
+    proxy = start_proxy(tls_listener(port, certs), app(origin), port)
+    out = subprocess.run(["h2load", "--h1", "-c", "4", "-m", "10", "-n", "2000",
+                          f"https://127.0.0.1:{port}/pipelined"],
+                         capture_output=True, text=True, timeout=120)
+    assert "2000 succeeded, 0 failed, 0 errored" in out.stdout, out.stdout + out.stderr
+    assert "died" not in proxy.log()
+
+
 # -- defences -----------------------------------------------------------------------
 
 def test_rapid_reset_gets_goaway(make_origin: OriginFactory, certs: Path,

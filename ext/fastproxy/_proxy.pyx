@@ -3401,13 +3401,18 @@ cdef class UpstreamConnection(ParserHandler):
         return 0
 
     cdef int on_body(self, object data) except -1:
-        if self.sink is not None:
-            self.sink.upstream_body(data)
+        cdef Exchange sink = self.sink  # held: the exchange may let go of us in the call
+        if sink is not None:
+            sink.upstream_body(data)
         return 0
 
     cdef int on_message_complete(self) except -1:
-        if self.sink is not None:
-            self.sink.upstream_complete()
+        # Held: upstream_complete releases this connection (sink = None) and may end
+        # the client's exchange before it returns (pipelined requests over TLS freed
+        # it mid-method: a worker crash).
+        cdef Exchange sink = self.sink
+        if sink is not None:
+            sink.upstream_complete()
         return 0
 
     cdef int _fail(self, str reason) except -1:
