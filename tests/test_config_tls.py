@@ -772,3 +772,12 @@ def test_an_expired_certificate_is_a_warning_not_an_error(pki: Path) -> None:
     config = load(pki, make('certificates = [{ cert = "certs/old.pem", key = "certs/old.key" }]'))
     assert any("listeners[0].tls.certificates[0].cert" in w and "expired on 2024-01-01" in w
                for w in config.warnings)
+
+
+def test_h2c_is_for_plain_listeners(pki: Path) -> None:
+    assert errors(pki, make(listener="h2c = true")) == [
+        'listeners[0].h2c: is for plain listeners; a TLS listener offers HTTP/2 by ALPN'
+        ' ([listeners.tls] alpn, "h2" by default)']
+    assert load(pki, make(listener="h2c = false")).listeners[0].h2c is False
+    assert load(pki, make(f'{SITE_CERT}\nalpn = ["http/1.1"]')).listeners[0].tls.alpn == (
+        "http/1.1",)
