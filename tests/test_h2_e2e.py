@@ -633,6 +633,24 @@ def test_requests_per_connection_end_with_goaway(make_origin: OriginFactory, cer
         client.close()
 
 
+def test_client_goaway_still_gets_its_answers(make_origin: OriginFactory, certs: Path,
+                                              start_proxy: Callable[..., ProxyProcess]) -> None:
+    origin = make_origin(lambda req: Reply(200, [], b"late answer", delay=0.5))
+    port = free_port()
+    start_proxy(tls_listener(port, certs), app(origin), port)
+    client = RawH2(port, certs)
+    try:
+        sid = client.request("/late")
+        client.conn.close_connection()  # GOAWAY NO_ERROR: no new streams from us
+        client.send()
+        client.conn.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
+        status, _, body = client.response(sid)
+        assert (status, body) == (200, b"late answer")
+        client.until_closed()  # then the proxy closes
+    finally:
+        client.close()
+
+
 def test_idle_connection_closes_after_keepalive(make_origin: OriginFactory, certs: Path,
                                                 start_proxy: Callable[..., ProxyProcess]) -> None:
     origin = make_origin()

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import ConnectionState, H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -205,9 +205,15 @@ class H2Session:
                 if stream is not None:
                     stream.request_trailers(event.headers)
             elif kind is ConnectionTerminated:
-                # The client's GOAWAY: h2 sends nothing more; what is in flight is lost.
-                self.close(False)
-                return
+                if event.error_code != ErrorCodes.NO_ERROR or not self.streams:
+                    self.close(False)
+                    return
+                # The client's graceful GOAWAY: it opens no more streams but waits for
+                # the answers to those it opened. h2 would send nothing more after it:
+                # its state goes back to open, and the socket closes after the last.
+                self.conn.state_machine.state = ConnectionState.SERVER_OPEN
+                self.draining = True
+                self.last_stream = self.conn.highest_inbound_stream_id
         self.flush()
 
     def eof_received(self) -> bool:
