@@ -92,6 +92,8 @@ install_system_packages() {
     # The dashboard's browser test drives Debian's Chromium with Playwright (which is
     # told where it is, so it downloads no browser of its own).
     have_cmd chromium || missing+=(chromium)
+    # h2load (HTTP/2 load client) drives the multiplexed HTTP/2 test and benchmark.
+    have_cmd h2load || missing+=(nghttp2-client)
     [ "${#missing[@]}" -eq 0 ] && return 0
     if ! apt_install "${missing[@]}"; then
         if as_root true 2>/dev/null && command -v apt-get >/dev/null 2>&1; then

@@ -1779,3 +1779,27 @@ def test_resilience_warnings() -> None:
         "queue": 10,
     }})
     assert parse_config(quiet, SRC).warnings == ()
+
+
+# HTTP/2 to clients: h2c on plain listeners, the [limits] keys.
+
+def test_h2c_and_http2_limits() -> None:
+    config = parse_config(minimal(listeners=[{"address": "127.0.0.1:8080", "h2c": True}],
+                                  limits={"h2_max_concurrent_streams": 10,
+                                          "h2_max_resets": 5, "h2_max_control_frames": 7}),
+                          SRC)
+    assert config.listeners[0].h2c is True
+    limits = config.limits
+    assert (limits.h2_max_concurrent_streams, limits.h2_max_resets,
+            limits.h2_max_control_frames) == (10, 5, 7)
+    defaults = parse_config(minimal(), SRC)
+    assert defaults.listeners[0].h2c is False
+    assert (defaults.limits.h2_max_concurrent_streams, defaults.limits.h2_max_resets,
+            defaults.limits.h2_max_control_frames) == (128, 200, 100)
+
+
+def test_h2c_needs_a_boolean_and_limits_their_range() -> None:
+    assert one_issue(minimal(listeners=[{"address": "127.0.0.1:8080", "h2c": "yes"}])) == (
+        "listeners[0].h2c", "expected a boolean (true or false), found string 'yes'")
+    assert one_issue(minimal(limits={"h2_max_concurrent_streams": 0}))[0] == (
+        "limits.h2_max_concurrent_streams")

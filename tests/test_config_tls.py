@@ -125,7 +125,7 @@ def test_minimal_tls_listener_takes_every_default(pki: Path) -> None:
     tls = listener_tls(pki, SITE_CERT)
     assert tls == ListenerTls(certificates=(site(pki),))
     assert (tls.unknown_sni, tls.min_version, tls.ciphers, tls.alpn, tls.client_auth) == (
-        "default", "1.2", None, ("http/1.1",), "none")
+        "default", "1.2", None, ("h2", "http/1.1"), "none")  # HTTP/2 first, as Caddy does
     assert (tls.client_ca, tls.client_cert_headers, tls.handshake_timeout, tls.hsts) == (
         None, (), 10.0, None)
 
@@ -384,10 +384,10 @@ def test_bad_certificate_names(pki: Path, names: str, problems: list[str]) -> No
         ('client_auth = "require"',
          "client_auth: unsupported value 'require' (supported: none, optional, required);"
          " did you mean 'required'?"),
-        ('alpn = ["h2", "http/1.1"]',
-         'alpn[0]: "h2" is not supported yet (HTTP/2 is not implemented); use "http/1.1"'),
+        ('alpn = ["h3", "http/1.1"]',
+         "alpn[0]: unsupported protocol 'h3' (supported: h2, http/1.1)"),
         ('alpn = ["http/1.0"]',
-         "alpn[0]: unsupported protocol 'http/1.0' (supported: http/1.1);"
+         "alpn[0]: unsupported protocol 'http/1.0' (supported: h2, http/1.1);"
          " did you mean 'http/1.1'?"),
         ('alpn = ["http/1.1", "http/1.1"]', "alpn[1]: duplicate 'http/1.1' (already at index 0)"),
         ("alpn = []", 'alpn: must not be empty: give at least one of protocol ids like "http/1.1"'),
@@ -772,3 +772,12 @@ def test_an_expired_certificate_is_a_warning_not_an_error(pki: Path) -> None:
     config = load(pki, make('certificates = [{ cert = "certs/old.pem", key = "certs/old.key" }]'))
     assert any("listeners[0].tls.certificates[0].cert" in w and "expired on 2024-01-01" in w
                for w in config.warnings)
+
+
+def test_h2c_is_for_plain_listeners(pki: Path) -> None:
+    assert errors(pki, make(listener="h2c = true")) == [
+        'listeners[0].h2c: is for plain listeners; a TLS listener offers HTTP/2 by ALPN'
+        ' ([listeners.tls] alpn, "h2" by default)']
+    assert load(pki, make(listener="h2c = false")).listeners[0].h2c is False
+    assert load(pki, make(f'{SITE_CERT}\nalpn = ["http/1.1"]')).listeners[0].tls.alpn == (
+        "http/1.1",)

@@ -555,7 +555,9 @@ def test_alpn_http_1_1(
     assert conn.alpn == conn.facts["alpn"] == "http/1.1"
     h2_only = client(ca)
     h2_only.set_alpn_protocols(["h2"])
-    assert connect(server.port, h2_only, "site.example").alpn is None  # no overlap: no ALPN
+    assert connect(server.port, h2_only, "site.example").alpn == "h2"  # offered by default
+    h1_server = serve(server_context(ListenerTls((site,), alpn=("http/1.1",))))
+    assert connect(h1_server.port, h2_only, "site.example").alpn is None  # no overlap: no ALPN
 
 
 def test_tls_1_2_suites_are_ecdhe_aead(

@@ -167,8 +167,13 @@ def test_alpn_versions_and_ciphers(make_origin: OriginFactory, certs: Path,
     ctx.set_alpn_protocols(["h2", "http/1.1"])
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
             ctx.wrap_socket(raw, server_hostname="site.example") as sock:
-        assert sock.selected_alpn_protocol() == "http/1.1"
+        assert sock.selected_alpn_protocol() == "h2"  # HTTP/2 by default (test_h2_e2e)
         assert sock.version() == "TLSv1.3"
+    ctx = client_context(certs)
+    ctx.set_alpn_protocols(["http/1.1"])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="site.example") as sock:
+        assert sock.selected_alpn_protocol() == "http/1.1"
     old = client_context(certs)
     old.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
     with warnings.catch_warnings():  # the client side of the test is deliberately old

@@ -150,6 +150,10 @@ cdef enum:
     WAIT_LINGER = 5  # lingering close: the client sent nothing for a while -> close
     WAIT_CLOSING = 6  # closed, but the client does not read the rest of our answer -> abort
     WAIT_TUNNEL = 7  # switched protocols: no bytes either way for the route's idle time -> close
+    WAIT_H2 = 8  # an HTTP/2 connection: its session's deadline (idle, shutdown) -> the session
+
+# The HTTP/2 client connection preface (RFC 9113 3.4): h2c with prior knowledge.
+cdef bytes _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 # -- writing to a socket -----------------------------------------------------------------
@@ -409,6 +413,10 @@ cdef class Core:
     cdef public Py_ssize_t stats_instance
     cdef public Py_ssize_t stats_noroute
     cdef public Analytics analytics  # the dashboard's top paths, clients, agents; or None
+    # HTTP/2 to clients: (outer client, transport, first bytes) -> a session (set by the
+    # worker; None: HTTP/1.1 only), and which listeners take h2c with prior knowledge.
+    cdef public object h2_factory
+    cdef tuple listener_h2c
 
     cdef void instance_add(self, int what, int64_t v) noexcept:
         """Count on the instance's own series (metrics), when they are on."""
@@ -452,6 +460,7 @@ cdef class Core:
         self.via = b"1.1 fastproxy" if config.server.via else b""
         self.merge_slashes = config.routing.merge_slashes
         self.listener_names = tuple(l.name.encode() for l in config.listeners)
+        self.listener_h2c = tuple(bool(getattr(l, "h2c", False)) for l in config.listeners)
         self.queues = []
         self.max_requests = limits.max_requests_per_connection
         self.max_in_flight = limits.max_in_flight
@@ -536,7 +545,9 @@ cdef class Core:
         cdef ClientConnection client
         cdef double grace = monotonic() + FRESH_GRACE
         for client in list(self.clients):
-            if client.lingering:
+            if client.h2 is not None and not client.lingering:
+                client.h2.shutdown()  # GOAWAY; the streams in flight finish
+            elif client.lingering:
                 client.lingering = False
                 client.transport.close()
             elif client.exchange is None and not client.closed:
@@ -604,6 +615,9 @@ cdef class ClientConnection(ParserHandler):
     cdef bytes pp_for           # ... and the headers made for this client address
     cdef bytes pp_v1, pp_v2
     cdef bytes pp_tlvs          # v2 TLVs of a TLS client (b"": none; None: not made yet)
+    cdef object h2              # the HTTP/2 session this socket speaks (None: HTTP/1.x)
+    cdef readonly bint stream   # one HTTP/2 stream over a virtual transport (h2server)
+    cdef bytes h2c_head         # h2c listener: the first bytes, until the preface is known
 
     def __cinit__(self, Core core not None, int listener=0):
         self.core = core
@@ -675,14 +689,35 @@ cdef class ClientConnection(ParserHandler):
             self.pp_v2 = header
         return header
 
+    def set_stream(self, bytes ip not None):
+        """Make this connection one HTTP/2 stream of a client connection from `ip`
+        (before connection_made): it is not counted as a connection, and its
+        transport is the stream's."""
+        self.ip = ip
+        self.peer_given = True
+        self.stream = True
+
+    def h2_wait(self, double seconds):
+        """The HTTP/2 session's deadline on this socket (0: none)."""
+        self._wait(WAIT_H2 if seconds > 0 else WAIT_NONE, seconds)
+
+    def h2_close(self, bint abort):
+        """The HTTP/2 session ends the socket: at once, or after what was written with
+        a lingering close (its GOAWAY must not be lost to a reset for unread input)."""
+        if abort:
+            self.reset()
+        else:
+            self._close(True)
+
     # -- asyncio.Protocol ---------------------------------------------------------
     def connection_made(self, transport):
         cdef Core core = self.core
         self.made = True
         self.transport = transport
-        core.instance_add(ST_ACCEPTED, 1)
-        core.instance_add(ST_OPEN, 1)
-        if len(core.clients) >= core.max_connections:
+        if not self.stream:
+            core.instance_add(ST_ACCEPTED, 1)
+            core.instance_add(ST_OPEN, 1)
+        if len(core.clients) >= core.max_connections and not self.stream:
             self.closed = True
             transport.abort()
             return
@@ -690,7 +725,7 @@ cdef class ClientConnection(ParserHandler):
             peer = transport.get_extra_info("peername")
             if peer:
                 self.ip = (<str>peer[0]).encode("ascii")
-        if core.max_per_ip and core.conn_table is not None:
+        if core.max_per_ip and core.conn_table is not None and not self.stream:
             if not core.conn_table.acquire(ip_key(self.ip), core.max_per_ip):
                 # Told why, in one write, without reading what it sends.
                 self.closed = True
@@ -702,7 +737,15 @@ cdef class ClientConnection(ParserHandler):
         self.fd = plain_fd(transport)
         info = core.tls_listeners[self.listener]
         if info is not None:
-            self.tls_made(info, transport.get_extra_info("ssl_object"))
+            ssl_object = transport.get_extra_info("ssl_object")
+            self.tls_made(info, ssl_object)
+            if (core.h2_factory is not None and not self.stream and ssl_object is not None
+                    and ssl_object.selected_alpn_protocol() == "h2"):
+                core.clients.add(self)
+                self.h2 = core.h2_factory(self, transport, None)
+                return
+        elif core.h2_factory is not None and core.listener_h2c[self.listener]:
+            self.h2c_head = b""
         sizes = <tuple>core.listener_sizes[self.listener]
         self.parser = RequestParser(self, max_line_bytes=sizes[0], max_header_bytes=sizes[1],
                                     max_header_count=sizes[2])
@@ -714,7 +757,8 @@ cdef class ClientConnection(ParserHandler):
         """A TLS connection: the scheme, HSTS and the client-certificate facts."""
         cdef list lines
         self.proto = b"https"
-        self.core.instance_add(ST_TLS_HANDSHAKES, 1)
+        if not self.stream:  # (an HTTP/2 stream shares its connection's handshake)
+            self.core.instance_add(ST_TLS_HANDSHAKES, 1)
         self.hsts = info.hsts_line
         self.tls = info.describe(ssl_object) if ssl_object is not None else {}
         if info.cert_headers:
@@ -730,9 +774,24 @@ cdef class ClientConnection(ParserHandler):
         return 0
 
     def data_received(self, bytes data):
+        if self.h2 is not None:
+            self.h2.data_received(data)
+            return
         if self.tunnel is not None:
             self.tunnel.from_client(data)
             return
+        if self.h2c_head is not None:
+            # An h2c listener: the client preface chooses HTTP/2 (prior knowledge).
+            data = self.h2c_head + data
+            if len(data) < 24 and _H2_PREFACE.startswith(data):
+                self.h2c_head = data
+                return
+            self.h2c_head = None
+            if data.startswith(_H2_PREFACE) and not self.closed:
+                self.parser = None
+                self._wait(WAIT_NONE, 0.0)
+                self.h2 = self.core.h2_factory(self, self.transport, data)
+                return
         if self.lingering:  # dropped: the answer is out and the connection ends
             self.deadline = min(monotonic() + self.core.t_linger, self.linger_end)
             return
@@ -747,6 +806,8 @@ cdef class ClientConnection(ParserHandler):
         # A half-closed client still gets the answer to a request it completed.
         cdef Exchange ex = self.exchange
         self.eof = True
+        if self.h2 is not None:
+            return self.h2.eof_received()
         if self.tunnel is not None:
             return self.tunnel.eof(False)
         if ex is not None and ex.req_done and not ex.finished:
@@ -762,7 +823,11 @@ cdef class ClientConnection(ParserHandler):
         cdef Core core = self.core
         self.closed = True
         core.clients.discard(self)
-        if self.made:
+        if self.h2 is not None:
+            session = self.h2
+            self.h2 = None
+            session.connection_lost(exc)
+        if self.made and not self.stream:
             core.instance_add(ST_CLOSED, 1)
             core.instance_add(ST_OPEN, -1)
         if self.ip_counted:
@@ -782,6 +847,10 @@ cdef class ClientConnection(ParserHandler):
 
     def pause_writing(self):
         self.write_paused = True
+        if self.h2 is not None:
+            self._wait(WAIT_SEND, self.core.t_send)
+            self.h2.pause_writing()
+            return
         if self.tunnel is not None:
             self.tunnel.client_paused(True)
             return
@@ -791,6 +860,11 @@ cdef class ClientConnection(ParserHandler):
 
     def resume_writing(self):
         self.write_paused = False
+        if self.h2 is not None:
+            if self.waiting == WAIT_SEND:
+                self._wait(WAIT_NONE, 0.0)
+            self.h2.resume_writing()
+            return
         if self.tunnel is not None:
             self.tunnel.client_paused(False)
             return
@@ -1033,6 +1107,9 @@ cdef class ClientConnection(ParserHandler):
         self.deadline = 0.0
         if what == WAIT_TUNNEL and not self.closed:
             self.tunnel.idle_out()
+            return 0
+        if what == WAIT_H2 and not self.closed and self.h2 is not None:
+            self.h2.timed_out()
             return 0
         if what == WAIT_LINGER and self.lingering:
             now = monotonic()
@@ -3414,13 +3491,18 @@ cdef class UpstreamConnection(ParserHandler):
         return 0
 
     cdef int on_body(self, object data) except -1:
-        if self.sink is not None:
-            self.sink.upstream_body(data)
+        cdef Exchange sink = self.sink  # held: the exchange may let go of us in the call
+        if sink is not None:
+            sink.upstream_body(data)
         return 0
 
     cdef int on_message_complete(self) except -1:
-        if self.sink is not None:
-            self.sink.upstream_complete()
+        # Held: upstream_complete releases this connection (sink = None) and may end
+        # the client's exchange before it returns (pipelined requests over TLS freed
+        # it mid-method: a worker crash).
+        cdef Exchange sink = self.sink
+        if sink is not None:
+            sink.upstream_complete()
         return 0
 
     cdef int _fail(self, str reason) except -1:

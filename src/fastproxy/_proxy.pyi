@@ -21,6 +21,8 @@ class Core:
                  local_response: Callable[..., bytes],
                  local_body_size: Callable[[int], int]) -> None: ...
     tls_listeners: list[Any]
+    # HTTP/2 sessions: (outer client, its transport, first bytes or None) -> session
+    h2_factory: Callable[[ClientConnection, Any, bytes | None], Any] | None
     handshake_failures: int
     in_flight: int
     shed: int
@@ -47,6 +49,10 @@ class ClientConnection(asyncio.Protocol):
     def __init__(self, core: Core, listener: int = 0) -> None: ...
     def set_peer(self, ip: bytes, port: int = 0, dst_ip: bytes | None = None,
                  dst_port: int = 0) -> None: ...
+    stream: bool  # one HTTP/2 stream (fastproxy.h2server)
+    def set_stream(self, ip: bytes) -> None: ...
+    def h2_wait(self, seconds: float) -> None: ...
+    def h2_close(self, abort: bool) -> None: ...
 
 class Exchange:
     client: ClientConnection

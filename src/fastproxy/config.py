@@ -15,6 +15,7 @@ defaults and descriptions so that the reference can later be generated.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import importlib
 import ipaddress
@@ -144,6 +145,11 @@ class Limits:
     max_in_flight: int = 0  # per worker; 0 means unlimited
     max_connections_per_ip: int = 0  # instance-wide; 0 means unlimited
     rate_limit_keys: int = 100_000
+    # HTTP/2 to clients (per connection): streams at once, client stream resets in
+    # any 10 s, and PING/SETTINGS frames per second before GOAWAY ENHANCE_YOUR_CALM.
+    h2_max_concurrent_streams: int = 128
+    h2_max_resets: int = 200
+    h2_max_control_frames: int = 100
 
 
 # [limits] keys that a listener may set for itself.
@@ -350,7 +356,7 @@ class ListenerTls:
     unknown_sni: str = "default"  # "default" | "refuse": no SNI, or a name no certificate has
     min_version: str = "1.2"  # "1.2" | "1.3"
     ciphers: str | None = None  # TLS 1.2 suites, OpenSSL syntax; None: forward-secret AEAD only
-    alpn: tuple[str, ...] = ("http/1.1",)
+    alpn: tuple[str, ...] = ("h2", "http/1.1")  # "h2" in it: HTTP/2 by ALPN
     client_auth: str = "none"  # "none" | "optional" | "required"
     client_ca: str | None = None  # CA bundle for client certificates (needed unless "none")
     # Client-certificate facts sent upstream: (field in CLIENT_CERT_FIELDS, header name);
@@ -399,6 +405,8 @@ class Listener:
     proxy_protocol: bool = False
     mode: str = "http"  # "http" | "tcp"
     tcp: TcpSettings | None = None  # mode = "tcp": where the bytes go
+    # A plain listener also takes HTTP/2 with prior knowledge (the client preface).
+    h2c: bool = False
 
     @property
     def address(self) -> str:
@@ -891,6 +899,24 @@ LIMITS_FIELDS: Final = (
         "rate_limit_keys", 100_000, "integer 1..10000000",
         "keys the shared rate-limit table holds at once (16 bytes each, 2 slots per key)",
         _integer(1, 10_000_000),
+    ),
+    FieldSpec(
+        "h2_max_concurrent_streams", 128, "integer 1..10000",
+        "HTTP/2: streams a client may have open at once on one connection (SETTINGS); one "
+        "more is refused with REFUSED_STREAM",
+        _integer(1, 10_000),
+    ),
+    FieldSpec(
+        "h2_max_resets", 200, "integer 1..1000000",
+        "HTTP/2: streams a client may reset (RST_STREAM) on one connection in 10 seconds; "
+        "past it GOAWAY ENHANCE_YOUR_CALM and close (the rapid-reset attack)",
+        _integer(1, 1_000_000),
+    ),
+    FieldSpec(
+        "h2_max_control_frames", 100, "integer 1..1000000",
+        "HTTP/2: PING and SETTINGS frames a client may send on one connection in a second; "
+        "past it GOAWAY ENHANCE_YOUR_CALM and close (ping and settings floods)",
+        _integer(1, 1_000_000),
     ),
 )
 
@@ -1411,7 +1437,7 @@ ROUTING_FIELDS: Final = (
 # -- [listeners.tls] and [upstreams.NAME.tls]
 
 TLS_VERSIONS: Final = ("1.2", "1.3")  # 1.0 and 1.1 are deprecated (RFC 8996)
-ALPN_PROTOCOLS: Final = ("http/1.1",)  # "h2" joins when HTTP/2 does
+ALPN_PROTOCOLS: Final = ("h2", "http/1.1")
 # OpenSSL cipher-list syntax: names joined by ':', with the '!', '+' and '-' operators.
 _CIPHER_CHAR_RE: Final = re.compile(r"[^A-Za-z0-9:+!_-]")
 # RFC 6797 6.1: directive names are case-insensitive; max-age is required (and first here).
@@ -1470,8 +1496,6 @@ def _weak_ciphers(ciphers: str) -> list[str]:
 
 def _alpn_protocol(value: object) -> str:
     text = _string(value)
-    if text == "h2":
-        raise ValueError('"h2" is not supported yet (HTTP/2 is not implemented); use "http/1.1"')
     if text not in ALPN_PROTOCOLS:
         hint = _suggest(text, ALPN_PROTOCOLS)
         raise ValueError(
@@ -1563,9 +1587,10 @@ LISTENER_TLS_FIELDS: Final = (
     ),
     FieldSpec(
         "alpn",
-        ["http/1.1"],
-        'array of "http/1.1"',
-        "protocols offered by ALPN",
+        ["h2", "http/1.1"],
+        'array of "h2", "http/1.1"',
+        "protocols offered by ALPN, in the server's order of preference; without \"h2\""
+        " the listener speaks HTTP/1.1 only",
         _array(_alpn_protocol, 'protocol ids like "http/1.1"', empty_ok=False, unique=True),
     ),
     FieldSpec(
@@ -1814,11 +1839,11 @@ _SECTIONS: Final[Mapping[str, tuple[FieldSpec, ...]]] = MappingProxyType(
 _TOP_LEVEL_KEYS: Final = (*_SECTIONS, "listeners", "upstreams", "routes", "waf", "auto_ban",
                           "caches", "admin")
 _LISTENER_KEYS: Final = ("address", "name", "default_host", "tls", "https_redirect", "access",
-                         "proxy_protocol", *LISTENER_SIZE_KEYS, "mode", "upstream", "sni",
+                         "proxy_protocol", "h2c", *LISTENER_SIZE_KEYS, "mode", "upstream", "sni",
                          *(f.name for f in TCP_LISTENER_FIELDS))
 # Keys that only mean something where requests are parsed (refused on tcp listeners),
 # and keys that only mean something for tcp listeners (refused on HTTP ones).
-_HTTP_LISTENER_KEYS: Final = ("default_host", "https_redirect", *LISTENER_SIZE_KEYS)
+_HTTP_LISTENER_KEYS: Final = ("default_host", "https_redirect", "h2c", *LISTENER_SIZE_KEYS)
 _TCP_LISTENER_KEYS: Final = ("upstream", "sni", *(f.name for f in TCP_LISTENER_FIELDS))
 _STICKY_KEYS: Final = ("cookie", "max_age", "secure")
 # An RFC 9110 token: what a header field name is, and an RFC 6265 cookie-name too.
@@ -2214,15 +2239,26 @@ class _Checker(KeyChecker):
             mode = self.convert(f"{path}.mode", _choice("http", "tcp"),
                                 table.get("mode", "http"))
             tcp = self.tcp_listener(table, path, upstreams) if mode == "tcp" else None
+            if mode == "tcp" and isinstance(tls, ListenerTls) and not (
+                    isinstance(table.get("tls"), Mapping) and "alpn" in table["tls"]):
+                # The bytes go to a server that need not speak HTTP/2: offer no h2
+                # unless the config asks for it.
+                tls = dataclasses.replace(tls, alpn=("http/1.1",))
             if mode == "http":
                 for k in _TCP_LISTENER_KEYS:
                     if k in table:
                         self.error(f"{path}.{k}", 'only for mode = "tcp" listeners (an HTTP '
                                    "listener's requests go where the routes send them)")
-            if not _valid(name, default_host, tls, redirect, sizes, proxy_protocol, mode, tcp):
+            h2c = self.convert(f"{path}.h2c", _boolean, table.get("h2c", False))
+            if h2c is True and tls is not None:
+                self.error(f"{path}.h2c", "is for plain listeners; a TLS listener offers HTTP/2"
+                           ' by ALPN ([listeners.tls] alpn, "h2" by default)')
+                continue
+            if not _valid(name, default_host, tls, redirect, sizes, proxy_protocol, mode, tcp,
+                          h2c):
                 continue
             result.append(Listener(parsed[0], parsed[1], name, default_host, tls, redirect,
-                                   access, sizes, proxy_protocol, mode, tcp))
+                                   access, sizes, proxy_protocol, mode, tcp, h2c))
         return result, set(names) if complete else None
 
     def tcp_listener(self, table: Mapping[str, Any], path: str,

@@ -201,11 +201,17 @@ def _tls_sni(ex: Any, st: Stamp) -> Any:
     return getattr(ssl_object, "sni_name", None) or getattr(ssl_object, "fastproxy_sni", None)
 
 
+def _protocol(ex: Any) -> str:
+    """The client's protocol: an HTTP/2 stream's request reaches the exchange as
+    HTTP/1.1 (h2server), so its connection says which it was."""
+    return "HTTP/2.0" if ex.client.stream else "HTTP/1.%d" % ex.head.http_minor
+
+
 def _request(ex: Any, st: Stamp) -> Any:
     head = ex.head
     if head is None:
         return None
-    return b"%s %s HTTP/1.%d" % (head.method, head.target, head.http_minor)
+    return b"%s %s %s" % (head.method, head.target, _protocol(ex).encode())
 
 
 GETTERS: dict[str, Getter] = {
@@ -216,8 +222,7 @@ GETTERS: dict[str, Getter] = {
     "host": lambda ex, st: ex.host,
     "path": _path,
     "query": _query,
-    "protocol": lambda ex, st: ("HTTP/1.%d" % ex.head.http_minor) if ex.head is not None
-    else None,
+    "protocol": lambda ex, st: _protocol(ex) if ex.head is not None else None,
     "request": _request,
     "status": lambda ex, st: ex.status,
     "bytes_sent": lambda ex, st: ex.sent,
@@ -268,8 +273,8 @@ class Combined(Formatter):
         ip = (ex.ctx.client_ip if ex.ctx is not None else ex.client.ip).decode()
         if head is None:
             return '%s - - [%s] "-" %d %d "-" "-"\n' % (ip, st.local(), ex.status, ex.sent)
-        return '%s - - [%s] "%s %s HTTP/1.%d" %d %d "%s" "%s"\n' % (
-            ip, st.local(), head.method.decode(), escape(head.target), head.http_minor,
+        return '%s - - [%s] "%s %s %s" %d %d "%s" "%s"\n' % (
+            ip, st.local(), head.method.decode(), escape(head.target), _protocol(ex),
             ex.status, ex.sent, escape(head.get(b"referer")), escape(head.get(b"user-agent")))
 
 
@@ -331,7 +336,7 @@ class Json(Formatter):
         trace = ex.traceparent
         return _JSON_LINE % (
             '"%s"' % st.iso(), '"%s"' % ip.decode("ascii"), '"%s"' % head.method.decode(),
-            _js(ex.host), _js(path), _js(query), '"HTTP/1.%d"' % head.http_minor,
+            _js(ex.host), _js(path), _js(query), '"%s"' % _protocol(ex),
             ex.status, ex.sent, _bytes_received(ex, st),
             _jn(st.mono - ex.t_start), "null" if label == "-" else _js(label.encode()),
             ex.upstream_status or "null", _jn(ex.connect_time), _jn(ex.upstream_time),

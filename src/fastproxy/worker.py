@@ -156,6 +156,11 @@ class Worker:
         self.core.tls_listeners = [TlsListener(listener.tls) if listener.tls else None
                                    for listener in config.listeners]
         self.stream_hub = self._stream_hub(config)
+        if any(listener.h2c or (listener.tls is not None and "h2" in listener.tls.alpn)
+               for listener in config.listeners):
+            from fastproxy.h2server import session_factory
+
+            self.core.h2_factory = session_factory(self.core, config)
         self._handshake_failures = 0
         self.proxy_header_stats: dict[str, int] = {}  # "refused": bad or missing headers
         self._handshake_report = 0.0
