@@ -405,6 +405,9 @@ cdef class Core:
     cdef public Py_ssize_t stats_instance
     cdef public Py_ssize_t stats_noroute
     cdef public Analytics analytics  # the dashboard's top paths, clients, agents; or None
+    # (status, response bytes) -> the gRPC form of an answer made here (HTTP 200,
+    # grpc-status), for requests with a gRPC content type; None: answered as made.
+    cdef public object grpc_local
 
     cdef void instance_add(self, int what, int64_t v) noexcept:
         """Count on the instance's own series (metrics), when they are on."""
@@ -1079,6 +1082,33 @@ def _auth_checked(Exchange ex, auth, bytes header, future):
         ok = False
     auth.remember(header, ok)
     ex.auth_done(ok)
+
+
+# Trailer fields that are never passed on: framing, routing and connection-level
+# fields (RFC 9110 §6.5.1), whatever the sender meant by them.
+cdef frozenset _TRAILER_DROP = frozenset([
+    b"content-length", b"transfer-encoding", b"host", b"connection", b"keep-alive", b"te",
+    b"trailer", b"upgrade", b"proxy-connection"])
+
+
+cdef bytes last_chunk(bytes trailers):
+    """The end of a chunked body: the last chunk with the trailer fields a parser
+    kept (`trailers`, "name: value" lines), less those never passed on."""
+    if not trailers:
+        return _LAST_CHUNK
+    lines = [line for line in trailers.split(_CRLF)
+             if line and line.partition(b":")[0].lower() not in _TRAILER_DROP]
+    if not lines:
+        return _LAST_CHUNK
+    return b"0\r\n" + _CRLF.join(lines) + b"\r\n\r\n"
+
+
+cdef bint is_grpc(MessageHead head) except -1:
+    """The request is a gRPC call (a content type application/grpc, +proto, -web ...)."""
+    if head is None:
+        return False
+    value = head.get(b"content-type")
+    return value is not None and len(value) >= 16 and value[:16].lower() == b"application/grpc"
 
 
 cdef bytes upgrade_wanted(bytes value):
@@ -2472,14 +2502,20 @@ cdef class Exchange:
                 self.finish(self.keep)
             return 0
         if self.head.body_kind == K_CHUNKED:
+            # The request's trailer fields go on to HTTP/2 servers (as trailing HEADERS);
+            # HTTP/1.1 servers get none, as before (few read them, some refuse them).
+            last = _LAST_CHUNK
+            if self.pool is not None and self.pool.h2 is not None \
+                    and self.client.parser is not None:
+                last = last_chunk(self.client.parser.trailers)
             if self.kept is not None:
-                self.kept.append(_LAST_CHUNK)
+                self.kept.append(last)
             if self.conn is not None:
-                self.conn.send(_LAST_CHUNK)
+                self.conn.send(last)
             elif self.connecting:
                 if self.pending is None:
                     self.pending = []
-                self.pending.append(_LAST_CHUNK)
+                self.pending.append(last)
         if self.waf_waiting:
             self.body_inspected()
         return 0
@@ -2744,8 +2780,17 @@ cdef class Exchange:
                 fwd=self.fwd, fwd_status=304, ttl=self.refreshed.fresh_until - now,
                 key=self.cache_text), True)
             return 0
+        conn = self.conn
+        trailers = conn.parser.trailers if conn is not None and conn.parser is not None else None
+        if trailers is not None and (self.capture is not None or self.disk_write is not None):
+            # A response with trailer fields is not stored (the cache keeps a head
+            # and a body): it is passed on only.
+            self.capture = None
+            if self.disk_write is not None:
+                self.disk_write.abort()
+                self.disk_write = None
         if self.encoder is not None:
-            if self.head_extra is not None:
+            if self.head_extra is not None and trailers is None:
                 # Head and whole body in one read: sent with its length.
                 self.framing = FR_PASS
                 self.encoded(True)
@@ -2755,7 +2800,7 @@ cdef class Exchange:
             self.encoder.release()
             self.encoder = None
         if self.framing == FR_CHUNKED:
-            self.out.append(_LAST_CHUNK)
+            self.out.append(last_chunk(trailers))  # trailer fields reach a chunked client
         self.flush()
         conn = self.conn
         self.conn = None
@@ -2889,6 +2934,10 @@ cdef class Exchange:
     cdef int send_local(self, int status, bytes data, long long body_len, bint keep,
                         bint close) except -1:
         """Send a response made here; `close`: end now, without reading the request body."""
+        if status >= 400 and self.core.grpc_local is not None and is_grpc(self.head):
+            # A gRPC client reads the call's status from grpc-status, not from HTTP.
+            data = self.core.grpc_local(status, data)
+            body_len = 0
         self.local_begin(status, body_len, keep)
         if self.client.hsts is not None:
             # On every response of a TLS listener, errors and local answers too.
@@ -3485,6 +3534,9 @@ cdef class ServerPool:
     cdef object ssl                    # client SSLContext for an https:// server, or None
     cdef str server_hostname           # SNI and the name verified, with `ssl`
     cdef Py_ssize_t next_address       # new connections rotate over them
+    # HTTP/2 to this server (h2upstream.H2Upstream, set by the worker), or None: each
+    # request is a stream, its UpstreamConnection's transport; nothing is pooled here.
+    cdef public object h2
 
     def __init__(self, upstream, str host, int port, int weight, Core core not None):
         self.core = core
@@ -3515,7 +3567,7 @@ cdef class ServerPool:
         return None
 
     cdef int put(self, UpstreamConnection conn) except -1:
-        if len(self.idle) >= self.keepalive or self.core.closing:
+        if self.h2 is not None or len(self.idle) >= self.keepalive or self.core.closing:
             conn.close()
             return 0
         conn.deadline = monotonic() + self.idle_timeout
@@ -3560,6 +3612,8 @@ cdef class ServerPool:
 
     def close_idle(self):
         cdef UpstreamConnection conn
+        if self.h2 is not None:
+            self.h2.close_idle()
         while self.idle:
             conn = self.idle.pop()
             conn.close()
@@ -3627,7 +3681,9 @@ async def _connect(ServerPool pool, Exchange waiter):
     loop = pool.core.loop
     try:
         async with asyncio.timeout(pool.connect_timeout):
-            if pool.ssl is None:
+            if pool.h2 is not None:
+                conn = await pool.h2.open(lambda: UpstreamConnection(pool), pool.connect_host())
+            elif pool.ssl is None:
                 _, conn = await loop.create_connection(
                     lambda: UpstreamConnection(pool), pool.connect_host(), pool.port)
             else:

@@ -15,6 +15,7 @@ class Core:
     closing: bool
     router: Router | None
     analytics: Any  # fastproxy._tops.Analytics or None
+    grpc_local: Callable[[int, bytes], bytes] | None
     def __init__(self, config: Config, router: Router | None, access_log: Any, clock: Any,
                  local_response: Callable[..., bytes],
                  local_body_size: Callable[[int], int]) -> None: ...
@@ -86,6 +87,7 @@ class ServerPool:
     connects: int
     reuses: int
     addresses: tuple[str, ...]
+    h2: Any  # fastproxy.h2upstream.H2Upstream or None
     def __init__(self, upstream: Upstream, host: str, port: int, weight: int,
                  core: Core) -> None: ...
     def set_addresses(self, addresses: list[str] | tuple[str, ...]) -> None: ...

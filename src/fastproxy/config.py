@@ -396,6 +396,7 @@ class ServerAddress:
     max_conns: int = 0  # requests in flight per worker; 0 = no limit
     backup: bool = False  # used only while no primary server is usable
     tls: bool = False  # "https://host:port": TLS to this server (see Upstream.tls)
+    h2: bool = False  # "h2c://host:port": HTTP/2 with prior knowledge (Upstream.protocol too)
 
     @property
     def address(self) -> str:
@@ -419,6 +420,7 @@ class Upstream:
     queue: int = 100  # requests waiting per worker when every server is at max_conns
     queue_timeout: float = 10.0
     resolve_interval: float = 30.0  # servers named by host name are re-resolved this often
+    protocol: str = "http1"  # "h2": HTTP/2 to every server (see ServerAddress.h2)
     health_check: HealthCheck | None = None
     eject: Ejection = field(default_factory=lambda: Ejection())
     retry: RetryPolicy = field(default_factory=lambda: RetryPolicy())
@@ -1096,6 +1098,14 @@ UPSTREAM_FIELDS: Final = (
         "duration > 0",
         "servers named by host name are resolved again this often (in every worker)",
         _duration(),
+    ),
+    FieldSpec(
+        "protocol",
+        "http1",
+        '"http1" | "h2"',
+        "what the proxy speaks to the servers: HTTP/1.1, or HTTP/2 (https:// servers with"
+        ' ALPN "h2", the others cleartext with prior knowledge, as h2c:// servers always do)',
+        _choice("http1", "h2"),
     ),
 )
 
@@ -1867,19 +1877,22 @@ _MAX_PEM_BYTES: Final = 16 * 1024**2  # a PEM file bigger than this is a mistake
 _PEM_CERTIFICATE: Final = "-----BEGIN CERTIFICATE-----"
 # PKCS#8 ("PRIVATE KEY", "ENCRYPTED PRIVATE KEY") and the legacy RSA/EC/DSA forms.
 _PEM_KEY_RE: Final = re.compile(r"-----BEGIN (ENCRYPTED )?(?:RSA |EC |DSA )?PRIVATE KEY-----")
-_SERVER_SCHEMES: Final = {"http://": (False, 80), "https://": (True, 443)}
+_SERVER_SCHEMES: Final = {"http://": (False, 80), "https://": (True, 443),
+                           "h2c://": (False, 80)}
 
 
 def _parse_server_address(value: object) -> tuple[str, int, bool]:
     """"host:port", "[v6]:port", or with a scheme "http://host[:port]" /
-    "https://host[:port]" (default port 80 / 443): (host, port, tls)."""
+    "https://host[:port]" / "h2c://host[:port]" (default port 80 / 443 / 80):
+    (host, port, tls); the caller tells h2c:// by its prefix."""
     if not isinstance(value, str):
         raise ValueError(f'expected a string like "127.0.0.1:9000", found {_describe(value)}')
     text, tls, default_port = value, False, None
     scheme, sep, rest = value.partition("://")
     if sep:
         if scheme.lower() + sep not in _SERVER_SCHEMES:
-            raise ValueError(f'unsupported scheme {scheme + sep!r} (use "http://" or "https://")'
+            raise ValueError(f'unsupported scheme {scheme + sep!r} (use "http://", "https://"'
+                             ' or "h2c://")'
                              f" in {value!r}")
         tls, default_port = _SERVER_SCHEMES[scheme.lower() + sep]
         text = rest.removesuffix("/")
@@ -2739,6 +2752,7 @@ class _Checker(KeyChecker):
             if not _valid(parsed, *options.values()):
                 continue
             host, port, tls = parsed
+            h2 = isinstance(address, str) and address[:6].lower() == "h2c://"
             if (host, port) in seen:
                 first, first_tls = seen[(host, port)]
                 hint = ("use weight instead" if tls == first_tls
@@ -2747,7 +2761,7 @@ class _Checker(KeyChecker):
                            f"duplicate server {address!r} (already {path}[{first}]; {hint})")
                 continue
             seen[(host, port)] = (i, tls)
-            result.append(ServerAddress(host, port, tls=tls, **options))
+            result.append(ServerAddress(host, port, tls=tls, h2=h2, **options))
         return result
 
     def health_check(self, raw: object, path: str) -> HealthCheck | None:

@@ -85,6 +85,77 @@ async def _probe(host: str, port: int, check: HealthCheck) -> tuple[bool, str]:
         writer.close()
 
 
+async def probe_h2(host: str, port: int, check: HealthCheck) -> tuple[bool, str]:
+    """probe() for an h2c server: the same request as one HTTP/2 stream (prior
+    knowledge), within check.timeout."""
+    try:
+        async with asyncio.timeout(check.timeout):
+            return await _probe_h2(host, port, check)
+    except TimeoutError:
+        return False, f"timed out after {check.timeout:g}s"
+
+
+async def _probe_h2(host: str, port: int, check: HealthCheck) -> tuple[bool, str]:
+    from h2.config import H2Configuration
+    from h2.connection import H2Connection
+    from h2.events import (
+        ConnectionTerminated,
+        DataReceived,
+        ResponseReceived,
+        StreamEnded,
+        StreamReset,
+    )
+    from h2.exceptions import H2Error
+
+    try:
+        reader, writer = await asyncio.open_connection(host, port)
+    except ConnectionRefusedError:
+        return False, "connect refused"
+    except socket.gaierror as e:
+        return False, f"cannot resolve {host}: {e.strerror}"
+    except OSError as e:
+        return False, f"connect failed: {e.strerror or e}"
+    conn = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    authority = check.host or (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    status = 0
+    body = b""
+    try:
+        conn.initiate_connection()
+        conn.send_headers(1, [(b":method", check.method.encode()), (b":scheme", b"http"),
+                              (b":authority", authority.encode("latin-1")),
+                              (b":path", check.path.encode("latin-1")),
+                              (b"user-agent", USER_AGENT.encode())], end_stream=True)
+        writer.write(conn.data_to_send())
+        done = False
+        while not done:
+            data = await reader.read(65536)
+            if not data:
+                return False, "connection closed before the response"
+            for event in conn.receive_data(data):
+                if isinstance(event, ResponseReceived):
+                    status = int(dict(event.headers)[b":status"])
+                elif isinstance(event, DataReceived):
+                    conn.acknowledge_received_data(event.flow_controlled_length, 1)
+                    if len(body) < BODY_LIMIT:
+                        body += event.data[:BODY_LIMIT - len(body)]
+                elif isinstance(event, StreamEnded):
+                    done = True
+                elif isinstance(event, StreamReset | ConnectionTerminated):
+                    return False, "the server reset the stream"
+            writer.write(conn.data_to_send())
+    except (H2Error, KeyError, ValueError) as e:
+        return False, f"malformed HTTP/2 response: {e}"
+    except OSError as e:
+        return False, f"connection failed: {e.strerror or e}"
+    finally:
+        writer.close()
+    if not any(lo <= status <= hi for lo, hi in check.status):
+        return False, f"status {status} not in {_ranges(check.status)}"
+    if check.body is not None and check.body.encode() not in body:
+        return False, f"body does not contain {check.body!r}"
+    return True, "ok"
+
+
 def _request(host: str, port: int, check: HealthCheck) -> bytes:
     authority = check.host or (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     return (f"{check.method} {check.path} HTTP/1.1\r\nHost: {authority}\r\n"
@@ -177,6 +248,7 @@ class Target:
     offset: float  # seconds from the start to the first probe
     passes: int = 0
     failures: int = 0
+    h2: bool = False  # probed over h2c (an h2c:// server, or protocol = "h2" without TLS)
 
     def __str__(self) -> str:
         return f"upstream {self.upstream}: server {self.server.address}"
@@ -195,7 +267,8 @@ class HealthChecker:
             if check is None:
                 continue
             n = len(upstream.servers)
-            self.targets += [Target(name, server, first[name] + j, check, j * check.interval / n)
+            self.targets += [Target(name, server, first[name] + j, check, j * check.interval / n,
+                                    h2=server.h2 or (upstream.protocol == "h2" and not server.tls))
                              for j, server in enumerate(upstream.servers)]
 
     def run(self) -> int:
@@ -234,7 +307,8 @@ class HealthChecker:
     async def check(self, target: Target) -> None:
         """Probe once and record the result."""
         try:
-            passed, reason = await probe(target.server.host, target.server.port, target.check)
+            prober = probe_h2 if target.h2 else probe
+            passed, reason = await prober(target.server.host, target.server.port, target.check)
         except Exception as e:  # a bug in a probe must not stop the checks
             log.exception("%s: probe failed", target)
             passed, reason = False, f"probe error: {e!r}"
