@@ -22,7 +22,7 @@ import pytest
 import trustme
 from h2.config import H2Configuration
 from h2.connection import H2Connection
-from h2.events import DataReceived, RequestReceived, StreamEnded, TrailersReceived
+from h2.events import DataReceived, RequestReceived, StreamEnded, TrailersReceived, WindowUpdated
 
 from servers import Origin, ProxyProcess, Received, Reply
 
@@ -42,6 +42,8 @@ class Service:
         self.barrier: threading.Barrier | None = None
         self.metadata: list[dict[str, str]] = []
         self.lock = threading.Lock()
+        self.still_active: list[bool] = []
+        self.cancelled = threading.Event()
 
     def _seen(self, context: grpc.ServicerContext) -> None:
         with self.lock:
@@ -83,6 +85,23 @@ class Service:
         self.barrier.wait(15)
         return request
 
+    def slow(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        """Answers after 3 s; records whether the call was still wanted then."""
+        self._seen(context)
+        time.sleep(3)
+        self.still_active.append(context.is_active())
+        return request
+
+    def hold(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        """Sends one message, then waits (up to 10 s) for the call to be cancelled."""
+        self._seen(context)
+        yield b"first"
+        deadline = time.monotonic() + 10
+        while context.is_active() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not context.is_active():
+            self.cancelled.set()
+
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler("test.Echo", {
             "Unary": grpc.unary_unary_rpc_method_handler(self.unary),
@@ -91,6 +110,8 @@ class Service:
             "Collect": grpc.stream_unary_rpc_method_handler(self.collect),
             "Chat": grpc.stream_stream_rpc_method_handler(self.chat),
             "Wait": grpc.unary_unary_rpc_method_handler(self.wait),
+            "Slow": grpc.unary_unary_rpc_method_handler(self.slow),
+            "Hold": grpc.unary_stream_rpc_method_handler(self.hold),
         })
 
 
@@ -343,6 +364,53 @@ def test_many_calls_share_few_connections(h2c_proxy: ProxyProcess,
     assert len(set(grpc_server.service.peers)) == 1, set(grpc_server.service.peers)
 
 
+def test_client_that_goes_away_resets_its_stream(h2c_proxy: ProxyProcess,
+                                                  grpc_server: GrpcServer) -> None:
+    call = Call(h2c_proxy.port, "Hold")
+    call.send(b"")
+    call.end()
+    assert call.head() == 200
+    first = call.chunk()
+    assert first is not None and unframe(first) == [b"first"]
+    # Cut (RST): a FIN alone is a half-close, after which a client still gets its
+    # answer. The server learns it through RST_STREAM from the proxy.
+    call.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    call.close()
+    assert grpc_server.service.cancelled.wait(10)
+    # The session goes on serving other calls.
+    assert unary(h2c_proxy.port, "Unary", b"after").body == [b"echo:after"]  # type: ignore[attr-defined]
+    assert len(set(grpc_server.service.peers)) == 1
+
+
+def test_read_timeout_is_per_stream(grpc_server: GrpcServer, make_proxy: ProxyFactory) -> None:
+    """No response head within read_timeout: DEADLINE_EXCEEDED for the client, and
+    the stream is reset (the server sees the call cancelled); the connection stays."""
+    proxy = make_proxy({"grpc": [f"h2c://127.0.0.1:{grpc_server.port}"]},
+                       upstream_extra='read_timeout = "1s"\nretry = { retries = 0 }')
+    call = unary(proxy.port, "Slow", b"x")
+    assert call.status == 200
+    assert call.headers["grpc-status"] == "4"
+    deadline = time.monotonic() + 10
+    while not grpc_server.service.still_active and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert grpc_server.service.still_active == [False]
+    assert unary(proxy.port, "Unary", b"again").body == [b"echo:again"]  # type: ignore[attr-defined]
+    assert len(set(grpc_server.service.peers)) == 1
+
+
+def test_connect_failure_goes_to_the_next_server(grpc_server: GrpcServer,
+                                                 make_proxy: ProxyFactory) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    proxy = make_proxy({"grpc": [f"h2c://127.0.0.1:{dead}",
+                                 f"h2c://127.0.0.1:{grpc_server.port}"]})
+    for i in range(4):
+        call = unary(proxy.port, "Unary", b"%d" % i)
+        assert call.body == [b"echo:%d" % i]  # type: ignore[attr-defined]
+        assert call.trailers["grpc-status"] == "0"
+
+
 # -- gRPC status on the proxy's own answers ---------------------------------------------
 
 def test_upstream_down_is_unavailable(make_proxy: ProxyFactory) -> None:
@@ -464,6 +532,8 @@ class H2Origin:
         self.requests: list[dict[bytes, bytes]] = []
         self.trailers: list[dict[bytes, bytes]] = []
         self.connections = 0
+        self.big_size = 64 * 1024 * 1024
+        self.big_sent = 0
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
         self.port = 0
@@ -495,6 +565,7 @@ class _H2OriginProtocol(asyncio.Protocol):
         self.conn = H2Connection(H2Configuration(client_side=False, header_encoding=None))
         self.bodies: dict[int, bytes] = {}
         self.heads: dict[int, dict[bytes, bytes]] = {}
+        self.big: tuple[int, int] | None = None
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -513,14 +584,41 @@ class _H2OriginProtocol(asyncio.Protocol):
                 self.bodies[event.stream_id] += event.data
                 self.conn.acknowledge_received_data(event.flow_controlled_length,
                                                     event.stream_id)
+            elif isinstance(event, WindowUpdated):
+                self.send_big()
             elif isinstance(event, TrailersReceived):
                 self.origin.trailers.append(dict(event.headers))
             elif isinstance(event, StreamEnded):
                 self.answer(event.stream_id)
         self.transport.write(self.conn.data_to_send())
 
+    def send_big(self) -> None:
+        """Sends what the proxy's windows allow of the big body (the rest on
+        WINDOW_UPDATE), counting it in origin.big_sent."""
+        if self.big is None:
+            return
+        sid, left = self.big
+        while left:
+            n = min(left, self.conn.local_flow_control_window(sid),
+                    self.conn.max_outbound_frame_size)
+            if n <= 0:
+                break
+            self.conn.send_data(sid, b"b" * n)
+            left -= n
+            self.origin.big_sent += n
+        if not left:
+            self.conn.end_stream(sid)
+            self.big = None
+        else:
+            self.big = (sid, left)
+
     def answer(self, sid: int) -> None:
         head = self.heads[sid]
+        if head[b":path"] == b"/big":
+            self.conn.send_headers(sid, [(b":status", b"200")])
+            self.big = (sid, self.origin.big_size)
+            self.send_big()
+            return
         if head[b":method"] == b"GET":
             body = b"h2 says " + head[b":path"]
             self.conn.send_headers(sid, [(b":status", b"200"), (b"content-type", b"text/plain"),
@@ -582,6 +680,55 @@ def test_plain_http_to_an_h2c_server(h2_origin: H2Origin, make_proxy: ProxyFacto
     assert head[b"te"] == b"trailers"
     assert b"connection" not in head and b"host" not in head
     assert h2_origin.connections == 1  # both requests on one HTTP/2 connection
+
+
+def test_slow_client_holds_back_its_stream(h2_origin: H2Origin,
+                                           make_proxy: ProxyFactory) -> None:
+    """A client that does not read: the proxy stops opening the stream's window, so
+    the server stops within the socket buffers and one window, not at 64 MiB; once
+    the client reads, the whole body comes through."""
+    proxy = make_proxy({"app": [f"h2c://127.0.0.1:{h2_origin.port}"]})
+    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    with sock:
+        sock.sendall(b"GET /big HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        # The server sends as long as windows let it; wait until that stops.
+        last, stable_since = -1, time.monotonic()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            sent = h2_origin.big_sent
+            if sent != last:
+                last, stable_since = sent, time.monotonic()
+            elif time.monotonic() - stable_since > 1.0:
+                break
+            time.sleep(0.05)
+        assert 0 < h2_origin.big_sent < 32 * 1024 * 1024, h2_origin.big_sent
+        # Now read everything: chunked, 64 MiB of b"b".
+        total = 0
+        data = b""
+        while True:
+            chunk = sock.recv(1 << 20)
+            assert chunk
+            data += chunk
+            if b"\r\n\r\n" in data:
+                break
+        head, _, rest = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK")
+        buf = rest
+        while True:
+            while b"\r\n" not in buf:
+                buf += sock.recv(1 << 20)
+            line, _, buf = buf.partition(b"\r\n")
+            size = int(line, 16)
+            while len(buf) < size + 2:
+                more = sock.recv(1 << 20)
+                assert more
+                buf += more
+            if size == 0:
+                break
+            total += size
+            buf = buf[size + 2:]
+    assert total == h2_origin.big_size == h2_origin.big_sent
 
 
 # -- trailers through the HTTP/1.1 path ---------------------------------------------------
