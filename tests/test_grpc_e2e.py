@@ -116,14 +116,14 @@ class Service:
 
 
 class GrpcServer:
-    def __init__(self, credentials: grpc.ServerCredentials | None = None) -> None:
+    def __init__(self, credentials: grpc.ServerCredentials | None = None, port: int = 0) -> None:
         self.service = Service()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=40))
         self.server.add_generic_rpc_handlers((self.service.handler(),))
         if credentials is None:
-            self.port = self.server.add_insecure_port("127.0.0.1:0")
+            self.port = self.server.add_insecure_port(f"127.0.0.1:{port}")
         else:
-            self.port = self.server.add_secure_port("127.0.0.1:0", credentials)
+            self.port = self.server.add_secure_port(f"127.0.0.1:{port}", credentials)
         self.server.start()
 
     def stop(self) -> None:
@@ -411,6 +411,67 @@ def test_connect_failure_goes_to_the_next_server(grpc_server: GrpcServer,
         assert call.trailers["grpc-status"] == "0"
 
 
+def test_a_new_session_after_the_server_restarts(make_proxy: ProxyFactory) -> None:
+    server = GrpcServer()
+    port = server.port
+    try:
+        proxy = make_proxy({"grpc": [f"h2c://127.0.0.1:{port}"]},
+                           upstream_extra="eject = { failures = 0 }")
+        assert unary(proxy.port, "Unary", b"1").body == [b"echo:1"]  # type: ignore[attr-defined]
+    finally:
+        server.stop()  # the proxy's HTTP/2 connection is closed under it
+    server = GrpcServer(port=port)
+    try:
+        call = unary(proxy.port, "Unary", b"2")
+        assert call.body == [b"echo:2"]  # type: ignore[attr-defined]
+        assert call.trailers["grpc-status"] == "0"
+    finally:
+        server.stop()
+
+
+def test_a_server_that_is_not_http2_is_a_connect_failure(make_proxy: ProxyFactory) -> None:
+    """An h2c:// address where an HTTP/1.1 server listens: its answer to the
+    preface is not HTTP/2, the connect fails (logged), the client gets
+    UNAVAILABLE."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                try:
+                    conn.recv(1024)
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n"
+                                 b"Connection: close\r\n\r\n")
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        proxy = make_proxy({"grpc": [f"h2c://127.0.0.1:{port}"]})
+        call = unary(proxy.port, "Unary", b"x")
+        assert call.status == 200
+        assert call.headers["grpc-status"] == "14"
+        deadline = time.monotonic() + 5
+        while "HTTP/2" not in proxy.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "connect failed: the server answered in HTTP/1.x: not an HTTP/2 server" \
+            in proxy.log()
+        assert "Traceback" not in proxy.log()
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
 # -- gRPC status on the proxy's own answers ---------------------------------------------
 
 def test_upstream_down_is_unavailable(make_proxy: ProxyFactory) -> None:
@@ -534,6 +595,9 @@ class H2Origin:
         self.connections = 0
         self.big_size = 64 * 1024 * 1024
         self.big_sent = 0
+        self.received = 0  # request body bytes
+        self.hold_acks = False  # do not open the proxy's window (a server that stalls)
+        self.protocols: list[_H2OriginProtocol] = []
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
         self.port = 0
@@ -553,6 +617,14 @@ class H2Origin:
         self.thread.start()
         assert ready.wait(10)
 
+    def release(self) -> None:
+        """Acknowledge what was held, and everything from now on."""
+        def go() -> None:
+            self.hold_acks = False
+            for protocol in self.protocols:
+                protocol.ack_all()
+        self.loop.call_soon_threadsafe(go)
+
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.server.close)
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -563,9 +635,17 @@ class _H2OriginProtocol(asyncio.Protocol):
     def __init__(self, origin: H2Origin) -> None:
         self.origin = origin
         self.conn = H2Connection(H2Configuration(client_side=False, header_encoding=None))
-        self.bodies: dict[int, bytes] = {}
+        self.bodies: dict[int, bytearray] = {}
         self.heads: dict[int, dict[bytes, bytes]] = {}
         self.big: tuple[int, int] | None = None
+        self.unacked: list[tuple[int, int]] = []
+        origin.protocols.append(self)
+
+    def ack_all(self) -> None:
+        for flow, sid in self.unacked:
+            self.conn.acknowledge_received_data(flow, sid)
+        self.unacked = []
+        self.transport.write(self.conn.data_to_send())
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -578,12 +658,16 @@ class _H2OriginProtocol(asyncio.Protocol):
             if isinstance(event, RequestReceived):
                 head = dict(event.headers)
                 self.heads[event.stream_id] = head
-                self.bodies[event.stream_id] = b""
+                self.bodies[event.stream_id] = bytearray()
                 self.origin.requests.append(head)
             elif isinstance(event, DataReceived):
                 self.bodies[event.stream_id] += event.data
-                self.conn.acknowledge_received_data(event.flow_controlled_length,
-                                                    event.stream_id)
+                self.origin.received += len(event.data)
+                if self.origin.hold_acks:
+                    self.unacked.append((event.flow_controlled_length, event.stream_id))
+                else:
+                    self.conn.acknowledge_received_data(event.flow_controlled_length,
+                                                        event.stream_id)
             elif isinstance(event, WindowUpdated):
                 self.send_big()
             elif isinstance(event, TrailersReceived):
@@ -627,7 +711,8 @@ class _H2OriginProtocol(asyncio.Protocol):
         else:
             self.conn.send_headers(sid, [(b":status", b"201"), (b"x-len",
                                                                 str(len(self.bodies[sid])).encode())])
-            body = self.bodies[sid]  # within the proxy's window (256 KiB), in frames
+            # Echoed when it fits the proxy's window (256 KiB), in frames.
+            body = bytes(self.bodies[sid]) if len(self.bodies[sid]) <= 200_000 else b""
             for i in range(0, len(body), 16384):
                 self.conn.send_data(sid, body[i:i + 16384])
             self.conn.end_stream(sid)
@@ -729,6 +814,56 @@ def test_slow_client_holds_back_its_stream(h2_origin: H2Origin,
             total += size
             buf = buf[size + 2:]
     assert total == h2_origin.big_size == h2_origin.big_sent
+
+
+def test_server_that_stalls_holds_the_uploading_client(h2_origin: H2Origin,
+                                                       make_proxy: ProxyFactory) -> None:
+    """The server does not open its window: the proxy sends one window, keeps at
+    most a little more, and stops reading the client; the client's upload stalls
+    far before 64 MiB. Once the server reads, the whole body arrives."""
+    h2_origin.hold_acks = True
+    proxy = make_proxy({"app": [f"h2c://127.0.0.1:{h2_origin.port}"]},
+                       upstream_extra='send_timeout = "30s"')
+    size = 64 * 1024 * 1024
+    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=30)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+    sent = [0]
+    failed: list[BaseException] = []
+
+    def upload() -> None:
+        try:
+            sock.sendall(b"POST /up HTTP/1.1\r\nHost: app.test\r\nContent-Length: %d\r\n\r\n"
+                         % size)
+            piece = b"u" * 65536
+            while sent[0] < size:
+                sock.sendall(piece)
+                sent[0] += len(piece)
+        except BaseException as exc:  # reported below
+            failed.append(exc)
+
+    thread = threading.Thread(target=upload, daemon=True)
+    with sock:
+        thread.start()
+        last, stable_since = -1, time.monotonic()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if sent[0] != last:
+                last, stable_since = sent[0], time.monotonic()
+            elif time.monotonic() - stable_since > 1.0:
+                break
+            time.sleep(0.05)
+        assert h2_origin.received <= 65535  # the server's initial window, not more
+        assert sent[0] < 32 * 1024 * 1024, sent[0]  # the client is held back
+        h2_origin.release()
+        thread.join(30)
+        assert not failed and sent[0] == size
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 201 Created\r\n")
+    assert b"\r\nx-len: %d\r\n" % size in data.lower()
 
 
 # -- trailers through the HTTP/1.1 path ---------------------------------------------------

@@ -470,6 +470,12 @@ class H2Session(asyncio.Protocol):
         self.flush()
 
     def data_received(self, data: bytes) -> None:
+        if not self.ready.done() and data[:5] == b"HTTP/":
+            # An HTTP/1.x server answering our preface (h2 would wait for a "frame"
+            # as long as the ASCII of its status line says).
+            self.lost(ConnectionError("the server answered in HTTP/1.x: not an HTTP/2 server"))
+            self.transport.abort()
+            return
         try:
             events = self.h2.receive_data(data)
         except H2Error as exc:
@@ -613,7 +619,7 @@ class H2Session(asyncio.Protocol):
             self.ready.set_exception(
                 exc if isinstance(exc, OSError) else ConnectionError(
                     f"HTTP/2 connection failed: {exc}" if exc
-                    else "closed during the HTTP/2 preface"))
+                    else "the server closed the connection before its HTTP/2 SETTINGS"))
         for stream in list(self.streams.values()):
             stream.on_reset(None, f"connection to the server lost{f': {exc}' if exc else ''}")
 
