@@ -23,6 +23,7 @@ import trustme
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import DataReceived, RequestReceived, StreamEnded, TrailersReceived, WindowUpdated
+from h2.settings import SettingCodes, Settings
 
 from servers import Origin, ProxyProcess, Received, Reply
 
@@ -597,6 +598,7 @@ class H2Origin:
         self.big_sent = 0
         self.received = 0  # request body bytes
         self.hold_acks = False  # do not open the proxy's window (a server that stalls)
+        self.max_streams = 0  # SETTINGS_MAX_CONCURRENT_STREAMS (0: h2's default)
         self.protocols: list[_H2OriginProtocol] = []
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
@@ -650,6 +652,10 @@ class _H2OriginProtocol(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         self.origin.connections += 1
+        if self.origin.max_streams:
+            self.conn.local_settings = Settings(
+                client=False, initial_values={SettingCodes.MAX_CONCURRENT_STREAMS:
+                                              self.origin.max_streams})
         self.conn.initiate_connection()
         transport.write(self.conn.data_to_send())
 
@@ -696,8 +702,16 @@ class _H2OriginProtocol(asyncio.Protocol):
         else:
             self.big = (sid, left)
 
+    def answer_later(self, sid: int) -> None:
+        self.conn.send_headers(sid, [(b":status", b"200"), (b"content-length", b"4")])
+        self.conn.send_data(sid, b"slow", end_stream=True)
+        self.transport.write(self.conn.data_to_send())
+
     def answer(self, sid: int) -> None:
         head = self.heads[sid]
+        if head[b":path"] == b"/slow":  # answered 0.5 s later
+            asyncio.get_running_loop().call_later(0.5, self.answer_later, sid)
+            return
         if head[b":path"] == b"/big":
             self.conn.send_headers(sid, [(b":status", b"200")])
             self.big = (sid, self.origin.big_size)
@@ -864,6 +878,33 @@ def test_server_that_stalls_holds_the_uploading_client(h2_origin: H2Origin,
             data += chunk
     assert data.startswith(b"HTTP/1.1 201 Created\r\n")
     assert b"\r\nx-len: %d\r\n" % size in data.lower()
+
+
+def test_a_second_connection_at_the_stream_limit(h2_origin: H2Origin,
+                                                  make_proxy: ProxyFactory) -> None:
+    """The server allows 2 streams per connection: 5 requests at once take 3."""
+    h2_origin.max_streams = 2
+    proxy = make_proxy({"app": [f"h2c://127.0.0.1:{h2_origin.port}"]})
+    bodies: list[bytes] = []
+
+    def one() -> None:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+            sock.sendall(b"GET /slow HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            data = b""
+            while not data.endswith(b"slow"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            bodies.append(data)
+
+    threads = [threading.Thread(target=one) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert len(bodies) == 5 and all(b.startswith(b"HTTP/1.1 200 OK") for b in bodies), bodies
+    assert h2_origin.connections == 3
 
 
 # -- trailers through the HTTP/1.1 path ---------------------------------------------------

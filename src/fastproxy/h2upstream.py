@@ -115,10 +115,13 @@ class H2Stream:
         self._buf += data
         try:
             self._parse()
-        except ValueError as exc:  # a bug on our side, never the client's bytes
-            log.error("upstream %s: cannot send the request over HTTP/2: %s",
-                      self.session.upstream.label, exc)
-            self.abort()
+        except (ValueError, H2Error) as exc:
+            # Our own bytes that do not parse (a bug), or a request h2 refuses to send
+            # (a field HTTP/2 forbids, the server's stream limit): this try fails as a
+            # reset before the response would.
+            log.warning("upstream %s: cannot send the request over HTTP/2: %s",
+                        self.session.upstream.label, exc or type(exc).__name__)
+            self.on_reset(None, f"request not sent over HTTP/2: {exc}")
             return
         self.session.flush()
 
