@@ -3585,7 +3585,15 @@ cdef class ServerPool:
 
     cdef int connect(self, Exchange waiter) except -1:
         """Open a new connection and report to `waiter` (no coroutine when pooled)."""
+        cdef UpstreamConnection conn
         self.connects += 1
+        if self.h2 is not None:
+            # A stream on an HTTP/2 connection that is up and has room: at once.
+            conn = self.h2.take(partial(UpstreamConnection, self))
+            if conn is not None:
+                self.core.upstream_conns.add(conn)
+                waiter.connected(conn)
+                return 0
         self.core.loop.create_task(_connect(self, waiter))
         return 0
 

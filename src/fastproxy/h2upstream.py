@@ -107,6 +107,8 @@ class H2Stream:
         self._reading_paused = False
         self._inbox: list[tuple[bytes, int]] = []
         self._delivering = False
+        self._batch: list[bytes] = []  # see _push
+        self._batch_flow = 0
 
     # -- the transport the UpstreamConnection writes to ---------------------------
     def write(self, data: bytes) -> None:
@@ -123,7 +125,7 @@ class H2Stream:
                         self.session.upstream.label, exc or type(exc).__name__)
             self.on_reset(None, f"request not sent over HTTP/2: {exc}")
             return
-        self.session.flush()
+        self.session.flush_soon()
 
     def writelines(self, parts: Any) -> None:
         self.write(b"".join(parts))
@@ -416,7 +418,28 @@ class H2Stream:
         if self._reading_paused or self._inbox or self._delivering:
             self._inbox.append((data, flow))
             return
+        session = self.session
+        if session.reading:
+            # Within one read of the session: what this stream got is handed over
+            # once, joined, after the read (one parse, one write to the client).
+            if not self._batch:
+                session.touched.append(self)
+            self._batch.append(data)
+            self._batch_flow += flow
+            return
         self._give(data, flow)
+
+    def deliver_batch(self) -> None:
+        data = self._batch[0] if len(self._batch) == 1 else b"".join(self._batch)
+        flow = self._batch_flow
+        self._batch = []
+        self._batch_flow = 0
+        if self.closed:
+            return
+        if self._reading_paused or self._inbox:
+            self._inbox.append((data, flow))
+        else:
+            self._give(data, flow)
 
     def _give(self, data: bytes, flow: int) -> None:
         if self.closed:
@@ -433,7 +456,7 @@ class H2Stream:
         while self._inbox and not self._reading_paused and not self.closed:
             data, flow = self._inbox.pop(0)
             self._give(data, flow)
-        self.session.flush()
+        self.session.flush_soon()
 
 
 class H2Session(asyncio.Protocol):
@@ -451,6 +474,9 @@ class H2Session(asyncio.Protocol):
         self.write_paused = False
         self.closed = False
         self.goaway = False
+        self.reading = False  # inside data_received: streams batch, one flush at the end
+        self._flush_due = False
+        self.touched: list[H2Stream] = []
         self._idle: asyncio.TimerHandle | None = None
 
     @property
@@ -487,6 +513,20 @@ class H2Session(asyncio.Protocol):
             self.lost(exc)
             self.transport.close()
             return
+        self.reading = True
+        try:
+            self._dispatch(events)
+        finally:
+            self.reading = False
+        touched = self.touched
+        self.touched = []
+        for stream in touched:
+            stream.deliver_batch()
+        self.flush_soon()
+        if self.goaway and not self.streams:
+            self.close()
+
+    def _dispatch(self, events: list[Any]) -> None:
         for event in events:
             stream = self.streams.get(getattr(event, "stream_id", 0) or 0)
             if isinstance(event, ResponseReceived):
@@ -528,9 +568,6 @@ class H2Session(asyncio.Protocol):
                     self.ready.set_exception(ConnectionError(
                         f"the server refused the HTTP/2 connection (GOAWAY "
                         f"{event.error_code})"))
-        self.flush()
-        if self.goaway and not self.streams:
-            self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost(exc)
@@ -562,7 +599,7 @@ class H2Session(asyncio.Protocol):
             self.streams.pop(stream.stream_id, None)
         else:
             self.reserved -= 1  # closed before its head was sent
-        self.flush()
+        self.flush_soon()
         if not self.streams and not self.reserved:
             if self.goaway or self.upstream.closing:
                 self.close()
@@ -581,19 +618,31 @@ class H2Session(asyncio.Protocol):
             self.h2.acknowledge_received_data(flow, sid)
         except H2Error:
             pass
-        self.flush()
+        if not self.reading:
+            self.flush_soon()
 
     def reset(self, sid: int, code: int) -> None:
         try:
             self.h2.reset_stream(sid, code)
         except H2Error:
             pass  # closed already
-        self.flush()
+        self.flush_soon()
 
     def flush(self) -> None:
+        """Send now what h2 has for the socket (see `flush_soon`)."""
+        self._flush_due = False
         data = self.h2.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
+
+    def flush_soon(self) -> None:
+        """Send what h2 has once this loop iteration's callbacks ran: a request's
+        HEADERS and DATA (written separately by the exchange), and the frames of
+        the streams handled in one iteration, leave in one write (each write to a
+        socket costs a system call, and on loopback the receiver's work too)."""
+        if not self._flush_due:
+            self._flush_due = True
+            self.loop.call_soon(self.flush)
 
     def close(self) -> None:
         if self._idle is not None:
@@ -652,16 +701,24 @@ class H2Upstream:
         loop: asyncio.AbstractEventLoop = self.core.loop
         return loop
 
+    def take(self, factory: Callable[[], Any]) -> Any:
+        """A new UpstreamConnection on a stream of a session with room, or None
+        (then `open`): no task and no wait when a session is up."""
+        for session in self.sessions:
+            if session.has_room():
+                session.reserve()
+                protocol = factory()
+                protocol.connection_made(H2Stream(session, protocol))
+                return protocol
+        return None
+
     async def open(self, factory: Callable[[], Any], host: str) -> Any:
         """A new UpstreamConnection (from `factory`) on a stream of a session with
         room, opening a session to `host` (the address to connect to) if none has."""
         for _ in range(4):
-            for session in self.sessions:
-                if session.has_room():
-                    session.reserve()
-                    protocol = factory()
-                    protocol.connection_made(H2Stream(session, protocol))
-                    return protocol
+            protocol = self.take(factory)
+            if protocol is not None:
+                return protocol
             if self.connecting is None:
                 self.connecting = self.loop.create_future()
                 task = self.loop.create_task(self._connect(host))
