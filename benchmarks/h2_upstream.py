@@ -208,7 +208,8 @@ def main() -> int:
                         b"Content-Type: application/grpc\r\nTE: trailers\r\n"
                         b"Content-Length: %d\r\n\r\n" % len(framed) + framed)
         h1_request = (b"POST /echo HTTP/1.1\r\nHost: b\r\n"
-                      b"Content-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n" % len(framed) + framed)
+                      b"Content-Type: application/octet-stream\r\n"
+                      b"Content-Length: %d\r\n\r\n" % len(framed) + framed)
 
         def grpc_ok(status: int, body: bytes, trailers: dict[bytes, bytes]) -> None:
             assert status == 200 and body == framed and trailers[b"grpc-status"] == b"0"
