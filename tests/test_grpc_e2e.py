@@ -44,6 +44,7 @@ class Service:
         self.metadata: list[dict[str, str]] = []
         self.lock = threading.Lock()
         self.still_active: list[bool] = []
+        self.serving = True
         self.cancelled = threading.Event()
 
     def _seen(self, context: grpc.ServicerContext) -> None:
@@ -103,6 +104,17 @@ class Service:
         if not context.is_active():
             self.cancelled.set()
 
+    def health(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        """grpc.health.v1.Health/Check, protobuf by hand: field 1 is the service."""
+        service = request[2:2 + request[1]].decode() if request else ""
+        if service not in ("", "test.Echo"):
+            context.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
+        return b"\x08\x01" if self.serving else b"\x08\x02"
+
+    def health_handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler("grpc.health.v1.Health", {
+            "Check": grpc.unary_unary_rpc_method_handler(self.health)})
+
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler("test.Echo", {
             "Unary": grpc.unary_unary_rpc_method_handler(self.unary),
@@ -120,7 +132,8 @@ class GrpcServer:
     def __init__(self, credentials: grpc.ServerCredentials | None = None, port: int = 0) -> None:
         self.service = Service()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=40))
-        self.server.add_generic_rpc_handlers((self.service.handler(),))
+        self.server.add_generic_rpc_handlers((self.service.handler(),
+                                              self.service.health_handler()))
         if credentials is None:
             self.port = self.server.add_insecure_port(f"127.0.0.1:{port}")
         else:
@@ -536,8 +549,20 @@ def test_tls_upstream_with_alpn_h2(tmp_path: Path, make_proxy: ProxyFactory) -> 
         assert call.body == [b"echo:secure"]  # type: ignore[attr-defined]
         assert call.trailers["grpc-status"] == "0"
         assert call.trailers["x-trailer"] == "t1"
+        # The active health check speaks HTTP/2 over TLS to it too.
+        assert asyncio.run(h2_tls_probe(server.port, tmp_path / "ca.pem")) == (True, "ok")
     finally:
         server.stop()
+
+
+async def h2_tls_probe(port: int, ca: Path) -> tuple[bool, str]:
+    from fastproxy.config import HealthCheck, UpstreamTls
+    from fastproxy.health import probe_h2
+    from fastproxy.tls import client_context
+
+    context = client_context(UpstreamTls(ca=str(ca)), ("h2",))
+    return await probe_h2("127.0.0.1", port, HealthCheck(grpc_service=""), context,
+                          "127.0.0.1")
 
 
 def test_tls_upstream_without_h2_is_a_connect_failure(
@@ -578,6 +603,8 @@ def test_tls_upstream_without_h2_is_a_connect_failure(
         call = unary(proxy.port, "Unary", b"x")
         assert call.headers["grpc-status"] == "14"
         assert "did not agree to HTTP/2" in proxy.log()
+        assert asyncio.run(h2_tls_probe(port, tmp_path / "ca.pem")) == (
+            False, "the server did not agree to HTTP/2 (ALPN h2)")
     finally:
         stop.set()
         thread.join(5)
@@ -936,6 +963,64 @@ def test_http1_response_trailers_pass(make_origin: Callable[..., Origin],
 
 
 # -- active health checks over h2c ------------------------------------------------------
+
+def test_grpc_health_check(grpc_server: GrpcServer) -> None:
+    from fastproxy.config import HealthCheck
+    from fastproxy.health import probe_h2
+
+    def check(service: str) -> tuple[bool, str]:
+        return asyncio.run(probe_h2("127.0.0.1", grpc_server.port,
+                                    HealthCheck(grpc_service=service)))
+
+    assert check("") == (True, "ok")
+    assert check("test.Echo") == (True, "ok")
+    assert check("other.Svc") == (False, "grpc-status 5")
+    grpc_server.service.serving = False
+    assert check("test.Echo") == (False, "gRPC health status NOT_SERVING")
+
+
+def test_grpc_health_check_marks_a_server_down(grpc_server: GrpcServer,
+                                               make_proxy: ProxyFactory) -> None:
+    """Through the health checker process: NOT_SERVING takes the server out
+    (503 -> UNAVAILABLE for the client), SERVING brings it back."""
+    proxy = make_proxy({"grpc": [f"h2c://127.0.0.1:{grpc_server.port}"]},
+                       upstream_extra='health_check = { grpc_service = "test.Echo", '
+                                      'interval = "200ms", timeout = "150ms", rise = 1, '
+                                      "fall = 1 }")
+    assert unary(proxy.port, "Unary", b"1").trailers["grpc-status"] == "0"
+    grpc_server.service.serving = False
+    deadline = time.monotonic() + 10
+    status = None
+    while time.monotonic() < deadline:
+        status = unary(proxy.port, "Unary", b"x").grpc_status()
+        if status == "14":
+            break
+        time.sleep(0.1)
+    assert status == "14"
+    assert "is DOWN" in proxy.log() and "NOT_SERVING" in proxy.log()
+    grpc_server.service.serving = True
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        status = unary(proxy.port, "Unary", b"y").grpc_status()
+        if status == "0":
+            break
+        time.sleep(0.1)
+    assert status == "0"
+
+
+def test_grpc_health_check_needs_http2(tmp_path: Path) -> None:
+    from fastproxy.config import ConfigError, load_config
+
+    path = tmp_path / "c.toml"
+    path.write_text('[[listeners]]\naddress = "127.0.0.1:8080"\n'
+                    '[upstreams.a]\nservers = ["127.0.0.1:9000"]\n'
+                    'health_check = { grpc_service = "" }\n'
+                    '[[routes]]\nupstream = "a"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "upstreams.a.health_check.grpc_service" in str(info.value)
+    assert "needs HTTP/2 servers" in str(info.value)
+
 
 def test_health_probe_over_h2c(h2_origin: H2Origin) -> None:
     from fastproxy.config import HealthCheck

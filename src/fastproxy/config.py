@@ -452,6 +452,7 @@ class HealthCheck:
     body: str | None = None  # a substring the response body must contain
     rise: int = 2  # consecutive passes that bring a down server back
     fall: int = 3  # consecutive failures that take an up server down
+    grpc_service: str | None = None  # gRPC health protocol for this service (HTTP/2 only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1243,6 +1244,15 @@ def _health_body(value: object) -> str:
     return text
 
 
+def _grpc_service(value: object) -> str:
+    text = _string(value)
+    if len(text) > 127 or not text.isascii() or any(c.isspace() or not c.isprintable()
+                                                     for c in text):
+        raise ValueError(f'expected a gRPC service name like "helloworld.Greeter" (or ""),'
+                         f" found {text!r}")
+    return text
+
+
 def _retry_condition(value: object) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         raise ValueError(f'expected a string, found integer {value} (write "{value}")')
@@ -1295,6 +1305,15 @@ HEALTH_CHECK_FIELDS: Final = (
               _integer(1, 100)),
     FieldSpec("fall", 3, "integer 1..100", "consecutive failures that take a server down",
               _integer(1, 100)),
+    FieldSpec(
+        "grpc_service",
+        None,
+        "string",
+        "probe with the gRPC health protocol (grpc.health.v1.Health/Check) for this service"
+        ' name ("": the whole server); HTTP/2 servers only; path, method, status and body'
+        " are then not used",
+        _grpc_service,
+    ),
 )
 
 EJECT_FIELDS: Final = (
@@ -2653,6 +2672,11 @@ class _Checker(KeyChecker):
             if servers_ok and not any(server.tls for server in servers):
                 self.error(_key(path, "tls"), "only used with https:// servers"
                                               ' (write the addresses as "https://host:port")')
+        if (health_check is not None and health_check.grpc_service is not None and servers_ok
+                and values.get("protocol") != "h2" and not all(s.h2 for s in servers)):
+            self.error(_key(_key(path, "health_check"), "grpc_service"),
+                       'a gRPC health check needs HTTP/2 servers: h2c:// addresses or'
+                       ' protocol = "h2"')
         if len(self.issues) != errors_before or eject is None or retry is None or tls is None:
             return None
         self.upstream_warnings(table, path, values, servers)
