@@ -532,6 +532,34 @@ def test_proxy_errors_carry_grpc_status(grpc_server: GrpcServer,
         assert sock.recv(65536).startswith(b"HTTP/1.1 404 ")
 
 
+def test_refusals_carry_grpc_status(grpc_server: GrpcServer, make_proxy: ProxyFactory) -> None:
+    """403 (access list), 401 (basic auth, its challenge kept), 429 (rate limit,
+    Retry-After kept) as gRPC statuses 7, 16 and 8."""
+    from fastproxy.auth import hash_password
+
+    secret = hash_password("pw", iterations=10_000)
+    address = f"h2c://127.0.0.1:{grpc_server.port}"
+    routes = (
+        '[[routes]]\nmatch = { path = "/test.Echo/Fail" }\nupstream = "grpc"\n'
+        'access = { deny = ["127.0.0.0/8"] }\n'
+        '[[routes]]\nmatch = { path = "/test.Echo/Collect" }\nupstream = "grpc"\n'
+        f'basic_auth = {{ realm = "rpc", users = {{ alice = "{secret}" }} }}\n'
+        '[[routes]]\nmatch = { path = "/test.Echo/Unary" }\nupstream = "grpc"\n'
+        'limits = ["one"]\n'
+        '[limits.one]\nkey = "client_ip"\nrate = "1/m"\nburst = 0\n')
+    proxy = make_proxy({"grpc": [address]}, routes=routes)
+    denied = unary(proxy.port, "Fail", b"x")
+    assert (denied.status, denied.headers["grpc-status"]) == (200, "7")
+    unauthorized = unary(proxy.port, "Collect", b"x")
+    assert unauthorized.headers["grpc-status"] == "16"
+    assert unauthorized.headers["www-authenticate"].startswith('Basic realm="rpc"')
+    assert unary(proxy.port, "Unary", b"1").trailers["grpc-status"] == "0"
+    limited = unary(proxy.port, "Unary", b"2")
+    assert limited.headers["grpc-status"] == "8"
+    assert "retry-after" in limited.headers
+    assert limited.headers["content-type"] == "application/grpc"
+
+
 # -- TLS upstream with ALPN h2 --------------------------------------------------------------
 
 def test_tls_upstream_with_alpn_h2(tmp_path: Path, make_proxy: ProxyFactory) -> None:
