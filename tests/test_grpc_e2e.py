@@ -291,6 +291,25 @@ def test_unary_call_with_trailers(h2c_proxy: ProxyProcess, grpc_server: GrpcServ
     assert '"POST /test.Echo/Unary HTTP/1.1" 200 ' in last_log_line(h2c_proxy)
 
 
+def test_grpc_responses_are_never_compressed(grpc_server: GrpcServer,
+                                             make_proxy: ProxyFactory) -> None:
+    """Even on a route whose compress types name application/grpc: gRPC clients
+    do not undo an HTTP content-coding; the trailers stay."""
+    routes = ('[[routes]]\nupstream = "grpc"\n'
+              'compress = { types = ["application/grpc"], min_size = 0 }\n')
+    proxy = make_proxy({"grpc": [f"h2c://127.0.0.1:{grpc_server.port}"]}, routes=routes)
+    call = Call(proxy.port, "Unary", extra=b"Accept-Encoding: gzip\r\n")
+    try:
+        call.send(b"z" * 5000)
+        call.end()
+        assert call.head() == 200
+        assert "content-encoding" not in call.headers
+        assert call.messages() == [b"echo:" + b"z" * 5000]
+        assert call.trailers["grpc-status"] == "0"
+    finally:
+        call.close()
+
+
 def test_error_status_passes_through(h2c_proxy: ProxyProcess) -> None:
     call = unary(h2c_proxy.port, "Fail", b"x")
     assert call.status == 200

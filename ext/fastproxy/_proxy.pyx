@@ -1104,7 +1104,7 @@ cdef bytes last_chunk(bytes trailers):
 
 
 cdef bint is_grpc(MessageHead head) except -1:
-    """The request is a gRPC call (a content type application/grpc, +proto, -web ...)."""
+    """A gRPC message (content type application/grpc, +proto, -web ...)."""
     if head is None:
         return False
     value = head.get(b"content-type")
@@ -2564,7 +2564,9 @@ cdef class Exchange:
         coding = None
         vary = False
         policy = self.rule.compress
-        if policy is not None and not self.background:
+        if policy is not None and not self.background and not is_grpc(head):
+            # (gRPC compresses per message itself; a content-coding over the stream
+            # would break its clients, whatever the route's types say.)
             decision = (<Policy>policy).decide(req, head)
             if decision >= D_IDENTITY:
                 vary = True  # compressed for some clients: caches must tell them apart
