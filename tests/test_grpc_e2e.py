@@ -462,6 +462,31 @@ def test_a_new_session_after_the_server_restarts(make_proxy: ProxyFactory) -> No
         server.stop()
 
 
+def test_goaway_lets_the_calls_in_flight_finish(make_proxy: ProxyFactory) -> None:
+    """A server stopping gracefully sends GOAWAY: the call in flight on that
+    connection still completes through the proxy."""
+    server = GrpcServer()
+    try:
+        proxy = make_proxy({"grpc": [f"h2c://127.0.0.1:{server.port}"]})
+        call = Call(proxy.port, "Stream")
+        try:
+            call.send(b"2")
+            call.end()
+            assert call.head() == 200
+            first = call.chunk()
+            assert first is not None and unframe(first) == [b"first"]
+            stopped = server.server.stop(grace=10)  # GOAWAY; waits for the call
+            time.sleep(0.3)
+            server.service.go.set()
+            assert call.messages() == [b"msg0", b"msg1"]
+            assert call.trailers["grpc-status"] == "0"
+            assert stopped.wait(10)
+        finally:
+            call.close()
+    finally:
+        server.stop()
+
+
 def test_a_server_that_is_not_http2_is_a_connect_failure(make_proxy: ProxyFactory) -> None:
     """An h2c:// address where an HTTP/1.1 server listens: its answer to the
     preface is not HTTP/2, the connect fails (logged), the client gets

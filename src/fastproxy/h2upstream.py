@@ -70,6 +70,26 @@ _NONE, _LENGTH, _CHUNKED = 0, 1, 2
 _HEAD, _BODY_LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _DONE = range(7)
 
 
+class _Connection(H2Connection):
+    """h2's connection, except for a GOAWAY with NO_ERROR: h2 closes the connection
+    state at once (its issue 1181), so the frames that finish the streams the
+    server still serves would be protocol errors, and a graceful server shutdown
+    would cut every call in flight. Here such a GOAWAY only reports itself
+    (`ConnectionTerminated`); the session opens no stream after it, fails those
+    above its last stream id, and closes once the others are done (RFC 9113 §6.8).
+    Any other GOAWAY goes through h2 as before."""
+
+    def _receive_goaway_frame(self, frame: Any) -> tuple[list[Any], list[Any]]:
+        if frame.error_code != 0:
+            result: tuple[list[Any], list[Any]] = super()._receive_goaway_frame(frame)
+            return result
+        event = ConnectionTerminated()
+        event.error_code = ErrorCodes.NO_ERROR
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
+
+
 def _clean(value: bytes) -> bool:
     """No byte that could split an HTTP/1.1 line (h2 checks names, not all values)."""
     return b"\r" not in value and b"\n" not in value and b"\0" not in value
@@ -465,7 +485,7 @@ class H2Session(asyncio.Protocol):
     def __init__(self, upstream: H2Upstream) -> None:
         self.upstream = upstream
         self.loop = upstream.loop
-        self.h2 = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        self.h2 = _Connection(H2Configuration(client_side=True, header_encoding=None))
         self.transport: Any = None
         self.streams: dict[int, H2Stream] = {}
         self.reserved = 0  # streams handed out whose head is not sent yet
