@@ -606,9 +606,9 @@ class H2Session(asyncio.Protocol):
     def open_stream(self, stream: H2Stream, headers: list[tuple[bytes, bytes]], end: bool) -> int:
         if self.closed:
             raise ValueError("the HTTP/2 connection closed before the request was sent")
-        self.reserved -= 1
         sid: int = self.h2.get_next_available_stream_id()
-        self.h2.send_headers(sid, headers, end_stream=end)
+        self.h2.send_headers(sid, headers, end_stream=end)  # may raise: still reserved
+        self.reserved -= 1
         self.streams[sid] = stream
         if self.write_paused:
             stream.update_paused()
