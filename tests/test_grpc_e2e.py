@@ -1109,3 +1109,39 @@ def test_health_probe_over_h2c(h2_origin: H2Origin) -> None:
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]
     assert asyncio.run(probe_h2("127.0.0.1", dead, HealthCheck())) == (False, "connect refused")
+
+
+def test_responses_with_trailers_are_not_cached(make_origin: Callable[..., Origin],
+                                                make_proxy: ProxyFactory) -> None:
+    """A cacheable response with a trailer section is passed on (trailers and all)
+    but not stored: the next request goes to the origin again. One without
+    trailers on the same route is stored (the cache works here)."""
+    def handler(req: Received) -> Reply:
+        if req.target == "/plain":
+            return Reply(headers=[("Cache-Control", "max-age=60")], body=b"plain")
+        return Reply(raw=b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+                         b"Cache-Control: max-age=60\r\n\r\n4\r\nbody\r\n"
+                         b"0\r\nX-Digest: 42\r\n\r\n")
+
+    origin = make_origin(handler)
+    routes = '[[routes]]\nupstream = "app"\ncache = "c"\n'
+    proxy = make_proxy({"app": [origin.address]}, routes=routes,
+                       extra='[caches.c]\nmemory = "1m"\n')
+    for _ in range(2):
+        sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+        with sock:
+            sock.sendall(b"GET /t HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        assert data.endswith(b"\r\n\r\n4\r\nbody\r\n0\r\nX-Digest: 42\r\n\r\n"), data
+    assert [r.target for r in origin.requests] == ["/t", "/t"]
+    for _ in range(2):
+        sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+        with sock:
+            sock.sendall(b"GET /plain HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        assert data.endswith(b"plain")
+    assert [r.target for r in origin.requests] == ["/t", "/t", "/plain"]
