@@ -319,7 +319,7 @@ def test_keyboard_interrupt_exits_130_quietly(
 
 
 @pytest.mark.parametrize("name", ["demo.toml", "routing.toml", "balancing.toml", "caching.toml",
-                                  "compression.toml"])
+                                  "compression.toml", "protocols.toml"])
 def test_shipped_examples_pass_check_without_warnings(name: str,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     from fastproxy.cli import main

@@ -609,7 +609,8 @@ def test_server_schemes(pki: Path, address: str, server: tuple[str, int, bool]) 
 @pytest.mark.parametrize(
     ("address", "problem"),
     [
-        ("ftp://api.example", "unsupported scheme 'ftp://' (use \"http://\" or \"https://\") in"
+        ("ftp://api.example", "unsupported scheme 'ftp://' (use \"http://\", \"https://\" or"
+         " \"h2c://\") in"
                               " 'ftp://api.example'"),
         ("https://api.example/v1", "must be a scheme and host[:port] only (no path, query or"
                                    " user), found 'https://api.example/v1'"),

@@ -61,6 +61,7 @@ cdef class HttpParser:
     cdef int _span_state
     cdef size_t _url_len
     cdef size_t _trailer_len
+    cdef size_t _trailer_start  # where the trailer fields begin in _buf (after the head)
     cdef char _tail[2]
     cdef size_t _line_len
     cdef size_t _proto_len
@@ -80,6 +81,9 @@ cdef class HttpParser:
     cdef bint _skip_body
     cdef public bint upgrade_asked  # responses: the request asked to switch protocols
     cdef readonly MessageHead head
+    # The trailer section of the last complete chunked message, as "name: value\r\n"
+    # lines (validated by llhttp, OWS trimmed); None when it had none.
+    cdef readonly bytes trailers
 
     cdef _setup(self, handler, size_t max_line, size_t max_head, int max_count)
     cdef int _append(self, const char* at, size_t length) noexcept

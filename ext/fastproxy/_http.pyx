@@ -136,6 +136,8 @@ cdef int cb_message_begin(llhttp_t* p) noexcept:
     self._n = 0
     self._url_len = 0
     self._trailer_len = 0
+    self._trailer_start = 0
+    self.trailers = None
     self._line_len = 0
     self._proto_len = 0
     self._span_state = SPAN_IDLE
@@ -189,7 +191,10 @@ cdef int cb_header_field(llhttp_t* p, const char* at, size_t length) noexcept:
     cdef HttpParser self = <HttpParser>p.data
     cdef uint32_t* grown
     if not self._in_head:
-        return self._trailer(length)
+        if self._trailer(length) < 0:
+            return -1
+        self._span_state = SPAN_FIELD
+        return self._append(at, length)
     if self._span_state != SPAN_FIELD:
         if self._n >= self._max_count:
             self._error = HttpParseError(431, "too many header fields")
@@ -211,7 +216,8 @@ cdef int cb_header_field_complete(llhttp_t* p) noexcept:
     cdef HttpParser self = <HttpParser>p.data
     cdef uint32_t* o
     if not self._in_head:
-        return 0
+        self._span_state = SPAN_AFTER_FIELD
+        return self._append(b": ", 2)
     o = self._offs + 4 * (self._n - 1)
     o[1] = <uint32_t>(self._len - o[0])
     o[2] = <uint32_t>self._len
@@ -222,7 +228,9 @@ cdef int cb_header_field_complete(llhttp_t* p) noexcept:
 cdef int cb_header_value(llhttp_t* p, const char* at, size_t length) noexcept:
     cdef HttpParser self = <HttpParser>p.data
     if not self._in_head:
-        return self._trailer(length)
+        if self._trailer(length) < 0:
+            return -1
+        return self._append(at, length)
     self._span_state = SPAN_VALUE
     return self._append(at, length)
 
@@ -231,7 +239,12 @@ cdef int cb_header_value_complete(llhttp_t* p) noexcept:
     cdef HttpParser self = <HttpParser>p.data
     cdef uint32_t* o
     if not self._in_head:
-        return 0
+        # A trailer field: kept as one "name: value" line (trailing OWS dropped).
+        while self._len > self._trailer_start and (
+                self._buf[self._len - 1] == b' ' or self._buf[self._len - 1] == b'\t'):
+            self._len -= 1
+        self._span_state = SPAN_IDLE
+        return self._append(b"\r\n", 2)
     o = self._offs + 4 * (self._n - 1)
     # llhttp drops leading whitespace of a value; trailing OWS is ours to drop.
     while self._len > o[2] and (self._buf[self._len - 1] == b' ' or self._buf[self._len - 1] == b'\t'):
@@ -274,6 +287,9 @@ cdef int cb_message_complete(llhttp_t* p) noexcept:
     self._message_done = True
     self._mid_message = False
     try:
+        if self._len > self._trailer_start:
+            self.trailers = PyBytes_FromStringAndSize(self._buf + self._trailer_start,
+                                                      self._len - self._trailer_start)
         self._handler.on_message_complete()
     except BaseException as e:
         self._error = e
@@ -387,7 +403,7 @@ cdef class HttpParser:
         return at[-2] if back >= 2 else self._tail[back]
 
     cdef int _trailer(self, size_t length) noexcept:
-        """Trailer fields are dropped, but they count against the head limit."""
+        """Trailer fields count against the head limit (they are kept: `trailers`)."""
         self._trailer_len += length + 4
         if self._trailer_len > self._max_head:
             self._error = HttpParseError(431 if self._is_request else 502, "trailer section too large")
@@ -403,6 +419,7 @@ cdef class HttpParser:
         cdef size_t start = self._url_len
         cdef int rc = 0
         self._in_head = False
+        self._trailer_start = self._len  # trailer fields, if any, are collected after it
         head.raw = PyBytes_FromStringAndSize(self._buf, self._len)
         head.header_count = self._n
         # Offsets in `raw` are relative to the buffer start; the URL/reason

@@ -417,6 +417,9 @@ cdef class Core:
     # worker; None: HTTP/1.1 only), and which listeners take h2c with prior knowledge.
     cdef public object h2_factory
     cdef tuple listener_h2c
+    # (status, response bytes) -> the gRPC form of an answer made here (HTTP 200,
+    # grpc-status), for requests with a gRPC content type; None: answered as made.
+    cdef public object grpc_local
 
     cdef void instance_add(self, int what, int64_t v) noexcept:
         """Count on the instance's own series (metrics), when they are on."""
@@ -1216,6 +1219,33 @@ def _auth_checked(Exchange ex, auth, bytes header, future):
         ok = False
     auth.remember(header, ok)
     ex.auth_done(ok)
+
+
+# Trailer fields that are never passed on: framing, routing and connection-level
+# fields (RFC 9110 §6.5.1), whatever the sender meant by them.
+cdef frozenset _TRAILER_DROP = frozenset([
+    b"content-length", b"transfer-encoding", b"host", b"connection", b"keep-alive", b"te",
+    b"trailer", b"upgrade", b"proxy-connection"])
+
+
+cdef bytes last_chunk(bytes trailers):
+    """The end of a chunked body: the last chunk with the trailer fields a parser
+    kept (`trailers`, "name: value" lines), less those never passed on."""
+    if not trailers:
+        return _LAST_CHUNK
+    lines = [line for line in trailers.split(_CRLF)
+             if line and line.partition(b":")[0].lower() not in _TRAILER_DROP]
+    if not lines:
+        return _LAST_CHUNK
+    return b"0\r\n" + _CRLF.join(lines) + b"\r\n\r\n"
+
+
+cdef bint is_grpc(MessageHead head) except -1:
+    """A gRPC message (content type application/grpc, +proto, -web ...)."""
+    if head is None:
+        return False
+    value = head.get(b"content-type")
+    return value is not None and len(value) >= 16 and value[:16].lower() == b"application/grpc"
 
 
 cdef bytes upgrade_wanted(bytes value):
@@ -2621,14 +2651,20 @@ cdef class Exchange:
                 self.finish(self.keep)
             return 0
         if self.head.body_kind == K_CHUNKED:
+            # The request's trailer fields go on to HTTP/2 servers (as trailing HEADERS);
+            # HTTP/1.1 servers get none, as before (few read them, some refuse them).
+            last = _LAST_CHUNK
+            if self.pool is not None and self.pool.h2 is not None \
+                    and self.client.parser is not None:
+                last = last_chunk(self.client.parser.trailers)
             if self.kept is not None:
-                self.kept.append(_LAST_CHUNK)
+                self.kept.append(last)
             if self.conn is not None:
-                self.conn.send(_LAST_CHUNK)
+                self.conn.send(last)
             elif self.connecting:
                 if self.pending is None:
                     self.pending = []
-                self.pending.append(_LAST_CHUNK)
+                self.pending.append(last)
         if self.waf_waiting:
             self.body_inspected()
         return 0
@@ -2677,7 +2713,9 @@ cdef class Exchange:
         coding = None
         vary = False
         policy = self.rule.compress
-        if policy is not None and not self.background:
+        if policy is not None and not self.background and not is_grpc(head):
+            # (gRPC compresses per message itself; a content-coding over the stream
+            # would break its clients, whatever the route's types say.)
             decision = (<Policy>policy).decide(req, head)
             if decision >= D_IDENTITY:
                 vary = True  # compressed for some clients: caches must tell them apart
@@ -2895,8 +2933,17 @@ cdef class Exchange:
                 fwd=self.fwd, fwd_status=304, ttl=self.refreshed.fresh_until - now,
                 key=self.cache_text), True)
             return 0
+        conn = self.conn
+        trailers = conn.parser.trailers if conn is not None and conn.parser is not None else None
+        if trailers is not None and (self.capture is not None or self.disk_write is not None):
+            # A response with trailer fields is not stored (the cache keeps a head
+            # and a body): it is passed on only.
+            self.capture = None
+            if self.disk_write is not None:
+                self.disk_write.abort()
+                self.disk_write = None
         if self.encoder is not None:
-            if self.head_extra is not None:
+            if self.head_extra is not None and trailers is None:
                 # Head and whole body in one read: sent with its length.
                 self.framing = FR_PASS
                 self.encoded(True)
@@ -2906,7 +2953,7 @@ cdef class Exchange:
             self.encoder.release()
             self.encoder = None
         if self.framing == FR_CHUNKED:
-            self.out.append(_LAST_CHUNK)
+            self.out.append(last_chunk(trailers))  # trailer fields reach a chunked client
         self.flush()
         conn = self.conn
         self.conn = None
@@ -3040,6 +3087,10 @@ cdef class Exchange:
     cdef int send_local(self, int status, bytes data, long long body_len, bint keep,
                         bint close) except -1:
         """Send a response made here; `close`: end now, without reading the request body."""
+        if status >= 400 and self.core.grpc_local is not None and is_grpc(self.head):
+            # A gRPC client reads the call's status from grpc-status, not from HTTP.
+            data = self.core.grpc_local(status, data)
+            body_len = 0
         self.local_begin(status, body_len, keep)
         if self.client.hsts is not None:
             # On every response of a TLS listener, errors and local answers too.
@@ -3663,6 +3714,9 @@ cdef class ServerPool:
     cdef str server_hostname           # SNI and the name verified, with `ssl`
     cdef Py_ssize_t next_address       # new connections rotate over them
     cdef readonly int proxy_protocol   # PROXY header version sent first (0: none)
+    # HTTP/2 to this server (h2upstream.H2Upstream, set by the worker), or None: each
+    # request is a stream, its UpstreamConnection's transport; nothing is pooled here.
+    cdef public object h2
 
     def __init__(self, upstream, str host, int port, int weight, Core core not None):
         self.core = core
@@ -3710,6 +3764,9 @@ cdef class ServerPool:
 
     cdef int put(self, UpstreamConnection conn) except -1:
         cdef UpstreamConnection oldest
+        if self.h2 is not None:
+            conn.close()
+            return 0
         if len(self.idle) >= self.keepalive or self.core.closing:
             if self.proxy_protocol and self.keepalive and not self.core.closing:
                 # Per-client connections: the least recently used one makes room
@@ -3734,8 +3791,17 @@ cdef class ServerPool:
 
     cdef int connect(self, Exchange waiter) except -1:
         """Open a new connection and report to `waiter` (no coroutine when pooled)."""
+        cdef UpstreamConnection conn
         self.connects += 1
-        if self.proxy_protocol:
+        if self.h2 is not None:
+            # A stream on an HTTP/2 connection that is up and has room: at once.
+            conn = self.h2.take(partial(UpstreamConnection, self))
+            if conn is not None:
+                self.core.upstream_conns.add(conn)
+                waiter.connected(conn)
+                return 0
+            self.core.loop.create_task(_connect(self, waiter))
+        elif self.proxy_protocol:
             self.core.loop.create_task(
                 _connect(self, waiter, waiter.proxy_header(self.proxy_protocol)))
         else:
@@ -3772,6 +3838,8 @@ cdef class ServerPool:
 
     def close_idle(self):
         cdef UpstreamConnection conn
+        if self.h2 is not None:
+            self.h2.close_idle()
         while self.idle:
             conn = self.idle.pop()
             conn.close()
@@ -3906,7 +3974,9 @@ async def _connect(ServerPool pool, Exchange waiter, bytes header=None):
     loop = pool.core.loop
     try:
         async with asyncio.timeout(pool.connect_timeout):
-            if header is not None:
+            if pool.h2 is not None:
+                conn = await pool.h2.open(lambda: UpstreamConnection(pool), pool.connect_host())
+            elif header is not None:
                 conn = await _connect_with_header(pool, header)
             elif pool.ssl is None:
                 _, conn = await loop.create_connection(

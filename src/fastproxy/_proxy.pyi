@@ -17,6 +17,7 @@ class Core:
     analytics: Any  # fastproxy._tops.Analytics or None
     stats: Any  # fastproxy._stats.Stats or None
     stats_instance: int
+    grpc_local: Callable[[int, bytes], bytes] | None
     def __init__(self, config: Config, router: Router | None, access_log: Any, clock: Any,
                  local_response: Callable[..., bytes],
                  local_body_size: Callable[[int], int]) -> None: ...
@@ -96,6 +97,7 @@ class ServerPool:
     reuses: int
     addresses: tuple[str, ...]
     proxy_protocol: int  # the PROXY header version sent first (0: none)
+    h2: Any  # fastproxy.h2upstream.H2Upstream or None
     def __init__(self, upstream: Upstream, host: str, port: int, weight: int,
                  core: Core) -> None: ...
     def set_addresses(self, addresses: list[str] | tuple[str, ...]) -> None: ...

@@ -427,6 +427,7 @@ class ServerAddress:
     backup: bool = False  # used only while no primary server is usable
     tls: bool = False  # "https://host:port": TLS to this server (see Upstream.tls)
     proxy_protocol: str | None = None  # "off" | "v1" | "v2"; None: the upstream's
+    h2: bool = False  # "h2c://host:port": HTTP/2 with prior knowledge (Upstream.protocol too)
 
     @property
     def address(self) -> str:
@@ -450,6 +451,7 @@ class Upstream:
     queue: int = 100  # requests waiting per worker when every server is at max_conns
     queue_timeout: float = 10.0
     resolve_interval: float = 30.0  # servers named by host name are re-resolved this often
+    protocol: str = "http1"  # "h2": HTTP/2 to every server (see ServerAddress.h2)
     health_check: HealthCheck | None = None
     eject: Ejection = field(default_factory=lambda: Ejection())
     retry: RetryPolicy = field(default_factory=lambda: RetryPolicy())
@@ -487,6 +489,7 @@ class HealthCheck:
     rise: int = 2  # consecutive passes that bring a down server back
     fall: int = 3  # consecutive failures that take an up server down
     type: str = "http"  # "http": a request; "tcp": a connect that succeeds passes
+    grpc_service: str | None = None  # gRPC health protocol for this service (HTTP/2 only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1172,6 +1175,14 @@ UPSTREAM_FIELDS: Final = (
         " client (HAProxy send-proxy / send-proxy-v2); health checks send v1 UNKNOWN / v2 LOCAL",
         _proxy_protocol_version,
     ),
+    FieldSpec(
+        "protocol",
+        "http1",
+        '"http1" | "h2"',
+        "what the proxy speaks to the servers: HTTP/1.1, or HTTP/2 (https:// servers with"
+        ' ALPN "h2", the others cleartext with prior knowledge, as h2c:// servers always do)',
+        _choice("http1", "h2"),
+    ),
 )
 
 SERVER_OPTION_FIELDS: Final = (
@@ -1315,6 +1326,15 @@ def _health_body(value: object) -> str:
     return text
 
 
+def _grpc_service(value: object) -> str:
+    text = _string(value)
+    if len(text) > 127 or not text.isascii() or any(c.isspace() or not c.isprintable()
+                                                     for c in text):
+        raise ValueError(f'expected a gRPC service name like "helloworld.Greeter" (or ""),'
+                         f" found {text!r}")
+    return text
+
+
 def _retry_condition(value: object) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         raise ValueError(f'expected a string, found integer {value} (write "{value}")')
@@ -1367,13 +1387,22 @@ HEALTH_CHECK_FIELDS: Final = (
               _integer(1, 100)),
     FieldSpec("fall", 3, "integer 1..100", "consecutive failures that take a server down",
               _integer(1, 100)),
+    FieldSpec(
+        "grpc_service",
+        None,
+        "string",
+        "probe with the gRPC health protocol (grpc.health.v1.Health/Check) for this service"
+        ' name ("": the whole server); HTTP/2 servers only; path, method, status and body'
+        " are then not used",
+        _grpc_service,
+    ),
     FieldSpec("type", "http", "http | tcp",
               '"http": the request above; "tcp": a TCP connect that succeeds passes (for '
               "servers behind tcp listeners that do not speak HTTP)", _choice("http", "tcp")),
 )
 
 # The HTTP keys of a health check, refused with type = "tcp".
-_HEALTH_HTTP_KEYS: Final = ("path", "method", "host", "status", "body")
+_HEALTH_HTTP_KEYS: Final = ("path", "method", "host", "status", "body", "grpc_service")
 
 TCP_LISTENER_FIELDS: Final = (
     FieldSpec("idle_timeout", "10m", "duration > 0",
@@ -1970,19 +1999,22 @@ _MAX_PEM_BYTES: Final = 16 * 1024**2  # a PEM file bigger than this is a mistake
 _PEM_CERTIFICATE: Final = "-----BEGIN CERTIFICATE-----"
 # PKCS#8 ("PRIVATE KEY", "ENCRYPTED PRIVATE KEY") and the legacy RSA/EC/DSA forms.
 _PEM_KEY_RE: Final = re.compile(r"-----BEGIN (ENCRYPTED )?(?:RSA |EC |DSA )?PRIVATE KEY-----")
-_SERVER_SCHEMES: Final = {"http://": (False, 80), "https://": (True, 443)}
+_SERVER_SCHEMES: Final = {"http://": (False, 80), "https://": (True, 443),
+                           "h2c://": (False, 80)}
 
 
 def _parse_server_address(value: object) -> tuple[str, int, bool]:
     """"host:port", "[v6]:port", or with a scheme "http://host[:port]" /
-    "https://host[:port]" (default port 80 / 443): (host, port, tls)."""
+    "https://host[:port]" / "h2c://host[:port]" (default port 80 / 443 / 80):
+    (host, port, tls); the caller tells h2c:// by its prefix."""
     if not isinstance(value, str):
         raise ValueError(f'expected a string like "127.0.0.1:9000", found {_describe(value)}')
     text, tls, default_port = value, False, None
     scheme, sep, rest = value.partition("://")
     if sep:
         if scheme.lower() + sep not in _SERVER_SCHEMES:
-            raise ValueError(f'unsupported scheme {scheme + sep!r} (use "http://" or "https://")'
+            raise ValueError(f'unsupported scheme {scheme + sep!r} (use "http://", "https://"'
+                             ' or "h2c://")'
                              f" in {value!r}")
         tls, default_port = _SERVER_SCHEMES[scheme.lower() + sep]
         text = rest.removesuffix("/")
@@ -2356,6 +2388,15 @@ class _Checker(KeyChecker):
                     self.error(f"upstreams.{name}.servers[{i}].address",
                                f"https:// is not for a tcp upstream {why}: a tcp listener "
                                "passes TLS through as it is; name the server host:port")
+                elif server.h2:
+                    self.error(f"upstreams.{name}.servers[{i}].address",
+                               f"h2c:// is not for a tcp upstream {why}: a tcp listener "
+                               "passes the client's bytes as they are; name the server "
+                               "host:port")
+            if upstream.protocol == "h2":
+                self.error(f"upstreams.{name}.protocol",
+                           f"HTTP/2 to the servers is HTTP {why}: a tcp listener passes the "
+                           "client's bytes as they are")
             if upstream.sticky is not None:
                 self.error(f"upstreams.{name}.sticky",
                            f"sticky cookies are HTTP {why}; balance = \"ring\" or "
@@ -2870,6 +2911,23 @@ class _Checker(KeyChecker):
             if servers_ok and not any(server.tls for server in servers):
                 self.error(_key(path, "tls"), "only used with https:// servers"
                                               ' (write the addresses as "https://host:port")')
+        if (health_check is not None and health_check.grpc_service is not None and servers_ok
+                and values.get("protocol") != "h2" and not all(s.h2 for s in servers)):
+            self.error(_key(_key(path, "health_check"), "grpc_service"),
+                       'a gRPC health check needs HTTP/2 servers: h2c:// addresses or'
+                       ' protocol = "h2"')
+        if servers_ok and (values.get("protocol") == "h2" or any(s.h2 for s in servers)):
+            # One HTTP/2 connection carries the streams of many clients: a PROXY header,
+            # which names one client per connection, cannot go on it.
+            if values.get("proxy_protocol", "off") != "off":
+                self.error(_key(path, "proxy_protocol"), "not with HTTP/2 servers (one "
+                           "connection carries many clients' requests; the header names one)")
+            for i, server in enumerate(servers):
+                if (server.h2 or values.get("protocol") == "h2") and \
+                        server.proxy_protocol not in (None, "off"):
+                    self.error(f"{path}.servers[{i}].proxy_protocol", "not with an HTTP/2 "
+                               "server (one connection carries many clients' requests; the "
+                               "header names one)")
         if len(self.issues) != errors_before or eject is None or retry is None or tls is None:
             return None
         self.upstream_warnings(table, path, values, servers)
@@ -2969,6 +3027,7 @@ class _Checker(KeyChecker):
             if not _valid(parsed, *options.values()):
                 continue
             host, port, tls = parsed
+            h2 = isinstance(address, str) and address[:6].lower() == "h2c://"
             if (host, port) in seen:
                 first, first_tls = seen[(host, port)]
                 hint = ("use weight instead" if tls == first_tls
@@ -2977,7 +3036,7 @@ class _Checker(KeyChecker):
                            f"duplicate server {address!r} (already {path}[{first}]; {hint})")
                 continue
             seen[(host, port)] = (i, tls)
-            result.append(ServerAddress(host, port, tls=tls, **options))
+            result.append(ServerAddress(host, port, tls=tls, h2=h2, **options))
         return result
 
     def health_check(self, raw: object, path: str) -> HealthCheck | None:

@@ -22,6 +22,7 @@ import signal
 import socket
 import ssl
 from dataclasses import dataclass
+from typing import Any
 
 import uvloop
 
@@ -216,6 +217,131 @@ async def _read_to_end(reader: asyncio.StreamReader) -> bytes:
 # The checker process
 
 
+async def probe_h2(host: str, port: int, check: HealthCheck, context: Any = None,
+                   server_hostname: str | None = None) -> tuple[bool, str]:
+    """probe() for an HTTP/2 server: the same request as one HTTP/2 stream, in
+    cleartext (prior knowledge) or, with an SSLContext `context`, over TLS with
+    ALPN h2; within check.timeout."""
+    try:
+        async with asyncio.timeout(check.timeout):
+            return await _probe_h2(host, port, check, context, server_hostname)
+    except TimeoutError:
+        return False, f"timed out after {check.timeout:g}s"
+
+
+async def _probe_h2(host: str, port: int, check: HealthCheck, context: Any,
+                    server_hostname: str | None) -> tuple[bool, str]:
+    from h2.config import H2Configuration
+    from h2.connection import H2Connection
+    from h2.events import (
+        ConnectionTerminated,
+        DataReceived,
+        ResponseReceived,
+        StreamEnded,
+        StreamReset,
+        TrailersReceived,
+    )
+    from h2.exceptions import H2Error
+
+    try:
+        if context is None:
+            reader, writer = await asyncio.open_connection(host, port)
+        else:
+            reader, writer = await asyncio.open_connection(
+                host, port, ssl=context, server_hostname=server_hostname or host)
+    except ConnectionRefusedError:
+        return False, "connect refused"
+    except socket.gaierror as e:
+        return False, f"cannot resolve {host}: {e.strerror}"
+    except ssl.SSLError as e:
+        return False, f"TLS handshake failed: {e.reason or e}"
+    except OSError as e:
+        return False, f"connect failed: {e.strerror or e}"
+    if context is not None:
+        ssl_object = writer.get_extra_info("ssl_object")
+        if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
+            writer.close()
+            return False, "the server did not agree to HTTP/2 (ALPN h2)"
+    conn = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    authority = check.host or (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    status = 0
+    body = b""
+    grpc_status = None
+    try:
+        conn.initiate_connection()
+        scheme = b"http" if context is None else b"https"
+        grpc = check.grpc_service is not None
+        headers = [(b":method", b"POST" if grpc else check.method.encode()), (b":scheme", scheme),
+                   (b":authority", authority.encode("latin-1")),
+                   (b":path", GRPC_HEALTH_PATH if grpc else check.path.encode("latin-1")),
+                   (b"user-agent", USER_AGENT.encode())]
+        if grpc:
+            headers += [(b"content-type", b"application/grpc"), (b"te", b"trailers")]
+        conn.send_headers(1, headers, end_stream=not grpc)
+        if grpc:
+            conn.send_data(1, _grpc_health_request(check.grpc_service or ""), end_stream=True)
+        writer.write(conn.data_to_send())
+        done = False
+        while not done:
+            data = await reader.read(65536)
+            if not data:
+                return False, "connection closed before the response"
+            for event in conn.receive_data(data):
+                if isinstance(event, ResponseReceived | TrailersReceived):
+                    fields = dict(event.headers)
+                    if b":status" in fields:
+                        status = int(fields[b":status"])
+                    grpc_status = fields.get(b"grpc-status", grpc_status)
+                elif isinstance(event, DataReceived):
+                    conn.acknowledge_received_data(event.flow_controlled_length, 1)
+                    if len(body) < BODY_LIMIT:
+                        body += event.data[:BODY_LIMIT - len(body)]
+                elif isinstance(event, StreamEnded):
+                    done = True
+                elif isinstance(event, StreamReset | ConnectionTerminated):
+                    return False, "the server reset the stream"
+            writer.write(conn.data_to_send())
+    except (H2Error, KeyError, ValueError) as e:
+        return False, f"malformed HTTP/2 response: {e}"
+    except OSError as e:
+        return False, f"connection failed: {e.strerror or e}"
+    finally:
+        writer.close()
+    if check.grpc_service is not None:
+        return _grpc_verdict(status, grpc_status, body)
+    if not any(lo <= status <= hi for lo, hi in check.status):
+        return False, f"status {status} not in {_ranges(check.status)}"
+    if check.body is not None and check.body.encode() not in body:
+        return False, f"body does not contain {check.body!r}"
+    return True, "ok"
+
+
+GRPC_HEALTH_PATH = b"/grpc.health.v1.Health/Check"
+_SERVING_STATES = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
+
+
+def _grpc_health_request(service: str) -> bytes:
+    """A HealthCheckRequest{service} in a gRPC frame (protobuf: field 1, bytes)."""
+    name = service.encode()
+    message = b"\x0a" + bytes([len(name)]) + name if name else b""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+def _grpc_verdict(status: int, grpc_status: bytes | None, body: bytes) -> tuple[bool, str]:
+    """A HealthCheckResponse: SERVING (field 1 = 1) with grpc-status 0 passes."""
+    if status != 200:
+        return False, f"HTTP status {status} (not a gRPC answer)"
+    if grpc_status != b"0":
+        return False, f"grpc-status {grpc_status.decode('latin-1') if grpc_status else 'missing'}"
+    message = body[5:5 + int.from_bytes(body[1:5], "big")] if len(body) >= 5 else b""
+    state = 0
+    if len(message) >= 2 and message[0] == 0x08:
+        state = message[1]
+    if state != 1:
+        return False, f"gRPC health status {_SERVING_STATES.get(state, state)}"
+    return True, "ok"
+
+
 @dataclass(eq=False)
 class Target:
     """One server under active checks, and its passes or failures in a row."""
@@ -227,6 +353,9 @@ class Target:
     offset: float  # seconds from the start to the first probe
     proxy_header: bytes = b""  # sent first (the server's proxy_protocol)
     tls: TlsTarget | None = None  # an https:// server: checked over TLS
+    h2: bool = False  # probed over HTTP/2 (an h2c:// server, or protocol = "h2")
+    context: Any = None  # with h2: the SSLContext (ALPN h2) of an https:// server
+    server_hostname: str | None = None
     passes: int = 0
     failures: int = 0
 
@@ -247,16 +376,22 @@ class HealthChecker:
             if check is None:
                 continue
             n = len(upstream.servers)
-            context = None
+            context = h2_context = None
             if any(server.tls for server in upstream.servers):
                 from fastproxy.tls import client_context
 
-                context = client_context(upstream.tls)
+                if upstream.protocol == "h2":
+                    h2_context = client_context(upstream.tls, ("h2",))
+                else:
+                    context = client_context(upstream.tls)
             self.targets += [
                 Target(name, server, first[name] + j, check, j * check.interval / n,
                        check_proxy_header(upstream.server_proxy_protocol(server)),
                        (context, upstream.tls.sni or server.host)
-                       if server.tls and context is not None else None)
+                       if server.tls and context is not None else None,
+                       h2=server.h2 or upstream.protocol == "h2",
+                       context=h2_context if server.tls and upstream.protocol == "h2" else None,
+                       server_hostname=upstream.tls.sni or server.host)
                 for j, server in enumerate(upstream.servers)]
 
     def run(self) -> int:
@@ -295,8 +430,13 @@ class HealthChecker:
     async def check(self, target: Target) -> None:
         """Probe once and record the result."""
         try:
-            passed, reason = await probe(target.server.host, target.server.port, target.check,
-                                         target.proxy_header, target.tls)
+            if target.h2 and target.check.type != "tcp":
+                passed, reason = await probe_h2(target.server.host, target.server.port,
+                                                target.check, target.context,
+                                                target.server_hostname)
+            else:
+                passed, reason = await probe(target.server.host, target.server.port,
+                                             target.check, target.proxy_header, target.tls)
         except Exception as e:  # a bug in a probe must not stop the checks
             log.exception("%s: probe failed", target)
             passed, reason = False, f"probe error: {e!r}"

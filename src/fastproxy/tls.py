@@ -359,9 +359,10 @@ def _openssl(exc: ssl.SSLError) -> str:
 # -- upstream servers
 
 
-def client_context(tls: UpstreamTls) -> ssl.SSLContext:
+def client_context(tls: UpstreamTls, alpn: tuple[str, ...] = ("http/1.1",)) -> ssl.SSLContext:
     """The context for connections to https:// upstream servers (the caller
-    passes ``server_hostname``: ``tls.sni`` or the server's host name).
+    passes ``server_hostname``: ``tls.sni`` or the server's host name), offering
+    the protocols `alpn` (``("h2",)`` for an upstream with ``protocol = "h2"``).
     Raises ValueError when a file of ``tls`` is unusable."""
     if tls.min_version not in _VERSIONS:
         raise ValueError(f"min_version: unsupported TLS version {tls.min_version!r}")
@@ -391,7 +392,7 @@ def client_context(tls: UpstreamTls) -> ssl.SSLContext:
         if problem is not None:
             raise ValueError(f"{problem[0][1:]}: {problem[1]}")
         context.load_cert_chain(tls.cert, key, password=_no_passphrase)
-    context.set_alpn_protocols(["http/1.1"])
+    context.set_alpn_protocols(list(alpn))
     return context
 
 

@@ -37,7 +37,7 @@ from fastproxy.diskcache import DiskStore
 from fastproxy.metrics import Layout
 from fastproxy.proxyheader import ProxyHeaderGate
 from fastproxy.resolver import Resolver
-from fastproxy.responses import local_body_size, local_response
+from fastproxy.responses import grpc_response, local_body_size, local_response
 from fastproxy.routing import build_router, compile_access
 from fastproxy.upstream import UpstreamGroup
 
@@ -85,6 +85,7 @@ class Worker:
         self.access_log = AccessLog(config.log, self.clock)
         self.core = Core(config, None, self.access_log, self.clock, local_response,
                          local_body_size)
+        self.core.grpc_local = grpc_response
         first, total = slot_layout(config.upstreams)
         # The servers' shared state (the master's, or one of our own when run alone).
         self.table = table if table is not None else PeerTable(total)
@@ -210,16 +211,25 @@ class Worker:
                                                 spec.on_store_error, local.lines)
 
     def _upstream_tls(self, config: Config) -> None:
-        """One client SSLContext per upstream with https:// servers."""
+        """One client SSLContext per upstream with https:// servers; HTTP/2 to the
+        servers that speak it (h2c://, or every server with protocol = "h2")."""
         for name, upstream in config.upstreams.items():
-            if not any(s.tls for s in upstream.servers):
-                continue
-            from fastproxy.tls import client_context
+            h2 = upstream.protocol == "h2"
+            context = None
+            if any(s.tls for s in upstream.servers):
+                from fastproxy.tls import client_context
 
-            context = client_context(upstream.tls)
+                context = client_context(upstream.tls, ("h2",) if h2 else ("http/1.1",))
             for server, pool in zip(upstream.servers, self.groups[name].pools, strict=True):
                 if server.tls:
                     pool.set_tls(context, upstream.tls.sni or server.host)
+                if h2 or server.h2:
+                    from fastproxy.h2upstream import H2Upstream
+
+                    pool.h2 = H2Upstream(self.core, server.port, pool.label,
+                                         context if server.tls else None,
+                                         upstream.tls.sni or server.host,
+                                         upstream.connect_timeout, upstream.idle_timeout)
 
     def run(self) -> int:
         loop = uvloop.new_event_loop()
