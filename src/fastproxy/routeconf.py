@@ -758,6 +758,9 @@ _REWRITE_KEYS: Final = (
     "host",
 )
 _EDIT_KEYS: Final = ("remove", "set", "add")
+FORWARD_AUTH_KEYS: Final = ("url", "timeout", "copy_headers", "request_headers", "max_body", "ca")
+BASIC_AUTH_KEYS: Final = ("realm", "users")
+VALUE_TEST_KEYS: Final = ("regex",)  # a header, query or client_cert test given as a table
 _VALUE_TEST_HINT: Final = 'a string (equals), true (present), false (absent) or { regex = "..." }'
 
 
@@ -1050,8 +1053,7 @@ class _RouteParser:
         table = ck.table(raw, path, ' like { url = "http://127.0.0.1:9000/verify" }')
         if table is None:
             return None
-        ck.known_keys(table, path, ("url", "timeout", "copy_headers", "request_headers",
-                                    "max_body", "ca"))
+        ck.known_keys(table, path, FORWARD_AUTH_KEYS)
         before = ck.error_count
         if "url" not in table:
             ck.error(key(path, "url"), "missing required key")
@@ -1109,7 +1111,7 @@ class _RouteParser:
         table = ck.table(raw, path, ' like { realm = "admin", users = { NAME = "HASH" } }')
         if table is None:
             return None
-        ck.known_keys(table, path, ("realm", "users"))
+        ck.known_keys(table, path, BASIC_AUTH_KEYS)
         before = ck.error_count
         realm = ck.convert(key(path, "realm"), string, table.get("realm", "restricted"))
         if realm is not INVALID and ('"' in realm or "\\" in realm or not realm.isprintable()):
@@ -1347,7 +1349,7 @@ class _RouteParser:
                 return None
             return ValueTest(name, "equals", value)
         if isinstance(value, Mapping):
-            self.ck.known_keys(value, where, ("regex",))
+            self.ck.known_keys(value, where, VALUE_TEST_KEYS)
             if "regex" not in value:
                 self.ck.error(f"{where}.regex", "missing required key")
                 return None
