@@ -1874,6 +1874,7 @@ _LISTENER_KEYS: Final = ("address", "name", "default_host", "tls", "https_redire
 # Keys that only mean something where requests are parsed (refused on tcp listeners),
 # and keys that only mean something for tcp listeners (refused on HTTP ones).
 _HTTP_LISTENER_KEYS: Final = ("default_host", "https_redirect", "h2c", *LISTENER_SIZE_KEYS)
+_SNI_RULE_KEYS: Final = ("names", "upstream")  # one element of a tcp listener's sni
 _TCP_LISTENER_KEYS: Final = ("upstream", "sni", *(f.name for f in TCP_LISTENER_FIELDS))
 _STICKY_KEYS: Final = ("cookie", "max_age", "secure")
 # An RFC 9110 token: what a header field name is, and an RFC 6265 cookie-name too.
@@ -2351,7 +2352,7 @@ class _Checker(KeyChecker):
             if table is None:
                 ok = False
                 continue
-            self.known_keys(table, where, ("names", "upstream"))
+            self.known_keys(table, where, _SNI_RULE_KEYS)
             if "upstream" not in table or "names" not in table:
                 self.error(where, "needs names (server names) and upstream")
                 ok = False
@@ -3310,6 +3311,7 @@ def schema() -> dict[str, tuple[str, ...]]:
         "listeners[].tls.certificates[]": _CERTIFICATE_KEYS,
         "listeners[].tls.client_cert_headers": CLIENT_CERT_FIELDS,
         "listeners[].access": access,
+        "listeners[].sni[]": _SNI_RULE_KEYS,
         "upstreams.NAME": _UPSTREAM_KEYS,
         "upstreams.NAME.servers[]": _SERVER_KEYS,
         "upstreams.NAME.tls": _UPSTREAM_TLS_KEYS,
