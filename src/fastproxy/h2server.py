@@ -51,7 +51,7 @@ from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 
-from fastproxy._http import HttpParseError, ResponseParser
+from fastproxy._http import BODY_LENGTH, HttpParseError, ResponseParser
 from fastproxy._proxy import ClientConnection
 
 log = logging.getLogger("fastproxy.h2")
@@ -62,6 +62,10 @@ OUT_HIGH = 64 * 1024  # response bytes a stream holds before its exchange pauses
 OUT_LOW = 16 * 1024  # ... and resumes
 RESET_WINDOW = 10.0  # seconds over which client resets are counted
 # Response fields that HTTP/2 forbids (RFC 9113 8.2.2): the connection's business.
+# Fields that do not belong in a trailer section (RFC 9110 6.5.1): framing, routing,
+# and what the proxy answers for; the HTTP/1.1 path drops them too.
+_NOT_TRAILERS = frozenset((b"content-length", b"content-type", b"content-encoding", b"host",
+                           b"authorization", b"set-cookie", b"trailer", b"te"))
 _HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
                   b"upgrade", b"te"))
 # Request fields that HTTP/2 forbids (te is allowed as "trailers" only).
@@ -524,6 +528,7 @@ class H2Stream:
         self.gone = False  # the ClientConnection is let go
         self.head_request = False
         self.end_sent = False
+        self.trailers: list[tuple[bytes, bytes]] | None = None  # sent after the last DATA
         self.pending_headers: list[tuple[bytes, bytes]] = []
 
     # -- started by the session ----------------------------------------------------------
@@ -678,8 +683,10 @@ class H2Stream:
                 self._send_headers(headers, False)  # informational; the answer follows
             return
         self.pending_headers = headers
-        if head.body_kind:
+        if head.body_kind and not (head.body_kind == BODY_LENGTH and head.content_length == 0):
             self._send_headers(headers, False)
+        # else (no body at all): one HEADERS frame with END_STREAM once the message is
+        # complete; that is also gRPC's trailers-only answer (grpc-status in it).
 
     def on_body(self, chunk: Any) -> None:
         data = bytes(chunk)
@@ -695,6 +702,17 @@ class H2Stream:
         if self.parser.head is not None and self.parser.head.status < 200:
             return
         self.resp_done = True
+        raw = self.parser.trailers
+        if raw:
+            # The response's trailer section (gRPC's grpc-status above all): a HEADERS
+            # frame with END_STREAM after the last DATA (RFC 9113 8.1).
+            fields = []
+            for line in raw.split(b"\r\n"):
+                name, sep, value = line.partition(b":")
+                name = name.strip().lower()
+                if sep and name and name not in _HOP and name not in _NOT_TRAILERS:
+                    fields.append((name, value.strip()))
+            self.trailers = fields or None
         if not self.headers_sent:
             self._send_headers(self.pending_headers, True)
             self._finished()
@@ -738,11 +756,14 @@ class H2Stream:
                 else:
                     out.popleft()
                 self.out_size -= len(data)
-                last = self.resp_done and not out
+                last = self.resp_done and not out and self.trailers is None
                 conn.send_data(self.sid, data, end_stream=last)
                 self.end_sent = last
             if self.resp_done and not out and not self.end_sent:
-                conn.end_stream(self.sid)  # an empty DATA frame with END_STREAM
+                if self.trailers is not None:
+                    conn.send_headers(self.sid, self.trailers, end_stream=True)
+                else:
+                    conn.end_stream(self.sid)  # an empty DATA frame with END_STREAM
                 self.end_sent = True
         except ProtocolError:
             self._reset(ErrorCodes.INTERNAL_ERROR)

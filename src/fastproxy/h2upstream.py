@@ -360,7 +360,10 @@ class H2Stream:
                 self.protocol.resume_writing()
 
     # -- response: HEADERS, DATA, trailers -> HTTP/1.1 ---------------------------------
-    def on_response(self, headers: list[tuple[bytes, bytes]]) -> None:
+    def on_response(self, headers: list[tuple[bytes, bytes]], ended: bool = False) -> None:
+        """The response's HEADERS; `ended`: they carried END_STREAM (no body, no
+        trailers: gRPC's trailers-only form), which goes on as `content-length: 0` so
+        that an HTTP/2 client gets it as one HEADERS frame again."""
         status = 0
         lines = []
         length = None
@@ -383,9 +386,9 @@ class H2Stream:
             self._body = _NONE
             if length is not None:
                 lines.append(b"content-length: %s\r\n" % length)
-        elif length is not None:
+        elif length is not None or ended:
             self._body = _LENGTH
-            lines.append(b"content-length: %s\r\n" % length)
+            lines.append(b"content-length: %s\r\n" % (length if length is not None else b"0"))
         else:
             self._body = _CHUNKED
             lines.append(b"transfer-encoding: chunked\r\n")
@@ -551,7 +554,7 @@ class H2Session(asyncio.Protocol):
             stream = self.streams.get(getattr(event, "stream_id", 0) or 0)
             if isinstance(event, ResponseReceived):
                 if stream is not None:
-                    stream.on_response(event.headers)
+                    stream.on_response(event.headers, event.stream_ended is not None)
             elif isinstance(event, DataReceived):
                 if stream is not None:
                     stream.on_data(event.data, event.flow_controlled_length)
