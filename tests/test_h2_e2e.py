@@ -651,6 +651,38 @@ def test_client_goaway_still_gets_its_answers(make_origin: OriginFactory, certs:
         client.close()
 
 
+def test_frames_after_a_client_goaway_are_still_taken(
+        make_origin: OriginFactory, certs: Path,
+        start_proxy: Callable[..., ProxyProcess]) -> None:
+    """A client's GOAWAY followed, in the same write, by its SETTINGS ACK (the
+    server's SETTINGS crossed the GOAWAY): the ACK is a legal frame on an open
+    connection, and the stream in flight is still answered."""
+    origin = make_origin(lambda req: Reply(200, [], b"late answer", delay=0.5))
+    port = free_port()
+    start_proxy(tls_listener(port, certs), app(origin), port)
+    client = RawH2(port, certs)
+    try:
+        sid = client.request("/late")
+        # The server's SETTINGS: h2 queues our ACK; keep it back for now.
+        while not client.of(h2.events.RemoteSettingsChanged):
+            data = client.sock.recv(65536)
+            assert data, "closed"
+            client.events.extend(client.conn.receive_data(data))
+        ack = client.conn.data_to_send()
+        assert ack
+        client.conn.close_connection()  # GOAWAY NO_ERROR
+        goaway = client.conn.data_to_send()
+        client.sock.sendall(goaway + ack)
+        client.conn.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
+        status, _, body = client.response(sid)
+        assert (status, body) == (200, b"late answer")
+        terminated = client.goaway()
+        assert terminated is None or terminated.error_code == ErrorCodes.NO_ERROR
+        client.until_closed()
+    finally:
+        client.close()
+
+
 def test_idle_connection_closes_after_keepalive(make_origin: OriginFactory, certs: Path,
                                                 start_proxy: Callable[..., ProxyProcess]) -> None:
     origin = make_origin()

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from h2.config import H2Configuration
-from h2.connection import ConnectionState, H2Connection
+from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -93,6 +93,21 @@ class _Connection(H2Connection):
     @property
     def open_inbound_streams(self) -> int:
         return int(super().open_inbound_streams) // 2
+
+    def _receive_goaway_frame(self, frame: Any) -> tuple[list[Any], list[Any]]:
+        """A client's graceful GOAWAY (NO_ERROR) opens no more streams but waits for
+        the answers to those it opened (RFC 9113 6.8). h2 would close its state (the
+        client's later frames, a SETTINGS ACK that crossed the GOAWAY in the same
+        read, would then be protocol errors) and drop what is queued to send: the
+        state stays open and the queue is kept; the session drains (see
+        data_received). Any other GOAWAY is h2's."""
+        if frame.error_code != ErrorCodes.NO_ERROR:
+            return super()._receive_goaway_frame(frame)  # type: ignore[no-any-return]
+        event = ConnectionTerminated()
+        event.error_code = ErrorCodes.NO_ERROR
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
 
 
 class H2Limits:
@@ -212,10 +227,8 @@ class H2Session:
                 if event.error_code != ErrorCodes.NO_ERROR or not self.streams:
                     self.close(False)
                     return
-                # The client's graceful GOAWAY: it opens no more streams but waits for
-                # the answers to those it opened. h2 would send nothing more after it:
-                # its state goes back to open, and the socket closes after the last.
-                self.conn.state_machine.state = ConnectionState.SERVER_OPEN
+                # The client's graceful GOAWAY (h2's state stays open: _Connection):
+                # the streams it opened are answered, then the socket closes.
                 self.draining = True
                 self.last_stream = self.conn.highest_inbound_stream_id
         self.flush()
