@@ -34,6 +34,9 @@ die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/fastproxy-install.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
+# FASTPROXY_INSTALL_VENV=DIR: make the fresh venv there and leave it (ci/test.sh
+# fuzzes the installed package with it, then removes it).
+VENV_DIR="${FASTPROXY_INSTALL_VENV:-$WORK/venv}"
 
 if [ "$#" -gt 0 ]; then
     wheel="$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
@@ -51,12 +54,16 @@ BASE_PY="${FASTPROXY_INSTALL_PYTHON:-}"
 if [ -z "$BASE_PY" ]; then
     BASE_PY="$("$VPY" -c 'import sys; print(getattr(sys, "_base_executable", sys.executable))')"
 fi
-log "fresh venv in $WORK/venv ($("$BASE_PY" --version 2>&1))"
-"$BASE_PY" -m venv "$WORK/venv"
-PY="$WORK/venv/bin/python"
-# The test extra brings pytest and the tests' helpers (trustme, requests, ...).
-"$PY" -m pip install -q "${wheel}[test]" >"$WORK/pip.log" 2>&1 \
-    || { cat "$WORK/pip.log" >&2; die "pip install of the wheel failed (output above)"; }
+log "fresh venv in $VENV_DIR ($("$BASE_PY" --version 2>&1))"
+rm -rf "$VENV_DIR"
+"$BASE_PY" -m venv "$VENV_DIR"
+PY="$VENV_DIR/bin/python"
+# The test extra brings pytest and the tests' helpers (trustme, requests, ...); the
+# fuzz extra (atheris) when it installs.
+if ! "$PY" -m pip install -q "${wheel}[test,fuzz]" >"$WORK/pip.log" 2>&1; then
+    "$PY" -m pip install -q "${wheel}[test]" >"$WORK/pip.log" 2>&1 \
+        || { cat "$WORK/pip.log" >&2; die "pip install of the wheel failed (output above)"; }
+fi
 
 cp -r "$ROOT/tests" "$WORK/tests"
 cp -rL "$ROOT/examples" "$WORK/examples"   # -L: demo.toml is a link into src/
@@ -70,12 +77,12 @@ cd "$WORK"
 unset PYTHONPATH
 where="$("$PY" -c 'import fastproxy._http, fastproxy._tls; print(fastproxy._tls.__file__)')"
 case "$where" in
-    "$WORK/venv/"*) log "fastproxy is imported from the venv: $where" ;;
+    "$VENV_DIR/"*) log "fastproxy is imported from the venv: $where" ;;
     *) die "fastproxy is imported from $where, not from the fresh venv" ;;
 esac
 
 log "fastproxy --version"
-"$WORK/venv/bin/fastproxy" --version | tee "$WORK/version.txt"
+"$VENV_DIR/bin/fastproxy" --version | tee "$WORK/version.txt"
 for want in '^fastproxy [0-9]' '^uvloop [0-9]' '^llhttp 9\.' '^OpenSSL 3\.' '^zlib 1\.'; do
     grep -Eq "$want" "$WORK/version.txt" || die "fastproxy --version lacks a line matching $want"
 done
@@ -102,7 +109,7 @@ ecdsa_ca.cert_pem.write_to_path(str(certs / "internal-ca.pem"))
 PY
 checked=0
 for config in "$WORK"/examples/*.toml; do
-    if ! "$WORK/venv/bin/fastproxy" check "$config" >"$WORK/check.out" 2>&1; then
+    if ! "$VENV_DIR/bin/fastproxy" check "$config" >"$WORK/check.out" 2>&1; then
         cat "$WORK/check.out" >&2
         die "fastproxy check $(basename "$config") failed (output above)"
     fi

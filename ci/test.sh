@@ -140,10 +140,8 @@ make_venv() {
     fi
 }
 
-install_project() {
+install_build_requirements() {
     # Build requirements come from pyproject.toml, so they are listed in one place.
-    # The editable install then builds in this venv (no isolation): repeated runs
-    # are fast and need no network once the pinned C sources are fetched.
     local build_reqs=()
     mapfile -t build_reqs < <("$VPY" -c '
 import tomllib
@@ -151,7 +149,12 @@ with open("pyproject.toml", "rb") as f:
     print("\n".join(tomllib.load(f)["build-system"]["requires"]))')
     log "installing build requirements: ${build_reqs[*]} build"
     "$VPY" -m pip install -q "${build_reqs[@]}" build
+}
 
+install_project() {
+    # The editable install builds in this venv (no isolation): repeated runs are
+    # fast and need no network once the pinned C sources are fetched.
+    install_build_requirements
     log "pip install -e '.[test,fuzz]'"
     if "$VPY" -m pip install -q --no-build-isolation -e '.[test,fuzz]' >"$WORK/pip.log" 2>&1; then
         return 0
@@ -271,12 +274,14 @@ PY
 # The wheel built from the sdist, installed into a fresh venv outside the tree:
 # --version, check on every example, and the whole test suite against it
 # (ci/install-test.sh; run it alone to build and test the manylinux wheel instead).
+INSTALLED_VENV="$WORK/installed"  # the fresh venv with the wheel (fuzzing uses it too)
+
 run_install_test() {
     [ -n "${SDIST_WHEEL:-}" ] || die "no wheel from the sdist check to install"
     log "install test: $(basename "$SDIST_WHEEL") in a fresh venv, the whole suite"
     local rc=0
     set +e
-    FASTPROXY_VENV="$VENV" FASTPROXY_INSTALL_FULL=1 \
+    FASTPROXY_VENV="$VENV" FASTPROXY_INSTALL_FULL=1 FASTPROXY_INSTALL_VENV="$INSTALLED_VENV" \
         bash "$ROOT/ci/install-test.sh" "$SDIST_WHEEL" 2>&1 | tee "$WORK/pytest.log"
     rc="${PIPESTATUS[0]}"
     set -e
@@ -285,8 +290,9 @@ run_install_test() {
     [ "$rc" -eq 0 ] || die "the install test failed (exit $rc; output above)"
 }
 
-run_fuzz() {
-    if ! "$VPY" -c 'import atheris' 2>/dev/null; then
+run_fuzz() {  # run_fuzz PYTHON: a venv's interpreter with fastproxy and atheris
+    local py="$1"
+    if ! "$py" -c 'import atheris' 2>/dev/null; then
         warn "skipping fuzzing: atheris is not installed (see the install step above)"
         return 0
     fi
@@ -303,11 +309,11 @@ run_fuzz() {
         fuzz_log="$WORK/fuzz-$(basename "$target" .py).log"
         # timeout is a backstop in case the target ignores libFuzzer's time limit.
         timeout --kill-after=30 $((seconds * 3 + 60)) \
-            "$VPY" "$target" -max_total_time="$seconds" \
+            "$py" "$target" -max_total_time="$seconds" \
             -artifact_prefix="$ROOT/build/fuzz-artifacts/" 2>"$fuzz_log" \
             || { tail -n 60 "$fuzz_log" >&2
                  die "fuzzing $target failed; crash inputs are in build/fuzz-artifacts/" \
-                     "(replay one: $VPY $target build/fuzz-artifacts/crash-...)"; }
+                     "(replay one: $py $target build/fuzz-artifacts/crash-...)"; }
         tail -n 3 "$fuzz_log"
     done
 }
@@ -324,20 +330,24 @@ print_counts() {
 
 install_system_packages
 make_venv
-install_project
 
 if [ "${1:-}" = "--setup-only" ]; then
+    install_project
     log "setup done: $VPY"
     exit 0
 fi
 
 if [ "$#" -gt 0 ]; then
+    install_project
     run_pytest "$@"
     log "subset run: skipped the sdist and fuzz checks (run ci/test.sh without arguments for all)"
 else
+    # Everything runs against the wheel built from the sdist (compiled once): the
+    # checkout's venv only holds the build tools.
+    install_build_requirements
     check_sdist
     run_install_test
-    run_fuzz
+    run_fuzz "$INSTALLED_VENV/bin/python"
     log "all checks passed"
 fi
 print_counts
