@@ -122,7 +122,7 @@ if [ -n "${FASTPROXY_INSTALL_TESTS:-}" ]; then
     read -r -a SMOKE_TESTS <<<"$FASTPROXY_INSTALL_TESTS"
 fi
 if [ "${FASTPROXY_INSTALL_FULL:-0}" = "1" ]; then
-    SMOKE_TESTS=(.)  # every test file
+    SMOKE_TESTS=(. --durations=30)  # every test file; the slowest named (CI time)
 fi
 log "python -m pytest (installed package) in $WORK/tests: ${SMOKE_TESTS[*]}"
 cd "$WORK/tests"
