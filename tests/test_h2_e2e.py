@@ -14,6 +14,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -688,3 +689,58 @@ def test_graceful_shutdown_finishes_streams_in_flight(make_origin: OriginFactory
         assert proxy.wait(10) == 0
     finally:
         client.close()
+
+
+def test_h2_streams_do_not_count_as_connections(make_origin: OriginFactory,
+                                                tmp_path: Path) -> None:
+    """[server] max_connections counts client connections: the streams of one
+    HTTP/2 connection in flight do not fill it (they were each counted, so one
+    client with a few streams open had every other client's connection cut)."""
+    gate = threading.Event()
+
+    async def slow(req: Received) -> Reply:
+        deadline = time.monotonic() + 10
+        while not gate.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return Reply(body=b"slow")
+
+    origin = make_origin(slow)
+    port = free_port()
+    text = (f'[server]\nworkers = 1\nshutdown_timeout = "2s"\nmax_connections = 4\n\n'
+            f'[log]\naccess = "{tmp_path / "access.log"}"\nlevel = "info"\n\n'
+            f'[[listeners]]\naddress = "127.0.0.1:{port}"\nh2c = true\n\n'
+            f'[upstreams.app]\nservers = ["{origin.address}"]\n\n'
+            '[[routes]]\nupstream = "app"\n')
+    proxy = ProxyProcess(text, tmp_path, port).start()
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=True, header_encoding=None))
+        conn.initiate_connection()
+        for _ in range(6):
+            sid = conn.get_next_available_stream_id()
+            conn.send_headers(sid, [(":method", "GET"), (":path", "/"), (":scheme", "http"),
+                                    (":authority", "x")], end_stream=True)
+        sock.sendall(conn.data_to_send())
+        deadline = time.monotonic() + 10
+        while len(origin.requests) < 6 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(origin.requests) == 6  # six streams in flight on one connection
+        # A second client connection (the worker holds 1 of 4): served.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as other:
+            other.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            gate.set()
+            data = b""
+            while True:
+                try:
+                    chunk = other.recv(65536)
+                except ConnectionResetError:
+                    chunk = b""
+                if not chunk:
+                    break
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 200"), data[:100]
+        sock.close()
+    finally:
+        gate.set()
+        proxy.stop()

@@ -420,6 +420,9 @@ cdef class Core:
     # (status, response bytes) -> the gRPC form of an answer made here (HTTP 200,
     # grpc-status), for requests with a gRPC content type; None: answered as made.
     cdef public object grpc_local
+    # The ClientConnections in `clients` that are HTTP/2 streams, not connections:
+    # [server] max_connections counts connections only.
+    cdef public Py_ssize_t h2_streams
 
     cdef void instance_add(self, int what, int64_t v) noexcept:
         """Count on the instance's own series (metrics), when they are on."""
@@ -720,7 +723,7 @@ cdef class ClientConnection(ParserHandler):
         if not self.stream:
             core.instance_add(ST_ACCEPTED, 1)
             core.instance_add(ST_OPEN, 1)
-        if len(core.clients) >= core.max_connections and not self.stream:
+        if len(core.clients) - core.h2_streams >= core.max_connections and not self.stream:
             self.closed = True
             transport.abort()
             return
@@ -753,6 +756,8 @@ cdef class ClientConnection(ParserHandler):
         self.parser = RequestParser(self, max_line_bytes=sizes[0], max_header_bytes=sizes[1],
                                     max_header_count=sizes[2])
         self.max_body = sizes[3]
+        if self.stream:
+            core.h2_streams += 1
         core.clients.add(self)
         self._wait(WAIT_HEAD, core.t_header)
 
@@ -825,6 +830,8 @@ cdef class ClientConnection(ParserHandler):
         cdef Exchange ex = self.exchange
         cdef Core core = self.core
         self.closed = True
+        if self.stream and self in core.clients:
+            core.h2_streams -= 1
         core.clients.discard(self)
         if self.h2 is not None:
             session = self.h2

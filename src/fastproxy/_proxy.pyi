@@ -24,6 +24,7 @@ class Core:
     tls_listeners: list[Any]
     # HTTP/2 sessions: (outer client, its transport, first bytes or None) -> session
     h2_factory: Callable[[ClientConnection, Any, bytes | None], Any] | None
+    h2_streams: int
     handshake_failures: int
     in_flight: int
     shed: int
