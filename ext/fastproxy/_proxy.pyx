@@ -695,13 +695,17 @@ cdef class ClientConnection(ParserHandler):
             self.pp_v2 = header
         return header
 
-    def set_stream(self, bytes ip not None):
+    def set_stream(self, bytes ip not None, ClientConnection outer=None):
         """Make this connection one HTTP/2 stream of a client connection from `ip`
         (before connection_made): it is not counted as a connection, and its
-        transport is the stream's."""
+        transport is the stream's. The PROXY headers to upstreams name the port and
+        destination of `outer` (the socket's connection: what its own PROXY header
+        said, if any)."""
         self.ip = ip
         self.peer_given = True
         self.stream = True
+        if outer is not None:
+            self.pp_addrs = outer.pp_addrs
 
     def h2_wait(self, double seconds):
         """The HTTP/2 session's deadline on this socket (0: none)."""
