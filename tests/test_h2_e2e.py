@@ -28,7 +28,13 @@ import httpx
 import pytest
 import trustme
 from h2.errors import ErrorCodes
-from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame, SettingsFrame
+from hyperframe.frame import (
+    ContinuationFrame,
+    GoAwayFrame,
+    HeadersFrame,
+    PingFrame,
+    SettingsFrame,
+)
 
 from servers import Origin, ProxyProcess, Received, Reply, free_port, rss_kib
 
@@ -648,6 +654,44 @@ def test_client_goaway_still_gets_its_answers(make_origin: OriginFactory, certs:
         status, _, body = client.response(sid)
         assert (status, body) == (200, b"late answer")
         client.until_closed()  # then the proxy closes
+    finally:
+        client.close()
+
+
+def test_client_goaway_with_more_frames_in_the_same_read(
+        make_origin: OriginFactory, start_proxy: Callable[..., ProxyProcess]) -> None:
+    """A client's graceful GOAWAY followed by other frames (here a PING, as a
+    client's WINDOW_UPDATE or SETTINGS ack may follow) in one read: the streams
+    it opened are still answered (h2 had closed its state at the GOAWAY, the next
+    frame was a PROTOCOL_ERROR and the answer was lost)."""
+    origin = make_origin(lambda req: Reply(200, [], b"late answer", delay=0.3))
+    port = free_port()
+    listener = f'[[listeners]]\naddress = "127.0.0.1:{port}"\nh2c = true\n'
+    start_proxy(listener, app(origin), port)
+    client = RawH2.__new__(RawH2)
+    client.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    client.conn = h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=True, header_encoding=None))
+    client.events = []
+    client.closed = False
+    try:
+        client.conn.initiate_connection()
+        sid = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(sid, [(":method", "GET"), (":path", "/late"),
+                                       (":scheme", "http"), (":authority", "x")],
+                                 end_stream=True)
+        goaway = GoAwayFrame(0)
+        goaway.last_stream_id = 0
+        goaway.error_code = 0
+        ping = PingFrame(0)
+        ping.opaque_data = b"12345678"
+        client.sock.sendall(client.conn.data_to_send() + goaway.serialize() + ping.serialize())
+        client.conn.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
+        status, _, body = client.response(sid)
+        assert (status, body) == (200, b"late answer")
+        client.until_closed()  # then the proxy closes
+        end = client.goaway()
+        assert end is None or end.error_code == ErrorCodes.NO_ERROR, end
     finally:
         client.close()
 

@@ -94,6 +94,20 @@ class _Connection(H2Connection):
     def open_inbound_streams(self) -> int:
         return int(super().open_inbound_streams) // 2
 
+    def _receive_goaway_frame(self, frame: Any) -> tuple[list[Any], list[Any]]:
+        # A client's graceful GOAWAY (NO_ERROR) only reports itself: h2 would close
+        # its state at once, and a frame after it in the same read (a WINDOW_UPDATE,
+        # a SETTINGS ack) would be a PROTOCOL_ERROR that loses the answers the
+        # client still waits for (the session drains instead, see data_received).
+        if frame.error_code != 0:
+            result: tuple[list[Any], list[Any]] = super()._receive_goaway_frame(frame)
+            return result
+        event = ConnectionTerminated()
+        event.error_code = ErrorCodes.NO_ERROR
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
+
 
 class H2Limits:
     """What the sessions of one listener need to know (built once per worker)."""
