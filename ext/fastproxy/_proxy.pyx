@@ -810,6 +810,13 @@ cdef class ClientConnection(ParserHandler):
         if self.pending is not None:  # reading is held; keep order
             self.pending += data
             return
+        if self.exchange is not None and self.exchange.req_done:
+            # The next request, pipelined in a read of its own: held until this
+            # response is out (parsed now, it would start a second exchange whose
+            # response could go out first).
+            self.pending = data
+            self.hold_reading(HOLD_PIPELINE, True)
+            return
         if self.waiting == WAIT_IDLE:
             self._wait(WAIT_HEAD, self.core.t_header)
         self._feed(data)
@@ -1008,9 +1015,13 @@ cdef class ClientConnection(ParserHandler):
         pending = self.pending
         if pending is not None:
             self.pending = None
-            self.hold_reading(HOLD_PIPELINE, False)
             self._wait(WAIT_HEAD, core.t_header)
             self._feed(pending)
+            # Reading resumes only after the held bytes are parsed: a TLS transport
+            # hands over what it has decrypted within resume_reading, and those
+            # later bytes went to the parser first (pipelined requests reordered).
+            if self.pending is None:
+                self.hold_reading(HOLD_PIPELINE, False)
         return 0
 
     # -- internals --------------------------------------------------------------------
@@ -2816,6 +2827,10 @@ cdef class Exchange:
         client.tunnel = tunnel
         pending = client.pending
         client.pending = None
+        if pending:
+            # Before reading resumes (a TLS transport may hand over later bytes
+            # within resume_reading): the client's bytes stay in order.
+            tunnel.from_client(pending)
         # Reading on each side follows whether the other side takes bytes now.
         held = client.holds != 0
         client.holds = 0
@@ -2832,8 +2847,6 @@ cdef class Exchange:
                 conn.transport.resume_reading()
         client.waiting = WAIT_TUNNEL
         client.deadline = monotonic() + tunnel.idle if tunnel.idle > 0 else 0.0
-        if pending:
-            tunnel.from_client(pending)
         self.finish(False)
         if client.eof:
             tunnel.eof(False)  # the client had half-closed already
