@@ -788,3 +788,33 @@ def test_h2_streams_do_not_count_as_connections(make_origin: OriginFactory,
     finally:
         gate.set()
         proxy.stop()
+
+
+@pytest.mark.parametrize("engine", ["openssl", "python"])
+def test_alpn_h2_after_a_proxy_header(make_origin: OriginFactory, certs: Path,
+                                      start_proxy: Callable[..., ProxyProcess],
+                                      engine: str) -> None:
+    """A TLS listener with proxy_protocol = true: the PROXY header, then the TLS
+    handshake choosing h2 by ALPN; the stream is answered and the header's
+    address is the client's (X-Forwarded-For upstream)."""
+    origin = make_origin()
+    port = free_port()
+    start_proxy(tls_listener(port, certs, engine, extra="proxy_protocol = true"), app(origin),
+                port)
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    raw.sendall(b"PROXY TCP4 192.0.2.44 127.0.0.1 5555 443\r\n")
+    client = RawH2.__new__(RawH2)
+    client.sock = client_context(certs).wrap_socket(raw, server_hostname="site.example")
+    assert client.sock.selected_alpn_protocol() == "h2"  # type: ignore[attr-defined]
+    client.conn = h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=True, header_encoding=None))
+    client.events = []
+    client.closed = False
+    try:
+        client.conn.initiate_connection()
+        client.send()
+        status, _, _ = client.response(client.request("/pp"))
+        assert status == 200
+        assert dict(origin.requests[-1].headers)["X-Forwarded-For"] == "192.0.2.44"
+    finally:
+        client.close()
