@@ -818,3 +818,40 @@ def test_alpn_h2_after_a_proxy_header(make_origin: OriginFactory, certs: Path,
         assert dict(origin.requests[-1].headers)["X-Forwarded-For"] == "192.0.2.44"
     finally:
         client.close()
+
+
+def test_reload_lets_a_stream_finish_and_serves_new_connections(
+        make_origin: OriginFactory, certs: Path,
+        start_proxy: Callable[..., ProxyProcess]) -> None:
+    """SIGHUP (reload) with an HTTP/2 stream in flight: the old worker sends GOAWAY,
+    the stream gets its answer, and a new connection is served by the new worker."""
+    origin = make_origin(lambda req: Reply(200, [], b"late", delay=1.0 if req.target == "/late"
+                                           else 0.0))
+    port = free_port()
+    proxy = start_proxy(tls_listener(port, certs), app(origin), port)
+    old = proxy.wait_worker_pids(1)
+    client = RawH2(port, certs)
+    try:
+        sid = client.request("/late")
+        deadline = time.monotonic() + 10
+        while not origin.requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proxy.signal(signal.SIGHUP)
+        status, _, body = client.response(sid)
+        assert (status, body) == (200, b"late")
+        goaway = client.goaway()
+        assert goaway is not None and goaway.error_code == ErrorCodes.NO_ERROR
+    finally:
+        client.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        pids = proxy.worker_pids()
+        if pids and not set(pids) & set(old):
+            break
+        time.sleep(0.05)
+    fresh = RawH2(port, certs)
+    try:
+        assert fresh.response(fresh.request("/new"))[0] == 200
+    finally:
+        fresh.close()
+    assert "Traceback" not in proxy.log()
