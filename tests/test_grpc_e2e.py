@@ -1208,3 +1208,24 @@ def test_responses_with_trailers_are_not_cached(make_origin: Callable[..., Origi
                 data += chunk
         assert data.endswith(b"plain")
     assert [r.target for r in origin.requests] == ["/t", "/t", "/plain"]
+
+
+def test_graceful_stop_lets_a_call_in_flight_finish(grpc_server: GrpcServer,
+                                                    make_proxy: ProxyFactory) -> None:
+    """SIGTERM while a call is at an h2c:// server: the call gets its answer and
+    status over its HTTP/2 session, then the proxy exits cleanly."""
+    proxy = make_proxy({"grpc": [f"h2c://127.0.0.1:{grpc_server.port}"]})
+    result: list[Call] = []
+    thread = threading.Thread(target=lambda: result.append(unary(proxy.port, "Slow", b"s")))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not grpc_server.service.peers and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert grpc_server.service.peers
+    proxy.signal(15)
+    thread.join(15)
+    assert result and result[0].status == 200
+    assert result[0].trailers.get("grpc-status") == "0"
+    assert result[0].body == [b"s"]  # type: ignore[attr-defined]
+    assert proxy.wait(10) == 0
+    assert "Traceback" not in proxy.log()
