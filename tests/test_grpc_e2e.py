@@ -530,6 +530,69 @@ def test_a_server_that_is_not_http2_is_a_connect_failure(make_proxy: ProxyFactor
         listener.close()
 
 
+def _get_status(port: int) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return int(data.split(b" ", 2)[1]) if data else 0
+
+
+def test_a_silent_server_is_a_connect_failure_and_closed(make_proxy: ProxyFactory) -> None:
+    """An h2c:// server that accepts but never sends its SETTINGS: each request
+    times out connecting (504) and the proxy closes that connection. (Its session
+    stayed listed with a cancelled `ready`: every later request to the server
+    raised CancelledError in the worker, and each socket stayed open.)"""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            accepted.append(conn)  # read nothing, say nothing
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        proxy = make_proxy({"grpc": [f"h2c://127.0.0.1:{port}"]},
+                           upstream_extra='connect_timeout = "300ms"')
+        statuses = [_get_status(proxy.port) for _ in range(4)]
+        assert statuses == [504] * 4, (statuses, proxy.log())
+        assert len(accepted) == 4
+        # Each timed-out session is closed by the proxy: the server reads EOF.
+        deadline = time.monotonic() + 5
+        open_ = list(accepted)
+        while open_ and time.monotonic() < deadline:
+            for conn in list(open_):
+                conn.settimeout(0.05)
+                try:
+                    while conn.recv(65536):
+                        pass
+                    open_.remove(conn)  # EOF
+                except TimeoutError:
+                    pass
+                except OSError:
+                    open_.remove(conn)
+        assert not open_, f"{len(open_)} of 4 connections left open by the proxy"
+        assert "Traceback" not in proxy.log()
+    finally:
+        stop.set()
+        thread.join(5)
+        for conn in accepted:
+            conn.close()
+        listener.close()
+
+
 # -- gRPC status on the proxy's own answers ---------------------------------------------
 
 def test_upstream_down_is_unavailable(make_proxy: ProxyFactory) -> None:
@@ -1145,3 +1208,24 @@ def test_responses_with_trailers_are_not_cached(make_origin: Callable[..., Origi
                 data += chunk
         assert data.endswith(b"plain")
     assert [r.target for r in origin.requests] == ["/t", "/t", "/plain"]
+
+
+def test_graceful_stop_lets_a_call_in_flight_finish(grpc_server: GrpcServer,
+                                                    make_proxy: ProxyFactory) -> None:
+    """SIGTERM while a call is at an h2c:// server: the call gets its answer and
+    status over its HTTP/2 session, then the proxy exits cleanly."""
+    proxy = make_proxy({"grpc": [f"h2c://127.0.0.1:{grpc_server.port}"]})
+    result: list[Call] = []
+    thread = threading.Thread(target=lambda: result.append(unary(proxy.port, "Slow", b"s")))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not grpc_server.service.peers and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert grpc_server.service.peers
+    proxy.signal(15)
+    thread.join(15)
+    assert result and result[0].status == 200
+    assert result[0].trailers.get("grpc-status") == "0"
+    assert result[0].body == [b"s"]  # type: ignore[attr-defined]
+    assert proxy.wait(10) == 0
+    assert "Traceback" not in proxy.log()

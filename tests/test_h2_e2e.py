@@ -14,6 +14,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -27,7 +28,13 @@ import httpx
 import pytest
 import trustme
 from h2.errors import ErrorCodes
-from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame, SettingsFrame
+from hyperframe.frame import (
+    ContinuationFrame,
+    GoAwayFrame,
+    HeadersFrame,
+    PingFrame,
+    SettingsFrame,
+)
 
 from servers import Origin, ProxyProcess, Received, Reply, free_port, rss_kib
 
@@ -679,6 +686,40 @@ def test_frames_after_a_client_goaway_are_still_taken(
         terminated = client.goaway()
         assert terminated is None or terminated.error_code == ErrorCodes.NO_ERROR
         client.until_closed()
+def test_client_goaway_with_more_frames_in_the_same_read(
+        make_origin: OriginFactory, start_proxy: Callable[..., ProxyProcess]) -> None:
+    """A client's graceful GOAWAY followed by other frames (here a PING, as a
+    client's WINDOW_UPDATE or SETTINGS ack may follow) in one read: the streams
+    it opened are still answered (h2 had closed its state at the GOAWAY, the next
+    frame was a PROTOCOL_ERROR and the answer was lost)."""
+    origin = make_origin(lambda req: Reply(200, [], b"late answer", delay=0.3))
+    port = free_port()
+    listener = f'[[listeners]]\naddress = "127.0.0.1:{port}"\nh2c = true\n'
+    start_proxy(listener, app(origin), port)
+    client = RawH2.__new__(RawH2)
+    client.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    client.conn = h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=True, header_encoding=None))
+    client.events = []
+    client.closed = False
+    try:
+        client.conn.initiate_connection()
+        sid = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(sid, [(":method", "GET"), (":path", "/late"),
+                                       (":scheme", "http"), (":authority", "x")],
+                                 end_stream=True)
+        goaway = GoAwayFrame(0)
+        goaway.last_stream_id = 0
+        goaway.error_code = 0
+        ping = PingFrame(0)
+        ping.opaque_data = b"12345678"
+        client.sock.sendall(client.conn.data_to_send() + goaway.serialize() + ping.serialize())
+        client.conn.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
+        status, _, body = client.response(sid)
+        assert (status, body) == (200, b"late answer")
+        client.until_closed()  # then the proxy closes
+        end = client.goaway()
+        assert end is None or end.error_code == ErrorCodes.NO_ERROR, end
     finally:
         client.close()
 
@@ -720,3 +761,125 @@ def test_graceful_shutdown_finishes_streams_in_flight(make_origin: OriginFactory
         assert proxy.wait(10) == 0
     finally:
         client.close()
+
+
+def test_h2_streams_do_not_count_as_connections(make_origin: OriginFactory,
+                                                tmp_path: Path) -> None:
+    """[server] max_connections counts client connections: the streams of one
+    HTTP/2 connection in flight do not fill it (they were each counted, so one
+    client with a few streams open had every other client's connection cut)."""
+    gate = threading.Event()
+
+    async def slow(req: Received) -> Reply:
+        deadline = time.monotonic() + 10
+        while not gate.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return Reply(body=b"slow")
+
+    origin = make_origin(slow)
+    port = free_port()
+    text = (f'[server]\nworkers = 1\nshutdown_timeout = "2s"\nmax_connections = 4\n\n'
+            f'[log]\naccess = "{tmp_path / "access.log"}"\nlevel = "info"\n\n'
+            f'[[listeners]]\naddress = "127.0.0.1:{port}"\nh2c = true\n\n'
+            f'[upstreams.app]\nservers = ["{origin.address}"]\n\n'
+            '[[routes]]\nupstream = "app"\n')
+    proxy = ProxyProcess(text, tmp_path, port).start()
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=True, header_encoding=None))
+        conn.initiate_connection()
+        for _ in range(6):
+            sid = conn.get_next_available_stream_id()
+            conn.send_headers(sid, [(":method", "GET"), (":path", "/"), (":scheme", "http"),
+                                    (":authority", "x")], end_stream=True)
+        sock.sendall(conn.data_to_send())
+        deadline = time.monotonic() + 10
+        while len(origin.requests) < 6 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(origin.requests) == 6  # six streams in flight on one connection
+        # A second client connection (the worker holds 1 of 4): served.
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as other:
+            other.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            gate.set()
+            data = b""
+            while True:
+                try:
+                    chunk = other.recv(65536)
+                except ConnectionResetError:
+                    chunk = b""
+                if not chunk:
+                    break
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 200"), data[:100]
+        sock.close()
+    finally:
+        gate.set()
+        proxy.stop()
+
+
+@pytest.mark.parametrize("engine", ["openssl", "python"])
+def test_alpn_h2_after_a_proxy_header(make_origin: OriginFactory, certs: Path,
+                                      start_proxy: Callable[..., ProxyProcess],
+                                      engine: str) -> None:
+    """A TLS listener with proxy_protocol = true: the PROXY header, then the TLS
+    handshake choosing h2 by ALPN; the stream is answered and the header's
+    address is the client's (X-Forwarded-For upstream)."""
+    origin = make_origin()
+    port = free_port()
+    start_proxy(tls_listener(port, certs, engine, extra="proxy_protocol = true"), app(origin),
+                port)
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    raw.sendall(b"PROXY TCP4 192.0.2.44 127.0.0.1 5555 443\r\n")
+    client = RawH2.__new__(RawH2)
+    client.sock = client_context(certs).wrap_socket(raw, server_hostname="site.example")
+    assert client.sock.selected_alpn_protocol() == "h2"  # type: ignore[attr-defined]
+    client.conn = h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=True, header_encoding=None))
+    client.events = []
+    client.closed = False
+    try:
+        client.conn.initiate_connection()
+        client.send()
+        status, _, _ = client.response(client.request("/pp"))
+        assert status == 200
+        assert dict(origin.requests[-1].headers)["X-Forwarded-For"] == "192.0.2.44"
+    finally:
+        client.close()
+
+
+def test_reload_lets_a_stream_finish_and_serves_new_connections(
+        make_origin: OriginFactory, certs: Path,
+        start_proxy: Callable[..., ProxyProcess]) -> None:
+    """SIGHUP (reload) with an HTTP/2 stream in flight: the old worker sends GOAWAY,
+    the stream gets its answer, and a new connection is served by the new worker."""
+    origin = make_origin(lambda req: Reply(200, [], b"late", delay=1.0 if req.target == "/late"
+                                           else 0.0))
+    port = free_port()
+    proxy = start_proxy(tls_listener(port, certs), app(origin), port)
+    old = proxy.wait_worker_pids(1)
+    client = RawH2(port, certs)
+    try:
+        sid = client.request("/late")
+        deadline = time.monotonic() + 10
+        while not origin.requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proxy.signal(signal.SIGHUP)
+        status, _, body = client.response(sid)
+        assert (status, body) == (200, b"late")
+        goaway = client.goaway()
+        assert goaway is not None and goaway.error_code == ErrorCodes.NO_ERROR
+    finally:
+        client.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        pids = proxy.worker_pids()
+        if pids and not set(pids) & set(old):
+            break
+        time.sleep(0.05)
+    fresh = RawH2(port, certs)
+    try:
+        assert fresh.response(fresh.request("/new"))[0] == 200
+    finally:
+        fresh.close()
+    assert "Traceback" not in proxy.log()

@@ -217,3 +217,25 @@ def test_bytes_after_a_response_never_answer_the_next_pipelined_request(
             assert first.status == 200
             assert (second.status, second.body) == (200, b"real /b")
 
+
+
+def test_pipelined_request_in_a_read_of_its_own_waits_its_turn(
+        make_origin: Callable[..., Origin], make_proxy: Callable[..., ProxyProcess]) -> None:
+    """The next request sent (in a write of its own) while the previous one is at
+    the upstream: answered after it. (It started a second exchange at once, whose
+    response went out first: each client got the other request's answer.)"""
+    def handler(req: Received) -> Reply:
+        return Reply(body=f"{req.target}".encode(), delay=0.5 if req.target == "/slow" else 0.0)
+
+    origin = make_origin(handler)
+    proxy = make_proxy({"backend": [origin.address]})
+    with RawClient(proxy.port) as c:
+        c.send(b"GET /slow HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        deadline = time.monotonic() + 10
+        while not origin.requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [q.target for q in origin.requests] == ["/slow"]
+        c.send(b"GET /fast HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        first, second = c.read_response(), c.read_response()
+        assert (first.body, second.body) == (b"/slow", b"/fast")
+        assert c.buf == b""

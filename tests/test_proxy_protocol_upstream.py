@@ -639,3 +639,36 @@ def test_fastproxy_check_reports_a_bad_value(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "warning" not in out.stderr and out.stdout.startswith("config OK:")
+
+
+def test_http2_client_behind_a_proxy_header(proxied: ProxiedOrigin,
+                                            start_proxy) -> None:  # type: ignore[no-untyped-def]
+    """An HTTP/2 client (h2c) on a listener that takes PROXY headers: the header
+    sent upstream names the client, port and destination its own header gave, as
+    for an HTTP/1.1 client (a stream had the socket's port and address instead)."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    proxy = start_proxy('proxy_protocol = true\nh2c = true\n' + upstream(proxied.address, "v1"))
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True,
+                                                                header_encoding=None))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "GET"), (":path", "/"), (":scheme", "http"),
+                          (":authority", "x")], end_stream=True)
+    body = b""
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        sock.sendall(b"PROXY TCP4 198.51.100.4 10.1.1.1 4444 8443\r\n" + conn.data_to_send())
+        ended = False
+        while not ended:
+            data = sock.recv(65536)
+            assert data, "closed before the answer"
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.DataReceived):
+                    body += event.data
+                elif isinstance(event, h2.events.StreamEnded):
+                    ended = True
+            sock.sendall(conn.data_to_send())
+    facts = json.loads(body)
+    assert (facts["src"], facts["sport"], facts["dst"], facts["dport"]) == \
+        ("198.51.100.4", 4444, "10.1.1.1", 8443)

@@ -671,6 +671,30 @@ def test_tls_terminated_then_plain_bytes(servers, tcp_proxy, ca, tmp_path, engin
         assert sock.recv(7) == b"through"
 
 
+@pytest.mark.parametrize("engine", ["openssl", "python"])
+def test_tls_terminated_after_a_proxy_header(servers, tcp_proxy, ca, tmp_path, engine) -> None:
+    """proxy_protocol = true with tls: the PROXY header in the clear, then the TLS
+    handshake, then plain bytes to the server; the header's address is logged."""
+    a = servers(b"plain")
+    cert = ca.issue_cert("proxy.example.com")
+    cert_path, key_path = tmp_path / f"pc{engine}.pem", tmp_path / f"pk{engine}.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_path))
+    cert.private_key_pem.write_to_path(str(key_path))
+    proxy = tcp_proxy(listener(more=f'proxy_protocol = true\ntls = {{ certificates = [{{ '
+                                    f'cert = "{cert_path}", key = "{key_path}" }}], '
+                                    f'engine = "{engine}" }}')
+                      + upstream("echo", [a.address]), probe_logged=False)
+    context = tls_client(ca)
+    with connect(proxy.port) as raw:
+        raw.sendall(b"PROXY TCP4 192.0.2.9 127.0.0.1 5555 443\r\n")
+        with context.wrap_socket(raw, server_hostname="proxy.example.com") as sock:
+            assert read_line(sock) == b"plain\n"
+            sock.sendall(b"through")
+            assert sock.recv(7) == b"through"
+    assert wait_for(lambda: any(line.startswith("192.0.2.9 ") for line in proxy.access_log()))
+    assert "Traceback" not in proxy.log()
+
+
 # -- shutdown -----------------------------------------------------------------------------
 
 def test_graceful_shutdown_lets_a_tunnel_finish(servers, tcp_proxy) -> None:

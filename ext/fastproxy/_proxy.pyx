@@ -420,6 +420,9 @@ cdef class Core:
     # (status, response bytes) -> the gRPC form of an answer made here (HTTP 200,
     # grpc-status), for requests with a gRPC content type; None: answered as made.
     cdef public object grpc_local
+    # The ClientConnections in `clients` that are HTTP/2 streams, not connections:
+    # [server] max_connections counts connections only.
+    cdef public Py_ssize_t h2_streams
 
     cdef void instance_add(self, int what, int64_t v) noexcept:
         """Count on the instance's own series (metrics), when they are on."""
@@ -692,13 +695,17 @@ cdef class ClientConnection(ParserHandler):
             self.pp_v2 = header
         return header
 
-    def set_stream(self, bytes ip not None):
+    def set_stream(self, bytes ip not None, ClientConnection outer=None):
         """Make this connection one HTTP/2 stream of a client connection from `ip`
         (before connection_made): it is not counted as a connection, and its
-        transport is the stream's."""
+        transport is the stream's. The PROXY headers to upstreams name the port and
+        destination of `outer` (the socket's connection: what its own PROXY header
+        said, if any)."""
         self.ip = ip
         self.peer_given = True
         self.stream = True
+        if outer is not None:
+            self.pp_addrs = outer.pp_addrs
 
     def h2_wait(self, double seconds):
         """The HTTP/2 session's deadline on this socket (0: none)."""
@@ -720,7 +727,7 @@ cdef class ClientConnection(ParserHandler):
         if not self.stream:
             core.instance_add(ST_ACCEPTED, 1)
             core.instance_add(ST_OPEN, 1)
-        if len(core.clients) >= core.max_connections and not self.stream:
+        if len(core.clients) - core.h2_streams >= core.max_connections and not self.stream:
             self.closed = True
             transport.abort()
             return
@@ -753,6 +760,8 @@ cdef class ClientConnection(ParserHandler):
         self.parser = RequestParser(self, max_line_bytes=sizes[0], max_header_bytes=sizes[1],
                                     max_header_count=sizes[2])
         self.max_body = sizes[3]
+        if self.stream:
+            core.h2_streams += 1
         core.clients.add(self)
         self._wait(WAIT_HEAD, core.t_header)
 
@@ -801,6 +810,13 @@ cdef class ClientConnection(ParserHandler):
         if self.pending is not None:  # reading is held; keep order
             self.pending += data
             return
+        if self.exchange is not None and self.exchange.req_done:
+            # The next request, pipelined in a read of its own: held until this
+            # response is out (parsed now, it would start a second exchange whose
+            # response could go out first).
+            self.pending = data
+            self.hold_reading(HOLD_PIPELINE, True)
+            return
         if self.waiting == WAIT_IDLE:
             self._wait(WAIT_HEAD, self.core.t_header)
         self._feed(data)
@@ -825,6 +841,8 @@ cdef class ClientConnection(ParserHandler):
         cdef Exchange ex = self.exchange
         cdef Core core = self.core
         self.closed = True
+        if self.stream and self in core.clients:
+            core.h2_streams -= 1
         core.clients.discard(self)
         if self.h2 is not None:
             session = self.h2
@@ -997,9 +1015,13 @@ cdef class ClientConnection(ParserHandler):
         pending = self.pending
         if pending is not None:
             self.pending = None
-            self.hold_reading(HOLD_PIPELINE, False)
             self._wait(WAIT_HEAD, core.t_header)
             self._feed(pending)
+            # Reading resumes only after the held bytes are parsed: a TLS transport
+            # hands over what it has decrypted within resume_reading, and those
+            # later bytes went to the parser first (pipelined requests reordered).
+            if self.pending is None:
+                self.hold_reading(HOLD_PIPELINE, False)
         return 0
 
     # -- internals --------------------------------------------------------------------
@@ -2805,6 +2827,10 @@ cdef class Exchange:
         client.tunnel = tunnel
         pending = client.pending
         client.pending = None
+        if pending:
+            # Before reading resumes (a TLS transport may hand over later bytes
+            # within resume_reading): the client's bytes stay in order.
+            tunnel.from_client(pending)
         # Reading on each side follows whether the other side takes bytes now.
         held = client.holds != 0
         client.holds = 0
@@ -2821,8 +2847,6 @@ cdef class Exchange:
                 conn.transport.resume_reading()
         client.waiting = WAIT_TUNNEL
         client.deadline = monotonic() + tunnel.idle if tunnel.idle > 0 else 0.0
-        if pending:
-            tunnel.from_client(pending)
         self.finish(False)
         if client.eof:
             tunnel.eof(False)  # the client had half-closed already

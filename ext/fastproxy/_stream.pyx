@@ -355,6 +355,7 @@ cdef class StreamHub:
     cdef long long max_per_ip
     cdef Py_ssize_t max_connections
     cdef public object http_clients   # the HTTP connections' set (max_connections is shared)
+    cdef public object http_core      # ... and their Core: its h2_streams are not connections
     cdef object access_log
     cdef bint log_on
     cdef public object loop
@@ -592,7 +593,9 @@ cdef class StreamClient:
             peer = transport.get_extra_info("peername")
             if peer:
                 self.ip = (<str>peer[0]).encode("ascii")
-        if len(hub.conns) + len(hub.http_clients) > hub.max_connections:
+        if len(hub.conns) + len(hub.http_clients) - (
+                hub.http_core.h2_streams if hub.http_core is not None else 0) \
+                > hub.max_connections:
             self.cut(E_TOO_MANY)
             return
         if listener.access is not None and _refused(listener.access, self.ip):

@@ -24,6 +24,7 @@ class Core:
     tls_listeners: list[Any]
     # HTTP/2 sessions: (outer client, its transport, first bytes or None) -> session
     h2_factory: Callable[[ClientConnection, Any, bytes | None], Any] | None
+    h2_streams: int
     handshake_failures: int
     in_flight: int
     shed: int
@@ -51,7 +52,7 @@ class ClientConnection(asyncio.Protocol):
     def set_peer(self, ip: bytes, port: int = 0, dst_ip: bytes | None = None,
                  dst_port: int = 0) -> None: ...
     stream: bool  # one HTTP/2 stream (fastproxy.h2server)
-    def set_stream(self, ip: bytes) -> None: ...
+    def set_stream(self, ip: bytes, outer: ClientConnection | None = None) -> None: ...
     def h2_wait(self, seconds: float) -> None: ...
     def h2_close(self, abort: bool) -> None: ...
 

@@ -24,6 +24,7 @@ class StreamHub:
     stats_instance: int
     conn_table: Any
     http_clients: Any
+    http_core: Any
     loop: asyncio.AbstractEventLoop | None
     refused_per_ip: int
     bad_hellos: int

@@ -550,7 +550,7 @@ class H2Stream:
         self.head_request = head.startswith(b"HEAD ")
         self.parser.expect_no_body(self.head_request)
         client = ClientConnection(session.core, session.outer.listener)
-        client.set_stream(session.outer.ip)
+        client.set_stream(session.outer.ip, session.outer)
         self.client = client
         client.connection_made(self)  # type: ignore[arg-type]  # (a transport in all but name)
         if not self.gone:

@@ -507,7 +507,8 @@ class H2Session(asyncio.Protocol):
         return len(self.streams) + self.reserved
 
     def has_room(self) -> bool:
-        return (self.ready.done() and not self.ready.exception() and not self.closed
+        return (self.ready.done() and not self.ready.cancelled()
+                and not self.ready.exception() and not self.closed
                 and not self.goaway
                 and self.load < self.h2.remote_settings.max_concurrent_streams)
 
@@ -753,12 +754,19 @@ class H2Upstream:
     async def _connect(self, host: str) -> None:
         waiting = self.connecting
         assert waiting is not None
+        session: H2Session | None = None
         try:
             async with asyncio.timeout(self.connect_timeout):
                 session = await self._session(host)
                 await session.ready  # the server's SETTINGS: it speaks HTTP/2
         except BaseException as exc:
             self.connecting = None
+            if session is not None and not session.closed:
+                # Connected, but no SETTINGS in time (a server that says nothing):
+                # the socket is not kept, nor the session (its `ready` is cancelled).
+                session.closed = True
+                self.forget(session)
+                session.transport.abort()
             if not waiting.done():
                 waiting.set_exception(exc)
             raise

@@ -177,6 +177,7 @@ class Worker:
         """The tcp listeners' shared state (limits and metrics as the HTTP side's)."""
         hub = StreamHub(config, self.access_log)
         hub.http_clients = self.core.clients
+        hub.http_core = self.core
         hub.conn_table = self.core.conn_table
         hub.stats = self.core.stats
         hub.stats_instance = self.core.stats_instance
