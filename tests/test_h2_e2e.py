@@ -686,6 +686,10 @@ def test_frames_after_a_client_goaway_are_still_taken(
         terminated = client.goaway()
         assert terminated is None or terminated.error_code == ErrorCodes.NO_ERROR
         client.until_closed()
+    finally:
+        client.close()
+
+
 def test_client_goaway_with_more_frames_in_the_same_read(
         make_origin: OriginFactory, start_proxy: Callable[..., ProxyProcess]) -> None:
     """A client's graceful GOAWAY followed by other frames (here a PING, as a
