@@ -3,7 +3,8 @@
 # pytest, proves that the sdist carries the pinned third-party C sources and
 # builds without network, installs that wheel outside the tree and smoke-tests
 # it (ci/install-test.sh), then runs the fuzz targets (parser, config loader,
-# URL helpers, PROXY protocol, TLS engine), each for a bounded time.
+# URL helpers, PROXY protocol, TLS engine, HPACK and HTTP/2 frames), each for a
+# bounded time.
 #
 #   ci/test.sh                 everything (what CI runs, through .ci/run)
 #   ci/test.sh PYTEST_ARGS...  only pytest, with these arguments (a subset)
@@ -28,6 +29,7 @@ FUZZ_TARGETS=(  # target=seconds, run in this order
     "tests/fuzz/fuzz_proxyproto.py=$FUZZ_SMALL_SECONDS"
     "tests/fuzz/fuzz_tls.py=$FUZZ_SMALL_SECONDS"
     "tests/fuzz/fuzz_hello.py=$FUZZ_SMALL_SECONDS"
+    "tests/fuzz/fuzz_h2.py=$FUZZ_SMALL_SECONDS"
 )
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PIP_PROGRESS_BAR=off
 export DEBIAN_FRONTEND=noninteractive
