@@ -537,10 +537,10 @@ cdef class ServerConnection:
         if flags & F_END_STREAM:
             s.remote_closed = True
         self.on_data(sid, PyBytes_FromStringAndSize(<const char*>p + off, n - off - pad), n)
-        if flags & F_END_STREAM and not self.stopped:
-            if s.local_closed and self.streams.get(sid) is s:
+        if flags & F_END_STREAM and not self.stopped and self.streams.get(sid) is s:
+            if s.local_closed:
                 del self.streams[sid]
-            self.on_end(sid)
+            self.on_end(sid)  # (not if the handler reset the stream meanwhile)
         return 0
 
     cdef int _headers(self, int flags, uint32_t sid, const uint8_t* p, Py_ssize_t n) except -1:
