@@ -725,3 +725,177 @@ cdef class ServerConnection:
         self._frame(T_SETTINGS, F_ACK, 0, NULL, 0)
         self.on_settings()
         return 0
+
+
+# -- a stream's request as HTTP/1.1 --------------------------------------------------
+
+class Malformed(ValueError):
+    """A request HTTP/2 calls malformed (RFC 9113 8.1.1): a stream error."""
+
+
+cdef uint8_t NAME_CHARS[256]  # a token in lower case (RFC 9113 8.2.1)
+cdef uint8_t TOKEN_CHARS[256]  # tchar (RFC 9110 5.6.2)
+cdef uint8_t VALUE_BAD[256]  # NUL, CR, LF: never in a value (RFC 9113 8.2.1)
+
+
+cdef void _build_tables() noexcept:
+    cdef int c
+    cdef const char* extra = b"!#$%&'*+.^_`|~-"
+    cdef int i = 0
+    for c in range(256):
+        NAME_CHARS[c] = (48 <= c <= 57) or (97 <= c <= 122)
+        TOKEN_CHARS[c] = NAME_CHARS[c] or (65 <= c <= 90)
+        VALUE_BAD[c] = c == 0 or c == 13 or c == 10
+    while extra[i]:
+        NAME_CHARS[<uint8_t>extra[i]] = 1
+        TOKEN_CHARS[<uint8_t>extra[i]] = 1
+        i += 1
+
+
+_build_tables()
+
+
+cdef inline bint _all_in(const uint8_t* table, bytes s) noexcept:
+    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(s)
+    cdef Py_ssize_t i, n = PyBytes_GET_SIZE(s)
+    if n == 0:
+        return False
+    for i in range(n):
+        if not table[p[i]]:
+            return False
+    return True
+
+
+cdef inline bint _visible(bytes s) noexcept:
+    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(s)
+    cdef Py_ssize_t i, n = PyBytes_GET_SIZE(s)
+    if n == 0:
+        return False
+    for i in range(n):
+        if p[i] < 0x21 or p[i] > 0x7e:
+            return False
+    return True
+
+
+cdef inline bint _bad_value(bytes s) noexcept:
+    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(s)
+    cdef Py_ssize_t i, n = PyBytes_GET_SIZE(s)
+    if n == 0:
+        return False
+    if p[0] == 32 or p[0] == 9 or p[n - 1] == 32 or p[n - 1] == 9:
+        return True
+    for i in range(n):
+        if VALUE_BAD[p[i]]:
+            return True
+    return False
+
+
+cdef inline int64_t _digits(bytes s) noexcept:
+    """1 to 18 ASCII digits as a number, else -1."""
+    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(s)
+    cdef Py_ssize_t i, n = PyBytes_GET_SIZE(s)
+    cdef int64_t v = 0
+    if n < 1 or n > 18:
+        return -1
+    for i in range(n):
+        if p[i] < 48 or p[i] > 57:
+            return -1
+        v = v * 10 + (p[i] - 48)
+    return v
+
+
+cdef inline bint _is(bytes s, const char* lit, Py_ssize_t n) noexcept:
+    return PyBytes_GET_SIZE(s) == n and memcmp(PyBytes_AS_STRING(s), lit, n) == 0
+
+
+cpdef tuple request_head(list headers, bint has_body):
+    """A stream's request as an HTTP/1.1 head: (head, body chunked, content length or
+    -1). Raises Malformed for what RFC 9113 8.2 and 8.3 forbid: pseudo-headers after
+    regular fields, unknown or repeated; field names not lower-case tokens; NUL, CR or
+    LF in a value, or blanks around it; connection-specific fields (te other than
+    "trailers"); :authority and host that differ; a content-length that is not 1 to
+    18 digits or that differs from an earlier one; no valid :method, or :path and
+    :scheme (CONNECT: :authority only). Cookies split by the client are joined."""
+    cdef object method = None, path = None, authority = None, scheme = None, host = None
+    cdef list lines = []
+    cdef list cookies = []
+    cdef int64_t length = -1, value_length
+    cdef bint regular = False, chunked
+    cdef object item
+    cdef tuple field
+    cdef bytes name, value
+    cdef Py_ssize_t n
+    cdef const char* p
+    for item in headers:
+        field = <tuple?>item
+        name = <bytes?>field[0]
+        value = <bytes?>field[1]
+        if _bad_value(value):
+            raise Malformed(f"bad value of {name!r}")
+        n = PyBytes_GET_SIZE(name)
+        p = PyBytes_AS_STRING(name)
+        if n and p[0] == 58:  # ":"
+            if regular:
+                raise Malformed(f"pseudo-header {name!r} misplaced or unknown")
+            if _is(name, b":method", 7):
+                if method is not None:
+                    raise Malformed("two :method")
+                method = value
+            elif _is(name, b":path", 5):
+                if path is not None:
+                    raise Malformed("two :path")
+                path = value
+            elif _is(name, b":authority", 10):
+                if authority is not None:
+                    raise Malformed("two :authority")
+                authority = value
+            elif _is(name, b":scheme", 7):
+                if scheme is not None:
+                    raise Malformed("two :scheme")
+                scheme = value
+            else:
+                raise Malformed(f"pseudo-header {name!r} misplaced or unknown")
+            continue
+        regular = True
+        if not _all_in(NAME_CHARS, name):
+            raise Malformed(f"bad field name {name!r}")
+        if (_is(name, b"connection", 10) or _is(name, b"keep-alive", 10)
+                or _is(name, b"proxy-connection", 16) or _is(name, b"transfer-encoding", 17)
+                or _is(name, b"upgrade", 7)
+                or (_is(name, b"te", 2) and not _is(value, b"trailers", 8))):
+            raise Malformed(f"connection-specific field {name.decode()}")
+        if _is(name, b"cookie", 6):
+            cookies.append(value)  # split by the client (RFC 9113 8.2.3): joined again
+            continue
+        if _is(name, b"host", 4):
+            if host is not None:
+                raise Malformed("two host fields")
+            host = value
+            continue
+        if _is(name, b"content-length", 14):
+            value_length = _digits(value)
+            if value_length < 0 or (length >= 0 and value_length != length):
+                raise Malformed("bad content-length")
+            length = value_length
+        lines.append(name + b": " + value + b"\r\n")
+    if method is None or not _all_in(TOKEN_CHARS, <bytes>method):
+        raise Malformed("no valid :method")
+    if authority is not None and host is not None and authority != host:
+        raise Malformed(":authority and host differ")
+    if authority is None:
+        authority = host
+    if _is(<bytes>method, b"CONNECT", 7):
+        if path is not None or scheme is not None or authority is None:
+            raise Malformed("CONNECT takes :authority only")
+        path = authority
+    elif path is None or scheme is None or not _visible(<bytes>path):
+        raise Malformed("no valid :path and :scheme")
+    if authority is not None and not _visible(<bytes>authority):
+        raise Malformed("bad :authority")
+    if cookies:
+        lines.append(b"cookie: " + b"; ".join(cookies) + b"\r\n")
+    chunked = has_body and length < 0
+    lines.insert(0, <bytes>method + b" " + <bytes>path + b" HTTP/1.1\r\n"
+                 + (b"Host: " + <bytes>authority + b"\r\n" if authority is not None else b""))
+    lines.append(b"Transfer-Encoding: chunked\r\n\r\n" if chunked else b"\r\n")
+    return b"".join(lines), chunked, length

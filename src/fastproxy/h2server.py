@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -43,8 +42,10 @@ from fastproxy._h2 import (
     REFUSED_STREAM,
     H2ProtocolError,
     H2StreamClosed,
+    Malformed,
     ServerConnection,
     error_name,
+    request_head,
 )
 from fastproxy._http import BODY_LENGTH, HttpParseError, ResponseParser
 from fastproxy._proxy import ClientConnection
@@ -63,17 +64,9 @@ _NOT_TRAILERS = frozenset((b"content-length", b"content-type", b"content-encodin
                            b"authorization", b"set-cookie", b"trailer", b"te"))
 _HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
                   b"upgrade", b"te"))
-# Request fields that HTTP/2 forbids (te is allowed as "trailers" only).
-_FORBIDDEN = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
-                        b"upgrade"))
-_PSEUDO = frozenset((b":method", b":path", b":scheme", b":authority"))
-_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9a-z-]+")  # a token in lower case (RFC 9113 8.2.1)
-_BAD_VALUE = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
-_VISIBLE = re.compile(rb"[\x21-\x7e]+")
-_DIGITS = re.compile(rb"[0-9]{1,18}")
-# Request fields are checked by request_head (RFC 9113 8.2 and 8.3) in one pass,
-# which also joins cookies; the connection layer checks the frames.
+# Request fields are checked by _h2.request_head (RFC 9113 8.2 and 8.3) in one C
+# pass, which also writes the HTTP/1.1 head; the connection layer checks the frames.
+__all__ = ["H2Limits", "H2Session", "H2Stream", "Malformed", "request_head", "session_factory"]
 
 
 class H2Limits:
@@ -364,82 +357,6 @@ class H2Session:
             self.close(False)
         else:
             self.outer.h2_wait(self.limits.keepalive)
-
-
-class Malformed(Exception):
-    """A request HTTP/2 calls malformed (RFC 9113 8.1.1): a stream error."""
-
-
-def request_head(headers: list[tuple[bytes, bytes]], has_body: bool
-                 ) -> tuple[bytes, bool, int]:
-    """A stream's request as an HTTP/1.1 head: (head, body chunked, content length or
-    -1). Raises Malformed for what RFC 9113 8.2 and 8.3 forbid."""
-    method = path = authority = scheme = host = None
-    lines = []
-    cookies = []
-    length = -1
-    regular = False
-    for name, value in headers:
-        if _BAD_VALUE.search(value) is not None:
-            raise Malformed(f"bad value of {name!r}")
-        if name[:1] == b":":
-            if regular or name not in _PSEUDO:
-                raise Malformed(f"pseudo-header {name!r} misplaced or unknown")
-            if name == b":method":
-                if method is not None:
-                    raise Malformed("two :method")
-                method = value
-            elif name == b":path":
-                if path is not None:
-                    raise Malformed("two :path")
-                path = value
-            elif name == b":authority":
-                if authority is not None:
-                    raise Malformed("two :authority")
-                authority = value
-            else:
-                if scheme is not None:
-                    raise Malformed("two :scheme")
-                scheme = value
-            continue
-        regular = True
-        if _NAME.fullmatch(name) is None:
-            raise Malformed(f"bad field name {name!r}")
-        if name in _FORBIDDEN or (name == b"te" and value != b"trailers"):
-            raise Malformed(f"connection-specific field {name.decode()}")
-        if name == b"cookie":
-            cookies.append(value)  # split by the client (RFC 9113 8.2.3): joined again
-            continue
-        if name == b"host":
-            if host is not None:
-                raise Malformed("two host fields")
-            host = value
-            continue
-        if name == b"content-length":
-            if _DIGITS.fullmatch(value) is None or (length >= 0 and int(value) != length):
-                raise Malformed("bad content-length")
-            length = int(value)
-        lines.append(b"%s: %s\r\n" % (name, value))
-    if method is None or _TOKEN.fullmatch(method) is None:
-        raise Malformed("no valid :method")
-    if authority is not None and host is not None and authority != host:
-        raise Malformed(":authority and host differ")
-    authority = authority if authority is not None else host
-    if method == b"CONNECT":
-        if path is not None or scheme is not None or authority is None:
-            raise Malformed("CONNECT takes :authority only")
-        path = authority
-    elif path is None or scheme is None or _VISIBLE.fullmatch(path) is None:
-        raise Malformed("no valid :path and :scheme")
-    if authority is not None and _VISIBLE.fullmatch(authority) is None:
-        raise Malformed("bad :authority")
-    if cookies:
-        lines.append(b"cookie: %s\r\n" % b"; ".join(cookies))
-    chunked = has_body and length < 0
-    start = b"%s %s HTTP/1.1\r\n" % (method, path)
-    host_line = b"Host: %s\r\n" % authority if authority is not None else b""
-    tail = b"Transfer-Encoding: chunked\r\n\r\n" if chunked else b"\r\n"
-    return b"".join((start, host_line, *lines, tail)), chunked, length
 
 
 class H2Stream:
