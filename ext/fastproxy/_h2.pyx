@@ -141,13 +141,18 @@ cdef class _Stream:
     cdef int64_t owed  # acknowledged bytes not yet given back by WINDOW_UPDATE
     cdef bint remote_closed  # END_STREAM received
     cdef bint local_closed  # END_STREAM sent
+    cdef bint got_response  # (client) the final response's HEADERS came
 
 
-cdef class ServerConnection:
-    """One client connection's HTTP/2 state, server side."""
+cdef class _Connection:
+    """One HTTP/2 connection's state: ServerConnection and ClientConnection below
+    differ in how they start, who opens streams and what HEADERS mean."""
 
+    cdef bint client
     cdef object on_request, on_data, on_end, on_reset, on_window, on_ping
-    cdef object on_settings, on_goaway
+    cdef object on_settings, on_goaway, on_trailers
+    cdef public int next_stream_id  # (client) the id of the next stream we open
+    cdef public object peer_max_streams  # the peer's SETTINGS_MAX_CONCURRENT_STREAMS
     cdef HpackDecoder decoder
     cdef HpackEncoder encoder
     cdef dict streams  # sid -> _Stream, the streams not closed
@@ -171,10 +176,15 @@ cdef class ServerConnection:
     def __cinit__(self):
         self.out = NULL
 
-    def __init__(self, handler, int max_streams, Py_ssize_t header_list,
-                 Py_ssize_t decode_list, int stream_window=DEFAULT_WINDOW,
-                 int conn_window=DEFAULT_WINDOW):
-        self.on_request = handler.h2_request
+    cdef int _setup(self, handler, bint client, int max_streams, Py_ssize_t header_list,
+                    Py_ssize_t decode_list, int stream_window, int conn_window) except -1:
+        cdef uint8_t s[18]
+        cdef int i = 0
+        self.client = client
+        self.on_request = handler.h2_response if client else handler.h2_request
+        self.on_trailers = getattr(handler, "h2_trailers", None)
+        self.peer_max_streams = None  # unlimited until the peer's SETTINGS say
+        self.next_stream_id = 1
         self.on_data = handler.h2_data
         self.on_end = handler.h2_end
         self.on_reset = handler.h2_reset
@@ -201,16 +211,22 @@ cdef class ServerConnection:
         self.max_inbound_frame_size = DEFAULT_FRAME
         self.block_limit = decode_list
         self.block = bytearray()
-        # Our SETTINGS, then the connection's window raised past the default.
-        cdef uint8_t s[18]
-        cdef int i = 0
-        i = _setting(s, i, S_MAX_CONCURRENT_STREAMS, max_streams)
+        # (client) the preface; our SETTINGS; the connection's window past the default.
+        if client:
+            self.preface_done = True  # the server sends none: its SETTINGS come first
+            self._reserve(24)
+            memcpy(self.out, C_PREFACE, 24)
+            self.out_len = 24
+            i = _setting(s, i, S_ENABLE_PUSH, 0)
+        else:
+            i = _setting(s, i, S_MAX_CONCURRENT_STREAMS, max_streams)
         i = _setting(s, i, S_MAX_HEADER_LIST_SIZE, <uint32_t>min(header_list, 0xffffffff))
         i = _setting(s, i, S_INITIAL_WINDOW_SIZE, stream_window)
         self._frame(T_SETTINGS, 0, 0, s, i)
         if self.local_conn_window > DEFAULT_WINDOW:
             self._window_update(0, self.local_conn_window - DEFAULT_WINDOW)
             self.conn_recv = self.local_conn_window
+        return 0
 
     def __dealloc__(self):
         PyMem_Free(self.out)
@@ -220,6 +236,7 @@ cdef class ServerConnection:
         self.stopped = True
         self.on_request = self.on_data = self.on_end = self.on_reset = None
         self.on_window = self.on_ping = self.on_settings = self.on_goaway = None
+        self.on_trailers = None
         self.streams.clear()
         self.inbuf = bytearray()
 
@@ -498,6 +515,8 @@ cdef class ServerConnection:
         return 0  # unknown frame types are ignored (5.5)
 
     cdef int _idle(self, uint32_t sid) noexcept:
+        if self.client:  # only our own (odd) streams exist
+            return not sid & 1 or sid >= <uint32_t>self.next_stream_id
         return sid > <uint32_t>self.highest_inbound or not sid & 1
 
     cdef int _data(self, int flags, uint32_t sid, const uint8_t* p, Py_ssize_t n) except -1:
@@ -528,6 +547,10 @@ cdef class ServerConnection:
         if s.remote_closed:
             self.acknowledge(sid, n)
             self._stream_error(sid, STREAM_CLOSED)
+            return 0
+        if self.client and not s.got_response:
+            self.acknowledge(sid, n)
+            self._stream_error(sid, PROTOCOL_ERROR)  # DATA before the response (8.1)
             return 0
         if n > s.recv_window:
             self.acknowledge(sid, n)
@@ -606,6 +629,9 @@ cdef class ServerConnection:
         except HpackError as e:
             self._fail(COMPRESSION_ERROR, f"HPACK: {e}")
         found = self.streams.get(sid)
+        if found is not None and self.client and not (<_Stream>found).got_response \
+                and not (<_Stream>found).remote_closed:
+            return self._response(<_Stream>found, headers, end)
         if found is not None:  # a second header block: trailers
             s = <_Stream>found
             if s.remote_closed:
@@ -616,7 +642,16 @@ cdef class ServerConnection:
                 s.remote_closed = True
                 if s.local_closed:
                     del self.streams[sid]
-                self.on_end(sid)
+                if self.on_trailers is not None:
+                    self.on_trailers(sid, headers)
+                if not self.stopped and (s.local_closed or self.streams.get(sid) is s):
+                    self.on_end(sid)  # (not if the handler reset the stream meanwhile)
+            return 0
+        if self.client:
+            if self._idle(sid):
+                self._fail(PROTOCOL_ERROR, "HEADERS on a stream we did not open")
+            if sid not in self.ignored:
+                self._stream_error(sid, STREAM_CLOSED)
             return 0
         if sid <= self.highest_inbound:
             if sid not in self.ignored:
@@ -635,6 +670,31 @@ cdef class ServerConnection:
         self.on_request(sid, headers, end)
         if end and not self.stopped and self.streams.get(sid) is s:
             self.on_end(sid)
+        return 0
+
+    cdef int _response(self, _Stream s, list headers, bint end) except -1:
+        """(client) a response's HEADERS: informational ones (1xx) are passed over."""
+        cdef object status = None
+        cdef object item
+        for item in headers:
+            if (<tuple>item)[0] == b":status":
+                status = (<tuple>item)[1]
+                break
+        if status is None or len(status) != 3 or not (<bytes>status).isdigit():
+            self._stream_error(s.sid, PROTOCOL_ERROR)  # no valid :status (8.3.2)
+            return 0
+        if (<bytes>status)[0] == 49:  # "1": informational
+            if end:
+                self._stream_error(s.sid, PROTOCOL_ERROR)
+            return 0
+        s.got_response = True
+        if end:
+            s.remote_closed = True
+            if s.local_closed:
+                del self.streams[s.sid]
+        self.on_request(s.sid, headers, end)
+        if end and not self.stopped:
+            self.on_end(s.sid)
         return 0
 
     cdef int _window(self, uint32_t sid, const uint8_t* p, Py_ssize_t n) except -1:
@@ -706,8 +766,10 @@ cdef class ServerConnection:
             if ident == S_HEADER_TABLE_SIZE:
                 self.encoder.set_max_table_size(value)
             elif ident == S_ENABLE_PUSH:
-                if value > 1:
+                if value > 1 or (self.client and value):
                     self._fail(PROTOCOL_ERROR, "SETTINGS_ENABLE_PUSH not 0 or 1")
+            elif ident == S_MAX_CONCURRENT_STREAMS:
+                self.peer_max_streams = value
             elif ident == S_INITIAL_WINDOW_SIZE:
                 if value > MAX_WINDOW:
                     self._fail(FLOW_CONTROL_ERROR, "SETTINGS_INITIAL_WINDOW_SIZE over 2**31-1")
@@ -725,6 +787,48 @@ cdef class ServerConnection:
         self._frame(T_SETTINGS, F_ACK, 0, NULL, 0)
         self.on_settings()
         return 0
+
+
+cdef class ServerConnection(_Connection):
+    """One client connection's HTTP/2 state, server side. The handler's methods:
+    h2_request(sid, headers, ended), h2_data(sid, data, size), h2_end(sid),
+    h2_reset(sid, code, remote), h2_window(sid), h2_ping(), h2_settings(),
+    h2_goaway(code, last_stream_id), and h2_trailers(sid, headers) if it has one."""
+
+    def __init__(self, handler, int max_streams, Py_ssize_t header_list,
+                 Py_ssize_t decode_list, int stream_window=DEFAULT_WINDOW,
+                 int conn_window=DEFAULT_WINDOW):
+        self._setup(handler, False, max_streams, header_list, decode_list, stream_window,
+                    conn_window)
+
+
+cdef class ClientConnection(_Connection):
+    """One HTTP/2 connection to a server, client side: the preface and our SETTINGS
+    (no push) go first; streams are opened with open_stream. The handler's methods
+    are a server's but h2_response(sid, headers, ended) for h2_request: the final
+    response's HEADERS (1xx ones are passed over); h2_trailers(sid, headers) for a
+    trailing block, if it has one; DATA before the response is a stream error."""
+
+    def __init__(self, handler, Py_ssize_t header_list, Py_ssize_t decode_list,
+                 int stream_window=DEFAULT_WINDOW, int conn_window=DEFAULT_WINDOW):
+        self._setup(handler, True, 0, header_list, decode_list, stream_window, conn_window)
+
+    def open_stream(self, list headers, bint end_stream=False):
+        """A new stream with HEADERS for `headers`: its id."""
+        cdef int sid = self.next_stream_id
+        cdef _Stream s
+        if self.stopped:
+            raise H2StreamClosed("the connection is closed")
+        if sid > 0x7fffffff - 2 or sid < 1:
+            raise H2StreamClosed("no stream ids left on this connection")
+        self.next_stream_id = sid + 2
+        s = _Stream.__new__(_Stream)
+        s.sid = sid
+        s.send_window = self.peer_initial_window
+        s.recv_window = self.local_stream_window
+        self.streams[sid] = s
+        self.send_headers(sid, headers, end_stream)
+        return sid
 
 
 # -- a stream's request as HTTP/1.1 --------------------------------------------------
