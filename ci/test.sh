@@ -4,7 +4,8 @@
 # network, installs that wheel into a fresh venv outside the tree and runs the
 # whole test suite against it (ci/install-test.sh: the installed package, never
 # the checkout), then runs the fuzz targets (parser, config loader, URL helpers,
-# PROXY protocol, TLS engine, ClientHello reader), each for a bounded time.
+# PROXY protocol, TLS engine, ClientHello reader, HPACK and HTTP/2 frames), each for
+# a bounded time.
 #
 #   ci/test.sh                 everything (what CI runs, through .ci/run)
 #   ci/test.sh PYTEST_ARGS...  only pytest on the checkout (editable install), with
@@ -30,6 +31,7 @@ FUZZ_TARGETS=(  # target=seconds, run in this order
     "tests/fuzz/fuzz_proxyproto.py=$FUZZ_SMALL_SECONDS"
     "tests/fuzz/fuzz_tls.py=$FUZZ_SMALL_SECONDS"
     "tests/fuzz/fuzz_hello.py=$FUZZ_SMALL_SECONDS"
+    "tests/fuzz/fuzz_h2.py=$FUZZ_SMALL_SECONDS"
 )
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PIP_PROGRESS_BAR=off
 export DEBIAN_FRONTEND=noninteractive

@@ -1,8 +1,10 @@
 """HTTP/2 to clients (RFC 9113), on TLS listeners by ALPN "h2" and on h2c listeners
 with prior knowledge.
 
-The framing, HPACK and flow-control bookkeeping are the `h2` library's. What this
-module adds is the bridge to the HTTP/1.1 machinery: every stream is served by its
+The framing, HPACK, stream states and flow-control bookkeeping are compiled
+(`_h2.ServerConnection`, with `_hpack`): it calls this module's session back for
+what the frames mean (`h2_request`, `h2_data`, ...). What this module adds is the
+bridge to the HTTP/1.1 machinery: every stream is served by its
 own `ClientConnection` (the same routing, filters, WAF, cache, compression,
 balancing and logging as an HTTP/1.1 request), whose transport is the stream
 itself (`H2Stream`): the stream's request is written into it as HTTP/1.1 bytes,
@@ -28,29 +30,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from h2.config import H2Configuration
-from h2.connection import H2Connection
-from h2.errors import ErrorCodes
-from h2.events import (
-    ConnectionTerminated,
-    DataReceived,
-    PingReceived,
-    RemoteSettingsChanged,
-    RequestReceived,
-    StreamEnded,
-    StreamReset,
-    TrailersReceived,
-    WindowUpdated,
+from fastproxy._h2 import (
+    ENHANCE_YOUR_CALM,
+    INTERNAL_ERROR,
+    NO_ERROR,
+    PROTOCOL_ERROR,
+    REFUSED_STREAM,
+    H2ProtocolError,
+    H2StreamClosed,
+    Malformed,
+    ServerConnection,
+    error_name,
+    request_head,
 )
-from h2.exceptions import ProtocolError
-from h2.settings import SettingCodes, Settings
-from hyperframe.frame import GoAwayFrame
-
 from fastproxy._http import BODY_LENGTH, HttpParseError, ResponseParser
 from fastproxy._proxy import ClientConnection
 
@@ -61,53 +57,16 @@ CONN_WINDOW = 1024 * 1024  # the connection's: all unacknowledged request bytes 
 OUT_HIGH = 64 * 1024  # response bytes a stream holds before its exchange pauses
 OUT_LOW = 16 * 1024  # ... and resumes
 RESET_WINDOW = 10.0  # seconds over which client resets are counted
-# Response fields that HTTP/2 forbids (RFC 9113 8.2.2): the connection's business.
 # Fields that do not belong in a trailer section (RFC 9110 6.5.1): framing, routing,
 # and what the proxy answers for; the HTTP/1.1 path drops them too.
 _NOT_TRAILERS = frozenset((b"content-length", b"content-type", b"content-encoding", b"host",
                            b"authorization", b"set-cookie", b"trailer", b"te"))
+# Response fields that HTTP/2 forbids (RFC 9113 8.2.2): the connection's business.
 _HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
                   b"upgrade", b"te"))
-# Request fields that HTTP/2 forbids (te is allowed as "trailers" only).
-_FORBIDDEN = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
-                        b"upgrade"))
-_PSEUDO = frozenset((b":method", b":path", b":scheme", b":authority"))
-_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9a-z-]+")  # a token in lower case (RFC 9113 8.2.1)
-_BAD_VALUE = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
-_VISIBLE = re.compile(rb"[\x21-\x7e]+")
-_DIGITS = re.compile(rb"[0-9]{1,18}")
-# h2's own checks of request fields are a chain of generators per field (a fifth of
-# the time of a request in the profile): request_head makes the same checks (RFC
-# 9113 8.2 and 8.3) in one pass, and joins cookies. Outbound, our fields are clean.
-_CONFIG = H2Configuration(client_side=False, header_encoding=None,
-                          validate_inbound_headers=False, normalize_inbound_headers=False,
-                          validate_outbound_headers=False, normalize_outbound_headers=False)
-
-
-class _Connection(H2Connection):
-    """h2's connection, but a stream over the advertised limit is left to the session
-    (REFUSED_STREAM, a stream error, as RFC 9113 5.1.2 asks): h2 itself would end the
-    connection. Its own check still ends a client that goes on far past it."""
-
-    @property
-    def open_inbound_streams(self) -> int:
-        return int(super().open_inbound_streams) // 2
-
-    def _receive_goaway_frame(self, frame: Any) -> tuple[list[Any], list[Any]]:
-        """A client's graceful GOAWAY (NO_ERROR) opens no more streams but waits for
-        the answers to those it opened (RFC 9113 6.8). h2 would close its state (the
-        client's later frames, a SETTINGS ACK that crossed the GOAWAY in the same
-        read, would then be protocol errors) and drop what is queued to send: the
-        state stays open and the queue is kept; the session drains (see
-        data_received). Any other GOAWAY is h2's."""
-        if frame.error_code != ErrorCodes.NO_ERROR:
-            return super()._receive_goaway_frame(frame)  # type: ignore[no-any-return]
-        event = ConnectionTerminated()
-        event.error_code = ErrorCodes.NO_ERROR
-        event.last_stream_id = frame.last_stream_id
-        event.additional_data = frame.additional_data or None
-        return [], [event]
+# Request fields are checked by _h2.request_head (RFC 9113 8.2 and 8.3) in one C
+# pass, which also writes the HTTP/1.1 head; the connection layer checks the frames.
+__all__ = ["H2Limits", "H2Session", "H2Stream", "Malformed", "request_head", "session_factory"]
 
 
 class H2Limits:
@@ -166,16 +125,11 @@ class H2Session:
         self.control = 0
         self.control_since = 0.0
         self.queued_control = 0  # control frames answered while the socket is paused
-        conn = _Connection(config=_CONFIG)
-        conn.local_settings = Settings(client=False, initial_values={
-            SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_streams,
-            SettingCodes.MAX_HEADER_LIST_SIZE: limits.header_list,
-            SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-        })
-        conn.decoder.max_header_list_size = limits.decode_list
-        conn.initiate_connection()
-        conn.increment_flow_control_window(CONN_WINDOW - 65535)
-        self.conn = conn
+        # Our SETTINGS advertise the HTTP/1.1 head limit as the header list size; HPACK
+        # decoding stops at the same in RFC 7541 terms (decode_list), and so does a
+        # header block while it grows (CONTINUATION floods).
+        self.conn = ServerConnection(self, limits.max_streams, limits.header_list,
+                                     limits.decode_list, STREAM_WINDOW, CONN_WINDOW)
         self.flush()
         outer.h2_wait(limits.header_timeout)  # the preface and a first request
         if first:
@@ -186,52 +140,59 @@ class H2Session:
         if self.closed:
             return
         try:
-            events = self.conn.receive_data(data)
-        except ProtocolError as e:
-            # h2 queued a GOAWAY with the error's code.
-            log.info("client %s: HTTP/2 connection error: %s", self.outer.ip.decode(), e)
+            self.conn.receive(data)
+        except H2ProtocolError as e:
+            # The connection layer queued a GOAWAY with the error's code.
+            log.info("client %s: HTTP/2 connection error: %s (%s)", self.outer.ip.decode(),
+                     e.reason, error_name(e.code))
             self.close(False)
             return
-        if self._frame_too_big():
-            self.fail(ErrorCodes.FRAME_SIZE_ERROR, "frame over the maximum frame size")
-            return
-        if self._header_block_too_big():
-            self.fail(ErrorCodes.ENHANCE_YOUR_CALM, "header block over the header list size")
-            return
-        for event in events:
-            if self.closed:
-                return
-            kind = type(event)
-            if kind is RequestReceived:
-                self._request(event)
-            elif kind is DataReceived:
-                self._data(event)
-            elif kind is StreamEnded:
-                stream = self.streams.get(event.stream_id)
-                if stream is not None:
-                    stream.request_ended()
-            elif kind is StreamReset:
-                self._reset(event)
-            elif kind is WindowUpdated:
-                self._window(event.stream_id)
-            elif kind is PingReceived or kind is RemoteSettingsChanged:
-                if not self._control_frame():
-                    return
-                if kind is RemoteSettingsChanged:
-                    self._window(0)
-            elif kind is TrailersReceived:
-                stream = self.streams.get(event.stream_id)
-                if stream is not None:
-                    stream.request_trailers(event.headers)
-            elif kind is ConnectionTerminated:
-                if event.error_code != ErrorCodes.NO_ERROR or not self.streams:
-                    self.close(False)
-                    return
-                # The client's graceful GOAWAY (h2's state stays open: _Connection):
-                # the streams it opened are answered, then the socket closes.
-                self.draining = True
-                self.last_stream = self.conn.highest_inbound_stream_id
         self.flush()
+
+    # -- from the connection layer (inside receive) -------------------------------------
+    def h2_request(self, sid: int, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
+        if not self.closed:
+            self._request(sid, headers, ended)
+
+    def h2_data(self, sid: int, data: bytes, size: int) -> None:
+        if self.closed:
+            return
+        stream = self.streams.get(sid)
+        if stream is None:
+            # A stream we reset or finished: its bytes count for the connection only.
+            self.conn.acknowledge(sid, size)
+            return
+        stream.request_data(data, size)
+
+    def h2_end(self, sid: int) -> None:
+        stream = self.streams.get(sid)
+        if stream is not None and not self.closed:
+            stream.request_ended()
+
+    def h2_reset(self, sid: int, code: int, remote: bool) -> None:
+        if not self.closed:
+            self._reset(sid, remote)
+
+    def h2_window(self, sid: int) -> None:
+        self._window(sid)
+
+    def h2_ping(self) -> None:
+        self._control_frame()
+
+    def h2_settings(self) -> None:
+        if self._control_frame():
+            self._window(0)
+
+    def h2_goaway(self, code: int, last_stream_id: int) -> None:
+        if self.closed:
+            return
+        if code != NO_ERROR or not self.streams:
+            self.close(False)
+            return
+        # The client's graceful GOAWAY: it opens no more streams but waits for the
+        # answers to those it opened; the socket closes after the last.
+        self.draining = True
+        self.last_stream = self.conn.highest_inbound
 
     def eof_received(self) -> bool:
         self.close(False)
@@ -242,11 +203,9 @@ class H2Session:
         for stream in list(self.streams.values()):
             stream.lost()
         self.streams.clear()
-        # h2's connection refers to itself (its frame dispatch table of bound methods)
-        # and keeps every closed stream's id: a cycle that only a full collection of
-        # the cyclic GC would free, long after (it lived long enough to be old).
-        # Nothing uses it once closed.
-        self.conn.__dict__.clear()
+        # The connection layer holds our bound methods: let them go (a cycle otherwise,
+        # freed only by the cyclic GC, long after).
+        self.conn.stop()
 
     def pause_writing(self) -> None:
         # The client does not read: nothing more is made for it. Reading goes on (a
@@ -267,40 +226,32 @@ class H2Session:
         if self.streams and not self.draining:
             return
         # Idle past the keep-alive timeout, or draining too long: say so and close.
-        self.goaway(ErrorCodes.NO_ERROR)
+        self.goaway(NO_ERROR)
         self.close(False)
 
     def shutdown(self) -> None:
         """Graceful stop: GOAWAY; the streams in flight finish, then the socket closes."""
         if self.closed or self.draining:
             return
-        self.goaway(ErrorCodes.NO_ERROR)
+        self.goaway(NO_ERROR)
         if not self.streams:
             self.close(False)
 
     # -- internals ----------------------------------------------------------------------
     def goaway(self, code: int) -> None:
-        """A GOAWAY that leaves h2's state open, so that the streams in flight can
-        finish (h2's close_connection would end them all)."""
+        """A GOAWAY after which the streams in flight still finish."""
         if self.draining or self.closed:
             return
         self.draining = True
-        self.last_stream = self.conn.highest_inbound_stream_id
-        frame = GoAwayFrame(0)
-        frame.last_stream_id = self.last_stream
-        frame.error_code = code
+        self.last_stream = self.conn.highest_inbound
+        self.conn.goaway(code, self.last_stream)
         self.flush()
-        self.transport.write(frame.serialize())
 
     def fail(self, code: int, why: str) -> None:
         """A connection error: GOAWAY with `code`, then close."""
-        log.info("client %s: HTTP/2 %s: %s", self.outer.ip.decode(), code.name
-                 if isinstance(code, ErrorCodes) else code, why)
+        log.info("client %s: HTTP/2 %s: %s", self.outer.ip.decode(), error_name(code), why)
         if not self.closed:
-            try:
-                self.conn.close_connection(code)
-            except ProtocolError:
-                pass
+            self.conn.goaway(code)
         self.close(False)
 
     def close(self, abort: bool) -> None:
@@ -311,6 +262,7 @@ class H2Session:
         for stream in list(self.streams.values()):
             stream.lost()
         self.streams.clear()
+        self.conn.stop()
         self.outer.h2_close(abort)
 
     def flush(self) -> None:
@@ -328,26 +280,6 @@ class H2Session:
             self.flush_soon = True
             self.loop.call_soon(self.flush)
 
-    def _frame_too_big(self) -> bool:
-        # h2 checks a frame's length only once all of it is buffered: a client could
-        # make it hold 16 MB. What h2 left unparsed is the start of one frame; its
-        # header says how long it will be.
-        rest = getattr(self.conn.incoming_buffer, "_data", b"")
-        if len(rest) < 9:
-            return False
-        length = (rest[0] << 16) | (rest[1] << 8) | rest[2]
-        return bool(length > self.conn.max_inbound_frame_size)
-
-    def _header_block_too_big(self) -> bool:
-        # h2 gathers HEADERS + CONTINUATION until END_HEADERS and only then decodes
-        # (and checks the list size); meanwhile the block is bounded here. An HPACK
-        # block is not larger than the list it decodes to (RFC 7541 counts 32 bytes
-        # per field), so a block over the decode limit can only be refused.
-        pending = getattr(self.conn.incoming_buffer, "_headers_buffer", None)
-        if not pending:
-            return False
-        return bool(sum(len(frame.data) for frame in pending) > self.limits.decode_list)
-
     def _control_frame(self) -> bool:
         now = self.loop.time()
         if now - self.control_since >= 1.0:
@@ -357,47 +289,36 @@ class H2Session:
         if self.socket_paused:
             self.queued_control += 1
         if self.control > self.limits.max_control or self.queued_control > self.limits.max_control:
-            self.fail(ErrorCodes.ENHANCE_YOUR_CALM, "too many PING/SETTINGS frames")
+            self.fail(ENHANCE_YOUR_CALM, "too many PING/SETTINGS frames")
             return False
         return True
 
-    def _request(self, event: RequestReceived) -> None:
-        sid = event.stream_id
+    def _request(self, sid: int, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
         conn = self.conn
         if self.draining and sid > self.last_stream:
-            conn.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+            conn.reset_stream(sid, REFUSED_STREAM)
             return
         if len(self.streams) >= self.limits.max_streams:
-            conn.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+            conn.reset_stream(sid, REFUSED_STREAM)
             return
         try:
-            head, chunked, length = request_head(event.headers, event.stream_ended is None)
+            head, chunked, length = request_head(headers, not ended)
         except Malformed as e:
             log.info("client %s: HTTP/2 stream %d: malformed request: %s",
                      self.outer.ip.decode(), sid, e)
-            conn.reset_stream(sid, ErrorCodes.PROTOCOL_ERROR)
+            conn.reset_stream(sid, PROTOCOL_ERROR)
             return
         stream = H2Stream(self, sid, chunked, length)
         self.streams[sid] = stream
         self.outer.h2_wait(0)
         self.requests += 1
         if self.limits.max_requests and self.requests >= self.limits.max_requests:
-            self.goaway(ErrorCodes.NO_ERROR)  # this one is served; the client opens anew
+            self.goaway(NO_ERROR)  # this one is served; the client opens anew
         stream.start(head)
 
-    def _data(self, event: DataReceived) -> None:
-        stream = self.streams.get(event.stream_id)
-        size = event.flow_controlled_length
-        if stream is None:
-            # A stream we reset or finished: its bytes count for the connection only.
-            if size:
-                self.conn.acknowledge_received_data(size, event.stream_id)
-            return
-        stream.request_data(event.data, size)
-
-    def _reset(self, event: StreamReset) -> None:
-        stream = self.streams.pop(event.stream_id, None)
-        if event.remote_reset:
+    def _reset(self, sid: int, remote: bool) -> None:
+        stream = self.streams.pop(sid, None)
+        if remote:
             now = self.loop.time()
             if now - self.resets_since >= RESET_WINDOW:
                 self.resets_since = now
@@ -406,7 +327,7 @@ class H2Session:
             if self.resets > self.limits.max_resets:
                 if stream is not None:
                     stream.lost()
-                self.fail(ErrorCodes.ENHANCE_YOUR_CALM, "too many stream resets (rapid reset)")
+                self.fail(ENHANCE_YOUR_CALM, "too many stream resets (rapid reset)")
                 return
         if stream is not None:
             stream.lost()
@@ -436,82 +357,6 @@ class H2Session:
             self.close(False)
         else:
             self.outer.h2_wait(self.limits.keepalive)
-
-
-class Malformed(Exception):
-    """A request HTTP/2 calls malformed (RFC 9113 8.1.1): a stream error."""
-
-
-def request_head(headers: list[tuple[bytes, bytes]], has_body: bool
-                 ) -> tuple[bytes, bool, int]:
-    """A stream's request as an HTTP/1.1 head: (head, body chunked, content length or
-    -1). Raises Malformed for what RFC 9113 8.2 and 8.3 forbid."""
-    method = path = authority = scheme = host = None
-    lines = []
-    cookies = []
-    length = -1
-    regular = False
-    for name, value in headers:
-        if _BAD_VALUE.search(value) is not None:
-            raise Malformed(f"bad value of {name!r}")
-        if name[:1] == b":":
-            if regular or name not in _PSEUDO:
-                raise Malformed(f"pseudo-header {name!r} misplaced or unknown")
-            if name == b":method":
-                if method is not None:
-                    raise Malformed("two :method")
-                method = value
-            elif name == b":path":
-                if path is not None:
-                    raise Malformed("two :path")
-                path = value
-            elif name == b":authority":
-                if authority is not None:
-                    raise Malformed("two :authority")
-                authority = value
-            else:
-                if scheme is not None:
-                    raise Malformed("two :scheme")
-                scheme = value
-            continue
-        regular = True
-        if _NAME.fullmatch(name) is None:
-            raise Malformed(f"bad field name {name!r}")
-        if name in _FORBIDDEN or (name == b"te" and value != b"trailers"):
-            raise Malformed(f"connection-specific field {name.decode()}")
-        if name == b"cookie":
-            cookies.append(value)  # split by the client (RFC 9113 8.2.3): joined again
-            continue
-        if name == b"host":
-            if host is not None:
-                raise Malformed("two host fields")
-            host = value
-            continue
-        if name == b"content-length":
-            if _DIGITS.fullmatch(value) is None or (length >= 0 and int(value) != length):
-                raise Malformed("bad content-length")
-            length = int(value)
-        lines.append(b"%s: %s\r\n" % (name, value))
-    if method is None or _TOKEN.fullmatch(method) is None:
-        raise Malformed("no valid :method")
-    if authority is not None and host is not None and authority != host:
-        raise Malformed(":authority and host differ")
-    authority = authority if authority is not None else host
-    if method == b"CONNECT":
-        if path is not None or scheme is not None or authority is None:
-            raise Malformed("CONNECT takes :authority only")
-        path = authority
-    elif path is None or scheme is None or _VISIBLE.fullmatch(path) is None:
-        raise Malformed("no valid :path and :scheme")
-    if authority is not None and _VISIBLE.fullmatch(authority) is None:
-        raise Malformed("bad :authority")
-    if cookies:
-        lines.append(b"cookie: %s\r\n" % b"; ".join(cookies))
-    chunked = has_body and length < 0
-    start = b"%s %s HTTP/1.1\r\n" % (method, path)
-    host_line = b"Host: %s\r\n" % authority if authority is not None else b""
-    tail = b"Transfer-Encoding: chunked\r\n\r\n" if chunked else b"\r\n"
-    return b"".join((start, host_line, *lines, tail)), chunked, length
 
 
 class H2Stream:
@@ -559,7 +404,7 @@ class H2Stream:
     def request_data(self, data: bytes, size: int) -> None:
         if self.gone or self.req_ended:
             if size:
-                self.session.conn.acknowledge_received_data(size, self.sid)
+                self.session.conn.acknowledge(self.sid, size)
             return
         if self.remaining >= 0:
             self.remaining -= len(data)
@@ -595,10 +440,7 @@ class H2Stream:
         if data and not self.gone:
             self.client.data_received(data)
         if size and not self.session.closed:
-            try:
-                self.session.conn.acknowledge_received_data(size, self.sid)
-            except ProtocolError:
-                pass
+            self.session.conn.acknowledge(self.sid, size)
 
     def lost(self) -> None:
         """The client reset the stream or the connection is gone."""
@@ -621,7 +463,7 @@ class H2Stream:
         except HttpParseError as e:
             log.warning("h2 stream %d: unreadable response from the exchange: %s", self.sid,
                         e.reason)
-            self._reset(ErrorCodes.INTERNAL_ERROR)
+            self._reset(INTERNAL_ERROR)
 
     def writelines(self, parts: list[bytes]) -> None:
         for part in parts:
@@ -641,7 +483,7 @@ class H2Stream:
                 except HttpParseError:
                     pass
             if not self.resp_done:
-                self._reset(ErrorCodes.INTERNAL_ERROR)  # a cut answer: never a complete one
+                self._reset(INTERNAL_ERROR)  # a cut answer: never a complete one
         if self.ended:
             self._schedule_let_go()
         # else: the answer is complete and waits for the client's window; the stream
@@ -649,7 +491,7 @@ class H2Stream:
 
     def abort(self) -> None:
         if not self.ended:
-            self._reset(ErrorCodes.INTERNAL_ERROR)
+            self._reset(INTERNAL_ERROR)
         self._schedule_let_go()
 
     def is_closing(self) -> bool:
@@ -739,8 +581,8 @@ class H2Stream:
             return
         try:
             session.conn.send_headers(self.sid, headers, end_stream=end)
-        except ProtocolError:
-            self._reset(ErrorCodes.INTERNAL_ERROR)
+        except H2StreamClosed:
+            self._reset(INTERNAL_ERROR)
             return
         if headers[0][1][:1] != b"1":
             self.headers_sent = True
@@ -758,8 +600,7 @@ class H2Stream:
         out = self.out
         try:
             while out:
-                window = min(conn.local_flow_control_window(self.sid),
-                             conn.max_outbound_frame_size)
+                window = min(conn.send_window(self.sid), conn.max_outbound_frame_size)
                 if window <= 0:
                     break
                 data = out[0]
@@ -778,8 +619,8 @@ class H2Stream:
                 else:
                     conn.end_stream(self.sid)  # an empty DATA frame with END_STREAM
                 self.end_sent = True
-        except ProtocolError:
-            self._reset(ErrorCodes.INTERNAL_ERROR)
+        except H2StreamClosed:
+            self._reset(INTERNAL_ERROR)
             return
         session.flush_later()
         self._maybe_resume()
@@ -796,10 +637,7 @@ class H2Stream:
         if not self.req_ended and not self.session.closed:
             # The answer is complete before the request: the rest is not wanted
             # (RFC 9113 8.1).
-            try:
-                self.session.conn.reset_stream(self.sid, ErrorCodes.NO_ERROR)
-            except ProtocolError:
-                pass
+            self.session.conn.reset_stream(self.sid, NO_ERROR)
         self.session.flush_later()
         self._schedule_let_go()
 
@@ -808,16 +646,13 @@ class H2Stream:
                  self.session.outer.ip.decode(), self.sid)
         self.req_ended = True
         self.held.clear()
-        self._reset(ErrorCodes.PROTOCOL_ERROR)
+        self._reset(PROTOCOL_ERROR)
 
     def _reset(self, code: int) -> None:
         session = self.session
         if not self.ended and not session.closed:
             self.ended = True
-            try:
-                session.conn.reset_stream(self.sid, code)
-            except ProtocolError:
-                pass
+            session.conn.reset_stream(self.sid, code)
             session.flush_later()
         self.ended = True
         self.out.clear()

@@ -1,0 +1,63 @@
+"""Type stubs for the compiled fastproxy._h2 extension (ext/fastproxy/_h2.pyx)."""
+
+from typing import Any
+
+PREFACE: bytes
+NO_ERROR: int
+PROTOCOL_ERROR: int
+INTERNAL_ERROR: int
+FLOW_CONTROL_ERROR: int
+SETTINGS_TIMEOUT: int
+STREAM_CLOSED: int
+FRAME_SIZE_ERROR: int
+REFUSED_STREAM: int
+CANCEL: int
+COMPRESSION_ERROR: int
+CONNECT_ERROR: int
+ENHANCE_YOUR_CALM: int
+INADEQUATE_SECURITY: int
+HTTP_1_1_REQUIRED: int
+ERROR_NAMES: dict[int, str]
+
+def error_name(code: int) -> str: ...
+
+class H2ProtocolError(Exception):
+    code: int
+    reason: str
+    def __init__(self, code: int, reason: str) -> None: ...
+
+class H2StreamClosed(Exception): ...
+
+class _Connection:
+    highest_inbound: int
+    next_stream_id: int
+    peer_max_streams: int | None
+    max_outbound_frame_size: int
+    def stop(self) -> None: ...
+    def data_to_send(self) -> bytes: ...
+    def goaway(self, code: int, last_stream_id: int = ...) -> None: ...
+    def send_headers(self, sid: int, headers: list[tuple[bytes, bytes]],
+                     end_stream: bool = False) -> None: ...
+    def send_data(self, sid: int, data: bytes | bytearray | memoryview,
+                  end_stream: bool = False) -> None: ...
+    def end_stream(self, sid: int) -> None: ...
+    def reset_stream(self, sid: int, code: int) -> None: ...
+    def send_window(self, sid: int) -> int: ...
+    def acknowledge(self, sid: int, size: int) -> None: ...
+    @property
+    def open_streams(self) -> int: ...
+    def receive(self, data: bytes | bytearray | memoryview) -> None: ...
+
+class ServerConnection(_Connection):
+    def __init__(self, handler: Any, max_streams: int, header_list: int, decode_list: int,
+                 stream_window: int = ..., conn_window: int = ...) -> None: ...
+
+class ClientConnection(_Connection):
+    def __init__(self, handler: Any, header_list: int, decode_list: int,
+                 stream_window: int = ..., conn_window: int = ...) -> None: ...
+    def open_stream(self, headers: list[tuple[bytes, bytes]], end_stream: bool = False) -> int: ...
+
+class Malformed(ValueError): ...
+
+def request_head(headers: list[tuple[bytes, bytes]], has_body: bool
+                 ) -> tuple[bytes, bool, int]: ...

@@ -1,0 +1,180 @@
+"""The compiled HTTP/2 connection layer, client side (fastproxy._h2.ClientConnection),
+with the `h2` library as the server: the start (preface, SETTINGS without push),
+streams we open, responses with informational heads, DATA and trailers, flow
+control, and the errors a server can make (push, DATA before the response, a
+response without :status, HEADERS on a stream we did not open).
+
+Not yet used by h2upstream.py (HTTP/2 to upstreams still runs on `h2`)."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+import hpack
+import pytest
+
+from fastproxy._h2 import (
+    PREFACE,
+    PROTOCOL_ERROR,
+    ClientConnection,
+    H2ProtocolError,
+    H2StreamClosed,
+)
+
+REQ = [(b":method", b"POST"), (b":path", b"/svc/Call"), (b":scheme", b"http"),
+       (b":authority", b"up.example"), (b"te", b"trailers")]
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def h2_response(self, sid: int, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
+        self.calls.append(("response", sid, headers, ended))
+
+    def h2_trailers(self, sid: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.calls.append(("trailers", sid, headers))
+
+    def h2_data(self, sid: int, data: bytes, size: int) -> None:
+        self.calls.append(("data", sid, data, size))
+
+    def h2_end(self, sid: int) -> None:
+        self.calls.append(("end", sid))
+
+    def h2_reset(self, sid: int, code: int, remote: bool) -> None:
+        self.calls.append(("reset", sid, code, remote))
+
+    def h2_window(self, sid: int) -> None:
+        self.calls.append(("window", sid))
+
+    def h2_ping(self) -> None:
+        self.calls.append(("ping",))
+
+    def h2_settings(self) -> None:
+        self.calls.append(("settings",))
+
+    def h2_goaway(self, code: int, last: int) -> None:
+        self.calls.append(("goaway", code, last))
+
+
+def frame(kind: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
+    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(
+        ">I", sid) + payload
+
+
+def started() -> tuple[ClientConnection, Recorder, h2.connection.H2Connection]:
+    rec = Recorder()
+    conn = ClientConnection(rec, 65536, 1 << 20, 65535, 1 << 20)
+    server = h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=False, header_encoding=None))
+    server.initiate_connection()
+    events = server.receive_data(conn.data_to_send())
+    assert any(isinstance(e, h2.events.RemoteSettingsChanged) for e in events)
+    conn.receive(server.data_to_send())
+    server.receive_data(conn.data_to_send())  # our SETTINGS ACK
+    rec.calls.clear()
+    return conn, rec, server
+
+
+def test_start_and_settings() -> None:
+    rec = Recorder()
+    conn = ClientConnection(rec, 65536, 1 << 20, 256 * 1024, 1 << 24)
+    out = conn.data_to_send()
+    assert out.startswith(PREFACE)
+    server = h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=False, header_encoding=None))
+    server.initiate_connection()
+    server.receive_data(out)
+    assert server.remote_settings.enable_push == 0
+    assert server.remote_settings.initial_window_size == 256 * 1024
+    assert server.outbound_flow_control_window == 1 << 24
+    assert conn.peer_max_streams is None
+    conn.receive(server.data_to_send())
+    assert rec.calls == [("settings",)]
+    assert conn.peer_max_streams == server.local_settings.max_concurrent_streams
+
+
+def test_call_with_informational_data_and_trailers() -> None:
+    conn, rec, server = started()
+    sid = conn.open_stream(REQ)
+    conn.send_data(sid, b"\x00\x00\x00\x00\x02hi", end_stream=True)
+    assert conn.next_stream_id == 3
+    events = server.receive_data(conn.data_to_send())
+    got = next(e for e in events if isinstance(e, h2.events.RequestReceived))
+    assert got.headers == REQ
+    assert [e.data for e in events if isinstance(e, h2.events.DataReceived)] == [
+        b"\x00\x00\x00\x00\x02hi"]
+    server.send_headers(sid, [(b":status", b"100")])
+    server.send_headers(sid, [(b":status", b"200"), (b"content-type", b"application/grpc")])
+    server.send_data(sid, b"\x00\x00\x00\x00\x02ok")
+    server.send_headers(sid, [(b"grpc-status", b"0")], end_stream=True)
+    conn.receive(server.data_to_send())
+    assert rec.calls == [
+        ("response", 1, [(b":status", b"200"), (b"content-type", b"application/grpc")], False),
+        ("data", 1, b"\x00\x00\x00\x00\x02ok", 7),
+        ("trailers", 1, [(b"grpc-status", b"0")]),
+        ("end", 1)]
+    assert conn.open_streams == 0
+    with pytest.raises(H2StreamClosed):
+        conn.send_data(sid, b"late")
+    # The next stream; a body-less answer in one HEADERS frame.
+    sid = conn.open_stream(REQ[:4], end_stream=True)
+    assert sid == 3
+    server.receive_data(conn.data_to_send())
+    server.send_headers(sid, [(b":status", b"204")], end_stream=True)
+    conn.receive(server.data_to_send())
+    assert rec.calls[-2:] == [("response", 3, [(b":status", b"204")], True), ("end", 3)]
+
+
+def test_response_flow_control() -> None:
+    conn, _rec, server = started()
+    sid = conn.open_stream(REQ[:4], end_stream=True)
+    server.receive_data(conn.data_to_send())
+    server.send_headers(sid, [(b":status", b"200")])
+    for _ in range(3):
+        server.send_data(sid, b"x" * 12000)
+    conn.receive(server.data_to_send())
+    assert server.local_flow_control_window(sid) == 65535 - 36000
+    conn.acknowledge(sid, 12000)  # under half the stream's window: nothing yet
+    assert conn.data_to_send() == b""
+    conn.acknowledge(sid, 24000)
+    events = server.receive_data(conn.data_to_send())
+    assert [e.delta for e in events if isinstance(e, h2.events.WindowUpdated)
+            and e.stream_id == sid] == [36000]
+    assert server.local_flow_control_window(sid) == 65535
+
+
+@pytest.mark.parametrize(("junk", "why"), [
+    (frame(5, 4, 1, b"\x00\x00\x00\x02" + hpack.Encoder().encode([(b":status", b"200")])),
+     "PUSH_PROMISE"),
+    (frame(1, 5, 7, hpack.Encoder().encode([(b":status", b"200")])), "did not open"),
+    (frame(4, 0, 0, struct.pack(">HI", 2, 1)), "ENABLE_PUSH"),
+    (frame(0, 0, 9, b"x"), "idle"),
+])
+def test_server_errors(junk: bytes, why: str) -> None:
+    conn, _, _ = started()
+    conn.open_stream(REQ[:4], end_stream=True)
+    conn.data_to_send()
+    with pytest.raises(H2ProtocolError, match=why) as info:
+        conn.receive(junk)
+    assert info.value.code == PROTOCOL_ERROR
+
+
+def test_stream_errors() -> None:
+    conn, rec, _ = started()
+    enc = hpack.Encoder()
+    a = conn.open_stream(REQ[:4], end_stream=True)
+    b = conn.open_stream(REQ[:4], end_stream=True)
+    c = conn.open_stream(REQ[:4], end_stream=True)
+    conn.data_to_send()
+    conn.receive(frame(0, 0, a, b"body first"))  # DATA before the response
+    conn.receive(frame(1, 5, b, enc.encode([(b"x-a", b"1")])))  # no :status
+    conn.receive(frame(1, 5, c, enc.encode([(b":status", b"103")])))  # 1xx ending the stream
+    assert rec.calls == [("reset", a, PROTOCOL_ERROR, False), ("reset", b, PROTOCOL_ERROR, False),
+                         ("reset", c, PROTOCOL_ERROR, False)]
+    conn.receive(frame(7, 0, 0, struct.pack(">II", 1, 0)))
+    assert rec.calls[-1] == ("goaway", 0, 1)
