@@ -349,7 +349,14 @@ class Origin:
             lines.append(f"Content-Length: {len(reply.body)}")
         if reply.close:
             lines.append("Connection: close")
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        if not no_body and reply.stream is None and reply.chunks is None:
+            # Head and a plain body in one write, as nginx does for a small file: a
+            # proxy reading fast then (on loopback) gets both in one read.
+            writer.write(head + reply.body)
+            await writer.drain()
+            return
+        writer.write(head)
         if not no_body and reply.stream is not None:
             chunked = reply.stream_length is None and not reply.close_delimited
             for piece in reply.stream:
