@@ -6,6 +6,7 @@ machine, unlike CPU time (this VM has no hardware counters for `perf stat`).
     python benchmarks/instructions.py                          # 1k, tls-keepalive, tls-handshake
     python benchmarks/instructions.py --cases tls-keepalive --seconds 15 --connections 10
     python benchmarks/instructions.py --proxies fastproxy --cases tls-handshake,tls-resume
+    python benchmarks/instructions.py --cases h2 --seconds 10   # HTTP/2 over TLS (h2load)
 
 Same set-up as e2e.py (an upstream nginx; the proxies with its configurations,
 the TLS listener included), except that each proxy runs as one process under
@@ -20,7 +21,9 @@ about 50x, so wrk keeps fewer requests in flight than in e2e.py: compare the
 proxies with each other and a change with its before, not with e2e.py's rates.
 In tls-keepalive each wrk connection's handshake is in the count (--connections
 handshakes over the whole run); use a long --seconds and few connections to make
-that small. Needs valgrind (apt-get install valgrind).
+that small. The `h2` case is HTTP/2 on the TLS listener (nginx with `http2` on it),
+loaded by h2load `-c 2 -m 10 -n 250*seconds` (nghttp2-client): two handshakes in the count. Needs
+valgrind (apt-get install valgrind).
 """
 
 from __future__ import annotations
@@ -77,22 +80,50 @@ def dump_total(pid: int, out_dir: Path, timeout: float = 60.0) -> int:
     raise e2e.BenchError(f"callgrind in {pid} wrote no dump within {timeout:.0f}s")
 
 
+def h2_count(pid: int, out_dir: Path, port: int, seconds: int) -> tuple[int, int]:
+    """The h2 case: a warm-up, then h2load with a request count (about `seconds` under
+    valgrind; a timed run would cut the requests in flight at its end, which h2load
+    counts as failures); (instructions, requests)."""
+
+    def load(requests: int) -> int:
+        argv = e2e.pinned(e2e.LOAD_CPU, ["h2load", "-t", "1", "-c", "2", "-m", "10", "-n",
+                                          str(requests), f"https://127.0.0.1:{port}/1k.bin"])
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=seconds * 10 + 120,
+                             check=False)
+        m = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", res.stdout)
+        if res.returncode != 0 or m is None or int(m.group(2)) != requests \
+                or "Application protocol: h2" not in res.stdout:
+            raise e2e.BenchError(f"h2load failed ({res.returncode}):\n{res.stdout}{res.stderr}")
+        return int(m.group(2))
+
+    load(200)  # warm-up
+    subprocess.run(["callgrind_control", "-z", str(pid)], capture_output=True, timeout=120,
+                   check=False)
+    time.sleep(0.2)
+    done = load(250 * seconds)
+    time.sleep(0.5)  # the last responses are out
+    return dump_total(pid, out_dir), done
+
+
 def main() -> int:
     if len(sys.argv) == 3 and sys.argv[1] == "--worker":
         return worker_main(sys.argv[2])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cases", default="1k,tls-keepalive,tls-handshake",
-                   help=f"from: 1k, 64k, {', '.join(e2e.TLS_CASES)}")
+                   help=f"from: 1k, 64k, h2, {', '.join(e2e.TLS_CASES)}")
     p.add_argument("--proxies", default="fastproxy,nginx")
     p.add_argument("--seconds", type=int, default=6, help="load per measurement")
     p.add_argument("--connections", type=int, default=50, help="wrk -c")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the callgrind dumps (for callgrind_annotate); prints where")
     args = p.parse_args()
     cases = [c for c in args.cases.split(",") if c]
     proxies = [x for x in args.proxies.split(",") if x]
-    if any(c not in ("1k", "64k", *e2e.TLS_CASES) for c in cases) or \
+    if any(c not in ("1k", "64k", "h2", *e2e.TLS_CASES) for c in cases) or \
             any(x not in ("fastproxy", "nginx") for x in proxies):
         p.error("unknown case or proxy")
-    for tool in ("valgrind", "callgrind_control", "wrk", "nginx", "openssl"):
+    for tool in ("valgrind", "callgrind_control", "wrk", "nginx", "openssl",
+                 *(("h2load",) if "h2" in cases else ())):
         if shutil.which(tool) is None:
             p.error(f"{tool} is not installed")
     signal.signal(signal.SIGTERM, e2e._on_signal)
@@ -120,8 +151,11 @@ def main() -> int:
             d = dirs[name]
             if name == "nginx":
                 conf = d / "nginx.conf"
-                conf.write_text(e2e.nginx_proxy_conf(d, ports[name], up_port, 128, tls,
-                                                     tls_ports[name]))
+                text = e2e.nginx_proxy_conf(d, ports[name], up_port, 128, tls, tls_ports[name])
+                if "h2" in cases:  # HTTP/2 on its TLS listener too (as in h2_bench.py)
+                    listen = f"listen 127.0.0.1:{tls_ports[name]} ssl;"
+                    text = text.replace(listen, listen.replace(" ssl;", " ssl http2;"))
+                conf.write_text(text)
                 argv = [*grind, "nginx", "-p", str(d), "-e", str(d / "error.log"), "-c",
                         str(conf), "-g", "daemon off; master_process off;"]
             else:
@@ -139,9 +173,13 @@ def main() -> int:
         print("| case | proxy | requests (conns) | instructions per request (conn) |")
         print("| --- | --- | ---: | ---: |")
         for case in cases:
-            case_ports = tls_ports if case in e2e.TLS_CASES else ports
+            case_ports = tls_ports if case in e2e.TLS_CASES or case == "h2" else ports
             for name in proxies:
                 pid = servers[name].proc.pid
+                if case == "h2":
+                    total, done = h2_count(pid, tmp, case_ports[name], args.seconds)
+                    print(f"| {case} | {name} | {done:,} | {total / done:,.0f} |", flush=True)
+                    continue
                 e2e.run_load(case, case_ports[name], 2, load, e2e.LOAD_CPU)  # warm-up
                 subprocess.run(["callgrind_control", "-z", str(pid)], capture_output=True,
                                timeout=120, check=False)
@@ -158,7 +196,10 @@ def main() -> int:
         return 1
     finally:
         e2e.PROCS.stop_all()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if args.keep:
+            print(f"callgrind dumps kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
