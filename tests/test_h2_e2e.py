@@ -216,6 +216,57 @@ def test_multiplexed_requests_reach_the_upstream(make_origin: OriginFactory, cer
     assert all('HTTP/2.0"' in line for line in proxy.access_log())
 
 
+@pytest.mark.parametrize("engine", ["openssl", "python"])
+def test_streams_carry_the_connections_tls_facts(make_origin: OriginFactory, certs: Path,
+                                                 start_proxy: Callable[..., ProxyProcess],
+                                                 engine: str) -> None:
+    """Every stream of one TLS connection gets its handshake's facts: the client
+    certificate's headers and route match, X-Forwarded-Proto and HSTS."""
+    client_ca = trustme.CA()
+    client_ca.cert_pem.write_to_path(str(certs / "client-ca.pem"))
+    client_ca.issue_cert("alice@example.com", common_name="alice") \
+        .private_key_and_cert_chain_pem.write_to_path(str(certs / "alice.pem"))
+    general, alices = make_origin(name="general"), make_origin(name="alices")
+    port = free_port()
+    listener = tls_listener(port, certs, engine, "") + (
+        f'client_auth = "optional"\nclient_ca = "{certs}/client-ca.pem"\n'
+        'client_cert_headers = { subject = "X-Client-Subject", verify = "X-Client-Verify" }\n'
+        'hsts = "max-age=600"\n')
+    rest = (f'[upstreams.general]\nservers = ["{general.address}"]\n'
+            f'[upstreams.alices]\nservers = ["{alices.address}"]\n'
+            '[[routes]]\nmatch = { client_cert = { subject = { regex = "CN=alice" } } }\n'
+            'upstream = "alices"\n[[routes]]\nupstream = "general"\n')
+    start_proxy(listener, rest, port)
+
+    async def main(cert: bool) -> list[httpx.Response]:
+        ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+        if cert:
+            ctx.load_cert_chain(str(certs / "alice.pem"))
+        async with httpx.AsyncClient(http2=True, verify=ctx,
+                                     headers={"Host": "site.example"}) as client:
+            return await asyncio.gather(*(
+                client.get(f"https://127.0.0.1:{port}/s/{i}", extensions=SNI,
+                           headers={"X-Client-Subject": "CN=forged"})
+                for i in range(12)))
+
+    for cert, origin, verify in ((True, alices, "SUCCESS"), (False, general, "NONE")):
+        responses = asyncio.run(main(cert))
+        assert {r.http_version for r in responses} == {"HTTP/2"}
+        assert [r.text for r in responses] == [f"{origin.name} /s/{i}" for i in range(12)]
+        assert {r.headers.get("strict-transport-security") for r in responses} == {
+            "max-age=600"}
+        got = [r for r in origin.requests if r.target.startswith("/s/")]
+        assert len(got) == 12
+        for req in got:
+            assert req.header("X-Forwarded-Proto") == "https"
+            assert req.header("X-Client-Verify") == verify
+            subjects = [v for k, v in req.headers if k.lower() == "x-client-subject"]
+            if cert:  # the verified subject only, never the forged one
+                assert len(subjects) == 1 and "CN=alice" in subjects[0], subjects
+            else:
+                assert subjects == [], subjects
+
+
 def h2_client(certs: Path, **options: object) -> httpx.AsyncClient:
     """httpx over HTTP/2 to 127.0.0.1, with site.example as SNI and :authority."""
     ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))

@@ -981,7 +981,7 @@ cpdef tuple request_head(list headers, bint has_body):
             if value_length < 0 or (length >= 0 and value_length != length):
                 raise Malformed("bad content-length")
             length = value_length
-        lines.append(name + b": " + value + b"\r\n")
+        lines += (name, b": ", value, b"\r\n")  # joined once at the end
     if method is None or not _all_in(TOKEN_CHARS, <bytes>method):
         raise Malformed("no valid :method")
     if authority is not None and host is not None and authority != host:
@@ -997,9 +997,11 @@ cpdef tuple request_head(list headers, bint has_body):
     if authority is not None and not _visible(<bytes>authority):
         raise Malformed("bad :authority")
     if cookies:
-        lines.append(b"cookie: " + b"; ".join(cookies) + b"\r\n")
+        lines += (b"cookie: ", b"; ".join(cookies), b"\r\n")
     chunked = has_body and length < 0
-    lines.insert(0, <bytes>method + b" " + <bytes>path + b" HTTP/1.1\r\n"
-                 + (b"Host: " + <bytes>authority + b"\r\n" if authority is not None else b""))
     lines.append(b"Transfer-Encoding: chunked\r\n\r\n" if chunked else b"\r\n")
-    return b"".join(lines), chunked, length
+    if authority is not None:
+        start = [method, b" ", path, b" HTTP/1.1\r\nHost: ", authority, b"\r\n"]
+    else:
+        start = [method, b" ", path, b" HTTP/1.1\r\n"]
+    return b"".join(start + lines), chunked, length

@@ -17,10 +17,14 @@ past OUT_HIGH bytes pauses the exchange (`pause_writing`) until it drains to
 OUT_LOW.
 """
 cimport cython
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
-from libc.stdint cimport uint32_t
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_XDECREF
+from libc.stdint cimport uint32_t, uint64_t
+from libc.string cimport memcmp
 
 from fastproxy._http cimport K_LENGTH, MessageHead, ParserHandler, ResponseParser
+from fastproxy.xxhash cimport XXH3_64bits, XXH3_64bits_withSeed
 
 import logging
 from collections import deque
@@ -57,19 +61,96 @@ cdef bytes lower_bytes(const char* p, Py_ssize_t n):
     return out
 
 
+# The fields of recent response heads, by an xxh3 of the name and value as received:
+# the same upstream sends the same fields over and over, and a field taken from here
+# is the same tuple of the same bytes objects each time, whose hashes Python keeps,
+# so HPACK's table lookups (by_field, keyed by the tuple) cost no string hashing.
+# Bounded: FIELD_SLOTS entries of at most FIELD_MAX bytes; Set-Cookie never kept.
+cdef enum:
+    FIELD_SLOTS = 1024  # a power of two
+    FIELD_MAX = 256
+
+cdef struct FieldSlot:
+    uint64_t hash
+    PyObject* field  # a (name lower-cased, value) tuple, owned; NULL: empty
+    bint hop  # a connection-specific field: dropped
+
+cdef FieldSlot FIELD_CACHE[FIELD_SLOTS]
+cdef list STATUS_FIELDS = [None] * 1000  # (":status", b"NNN") by status
+
+
+cdef bint same_field(tuple field, const char* name, Py_ssize_t nl, const char* value,
+                     Py_ssize_t vl) noexcept:
+    """Whether `field` is this name (in any case) and value."""
+    cdef bytes fname = <bytes>field[0], fvalue = <bytes>field[1]
+    cdef const char* q
+    cdef Py_ssize_t i
+    cdef char c
+    if PyBytes_GET_SIZE(fname) != nl or PyBytes_GET_SIZE(fvalue) != vl:
+        return False
+    if memcmp(PyBytes_AS_STRING(fvalue), value, vl) != 0:
+        return False
+    q = PyBytes_AS_STRING(fname)
+    for i in range(nl):
+        c = name[i]
+        if b'A' <= c <= b'Z':
+            c = c + 32
+        if c != q[i]:
+            return False
+    return True
+
+
+cdef tuple status_field(int status):
+    cdef object field
+    if status < 100 or status > 999:
+        return (b":status", b"%d" % status)
+    field = STATUS_FIELDS[status]
+    if field is None:
+        field = (b":status", b"%d" % status)
+        STATUS_FIELDS[status] = field
+    return <tuple>field
+
+
 cpdef list response_fields(MessageHead head):
     """The HEADERS of a response head: `:status`, then its fields with lower-case
     names, minus the connection-specific ones."""
-    cdef list fields = [(b":status", b"%d" % head.status)]
+    cdef list fields = [status_field(head.status)]
     cdef const uint32_t* o = head.offsets()
     cdef const char* raw = PyBytes_AS_STRING(head.raw)
+    cdef const char* name
+    cdef const char* value
+    cdef Py_ssize_t nl, vl
     cdef int i
-    cdef bytes name
+    cdef uint64_t h
+    cdef FieldSlot* slot
+    cdef bytes lname
+    cdef tuple field
+    cdef bint hop
     for i in range(head.header_count):
-        name = lower_bytes(raw + o[4 * i], o[4 * i + 1])
-        if name in HOP:
-            continue
-        fields.append((name, raw[o[4 * i + 2]:o[4 * i + 2] + o[4 * i + 3]]))
+        name = raw + o[4 * i]
+        nl = o[4 * i + 1]
+        value = raw + o[4 * i + 2]
+        vl = o[4 * i + 3]
+        slot = NULL
+        if nl + vl <= FIELD_MAX:
+            h = XXH3_64bits_withSeed(value, vl, XXH3_64bits(name, nl))
+            slot = &FIELD_CACHE[h & (FIELD_SLOTS - 1)]
+            if slot.field != NULL and slot.hash == h and \
+                    same_field(<tuple>slot.field, name, nl, value, vl):
+                if not slot.hop:
+                    fields.append(<tuple>slot.field)
+                continue
+        lname = lower_bytes(name, nl)
+        hop = lname in HOP
+        field = (lname, PyBytes_FromStringAndSize(value, vl))
+        if slot != NULL and lname != b"set-cookie":
+            Py_XDECREF(slot.field)
+            Py_INCREF(field)
+            slot.field = <PyObject*>field
+            slot.hash = h
+            slot.hop = hop
+        if not hop:
+            fields.append(field)
     return fields
 
 

@@ -612,10 +612,14 @@ cdef class HpackEncoder:
                     raise ValueError("a header field is a (name, value) pair")
                 name = <bytes?>field[0]
                 value = <bytes?>field[1]
-                found = _STATIC_FIELD.get(field)
-                if found is not None:
-                    put_int(&b, <Py_ssize_t>found, 7, 0x80)
-                    continue
+                # Whole fields in the static table: pseudo-headers, accept-encoding and
+                # empty values only; any other field skips that lookup.
+                if (PyBytes_GET_SIZE(value) == 0 or PyBytes_AS_STRING(name)[0] == 58
+                        or name == b"accept-encoding"):
+                    found = _STATIC_FIELD.get(field)
+                    if found is not None:
+                        put_int(&b, <Py_ssize_t>found, 7, 0x80)
+                        continue
                 found = self.by_field.get(field)
                 if found is not None:
                     put_int(&b, DEF_STATIC_LEN + self.inserted - <Py_ssize_t>found, 7, 0x80)

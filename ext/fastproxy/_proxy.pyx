@@ -706,6 +706,15 @@ cdef class ClientConnection(ParserHandler):
         self.stream = True
         if outer is not None:
             self.pp_addrs = outer.pp_addrs
+            if outer.tls is not None:
+                # The stream shares its socket's handshake: the same TLS facts (read
+                # only), not worked out again for every stream (connection_made).
+                self.proto = outer.proto
+                self.hsts = outer.hsts
+                self.tls = outer.tls
+                self.tls_drop = outer.tls_drop
+                self.tls_extra = outer.tls_extra
+                self.pp_tlvs = outer.pp_tlvs
 
     def h2_wait(self, double seconds):
         """The HTTP/2 session's deadline on this socket (0: none)."""
@@ -746,7 +755,9 @@ cdef class ClientConnection(ParserHandler):
             self.ip_counted = True
         self.fd = plain_fd(transport)
         info = core.tls_listeners[self.listener]
-        if info is not None:
+        if info is not None and self.stream and self.tls is not None:
+            pass  # the socket's TLS facts, copied by set_stream
+        elif info is not None:
             ssl_object = transport.get_extra_info("ssl_object")
             self.tls_made(info, ssl_object)
             if (core.h2_factory is not None and not self.stream and ssl_object is not None
