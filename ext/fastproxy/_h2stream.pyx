@@ -286,6 +286,17 @@ cdef class H2Stream(ParserHandler):
             log.warning("h2 stream %d: unreadable response from the exchange: %s", self.sid,
                         e.reason)
             self._reset(INTERNAL_ERROR)
+            return
+        self._sent_what_came()
+
+    cdef _sent_what_came(self):
+        # Once per write, not per body piece: a body that ends in this write goes
+        # out with END_STREAM on its last DATA frame.
+        if self.ended or not (self.out or self.resp_done):
+            return
+        self.send()
+        if self.out_size > C_OUT_HIGH:
+            self.check_paused()
 
     def writelines(self, parts):
         for part in parts:
@@ -306,6 +317,8 @@ cdef class H2Stream(ParserHandler):
                     parser.feed_eof()  # a close-delimited body ends here
                 except HttpParseError:
                     pass
+                else:
+                    self._sent_what_came()
             if not self.resp_done:
                 self._reset(INTERNAL_ERROR)  # a cut answer: never a complete one
         if self.ended:
@@ -369,10 +382,7 @@ cdef class H2Stream(ParserHandler):
         if not data:
             return 0
         self.out.append(data)
-        self.out_size += len(data)
-        self.send()
-        if self.out_size > C_OUT_HIGH:
-            self.check_paused()
+        self.out_size += len(data)  # sent when the write that brought it is parsed
         return 0
 
     cdef int on_message_complete(self) except -1:
@@ -390,8 +400,7 @@ cdef class H2Stream(ParserHandler):
         if not self.headers_sent:
             self._send_headers(self.pending_headers, True)
             self._finished()
-        else:
-            self.send()
+        # else: the rest goes out when the write that brought it is parsed
         return 0
 
     # -- internals ----------------------------------------------------------------------
