@@ -26,15 +26,31 @@ from libc.string cimport memcmp
 from fastproxy._http cimport K_LENGTH, MessageHead, ParserHandler, ResponseParser
 from fastproxy.xxhash cimport XXH3_64bits, XXH3_64bits_withSeed
 
+import asyncio
 import logging
 from collections import deque
 
-from fastproxy._h2 import INTERNAL_ERROR, NO_ERROR, PROTOCOL_ERROR, H2StreamClosed
+from fastproxy._h2 import (
+    ENHANCE_YOUR_CALM,
+    INTERNAL_ERROR,
+    NO_ERROR,
+    PROTOCOL_ERROR,
+    REFUSED_STREAM,
+    H2ProtocolError,
+    H2StreamClosed,
+    Malformed,
+    ServerConnection,
+    error_name,
+    request_head,
+)
 from fastproxy._http import HttpParseError
 from fastproxy._proxy import ClientConnection
 
 log = logging.getLogger("fastproxy.h2")
 
+STREAM_WINDOW = 256 * 1024  # a stream's receive window (request bodies)
+CONN_WINDOW = 1024 * 1024  # the connection's: all unacknowledged request bytes at once
+RESET_WINDOW = 10.0  # seconds over which client resets are counted
 OUT_HIGH = 64 * 1024  # response bytes a stream holds before its exchange pauses
 OUT_LOW = 16 * 1024  # ... and resumes
 cdef Py_ssize_t C_OUT_HIGH = OUT_HIGH
@@ -167,12 +183,288 @@ cpdef list trailer_fields(bytes raw):
     return fields
 
 
+cdef class H2Stream
+
+
+@cython.final
+cdef class H2Session:
+    """One client connection that speaks HTTP/2: the session the connection layer
+    (`_h2.ServerConnection`) calls back, and the streams it serves."""
+
+    cdef readonly object core
+    cdef readonly object outer  # the socket's ClientConnection
+    cdef readonly object transport
+    cdef readonly object loop
+    cdef readonly object conn  # the ServerConnection
+    cdef readonly dict streams
+    cdef readonly bint socket_paused  # the client does not read what we send
+    cdef readonly bint draining  # GOAWAY sent: no new streams; close when the last ends
+    cdef int last_stream  # ... above this one
+    cdef readonly bint closed
+    cdef bint flush_soon
+    cdef int resets
+    cdef double resets_since
+    cdef long long requests
+    cdef int control
+    cdef double control_since
+    cdef int queued_control  # control frames answered while the socket is paused
+    # the listener's limits (h2server.H2Limits)
+    cdef int max_streams, max_resets, max_control
+    cdef long long max_requests
+    cdef double keepalive
+
+    def __init__(self, core, outer, transport, limits, first):
+        self.core = core
+        self.outer = outer
+        self.transport = transport
+        self.max_streams = limits.max_streams
+        self.max_resets = limits.max_resets
+        self.max_control = limits.max_control
+        self.max_requests = limits.max_requests or 0
+        self.keepalive = limits.keepalive
+        self.loop = asyncio.get_running_loop()
+        self.streams = {}
+        # Our SETTINGS advertise the HTTP/1.1 head limit as the header list size; HPACK
+        # decoding stops at the same in RFC 7541 terms (decode_list), and so does a
+        # header block while it grows (CONTINUATION floods).
+        self.conn = ServerConnection(self, limits.max_streams, limits.header_list,
+                                     limits.decode_list, STREAM_WINDOW, CONN_WINDOW)
+        self.flush()
+        outer.h2_wait(limits.header_timeout)  # the preface and a first request
+        if first:
+            self.data_received(first)
+
+    # -- from the outer ClientConnection ---------------------------------------------
+    def data_received(self, data):
+        if self.closed:
+            return
+        try:
+            self.conn.receive(data)
+        except H2ProtocolError as e:
+            # The connection layer queued a GOAWAY with the error's code.
+            log.info("client %s: HTTP/2 connection error: %s (%s)", self.outer.ip.decode(),
+                     e.reason, error_name(e.code))
+            self.close(False)
+            return
+        self.flush()
+
+    # -- from the connection layer (inside receive) -------------------------------------
+    def h2_request(self, int sid, list headers, bint ended):
+        if not self.closed:
+            self._request(sid, headers, ended)
+
+    def h2_data(self, int sid, bytes data, Py_ssize_t size):
+        if self.closed:
+            return
+        stream = self.streams.get(sid)
+        if stream is None:
+            # A stream we reset or finished: its bytes count for the connection only.
+            self.conn.acknowledge(sid, size)
+            return
+        (<H2Stream>stream).request_data(data, size)
+
+    def h2_end(self, int sid):
+        stream = self.streams.get(sid)
+        if stream is not None and not self.closed:
+            (<H2Stream>stream).request_ended()
+
+    def h2_reset(self, int sid, int code, bint remote):
+        if not self.closed:
+            self._reset(sid, remote)
+
+    def h2_window(self, int sid):
+        self._window(sid)
+
+    def h2_ping(self):
+        self._control_frame()
+
+    def h2_settings(self):
+        if self._control_frame():
+            self._window(0)
+
+    def h2_goaway(self, int code, int last_stream_id):
+        if self.closed:
+            return
+        if code != NO_ERROR or not self.streams:
+            self.close(False)
+            return
+        # The client's graceful GOAWAY: it opens no more streams but waits for the
+        # answers to those it opened; the socket closes after the last.
+        self.draining = True
+        self.last_stream = self.conn.highest_inbound
+
+    def eof_received(self):
+        self.close(False)
+        return False
+
+    def connection_lost(self, exc):
+        self.closed = True
+        for stream in list(self.streams.values()):
+            (<H2Stream>stream).lost()
+        self.streams.clear()
+        # The connection layer holds our bound methods: let them go (a cycle otherwise,
+        # freed only by the cyclic GC, long after).
+        self.conn.stop()
+
+    def pause_writing(self):
+        # The client does not read: nothing more is made for it. Reading goes on (a
+        # client may not read while it writes a body: stopping would deadlock both),
+        # but the answers its frames need (PING and SETTINGS acks) are counted while
+        # they queue (_control_frame).
+        self.socket_paused = True
+        self.queued_control = 0
+        for stream in list(self.streams.values()):
+            (<H2Stream>stream).check_paused()
+
+    def resume_writing(self):
+        self.socket_paused = False
+        self._window(0)
+        self._idle_check()
+
+    def timed_out(self):
+        if self.streams and not self.draining:
+            return
+        # Idle past the keep-alive timeout, or draining too long: say so and close.
+        self.goaway(NO_ERROR)
+        self.close(False)
+
+    def shutdown(self):
+        """Graceful stop: GOAWAY; the streams in flight finish, then the socket closes."""
+        if self.closed or self.draining:
+            return
+        self.goaway(NO_ERROR)
+        if not self.streams:
+            self.close(False)
+
+    # -- internals ----------------------------------------------------------------------
+    def goaway(self, int code):
+        """A GOAWAY after which the streams in flight still finish."""
+        if self.draining or self.closed:
+            return
+        self.draining = True
+        self.last_stream = self.conn.highest_inbound
+        self.conn.goaway(code, self.last_stream)
+        self.flush()
+
+    def fail(self, int code, str why):
+        """A connection error: GOAWAY with `code`, then close."""
+        log.info("client %s: HTTP/2 %s: %s", self.outer.ip.decode(), error_name(code), why)
+        if not self.closed:
+            self.conn.goaway(code)
+        self.close(False)
+
+    def close(self, bint abort):
+        if self.closed:
+            return
+        self.flush()
+        self.closed = True
+        for stream in list(self.streams.values()):
+            (<H2Stream>stream).lost()
+        self.streams.clear()
+        self.conn.stop()
+        self.outer.h2_close(abort)
+
+    def flush(self):
+        self.flush_soon = False
+        if self.closed:
+            return
+        data = self.conn.data_to_send()
+        if data:
+            self.transport.write(data)
+
+    cdef flush_later(self):
+        """Frames made outside data_received (an upstream's bytes): one write per
+        loop iteration for all the streams."""
+        if not self.flush_soon:
+            self.flush_soon = True
+            self.loop.call_soon(self.flush)
+
+    cdef bint _control_frame(self) except -1:
+        cdef double now = self.loop.time()
+        if now - self.control_since >= 1.0:
+            self.control_since = now
+            self.control = 0
+        self.control += 1
+        if self.socket_paused:
+            self.queued_control += 1
+        if self.control > self.max_control or self.queued_control > self.max_control:
+            self.fail(ENHANCE_YOUR_CALM, "too many PING/SETTINGS frames")
+            return False
+        return True
+
+    cdef _request(self, int sid, list headers, bint ended):
+        conn = self.conn
+        if self.draining and sid > self.last_stream:
+            conn.reset_stream(sid, REFUSED_STREAM)
+            return
+        if len(self.streams) >= self.max_streams:
+            conn.reset_stream(sid, REFUSED_STREAM)
+            return
+        try:
+            head, chunked, length = request_head(headers, not ended)
+        except Malformed as e:
+            log.info("client %s: HTTP/2 stream %d: malformed request: %s",
+                     self.outer.ip.decode(), sid, e)
+            conn.reset_stream(sid, PROTOCOL_ERROR)
+            return
+        cdef H2Stream stream = H2Stream(self, sid, chunked, length)
+        self.streams[sid] = stream
+        self.outer.h2_wait(0)
+        self.requests += 1
+        if self.max_requests and self.requests >= self.max_requests:
+            self.goaway(NO_ERROR)  # this one is served; the client opens anew
+        stream.start(head)
+
+    cdef _reset(self, int sid, bint remote):
+        stream = self.streams.pop(sid, None)
+        cdef double now
+        if remote:
+            now = self.loop.time()
+            if now - self.resets_since >= RESET_WINDOW:
+                self.resets_since = now
+                self.resets = 0
+            self.resets += 1
+            if self.resets > self.max_resets:
+                if stream is not None:
+                    (<H2Stream>stream).lost()
+                self.fail(ENHANCE_YOUR_CALM, "too many stream resets (rapid reset)")
+                return
+        if stream is not None:
+            (<H2Stream>stream).lost()
+        self._idle_check()
+
+    cdef _window(self, int sid):
+        if self.socket_paused or self.closed:
+            return
+        if sid:
+            stream = self.streams.get(sid)
+            if stream is not None:
+                (<H2Stream>stream).send()
+        else:
+            for stream in list(self.streams.values()):
+                (<H2Stream>stream).send()
+
+    cdef stream_done(self, H2Stream stream):
+        if self.streams.get(stream.sid) is stream:
+            del self.streams[stream.sid]
+        self._idle_check()
+
+    cdef _idle_check(self):
+        if self.closed or self.streams:
+            return
+        if self.draining:
+            self.flush()
+            self.close(False)
+        else:
+            self.outer.h2_wait(self.keepalive)
+
+
 @cython.final
 cdef class H2Stream(ParserHandler):
     """One stream: the transport of its `ClientConnection` and the handler of the
     parser that reads what that connection answers."""
 
-    cdef readonly object session
+    cdef readonly H2Session session
     cdef object conn  # the session's ServerConnection
     cdef object loop
     cdef readonly int sid
@@ -197,7 +489,7 @@ cdef class H2Stream(ParserHandler):
     cdef object trailers  # sent after the last DATA; None: none
     cdef list pending_headers
 
-    def __init__(self, session, int sid, bint chunked, long long length):
+    def __init__(self, H2Session session not None, int sid, bint chunked, long long length):
         self.session = session
         self.conn = session.conn
         self.loop = session.loop
@@ -210,8 +502,8 @@ cdef class H2Stream(ParserHandler):
         self.pending_headers = []
 
     # -- started by the session ----------------------------------------------------------
-    def start(self, bytes head not None):
-        session = self.session
+    cpdef start(self, bytes head):
+        cdef H2Session session = self.session
         self.parser.expect_no_body(head.startswith(b"HEAD "))
         outer = session.outer
         client = ClientConnection(session.core, outer.listener)
@@ -221,7 +513,7 @@ cdef class H2Stream(ParserHandler):
         if not self.gone:
             client.data_received(head)
 
-    def request_data(self, bytes data not None, Py_ssize_t size):
+    cpdef request_data(self, bytes data, Py_ssize_t size):
         if self.gone or self.req_ended:
             if size:
                 self.conn.acknowledge(self.sid, size)
@@ -238,7 +530,7 @@ cdef class H2Stream(ParserHandler):
             return
         self._feed(data, size)
 
-    def request_ended(self):
+    cpdef request_ended(self):
         if self.req_ended:
             return
         if self.remaining > 0:
@@ -251,7 +543,7 @@ cdef class H2Stream(ParserHandler):
             else:
                 self._feed(b"0\r\n\r\n", 0)
 
-    def request_trailers(self, list headers):
+    cpdef request_trailers(self, list headers):
         # Request trailers are dropped (as most HTTP/1.1 origins would ignore them);
         # the body ends here.
         self.request_ended()
@@ -263,14 +555,14 @@ cdef class H2Stream(ParserHandler):
         if size and not self.session.closed:
             self.conn.acknowledge(self.sid, size)
 
-    def lost(self):
+    cpdef lost(self):
         """The client reset the stream or the connection is gone."""
         self.ended = True
         self.out.clear()
         self.out_size = 0
         self._let_go()
 
-    def check_paused(self):
+    cpdef check_paused(self):
         if not self.app_paused and self.client is not None and not self.gone:
             self.app_paused = True
             self.client.pause_writing()
@@ -405,7 +697,7 @@ cdef class H2Stream(ParserHandler):
 
     # -- internals ----------------------------------------------------------------------
     cdef _send_headers(self, list headers, bint end):
-        session = self.session
+        cdef H2Session session = self.session
         if session.closed or self.ended:
             return
         try:
@@ -417,9 +709,9 @@ cdef class H2Stream(ParserHandler):
             self.headers_sent = True
         session.flush_later()
 
-    def send(self):
+    cpdef send(self):
         """Send what the client's windows allow."""
-        session = self.session
+        cdef H2Session session = self.session
         if self.ended or session.closed or session.socket_paused:
             return
         if not self.headers_sent:
@@ -469,7 +761,7 @@ cdef class H2Stream(ParserHandler):
 
     cdef _finished(self):
         self.ended = True
-        session = self.session
+        cdef H2Session session = self.session
         if not self.req_ended and not session.closed:
             # The answer is complete before the request: the rest is not wanted
             # (RFC 9113 8.1).
@@ -485,7 +777,7 @@ cdef class H2Stream(ParserHandler):
         self._reset(PROTOCOL_ERROR)
 
     cdef _reset(self, int code):
-        session = self.session
+        cdef H2Session session = self.session
         if not self.ended and not session.closed:
             self.ended = True
             self.conn.reset_stream(self.sid, code)

@@ -1,13 +1,14 @@
 """HTTP/2 to clients (RFC 9113), on TLS listeners by ALPN "h2" and on h2c listeners
-with prior knowledge.
+with prior knowledge: the per-listener limits and the factory the worker gives
+the compiled core (`Core.h2_factory`).
 
-The framing, HPACK, stream states and flow-control bookkeeping are compiled
-(`_h2.ServerConnection`, with `_hpack`): it calls this module's session back for
-what the frames mean (`h2_request`, `h2_data`, ...). What this module adds is the
-bridge to the HTTP/1.1 machinery: every stream is served by its
-own `ClientConnection` (the same routing, filters, WAF, cache, compression,
-balancing and logging as an HTTP/1.1 request), whose transport is the stream
-itself (`H2Stream`, compiled, in `_h2stream`): the stream's request is written
+The rest is compiled. `_h2.ServerConnection` (with `_hpack`) does the framing,
+HPACK, stream states and flow-control bookkeeping and calls its session back for
+what the frames mean (`h2_request`, `h2_data`, ...). The session and its streams
+are `_h2stream.H2Session` and `_h2stream.H2Stream`: the bridge to the HTTP/1.1
+machinery. Every stream is served by its own `ClientConnection` (the same
+routing, filters, WAF, cache, compression, balancing and logging as an HTTP/1.1
+request), whose transport is the stream itself: the stream's request is written
 into it as HTTP/1.1 bytes, and what it answers is parsed back by a
 `ResponseParser` into HEADERS and DATA frames. Back-pressure runs both ways: a
 stream's DATA is acknowledged (the client's window reopened) only as its
@@ -29,32 +30,16 @@ client does not read.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import Callable
 from typing import Any
 
-from fastproxy._h2 import (
-    ENHANCE_YOUR_CALM,
-    NO_ERROR,
-    PROTOCOL_ERROR,
-    REFUSED_STREAM,
-    H2ProtocolError,
-    Malformed,
-    ServerConnection,
-    error_name,
-    request_head,
-)
-from fastproxy._h2stream import H2Stream
+from fastproxy._h2 import Malformed, request_head
+from fastproxy._h2stream import CONN_WINDOW, RESET_WINDOW, STREAM_WINDOW, H2Session, H2Stream
 
-log = logging.getLogger("fastproxy.h2")
-
-STREAM_WINDOW = 256 * 1024  # a stream's receive window (request bodies)
-CONN_WINDOW = 1024 * 1024  # the connection's: all unacknowledged request bytes at once
-RESET_WINDOW = 10.0  # seconds over which client resets are counted
 # Request fields are checked by _h2.request_head (RFC 9113 8.2 and 8.3) in one C
 # pass, which also writes the HTTP/1.1 head; the connection layer checks the frames.
-__all__ = ["H2Limits", "H2Session", "H2Stream", "Malformed", "request_head", "session_factory"]
+__all__ = ["CONN_WINDOW", "RESET_WINDOW", "STREAM_WINDOW", "H2Limits", "H2Session", "H2Stream",
+           "Malformed", "request_head", "session_factory"]
 
 
 class H2Limits:
@@ -89,259 +74,3 @@ def session_factory(core: Any, config: Any) -> Callable[[Any, Any, bytes | None]
         return H2Session(core, outer, transport, per_listener[outer.listener], first)
 
     return make
-
-
-class H2Session:
-    """One client connection that speaks HTTP/2."""
-
-    def __init__(self, core: Any, outer: Any, transport: Any, limits: H2Limits,
-                 first: bytes | None) -> None:
-        self.core = core
-        self.outer = outer
-        self.transport = transport
-        self.limits = limits
-        self.loop = asyncio.get_running_loop()
-        self.streams: dict[int, H2Stream] = {}
-        self.socket_paused = False  # the client does not read what we send
-        self.draining = False  # GOAWAY sent: no new streams; close when the last ends
-        self.last_stream = 0  # ... above this one
-        self.closed = False
-        self.flush_soon = False
-        self.resets = 0
-        self.resets_since = 0.0
-        self.requests = 0
-        self.control = 0
-        self.control_since = 0.0
-        self.queued_control = 0  # control frames answered while the socket is paused
-        # Our SETTINGS advertise the HTTP/1.1 head limit as the header list size; HPACK
-        # decoding stops at the same in RFC 7541 terms (decode_list), and so does a
-        # header block while it grows (CONTINUATION floods).
-        self.conn = ServerConnection(self, limits.max_streams, limits.header_list,
-                                     limits.decode_list, STREAM_WINDOW, CONN_WINDOW)
-        self.flush()
-        outer.h2_wait(limits.header_timeout)  # the preface and a first request
-        if first:
-            self.data_received(first)
-
-    # -- from the outer ClientConnection ---------------------------------------------
-    def data_received(self, data: bytes) -> None:
-        if self.closed:
-            return
-        try:
-            self.conn.receive(data)
-        except H2ProtocolError as e:
-            # The connection layer queued a GOAWAY with the error's code.
-            log.info("client %s: HTTP/2 connection error: %s (%s)", self.outer.ip.decode(),
-                     e.reason, error_name(e.code))
-            self.close(False)
-            return
-        self.flush()
-
-    # -- from the connection layer (inside receive) -------------------------------------
-    def h2_request(self, sid: int, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
-        if not self.closed:
-            self._request(sid, headers, ended)
-
-    def h2_data(self, sid: int, data: bytes, size: int) -> None:
-        if self.closed:
-            return
-        stream = self.streams.get(sid)
-        if stream is None:
-            # A stream we reset or finished: its bytes count for the connection only.
-            self.conn.acknowledge(sid, size)
-            return
-        stream.request_data(data, size)
-
-    def h2_end(self, sid: int) -> None:
-        stream = self.streams.get(sid)
-        if stream is not None and not self.closed:
-            stream.request_ended()
-
-    def h2_reset(self, sid: int, code: int, remote: bool) -> None:
-        if not self.closed:
-            self._reset(sid, remote)
-
-    def h2_window(self, sid: int) -> None:
-        self._window(sid)
-
-    def h2_ping(self) -> None:
-        self._control_frame()
-
-    def h2_settings(self) -> None:
-        if self._control_frame():
-            self._window(0)
-
-    def h2_goaway(self, code: int, last_stream_id: int) -> None:
-        if self.closed:
-            return
-        if code != NO_ERROR or not self.streams:
-            self.close(False)
-            return
-        # The client's graceful GOAWAY: it opens no more streams but waits for the
-        # answers to those it opened; the socket closes after the last.
-        self.draining = True
-        self.last_stream = self.conn.highest_inbound
-
-    def eof_received(self) -> bool:
-        self.close(False)
-        return False
-
-    def connection_lost(self, exc: object) -> None:
-        self.closed = True
-        for stream in list(self.streams.values()):
-            stream.lost()
-        self.streams.clear()
-        # The connection layer holds our bound methods: let them go (a cycle otherwise,
-        # freed only by the cyclic GC, long after).
-        self.conn.stop()
-
-    def pause_writing(self) -> None:
-        # The client does not read: nothing more is made for it. Reading goes on (a
-        # client may not read while it writes a body: stopping would deadlock both),
-        # but the answers its frames need (PING and SETTINGS acks) are counted while
-        # they queue (_control_frame).
-        self.socket_paused = True
-        self.queued_control = 0
-        for stream in list(self.streams.values()):
-            stream.check_paused()
-
-    def resume_writing(self) -> None:
-        self.socket_paused = False
-        self._window(0)
-        self._idle_check()
-
-    def timed_out(self) -> None:
-        if self.streams and not self.draining:
-            return
-        # Idle past the keep-alive timeout, or draining too long: say so and close.
-        self.goaway(NO_ERROR)
-        self.close(False)
-
-    def shutdown(self) -> None:
-        """Graceful stop: GOAWAY; the streams in flight finish, then the socket closes."""
-        if self.closed or self.draining:
-            return
-        self.goaway(NO_ERROR)
-        if not self.streams:
-            self.close(False)
-
-    # -- internals ----------------------------------------------------------------------
-    def goaway(self, code: int) -> None:
-        """A GOAWAY after which the streams in flight still finish."""
-        if self.draining or self.closed:
-            return
-        self.draining = True
-        self.last_stream = self.conn.highest_inbound
-        self.conn.goaway(code, self.last_stream)
-        self.flush()
-
-    def fail(self, code: int, why: str) -> None:
-        """A connection error: GOAWAY with `code`, then close."""
-        log.info("client %s: HTTP/2 %s: %s", self.outer.ip.decode(), error_name(code), why)
-        if not self.closed:
-            self.conn.goaway(code)
-        self.close(False)
-
-    def close(self, abort: bool) -> None:
-        if self.closed:
-            return
-        self.flush()
-        self.closed = True
-        for stream in list(self.streams.values()):
-            stream.lost()
-        self.streams.clear()
-        self.conn.stop()
-        self.outer.h2_close(abort)
-
-    def flush(self) -> None:
-        self.flush_soon = False
-        if self.closed:
-            return
-        data = self.conn.data_to_send()
-        if data:
-            self.transport.write(data)
-
-    def flush_later(self) -> None:
-        """Frames made outside data_received (an upstream's bytes): one write per
-        loop iteration for all the streams."""
-        if not self.flush_soon:
-            self.flush_soon = True
-            self.loop.call_soon(self.flush)
-
-    def _control_frame(self) -> bool:
-        now = self.loop.time()
-        if now - self.control_since >= 1.0:
-            self.control_since = now
-            self.control = 0
-        self.control += 1
-        if self.socket_paused:
-            self.queued_control += 1
-        if self.control > self.limits.max_control or self.queued_control > self.limits.max_control:
-            self.fail(ENHANCE_YOUR_CALM, "too many PING/SETTINGS frames")
-            return False
-        return True
-
-    def _request(self, sid: int, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
-        conn = self.conn
-        if self.draining and sid > self.last_stream:
-            conn.reset_stream(sid, REFUSED_STREAM)
-            return
-        if len(self.streams) >= self.limits.max_streams:
-            conn.reset_stream(sid, REFUSED_STREAM)
-            return
-        try:
-            head, chunked, length = request_head(headers, not ended)
-        except Malformed as e:
-            log.info("client %s: HTTP/2 stream %d: malformed request: %s",
-                     self.outer.ip.decode(), sid, e)
-            conn.reset_stream(sid, PROTOCOL_ERROR)
-            return
-        stream = H2Stream(self, sid, chunked, length)
-        self.streams[sid] = stream
-        self.outer.h2_wait(0)
-        self.requests += 1
-        if self.limits.max_requests and self.requests >= self.limits.max_requests:
-            self.goaway(NO_ERROR)  # this one is served; the client opens anew
-        stream.start(head)
-
-    def _reset(self, sid: int, remote: bool) -> None:
-        stream = self.streams.pop(sid, None)
-        if remote:
-            now = self.loop.time()
-            if now - self.resets_since >= RESET_WINDOW:
-                self.resets_since = now
-                self.resets = 0
-            self.resets += 1
-            if self.resets > self.limits.max_resets:
-                if stream is not None:
-                    stream.lost()
-                self.fail(ENHANCE_YOUR_CALM, "too many stream resets (rapid reset)")
-                return
-        if stream is not None:
-            stream.lost()
-        self._idle_check()
-
-    def _window(self, sid: int) -> None:
-        if self.socket_paused or self.closed:
-            return
-        if sid:
-            stream = self.streams.get(sid)
-            if stream is not None:
-                stream.send()
-        else:
-            for stream in list(self.streams.values()):
-                stream.send()
-
-    def stream_done(self, stream: H2Stream) -> None:
-        if self.streams.get(stream.sid) is stream:
-            del self.streams[stream.sid]
-        self._idle_check()
-
-    def _idle_check(self) -> None:
-        if self.closed or self.streams:
-            return
-        if self.draining:
-            self.flush()
-            self.close(False)
-        else:
-            self.outer.h2_wait(self.limits.keepalive)
