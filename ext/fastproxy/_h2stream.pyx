@@ -43,6 +43,7 @@ from fastproxy._h2 import (
     error_name,
     request_head,
 )
+from fastproxy._hpack import STATIC_TABLE
 from fastproxy._http import HttpParseError
 from fastproxy._proxy import ClientConnection
 
@@ -92,6 +93,9 @@ cdef struct FieldSlot:
     bint hop  # a connection-specific field: dropped
 
 cdef FieldSlot FIELD_CACHE[FIELD_SLOTS]
+# Names as the HPACK static table has them: a cached field uses the same object, so
+# the encoder's lookups by name compare identities.
+cdef dict STATIC_NAMES = {name: name for name, _ in STATIC_TABLE}
 cdef list STATUS_FIELDS = [None] * 1000  # (":status", b"NNN") by status
 
 
@@ -157,6 +161,7 @@ cpdef list response_fields(MessageHead head):
                     fields.append(<tuple>slot.field)
                 continue
         lname = lower_bytes(name, nl)
+        lname = STATIC_NAMES.get(lname, lname)
         hop = lname in HOP
         field = (lname, PyBytes_FromStringAndSize(value, vl))
         if slot != NULL and lname != b"set-cookie":

@@ -640,7 +640,9 @@ cdef class HpackEncoder:
                     if not index:
                         put_string(&b, name, huff)
                     put_string(&b, value, huff)
-                    self._add((name, value), need)
+                    # The caller's own tuple: a field sent again (the same objects,
+                    # see _h2stream's field cache) is found by identity.
+                    self._add(field, need)
                     continue
                 if not index:
                     put_string(&b, name, huff)
