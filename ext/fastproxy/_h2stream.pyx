@@ -1,7 +1,12 @@
-"""One HTTP/2 stream to a client, served by the HTTP/1.1 machinery (h2server.py's
-`H2Session` owns the connection; this is the per-stream part, compiled because it
-runs for every request: about a third of an HTTP/2 worker's time went to it in
-Python).
+"""HTTP/2 to clients above the connection layer: the session of one connection and
+its streams, served by the HTTP/1.1 machinery (compiled because it runs for every
+request: about a third of an HTTP/2 worker's time went to it in Python).
+
+`H2Session` is the handler `_h2.ServerConnection` calls back for what the frames
+mean (`h2_request`, `h2_data`, ...), the owner of the streams, and where the
+limits on resets and control frames, GOAWAY and draining are kept; the outer
+`ClientConnection` (the socket) hands it the bytes it reads. h2server.py keeps the
+per-listener limits and the factory.
 
 An `H2Stream` is two things at once. To its `ClientConnection` (the same routing,
 filters, cache, balancing and logging as an HTTP/1.1 request) it is the transport:
