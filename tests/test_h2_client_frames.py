@@ -26,6 +26,7 @@ from fastproxy._h2 import (
     ClientConnection,
     H2ProtocolError,
     H2StreamClosed,
+    error_name,
 )
 
 REQ = [(b":method", b"POST"), (b":path", b"/svc/Call"), (b":scheme", b"http"),
@@ -256,3 +257,17 @@ def test_reset_refused_stream_reaches_the_handler() -> None:
     conn.receive(server.data_to_send())
     assert rec.calls == [("reset", sid, REFUSED_STREAM, True)]
     assert not conn.going_away and conn.open_streams == 0
+
+
+def test_error_codes_past_31_bits() -> None:
+    """Error codes are 32-bit (RFC 9113 7): unknown ones, even past 2**31, reach
+    the handler and have a name."""
+    conn, rec, _ = started()
+    a = conn.open_stream(REQ[:4], end_stream=True)
+    conn.open_stream(REQ[:4], end_stream=True)
+    conn.data_to_send()
+    conn.receive(frame(3, 0, a, struct.pack(">I", 0xa7a7a7a7)))
+    conn.receive(frame(7, 0, 0, struct.pack(">II", 1, 0xffffffff)))
+    assert rec.calls == [("reset", 1, 0xa7a7a7a7, True), ("goaway", 0xffffffff, 1),
+                         ("reset", 3, REFUSED_STREAM, True)]
+    assert error_name(0xa7a7a7a7) == "0xa7a7a7a7"

@@ -69,7 +69,7 @@ ERROR_NAMES = {
 }
 
 
-def error_name(int code):
+def error_name(code):
     """The name of an error code (RFC 9113 7), or its number in hex."""
     return ERROR_NAMES.get(code, f"0x{code:x}")
 
@@ -854,7 +854,7 @@ cdef class ClientConnection(_Connection):
                 return 0x7fffffff  # no limit announced
         return max(0, <Py_ssize_t>limit - len(self.streams))
 
-    def _goaway_received(self, int code, int last):
+    def _goaway_received(self, code, int last):  # code: any 32-bit value (7)
         cdef list refused
         cdef object sid
         self.going_away = True
