@@ -1185,6 +1185,26 @@ def test_refused_stream_is_sent_again(h2_origin: H2Origin, make_proxy: ProxyFact
     assert "refused the stream" in proxy.log()
 
 
+def test_refused_stream_goes_to_another_server(h2_origin: H2Origin,
+                                               make_proxy: ProxyFactory) -> None:
+    """With two servers, the second try of a refused stream goes to the other one
+    (and the refusing server is not counted as failed: no eject)."""
+    refusing = H2Origin()
+    try:
+        refusing.refuse = -1
+        proxy = make_proxy({"app": [f"h2c://127.0.0.1:{refusing.port}",
+                                    f"h2c://127.0.0.1:{h2_origin.port}"]},
+                           upstream_extra="eject = { failures = 1 }")
+        for i in range(4):
+            data = _request(proxy.port, b"GET /n%d HTTP/1.1\r\nHost: app.test\r\n"
+                            b"Connection: close\r\n\r\n" % i, b"says /n%d" % i)
+            assert data.startswith(b"HTTP/1.1 200 OK") and data.endswith(b"says /n%d" % i), data
+        assert refusing.refused >= 2  # still picked: never ejected
+        assert [r[b":path"] for r in h2_origin.requests] == [b"/n0", b"/n1", b"/n2", b"/n3"]
+    finally:
+        refusing.stop()
+
+
 def test_refused_twice_is_unavailable(h2_origin: H2Origin, make_proxy: ProxyFactory) -> None:
     """A server that refuses every stream: one more try, then 502 (gRPC:
     grpc-status 14 UNAVAILABLE)."""

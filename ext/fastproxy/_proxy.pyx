@@ -3065,6 +3065,9 @@ cdef class Exchange:
         self.pending = list(exc.replay)
         self.pending_size = exc.replay_size
         self.interim = False
+        # A hold from the refused stream's pause_writing: its resume never comes
+        # (the new try's connection holds the client again if it must).
+        self.client.hold_reading(HOLD_UPSTREAM, False)
         self.use_server(i)
         return 0
 
