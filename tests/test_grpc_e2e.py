@@ -137,9 +137,11 @@ class Service:
 
 
 class GrpcServer:
-    def __init__(self, credentials: grpc.ServerCredentials | None = None, port: int = 0) -> None:
+    def __init__(self, credentials: grpc.ServerCredentials | None = None, port: int = 0,
+                 options: list[tuple[str, Any]] | None = None) -> None:
         self.service = Service()
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=40))
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=40),
+                                  options=options or [])
         self.server.add_generic_rpc_handlers((self.service.handler(),
                                               self.service.health_handler()))
         if credentials is None:
@@ -1167,6 +1169,28 @@ def test_a_response_field_name_http2_forbids_is_a_bad_response(
     data = _request(proxy.port, b"GET /fine HTTP/1.1\r\nHost: app.test\r\n"
                     b"Connection: close\r\n\r\n")
     assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"h2 says /fine")
+
+
+def test_grpc_server_stream_limit_is_respected(make_proxy: ProxyFactory) -> None:
+    """A grpcio server allowing one stream per connection: three calls that must
+    be in flight at once (a barrier in the service) each get a connection of
+    their own, and all succeed."""
+    server = GrpcServer(options=[("grpc.max_concurrent_streams", 1)])
+    try:
+        server.service.barrier = threading.Barrier(3)
+        proxy = make_proxy({"grpc": [f"h2c://127.0.0.1:{server.port}"]})
+        results: list[Call] = []
+        threads = [threading.Thread(target=lambda i=i: results.append(
+            unary(proxy.port, "Wait", b"%d" % i))) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        assert sorted(c.body[0] for c in results) == [b"0", b"1", b"2"]  # type: ignore[attr-defined]
+        assert all(c.trailers["grpc-status"] == "0" for c in results)
+        assert len(set(server.service.peers)) == 3  # three connections from the proxy
+    finally:
+        server.stop()
 
 
 def test_refused_stream_is_sent_again(h2_origin: H2Origin, make_proxy: ProxyFactory) -> None:
