@@ -471,7 +471,8 @@ class H2Stream:
         self._inbox.clear()
         self.session.stream_done(self)
         exc: StreamError
-        if code == REFUSED_STREAM and self._written is not None:
+        if code == REFUSED_STREAM and self._written is not None \
+                and self._written_size - self._head_size <= REPLAY_LIMIT:
             if not reason:
                 reason = "stream refused by the server (REFUSED_STREAM)"
             written = b"".join(self._written)[self._head_size:]
