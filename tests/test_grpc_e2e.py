@@ -103,14 +103,20 @@ class Service:
         return request
 
     def hold(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
-        """Sends one message, then waits (up to 10 s) for the call to be cancelled."""
+        """Sends one message, then waits (up to 10 s) for the call to be cancelled.
+        A cancel that comes before grpcio resumes the generator (it waits for the
+        first message's send to complete, which the cancel fails) is seen by the
+        termination callback instead."""
         self._seen(context)
+        finished = [False]
+        context.add_callback(lambda: None if finished[0] else self.cancelled.set())
         yield b"first"
         deadline = time.monotonic() + 10
         while context.is_active() and time.monotonic() < deadline:
             time.sleep(0.02)
         if not context.is_active():
             self.cancelled.set()
+        finished[0] = True
 
     def health(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         """grpc.health.v1.Health/Check, protobuf by hand: field 1 is the service."""
