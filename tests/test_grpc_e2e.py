@@ -776,7 +776,8 @@ class H2Origin:
         self.big_sent = 0
         self.received = 0  # request body bytes
         self.hold_acks = False  # do not open the proxy's window (a server that stalls)
-        self.max_streams = 0  # SETTINGS_MAX_CONCURRENT_STREAMS (0: h2's default)
+        self.max_streams = 0  # SETTINGS_MAX_CONCURRENT_STREAMS (0: h2's default, -1: 0)
+        self.closed = 0  # connections that ended
         self.refuse = 0  # streams answered RST_STREAM REFUSED_STREAM (-1: all)
         self.refused = 0
         self.refuse_late = False  # refuse at the end of the request body, not at its head
@@ -849,7 +850,7 @@ class _H2OriginProtocol(asyncio.Protocol):
         if self.origin.max_streams:
             self.conn.local_settings = Settings(
                 client=False, initial_values={SettingCodes.MAX_CONCURRENT_STREAMS:
-                                              self.origin.max_streams})
+                                              max(0, self.origin.max_streams)})
         self.conn.initiate_connection()
         self.transport.write(self.conn.data_to_send())
         self.started = True
@@ -858,6 +859,9 @@ class _H2OriginProtocol(asyncio.Protocol):
 
     def done(self, sid: int) -> None:
         self.active.discard(sid)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.origin.closed += 1
 
     def refusing(self) -> bool:
         return bool(self.origin.refuse) and (self.origin.refuse < 0
@@ -1197,6 +1201,24 @@ def test_grpc_server_stream_limit_is_respected(make_proxy: ProxyFactory) -> None
         assert len(set(server.service.peers)) == 3  # three connections from the proxy
     finally:
         server.stop()
+
+
+def test_a_connection_that_never_carries_a_stream_is_closed(
+        h2_origin: H2Origin, make_proxy: ProxyFactory) -> None:
+    """A server that allows no stream (SETTINGS_MAX_CONCURRENT_STREAMS 0): a
+    connect failure (502, logged), its connection closed at once (four stayed
+    open before, one per attempt)."""
+    h2_origin.max_streams = -1
+    proxy = make_proxy({"app": [f"h2c://127.0.0.1:{h2_origin.port}"]},
+                       upstream_extra='idle_timeout = "300ms"')
+    data = _request(proxy.port, b"GET /a HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 502 "), data[:200]
+    assert h2_origin.connections == 1 and not h2_origin.requests  # no second try there
+    assert "allows no HTTP/2 streams" in proxy.log()
+    deadline = time.monotonic() + 10
+    while h2_origin.closed < h2_origin.connections and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert h2_origin.closed == h2_origin.connections
 
 
 def test_refused_stream_is_sent_again(h2_origin: H2Origin, make_proxy: ProxyFactory) -> None:

@@ -652,6 +652,9 @@ class H2Session(asyncio.Protocol):
     def h2_settings(self) -> None:
         if not self.ready.done():
             self.ready.set_result(None)
+            if not self.streams and not self.reserved and self._idle is None:
+                # Closed after idle_timeout unless a stream comes (reserve).
+                self._idle = self.loop.call_later(self.upstream.idle_timeout, self.close)
         for each in list(self.streams.values()):
             each.send_ready()  # the initial window may have grown
 
@@ -828,11 +831,14 @@ class H2Upstream:
             async with asyncio.timeout(self.connect_timeout):
                 session = await self._session(host)
                 await session.ready  # the server's SETTINGS: it speaks HTTP/2
+                if session.conn.stream_room == 0 and not session.load:
+                    raise ConnectionError("the server allows no HTTP/2 streams "
+                                          "(SETTINGS_MAX_CONCURRENT_STREAMS 0)")
         except BaseException as exc:
             self.connecting = None
             if session is not None and not session.closed:
-                # Connected, but no SETTINGS in time (a server that says nothing):
-                # the socket is not kept, nor the session (its `ready` is cancelled).
+                # Connected, but no SETTINGS in time (a server that says nothing), or
+                # no stream allowed: the socket is not kept, nor the session.
                 session.closed = True
                 self.forget(session)
                 session.transport.abort()
