@@ -22,7 +22,15 @@ import pytest
 import trustme
 from h2.config import H2Configuration
 from h2.connection import H2Connection
-from h2.events import DataReceived, RequestReceived, StreamEnded, TrailersReceived, WindowUpdated
+from h2.errors import ErrorCodes
+from h2.events import (
+    DataReceived,
+    RequestReceived,
+    StreamEnded,
+    StreamReset,
+    TrailersReceived,
+    WindowUpdated,
+)
 from h2.settings import SettingCodes, Settings
 
 from servers import Origin, ProxyProcess, Received, Reply
@@ -95,14 +103,20 @@ class Service:
         return request
 
     def hold(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
-        """Sends one message, then waits (up to 10 s) for the call to be cancelled."""
+        """Sends one message, then waits (up to 10 s) for the call to be cancelled.
+        A cancel that comes before grpcio resumes the generator (it waits for the
+        first message's send to complete, which the cancel fails) is seen by the
+        termination callback instead."""
         self._seen(context)
+        finished = [False]
+        context.add_callback(lambda: None if finished[0] else self.cancelled.set())
         yield b"first"
         deadline = time.monotonic() + 10
         while context.is_active() and time.monotonic() < deadline:
             time.sleep(0.02)
         if not context.is_active():
             self.cancelled.set()
+        finished[0] = True
 
     def health(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         """grpc.health.v1.Health/Check, protobuf by hand: field 1 is the service."""
@@ -129,9 +143,11 @@ class Service:
 
 
 class GrpcServer:
-    def __init__(self, credentials: grpc.ServerCredentials | None = None, port: int = 0) -> None:
+    def __init__(self, credentials: grpc.ServerCredentials | None = None, port: int = 0,
+                 options: list[tuple[str, Any]] | None = None) -> None:
         self.service = Service()
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=40))
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=40),
+                                  options=options or [])
         self.server.add_generic_rpc_handlers((self.service.handler(),
                                               self.service.health_handler()))
         if credentials is None:
@@ -760,7 +776,15 @@ class H2Origin:
         self.big_sent = 0
         self.received = 0  # request body bytes
         self.hold_acks = False  # do not open the proxy's window (a server that stalls)
-        self.max_streams = 0  # SETTINGS_MAX_CONCURRENT_STREAMS (0: h2's default)
+        self.max_streams = 0  # SETTINGS_MAX_CONCURRENT_STREAMS (0: h2's default, -1: 0)
+        self.closed = 0  # connections that ended
+        self.refuse = 0  # streams answered RST_STREAM REFUSED_STREAM (-1: all)
+        self.refused = 0
+        self.refuse_late = False  # refuse at the end of the request body, not at its head
+        self.goaway_at = 0  # the request on this stream id gets GOAWAY(last = id - 2)
+        self.settings_delay = 0.0  # seconds before the server's SETTINGS
+        self.peak_streams = 0  # the most streams open at once on one connection
+        self.bodies: list[bytes] = []  # request bodies, as they ended
         self.protocols: list[_H2OriginProtocol] = []
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
@@ -803,6 +827,9 @@ class _H2OriginProtocol(asyncio.Protocol):
         self.heads: dict[int, dict[bytes, bytes]] = {}
         self.big: tuple[int, int] | None = None
         self.unacked: list[tuple[int, int]] = []
+        self.active: set[int] = set()
+        self.started = False
+        self.early = b""
         origin.protocols.append(self)
 
     def ack_all(self) -> None:
@@ -814,20 +841,59 @@ class _H2OriginProtocol(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         self.origin.connections += 1
+        if self.origin.settings_delay:
+            asyncio.get_running_loop().call_later(self.origin.settings_delay, self.start)
+        else:
+            self.start()
+
+    def start(self) -> None:
         if self.origin.max_streams:
             self.conn.local_settings = Settings(
                 client=False, initial_values={SettingCodes.MAX_CONCURRENT_STREAMS:
-                                              self.origin.max_streams})
+                                              max(0, self.origin.max_streams)})
         self.conn.initiate_connection()
-        transport.write(self.conn.data_to_send())
+        self.transport.write(self.conn.data_to_send())
+        self.started = True
+        if self.early:
+            self.data_received(self.early)
+
+    def done(self, sid: int) -> None:
+        self.active.discard(sid)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.origin.closed += 1
+
+    def refusing(self) -> bool:
+        return bool(self.origin.refuse) and (self.origin.refuse < 0
+                                             or self.origin.refused < self.origin.refuse)
+
+    def refuse(self, sid: int) -> None:
+        self.origin.refused += 1
+        self.conn.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+        self.done(sid)
 
     def data_received(self, data: bytes) -> None:
+        if not self.started:
+            self.early += data  # read once our SETTINGS are out
+            return
         for event in self.conn.receive_data(data):
             if isinstance(event, RequestReceived):
                 head = dict(event.headers)
-                self.heads[event.stream_id] = head
-                self.bodies[event.stream_id] = bytearray()
+                sid = event.stream_id
+                self.heads[sid] = head
+                self.bodies[sid] = bytearray()
                 self.origin.requests.append(head)
+                self.active.add(sid)
+                self.origin.peak_streams = max(self.origin.peak_streams, len(self.active))
+                if self.refusing() and not self.origin.refuse_late:
+                    self.refuse(sid)
+                elif sid == self.origin.goaway_at:
+                    # Written raw: h2 would take no frame after its own GOAWAY, and the
+                    # streams below still get their answers.
+                    self.transport.write(self.conn.data_to_send())
+                    self.transport.write(struct.pack(">I", 8)[1:] + b"\x07\x00" + b"\0" * 4
+                                         + struct.pack(">II", sid - 2, 0))
+                    self.done(sid)
             elif isinstance(event, DataReceived):
                 self.bodies[event.stream_id] += event.data
                 self.origin.received += len(event.data)
@@ -841,7 +907,14 @@ class _H2OriginProtocol(asyncio.Protocol):
             elif isinstance(event, TrailersReceived):
                 self.origin.trailers.append(dict(event.headers))
             elif isinstance(event, StreamEnded):
-                self.answer(event.stream_id)
+                if event.stream_id in self.active and self.origin.refuse_late \
+                        and self.refusing():
+                    self.refuse(event.stream_id)
+                if event.stream_id in self.active:
+                    self.origin.bodies.append(bytes(self.bodies[event.stream_id]))
+                    self.answer(event.stream_id)
+            elif isinstance(event, StreamReset):
+                self.done(event.stream_id)
         self.transport.write(self.conn.data_to_send())
 
     def send_big(self) -> None:
@@ -860,6 +933,7 @@ class _H2OriginProtocol(asyncio.Protocol):
             self.origin.big_sent += n
         if not left:
             self.conn.end_stream(sid)
+            self.done(sid)
             self.big = None
         else:
             self.big = (sid, left)
@@ -867,12 +941,21 @@ class _H2OriginProtocol(asyncio.Protocol):
     def answer_later(self, sid: int) -> None:
         self.conn.send_headers(sid, [(b":status", b"200"), (b"content-length", b"4")])
         self.conn.send_data(sid, b"slow", end_stream=True)
+        self.done(sid)
         self.transport.write(self.conn.data_to_send())
 
     def answer(self, sid: int) -> None:
         head = self.heads[sid]
         if head[b":path"] == b"/slow":  # answered 0.5 s later
             asyncio.get_running_loop().call_later(0.5, self.answer_later, sid)
+            return
+        if head[b":path"] == b"/badname":  # a field name HTTP/2 forbids (upper case)
+            self.conn.config.normalize_outbound_headers = False
+            self.conn.config.validate_outbound_headers = False
+            self.conn.send_headers(sid, [(b":status", b"200"), (b"X-Upper", b"1"),
+                                         (b"content-length", b"2")])
+            self.conn.send_data(sid, b"ok", end_stream=True)
+            self.done(sid)
             return
         if head[b":path"] == b"/big":
             self.conn.send_headers(sid, [(b":status", b"200")])
@@ -884,6 +967,7 @@ class _H2OriginProtocol(asyncio.Protocol):
             self.conn.send_headers(sid, [(b":status", b"200"), (b"content-type", b"text/plain"),
                                          (b"content-length", str(len(body)).encode())])
             self.conn.send_data(sid, body, end_stream=True)
+            self.done(sid)
         else:
             self.conn.send_headers(sid, [(b":status", b"201"), (b"x-len",
                                                                 str(len(self.bodies[sid])).encode())])
@@ -892,6 +976,7 @@ class _H2OriginProtocol(asyncio.Protocol):
             for i in range(0, len(body), 16384):
                 self.conn.send_data(sid, body[i:i + 16384])
             self.conn.end_stream(sid)
+            self.done(sid)
 
 
 @pytest.fixture
@@ -1066,6 +1151,186 @@ def test_a_second_connection_at_the_stream_limit(h2_origin: H2Origin,
     for t in threads:
         t.join(20)
     assert len(bodies) == 5 and all(b.startswith(b"HTTP/1.1 200 OK") for b in bodies), bodies
+    assert h2_origin.connections == 3
+
+
+def _request(port: int, raw: bytes, until: bytes = b"") -> bytes:
+    """One request on a new connection; the answer up to `until` or the close."""
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+        sock.sendall(raw)
+        data = b""
+        while not (until and until in data):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+def test_a_response_field_name_http2_forbids_is_a_bad_response(
+        h2_origin: H2Origin, make_proxy: ProxyFactory) -> None:
+    """An upper-case field name from an HTTP/2 server makes the response malformed
+    (RFC 9113 8.2.1), which a proxy must not forward (8.1.1): 502. (Upper-case
+    Transfer-Encoding would also slip past the framing fields we drop.)"""
+    proxy = make_proxy({"app": [f"h2c://127.0.0.1:{h2_origin.port}"]})
+    data = _request(proxy.port, b"GET /badname HTTP/1.1\r\nHost: app.test\r\n"
+                    b"Connection: close\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 502 "), data[:200]
+    data = _request(proxy.port, b"GET /fine HTTP/1.1\r\nHost: app.test\r\n"
+                    b"Connection: close\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"h2 says /fine")
+
+
+def test_grpc_server_stream_limit_is_respected(make_proxy: ProxyFactory) -> None:
+    """A grpcio server allowing one stream per connection: three calls that must
+    be in flight at once (a barrier in the service) each get a connection of
+    their own, and all succeed."""
+    server = GrpcServer(options=[("grpc.max_concurrent_streams", 1)])
+    try:
+        server.service.barrier = threading.Barrier(3)
+        proxy = make_proxy({"grpc": [f"h2c://127.0.0.1:{server.port}"]})
+        results: list[Call] = []
+        threads = [threading.Thread(target=lambda i=i: results.append(
+            unary(proxy.port, "Wait", b"%d" % i))) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        assert sorted(c.body[0] for c in results) == [b"0", b"1", b"2"]  # type: ignore[attr-defined]
+        assert all(c.trailers["grpc-status"] == "0" for c in results)
+        assert len(set(server.service.peers)) == 3  # three connections from the proxy
+    finally:
+        server.stop()
+
+
+def test_a_connection_that_never_carries_a_stream_is_closed(
+        h2_origin: H2Origin, make_proxy: ProxyFactory) -> None:
+    """A server that allows no stream (SETTINGS_MAX_CONCURRENT_STREAMS 0): a
+    connect failure (502, logged), its connection closed at once (four stayed
+    open before, one per attempt)."""
+    h2_origin.max_streams = -1
+    proxy = make_proxy({"app": [f"h2c://127.0.0.1:{h2_origin.port}"]},
+                       upstream_extra='idle_timeout = "300ms"')
+    data = _request(proxy.port, b"GET /a HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 502 "), data[:200]
+    assert h2_origin.connections == 1 and not h2_origin.requests  # no second try there
+    assert "allows no HTTP/2 streams" in proxy.log()
+    deadline = time.monotonic() + 10
+    while h2_origin.closed < h2_origin.connections and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert h2_origin.closed == h2_origin.connections
+
+
+def test_refused_stream_is_sent_again(h2_origin: H2Origin, make_proxy: ProxyFactory) -> None:
+    """RST_STREAM REFUSED_STREAM: the server did not act on the request, so even a
+    POST goes once more, with its whole body, and succeeds."""
+    h2_origin.refuse = 1
+    proxy = make_proxy({"app": [f"h2c://127.0.0.1:{h2_origin.port}"]})
+    body = b"0123456789" * 300
+    data = _request(proxy.port, b"POST /up HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n"
+                    b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    assert data.startswith(b"HTTP/1.1 201 Created\r\n"), data[:200]
+    assert b"\r\nx-len: 3000\r\n" in data.lower()
+    assert h2_origin.refused == 1
+    assert len(h2_origin.requests) == 2
+    assert h2_origin.bodies == [body]
+    assert "refused the stream" in proxy.log()
+
+
+def test_refused_stream_goes_to_another_server(h2_origin: H2Origin,
+                                               make_proxy: ProxyFactory) -> None:
+    """With two servers, the second try of a refused stream goes to the other one
+    (and the refusing server is not counted as failed: no eject)."""
+    refusing = H2Origin()
+    try:
+        refusing.refuse = -1
+        proxy = make_proxy({"app": [f"h2c://127.0.0.1:{refusing.port}",
+                                    f"h2c://127.0.0.1:{h2_origin.port}"]},
+                           upstream_extra="eject = { failures = 1 }")
+        for i in range(4):
+            data = _request(proxy.port, b"GET /n%d HTTP/1.1\r\nHost: app.test\r\n"
+                            b"Connection: close\r\n\r\n" % i, b"says /n%d" % i)
+            assert data.startswith(b"HTTP/1.1 200 OK") and data.endswith(b"says /n%d" % i), data
+        assert refusing.refused >= 2  # still picked: never ejected
+        assert [r[b":path"] for r in h2_origin.requests] == [b"/n0", b"/n1", b"/n2", b"/n3"]
+    finally:
+        refusing.stop()
+
+
+def test_refused_twice_is_unavailable(h2_origin: H2Origin, make_proxy: ProxyFactory) -> None:
+    """A server that refuses every stream: one more try, then 502 (gRPC:
+    grpc-status 14 UNAVAILABLE)."""
+    h2_origin.refuse = -1
+    proxy = make_proxy({"app": [f"h2c://127.0.0.1:{h2_origin.port}"]})
+    call = unary(proxy.port, "Unary", b"x")
+    assert call.status == 200
+    assert call.headers["grpc-status"] == "14"
+    assert h2_origin.refused == 2
+    data = _request(proxy.port, b"GET /a HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 502 "), data[:200]
+    assert h2_origin.refused == 4
+
+
+def test_refused_with_a_body_too_big_to_keep_is_not_sent_again(
+        h2_origin: H2Origin, make_proxy: ProxyFactory) -> None:
+    """Refused once the whole 200 KB body was sent: over what is kept for a
+    replay (64 KiB), so no second try: 502."""
+    h2_origin.refuse = 1
+    h2_origin.refuse_late = True  # at the end of the request body
+    proxy = make_proxy({"app": [f"h2c://127.0.0.1:{h2_origin.port}"]})
+    body = b"z" * 200_000
+    data = _request(proxy.port, b"POST /up HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n"
+                    b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    assert data.startswith(b"HTTP/1.1 502 "), data[:200]
+    assert h2_origin.refused == 1 and len(h2_origin.requests) == 1
+
+
+def test_goaway_refuses_a_stream_that_goes_to_a_new_connection(
+        h2_origin: H2Origin, make_proxy: ProxyFactory) -> None:
+    """Stream 1 in flight; stream 3 gets GOAWAY(last stream 1): stream 1 is
+    answered on the old connection; the request of stream 3, never processed,
+    goes on a new connection (the old one takes no new streams)."""
+    h2_origin.goaway_at = 3
+    proxy = make_proxy({"app": [f"h2c://127.0.0.1:{h2_origin.port}"]})
+    results: list[bytes] = []
+    slow = threading.Thread(target=lambda: results.append(_request(
+        proxy.port, b"GET /slow HTTP/1.1\r\nHost: app.test\r\n\r\n", b"slow")))
+    slow.start()
+    deadline = time.monotonic() + 10
+    while not h2_origin.requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert h2_origin.requests
+    data = _request(proxy.port, b"GET /b HTTP/1.1\r\nHost: app.test\r\n\r\n", b"says /b")
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n") and data.endswith(b"h2 says /b"), data
+    slow.join(15)
+    assert results and results[0].startswith(b"HTTP/1.1 200 OK") and results[0].endswith(b"slow")
+    assert [r[b":path"] for r in h2_origin.requests] == [b"/slow", b"/b", b"/b"]
+    assert h2_origin.connections == 2
+    # And the next request goes on the new connection (stream 3 there: no GOAWAY now).
+    h2_origin.goaway_at = 0
+    data = _request(proxy.port, b"GET /c HTTP/1.1\r\nHost: app.test\r\n\r\n", b"says /c")
+    assert data.endswith(b"h2 says /c")
+    assert h2_origin.connections == 2
+
+
+def test_no_more_streams_than_the_server_allows(h2_origin: H2Origin,
+                                                make_proxy: ProxyFactory) -> None:
+    """SETTINGS_MAX_CONCURRENT_STREAMS 1, sent 0.3 s late: no stream before the
+    server's SETTINGS, never two at once on a connection; the requests beyond
+    the limit go on new connections (as Envoy does)."""
+    h2_origin.max_streams = 1
+    h2_origin.settings_delay = 0.3
+    proxy = make_proxy({"app": [f"h2c://127.0.0.1:{h2_origin.port}"]})
+    results: list[bytes] = []
+    threads = [threading.Thread(target=lambda: results.append(_request(
+        proxy.port, b"GET /slow HTTP/1.1\r\nHost: app.test\r\n\r\n", b"slow")))
+        for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert len(results) == 3 and all(r.startswith(b"HTTP/1.1 200 OK") for r in results), results
+    assert h2_origin.peak_streams == 1
     assert h2_origin.connections == 3
 
 

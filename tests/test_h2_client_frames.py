@@ -2,9 +2,9 @@
 with the `h2` library as the server: the start (preface, SETTINGS without push),
 streams we open, responses with informational heads, DATA and trailers, flow
 control, and the errors a server can make (push, DATA before the response, a
-response without :status, HEADERS on a stream we did not open).
-
-Not yet used by h2upstream.py (HTTP/2 to upstreams still runs on `h2`)."""
+response without :status, HEADERS on a stream we did not open), GOAWAY refusing
+the streams above its last stream id, and the server's stream limit
+(h2upstream.py runs on it)."""
 
 from __future__ import annotations
 
@@ -14,15 +14,19 @@ from typing import Any
 import h2.config
 import h2.connection
 import h2.events
+import h2.settings
 import hpack
 import pytest
 
 from fastproxy._h2 import (
+    NO_ERROR,
     PREFACE,
     PROTOCOL_ERROR,
+    REFUSED_STREAM,
     ClientConnection,
     H2ProtocolError,
     H2StreamClosed,
+    error_name,
 )
 
 REQ = [(b":method", b"POST"), (b":path", b"/svc/Call"), (b":scheme", b"http"),
@@ -178,3 +182,92 @@ def test_stream_errors() -> None:
                          ("reset", c, PROTOCOL_ERROR, False)]
     conn.receive(frame(7, 0, 0, struct.pack(">II", 1, 0)))
     assert rec.calls[-1] == ("goaway", 0, 1)
+
+
+def test_goaway_refuses_the_streams_above_its_last_id() -> None:
+    """GOAWAY(last 3) with streams 1, 3, 5, 7 open: the handler hears goaway first,
+    then 5 and 7 as refused (REFUSED_STREAM, remote); 1 and 3 finish; no new stream
+    may be opened; late frames on a refused stream are dropped, not errors."""
+    conn, rec, server = started()
+    sids = [conn.open_stream(REQ[:4], end_stream=True) for _ in range(4)]
+    assert sids == [1, 3, 5, 7]
+    server.receive_data(conn.data_to_send())
+    assert not conn.going_away and conn.stream_room > 0
+    conn.receive(frame(7, 0, 0, struct.pack(">II", 3, NO_ERROR)))
+    assert rec.calls == [("goaway", NO_ERROR, 3), ("reset", 5, REFUSED_STREAM, True),
+                         ("reset", 7, REFUSED_STREAM, True)]
+    assert conn.going_away and conn.goaway_last == 3
+    assert conn.stream_room == 0
+    with pytest.raises(H2StreamClosed, match="GOAWAY"):
+        conn.open_stream(REQ[:4], end_stream=True)
+    rec.calls.clear()
+    for sid in (1, 3):
+        server.send_headers(sid, [(b":status", b"200")], end_stream=True)
+    conn.receive(server.data_to_send())
+    assert rec.calls == [("response", 1, [(b":status", b"200")], True), ("end", 1),
+                         ("response", 3, [(b":status", b"200")], True), ("end", 3)]
+    assert conn.open_streams == 0
+    rec.calls.clear()
+    enc = hpack.Encoder()
+    conn.receive(frame(1, 5, 5, enc.encode([(b":status", b"200")])))  # late, on a refused one
+    assert rec.calls == []
+    assert conn.data_to_send() == b""  # nothing to say about it
+    # A second GOAWAY can only lower the last id.
+    conn.receive(frame(7, 0, 0, struct.pack(">II", 1, NO_ERROR)))
+    assert conn.goaway_last == 1
+
+
+def test_stream_limit_before_and_after_the_servers_settings() -> None:
+    """Before the server's SETTINGS: at most 100 streams (the RFC's recommended
+    minimum); after them, its SETTINGS_MAX_CONCURRENT_STREAMS, less the streams
+    open; a stream that closes makes room again."""
+    rec = Recorder()
+    conn = ClientConnection(rec, 65536, 1 << 20)
+    assert not conn.settings_received
+    assert conn.stream_room == 100
+    server = h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=False, header_encoding=None))
+    server.local_settings = h2.settings.Settings(
+        client=False, initial_values={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 2})
+    server.initiate_connection()
+    server.receive_data(conn.data_to_send())
+    conn.receive(server.data_to_send())
+    assert conn.settings_received and conn.peer_max_streams == 2
+    assert conn.stream_room == 2
+    a = conn.open_stream(REQ[:4], end_stream=True)
+    conn.open_stream(REQ[:4], end_stream=True)
+    assert conn.stream_room == 0
+    with pytest.raises(H2StreamClosed, match="MAX_CONCURRENT_STREAMS"):
+        conn.open_stream(REQ[:4], end_stream=True)
+    server.receive_data(conn.data_to_send())
+    server.send_headers(a, [(b":status", b"204")], end_stream=True)
+    conn.receive(server.data_to_send())
+    assert conn.stream_room == 1
+    assert conn.open_stream(REQ[:4], end_stream=True) == 5
+    # A server without a limit in its SETTINGS: no limit.
+    conn, _, _ = started()
+    assert conn.peer_max_streams is None or conn.stream_room == conn.peer_max_streams
+
+
+def test_reset_refused_stream_reaches_the_handler() -> None:
+    conn, rec, server = started()
+    sid = conn.open_stream(REQ[:4], end_stream=True)
+    server.receive_data(conn.data_to_send())
+    server.reset_stream(sid, REFUSED_STREAM)
+    conn.receive(server.data_to_send())
+    assert rec.calls == [("reset", sid, REFUSED_STREAM, True)]
+    assert not conn.going_away and conn.open_streams == 0
+
+
+def test_error_codes_past_31_bits() -> None:
+    """Error codes are 32-bit (RFC 9113 7): unknown ones, even past 2**31, reach
+    the handler and have a name."""
+    conn, rec, _ = started()
+    a = conn.open_stream(REQ[:4], end_stream=True)
+    conn.open_stream(REQ[:4], end_stream=True)
+    conn.data_to_send()
+    conn.receive(frame(3, 0, a, struct.pack(">I", 0xa7a7a7a7)))
+    conn.receive(frame(7, 0, 0, struct.pack(">II", 1, 0xffffffff)))
+    assert rec.calls == [("reset", 1, 0xa7a7a7a7, True), ("goaway", 0xffffffff, 1),
+                         ("reset", 3, REFUSED_STREAM, True)]
+    assert error_name(0xa7a7a7a7) == "0xa7a7a7a7"

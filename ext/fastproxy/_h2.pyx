@@ -69,7 +69,7 @@ ERROR_NAMES = {
 }
 
 
-def error_name(int code):
+def error_name(code):
     """The name of an error code (RFC 9113 7), or its number in hex."""
     return ERROR_NAMES.get(code, f"0x{code:x}")
 
@@ -115,6 +115,7 @@ cdef enum:
     MAX_FRAME_LIMIT = 16777215
     MAX_CONTINUATIONS = 512  # frames in one header block (empty ones cost no bytes)
     IGNORED_KEEP = 256  # streams we reset whose late frames are still ignored
+    INITIAL_STREAMS = 100  # (client) streams opened before the server's SETTINGS
 
 cdef int64_t MAX_WINDOW = 2147483647
 
@@ -807,11 +808,68 @@ cdef class ClientConnection(_Connection):
     (no push) go first; streams are opened with open_stream. The handler's methods
     are a server's but h2_response(sid, headers, ended) for h2_request: the final
     response's HEADERS (1xx ones are passed over); h2_trailers(sid, headers) for a
-    trailing block, if it has one; DATA before the response is a stream error."""
+    trailing block, if it has one; DATA before the response is a stream error.
+
+    GOAWAY (RFC 9113 6.8): the handler hears h2_goaway(code, last_stream_id) first;
+    then every stream we opened above last_stream_id, which the server says it never
+    processed, is closed here and reported as h2_reset(sid, REFUSED_STREAM, True)
+    (safe to retry elsewhere, as a REFUSED_STREAM reset is, 8.7); `going_away` is
+    set and open_stream refuses from then on. The streams at or below it go on.
+
+    Stream limit (5.1.2): `stream_room` is how many more streams may be opened now:
+    the server's SETTINGS_MAX_CONCURRENT_STREAMS less the streams open, and before
+    the server's first SETTINGS, INITIAL_STREAMS (the RFC's recommended minimum)
+    at most; open_stream refuses past it."""
+
+    cdef object handler_goaway
+    cdef public bint going_away  # a GOAWAY came: no new streams
+    cdef public int goaway_last  # the lowest last_stream_id of the GOAWAYs received
 
     def __init__(self, handler, Py_ssize_t header_list, Py_ssize_t decode_list,
                  int stream_window=DEFAULT_WINDOW, int conn_window=DEFAULT_WINDOW):
         self._setup(handler, True, 0, header_list, decode_list, stream_window, conn_window)
+        self.goaway_last = 0x7fffffff
+        self.handler_goaway = self.on_goaway
+        self.on_goaway = self._goaway_received
+
+    def stop(self):
+        _Connection.stop(self)
+        self.handler_goaway = None
+
+    @property
+    def settings_received(self):
+        """The server's first SETTINGS came (its first frame must be one)."""
+        return self.settings_seen
+
+    @property
+    def stream_room(self):
+        cdef object limit
+        if self.going_away or self.stopped:
+            return 0
+        if not self.settings_seen:
+            limit = INITIAL_STREAMS
+        else:
+            limit = self.peer_max_streams
+            if limit is None:
+                return 0x7fffffff  # no limit announced
+        return max(0, <Py_ssize_t>limit - len(self.streams))
+
+    def _goaway_received(self, code, int last):  # code: any 32-bit value (7)
+        cdef list refused
+        cdef object sid
+        self.going_away = True
+        if last < self.goaway_last:
+            self.goaway_last = last
+        refused = sorted([sid for sid in self.streams if <int>sid > last])
+        for sid in refused:
+            del self.streams[sid]
+            self._ignore(sid)  # late frames on it (there should be none) are dropped
+        if self.handler_goaway is not None:
+            self.handler_goaway(code, last)
+        for sid in refused:
+            if self.stopped:
+                break
+            self.on_reset(sid, REFUSED_STREAM, True)
 
     def open_stream(self, list headers, bint end_stream=False):
         """A new stream with HEADERS for `headers`: its id."""
@@ -819,6 +877,10 @@ cdef class ClientConnection(_Connection):
         cdef _Stream s
         if self.stopped:
             raise H2StreamClosed("the connection is closed")
+        if self.going_away:
+            raise H2StreamClosed("the server is going away (GOAWAY): no new streams")
+        if self.stream_room <= 0:
+            raise H2StreamClosed("the server's SETTINGS_MAX_CONCURRENT_STREAMS is reached")
         if sid > 0x7fffffff - 2 or sid < 1:
             raise H2StreamClosed("no stream ids left on this connection")
         self.next_stream_id = sid + 2

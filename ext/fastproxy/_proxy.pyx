@@ -3039,6 +3039,10 @@ cdef class Exchange:
                 self.connecting = True
                 self.pool.connect(self)
                 return 0
+            if not self.retried and self.peer >= 0 and exc is not None \
+                    and getattr(exc, "refused", False) and exc.replay is not None:
+                self.retry_refused(conn, exc)
+                return 0
             log_proxy.warning("upstream %s closed the connection before a response%s",
                                  conn.pool.label, f": {exc}" if exc else "")
             self.try_failed()
@@ -3049,6 +3053,33 @@ cdef class Exchange:
                                  conn.pool.label)
             self.client.abort()
             self.finish(False)
+        return 0
+
+    cdef int retry_refused(self, UpstreamConnection conn, object exc) except -1:
+        """An HTTP/2 server refused the stream without acting on it (REFUSED_STREAM,
+        or above its GOAWAY's last stream id: h2upstream.StreamRefused) and the
+        body written so far is in `exc.replay`: the request goes once more, as
+        Envoy does, whatever its method, to another server if the balancer has
+        one, else to this one (on another stream or connection). Not a failure
+        of the server for the passive checks, nor a retry of the budget."""
+        cdef Py_ssize_t i, peer = self.peer
+        cdef Balancer balancer = self.balancer
+        log_proxy.info("upstream %s refused the stream (%s): sent again", conn.pool.label, exc)
+        self.retried = True
+        if self.tried is None:
+            self.tried = []
+        self.tried.append(peer)
+        self.peer_done(PEER_UNKNOWN)
+        i = balancer.choose_other(self.key, self.tried)
+        if i < 0:
+            i = peer
+        self.pending = list(exc.replay)
+        self.pending_size = exc.replay_size
+        self.interim = False
+        # A hold from the refused stream's pause_writing: its resume never comes
+        # (the new try's connection holds the client again if it must).
+        self.client.hold_reading(HOLD_UPSTREAM, False)
+        self.use_server(i)
         return 0
 
     cdef int upstream_timeout(self) except -1:

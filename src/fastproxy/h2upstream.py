@@ -30,22 +30,16 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from h2.config import H2Configuration
-from h2.connection import H2Connection
-from h2.errors import ErrorCodes
-from h2.events import (
-    ConnectionTerminated,
-    DataReceived,
-    RemoteSettingsChanged,
-    ResponseReceived,
-    StreamEnded,
-    StreamReset,
-    TrailersReceived,
-    WindowUpdated,
+from fastproxy._h2 import (
+    CANCEL,
+    NO_ERROR,
+    PROTOCOL_ERROR,
+    REFUSED_STREAM,
+    ClientConnection,
+    H2ProtocolError,
+    H2StreamClosed,
+    error_name,
 )
-from h2.exceptions import H2Error
-from h2.settings import SettingCodes
-
 from fastproxy.responses import reason_phrase
 
 log = logging.getLogger("fastproxy.proxy")
@@ -55,6 +49,8 @@ CONNECTION_WINDOW = 16 * 1024 * 1024  # ... and all streams of a session togethe
 SEND_HIGH = 64 * 1024  # unsent request bytes of a stream that pause the exchange's writing
 SEND_LOW = 16 * 1024  # ... and resume it
 HEAD_LIMIT = 64 * 1024  # the request head we parse back is ours: this only guards a bug
+HEADER_LIST = 64 * 1024  # a response's (or trailers') header list, as we announce it
+REPLAY_LIMIT = 64 * 1024  # request body kept until the response begins, for a refused stream
 
 # Request fields that are HTTP/1.1 connection business, never sent on a stream
 # (RFC 9113 §8.2.2); Host becomes :authority; TE is ours ("trailers").
@@ -70,33 +66,42 @@ _NONE, _LENGTH, _CHUNKED = 0, 1, 2
 _HEAD, _BODY_LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _DONE = range(7)
 
 
-class _Connection(H2Connection):
-    """h2's connection, except for a GOAWAY with NO_ERROR: h2 closes the connection
-    state at once (its issue 1181), so the frames that finish the streams the
-    server still serves would be protocol errors, and a graceful server shutdown
-    would cut every call in flight. Here such a GOAWAY only reports itself
-    (`ConnectionTerminated`); the session opens no stream after it, fails those
-    above its last stream id, and closes once the others are done (RFC 9113 §6.8).
-    Any other GOAWAY goes through h2 as before."""
-
-    def _receive_goaway_frame(self, frame: Any) -> tuple[list[Any], list[Any]]:
-        if frame.error_code != 0:
-            result: tuple[list[Any], list[Any]] = super()._receive_goaway_frame(frame)
-            return result
-        event = ConnectionTerminated()
-        event.error_code = ErrorCodes.NO_ERROR
-        event.last_stream_id = frame.last_stream_id
-        event.additional_data = frame.additional_data or None
-        return [], [event]
+# tchar (RFC 9110 §5.6.2) in lower case: what a field name from a server may hold
+# (RFC 9113 §8.2.1); ":" leads the pseudo-headers.
+_NAME_CHARS = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
 
 
 def _clean(value: bytes) -> bool:
-    """No byte that could split an HTTP/1.1 line (h2 checks names, not all values)."""
+    """No byte that could split an HTTP/1.1 line."""
     return b"\r" not in value and b"\n" not in value and b"\0" not in value
+
+
+def _good_name(name: bytes) -> bool:
+    """A lower-case token, or a pseudo-header (the connection layer passes names as
+    they came: an upper-case Transfer-Encoding must not slip past _RESPONSE_DROP)."""
+    if name[:1] == b":":
+        name = name[1:]
+    return bool(name) and not name.translate(None, _NAME_CHARS)
 
 
 class StreamError(ConnectionResetError):
     """The stream ended without a complete response (reset, GOAWAY, session lost)."""
+
+
+class StreamRefused(StreamError):
+    """The server refused the stream before acting on it: RST_STREAM REFUSED_STREAM,
+    a stream above a GOAWAY's last stream id, or a session that went away before the
+    request's HEADERS were sent (RFC 9113 §8.7). The exchange may send it again
+    (once) when `replay` holds the whole request body written so far (HTTP/1.1
+    framing, as the exchange wrote it; it grows until the exchange hears of the
+    refusal), or None when it was over REPLAY_LIMIT."""
+
+    refused = True
+
+    def __init__(self, reason: str, replay: list[bytes] | None) -> None:
+        super().__init__(reason)
+        self.replay = replay
+        self.replay_size = sum(len(part) for part in replay) if replay is not None else 0
 
 
 class H2Stream:
@@ -129,18 +134,46 @@ class H2Stream:
         self._delivering = False
         self._batch: list[bytes] = []  # see _push
         self._batch_flow = 0
+        # The request as written, until the response begins (see StreamRefused).
+        self._written: list[bytes] | None = []
+        self._written_size = 0
+        self._head_size = 0
+        self._refused: StreamRefused | None = None
 
     # -- the transport the UpstreamConnection writes to ---------------------------
     def write(self, data: bytes) -> None:
         if self.closed or self._state == _DONE:
+            refused = self._refused
+            if refused is not None and refused.replay is not None and data:
+                # Refused, and the exchange does not know yet: the body goes on into
+                # what it will send again.
+                refused.replay_size += len(data)
+                if refused.replay_size > REPLAY_LIMIT:
+                    refused.replay = None
+                else:
+                    refused.replay.append(bytes(data))
             return
+        written = self._written
+        if written is not None:
+            self._written_size += len(data)
+            if self._written_size - self._head_size > REPLAY_LIMIT and self._state != _HEAD:
+                self._written = None
+            else:
+                written.append(bytes(data))
         self._buf += data
         try:
             self._parse()
-        except (ValueError, H2Error) as exc:
-            # Our own bytes that do not parse (a bug), or a request h2 refuses to send
-            # (a field HTTP/2 forbids, the server's stream limit): this try fails as a
-            # reset before the response would.
+        except H2StreamClosed as exc:
+            if self.stream_id:
+                # The stream was closed by the server meanwhile (its reset is coming).
+                return
+            # The session went away (GOAWAY, closed) between the stream's reservation
+            # and its HEADERS: nothing was sent, so it is refused, not failed.
+            self.on_reset(REFUSED_STREAM, f"not sent: {exc}")
+            return
+        except ValueError as exc:
+            # Our own bytes that do not parse (a bug), or fields HPACK cannot encode:
+            # this try fails as a reset before the response would.
             log.warning("upstream %s: cannot send the request over HTTP/2: %s",
                         self.session.upstream.label, exc or type(exc).__name__)
             self.on_reset(None, f"request not sent over HTTP/2: {exc}")
@@ -175,10 +208,10 @@ class H2Stream:
     def close(self) -> None:
         """The exchange is done with the stream: a request still going is cancelled
         (NO_ERROR once the response is complete, as a server does)."""
-        self._finish(ErrorCodes.NO_ERROR if self.ended else ErrorCodes.CANCEL)
+        self._finish(NO_ERROR if self.ended else CANCEL)
 
     def abort(self) -> None:
-        self._finish(ErrorCodes.CANCEL)
+        self._finish(CANCEL)
 
     def _finish(self, code: int) -> None:
         if self.closed:
@@ -186,6 +219,7 @@ class H2Stream:
         self.closed = True
         self._unsent.clear()
         self._inbox.clear()
+        self._written = None
         session = self.session
         if self.stream_id and not (self.ended and self._request_ended):
             session.reset(self.stream_id, code)
@@ -205,6 +239,7 @@ class H2Stream:
                     return
                 head = bytes(buf[:end])
                 del buf[:end + 4]
+                self._head_size = end + 4
                 self._send_head(head)
             elif state == _BODY_LENGTH:
                 n = min(len(buf), self._left)
@@ -315,11 +350,11 @@ class H2Stream:
         """Send what the server's windows allow (called again on WINDOW_UPDATE)."""
         if self.closed or not self.stream_id or self._request_ended:
             return
-        conn = self.session.h2
+        conn = self.session.conn
         sid = self.stream_id
         try:
             while self._unsent:
-                window = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+                window = min(conn.send_window(sid), conn.max_outbound_frame_size)
                 if window <= 0:
                     break
                 data = self._unsent[0]
@@ -339,7 +374,7 @@ class H2Stream:
                 else:
                     conn.end_stream(sid)
                 self._request_ended = True
-        except H2Error:
+        except (H2StreamClosed, ValueError):
             # The stream was closed by the server meanwhile (its reset is on the way).
             self._unsent.clear()
             self._unsent_size = 0
@@ -364,12 +399,13 @@ class H2Stream:
         """The response's HEADERS; `ended`: they carried END_STREAM (no body, no
         trailers: gRPC's trailers-only form), which goes on as `content-length: 0` so
         that an HTTP/2 client gets it as one HEADERS frame again."""
+        self._written = None  # answered: never refused now
         status = 0
         lines = []
         length = None
         for name, value in headers:
-            if not (_clean(name) and _clean(value)):
-                self.on_reset(None, "a header field with CR, LF or NUL")
+            if not (_good_name(name) and _clean(value)):
+                self.on_reset(None, "a header field with a bad name or CR, LF or NUL")
                 return
             if name == b":status":
                 status = int(value)
@@ -410,8 +446,8 @@ class H2Stream:
     def on_trailers(self, headers: list[tuple[bytes, bytes]]) -> None:
         lines = []
         for name, value in headers:
-            if not (_clean(name) and _clean(value)):
-                self.on_reset(None, "a trailer field with CR, LF or NUL")
+            if not (_good_name(name) and _clean(value)):
+                self.on_reset(None, "a trailer field with a bad name or CR, LF or NUL")
                 return
             if name[:1] != b":":
                 lines.append(b"%s: %s\r\n" % (name, value))
@@ -423,18 +459,29 @@ class H2Stream:
             self._push(b"0\r\n" + self._trailers + b"\r\n", 0)
 
     def on_reset(self, code: int | None, reason: str = "") -> None:
-        """The server reset the stream, the session ended, or its response is bad."""
+        """The server reset the stream (`code`; REFUSED_STREAM also for a stream a
+        GOAWAY refused), the session ended, or its response is bad (None: we
+        reset it with PROTOCOL_ERROR, unless `reason` says it was reset already)."""
         if self.closed:
             return
         if code is None and self.stream_id:
-            self.session.reset(self.stream_id, ErrorCodes.PROTOCOL_ERROR)
+            self.session.reset(self.stream_id, PROTOCOL_ERROR)
         self.closed = True
         self.ended = True
         self._inbox.clear()
         self.session.stream_done(self)
-        if code is not None:
-            reason = f"stream reset by the server ({_code_name(code)})"
-        exc = StreamError(reason)
+        exc: StreamError
+        if code == REFUSED_STREAM and self._written is not None \
+                and self._written_size - self._head_size <= REPLAY_LIMIT:
+            if not reason:
+                reason = "stream refused by the server (REFUSED_STREAM)"
+            written = b"".join(self._written)[self._head_size:]
+            self._refused = exc = StreamRefused(reason, [written] if written else [])
+        else:
+            if code is not None and not reason:
+                reason = f"stream reset by the server ({error_name(code)})"
+            exc = StreamError(reason)
+        self._written = None
         self.session.loop.call_soon(self.protocol.connection_lost, exc)
 
     def _push(self, data: bytes, flow: int) -> None:
@@ -483,12 +530,17 @@ class H2Stream:
 
 
 class H2Session(asyncio.Protocol):
-    """One HTTP/2 connection to a server, carrying many streams."""
+    """One HTTP/2 connection to a server, carrying many streams: the handler of its
+    `_h2.ClientConnection`, whose h2_* methods below are called from within
+    `receive` (as h2server's are by a ServerConnection)."""
 
     def __init__(self, upstream: H2Upstream) -> None:
         self.upstream = upstream
         self.loop = upstream.loop
-        self.h2 = _Connection(H2Configuration(client_side=True, header_encoding=None))
+        # The preface, our SETTINGS (no push, STREAM_WINDOW) and the connection's
+        # window past the default are queued here; connection_made sends them.
+        self.conn = ClientConnection(self, HEADER_LIST, HEADER_LIST, STREAM_WINDOW,
+                                     CONNECTION_WINDOW)
         self.transport: Any = None
         self.streams: dict[int, H2Stream] = {}
         self.reserved = 0  # streams handed out whose head is not sent yet
@@ -507,39 +559,37 @@ class H2Session(asyncio.Protocol):
         return len(self.streams) + self.reserved
 
     def has_room(self) -> bool:
+        """Up (the server's SETTINGS came), not going away, and under the server's
+        SETTINGS_MAX_CONCURRENT_STREAMS with the streams handed out."""
         return (self.ready.done() and not self.ready.cancelled()
                 and not self.ready.exception() and not self.closed
                 and not self.goaway
-                and self.load < self.h2.remote_settings.max_concurrent_streams)
+                and self.conn.stream_room > self.reserved)
 
     # -- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
-        conn = self.h2
-        conn.initiate_connection()
-        conn.update_settings({SettingCodes.ENABLE_PUSH: 0,
-                              SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW})
-        conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self.flush()
 
     def data_received(self, data: bytes) -> None:
         if not self.ready.done() and data[:5] == b"HTTP/":
-            # An HTTP/1.x server answering our preface (h2 would wait for a "frame"
-            # as long as the ASCII of its status line says).
+            # An HTTP/1.x server answering our preface (the first frame must be
+            # SETTINGS: this says why it is not).
             self.lost(ConnectionError("the server answered in HTTP/1.x: not an HTTP/2 server"))
             self.transport.abort()
             return
+        self.reading = True
         try:
-            events = self.h2.receive_data(data)
-        except H2Error as exc:
-            log.warning("upstream %s: HTTP/2 protocol error: %s", self.upstream.label, exc)
+            self.conn.receive(data)
+        except H2ProtocolError as exc:
+            # The connection layer queued GOAWAY with the error's code.
+            log.warning("upstream %s: HTTP/2 protocol error: %s (%s)", self.upstream.label,
+                        exc.reason, error_name(exc.code))
+            self.reading = False
             self.flush()
             self.lost(exc)
             self.transport.close()
             return
-        self.reading = True
-        try:
-            self._dispatch(events)
         finally:
             self.reading = False
         touched = self.touched
@@ -547,51 +597,79 @@ class H2Session(asyncio.Protocol):
         for stream in touched:
             stream.deliver_batch()
         self.flush_soon()
-        if self.goaway and not self.streams:
+        if self.goaway and not self.streams and not self.reserved:
             self.close()
 
-    def _dispatch(self, events: list[Any]) -> None:
-        for event in events:
-            stream = self.streams.get(getattr(event, "stream_id", 0) or 0)
-            if isinstance(event, ResponseReceived):
-                if stream is not None:
-                    stream.on_response(event.headers, event.stream_ended is not None)
-            elif isinstance(event, DataReceived):
-                if stream is not None:
-                    stream.on_data(event.data, event.flow_controlled_length)
-                elif event.flow_controlled_length:
-                    self.acknowledge(event.stream_id, event.flow_controlled_length)
-            elif isinstance(event, TrailersReceived):
-                if stream is not None:
-                    stream.on_trailers(event.headers)
-            elif isinstance(event, StreamEnded):
-                if stream is not None:
-                    stream.on_end()
-            elif isinstance(event, StreamReset):
-                if stream is not None:
-                    stream.on_reset(event.error_code)
-            elif isinstance(event, WindowUpdated):
-                if event.stream_id:
-                    if stream is not None:
-                        stream.send_ready()
-                else:
-                    for each in list(self.streams.values()):
-                        each.send_ready()
-            elif isinstance(event, RemoteSettingsChanged):
-                if not self.ready.done():
-                    self.ready.set_result(None)
-                for each in list(self.streams.values()):
-                    each.send_ready()  # the initial window may have grown
-            elif isinstance(event, ConnectionTerminated):
-                self.goaway = True
-                last = event.last_stream_id or 0
-                for sid, each in list(self.streams.items()):
-                    if sid > last:  # never processed: refused
-                        each.on_reset(None, "the server is going away (GOAWAY)")
-                if not self.ready.done():
-                    self.ready.set_exception(ConnectionError(
-                        f"the server refused the HTTP/2 connection (GOAWAY "
-                        f"{event.error_code})"))
+    # -- the connection layer's handler (called inside conn.receive) ---------------------
+    def h2_response(self, sid: int, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
+        stream = self.streams.get(sid)
+        if stream is not None:
+            stream.on_response(headers, ended)
+
+    def h2_trailers(self, sid: int, headers: list[tuple[bytes, bytes]]) -> None:
+        stream = self.streams.get(sid)
+        if stream is not None:
+            stream.on_trailers(headers)
+
+    def h2_data(self, sid: int, data: bytes, size: int) -> None:
+        stream = self.streams.get(sid)
+        if stream is not None:
+            stream.on_data(data, size)
+        elif size:
+            self.conn.acknowledge(sid, size)  # a stream we are done with
+
+    def h2_end(self, sid: int) -> None:
+        stream = self.streams.get(sid)
+        if stream is not None:
+            stream.on_end()
+
+    def h2_reset(self, sid: int, code: int, remote: bool) -> None:
+        stream = self.streams.get(sid)
+        if stream is None:
+            return
+        if not remote:
+            # Our connection layer found the server's frames on it malformed and
+            # reset it already.
+            stream.on_reset(code, f"malformed response on the stream ({error_name(code)})")
+        elif code == REFUSED_STREAM and sid > self.conn.goaway_last:
+            stream.on_reset(code, "the server is going away (GOAWAY) and did not "
+                                  "process the stream")
+        else:
+            stream.on_reset(code)
+
+    def h2_window(self, sid: int) -> None:
+        if sid:
+            stream = self.streams.get(sid)
+            if stream is not None:
+                stream.send_ready()
+        else:
+            for each in list(self.streams.values()):
+                each.send_ready()
+
+    def h2_ping(self) -> None:
+        """Answered by the connection layer."""
+
+    def h2_settings(self) -> None:
+        if not self.ready.done():
+            self.ready.set_result(None)
+            if not self.streams and not self.reserved and self._idle is None:
+                # Closed after idle_timeout unless a stream comes (reserve).
+                self._idle = self.loop.call_later(self.upstream.idle_timeout, self.close)
+        for each in list(self.streams.values()):
+            each.send_ready()  # the initial window may have grown
+
+    def h2_goaway(self, code: int, last_stream_id: int) -> None:
+        """No new streams here; those above `last_stream_id` are refused next
+        (h2_reset REFUSED_STREAM, from the connection layer); the others finish,
+        and the session closes after the last (RFC 9113 §6.8)."""
+        self.goaway = True
+        if code != NO_ERROR:
+            log.warning("upstream %s: the server sent GOAWAY (%s)", self.upstream.label,
+                        error_name(code))
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(
+                f"the server refused the HTTP/2 connection (GOAWAY {error_name(code)})"))
+        self.upstream.forget(self)  # no new streams: not offered any more
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost(exc)
@@ -608,10 +686,10 @@ class H2Session(asyncio.Protocol):
 
     # -- used by the streams -------------------------------------------------------------
     def open_stream(self, stream: H2Stream, headers: list[tuple[bytes, bytes]], end: bool) -> int:
+        """A new stream for `stream` (H2StreamClosed: the session cannot take it)."""
         if self.closed:
-            raise ValueError("the HTTP/2 connection closed before the request was sent")
-        sid: int = self.h2.get_next_available_stream_id()
-        self.h2.send_headers(sid, headers, end_stream=end)  # may raise: still reserved
+            raise H2StreamClosed("the HTTP/2 connection closed before the request was sent")
+        sid: int = self.conn.open_stream(headers, end)  # may raise: still reserved
         self.reserved -= 1
         self.streams[sid] = stream
         if self.write_paused:
@@ -638,32 +716,26 @@ class H2Session(asyncio.Protocol):
             self._idle = None
 
     def acknowledge(self, sid: int, flow: int) -> None:
-        try:
-            self.h2.acknowledge_received_data(flow, sid)
-        except H2Error:
-            pass
+        self.conn.acknowledge(sid, flow)
         if not self.reading:
             self.flush_soon()
 
     def reset(self, sid: int, code: int) -> None:
-        try:
-            self.h2.reset_stream(sid, code)
-        except H2Error:
-            pass  # closed already
+        self.conn.reset_stream(sid, code)  # (nothing if it is closed already)
         self.flush_soon()
 
     def flush(self) -> None:
-        """Send now what h2 has for the socket (see `flush_soon`)."""
+        """Send now what the connection layer has for the socket (see `flush_soon`)."""
         self._flush_due = False
-        data = self.h2.data_to_send()
+        data = self.conn.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
     def flush_soon(self) -> None:
-        """Send what h2 has once this loop iteration's callbacks ran: a request's
-        HEADERS and DATA (written separately by the exchange), and the frames of
-        the streams handled in one iteration, leave in one write (each write to a
-        socket costs a system call, and on loopback the receiver's work too)."""
+        """Send what the connection layer has once this loop iteration's callbacks
+        ran: a request's HEADERS and DATA (written separately by the exchange), and
+        the frames of the streams handled in one iteration, leave in one write (each
+        write to a socket costs a system call, and on loopback the receiver's work too)."""
         if not self._flush_due:
             self._flush_due = True
             self.loop.call_soon(self.flush)
@@ -677,10 +749,7 @@ class H2Session(asyncio.Protocol):
         self.closed = True
         self.upstream.forget(self)
         if self.transport is not None:
-            try:
-                self.h2.close_connection()
-            except H2Error:
-                pass
+            self.conn.goaway(NO_ERROR, 0)
             self.flush()
             self.transport.close()
 
@@ -698,6 +767,9 @@ class H2Session(asyncio.Protocol):
                     else "the server closed the connection before its HTTP/2 SETTINGS"))
         for stream in list(self.streams.values()):
             stream.on_reset(None, f"connection to the server lost{f': {exc}' if exc else ''}")
+        # The connection layer holds our bound methods: let them go (not inside
+        # receive: this runs from connection_lost or after receive raised).
+        self.conn.stop()
 
 
 class H2Upstream:
@@ -759,11 +831,14 @@ class H2Upstream:
             async with asyncio.timeout(self.connect_timeout):
                 session = await self._session(host)
                 await session.ready  # the server's SETTINGS: it speaks HTTP/2
+                if session.conn.stream_room == 0 and not session.load:
+                    raise ConnectionError("the server allows no HTTP/2 streams "
+                                          "(SETTINGS_MAX_CONCURRENT_STREAMS 0)")
         except BaseException as exc:
             self.connecting = None
             if session is not None and not session.closed:
-                # Connected, but no SETTINGS in time (a server that says nothing):
-                # the socket is not kept, nor the session (its `ready` is cancelled).
+                # Connected, but no SETTINGS in time (a server that says nothing), or
+                # no stream allowed: the socket is not kept, nor the session.
                 session.closed = True
                 self.forget(session)
                 session.transport.abort()
@@ -804,13 +879,6 @@ class H2Upstream:
         for session in list(self.sessions):
             if not session.streams and not session.reserved:
                 session.close()
-
-
-def _code_name(code: int) -> str:
-    try:
-        return str(ErrorCodes(code).name)
-    except ValueError:
-        return str(code)
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:

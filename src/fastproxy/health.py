@@ -231,17 +231,7 @@ async def probe_h2(host: str, port: int, check: HealthCheck, context: Any = None
 
 async def _probe_h2(host: str, port: int, check: HealthCheck, context: Any,
                     server_hostname: str | None) -> tuple[bool, str]:
-    from h2.config import H2Configuration
-    from h2.connection import H2Connection
-    from h2.events import (
-        ConnectionTerminated,
-        DataReceived,
-        ResponseReceived,
-        StreamEnded,
-        StreamReset,
-        TrailersReceived,
-    )
-    from h2.exceptions import H2Error
+    from fastproxy._h2 import ClientConnection, H2ProtocolError, H2StreamClosed
 
     try:
         if context is None:
@@ -262,13 +252,11 @@ async def _probe_h2(host: str, port: int, check: HealthCheck, context: Any,
         if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
             writer.close()
             return False, "the server did not agree to HTTP/2 (ALPN h2)"
-    conn = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    answer = _ProbeStream()
+    conn = ClientConnection(answer, BODY_LIMIT, BODY_LIMIT)
+    answer.conn = conn
     authority = check.host or (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
-    status = 0
-    body = b""
-    grpc_status = None
     try:
-        conn.initiate_connection()
         scheme = b"http" if context is None else b"https"
         grpc = check.grpc_service is not None
         headers = [(b":method", b"POST" if grpc else check.method.encode()), (b":scheme", scheme),
@@ -277,36 +265,26 @@ async def _probe_h2(host: str, port: int, check: HealthCheck, context: Any,
                    (b"user-agent", USER_AGENT.encode())]
         if grpc:
             headers += [(b"content-type", b"application/grpc"), (b"te", b"trailers")]
-        conn.send_headers(1, headers, end_stream=not grpc)
+        sid = conn.open_stream(headers, end_stream=not grpc)
         if grpc:
-            conn.send_data(1, _grpc_health_request(check.grpc_service or ""), end_stream=True)
+            conn.send_data(sid, _grpc_health_request(check.grpc_service or ""), end_stream=True)
         writer.write(conn.data_to_send())
-        done = False
-        while not done:
+        while not answer.done:
             data = await reader.read(65536)
             if not data:
                 return False, "connection closed before the response"
-            for event in conn.receive_data(data):
-                if isinstance(event, ResponseReceived | TrailersReceived):
-                    fields = dict(event.headers)
-                    if b":status" in fields:
-                        status = int(fields[b":status"])
-                    grpc_status = fields.get(b"grpc-status", grpc_status)
-                elif isinstance(event, DataReceived):
-                    conn.acknowledge_received_data(event.flow_controlled_length, 1)
-                    if len(body) < BODY_LIMIT:
-                        body += event.data[:BODY_LIMIT - len(body)]
-                elif isinstance(event, StreamEnded):
-                    done = True
-                elif isinstance(event, StreamReset | ConnectionTerminated):
-                    return False, "the server reset the stream"
+            conn.receive(data)
             writer.write(conn.data_to_send())
-    except (H2Error, KeyError, ValueError) as e:
+            if answer.failed:
+                return False, answer.failed
+    except (H2ProtocolError, H2StreamClosed, KeyError, ValueError) as e:
         return False, f"malformed HTTP/2 response: {e}"
     except OSError as e:
         return False, f"connection failed: {e.strerror or e}"
     finally:
+        conn.stop()
         writer.close()
+    status, grpc_status, body = answer.status, answer.grpc_status, bytes(answer.body)
     if check.grpc_service is not None:
         return _grpc_verdict(status, grpc_status, body)
     if not any(lo <= status <= hi for lo, hi in check.status):
@@ -314,6 +292,55 @@ async def _probe_h2(host: str, port: int, check: HealthCheck, context: Any,
     if check.body is not None and check.body.encode() not in body:
         return False, f"body does not contain {check.body!r}"
     return True, "ok"
+
+
+class _ProbeStream:
+    """The handler of a probe's HTTP/2 connection (one stream): what came back."""
+
+    def __init__(self) -> None:
+        self.conn: Any = None
+        self.status = 0
+        self.grpc_status: bytes | None = None
+        self.body = bytearray()
+        self.done = False
+        self.failed = ""
+
+    def _fields(self, headers: list[tuple[bytes, bytes]]) -> None:
+        for name, value in headers:
+            if name == b":status":
+                self.status = int(value)
+            elif name == b"grpc-status":
+                self.grpc_status = value
+
+    def h2_response(self, sid: int, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
+        self._fields(headers)
+
+    def h2_trailers(self, sid: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self._fields(headers)
+
+    def h2_data(self, sid: int, data: bytes, size: int) -> None:
+        self.conn.acknowledge(sid, size)
+        if len(self.body) < BODY_LIMIT:
+            self.body += data[:BODY_LIMIT - len(self.body)]
+
+    def h2_end(self, sid: int) -> None:
+        self.done = True
+
+    def h2_reset(self, sid: int, code: int, remote: bool) -> None:
+        self.failed = "the server reset the stream"
+
+    def h2_goaway(self, code: int, last_stream_id: int) -> None:
+        if code or last_stream_id < 1:
+            self.failed = "the server reset the stream"
+
+    def h2_window(self, sid: int) -> None:
+        pass
+
+    def h2_ping(self) -> None:
+        pass
+
+    def h2_settings(self) -> None:
+        pass
 
 
 GRPC_HEALTH_PATH = b"/grpc.health.v1.Health/Check"

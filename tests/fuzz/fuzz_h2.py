@@ -1,5 +1,5 @@
 """atheris fuzz target: HPACK (fastproxy._hpack) and the HTTP/2 connection layer
-(fastproxy._h2.ServerConnection).
+(fastproxy._h2.ServerConnection and ClientConnection).
 
 The first byte picks the target. Even: the rest is a header block for an
 HpackDecoder (fresh, or after the RFC 7541 C.4.1 block put entries in its
@@ -9,7 +9,11 @@ our HpackEncoder and a fresh decoder. Odd: the rest is what a client sends after
 the preface and an empty SETTINGS; it is fed to a ServerConnection whole, and to
 another in pieces whose sizes the input also chooses. Only H2ProtocolError may
 come out, both connections must make the same handler calls and the same
-outcome, and what they send must split into whole frames.
+outcome, and what they send must split into whole frames. First byte 3 mod 4:
+the same for a ClientConnection with streams 1, 3 and 5 open (1 and 5 with
+END_STREAM sent), fed what a server sends after an empty SETTINGS (responses,
+trailers, resets, GOAWAY); its stream room must never go below 0, and after a
+GOAWAY it must refuse new streams.
 
     python tests/fuzz/fuzz_h2.py -max_total_time=10
     python tests/fuzz/fuzz_h2.py crash-<sha1>        # replay one input
@@ -27,7 +31,13 @@ from typing import Any
 
 import atheris
 
-from fastproxy._h2 import PREFACE, H2ProtocolError, ServerConnection
+from fastproxy._h2 import (
+    PREFACE,
+    ClientConnection,
+    H2ProtocolError,
+    H2StreamClosed,
+    ServerConnection,
+)
 from fastproxy._hpack import HpackDecoder, HpackEncoder, HpackError
 
 HERE = Path(__file__).resolve().parent
@@ -45,6 +55,12 @@ class Recorder:
 
     def h2_request(self, sid: int, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
         self.calls.append(("request", sid, headers, ended))
+
+    def h2_response(self, sid: int, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
+        self.calls.append(("response", sid, headers, ended))
+
+    def h2_trailers(self, sid: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.calls.append(("trailers", sid, headers))
 
     def h2_data(self, sid: int, data: bytes, size: int) -> None:
         if not 0 <= len(data) <= size <= 16384:
@@ -117,23 +133,59 @@ def run(pieces: list[bytes]) -> tuple[list[tuple[Any, ...]], object]:
     return rec.calls, outcome
 
 
+REQUEST = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/"),
+           (b":authority", b"up")]
+
+
+def run_client(pieces: list[bytes]) -> tuple[list[tuple[Any, ...]], object]:
+    rec = Recorder()
+    conn = ClientConnection(rec, 8192, LIST_LIMIT, 65535, 1 << 20)
+    for end in (True, False, True):
+        conn.open_stream(REQUEST, end_stream=end)
+    first = conn.data_to_send()
+    if not first.startswith(PREFACE):
+        raise AssertionError("no client preface first")
+    out = [first[len(PREFACE):]]
+    outcome: object = None
+    for piece in [SETTINGS0, *pieces]:
+        try:
+            conn.receive(piece)
+        except H2ProtocolError as exc:
+            outcome = exc.code
+            break
+        if conn.stream_room < 0:
+            raise AssertionError("a negative stream room")
+        out.append(conn.data_to_send())
+    if conn.going_away:
+        try:
+            conn.open_stream(REQUEST, end_stream=True)
+        except H2StreamClosed:
+            pass
+        else:
+            raise AssertionError("a stream opened after GOAWAY")
+    out.append(conn.data_to_send())
+    check_frames(b"".join(out))
+    return rec.calls, outcome
+
+
 def TestOneInput(data: bytes) -> None:
     if not data:
         return
     if data[0] % 2 == 0:
         hpack_case(data[1:], data[0] % 4 == 2)
         return
+    target = run_client if data[0] % 4 == 3 else run
     fdp = atheris.FuzzedDataProvider(data[1:])
     cuts = [fdp.ConsumeIntInRange(1, 64) for _ in range(fdp.ConsumeIntInRange(0, 8))]
     body = fdp.ConsumeBytes(fdp.remaining_bytes())
-    whole = run([body])
+    whole = target([body])
     parts = []
     pos = 0
     for cut in cuts:
         parts.append(body[pos:pos + cut])
         pos += cut
     parts.append(body[pos:])
-    if run(parts) != whole:
+    if target(parts) != whole:
         raise AssertionError("the same bytes in pieces gave other calls")
 
 
@@ -142,7 +194,7 @@ def main(argv: list[str]) -> None:
     if not any(a and not a.startswith("-") for a in args[1:]):
         WORK_CORPUS.mkdir(parents=True, exist_ok=True)
         args += [str(WORK_CORPUS), str(SEEDS)]
-    for fn in (TestOneInput, hpack_case, run, check_frames):
+    for fn in (TestOneInput, hpack_case, run, run_client, check_frames):
         atheris.instrument_func(fn)
     atheris.Setup(args, TestOneInput)
     atheris.Fuzz()
