@@ -343,6 +343,58 @@ def test_h2c_prior_knowledge_and_plain_http1(make_origin: OriginFactory,
     assert 'HTTP/2.0"' in proxy.access_log()[0] and 'HTTP/1.1"' in proxy.access_log()[1]
 
 
+# An HTTP/1.1 upstream's chunked answer whose trailer section holds fields that pass
+# and fields that are never passed on (framing, routing, authentication, content
+# format, cookies, the connection's own).
+TRAILED = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n"
+           b"Trailer: X-Checksum, Grpc-Status\r\n\r\n5\r\nhello\r\n0\r\n"
+           b"X-Checksum: abc123\r\nContent-Type: text/html\r\nContent-Encoding: gzip\r\n"
+           b"Set-Cookie: late=1\r\nAuthorization: Basic eDp5\r\nHost: elsewhere\r\n"
+           b"Connection: keep-alive\r\nKeep-Alive: timeout=5\r\nProxy-Connection: x\r\n"
+           b"Upgrade: h2c\r\nTE: trailers\r\nTrailer: X-Other\r\n"
+           b"Grpc-Status: 0\r\nX-Last:  spaced  \r\n\r\n")
+TRAILERS_PASSED = [(b"x-checksum", b"abc123"), (b"grpc-status", b"0"), (b"x-last", b"spaced")]
+
+
+def test_upstream_trailers_reach_h2_and_http1_clients_alike(
+        make_origin: OriginFactory, start_proxy: Callable[..., ProxyProcess]) -> None:
+    """The trailer section of an HTTP/1.1 upstream's chunked answer: an HTTP/2 client
+    gets it as trailing HEADERS, an HTTP/1.1 client in the last chunk, with the same
+    fields (the same filter for both)."""
+    origin = make_origin(lambda req: Reply(raw=TRAILED), name="app")
+    port = free_port()
+    listener = f'[[listeners]]\naddress = "127.0.0.1:{port}"\nh2c = true\n'
+    proxy = start_proxy(listener, app(origin), port)
+    client = RawH2(port, None)
+    try:
+        sid = client.request("/t", extra=[("te", "trailers")])
+        client.read(lambda: bool(client.of(h2.events.StreamEnded, sid) or client.of(
+            h2.events.StreamReset, sid)))
+        assert not client.of(h2.events.StreamReset, sid), proxy.log()
+        status, headers, body = client.response(sid)
+        assert (status, body) == (200, b"hello"), proxy.log()
+        assert headers[b"content-type"] == b"text/plain"
+        [trailers] = client.of(h2.events.TrailersReceived, sid)
+        assert list(trailers.headers) == TRAILERS_PASSED
+    finally:
+        client.close()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /t HTTP/1.1\r\nHost: a\r\nTE: trailers\r\n\r\n")
+        data = b""
+        while not (b"hello\r\n0\r\n" in data and data.endswith(b"\r\n\r\n")):
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                chunk = b""
+            assert chunk, f"the answer so far: {data!r} {proxy.log()}"
+            data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"Transfer-Encoding: chunked" in head, data
+    assert rest == b"5\r\nhello\r\n0\r\nX-Checksum: abc123\r\nGrpc-Status: 0\r\n" \
+        b"X-Last: spaced\r\n\r\n", rest
+    assert "Traceback" not in proxy.log()
+
+
 @pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load (nghttp2-client) missing")
 def test_h2load_multiplexed_run(make_origin: OriginFactory, certs: Path,
                                 start_proxy: Callable[..., ProxyProcess]) -> None:

@@ -1243,23 +1243,49 @@ def _auth_checked(Exchange ex, auth, bytes header, future):
     ex.auth_done(ok)
 
 
-# Trailer fields that are never passed on: framing, routing and connection-level
-# fields (RFC 9110 §6.5.1), whatever the sender meant by them.
+# Trailer fields that are never passed on, whatever the sender meant by them, to an
+# HTTP/1.1 client, an HTTP/2 client (trailer_fields) or an HTTP/2 server alike: kinds
+# RFC 9110 §6.5.1 says cannot be trailers because they are needed before the content
+# (framing, routing, authentication, content format: the proxy acted on the header
+# section's, for its checks, compression and cache), Set-Cookie (its definition does
+# not allow trailers, so a sender may not generate it there), and the connection's
+# own fields (RFC 9110 §7.6.1), which RFC 9113 §8.2.2 forbids in any HTTP/2 field
+# block. HTTP/2 adds only pseudo-fields (RFC 9113 §8.1), which a name parsed from an
+# HTTP/1.1 trailer line cannot be.
 cdef frozenset _TRAILER_DROP = frozenset([
     b"content-length", b"transfer-encoding", b"host", b"connection", b"keep-alive", b"te",
-    b"trailer", b"upgrade", b"proxy-connection"])
+    b"trailer", b"upgrade", b"proxy-connection", b"content-type", b"content-encoding",
+    b"authorization", b"set-cookie"])
+
+
+cdef list _passed_trailers(bytes trailers):
+    """The lines of a trailer section a parser kept ("name: value"), less those never
+    passed on."""
+    if not trailers:
+        return []
+    return [line for line in trailers.split(_CRLF)
+            if line and line.partition(b":")[0].strip().lower() not in _TRAILER_DROP]
 
 
 cdef bytes last_chunk(bytes trailers):
     """The end of a chunked body: the last chunk with the trailer fields a parser
     kept (`trailers`, "name: value" lines), less those never passed on."""
-    if not trailers:
-        return _LAST_CHUNK
-    lines = [line for line in trailers.split(_CRLF)
-             if line and line.partition(b":")[0].lower() not in _TRAILER_DROP]
+    lines = _passed_trailers(trailers)
     if not lines:
         return _LAST_CHUNK
     return b"0\r\n" + _CRLF.join(lines) + b"\r\n\r\n"
+
+
+def trailer_fields(bytes trailers):
+    """The trailer fields that last_chunk passes on, as (lowercase name, value) pairs:
+    an HTTP/2 client's trailing HEADERS."""
+    cdef list out = []
+    for line in _passed_trailers(trailers):
+        name, sep, value = line.partition(b":")
+        name = name.strip().lower()
+        if sep and name:
+            out.append((name, value.strip()))
+    return out
 
 
 cdef bint is_grpc(MessageHead head) except -1:

@@ -48,7 +48,7 @@ from fastproxy._h2 import (
     request_head,
 )
 from fastproxy._http import BODY_LENGTH, HttpParseError, ResponseParser
-from fastproxy._proxy import ClientConnection
+from fastproxy._proxy import ClientConnection, trailer_fields
 
 log = logging.getLogger("fastproxy.h2")
 
@@ -57,10 +57,6 @@ CONN_WINDOW = 1024 * 1024  # the connection's: all unacknowledged request bytes 
 OUT_HIGH = 64 * 1024  # response bytes a stream holds before its exchange pauses
 OUT_LOW = 16 * 1024  # ... and resumes
 RESET_WINDOW = 10.0  # seconds over which client resets are counted
-# Fields that do not belong in a trailer section (RFC 9110 6.5.1): framing, routing,
-# and what the proxy answers for; the HTTP/1.1 path drops them too.
-_NOT_TRAILERS = frozenset((b"content-length", b"content-type", b"content-encoding", b"host",
-                           b"authorization", b"set-cookie", b"trailer", b"te"))
 # Response fields that HTTP/2 forbids (RFC 9113 8.2.2): the connection's business.
 _HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
                   b"upgrade", b"te"))
@@ -560,14 +556,10 @@ class H2Stream:
         raw = self.parser.trailers
         if raw:
             # The response's trailer section (gRPC's grpc-status above all): a HEADERS
-            # frame with END_STREAM after the last DATA (RFC 9113 8.1).
-            fields = []
-            for line in raw.split(b"\r\n"):
-                name, sep, value = line.partition(b":")
-                name = name.strip().lower()
-                if sep and name and name not in _HOP and name not in _NOT_TRAILERS:
-                    fields.append((name, value.strip()))
-            self.trailers = fields or None
+            # frame with END_STREAM after the last DATA (RFC 9113 8.1). The fields are
+            # those an HTTP/1.1 client gets (trailer_fields drops the same as
+            # last_chunk, the connection-level ones HTTP/2 forbids among them).
+            self.trailers = trailer_fields(raw) or None
         if not self.headers_sent:
             self._send_headers(self.pending_headers, True)
             self._finished()
