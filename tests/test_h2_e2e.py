@@ -30,10 +30,12 @@ import trustme
 from h2.errors import ErrorCodes
 from hyperframe.frame import (
     ContinuationFrame,
+    DataFrame,
     GoAwayFrame,
     HeadersFrame,
     PingFrame,
     SettingsFrame,
+    WindowUpdateFrame,
 )
 
 from servers import Origin, ProxyProcess, Received, Reply, free_port, rss_kib
@@ -503,6 +505,86 @@ def test_control_frame_floods_get_goaway(make_origin: OriginFactory, certs: Path
     finally:
         client.close()
     assert "PING/SETTINGS" in proxy.log()
+
+
+@pytest.mark.parametrize("kind", ["empty DATA", "WINDOW_UPDATE"])
+def test_empty_data_and_window_update_floods_get_goaway(
+        make_origin: OriginFactory, certs: Path, start_proxy: Callable[..., ProxyProcess],
+        kind: str) -> None:
+    """Frames that ask for no answer but cost work count with PING and SETTINGS:
+    empty DATA frames without END_STREAM (CVE-2019-9518) and WINDOW_UPDATEs that
+    no DATA sent to the client explains."""
+    origin = make_origin()
+    port = free_port()
+    proxy = start_proxy(tls_listener(port, certs), app(origin), port,
+                        limits="h2_max_control_frames = 50")
+    client = RawH2(port, certs)
+    try:
+        sid = client.request("/upload", end=False, method="POST")  # a body to come
+        if kind == "empty DATA":
+            frames = DataFrame(sid, data=b"").serialize() * 300
+        else:
+            frames = (WindowUpdateFrame(0, window_increment=1).serialize()
+                      + WindowUpdateFrame(sid, window_increment=1).serialize()) * 150
+        client.sock.sendall(frames)  # in one write: well within a second
+        client.until_closed()
+        goaway = client.goaway()
+        assert goaway is not None and goaway.error_code == ErrorCodes.ENHANCE_YOUR_CALM
+    finally:
+        client.close()
+    assert f"too many {kind} frames" in proxy.log()
+    assert "Traceback" not in proxy.log()
+
+
+def test_window_updates_for_data_sent_are_not_a_flood(
+        make_origin: OriginFactory, certs: Path,
+        start_proxy: Callable[..., ProxyProcess]) -> None:
+    """A client that gives back every 4 KiB it reads, on the stream and on the
+    connection (as some clients do), sends far more WINDOW_UPDATEs a second than
+    h2_max_control_frames: they answer DATA the proxy sent, and are not counted."""
+    big = bytes(range(256)) * (4 * 4096)  # 4 MiB
+    origin = make_origin(lambda req: Reply(200, [], big))
+    port = free_port()
+    proxy = start_proxy(tls_listener(port, certs), app(origin), port,
+                        limits="h2_max_control_frames = 10")
+    client = RawH2(port, certs)
+    conn = client.conn
+    try:
+        sid = client.request("/big")
+        got = bytearray()
+        updates = 0
+        ended = False
+        deadline = time.monotonic() + 30
+        while not ended:
+            assert time.monotonic() < deadline, f"timed out after {len(got)} bytes"
+            client.sock.settimeout(max(0.1, deadline - time.monotonic()))
+            data = client.sock.recv(65536)
+            assert data, f"closed after {len(got)} bytes: {proxy.log()[-500:]}"
+            events = conn.receive_data(data)
+            # (no stream updates once the stream's end is among them: h2 has closed it)
+            ending = any(isinstance(ev, h2.events.StreamEnded) for ev in events)
+            for ev in events:
+                if isinstance(ev, h2.events.DataReceived):
+                    got += ev.data
+                    left = ev.flow_controlled_length
+                    while left > 0:
+                        piece = min(left, 4096)
+                        left -= piece
+                        conn.increment_flow_control_window(piece)
+                        updates += 1
+                        if not ending:
+                            conn.increment_flow_control_window(piece, sid)
+                            updates += 1
+                elif isinstance(ev, (h2.events.StreamEnded, h2.events.StreamReset,
+                                     h2.events.ConnectionTerminated)):
+                    assert isinstance(ev, h2.events.StreamEnded), ev
+                    ended = True
+            client.sock.sendall(conn.data_to_send())
+        assert bytes(got) == big
+        assert updates > 1000
+    finally:
+        client.close()
+    assert "too many" not in proxy.log()
 
 
 def test_streams_over_the_limit_are_refused(make_origin: OriginFactory, certs: Path,

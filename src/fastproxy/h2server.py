@@ -21,9 +21,11 @@ the worker's shutdown) and hands the bytes to the `H2Session`.
 Defences: at most `h2_max_concurrent_streams` streams (one more is refused with
 REFUSED_STREAM), the header list bounded by the listener's header limits (HPACK
 bombs included), header blocks bounded while they arrive (CONTINUATION floods),
-client stream resets per 10 s (rapid reset) and PING/SETTINGS frames per second
-bounded (GOAWAY ENHANCE_YOUR_CALM), also while their answers queue because the
-client does not read.
+client stream resets per 10 s (rapid reset) and control frames per second bounded
+(GOAWAY ENHANCE_YOUR_CALM): PING and SETTINGS, also while their answers queue
+because the client does not read, and with them the frames that ask nothing but
+cost work — empty DATA frames without END_STREAM (CVE-2019-9518) and WINDOW_UPDATEs
+beyond what the DATA sent to the client explains (the connection layer tells which).
 """
 
 from __future__ import annotations
@@ -179,6 +181,9 @@ class H2Session:
         if self._control_frame():
             self._window(0)
 
+    def h2_flood_frame(self, kind: str) -> None:
+        self._control_frame(kind, answered=False)
+
     def h2_goaway(self, code: int, last_stream_id: int) -> None:
         if self.closed:
             return
@@ -276,16 +281,18 @@ class H2Session:
             self.flush_soon = True
             self.loop.call_soon(self.flush)
 
-    def _control_frame(self) -> bool:
+    def _control_frame(self, kind: str = "PING/SETTINGS", answered: bool = True) -> bool:
+        """Count a control frame (`answered`: one we queue an answer to); False when
+        that is one too many and the connection is failed."""
         now = self.loop.time()
         if now - self.control_since >= 1.0:
             self.control_since = now
             self.control = 0
         self.control += 1
-        if self.socket_paused:
+        if self.socket_paused and answered:
             self.queued_control += 1
         if self.control > self.limits.max_control or self.queued_control > self.limits.max_control:
-            self.fail(ENHANCE_YOUR_CALM, "too many PING/SETTINGS frames")
+            self.fail(ENHANCE_YOUR_CALM, f"too many {kind} frames")
             return False
         return True
 
