@@ -64,7 +64,7 @@ from fastproxy._compress cimport (C_NONE, D_IDENTITY, Encoder, Policy, coding_na
                                   rewrite_prefix, stored_form, StoredForm)
 from fastproxy._peers cimport now_ns
 from fastproxy._tops cimport Analytics
-from fastproxy._proxyproto cimport build_v1, build_v2, tlv
+from fastproxy._proxyproto cimport socket_addresses, tlv, upstream_header
 from fastproxy._proxyproto import (PP2_CLIENT_CERT_CONN, PP2_CLIENT_SSL, PP2_SUBTYPE_SSL_CIPHER,
                                    PP2_SUBTYPE_SSL_CN, PP2_SUBTYPE_SSL_VERSION, PP2_TYPE_ALPN,
                                    PP2_TYPE_AUTHORITY, PP2_TYPE_SSL)
@@ -664,31 +664,13 @@ cdef class ClientConnection(ParserHandler):
         if header is not None:
             return header
         if self.pp_addrs is None:
-            peer = self.transport.get_extra_info("peername") if self.transport is not None \
-                else None
-            here = self.transport.get_extra_info("sockname") if self.transport is not None \
-                else None
-            # (host, port, ...) tuples for TCP; anything else (a Unix socket) has no address.
-            peer_ok = isinstance(peer, tuple) and len(peer) >= 2 and isinstance(peer[1], int)
-            here_ok = isinstance(here, tuple) and len(here) >= 2 and isinstance(here[0], str) \
-                and isinstance(here[1], int)
-            self.pp_addrs = (peer[1] if peer_ok else 0,
-                             (<str>here[0]).encode("ascii", "replace") if here_ok else None,
-                             here[1] if here_ok else 0)
+            self.pp_addrs = socket_addresses(self.transport)
         port = <int>self.pp_addrs[0] if src == self.ip else 0
-        try:
-            if self.pp_addrs[1] is None:
-                raise ValueError("no local address")
-            if version == 1:
-                header = build_v1(src, port, self.pp_addrs[1], self.pp_addrs[2])
-            else:
-                if self.pp_tlvs is None:
-                    self.pp_tlvs = b"" if self.tls is None or self.transport is None else \
-                        tls_tlvs(self.transport.get_extra_info("ssl_object"))
-                header = build_v2(src, port, self.pp_addrs[1], self.pp_addrs[2],
-                                  self.pp_tlvs or None)
-        except ValueError:
-            header = build_v1(None, 0, None, 0) if version == 1 else build_v2(None, 0, None, 0)
+        if version != 1 and self.pp_tlvs is None:
+            self.pp_tlvs = b"" if self.tls is None or self.transport is None else \
+                tls_tlvs(self.transport.get_extra_info("ssl_object"))
+        header = upstream_header(version, src, port, self.pp_addrs[1], self.pp_addrs[2],
+                                 (self.pp_tlvs or None) if version != 1 else None)
         if version == 1:
             self.pp_v1 = header
         else:
