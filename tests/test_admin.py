@@ -493,8 +493,16 @@ def test_drain_disable_and_enable_a_server(make_origin: Callable[..., Origin],
         (a.address, "drain", "up"), (b.address, "enabled", "up")]
     assert [(s["protocol"], s["tls"], s["proxy_protocol"]) for s in servers] == [
         ("http1", False, "off")] * 2
-    # With the metrics: each server's tries and in-flight, the upstream's mean time.
-    assert servers[0]["requests"] >= 1 and servers[0]["in_flight"] == 0
+    # With the metrics: each server's tries and in-flight, the upstream's mean time. A
+    # worker counts a request done after its client has the answer: poll for it.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not (
+            all(s["in_flight"] == 0 for s in servers)
+            and sum(s["requests"] for s in servers) == listed["upstreams"]["pool"]["responses"]):
+        time.sleep(0.05)
+        status, listed, _ = api.admin("GET", "/upstreams")
+        servers = listed["upstreams"]["pool"]["servers"]
+    assert servers[0]["requests"] >= 1 and servers[0]["in_flight"] == 0, servers
     assert sum(s["requests"] for s in servers) == listed["upstreams"]["pool"]["responses"]
     assert listed["upstreams"]["pool"]["mean_response_ms"] > 0
     # New clients (new connections, both workers) go to b only; a's own client
