@@ -177,7 +177,7 @@ def test_connection_close_among_the_trailers_is_not_reused(
     def handler(req: Received) -> Reply:
         if req.target == "/trailed":
             return Reply(raw=b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-                             b"2\r\nok\r\n0\r\nConnection: close\r\n\r\n")
+                             b"2\r\nok\r\n0\r\nConnection: close\r\nX-T: 1\r\n\r\n")
         return Reply(body=req.target.encode())
 
     origin = make_origin(handler)
@@ -187,6 +187,8 @@ def test_connection_close_among_the_trailers_is_not_reused(
             c.send(get(path))
             r = c.read_response()
             assert (r.status, r.complete) == (200, True), (path, r.status, r.body, proxy.log())
+            if path == "/trailed":  # the other trailer field passes
+                assert r.wire_body.endswith(b"0\r\nX-T: 1\r\n\r\n"), r.wire_body
     assert [(q.target, q.conn_id) for q in origin.requests] == [
         ("/trailed", 1), ("/after", 2), ("/again", 2)]
     with RawClient(proxy.port) as c:
