@@ -646,11 +646,15 @@ class RawClient:
                 wire += size_line
                 size = int(size_line[:-2], 16)
                 if size == 0:
-                    trailer = self.read_until(b"\r\n")
-                    if trailer is None:
-                        resp.complete = False
-                    else:
+                    # The trailer section: field lines up to an empty line.
+                    while True:
+                        trailer = self.read_until(b"\r\n")
+                        if trailer is None:
+                            resp.complete = False
+                            break
                         wire += trailer
+                        if trailer == b"\r\n":
+                            break
                     break
                 data = self.read_exactly(size + 2)
                 wire += data

@@ -491,8 +491,18 @@ def test_drain_disable_and_enable_a_server(make_origin: Callable[..., Origin],
     servers = listed["upstreams"]["pool"]["servers"]
     assert [(s["address"], s["admin"], s["health"]) for s in servers] == [
         (a.address, "drain", "up"), (b.address, "enabled", "up")]
-    # With the metrics: each server's tries and in-flight, the upstream's mean time.
-    assert servers[0]["requests"] >= 1 and servers[0]["in_flight"] == 0
+    assert [(s["protocol"], s["tls"], s["proxy_protocol"]) for s in servers] == [
+        ("http1", False, "off")] * 2
+    # With the metrics: each server's tries and in-flight, the upstream's mean time. A
+    # worker counts a request done after its client has the answer: poll for it.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not (
+            all(s["in_flight"] == 0 for s in servers)
+            and sum(s["requests"] for s in servers) == listed["upstreams"]["pool"]["responses"]):
+        time.sleep(0.05)
+        status, listed, _ = api.admin("GET", "/upstreams")
+        servers = listed["upstreams"]["pool"]["servers"]
+    assert servers[0]["requests"] >= 1 and servers[0]["in_flight"] == 0, servers
     assert sum(s["requests"] for s in servers) == listed["upstreams"]["pool"]["responses"]
     assert listed["upstreams"]["pool"]["mean_response_ms"] > 0
     # New clients (new connections, both workers) go to b only; a's own client
@@ -531,6 +541,38 @@ def test_drain_disable_and_enable_a_server(make_origin: Callable[..., Origin],
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+def test_upstreams_show_each_servers_protocol_tls_and_proxy_protocol(
+        make_origin: Callable[..., Origin], tmp_path: Path) -> None:
+    """GET /upstreams names how the proxy speaks to each server: HTTP/1.1 or HTTP/2,
+    TLS or not, and the PROXY header it sends (the server's own setting first)."""
+    origin = make_origin(name="app")
+    port, admin_port = free_port(), free_port()
+    text = (f'[server]\nworkers = 1\n[log]\naccess = "off"\n'
+            f'[[listeners]]\naddress = "127.0.0.1:{port}"\n'
+            f'[admin]\naddress = "127.0.0.1:{admin_port}"\n'
+            f'[upstreams.app]\nservers = ["{origin.address}", '
+            '{ address = "https://127.0.0.1:9", proxy_protocol = "v1" }, '
+            '{ address = "127.0.0.1:7", proxy_protocol = "off" }]\nproxy_protocol = "v2"\n'
+            '[upstreams.grpc]\nservers = ["h2c://127.0.0.1:9", "127.0.0.1:7"]\n'
+            'protocol = "h2"\n'
+            '[[routes]]\nmatch = { path_prefix = "/g" }\nupstream = "grpc"\n'
+            '[[routes]]\nupstream = "app"\n')
+    proxy = Proxy(text, tmp_path, port)
+    proxy.admin_port = admin_port
+    proxy.start()
+    try:
+        status, listed, _ = proxy.admin("GET", "/upstreams")
+        assert status == 200, listed
+        shown = {name: [(s["address"], s["protocol"], s["tls"], s["proxy_protocol"])
+                        for s in up["servers"]] for name, up in listed["upstreams"].items()}
+        assert shown == {
+            "app": [(origin.address, "http1", False, "v2"), ("127.0.0.1:9", "http1", True, "v1"),
+                    ("127.0.0.1:7", "http1", False, "off")],
+            "grpc": [("127.0.0.1:9", "h2", False, "off"), ("127.0.0.1:7", "h2", False, "off")]}
+    finally:
+        proxy.stop()
+
+
 def test_reload_through_the_api_when_the_children_run_as_another_user(
         make_origin: Callable[..., Origin], site: Site, tmp_path: Path) -> None:
     # The admin process runs as [server] user; the master stays root, so the

@@ -310,3 +310,19 @@ def test_cache_explain(make_origin: Callable[..., Origin], site: Site, tmp_path:
         proxy.stop()
     assert main(["cache", "explain", config, "http://site/fresh"]) == 2  # nobody listens
     assert "cannot ask" in capsys.readouterr().err
+
+
+def test_cache_explain_upstream_refuses_an_http2_server(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--upstream asks in HTTP/1.1: a route whose first server speaks HTTP/2 is named
+    in a clear error, not sent bytes it cannot read."""
+    from fastproxy.cli import main
+
+    config = tmp_path / "fastproxy.toml"
+    config.write_text(f'[[listeners]]\naddress = "127.0.0.1:{free_port()}"\n'
+                      '[caches.c]\nmemory = "1m"\n'
+                      '[upstreams.grpc]\nservers = ["h2c://127.0.0.1:9"]\n'
+                      '[[routes]]\nupstream = "grpc"\ncache = "c"\n')
+    assert main(["cache", "explain", str(config), "http://site/x", "--upstream"]) == 2
+    err = capsys.readouterr().err
+    assert "127.0.0.1:9, speaks HTTP/2: --upstream asks HTTP/1.1 servers only" in err, err

@@ -30,10 +30,12 @@ import trustme
 from h2.errors import ErrorCodes
 from hyperframe.frame import (
     ContinuationFrame,
+    DataFrame,
     GoAwayFrame,
     HeadersFrame,
     PingFrame,
     SettingsFrame,
+    WindowUpdateFrame,
 )
 
 from servers import Origin, ProxyProcess, Received, Reply, free_port, rss_kib
@@ -394,6 +396,58 @@ def test_h2c_prior_knowledge_and_plain_http1(make_origin: OriginFactory,
     assert 'HTTP/2.0"' in proxy.access_log()[0] and 'HTTP/1.1"' in proxy.access_log()[1]
 
 
+# An HTTP/1.1 upstream's chunked answer whose trailer section holds fields that pass
+# and fields that are never passed on (framing, routing, authentication, content
+# format, cookies, the connection's own).
+TRAILED = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n"
+           b"Trailer: X-Checksum, Grpc-Status\r\n\r\n5\r\nhello\r\n0\r\n"
+           b"X-Checksum: abc123\r\nContent-Type: text/html\r\nContent-Encoding: gzip\r\n"
+           b"Set-Cookie: late=1\r\nAuthorization: Basic eDp5\r\nHost: elsewhere\r\n"
+           b"Connection: keep-alive\r\nKeep-Alive: timeout=5\r\nProxy-Connection: x\r\n"
+           b"Upgrade: h2c\r\nTE: trailers\r\nTrailer: X-Other\r\n"
+           b"Grpc-Status: 0\r\nX-Last:  spaced  \r\n\r\n")
+TRAILERS_PASSED = [(b"x-checksum", b"abc123"), (b"grpc-status", b"0"), (b"x-last", b"spaced")]
+
+
+def test_upstream_trailers_reach_h2_and_http1_clients_alike(
+        make_origin: OriginFactory, start_proxy: Callable[..., ProxyProcess]) -> None:
+    """The trailer section of an HTTP/1.1 upstream's chunked answer: an HTTP/2 client
+    gets it as trailing HEADERS, an HTTP/1.1 client in the last chunk, with the same
+    fields (the same filter for both)."""
+    origin = make_origin(lambda req: Reply(raw=TRAILED), name="app")
+    port = free_port()
+    listener = f'[[listeners]]\naddress = "127.0.0.1:{port}"\nh2c = true\n'
+    proxy = start_proxy(listener, app(origin), port)
+    client = RawH2(port, None)
+    try:
+        sid = client.request("/t", extra=[("te", "trailers")])
+        client.read(lambda: bool(client.of(h2.events.StreamEnded, sid) or client.of(
+            h2.events.StreamReset, sid)))
+        assert not client.of(h2.events.StreamReset, sid), proxy.log()
+        status, headers, body = client.response(sid)
+        assert (status, body) == (200, b"hello"), proxy.log()
+        assert headers[b"content-type"] == b"text/plain"
+        [trailers] = client.of(h2.events.TrailersReceived, sid)
+        assert list(trailers.headers) == TRAILERS_PASSED
+    finally:
+        client.close()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /t HTTP/1.1\r\nHost: a\r\nTE: trailers\r\n\r\n")
+        data = b""
+        while not (b"hello\r\n0\r\n" in data and data.endswith(b"\r\n\r\n")):
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                chunk = b""
+            assert chunk, f"the answer so far: {data!r} {proxy.log()}"
+            data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"Transfer-Encoding: chunked" in head, data
+    assert rest == b"5\r\nhello\r\n0\r\nX-Checksum: abc123\r\nGrpc-Status: 0\r\n" \
+        b"X-Last: spaced\r\n\r\n", rest
+    assert "Traceback" not in proxy.log()
+
+
 @pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load (nghttp2-client) missing")
 def test_h2load_multiplexed_run(make_origin: OriginFactory, certs: Path,
                                 start_proxy: Callable[..., ProxyProcess]) -> None:
@@ -502,6 +556,86 @@ def test_control_frame_floods_get_goaway(make_origin: OriginFactory, certs: Path
     finally:
         client.close()
     assert "PING/SETTINGS" in proxy.log()
+
+
+@pytest.mark.parametrize("kind", ["empty DATA", "WINDOW_UPDATE"])
+def test_empty_data_and_window_update_floods_get_goaway(
+        make_origin: OriginFactory, certs: Path, start_proxy: Callable[..., ProxyProcess],
+        kind: str) -> None:
+    """Frames that ask for no answer but cost work count with PING and SETTINGS:
+    empty DATA frames without END_STREAM (CVE-2019-9518) and WINDOW_UPDATEs that
+    no DATA sent to the client explains."""
+    origin = make_origin()
+    port = free_port()
+    proxy = start_proxy(tls_listener(port, certs), app(origin), port,
+                        limits="h2_max_control_frames = 50")
+    client = RawH2(port, certs)
+    try:
+        sid = client.request("/upload", end=False, method="POST")  # a body to come
+        if kind == "empty DATA":
+            frames = DataFrame(sid, data=b"").serialize() * 300
+        else:
+            frames = (WindowUpdateFrame(0, window_increment=1).serialize()
+                      + WindowUpdateFrame(sid, window_increment=1).serialize()) * 150
+        client.sock.sendall(frames)  # in one write: well within a second
+        client.until_closed()
+        goaway = client.goaway()
+        assert goaway is not None and goaway.error_code == ErrorCodes.ENHANCE_YOUR_CALM
+    finally:
+        client.close()
+    assert f"too many {kind} frames" in proxy.log()
+    assert "Traceback" not in proxy.log()
+
+
+def test_window_updates_for_data_sent_are_not_a_flood(
+        make_origin: OriginFactory, certs: Path,
+        start_proxy: Callable[..., ProxyProcess]) -> None:
+    """A client that gives back every 4 KiB it reads, on the stream and on the
+    connection (as some clients do), sends far more WINDOW_UPDATEs a second than
+    h2_max_control_frames: they answer DATA the proxy sent, and are not counted."""
+    big = bytes(range(256)) * (4 * 4096)  # 4 MiB
+    origin = make_origin(lambda req: Reply(200, [], big))
+    port = free_port()
+    proxy = start_proxy(tls_listener(port, certs), app(origin), port,
+                        limits="h2_max_control_frames = 10")
+    client = RawH2(port, certs)
+    conn = client.conn
+    try:
+        sid = client.request("/big")
+        got = bytearray()
+        updates = 0
+        ended = False
+        deadline = time.monotonic() + 30
+        while not ended:
+            assert time.monotonic() < deadline, f"timed out after {len(got)} bytes"
+            client.sock.settimeout(max(0.1, deadline - time.monotonic()))
+            data = client.sock.recv(65536)
+            assert data, f"closed after {len(got)} bytes: {proxy.log()[-500:]}"
+            events = conn.receive_data(data)
+            # (no stream updates once the stream's end is among them: h2 has closed it)
+            ending = any(isinstance(ev, h2.events.StreamEnded) for ev in events)
+            for ev in events:
+                if isinstance(ev, h2.events.DataReceived):
+                    got += ev.data
+                    left = ev.flow_controlled_length
+                    while left > 0:
+                        piece = min(left, 4096)
+                        left -= piece
+                        conn.increment_flow_control_window(piece)
+                        updates += 1
+                        if not ending:
+                            conn.increment_flow_control_window(piece, sid)
+                            updates += 1
+                elif isinstance(ev, (h2.events.StreamEnded, h2.events.StreamReset,
+                                     h2.events.ConnectionTerminated)):
+                    assert isinstance(ev, h2.events.StreamEnded), ev
+                    ended = True
+            client.sock.sendall(conn.data_to_send())
+        assert bytes(got) == big
+        assert updates > 1000
+    finally:
+        client.close()
+    assert "too many" not in proxy.log()
 
 
 def test_streams_over_the_limit_are_refused(make_origin: OriginFactory, certs: Path,

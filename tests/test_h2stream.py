@@ -1,12 +1,14 @@
-"""_h2stream.response_fields / trailer_fields: a response head as HTTP/2 fields,
-through the recent-fields cache (the same tuple for the same field as received)."""
+"""_h2stream.response_fields: a response head as HTTP/2 fields, through the
+recent-fields cache (the same tuple for the same field as received); and the
+trailer fields an HTTP/2 client gets (_proxy.trailer_fields)."""
 
 from __future__ import annotations
 
 import random
 
-from fastproxy._h2stream import response_fields, trailer_fields
+from fastproxy._h2stream import response_fields
 from fastproxy._http import MessageHead, ResponseParser
+from fastproxy._proxy import trailer_fields
 
 
 class Heads:

@@ -168,6 +168,40 @@ def test_upstream_connection_close_opens_a_new_connection(
     assert origin.connections == 2
 
 
+def test_connection_close_among_the_trailers_is_not_reused(
+        make_origin: Callable[..., Origin], make_proxy: Callable[..., ProxyProcess]) -> None:
+    """A `Connection: close` in a chunked answer's trailer section: the parser (llhttp)
+    takes no more bytes on that connection, so it must not go back to the pool (the
+    next request on it got a 502: "Data after `Connection: close`"). Both ways:
+    from the upstream, and from a client's chunked request."""
+    def handler(req: Received) -> Reply:
+        if req.target == "/trailed":
+            return Reply(raw=b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                             b"2\r\nok\r\n0\r\nConnection: close\r\nX-T: 1\r\n\r\n")
+        return Reply(body=req.target.encode())
+
+    origin = make_origin(handler)
+    proxy = make_proxy({"backend": [origin.address]})
+    with RawClient(proxy.port) as c:
+        for path in ("/trailed", "/after", "/again"):
+            c.send(get(path))
+            r = c.read_response()
+            assert (r.status, r.complete) == (200, True), (path, r.status, r.body, proxy.log())
+            if path == "/trailed":  # the other trailer field passes
+                assert r.wire_body.endswith(b"0\r\nX-T: 1\r\n\r\n"), r.wire_body
+    assert [(q.target, q.conn_id) for q in origin.requests] == [
+        ("/trailed", 1), ("/after", 2), ("/again", 2)]
+    with RawClient(proxy.port) as c:
+        c.send(b"POST /posted HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"2\r\nhi\r\n0\r\nConnection: close\r\n\r\n")
+        r = c.read_response()
+        assert r.status == 200, (r.status, r.body)
+        # The client's connection can take no more: the proxy closes it after the answer.
+        c.sock.settimeout(5)
+        assert c.sock.recv(100) == b""
+    assert "Traceback" not in proxy.log()
+
+
 def test_pooled_connection_closed_by_origin_while_idle_is_replaced(
         make_origin: Callable[..., Origin], make_proxy: Callable[..., ProxyProcess]) -> None:
     # The origin answers with a keep-alive response, then closes the connection

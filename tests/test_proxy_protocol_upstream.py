@@ -560,6 +560,54 @@ def test_nginx_reads_the_header(tmp_path: Path, start_proxy,  # type: ignore[no-
         nginx.stop()
 
 
+@pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
+@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_cache_explain_asks_the_upstream_as_the_proxy_does(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], version: str, tls: bool) -> None:
+    """`fastproxy cache explain --upstream` reaches the server as the proxy does: the
+    PROXY header its config names first (v2 LOCAL / v1 UNKNOWN, as the health
+    checks: no client), TLS to an https:// server. nginx with `proxy_protocol`
+    closes a connection that does not start with one."""
+    from fastproxy.cli import main
+
+    cert = None
+    extra = ""
+    scheme = ""
+    if tls:
+        ca = trustme.CA()
+        leaf = ca.issue_cert("127.0.0.1")
+        cert = (str(tmp_path / "cert.pem"), str(tmp_path / "key.pem"))
+        leaf.cert_chain_pems[0].write_to_path(cert[0])
+        leaf.private_key_pem.write_to_path(cert[1])
+        ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+        extra = f'tls = {{ ca = "{tmp_path / "ca.pem"}" }}\n'
+        scheme = "https://"
+    nginx = Nginx(tmp_path / "nginx", "ssl proxy_protocol" if tls else "proxy_protocol", cert)
+    try:
+        config = tmp_path / "fastproxy.toml"
+        config.write_text(f'[[listeners]]\naddress = "127.0.0.1:{free_port()}"\n'
+                          '[caches.c]\nmemory = "1m"\n'
+                          f'[upstreams.app]\nservers = ["{scheme}127.0.0.1:{nginx.port}"]\n'
+                          f'proxy_protocol = "{version}"\n{extra}'
+                          '[[routes]]\nupstream = "app"\ncache = "c"\n')
+        code = main(["cache", "explain", str(config), "http://site/explained", "--upstream"])
+        out, err = capsys.readouterr()
+        assert code == 0, (err, (tmp_path / "nginx" / "error.log").read_text())
+        header = "v2 LOCAL" if version == "v2" else "v1 UNKNOWN"
+        assert f"asked:     the upstream, 127.0.0.1:{nginx.port}: GET /explained (PROXY " \
+               f"{header} header first{'; TLS, server name 127.0.0.1' if tls else ''})" in out
+        assert "response:  200" in out, out
+        log = tmp_path / "nginx" / "access.log"  # written once nginx is done: poll it
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and '"GET /explained HTTP/1.1" 200 ' not in (
+                log.read_text() if log.exists() else ""):
+            time.sleep(0.05)
+        assert '"GET /explained HTTP/1.1" 200 ' in log.read_text(), log.read_text()
+    finally:
+        nginx.stop()
+
+
 def test_fastproxy_listener_behind_fastproxy_over_tls(
         tmp_path: Path, start_proxy, make_origin) -> None:  # type: ignore[no-untyped-def]
     """A second fastproxy with a TLS listener taking PROXY headers: the header goes

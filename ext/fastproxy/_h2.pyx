@@ -4,7 +4,8 @@ the connection's rules, stream states and flow control. HPACK is _hpack's.
 `ServerConnection.receive(data)` parses frames straight from the bytes read
 (what is left of a frame waits for the next read) and tells its handler what
 they mean through a few methods (`h2_request`, `h2_data`, `h2_end`, `h2_reset`,
-`h2_window`, `h2_ping`, `h2_settings`, `h2_goaway`), with no event objects. The
+`h2_window`, `h2_ping`, `h2_settings`, `h2_goaway`, and `h2_flood_frame` if it has
+it), with no event objects. The
 frames we send are written into one buffer that `data_to_send()` empties.
 
 Checked as the bytes arrive, so that nothing is buffered that will be refused:
@@ -152,6 +153,14 @@ cdef class _Connection:
     cdef bint client
     cdef object on_request, on_data, on_end, on_reset, on_window, on_ping
     cdef object on_settings, on_goaway, on_trailers
+    # Frames that cost work and ask nothing (empty DATA without END_STREAM, WINDOW_UPDATEs
+    # beyond update_credit) are told to `h2_flood_frame(kind)` when the handler has it:
+    # the server counts them with PING and SETTINGS (empty frames flood, CVE-2019-9518).
+    cdef object on_flood
+    # WINDOW_UPDATEs a client may send for the DATA we sent: two (stream and connection)
+    # for each frame, and two more per 4 KiB in it (clients that give back what each
+    # read took); only those beyond it count as a flood.
+    cdef int64_t update_credit
     cdef public int next_stream_id  # (client) the id of the next stream we open
     cdef public object peer_max_streams  # the peer's SETTINGS_MAX_CONCURRENT_STREAMS
     cdef HpackDecoder decoder
@@ -184,6 +193,7 @@ cdef class _Connection:
         self.client = client
         self.on_request = handler.h2_response if client else handler.h2_request
         self.on_trailers = getattr(handler, "h2_trailers", None)
+        self.on_flood = getattr(handler, "h2_flood_frame", None)
         self.peer_max_streams = None  # unlimited until the peer's SETTINGS say
         self.next_stream_id = 1
         self.on_data = handler.h2_data
@@ -237,7 +247,7 @@ cdef class _Connection:
         self.stopped = True
         self.on_request = self.on_data = self.on_end = self.on_reset = None
         self.on_window = self.on_ping = self.on_settings = self.on_goaway = None
-        self.on_trailers = None
+        self.on_trailers = self.on_flood = None
         self.streams.clear()
         self.inbuf = bytearray()
 
@@ -354,6 +364,7 @@ cdef class _Connection:
                     &view[0] if n else NULL, n)
         s.send_window -= n
         self.conn_send -= n
+        self.update_credit += 2 + 2 * ((n + 4095) >> 12)
         if end_stream:
             self._close_local(s)
 
@@ -533,6 +544,10 @@ cdef class _Connection:
             off = 1
             if pad > n - 1:
                 self._fail(PROTOCOL_ERROR, "DATA padding longer than the frame")
+        if n - off - pad == 0 and not flags & F_END_STREAM and self.on_flood is not None:
+            self.on_flood("empty DATA")
+            if self.stopped:
+                return 0
         if n > self.conn_recv:
             self._fail(FLOW_CONTROL_ERROR, "DATA over the connection's window")
         self.conn_recv -= n
@@ -704,6 +719,12 @@ cdef class _Connection:
         cdef _Stream s
         if n != 4:
             self._fail(FRAME_SIZE_ERROR, "WINDOW_UPDATE of the wrong length")
+        if self.update_credit > 0:
+            self.update_credit -= 1
+        elif self.on_flood is not None:
+            self.on_flood("WINDOW_UPDATE")
+            if self.stopped:
+                return 0
         inc = get32(p) & 0x7fffffff
         if not sid:
             if not inc:

@@ -50,7 +50,7 @@ from fastproxy._h2 import (
 )
 from fastproxy._hpack import STATIC_TABLE
 from fastproxy._http import HttpParseError
-from fastproxy._proxy import ClientConnection
+from fastproxy._proxy import ClientConnection, trailer_fields
 
 log = logging.getLogger("fastproxy.h2")
 
@@ -65,10 +65,6 @@ cdef Py_ssize_t C_OUT_LOW = OUT_LOW
 # Response fields that HTTP/2 forbids (RFC 9113 8.2.2): the connection's business.
 HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
                  b"upgrade", b"te"))
-# Fields that do not belong in a trailer section (RFC 9110 6.5.1): framing, routing,
-# and what the proxy answers for; the HTTP/1.1 path drops them too.
-NOT_TRAILERS = frozenset((b"content-length", b"content-type", b"content-encoding", b"host",
-                          b"authorization", b"set-cookie", b"trailer", b"te"))
 
 
 cdef bytes lower_bytes(const char* p, Py_ssize_t n):
@@ -180,19 +176,6 @@ cpdef list response_fields(MessageHead head):
     return fields
 
 
-cpdef list trailer_fields(bytes raw):
-    """The fields of a trailer section ("name: value\\r\\n" lines, as the parser keeps
-    them) that may go to an HTTP/2 client, names lower-cased."""
-    cdef list fields = []
-    cdef bytes line, name, value
-    for line in raw.split(b"\r\n"):
-        name, sep, value = line.partition(b":")
-        name = name.strip().lower()
-        if sep and name and name not in HOP and name not in NOT_TRAILERS:
-            fields.append((name, value.strip()))
-    return fields
-
-
 cdef class H2Stream
 
 
@@ -292,6 +275,9 @@ cdef class H2Session:
         if self._control_frame():
             self._window(0)
 
+    def h2_flood_frame(self, str kind):
+        self._control_frame(kind, False)
+
     def h2_goaway(self, int code, int last_stream_id):
         if self.closed:
             return
@@ -389,16 +375,18 @@ cdef class H2Session:
             self.flush_soon = True
             self.loop.call_soon(self.flush)
 
-    cdef bint _control_frame(self) except -1:
+    cdef bint _control_frame(self, str kind="PING/SETTINGS", bint answered=True) except -1:
+        """Count a control frame (`answered`: one we queue an answer to); False when
+        that is one too many and the connection is failed."""
         cdef double now = self.loop.time()
         if now - self.control_since >= 1.0:
             self.control_since = now
             self.control = 0
         self.control += 1
-        if self.socket_paused:
+        if self.socket_paused and answered:
             self.queued_control += 1
         if self.control > self.max_control or self.queued_control > self.max_control:
-            self.fail(ENHANCE_YOUR_CALM, "too many PING/SETTINGS frames")
+            self.fail(ENHANCE_YOUR_CALM, f"too many {kind} frames")
             return False
         return True
 
@@ -697,7 +685,9 @@ cdef class H2Stream(ParserHandler):
         raw = parser.trailers
         if raw:
             # The response's trailer section (gRPC's grpc-status above all): a HEADERS
-            # frame with END_STREAM after the last DATA (RFC 9113 8.1).
+            # frame with END_STREAM after the last DATA (RFC 9113 8.1). The fields are
+            # those an HTTP/1.1 client gets (trailer_fields drops the same as
+            # last_chunk, the connection-level ones HTTP/2 forbids among them).
             self.trailers = trailer_fields(raw) or None
         if not self.headers_sent:
             self._send_headers(self.pending_headers, True)

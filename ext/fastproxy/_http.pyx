@@ -290,6 +290,12 @@ cdef int cb_message_complete(llhttp_t* p) noexcept:
         if self._len > self._trailer_start:
             self.trailers = PyBytes_FromStringAndSize(self._buf + self._trailer_start,
                                                       self._len - self._trailer_start)
+            # llhttp reads a Connection field among the trailers too: after "close"
+            # it takes no more bytes on the connection (HPE_CLOSED_CONNECTION), so
+            # the message must not count as keep-alive.
+            if self.head is not None and self.head.keep_alive \
+                    and not llhttp_should_keep_alive(p):
+                self.head.keep_alive = False
         self._handler.on_message_complete()
     except BaseException as e:
         self._error = e

@@ -64,7 +64,7 @@ from fastproxy._compress cimport (C_NONE, D_IDENTITY, Encoder, Policy, coding_na
                                   rewrite_prefix, stored_form, StoredForm)
 from fastproxy._peers cimport now_ns
 from fastproxy._tops cimport Analytics
-from fastproxy._proxyproto cimport build_v1, build_v2, tlv
+from fastproxy._proxyproto cimport socket_addresses, tlv, upstream_header
 from fastproxy._proxyproto import (PP2_CLIENT_CERT_CONN, PP2_CLIENT_SSL, PP2_SUBTYPE_SSL_CIPHER,
                                    PP2_SUBTYPE_SSL_CN, PP2_SUBTYPE_SSL_VERSION, PP2_TYPE_ALPN,
                                    PP2_TYPE_AUTHORITY, PP2_TYPE_SSL)
@@ -664,31 +664,13 @@ cdef class ClientConnection(ParserHandler):
         if header is not None:
             return header
         if self.pp_addrs is None:
-            peer = self.transport.get_extra_info("peername") if self.transport is not None \
-                else None
-            here = self.transport.get_extra_info("sockname") if self.transport is not None \
-                else None
-            # (host, port, ...) tuples for TCP; anything else (a Unix socket) has no address.
-            peer_ok = isinstance(peer, tuple) and len(peer) >= 2 and isinstance(peer[1], int)
-            here_ok = isinstance(here, tuple) and len(here) >= 2 and isinstance(here[0], str) \
-                and isinstance(here[1], int)
-            self.pp_addrs = (peer[1] if peer_ok else 0,
-                             (<str>here[0]).encode("ascii", "replace") if here_ok else None,
-                             here[1] if here_ok else 0)
+            self.pp_addrs = socket_addresses(self.transport)
         port = <int>self.pp_addrs[0] if src == self.ip else 0
-        try:
-            if self.pp_addrs[1] is None:
-                raise ValueError("no local address")
-            if version == 1:
-                header = build_v1(src, port, self.pp_addrs[1], self.pp_addrs[2])
-            else:
-                if self.pp_tlvs is None:
-                    self.pp_tlvs = b"" if self.tls is None or self.transport is None else \
-                        tls_tlvs(self.transport.get_extra_info("ssl_object"))
-                header = build_v2(src, port, self.pp_addrs[1], self.pp_addrs[2],
-                                  self.pp_tlvs or None)
-        except ValueError:
-            header = build_v1(None, 0, None, 0) if version == 1 else build_v2(None, 0, None, 0)
+        if version != 1 and self.pp_tlvs is None:
+            self.pp_tlvs = b"" if self.tls is None or self.transport is None else \
+                tls_tlvs(self.transport.get_extra_info("ssl_object"))
+        header = upstream_header(version, src, port, self.pp_addrs[1], self.pp_addrs[2],
+                                 (self.pp_tlvs or None) if version != 1 else None)
         if version == 1:
             self.pp_v1 = header
         else:
@@ -1254,23 +1236,49 @@ def _auth_checked(Exchange ex, auth, bytes header, future):
     ex.auth_done(ok)
 
 
-# Trailer fields that are never passed on: framing, routing and connection-level
-# fields (RFC 9110 §6.5.1), whatever the sender meant by them.
+# Trailer fields that are never passed on, whatever the sender meant by them, to an
+# HTTP/1.1 client, an HTTP/2 client (trailer_fields) or an HTTP/2 server alike: kinds
+# RFC 9110 §6.5.1 says cannot be trailers because they are needed before the content
+# (framing, routing, authentication, content format: the proxy acted on the header
+# section's, for its checks, compression and cache), Set-Cookie (its definition does
+# not allow trailers, so a sender may not generate it there), and the connection's
+# own fields (RFC 9110 §7.6.1), which RFC 9113 §8.2.2 forbids in any HTTP/2 field
+# block. HTTP/2 adds only pseudo-fields (RFC 9113 §8.1), which a name parsed from an
+# HTTP/1.1 trailer line cannot be.
 cdef frozenset _TRAILER_DROP = frozenset([
     b"content-length", b"transfer-encoding", b"host", b"connection", b"keep-alive", b"te",
-    b"trailer", b"upgrade", b"proxy-connection"])
+    b"trailer", b"upgrade", b"proxy-connection", b"content-type", b"content-encoding",
+    b"authorization", b"set-cookie"])
+
+
+cdef list _passed_trailers(bytes trailers):
+    """The lines of a trailer section a parser kept ("name: value"), less those never
+    passed on."""
+    if not trailers:
+        return []
+    return [line for line in trailers.split(_CRLF)
+            if line and line.partition(b":")[0].strip().lower() not in _TRAILER_DROP]
 
 
 cdef bytes last_chunk(bytes trailers):
     """The end of a chunked body: the last chunk with the trailer fields a parser
     kept (`trailers`, "name: value" lines), less those never passed on."""
-    if not trailers:
-        return _LAST_CHUNK
-    lines = [line for line in trailers.split(_CRLF)
-             if line and line.partition(b":")[0].lower() not in _TRAILER_DROP]
+    lines = _passed_trailers(trailers)
     if not lines:
         return _LAST_CHUNK
     return b"0\r\n" + _CRLF.join(lines) + b"\r\n\r\n"
+
+
+def trailer_fields(bytes trailers):
+    """The trailer fields that last_chunk passes on, as (lowercase name, value) pairs:
+    an HTTP/2 client's trailing HEADERS."""
+    cdef list out = []
+    for line in _passed_trailers(trailers):
+        name, sep, value = line.partition(b":")
+        name = name.strip().lower()
+        if sep and name:
+            out.append((name, value.strip()))
+    return out
 
 
 cdef bint is_grpc(MessageHead head) except -1:

@@ -19,6 +19,12 @@ cdef Py_ssize_t parse_header(const unsigned char* p, Py_ssize_t n, ProxyHeader* 
 cdef tuple header_tuple(const ProxyHeader* h)
 
 cpdef tuple parse(bytes data)
+
+# PROXY headers sent to upstreams (by HTTP and TCP listeners alike): the addresses of a
+# transport's socket, and the header for a client and the address it reached.
+cdef tuple socket_addresses(object transport)
+cdef bytes upstream_header(int version, bytes src, int src_port, bytes dst, int dst_port,
+                           bytes tlvs)
 cpdef bytes build_v1(object src_ip, object src_port, object dst_ip, object dst_port)
 cpdef bytes build_v2(object src_ip, object src_port, object dst_ip, object dst_port,
                      bytes tlvs=*)

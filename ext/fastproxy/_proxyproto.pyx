@@ -493,6 +493,38 @@ cdef int _endpoints(object src_ip, object src_port, object dst_ip, object dst_po
     return 0
 
 
+cdef tuple socket_addresses(object transport):
+    """(peer port, local address as ASCII bytes, local port) of a transport's TCP
+    socket; the address is None (ports 0) for what has none (a Unix socket, no
+    transport)."""
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    here = transport.get_extra_info("sockname") if transport is not None else None
+    # (host, port, ...) tuples for TCP; anything else (a Unix socket) has no address.
+    peer_ok = isinstance(peer, tuple) and len(peer) >= 2 and isinstance(peer[1], int)
+    here_ok = isinstance(here, tuple) and len(here) >= 2 and isinstance(here[0], str) \
+        and isinstance(here[1], int)
+    return (peer[1] if peer_ok else 0,
+            (<str>here[0]).encode("ascii", "replace") if here_ok else None,
+            here[1] if here_ok else 0)
+
+
+cdef bytes upstream_header(int version, bytes src, int src_port, bytes dst, int dst_port,
+                           bytes tlvs):
+    """The PROXY header (`version` 1 or 2) that starts a connection to an upstream
+    for client `src`:`src_port` that reached `dst`:`dst_port` (v2: with `tlvs`,
+    encoded, or None). When either address is None, or the header cannot carry them
+    (not an address, IPv4 to IPv6), v1 UNKNOWN / v2 LOCAL: the server keeps the
+    connection's own addresses."""
+    try:
+        if src is not None and dst is not None:
+            if version == 1:
+                return build_v1(src, src_port, dst, dst_port)
+            return build_v2(src, src_port, dst, dst_port, tlvs)
+    except ValueError:
+        pass
+    return build_v1(None, 0, None, 0) if version == 1 else build_v2(None, 0, None, 0)
+
+
 cpdef bytes build_v1(object src_ip, object src_port, object dst_ip, object dst_port):
     """The v1 line for a connection from src to dst: "PROXY TCP4|TCP6 src dst sport
     dport\\r\\n" with the addresses in canonical form, or b"PROXY UNKNOWN\\r\\n" when

@@ -37,7 +37,7 @@ from fastproxy._url cimport IpSet
 import asyncio
 import logging
 
-from fastproxy._proxyproto import build_v1, build_v2
+from fastproxy._proxyproto cimport socket_addresses, upstream_header
 
 log = logging.getLogger("fastproxy.stream")
 
@@ -540,22 +540,11 @@ cdef class StreamClient:
         the sockets'). An address the header cannot carry gives v1 UNKNOWN / v2 LOCAL."""
         cdef tuple addrs = self.pp_addrs
         if addrs is None:
-            peer = self.transport.get_extra_info("peername")
-            here = self.transport.get_extra_info("sockname")
-            peer_ok = isinstance(peer, tuple) and len(peer) >= 2 and isinstance(peer[1], int)
-            here_ok = isinstance(here, tuple) and len(here) >= 2 and isinstance(here[0], str) \
-                and isinstance(here[1], int)
-            addrs = (peer[1] if peer_ok and not self.peer_given else 0,
-                     (<str>here[0]).encode("ascii", "replace") if here_ok else None,
-                     here[1] if here_ok else 0)
-        try:
-            if addrs[1] is None or self.ip == b"-":
-                raise ValueError("no address")
-            if version == 1:
-                return build_v1(self.ip, addrs[0], addrs[1], addrs[2])
-            return build_v2(self.ip, addrs[0], addrs[1], addrs[2])
-        except ValueError:
-            return build_v1(None, 0, None, 0) if version == 1 else build_v2(None, 0, None, 0)
+            addrs = socket_addresses(self.transport)
+            if self.peer_given:  # a port that is not the given client's
+                addrs = (0, addrs[1], addrs[2])
+        return upstream_header(version, None if self.ip == b"-" else self.ip, addrs[0],
+                               addrs[1], addrs[2], None)
 
     # -- facts for the access log -----------------------------------------------------
     @property

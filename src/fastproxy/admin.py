@@ -632,6 +632,10 @@ class AdminServer:
                 state = self.table.state(first + i)
                 entry = {"address": server.address, "weight": server.weight,
                          "backup": server.backup, "max_conns": server.max_conns,
+                         "protocol": "h2" if server.h2 or upstream.protocol == "h2"
+                         else "http1",
+                         "tls": server.tls,
+                         "proxy_protocol": upstream.server_proxy_protocol(server),
                          "health": "up" if state["up"] else "down",
                          "ejections": state["ejections"],
                          "ejected_for": round(state["ejected_for"], 3),

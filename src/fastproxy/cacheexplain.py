@@ -11,12 +11,17 @@ this request. The response is, by choice:
   so that the upstream is never asked (a 504 means nothing is stored, in the
   worker that answered: the memory tier is per worker);
 * ``--upstream``: a fresh ``GET`` to the route's first server, as a fill would
-  send it (the client's conditionals and Range left out).
+  send it (the client's conditionals and Range left out), over TLS to an
+  ``https://`` server and after a PROXY header (v2 LOCAL or v1 UNKNOWN, as the
+  health checks send) to one with ``proxy_protocol``. HTTP/2 servers are not
+  asked (the question is HTTP/1.1).
 """
 
 from __future__ import annotations
 
 import http.client
+import socket
+import ssl
 import time
 from collections.abc import Sequence
 
@@ -26,8 +31,9 @@ from fastproxy import cachepolicy
 from fastproxy._actions import ProxyAction, Template
 from fastproxy._cache import cache_key
 from fastproxy._router import new_context
-from fastproxy.config import Config, RedisCacheSpec
+from fastproxy.config import Config, RedisCacheSpec, ServerAddress, Upstream
 from fastproxy.diskcache import entry_path
+from fastproxy.health import check_proxy_header
 from fastproxy.redislink import check_url
 from fastproxy.routing import ExplainError, _parse, _request_bytes, build_router
 
@@ -37,10 +43,52 @@ _NOT_SENT = {b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodifie
              b"range", b"if-range", b"host", b"connection"}
 
 
-def _fetch(address: tuple[str, int], method: str, target: bytes, host: bytes,
-           headers: Sequence[tuple[bytes, bytes]], timeout: float
+class _ServerConnection(http.client.HTTPConnection):
+    """HTTP/1.1 to an upstream server as the proxy reaches it: `first` (a PROXY
+    header) before anything else, then TLS when `tls` (context, server name)."""
+
+    def __init__(self, host: str, port: int, timeout: float, first: bytes,
+                 tls: tuple[ssl.SSLContext, str] | None) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self.first = first
+        self.tls = tls
+
+    def connect(self) -> None:
+        super().connect()
+        sock: socket.socket = self.sock
+        if self.first:
+            sock.sendall(self.first)
+        if self.tls is not None:
+            self.sock = self.tls[0].wrap_socket(sock, server_hostname=self.tls[1])
+
+
+def _server_connection(upstream: Upstream, server: ServerAddress, timeout: float
+                       ) -> tuple[_ServerConnection, str]:
+    """A connection to `server` as the proxy makes them, and how (for the output)."""
+    how = []
+    first = check_proxy_header(upstream.server_proxy_protocol(server))
+    if first:
+        how.append("PROXY " + ("v2 LOCAL" if upstream.server_proxy_protocol(server) == "v2"
+                               else "v1 UNKNOWN") + " header first")
+    tls = None
+    if server.tls:
+        from fastproxy.tls import client_context
+
+        try:
+            context = client_context(upstream.tls)
+        except (ValueError, OSError) as exc:
+            raise ExplainError(f"upstreams.{upstream.name}.tls: {exc}") from None
+        tls = (context, upstream.tls.sni or server.host)
+        how.append(f"TLS, server name {tls[1]}")
+    conn = _ServerConnection(server.host, server.port, timeout, first, tls)
+    return conn, f" ({'; '.join(how)})" if how else ""
+
+
+def _fetch(address: tuple[str, int] | http.client.HTTPConnection, method: str, target: bytes,
+           host: bytes, headers: Sequence[tuple[bytes, bytes]], timeout: float
            ) -> tuple[int, list[tuple[bytes, bytes]], float, float]:
-    conn = http.client.HTTPConnection(address[0], address[1], timeout=timeout)
+    conn = address if isinstance(address, http.client.HTTPConnection) else \
+        http.client.HTTPConnection(address[0], address[1], timeout=timeout)
     sent = time.time()
     try:
         conn.putrequest(method, target.decode("latin-1"), skip_host=True,
@@ -137,11 +185,16 @@ def cache_explain(config: Config, url: str, headers: Sequence[str] = (),
             action = rule.action
             assert isinstance(action, ProxyAction)
             target = (action.target_for(ctx) if action.rewrites else ctx.target) or b"/"
-            server = config.upstreams[route.upstream or ""].servers[0]
+            group = config.upstreams[route.upstream or ""]
+            server = group.servers[0]
+            if server.h2 or group.protocol == "h2":
+                raise ExplainError(f"the route's first server, {server.address}, speaks "
+                                   "HTTP/2: --upstream asks HTTP/1.1 servers only")
+            conn, how = _server_connection(group, server, timeout)
             out.append(f"asked:     the upstream, {server.address}: GET "
-                       f"{target.decode('latin-1')}")
+                       f"{target.decode('latin-1')}{how}")
             status, fields, request_time, response_time = _fetch(
-                (server.host, server.port), "GET", target, host, sent, timeout)
+                conn, "GET", target, host, sent, timeout)
         else:
             where = _address(proxy) if proxy else (config.listeners[0].host.replace(
                 "0.0.0.0", "127.0.0.1").replace("::", "::1"), config.listeners[0].port)
@@ -153,8 +206,8 @@ def cache_explain(config: Config, url: str, headers: Sequence[str] = (),
                 out.append("stored:    no (504 to only-if-cached: not in the worker that "
                            "answered)")
                 return out
-    except OSError as exc:
-        raise ExplainError(f"cannot ask: {exc}") from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise ExplainError(f"cannot ask: {type(exc).__name__}: {exc}") from None
     out.append(f"response:  {status}")
     out += [f"  {name.decode('latin-1')}: {value.decode('latin-1')}"
             for name, value in fields if name.lower() in _SHOWN]

@@ -23,9 +23,11 @@ the worker's shutdown) and hands the bytes to the `H2Session`.
 Defences: at most `h2_max_concurrent_streams` streams (one more is refused with
 REFUSED_STREAM), the header list bounded by the listener's header limits (HPACK
 bombs included), header blocks bounded while they arrive (CONTINUATION floods),
-client stream resets per 10 s (rapid reset) and PING/SETTINGS frames per second
-bounded (GOAWAY ENHANCE_YOUR_CALM), also while their answers queue because the
-client does not read.
+client stream resets per 10 s (rapid reset) and control frames per second bounded
+(GOAWAY ENHANCE_YOUR_CALM): PING and SETTINGS, also while their answers queue
+because the client does not read, and with them the frames that ask nothing but
+cost work — empty DATA frames without END_STREAM (CVE-2019-9518) and WINDOW_UPDATEs
+beyond what the DATA sent to the client explains (the connection layer tells which).
 """
 
 from __future__ import annotations

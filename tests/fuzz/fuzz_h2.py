@@ -85,6 +85,11 @@ class Recorder:
     def h2_goaway(self, code: int, last: int) -> None:
         self.calls.append(("goaway", code, last))
 
+    def h2_flood_frame(self, kind: str) -> None:
+        if kind not in ("empty DATA", "WINDOW_UPDATE"):
+            raise AssertionError(f"flood frame of an unknown kind {kind!r}")
+        self.calls.append(("flood", kind))
+
 
 def check_frames(data: bytes) -> None:
     pos = 0
