@@ -137,51 +137,13 @@ cdef inline int _setting(uint8_t* s, int i, int ident, uint32_t value) noexcept:
 
 @cython.freelist(64)
 cdef class _Stream:
-    cdef int sid
-    cdef int64_t send_window  # what the client lets us send
-    cdef int64_t recv_window  # what the client may still send us
-    cdef int64_t owed  # acknowledged bytes not yet given back by WINDOW_UPDATE
-    cdef bint remote_closed  # END_STREAM received
-    cdef bint local_closed  # END_STREAM sent
-    cdef bint got_response  # (client) the final response's HEADERS came
+    """One stream's state (its fields are declared in _h2.pxd)."""
 
 
 cdef class _Connection:
     """One HTTP/2 connection's state: ServerConnection and ClientConnection below
-    differ in how they start, who opens streams and what HEADERS mean."""
-
-    cdef bint client
-    cdef object on_request, on_data, on_end, on_reset, on_window, on_ping
-    cdef object on_settings, on_goaway, on_trailers
-    # Frames that cost work and ask nothing (empty DATA without END_STREAM, WINDOW_UPDATEs
-    # beyond update_credit) are told to `h2_flood_frame(kind)` when the handler has it:
-    # the server counts them with PING and SETTINGS (empty frames flood, CVE-2019-9518).
-    cdef object on_flood
-    # WINDOW_UPDATEs a client may send for the DATA we sent: two (stream and connection)
-    # for each frame, and two more per 4 KiB in it (clients that give back what each
-    # read took); only those beyond it count as a flood.
-    cdef int64_t update_credit
-    cdef public int next_stream_id  # (client) the id of the next stream we open
-    cdef public object peer_max_streams  # the peer's SETTINGS_MAX_CONCURRENT_STREAMS
-    cdef HpackDecoder decoder
-    cdef HpackEncoder encoder
-    cdef dict streams  # sid -> _Stream, the streams not closed
-    cdef dict ignored  # sid -> None: streams we reset; their late frames are dropped
-    cdef bytearray inbuf
-    cdef uint8_t* out
-    cdef Py_ssize_t out_len, out_cap
-    cdef bint preface_done, settings_seen, stopped
-    cdef Py_ssize_t preface_got
-    cdef public int highest_inbound
-    cdef int64_t conn_send, conn_recv, conn_owed
-    cdef int64_t peer_initial_window, local_stream_window, local_conn_window
-    cdef public Py_ssize_t max_outbound_frame_size
-    cdef Py_ssize_t max_inbound_frame_size
-    cdef Py_ssize_t block_limit
-    # the header block being gathered (HEADERS without END_HEADERS, then CONTINUATIONs)
-    cdef bytearray block
-    cdef int block_sid, block_frames
-    cdef bint block_end_stream, block_bad_priority, in_block
+    differ in how they start, who opens streams and what HEADERS mean. The fields
+    and C methods are declared in _h2.pxd."""
 
     def __cinit__(self):
         self.out = NULL
@@ -297,7 +259,7 @@ cdef class _Connection:
     cdef int _window_update(self, uint32_t sid, int64_t increment) except -1:
         return self._u32_frame(T_WINDOW_UPDATE, sid, <uint32_t>increment)
 
-    def data_to_send(self):
+    cpdef bytes data_to_send(self):
         """The frames made since the last call."""
         cdef bytes data
         if not self.out_len:
@@ -306,7 +268,7 @@ cdef class _Connection:
         self.out_len = 0
         return data
 
-    def goaway(self, int code, int last_stream_id=-1):
+    cpdef goaway(self, int code, int last_stream_id=-1):
         """Queue GOAWAY (last stream: the highest the client opened, by default)."""
         cdef uint8_t p[8]
         cdef uint32_t last = self.highest_inbound if last_stream_id < 0 else last_stream_id
@@ -336,7 +298,7 @@ cdef class _Connection:
             del self.streams[s.sid]
         return 0
 
-    def send_headers(self, int sid, list headers, bint end_stream=False):
+    cpdef send_headers(self, int sid, list headers, bint end_stream=False):
         """HEADERS (and CONTINUATIONs past the client's frame size) for `headers`."""
         cdef _Stream s = self._sending(sid)
         cdef bytes block = self.encoder.encode_list(headers)
@@ -353,7 +315,7 @@ cdef class _Connection:
         if end_stream:
             self._close_local(s)
 
-    def send_data(self, int sid, data, bint end_stream=False):
+    cpdef send_data(self, int sid, data, bint end_stream=False):
         """One DATA frame; it must fit `send_window(sid)` and the frame size."""
         cdef _Stream s = self._sending(sid)
         cdef const uint8_t[::1] view = data
@@ -368,13 +330,13 @@ cdef class _Connection:
         if end_stream:
             self._close_local(s)
 
-    def end_stream(self, int sid):
+    cpdef end_stream(self, int sid):
         """An empty DATA frame with END_STREAM."""
         cdef _Stream s = self._sending(sid)
         self._frame(T_DATA, F_END_STREAM, sid, NULL, 0)
         self._close_local(s)
 
-    def reset_stream(self, int sid, int code):
+    cpdef reset_stream(self, int sid, int code):
         """RST_STREAM: the stream is closed; frames the client sent meanwhile are dropped."""
         cdef object found = self.streams.pop(sid, None)
         if found is None:
@@ -389,14 +351,14 @@ cdef class _Connection:
             del self.ignored[next(iter(self.ignored))]
         return 0
 
-    def send_window(self, int sid):
+    cpdef Py_ssize_t send_window(self, int sid) except -1:
         """How much DATA the client's windows let us send on the stream now."""
         cdef object found = self.streams.get(sid)
         if found is None or (<_Stream>found).local_closed:
             return 0
         return max(0, min((<_Stream>found).send_window, self.conn_send))
 
-    def acknowledge(self, int sid, Py_ssize_t size):
+    cpdef acknowledge(self, int sid, Py_ssize_t size):
         """`size` bytes of DATA are taken: the client may send them again."""
         cdef object found
         cdef _Stream s
@@ -424,7 +386,7 @@ cdef class _Connection:
         return len(self.streams)
 
     # -- input -------------------------------------------------------------------------
-    def receive(self, data):
+    cpdef receive(self, data):
         """Handle what the client sent; H2ProtocolError for a connection error."""
         cdef bytes buf
         cdef const uint8_t* p
@@ -841,10 +803,6 @@ cdef class ClientConnection(_Connection):
     the server's SETTINGS_MAX_CONCURRENT_STREAMS less the streams open, and before
     the server's first SETTINGS, INITIAL_STREAMS (the RFC's recommended minimum)
     at most; open_stream refuses past it."""
-
-    cdef object handler_goaway
-    cdef public bint going_away  # a GOAWAY came: no new streams
-    cdef public int goaway_last  # the lowest last_stream_id of the GOAWAYs received
 
     def __init__(self, handler, Py_ssize_t header_list, Py_ssize_t decode_list,
                  int stream_window=DEFAULT_WINDOW, int conn_window=DEFAULT_WINDOW):

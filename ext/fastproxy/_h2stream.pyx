@@ -28,6 +28,7 @@ from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcmp
 
+from fastproxy._h2 cimport ServerConnection
 from fastproxy._http cimport K_LENGTH, MessageHead, ParserHandler, ResponseParser
 from fastproxy.xxhash cimport XXH3_64bits, XXH3_64bits_withSeed
 
@@ -44,7 +45,6 @@ from fastproxy._h2 import (
     H2ProtocolError,
     H2StreamClosed,
     Malformed,
-    ServerConnection,
     error_name,
     request_head,
 )
@@ -188,7 +188,7 @@ cdef class H2Session:
     cdef readonly object outer  # the socket's ClientConnection
     cdef readonly object transport
     cdef readonly object loop
-    cdef readonly object conn  # the ServerConnection
+    cdef readonly ServerConnection conn
     cdef readonly dict streams
     cdef readonly bint socket_paused  # the client does not read what we send
     cdef readonly bint draining  # GOAWAY sent: no new streams; close when the last ends
@@ -391,7 +391,7 @@ cdef class H2Session:
         return True
 
     cdef _request(self, int sid, list headers, bint ended):
-        conn = self.conn
+        cdef ServerConnection conn = self.conn
         if self.draining and sid > self.last_stream:
             conn.reset_stream(sid, REFUSED_STREAM)
             return
@@ -463,7 +463,7 @@ cdef class H2Stream(ParserHandler):
     parser that reads what that connection answers."""
 
     cdef readonly H2Session session
-    cdef object conn  # the session's ServerConnection
+    cdef ServerConnection conn  # the session's
     cdef object loop
     cdef readonly int sid
     cdef bint chunked  # the request body goes in chunks (no content-length)
@@ -717,7 +717,7 @@ cdef class H2Stream(ParserHandler):
         if not self.headers_sent:
             self._maybe_resume()
             return
-        conn = self.conn
+        cdef ServerConnection conn = self.conn
         out = self.out
         cdef Py_ssize_t window, n
         cdef bint last
