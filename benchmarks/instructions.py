@@ -60,8 +60,9 @@ def worker_main(config_path: str) -> int:
     return master.Supervisor(gen)._child_main(gen, 0)
 
 
-def dump_total(pid: int, out_dir: Path, timeout: float = 60.0) -> int:
-    """Ask callgrind in `pid` for a dump; the instructions counted since the last zeroing."""
+def dump_total(pid: int, out_dir: Path, timeout: float = 60.0) -> tuple[int, Path]:
+    """Ask callgrind in `pid` for a dump: the instructions counted since the last
+    zeroing, and the dump's file."""
     before = set(out_dir.glob(f"cg.{pid}.*"))
     subprocess.run(["callgrind_control", "-d", str(pid)], capture_output=True, timeout=120,
                    check=False)
@@ -70,9 +71,10 @@ def dump_total(pid: int, out_dir: Path, timeout: float = 60.0) -> int:
         new = set(out_dir.glob(f"cg.{pid}.*")) - before
         if new:
             time.sleep(0.3)  # written in one go, but give it a moment
-            m = _TOTAL.search(max(new, key=os.path.getmtime).read_text(errors="replace"))
+            newest = max(new, key=os.path.getmtime)
+            m = _TOTAL.search(newest.read_text(errors="replace"))
             if m:
-                return int(m.group(1))
+                return int(m.group(1)), newest
         time.sleep(0.1)
     raise e2e.BenchError(f"callgrind in {pid} wrote no dump within {timeout:.0f}s")
 
@@ -86,6 +88,9 @@ def main() -> int:
     p.add_argument("--proxies", default="fastproxy,nginx")
     p.add_argument("--seconds", type=int, default=6, help="load per measurement")
     p.add_argument("--connections", type=int, default=50, help="wrk -c")
+    p.add_argument("--keep", metavar="DIR", type=Path,
+                   help="keep each load's callgrind dump here as CASE-PROXY.cg "
+                        "(for callgrind_annotate)")
     args = p.parse_args()
     cases = [c for c in args.cases.split(",") if c]
     proxies = [x for x in args.proxies.split(",") if x]
@@ -150,7 +155,10 @@ def main() -> int:
                                                      e2e.LOAD_CPU)
                 e2e.check_load(f"{case}/{name}", case, result, raw, marks)
                 time.sleep(0.5)  # the last responses are out
-                total = dump_total(pid, tmp)
+                total, dump = dump_total(pid, tmp)
+                if args.keep is not None:
+                    args.keep.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(dump, args.keep / f"{case}-{name}.cg")
                 print(f"| {case} | {name} | {result.requests:,} | "
                       f"{total / result.requests:,.0f} |", flush=True)
     except e2e.BenchError as e:
