@@ -12,9 +12,12 @@ the TLS listener included), except that each proxy runs as one process under
 `valgrind --tool=callgrind`: nginx with `master_process off`, fastproxy's worker
 in this script's `--worker CONFIG` mode (the master's set-up, then the worker's
 loop, without a fork, so that `callgrind_control` can reach it). For each case
-and proxy: a 2 s warm-up, the counters zeroed, one load of --seconds (wrk, or
-s_time as in e2e.py; 4 s_time processes), a dump; the figure is the dump's total
-divided by the requests (or connections) the client completed. Only user-space
+and proxy: a 2 s warm-up, a wait until the worker is idle, the counters zeroed, one
+load of --seconds (wrk, or s_time as in e2e.py; 4 s_time processes), a dump; the
+figure is the dump's total divided by the requests (or connections) the client
+completed. For tls-handshake and tls-resume the number of SSL_new calls in the dump
+(connections the server began) and the total per SSL_new are given too: the cost per
+connection, whatever the client had finished by the end. Only user-space
 instructions count (the kernel's work is not seen), and valgrind slows the proxy
 about 50x, so wrk keeps fewer requests in flight than in e2e.py: compare the
 proxies with each other and a change with its before, not with e2e.py's rates.
@@ -43,6 +46,7 @@ import e2e  # the set-up and the process registry live there
 e2e._S_TIME_DONE = re.compile(r"(\d+) connections in ([\d.]+)s; (?:[\d.]+|inf) "
                               r"connections/user sec, bytes read (\d+)")
 _TOTAL = re.compile(r"^(?:summary|totals): (\d+)", re.M)
+_FN = re.compile(r"^(c?fn)=\((\d+)\)(?: (.*))?$")  # a function's id, named once
 
 
 def worker_main(config_path: str) -> int:
@@ -77,6 +81,42 @@ def dump_total(pid: int, out_dir: Path, timeout: float = 60.0) -> tuple[int, Pat
                 return int(m.group(1)), newest
         time.sleep(0.1)
     raise e2e.BenchError(f"callgrind in {pid} wrote no dump within {timeout:.0f}s")
+
+
+def calls_to(dump: Path, function: str) -> int:
+    """How many calls to `function` the callgrind dump records (all callers)."""
+    names: dict[str, str] = {}
+    target = False
+    total = 0
+    for line in dump.read_text(errors="replace").splitlines():
+        m = _FN.match(line)
+        if m:
+            kind, ident, name = m.groups()
+            if name:
+                names[ident] = name
+            if kind == "cfn":
+                target = names.get(ident) == function
+        elif target and line.startswith("calls="):
+            total += int(line[6:].split()[0])
+    return total
+
+
+def settle(pid: int, limit: float = 20.0) -> None:
+    """Wait until the worker is idle (under 5 % of a CPU over 0.5 s, up to `limit` s):
+    under valgrind it may still be working through the warm-up's last connections
+    (the accept backlog, their close), which must not land in the count."""
+    def cpu_ns() -> int:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[0])
+
+    deadline = time.monotonic() + limit
+    before = cpu_ns()
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = cpu_ns()
+        if now - before < 0.05 * 0.5e9:
+            return
+        before = now
 
 
 def main() -> int:
@@ -141,13 +181,15 @@ def main() -> int:
         print(f"callgrind; proxy on CPU {e2e.PROXY_CPU}, clients and upstream on CPU "
               f"{e2e.LOAD_CPU}; wrk -t1 -c{args.connections}, {args.seconds} s per load; "
               f"s_time x4")
-        print("| case | proxy | requests (conns) | instructions per request (conn) |")
-        print("| --- | --- | ---: | ---: |")
+        print("| case | proxy | requests (conns) | instructions per request (conn) "
+              "| SSL_new calls | instructions per SSL_new |")
+        print("| --- | --- | ---: | ---: | ---: | ---: |")
         for case in cases:
             case_ports = tls_ports if case in e2e.TLS_CASES else ports
             for name in proxies:
                 pid = servers[name].proc.pid
                 e2e.run_load(case, case_ports[name], 2, load, e2e.LOAD_CPU)  # warm-up
+                settle(pid)
                 subprocess.run(["callgrind_control", "-z", str(pid)], capture_output=True,
                                timeout=120, check=False)
                 time.sleep(0.2)
@@ -159,8 +201,11 @@ def main() -> int:
                 if args.keep is not None:
                     args.keep.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(dump, args.keep / f"{case}-{name}.cg")
+                made = calls_to(dump, "SSL_new") if case in ("tls-handshake", "tls-resume") \
+                    else 0
+                per_made = f"{total / made:,.0f}" if made else ""
                 print(f"| {case} | {name} | {result.requests:,} | "
-                      f"{total / result.requests:,.0f} |", flush=True)
+                      f"{total / result.requests:,.0f} | {made:,} | {per_made} |", flush=True)
     except e2e.BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
