@@ -637,6 +637,7 @@ cdef class TlsConnection:
     cdef bint readable          # edge-triggered: the socket may hold more to read
     cdef bint rdhup             # the poller reported the client's FIN (or an error)
     cdef bint write_paused      # the app was told pause_writing
+    cdef bint resume_write_scheduled
     cdef bint close_when_sent   # close() with bytes unsent: close once they are out
     cdef bint eof_when_sent     # write_eof() with bytes unsent: FIN once they are out
     cdef Py_ssize_t high, low   # write buffer limits
@@ -808,7 +809,10 @@ cdef class TlsConnection:
     cdef int _fd_writable(self) except -1:
         """The socket takes bytes again: send what waits, then a FIN or the close that
         waited for it; resume the app's writing below the low-water mark."""
-        self._flush()
+        if self.out.gone:
+            return self._gone()
+        if self.out.len:
+            self._fd_flush()
         if self.fd < 0:
             return 0
         if self.out.len == 0:
@@ -823,6 +827,13 @@ cdef class TlsConnection:
             if self.established and self.app is not None:
                 self.app.resume_writing()
         return 0
+
+    def _writable_again(self):
+        self.resume_write_scheduled = False
+        if self.write_paused and self.out.len <= self.low and self.fd >= 0:
+            self.write_paused = False
+            if self.established and self.app is not None:
+                self.app.resume_writing()
 
     cdef int _fd_close(self, bint graceful, object exc) except -1:
         """Close our socket: now, or (graceful) once what waits is sent. The app hears
@@ -1198,10 +1209,17 @@ cdef class TlsConnection:
         cdef Py_ssize_t done = 0
         if self.out.gone:
             return self._gone()
+        if self.own:
+            if n > 0:
+                self._fd_flush()
+            if self.write_paused and self.out.len <= self.low and not self.resume_write_scheduled:
+                # Sent from inside a call of the app's (a write): resume_writing comes from
+                # the loop, as a transport's does.
+                self.resume_write_scheduled = True
+                self.poller.loop.call_soon(self._writable_again)
+            return 0
         if n <= 0:
             return 0
-        if self.own:
-            return self._fd_flush()
         if self.tcp_closed:
             self._sent()
             return 0
