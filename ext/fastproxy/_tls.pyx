@@ -514,9 +514,14 @@ cdef class TlsServer:
             raise
         Py_INCREF(conn)  # the registration's reference
         conn.readable = True  # the ClientHello often came with the connection
-        conn._start()
-        if conn.fd >= 0 and not conn.closing:
-            conn._fd_read()
+        try:
+            conn._start()
+            if conn.fd >= 0 and not conn.closing:
+                conn._fd_read()
+        except Exception as exc:  # from the app (as Poller._ready does for an event)
+            conn._failed()
+            poller.report({"message": "fastproxy: error in a new TLS connection",
+                           "exception": exc})
         return 0
 
     def expire(self, double now):
