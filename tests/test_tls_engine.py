@@ -490,3 +490,42 @@ def test_stop_finishes_a_request_in_flight_and_closes_idle_connections(
         idle.close()
         busy.close()
     assert proxy.proc is not None and proxy.proc.wait(10) == 0
+
+
+def test_out_of_descriptors_pauses_accepting_then_serves_again(
+        make_origin: OriginFactory, start_proxy: Callable[..., ProxyProcess],
+        certs: Path) -> None:
+    import resource
+
+    proxy = start_proxy(make_origin(name="app"))
+    assert https(proxy.port, certs, b"GET /before HTTP/1.1\r\nHost: x\r\n"
+                 b"Connection: close\r\n\r\n").endswith(b"app /before")
+    (worker,) = proxy.worker_pids()
+    limits = resource.prlimit(worker, resource.RLIMIT_NOFILE)
+    used = len(os.listdir(f"/proc/{worker}/fd"))
+    clients = []
+    try:
+        resource.prlimit(worker, resource.RLIMIT_NOFILE, (used + 2, limits[1]))
+        for _ in range(12):  # more than it may accept now: the rest wait in the backlog
+            clients.append(socket.create_connection(("127.0.0.1", proxy.port), timeout=10))
+        deadline = time.monotonic() + 10
+        while "Too many open files" not in proxy.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "accept on a TLS listener: Too many open files" in proxy.log(), proxy.log()
+    finally:
+        for client in clients:
+            client.close()
+        resource.prlimit(worker, resource.RLIMIT_NOFILE, limits)
+    deadline = time.monotonic() + 10
+    while True:  # its own retry picks the listener up again
+        try:
+            data = https(proxy.port, certs, b"GET /after HTTP/1.1\r\nHost: x\r\n"
+                         b"Connection: close\r\n\r\n")
+        except (OSError, ssl.SSLError):
+            data = b""
+        if data.endswith(b"app /after") or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert data.endswith(b"app /after"), data
+    assert proxy.log().count("accept on a TLS listener") == 1  # one line, not one per retry
+    assert proxy.worker_pids() == [worker]

@@ -545,6 +545,8 @@ cdef class TlsAcceptor:
     cdef object sock
     cdef int fd
     cdef object resume_handle
+    cdef double reported        # when a failing accept was last logged
+    cdef readonly long long accept_errors
 
     def __cinit__(self, Poller poller not None, TlsServer server not None, sock not None):
         self.poller = poller
@@ -582,9 +584,15 @@ cdef class TlsAcceptor:
 
     cdef int _pause(self, int err) except -1:
         cdef epoll_event ev
+        cdef double now = monotonic()
         epoll_ctl(self.poller.epfd, EPOLL_CTL_DEL, self.fd, &ev)
-        self.poller.report({"message": f"fastproxy: accept on a TLS listener: "
-                                       f"{strerror(err).decode()}; retrying in 0.1s"})
+        self.accept_errors += 1
+        if now - self.reported >= 10.0 or self.reported == 0:  # one line per 10 s at most
+            self.reported = now
+            self.poller.report({"message": f"fastproxy: accept on a TLS listener: "
+                                           f"{strerror(err).decode()} (failed "
+                                           f"{self.accept_errors} times so far); "
+                                           f"retrying every 0.1s"})
         self.resume_handle = self.poller.loop.call_later(0.1, self._resume)
         return 0
 
