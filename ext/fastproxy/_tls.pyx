@@ -1,12 +1,14 @@
 """TLS on listeners with OpenSSL driven from C (`[listeners.tls] engine = "openssl"`).
 
-`TlsConnection` sits between uvloop's TCP transport and the proxy's client
-protocol. To uvloop it is a buffered protocol (`get_buffer`/`buffer_updated`:
-the ciphertext lands in one buffer shared by the worker's connections, and goes
-straight into the connection's input memory BIO; OpenSSL's records leave through
-an output BIO of our own, see _Out); to the client protocol it is the
-transport (`write`, `writelines`, `close`, `abort`, `write_eof`,
-`pause_reading`, ...). Every TLS operation is one C call into libssl: no
+`TlsConnection` sits between the socket and the proxy's client protocol. Below
+it is either the socket itself, in the worker's epoll set (`Poller`, accepted by
+a `TlsAcceptor`: see "sockets driven without uvloop's transports" below), or,
+behind a PROXY-protocol gate, uvloop's TCP transport, to which it is a buffered
+protocol (`get_buffer`/`buffer_updated`). Either way the ciphertext lands in one
+buffer shared by the worker's connections and goes straight into the
+connection's input memory BIO; OpenSSL's records leave through an output BIO of
+our own (see _Out). To the client protocol it is the transport (`write`,
+`writelines`, `close`, `abort`, `write_eof`, `pause_reading`, ...). Every TLS operation is one C call into libssl: no
 `ssl.SSLObject`, no Python exception per handshake step that waits for bytes,
 no future or timer per connection.
 
@@ -211,8 +213,9 @@ if (_OUT_METHOD == NULL or not BIO_meth_set_write(_OUT_METHOD, _out_write)
     raise ImportError("OpenSSL could not make the output BIO method")
 
 
-# The ciphertext of every read goes here first (uvloop reads one socket at a time
-# and calls buffer_updated at once), then into that connection's memory BIO.
+# The ciphertext of every read goes here first (TlsConnection._fd_read, or uvloop, which
+# reads one socket at a time and calls buffer_updated at once), then into that
+# connection's memory BIO.
 cdef bytearray _inbuf = bytearray(IN_SIZE)
 cdef object _inview = memoryview(_inbuf)
 cdef char* _inptr = PyByteArray_AS_STRING(_inbuf)
