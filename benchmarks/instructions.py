@@ -13,9 +13,12 @@ the TLS listener included), except that each proxy runs as one process under
 `valgrind --tool=callgrind`: nginx with `master_process off`, fastproxy's worker
 in this script's `--worker CONFIG` mode (the master's set-up, then the worker's
 loop, without a fork, so that `callgrind_control` can reach it). For each case
-and proxy: a 2 s warm-up, the counters zeroed, one load of --seconds (wrk, or
-s_time as in e2e.py; 4 s_time processes), a dump; the figure is the dump's total
-divided by the requests (or connections) the client completed. Only user-space
+and proxy: a 2 s warm-up, a wait until the worker is idle, the counters zeroed, one
+load of --seconds (wrk, or s_time as in e2e.py; 4 s_time processes), a dump; the
+figure is the dump's total divided by the requests (or connections) the client
+completed. For tls-handshake and tls-resume the number of SSL_new calls in the dump
+(connections the server began) and the total per SSL_new are given too: the cost per
+connection, whatever the client had finished by the end. Only user-space
 instructions count (the kernel's work is not seen), and valgrind slows the proxy
 about 50x, so wrk keeps fewer requests in flight than in e2e.py: compare the
 proxies with each other and a change with its before, not with e2e.py's rates.
@@ -46,6 +49,7 @@ import e2e  # the set-up and the process registry live there
 e2e._S_TIME_DONE = re.compile(r"(\d+) connections in ([\d.]+)s; (?:[\d.]+|inf) "
                               r"connections/user sec, bytes read (\d+)")
 _TOTAL = re.compile(r"^(?:summary|totals): (\d+)", re.M)
+_FN = re.compile(r"^(c?fn)=\((\d+)\)(?: (.*))?$")  # a function's id, named once
 
 
 def worker_main(config_path: str) -> int:
@@ -63,8 +67,9 @@ def worker_main(config_path: str) -> int:
     return master.Supervisor(gen)._child_main(gen, 0)
 
 
-def dump_total(pid: int, out_dir: Path, timeout: float = 60.0) -> int:
-    """Ask callgrind in `pid` for a dump; the instructions counted since the last zeroing."""
+def dump_total(pid: int, out_dir: Path, timeout: float = 60.0) -> tuple[int, Path]:
+    """Ask callgrind in `pid` for a dump: the instructions counted since the last
+    zeroing, and the dump's file."""
     before = set(out_dir.glob(f"cg.{pid}.*"))
     subprocess.run(["callgrind_control", "-d", str(pid)], capture_output=True, timeout=120,
                    check=False)
@@ -73,17 +78,18 @@ def dump_total(pid: int, out_dir: Path, timeout: float = 60.0) -> int:
         new = set(out_dir.glob(f"cg.{pid}.*")) - before
         if new:
             time.sleep(0.3)  # written in one go, but give it a moment
-            m = _TOTAL.search(max(new, key=os.path.getmtime).read_text(errors="replace"))
+            newest = max(new, key=os.path.getmtime)
+            m = _TOTAL.search(newest.read_text(errors="replace"))
             if m:
-                return int(m.group(1))
+                return int(m.group(1)), newest
         time.sleep(0.1)
     raise e2e.BenchError(f"callgrind in {pid} wrote no dump within {timeout:.0f}s")
 
 
-def h2_count(pid: int, out_dir: Path, port: int, seconds: int) -> tuple[int, int]:
+def h2_count(pid: int, out_dir: Path, port: int, seconds: int) -> tuple[int, Path, int]:
     """The h2 case: a warm-up, then h2load with a request count (about `seconds` under
     valgrind; a timed run would cut the requests in flight at its end, which h2load
-    counts as failures); (instructions, requests)."""
+    counts as failures); (instructions, the dump, requests)."""
 
     def load(requests: int) -> int:
         argv = e2e.pinned(e2e.LOAD_CPU, ["h2load", "-t", "1", "-c", "2", "-m", "10", "-n",
@@ -97,12 +103,50 @@ def h2_count(pid: int, out_dir: Path, port: int, seconds: int) -> tuple[int, int
         return int(m.group(2))
 
     load(200)  # warm-up
+    settle(pid)
     subprocess.run(["callgrind_control", "-z", str(pid)], capture_output=True, timeout=120,
                    check=False)
     time.sleep(0.2)
     done = load(250 * seconds)
     time.sleep(0.5)  # the last responses are out
-    return dump_total(pid, out_dir), done
+    total, dump = dump_total(pid, out_dir)
+    return total, dump, done
+
+
+def calls_to(dump: Path, function: str) -> int:
+    """How many calls to `function` the callgrind dump records (all callers)."""
+    names: dict[str, str] = {}
+    target = False
+    total = 0
+    for line in dump.read_text(errors="replace").splitlines():
+        m = _FN.match(line)
+        if m:
+            kind, ident, name = m.groups()
+            if name:
+                names[ident] = name
+            if kind == "cfn":
+                target = names.get(ident) == function
+        elif target and line.startswith("calls="):
+            total += int(line[6:].split()[0])
+    return total
+
+
+def settle(pid: int, limit: float = 20.0) -> None:
+    """Wait until the worker is idle (under 5 % of a CPU over 0.5 s, up to `limit` s):
+    under valgrind it may still be working through the warm-up's last connections
+    (the accept backlog, their close), which must not land in the count."""
+    def cpu_ns() -> int:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[0])
+
+    deadline = time.monotonic() + limit
+    before = cpu_ns()
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = cpu_ns()
+        if now - before < 0.05 * 0.5e9:
+            return
+        before = now
 
 
 def main() -> int:
@@ -114,8 +158,9 @@ def main() -> int:
     p.add_argument("--proxies", default="fastproxy,nginx")
     p.add_argument("--seconds", type=int, default=6, help="load per measurement")
     p.add_argument("--connections", type=int, default=50, help="wrk -c")
-    p.add_argument("--keep", action="store_true",
-                   help="keep the callgrind dumps (for callgrind_annotate); prints where")
+    p.add_argument("--keep", metavar="DIR", type=Path,
+                   help="keep each load's callgrind dump here as CASE-PROXY.cg "
+                        "(for callgrind_annotate)")
     args = p.parse_args()
     cases = [c for c in args.cases.split(",") if c]
     proxies = [x for x in args.proxies.split(",") if x]
@@ -170,17 +215,22 @@ def main() -> int:
         print(f"callgrind; proxy on CPU {e2e.PROXY_CPU}, clients and upstream on CPU "
               f"{e2e.LOAD_CPU}; wrk -t1 -c{args.connections}, {args.seconds} s per load; "
               f"s_time x4")
-        print("| case | proxy | requests (conns) | instructions per request (conn) |")
-        print("| --- | --- | ---: | ---: |")
+        print("| case | proxy | requests (conns) | instructions per request (conn) "
+              "| SSL_new calls | instructions per SSL_new |")
+        print("| --- | --- | ---: | ---: | ---: | ---: |")
         for case in cases:
             case_ports = tls_ports if case in e2e.TLS_CASES or case == "h2" else ports
             for name in proxies:
                 pid = servers[name].proc.pid
                 if case == "h2":
-                    total, done = h2_count(pid, tmp, case_ports[name], args.seconds)
-                    print(f"| {case} | {name} | {done:,} | {total / done:,.0f} |", flush=True)
+                    total, dump, done = h2_count(pid, tmp, case_ports[name], args.seconds)
+                    if args.keep is not None:
+                        args.keep.mkdir(parents=True, exist_ok=True)
+                        shutil.copyfile(dump, args.keep / f"{case}-{name}.cg")
+                    print(f"| {case} | {name} | {done:,} | {total / done:,.0f} | | |", flush=True)
                     continue
                 e2e.run_load(case, case_ports[name], 2, load, e2e.LOAD_CPU)  # warm-up
+                settle(pid)
                 subprocess.run(["callgrind_control", "-z", str(pid)], capture_output=True,
                                timeout=120, check=False)
                 time.sleep(0.2)
@@ -188,18 +238,21 @@ def main() -> int:
                                                      e2e.LOAD_CPU)
                 e2e.check_load(f"{case}/{name}", case, result, raw, marks)
                 time.sleep(0.5)  # the last responses are out
-                total = dump_total(pid, tmp)
+                total, dump = dump_total(pid, tmp)
+                if args.keep is not None:
+                    args.keep.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(dump, args.keep / f"{case}-{name}.cg")
+                made = calls_to(dump, "SSL_new") if case in ("tls-handshake", "tls-resume") \
+                    else 0
+                per_made = f"{total / made:,.0f}" if made else ""
                 print(f"| {case} | {name} | {result.requests:,} | "
-                      f"{total / result.requests:,.0f} |", flush=True)
+                      f"{total / result.requests:,.0f} | {made:,} | {per_made} |", flush=True)
     except e2e.BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     finally:
         e2e.PROCS.stop_all()
-        if args.keep:
-            print(f"callgrind dumps kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

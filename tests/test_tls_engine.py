@@ -12,6 +12,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -50,17 +51,18 @@ def certs(tmp_path: Path, ca: trustme.CA) -> Path:
 def start_proxy(tmp_path: Path, certs: Path) -> Iterator[Callable[..., ProxyProcess]]:
     started: list[ProxyProcess] = []
 
-    def start(origin: Origin, tls_extra: str = "", extra: str = "") -> ProxyProcess:
+    def start(origin: Origin, tls_extra: str = "", extra: str = "", server: str = "",
+              address: str = "127.0.0.1:{port}") -> ProxyProcess:
         port = free_port()
         workdir = tmp_path / f"proxy{len(started)}"
         workdir.mkdir()
-        text = (f'[server]\nworkers = 1\nshutdown_timeout = "5s"\n\n'
+        text = (f'[server]\nworkers = 1\nshutdown_timeout = "5s"\n{server}\n'
                 f'[log]\naccess = "off"\nlevel = "info"\n\n'
-                f'[[listeners]]\naddress = "127.0.0.1:{port}"\n'
+                f'[[listeners]]\naddress = "{address.format(port=port)}"\n'
                 f'[listeners.tls]\ncertificates = [{{ cert = "{certs}/site.pem", '
                 f'key = "{certs}/site.key" }}]\nengine = "openssl"\n{tls_extra}\n'
                 f'[upstreams.app]\nservers = ["{origin.address}"]\n'
-                f'[[routes]]\nupstream = "app"\n{extra}\n')
+                f'[[routes]]\nupstream = "app"\n{extra.replace("{port}", str(port))}\n')
         proc = ProxyProcess(text, workdir, port)
         started.append(proc)
         return proc.start()
@@ -393,3 +395,137 @@ def test_many_connections_at_once(make_origin: OriginFactory,
         t.join(60)
     assert not errors, errors
     assert os.path.exists(proxy.log_path)
+
+
+
+def read_response(client: BioClient, end: bytes) -> bytes:
+    """Plaintext on a kept-alive connection until it ends with `end`."""
+    out = b""
+    while not out.endswith(end):
+        try:
+            out += client.tls.read(1 << 16)
+        except ssl.SSLWantReadError:
+            assert client._pull(), out
+    return out
+
+
+def test_max_connections_cuts_the_connection_over_the_limit(
+        make_origin: OriginFactory, start_proxy: Callable[..., ProxyProcess],
+        certs: Path) -> None:
+    proxy = start_proxy(make_origin(name="app"), server="max_connections = 2")
+    first, second = BioClient(proxy.port, certs), BioClient(proxy.port, certs)
+    try:
+        for n, client in enumerate((first, second)):
+            client.send(GET % n)
+            assert read_response(client, b"app /%d" % n).startswith(b"HTTP/1.1 200 ")
+        third = BioClient(proxy.port, certs)  # the handshake completes, then it is cut
+        try:
+            try:
+                third.send(GET % 3)
+                data = third.read_all()
+            except (ConnectionResetError, ssl.SSLError):
+                data = b""
+            assert data == b""
+        finally:
+            third.close()
+        first.send(GET % 4)  # the two inside the limit are served on
+        assert read_response(first, b"app /4").startswith(b"HTTP/1.1 200 ")
+    finally:
+        first.close()
+        second.close()
+    # Once the worker has seen them go, a new connection is served again.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            data = https(proxy.port, certs, b"GET /again HTTP/1.1\r\nHost: x\r\n"
+                         b"Connection: close\r\n\r\n")
+        except (ConnectionResetError, ssl.SSLError):
+            data = b""
+        if data.endswith(b"app /again") or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert data.endswith(b"app /again"), data
+
+
+def test_ipv6_client_address(make_origin: OriginFactory,
+                             start_proxy: Callable[..., ProxyProcess], certs: Path) -> None:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    origin = make_origin(name="app")
+    # TLS on [::1]; the same port on 127.0.0.1, plain, tells the fixture the proxy is up.
+    proxy = start_proxy(origin, address="[::1]:{port}",
+                        extra='[[listeners]]\naddress = "127.0.0.1:{port}"\n')
+    ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    with socket.create_connection(("::1", proxy.port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="site.example") as sock:
+        sock.sendall(b"GET /six HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(1 << 16):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"app /six"), data
+    assert origin.requests[-1].header("X-Forwarded-For") == "::1"
+
+
+def test_stop_finishes_a_request_in_flight_and_closes_idle_connections(
+        make_origin: OriginFactory, start_proxy: Callable[..., ProxyProcess],
+        certs: Path) -> None:
+    origin = make_origin(lambda req: Reply(body=b"late answer", delay=1.0)
+                         if req.target == "/slow" else Reply(body=b"quick"))
+    proxy = start_proxy(origin)
+    idle, busy = BioClient(proxy.port, certs), BioClient(proxy.port, certs)
+    try:
+        idle.send(GET % 1)
+        assert read_response(idle, b"quick").startswith(b"HTTP/1.1 200 ")
+        busy.send(b"GET /slow HTTP/1.1\r\nHost: site.example\r\n\r\n")
+        while not origin.requests or origin.requests[-1].target != "/slow":
+            time.sleep(0.02)  # the request is at the origin: in flight
+        os.kill(proxy.pid, signal.SIGTERM)
+        assert idle.read_all() == b""  # closed at once, with nothing sent
+        data = busy.read_all()
+        assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"late answer"), data
+    finally:
+        idle.close()
+        busy.close()
+    assert proxy.proc is not None and proxy.proc.wait(10) == 0
+
+
+def test_out_of_descriptors_pauses_accepting_then_serves_again(
+        make_origin: OriginFactory, start_proxy: Callable[..., ProxyProcess],
+        certs: Path) -> None:
+    import resource
+
+    proxy = start_proxy(make_origin(name="app"))
+    assert https(proxy.port, certs, b"GET /before HTTP/1.1\r\nHost: x\r\n"
+                 b"Connection: close\r\n\r\n").endswith(b"app /before")
+    (worker,) = proxy.worker_pids()
+    limits = resource.prlimit(worker, resource.RLIMIT_NOFILE)
+    used = len(os.listdir(f"/proc/{worker}/fd"))
+    clients = []
+    try:
+        resource.prlimit(worker, resource.RLIMIT_NOFILE, (used + 2, limits[1]))
+        for _ in range(12):  # more than it may accept now: the rest wait in the backlog
+            clients.append(socket.create_connection(("127.0.0.1", proxy.port), timeout=10))
+        deadline = time.monotonic() + 10
+        while "Too many open files" not in proxy.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "accept on a TLS listener: Too many open files" in proxy.log(), proxy.log()
+    finally:
+        for client in clients:
+            client.close()
+        resource.prlimit(worker, resource.RLIMIT_NOFILE, limits)
+    deadline = time.monotonic() + 10
+    while True:  # its own retry picks the listener up again
+        try:
+            data = https(proxy.port, certs, b"GET /after HTTP/1.1\r\nHost: x\r\n"
+                         b"Connection: close\r\n\r\n")
+        except (OSError, ssl.SSLError):
+            data = b""
+        if data.endswith(b"app /after") or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert data.endswith(b"app /after"), data
+    assert proxy.log().count("accept on a TLS listener") == 1  # one line, not one per retry
+    assert proxy.worker_pids() == [worker]

@@ -1,12 +1,14 @@
 """TLS on listeners with OpenSSL driven from C (`[listeners.tls] engine = "openssl"`).
 
-`TlsConnection` sits between uvloop's TCP transport and the proxy's client
-protocol. To uvloop it is a buffered protocol (`get_buffer`/`buffer_updated`:
-the ciphertext lands in one buffer shared by the worker's connections, and goes
-straight into the connection's input memory BIO; OpenSSL's records leave through
-an output BIO of our own, see _Out); to the client protocol it is the
-transport (`write`, `writelines`, `close`, `abort`, `write_eof`,
-`pause_reading`, ...). Every TLS operation is one C call into libssl: no
+`TlsConnection` sits between the socket and the proxy's client protocol. Below
+it is either the socket itself, in the worker's epoll set (`Poller`, accepted by
+a `TlsAcceptor`: see "sockets driven without uvloop's transports" below), or,
+behind a PROXY-protocol gate, uvloop's TCP transport, to which it is a buffered
+protocol (`get_buffer`/`buffer_updated`). Either way the ciphertext lands in one
+buffer shared by the worker's connections and goes straight into the
+connection's input memory BIO; OpenSSL's records leave through an output BIO of
+our own (see _Out). To the client protocol it is the transport (`write`,
+`writelines`, `close`, `abort`, `write_eof`, `pause_reading`, ...). Every TLS operation is one C call into libssl: no
 `ssl.SSLObject`, no Python exception per handshake step that waits for bytes,
 no future or timer per connection.
 
@@ -28,10 +30,13 @@ cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
-from libc.errno cimport ECONNRESET, EINTR, EPIPE, errno
+from cpython.ref cimport Py_DECREF, Py_INCREF
+from libc.errno cimport (EAGAIN, ECONNABORTED, ECONNRESET, EINTR, EMFILE, ENFILE, ENOBUFS,
+                         ENOMEM, EPIPE, errno)
+from libc.stdint cimport uint16_t, uint32_t
 from libc.stdlib cimport free, realloc
-from libc.string cimport memcpy
-from posix.unistd cimport write
+from libc.string cimport memcpy, memmove, strerror
+from posix.unistd cimport close, write
 
 from fastproxy.openssl cimport *
 
@@ -57,6 +62,64 @@ cdef extern from "sys/socket.h" nogil:
     int SOL_SOCKET
     int SO_LINGER
     int setsockopt(int fd, int level, int name, const void* value, unsigned int size)
+    ctypedef unsigned int socklen_t
+    ctypedef unsigned short sa_family_t
+    cdef struct sockaddr:
+        sa_family_t sa_family
+    cdef struct sockaddr_storage:
+        sa_family_t ss_family
+    int AF_INET
+    int AF_INET6
+    int SOCK_NONBLOCK
+    int SOCK_CLOEXEC
+    int SHUT_WR
+    int accept4(int fd, sockaddr* addr, socklen_t* addrlen, int flags)
+    ssize_t recv(int fd, void* buf, size_t n, int flags)
+    int shutdown(int fd, int how)
+    int getsockname(int fd, sockaddr* addr, socklen_t* addrlen)
+
+cdef extern from "netinet/in.h" nogil:
+    cdef struct in_addr:
+        pass
+    cdef struct in6_addr:
+        pass
+    cdef struct sockaddr_in:
+        uint16_t sin_port
+        in_addr sin_addr
+    cdef struct sockaddr_in6:
+        uint16_t sin6_port
+        uint32_t sin6_flowinfo
+        in6_addr sin6_addr
+        uint32_t sin6_scope_id
+    int IPPROTO_TCP
+    uint16_t ntohs(uint16_t)
+    uint32_t ntohl(uint32_t)
+
+cdef extern from "netinet/tcp.h" nogil:
+    int TCP_NODELAY
+
+cdef extern from "arpa/inet.h" nogil:
+    const char* inet_ntop(int af, const void* src, char* dst, socklen_t size)
+
+cdef extern from "sys/epoll.h" nogil:
+    ctypedef union epoll_data_t:
+        void* ptr
+        int fd
+    cdef struct epoll_event:
+        uint32_t events
+        epoll_data_t data
+    uint32_t EPOLLIN
+    uint32_t EPOLLOUT
+    uint32_t EPOLLERR
+    uint32_t EPOLLHUP
+    uint32_t EPOLLRDHUP
+    uint32_t EPOLLET
+    int EPOLL_CTL_ADD
+    int EPOLL_CTL_DEL
+    int EPOLL_CLOEXEC
+    int epoll_create1(int flags)
+    int epoll_ctl(int epfd, int op, int fd, epoll_event* event)
+    int epoll_wait(int epfd, epoll_event* events, int maxevents, int timeout)
 
 
 cdef enum:
@@ -65,6 +128,9 @@ cdef enum:
     RECORD = 16 * 1024       # the most plaintext one TLS record carries
     GATHER_SIZE = RECORD     # small parts of one writelines() joined into one record
     OUT_KEEP = 32 * 1024     # a larger output buffer is freed once it is sent
+    EVENTS = 64              # epoll events taken in one wake-up of the poller
+    ACCEPTS = 16             # connections accepted in one wake-up of a listener
+    HIGH_WATER = 64 * 1024   # pause_writing above this much unsent (as uvloop's default)
 
 
 # -- the output BIO -------------------------------------------------------------------
@@ -147,8 +213,9 @@ if (_OUT_METHOD == NULL or not BIO_meth_set_write(_OUT_METHOD, _out_write)
     raise ImportError("OpenSSL could not make the output BIO method")
 
 
-# The ciphertext of every read goes here first (uvloop reads one socket at a time
-# and calls buffer_updated at once), then into that connection's memory BIO.
+# The ciphertext of every read goes here first (TlsConnection._fd_read, or uvloop, which
+# reads one socket at a time and calls buffer_updated at once), then into that
+# connection's memory BIO.
 cdef bytearray _inbuf = bytearray(IN_SIZE)
 cdef object _inview = memoryview(_inbuf)
 cdef char* _inptr = PyByteArray_AS_STRING(_inbuf)
@@ -340,6 +407,71 @@ cdef class ServerContext:
         return TlsServer(self, app_factory)
 
 
+# -- sockets driven without uvloop's transports ----------------------------------------
+# A TLS listener of a worker is served by a TlsAcceptor: its listening socket and every
+# connection accepted on it are in one epoll set of ours (Poller), whose descriptor is
+# the only one uvloop watches for them (loop.add_reader). A connection is registered
+# once (edge-triggered, in and out) and read and written with plain system calls from
+# TlsConnection; uvloop makes no transport, handle or registry entry for it.
+
+@cython.final
+cdef class Poller:
+    """One worker's epoll set for its TLS listeners and their connections."""
+
+    cdef int epfd
+    cdef readonly object loop
+    cdef object report
+
+    def __cinit__(self, loop not None):
+        self.epfd = epoll_create1(EPOLL_CLOEXEC)
+        if self.epfd < 0:
+            raise OSError(errno, strerror(errno).decode())
+        self.loop = loop
+        self.report = loop.call_exception_handler
+        loop.add_reader(self.epfd, self._ready)
+
+    def __dealloc__(self):
+        if self.epfd >= 0:
+            close(self.epfd)
+
+    def close(self):
+        if self.epfd >= 0:
+            self.loop.remove_reader(self.epfd)
+            close(self.epfd)
+            self.epfd = -1
+
+    cdef int add(self, int fd, uint32_t events, object target) except -1:
+        cdef epoll_event ev
+        ev.events = events
+        ev.data.ptr = <void*>target
+        if epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
+            return -1
+        return 0
+
+    def _ready(self):
+        cdef epoll_event events[EVENTS]
+        cdef object target
+        cdef int i, n
+        if self.epfd < 0:
+            return
+        n = epoll_wait(self.epfd, events, EVENTS, 0)
+        for i in range(n):
+            # A connection stays referenced while it is registered (TlsConnection._lost
+            # lets go, from the loop, after its descriptor is closed): an event for one
+            # closed earlier in this batch finds it alive and ignores it.
+            target = <object>events[i].data.ptr
+            try:
+                if type(target) is TlsConnection:
+                    (<TlsConnection>target)._events(events[i].events)
+                else:
+                    (<TlsAcceptor>target)._events(events[i].events)
+            except Exception as exc:
+                if type(target) is TlsConnection:
+                    (<TlsConnection>target)._failed()
+                self.report({"message": "fastproxy: error in a TLS connection's event",
+                             "exception": exc})
+
+
 @cython.final
 cdef class TlsServer:
     """One worker's side of a TLS listener: the protocol factory for
@@ -361,6 +493,40 @@ cdef class TlsServer:
         conn.app = self.app_factory()
         return conn
 
+    cdef int _accepted(self, Poller poller, int fd, sockaddr_storage* addr) except -1:
+        """A socket accept4 gave TlsAcceptor: its TlsConnection, registered with the
+        poller (which holds it until TlsConnection._lost)."""
+        cdef TlsConnection conn
+        cdef int one = 1
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))  # as uvloop
+        conn = TlsConnection.__new__(TlsConnection)
+        conn.server = self
+        conn.poller = poller
+        conn.own = True
+        conn.fd = fd
+        conn.peer = addr[0]
+        conn.high = HIGH_WATER
+        conn.low = HIGH_WATER // 4
+        try:
+            conn.app = self.app_factory()
+            if poller.add(fd, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, conn) < 0:
+                raise OSError(errno, strerror(errno).decode())
+        except BaseException:
+            conn.fd = -1
+            close(fd)
+            raise
+        Py_INCREF(conn)  # the registration's reference
+        conn.readable = True  # the ClientHello often came with the connection
+        try:
+            conn._start()
+            if conn.fd >= 0 and not conn.closing:
+                conn._fd_read()
+        except Exception as exc:  # from the app (as Poller._ready does for an event)
+            conn._failed()
+            poller.report({"message": "fastproxy: error in a new TLS connection",
+                           "exception": exc})
+        return 0
+
     def expire(self, double now):
         """Close the connections whose handshake took longer than handshake_timeout."""
         cdef TlsConnection conn
@@ -372,9 +538,94 @@ cdef class TlsServer:
 
 
 @cython.final
+cdef class TlsAcceptor:
+    """A TLS listener's socket in one worker, in the poller's set: up to ACCEPTS
+    connections per wake-up, each a TlsConnection on its own descriptor. `close()`
+    stops accepting and closes the listening socket (as uvloop's Server.close)."""
+
+    cdef Poller poller
+    cdef TlsServer server
+    cdef object sock
+    cdef int fd
+    cdef object resume_handle
+    cdef double reported        # when a failing accept was last logged
+    cdef readonly long long accept_errors
+
+    def __cinit__(self, Poller poller not None, TlsServer server not None, sock not None):
+        self.poller = poller
+        self.server = server
+        self.sock = sock
+        sock.setblocking(False)
+        self.fd = sock.fileno()
+        self._watch()
+
+    cdef int _watch(self) except -1:
+        # Level-triggered: what one wake-up leaves in the backlog wakes it again.
+        if self.poller.add(self.fd, EPOLLIN, self) < 0:
+            raise OSError(errno, strerror(errno).decode())
+        return 0  # (the poller keeps no reference: the worker holds us)
+
+    cdef int _events(self, uint32_t events) except -1:
+        cdef sockaddr_storage addr
+        cdef socklen_t size
+        cdef int fd, i
+        for i in range(ACCEPTS):
+            if self.fd < 0:
+                return 0
+            size = sizeof(addr)
+            fd = accept4(self.fd, <sockaddr*>&addr, &size, SOCK_NONBLOCK | SOCK_CLOEXEC)
+            if fd < 0:
+                if errno == EINTR or errno == ECONNABORTED:
+                    continue
+                if errno in (EMFILE, ENFILE, ENOBUFS, ENOMEM):
+                    # Out of descriptors or memory: stop accepting for a moment instead of
+                    # waking at once again for the same backlog (uvloop logs and goes on).
+                    self._pause(errno)
+                return 0
+            self.server._accepted(self.poller, fd, &addr)
+        return 0
+
+    cdef int _pause(self, int err) except -1:
+        cdef epoll_event ev
+        cdef double now = monotonic()
+        epoll_ctl(self.poller.epfd, EPOLL_CTL_DEL, self.fd, &ev)
+        self.accept_errors += 1
+        if now - self.reported >= 10.0 or self.reported == 0:  # one line per 10 s at most
+            self.reported = now
+            self.poller.report({"message": f"fastproxy: accept on a TLS listener: "
+                                           f"{strerror(err).decode()} (failed "
+                                           f"{self.accept_errors} times so far); "
+                                           f"retrying every 0.1s"})
+        self.resume_handle = self.poller.loop.call_later(0.1, self._resume)
+        return 0
+
+    def _resume(self):
+        self.resume_handle = None
+        if self.fd >= 0:
+            self._watch()
+
+    def close(self):
+        cdef epoll_event ev
+        if self.fd < 0:
+            return
+        if self.resume_handle is not None:
+            self.resume_handle.cancel()
+            self.resume_handle = None
+        elif self.poller.epfd >= 0:
+            epoll_ctl(self.poller.epfd, EPOLL_CTL_DEL, self.fd, &ev)
+        self.fd = -1
+        self.sock.close()
+
+    def is_serving(self):
+        return self.fd >= 0
+
+
+@cython.final
 @cython.freelist(64)
 cdef class TlsConnection:
-    """One TLS connection: uvloop's protocol below, the client protocol's transport above."""
+    """One TLS connection: below, uvloop's TCP transport (as its protocol) or, when
+    accepted by a TlsAcceptor, the socket itself; above, the client protocol's
+    transport."""
 
     cdef TlsServer server
     cdef SSL* ssl
@@ -396,6 +647,18 @@ cdef class TlsConnection:
     cdef bint queued            # the transport may hold unsent bytes of ours
     cdef bint resume_scheduled
     cdef _Out out               # the output BIO's state (see _Out)
+    # Accepted by a TlsAcceptor ("own"): the socket is ours, `transport` is None.
+    cdef bint own
+    cdef Poller poller
+    cdef bint readable          # edge-triggered: the socket may hold more to read
+    cdef bint rdhup             # the poller reported the client's FIN (or an error)
+    cdef bint write_paused      # the app was told pause_writing
+    cdef bint resume_write_scheduled
+    cdef bint close_when_sent   # close() with bytes unsent: close once they are out
+    cdef bint eof_when_sent     # write_eof() with bytes unsent: FIN once they are out
+    cdef Py_ssize_t high, low   # write buffer limits
+    cdef sockaddr_storage peer  # from accept4
+    cdef object peername
 
     def __dealloc__(self):
         if self.ssl != NULL:
@@ -403,10 +666,11 @@ cdef class TlsConnection:
             self.ssl = NULL
         free(self.out.buf)
         self.out.buf = NULL
+        if self.own and self.fd >= 0:  # (never: _lost comes first)
+            close(self.fd)
 
     # -- below: the protocol of uvloop's TCP transport -----------------------------------
     def connection_made(self, transport):
-        cdef SSL* ssl = SSL_new(self.server.context.default_ctx)
         self.transport = transport
         self.fd = -1
         if _TCPTransport is not None and type(transport) is _TCPTransport:
@@ -414,11 +678,15 @@ cdef class TlsConnection:
                 self.fd = transport.get_extra_info("socket").fileno()
             except Exception:
                 self.fd = -1
+        self._start()
+
+    cdef int _start(self) except -1:
+        """A new connection: its SSL object and BIOs, waiting for the ClientHello."""
+        cdef SSL* ssl = SSL_new(self.server.context.default_ctx)
         if ssl == NULL:
             ERR_clear_error()
-            self.tcp_closed = self.closing = True
-            transport.abort()
-            return
+            self._kill()
+            return 0
         self.ssl = ssl
         self.rbio = BIO_new(BIO_s_mem())
         self.wbio = BIO_new(_OUT_METHOD)
@@ -430,33 +698,50 @@ cdef class TlsConnection:
                 BIO_free(self.wbio)
             self.rbio = self.wbio = NULL
             ERR_clear_error()
-            self.tcp_closed = self.closing = True
-            transport.abort()
-            return
+            self._kill()
+            return 0
         BIO_set_mem_eof_return(self.rbio, -1)  # an empty input BIO means "want read"
         BIO_set_data(self.wbio, &self.out)
         SSL_set_bio(ssl, self.rbio, self.wbio)
         SSL_set_accept_state(ssl)
         self.deadline = monotonic() + self.server.context.handshake_timeout
         self.server.handshaking.add(self)
+        return 0
+
+    cdef int _kill(self) except -1:
+        """No SSL object could be made: cut the connection."""
+        self.tcp_closed = self.closing = True
+        if self.own:
+            self._fd_close(False, None)
+        else:
+            self.transport.abort()
+        return 0
 
     def get_buffer(self, Py_ssize_t sizehint):
         return _inview
 
     def buffer_updated(self, Py_ssize_t nbytes):
+        self._received(nbytes)
+
+    cdef int _received(self, Py_ssize_t nbytes) except -1:
+        """`nbytes` of ciphertext are in _inbuf."""
         if self.ssl == NULL or self.tcp_closed or nbytes <= 0:
-            return
+            return 0
         if BIO_write(self.rbio, _inptr, <int>nbytes) != nbytes:
             ERR_clear_error()
             self._fail()
-            return
+            return 0
         if self.established:
             if not self.app_paused:
                 self._read()
         else:
             self._handshake()
+        return 0
 
     def eof_received(self):
+        return self._eof_received()
+
+    cdef bint _eof_received(self) except -1:
         if self.tcp_eof:
             return True
         self.tcp_eof = True
@@ -475,6 +760,9 @@ cdef class TlsConnection:
         return keep
 
     def connection_lost(self, exc):
+        self._connection_lost(exc)
+
+    cdef int _connection_lost(self, exc) except -1:
         cdef object app = self.app
         self.tcp_closed = self.closing = True
         self.server.handshaking.discard(self)
@@ -487,6 +775,102 @@ cdef class TlsConnection:
         self.out.len = self.out.cap = 0
         if self.established and app is not None:
             app.connection_lost(exc)
+        return 0
+
+    # -- below, when the socket is ours (accepted by a TlsAcceptor) -----------------------
+    cdef int _events(self, uint32_t events) except -1:
+        if self.fd < 0:
+            return 0  # closed earlier in this batch of events
+        if events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+            self.rdhup = True
+        if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+            self.readable = True
+            self._fd_read()
+        if events & (EPOLLOUT | EPOLLERR) and self.out.len and self.fd >= 0:
+            self._fd_writable()
+        return 0
+
+    cdef int _failed(self) noexcept:
+        # An exception escaped from the app: as uvloop would, cut the connection.
+        try:
+            self.abort()
+        except Exception:
+            pass
+        return 0
+
+    cdef int _fd_read(self) except -1:
+        """Read the socket until it is empty, the app pauses or the connection ends."""
+        cdef ssize_t n
+        while (self.readable and self.fd >= 0 and not self.tcp_paused and not self.closing
+               and not self.tcp_eof):
+            n = recv(self.fd, _inptr, IN_SIZE, 0)
+            if n > 0:
+                if n < IN_SIZE and not self.rdhup:
+                    # As nginx: a short read emptied the socket; more data is a new edge.
+                    self.readable = False
+                self._received(n)
+            elif n == 0:
+                self.readable = False
+                if not self._eof_received():
+                    self._fd_close(True, None)
+            elif errno == EINTR:
+                continue
+            else:
+                self.readable = False
+                if errno != EAGAIN:
+                    self._fd_close(False, OSError(errno, strerror(errno).decode()))
+                return 0
+        return 0
+
+    cdef int _fd_writable(self) except -1:
+        """The socket takes bytes again: send what waits, then a FIN or the close that
+        waited for it; resume the app's writing below the low-water mark."""
+        if self.out.gone:
+            return self._gone()
+        if self.out.len:
+            self._fd_flush()
+        if self.fd < 0:
+            return 0
+        if self.out.len == 0:
+            if self.close_when_sent:
+                self._fd_close(False, None)
+                return 0
+            if self.eof_when_sent:
+                self.eof_when_sent = False
+                shutdown(self.fd, SHUT_WR)
+        if self.write_paused and self.out.len <= self.low:
+            self.write_paused = False
+            if self.established and self.app is not None:
+                self.app.resume_writing()
+        return 0
+
+    def _writable_again(self):
+        self.resume_write_scheduled = False
+        if self.write_paused and self.out.len <= self.low and self.fd >= 0:
+            self.write_paused = False
+            if self.established and self.app is not None:
+                self.app.resume_writing()
+
+    cdef int _fd_close(self, bint graceful, object exc) except -1:
+        """Close our socket: now, or (graceful) once what waits is sent. The app hears
+        of it (connection_lost) from the loop, as from a transport."""
+        if self.fd < 0:
+            return 0
+        self.tcp_closed = self.closing = True
+        if graceful and self.out.len:
+            self.close_when_sent = True
+            return 0
+        self.server.handshaking.discard(self)
+        close(self.fd)
+        self.fd = self.out.fd = -1
+        self.poller.loop.call_soon(self._lost, exc)
+        return 0
+
+    def _lost(self, exc):
+        try:
+            self._connection_lost(exc)
+        finally:
+            Py_DECREF(self)  # the registration's reference (see TlsServer._accepted)
 
     def pause_writing(self):
         if self.established and self.app is not None:
@@ -552,7 +936,13 @@ cdef class TlsConnection:
             return
         self.eof_sent = True
         self._shutdown()
-        if not self.tcp_closed:
+        if self.own:
+            if self.fd >= 0 and not self.tcp_closed:
+                if self.out.len:
+                    self.eof_when_sent = True
+                else:
+                    shutdown(self.fd, SHUT_WR)
+        elif not self.tcp_closed:
             self.transport.write_eof()
 
     def close(self):
@@ -563,7 +953,9 @@ cdef class TlsConnection:
         self.server.handshaking.discard(self)
         if not self.eof_sent:
             self._shutdown()
-        if not self.tcp_closed:
+        if self.own:
+            self._fd_close(True, None)
+        elif not self.tcp_closed:
             self.tcp_closed = True
             self.transport.close()
 
@@ -571,6 +963,13 @@ cdef class TlsConnection:
         """Cut the connection with a TCP reset (SO_LINGER 0), whatever is unsent."""
         cdef linger lg
         self.closing = True
+        if self.own:
+            if self.fd >= 0:
+                lg.l_onoff = 1
+                lg.l_linger = 0
+                setsockopt(self.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg))
+                self._fd_close(False, None)
+            return
         if self.tcp_closed:
             return
         self.tcp_closed = True
@@ -591,14 +990,17 @@ cdef class TlsConnection:
         self.app_paused = True
         if not self.tcp_paused and not self.tcp_closed and not self.tcp_eof:
             self.tcp_paused = True
-            self.transport.pause_reading()
+            if not self.own:
+                self.transport.pause_reading()
 
     def resume_reading(self):
         self.app_paused = False
         if self.tcp_paused and not self.tcp_closed and not self.tcp_eof:
             self.tcp_paused = False
-            self.transport.resume_reading()
-        if (self.ssl != NULL and (self.eof_pending or self._has_input())
+            if not self.own:
+                self.transport.resume_reading()
+        if (self.ssl != NULL and (self.eof_pending or self._has_input()
+                                  or (self.readable and self.fd >= 0 and self.own))
                 and not self.resume_scheduled):
             # Records that came before the pause: delivered from the loop, never from
             # inside the app's own call (it resumes before it feeds what it holds).
@@ -614,19 +1016,44 @@ cdef class TlsConnection:
             self.eof_pending = False
             if not self.app.eof_received():
                 self.close()
+        if self.own and self.readable and not self.app_paused:
+            self._fd_read()
 
     def get_write_buffer_size(self):
+        if self.own:
+            return self.out.len
         if self.tcp_closed:
             return 0
         return self.transport.get_write_buffer_size()
 
     def set_write_buffer_limits(self, high=None, low=None):
-        self.transport.set_write_buffer_limits(high, low)
+        if not self.own:
+            self.transport.set_write_buffer_limits(high, low)
+            return
+        if high is None:
+            high = HIGH_WATER if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self.high = high
+        self.low = low
 
     def get_extra_info(self, name, default=None):
+        cdef sockaddr_storage here
+        cdef socklen_t size = sizeof(here)
         if name == "ssl_object":
             return self if self.established else default
-        return self.transport.get_extra_info(name, default)
+        if not self.own:
+            return self.transport.get_extra_info(name, default)
+        if name == "peername":
+            if self.peername is None:
+                self.peername = _address(&self.peer)
+            return self.peername
+        if name == "sockname" and self.fd >= 0:
+            if getsockname(self.fd, <sockaddr*>&here, &size) == 0:
+                return _address(&here)
+        return default
 
     # -- what the client protocol reads of `ssl_object` (tls.describe_peer_cert) ---------
     def getpeercert(self, bint binary_form=False):
@@ -779,6 +1206,8 @@ cdef class TlsConnection:
         ours for it (their order), nor once it is closing: after an error uvloop closes
         the descriptor on its own schedule, and its number may already belong to
         another connection."""
+        if self.own:
+            return self.fd >= 0 and not self.tcp_closed
         if self.fd < 0 or self.tcp_closed or self.transport.is_closing():
             return False
         if self.queued:
@@ -796,6 +1225,15 @@ cdef class TlsConnection:
         cdef Py_ssize_t done = 0
         if self.out.gone:
             return self._gone()
+        if self.own:
+            if n > 0:
+                self._fd_flush()
+            if self.write_paused and self.out.len <= self.low and not self.resume_write_scheduled:
+                # Sent from inside a call of the app's (a write): resume_writing comes from
+                # the loop, as a transport's does.
+                self.resume_write_scheduled = True
+                self.poller.loop.call_soon(self._writable_again)
+            return 0
         if n <= 0:
             return 0
         if self.tcp_closed:
@@ -819,6 +1257,37 @@ cdef class TlsConnection:
         self.transport.write(data)
         return 0
 
+    cdef int _fd_flush(self) except -1:
+        """Our socket: write what waits; keep what the kernel does not take, to be sent
+        when the poller says it may (and pause the app's writing above `high`)."""
+        cdef Py_ssize_t n = self.out.len
+        cdef Py_ssize_t done
+        if self.fd < 0:
+            self._sent()
+            return 0
+        while True:
+            done = write(self.fd, self.out.buf, n)
+            if done >= 0 or errno != EINTR:
+                break
+        if done == n:
+            self._sent()
+            return 0
+        if done < 0:
+            if errno == EPIPE or errno == ECONNRESET:
+                return self._gone()
+            if errno != EAGAIN:
+                self._sent()
+                return self._fd_close(False, OSError(errno, strerror(errno).decode()))
+            done = 0
+        if done:
+            memmove(self.out.buf, self.out.buf + done, n - done)
+            self.out.len = n - done
+        if (self.out.len > self.high and not self.write_paused and self.established
+                and not self.closing and self.app is not None):
+            self.write_paused = True
+            self.app.pause_writing()
+        return 0
+
     cdef int _gone(self) except -1:
         """The peer has gone (reset, or shut down its reading): drop what is left to
         send and close, instead of handing it to the transport only for its write to
@@ -828,7 +1297,9 @@ cdef class TlsConnection:
         self._sent()
         self.closing = True
         self.server.handshaking.discard(self)
-        if not self.tcp_closed:
+        if self.own:
+            self._fd_close(False, None)
+        elif not self.tcp_closed:
             self.tcp_closed = True
             self.transport.close()
         return 0
@@ -854,10 +1325,31 @@ cdef class TlsConnection:
             self._flush()
         self.closing = True
         self.server.handshaking.discard(self)
-        if not self.tcp_closed:
+        if self.own:
+            self._fd_close(True, None)
+        elif not self.tcp_closed:
             self.tcp_closed = True
             self.transport.close()
         return 0
+
+
+cdef object _address(sockaddr_storage* addr):
+    """A socket address as Python's socket module gives it."""
+    cdef char host[64]
+    cdef sockaddr_in* v4
+    cdef sockaddr_in6* v6
+    if addr.ss_family == AF_INET:
+        v4 = <sockaddr_in*>addr
+        if inet_ntop(AF_INET, &v4.sin_addr, host, sizeof(host)) == NULL:
+            return ""
+        return (host.decode("ascii"), ntohs(v4.sin_port))
+    if addr.ss_family == AF_INET6:
+        v6 = <sockaddr_in6*>addr
+        if inet_ntop(AF_INET6, &v6.sin6_addr, host, sizeof(host)) == NULL:
+            return ""
+        return (host.decode("ascii"), ntohs(v6.sin6_port), ntohl(v6.sin6_flowinfo),
+                v6.sin6_scope_id)
+    return ""
 
 
 cdef object _name_tuple(X509_NAME* name):

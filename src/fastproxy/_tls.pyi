@@ -1,6 +1,7 @@
 """Type stubs for the compiled fastproxy._tls extension (ext/fastproxy/_tls.pyx)."""
 
 import asyncio
+import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -12,6 +13,17 @@ class ServerContext:
                  alpn: tuple[str, ...] = (), client_auth: str = "none",
                  client_ca: str | None = None, handshake_timeout: float = 10.0) -> None: ...
     def server(self, app_factory: Callable[[], Any]) -> TlsServer: ...
+
+class Poller:
+    loop: asyncio.AbstractEventLoop
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None: ...
+    def close(self) -> None: ...
+
+class TlsAcceptor:
+    def __init__(self, poller: Poller, server: TlsServer, sock: socket.socket) -> None: ...
+    def close(self) -> None: ...
+    accept_errors: int
+    def is_serving(self) -> bool: ...
 
 class TlsServer:
     handshaking: set[TlsConnection]

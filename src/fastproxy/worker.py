@@ -12,6 +12,7 @@ import asyncio
 import gc
 import json
 import logging
+import os
 import signal
 import socket
 from collections.abc import Callable, Mapping
@@ -27,7 +28,7 @@ from fastproxy._proxy import Core
 from fastproxy._ratelimit import BanTable, ConnTable, LimitTable, RateLimit
 from fastproxy._stats import LAYOUT, Stats
 from fastproxy._stream import StreamHub, StreamListener
-from fastproxy._tls import ServerContext, TlsServer
+from fastproxy._tls import Poller, ServerContext, TlsAcceptor, TlsServer
 from fastproxy._tops import Analytics
 from fastproxy._url import IpSet
 from fastproxy.accesslog import AccessLog
@@ -169,6 +170,7 @@ class Worker:
         self._upstream_tls(config)
         self._servers: list[Any] = []
         self._tls_servers: list[TlsServer] = []
+        self._poller: Poller | None = None  # TLS listeners' sockets, without uvloop transports
         self._stopped: asyncio.Future[None] | None = None
         self._drain_deadline = 0.0
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set in run()
@@ -261,12 +263,21 @@ class Worker:
             listener = self.config.listeners[index]
             factory: Callable[[], Any] = (self._stream_listener(index) if listener.mode == "tcp"
                                           else self.core.client_factory(index))
+            server: asyncio.AbstractServer | TlsAcceptor
             if listener.proxy_protocol:
                 server = await loop.create_server(
                     self._gate_factory(index, factory), sock=sock, backlog=1024)
             elif listener.tls is not None and isinstance(self.contexts[index], ServerContext):
-                server = await loop.create_server(self._tls_server(index, factory), sock=sock,
-                                                  backlog=1024)
+                if os.environ.get("FASTPROXY_TLS_SOCKETS") == "uvloop":
+                    # The sockets as uvloop's transports, TlsConnection as their protocol:
+                    # for side-by-side benchmarks of the two (see docs/architecture.md).
+                    server = await loop.create_server(self._tls_server(index, factory),
+                                                      sock=sock, backlog=1024)
+                else:
+                    # The socket and its connections in our epoll set (_tls.Poller).
+                    if self._poller is None:
+                        self._poller = Poller(loop)
+                    server = TlsAcceptor(self._poller, self._tls_server(index, factory), sock)
             elif listener.tls is not None:
                 server = await loop.create_server(
                     factory, sock=sock, backlog=1024,
@@ -287,6 +298,8 @@ class Worker:
             await self._stopped
         finally:
             resolver.stop()
+            if self._poller is not None:
+                self._poller.close()
             for shared in self.redis_caches:
                 await shared.close()  # the writes queued get a moment to go out
 
