@@ -943,6 +943,35 @@ def test_reset_and_goaway_with_unknown_error_codes(
     assert "Traceback" not in proxy.log(), proxy.log()
 
 
+def test_close_delimited_and_empty_answers(make_origin: OriginFactory, certs: Path,
+                                          start_proxy: Callable[..., ProxyProcess]) -> None:
+    """Upstream answers without a length (read to the close), with an empty chunked
+    body, and a 204: each stream gets its whole answer and END_STREAM."""
+    big = bytes(range(256)) * 1000
+
+    def handler(req: Received) -> Reply:
+        if req.target == "/eof":
+            return Reply(200, [], big, close_delimited=True)
+        if req.target == "/empty-chunked":
+            return Reply(200, [], chunks=[])
+        return Reply(204, [], b"")
+
+    origin = make_origin(handler)
+    port = free_port()
+    proxy = start_proxy(tls_listener(port, certs), app(origin), port)
+    client = RawH2(port, certs)
+    try:
+        for path, status, body in (("/eof", 200, big), ("/empty-chunked", 200, b""),
+                                   ("/none", 204, b"")):
+            sid = client.request(path)
+            got = client.response(sid)
+            assert (got[0], got[2]) == (status, body), path
+            assert client.of(h2.events.StreamEnded, sid), path
+    finally:
+        client.close()
+    assert "Traceback" not in proxy.log(), proxy.log()
+
+
 def test_idle_connection_closes_after_keepalive(make_origin: OriginFactory, certs: Path,
                                                 start_proxy: Callable[..., ProxyProcess]) -> None:
     origin = make_origin()
