@@ -34,6 +34,7 @@ from hyperframe.frame import (
     GoAwayFrame,
     HeadersFrame,
     PingFrame,
+    RstStreamFrame,
     SettingsFrame,
     WindowUpdateFrame,
 )
@@ -911,6 +912,64 @@ def test_client_goaway_with_more_frames_in_the_same_read(
         assert end is None or end.error_code == ErrorCodes.NO_ERROR, end
     finally:
         client.close()
+
+
+def test_reset_and_goaway_with_unknown_error_codes(
+        make_origin: OriginFactory, certs: Path,
+        start_proxy: Callable[..., ProxyProcess]) -> None:
+    """Error codes are 32-bit and unknown ones are legal (RFC 9113 7): a client's
+    RST_STREAM with code 0xffffffff resets that stream only (the next request on
+    the connection is answered), and its GOAWAY with one ends the connection,
+    never with a traceback."""
+    origin = make_origin(lambda req: Reply(200, [], b"answer " + req.target.encode(), delay=0.3))
+    port = free_port()
+    proxy = start_proxy(tls_listener(port, certs), app(origin), port)
+    client = RawH2(port, certs)
+    try:
+        sid = client.request("/reset-me")
+        client.sock.sendall(RstStreamFrame(sid, error_code=0xFFFFFFFF).serialize())
+        client.conn.reset_stream(sid)  # (h2's own state: the stream is over)
+        client.conn.data_to_send()  # (already said, with the code above)
+        sid = client.request("/next")
+        status, _, body = client.response(sid)
+        assert (status, body) == (200, b"answer /next")
+        goaway = GoAwayFrame(0)
+        goaway.last_stream_id = 0
+        goaway.error_code = 0xFFFFFFFF
+        client.sock.sendall(goaway.serialize())
+        client.until_closed()
+    finally:
+        client.close()
+    assert "Traceback" not in proxy.log(), proxy.log()
+
+
+def test_close_delimited_and_empty_answers(make_origin: OriginFactory, certs: Path,
+                                          start_proxy: Callable[..., ProxyProcess]) -> None:
+    """Upstream answers without a length (read to the close), with an empty chunked
+    body, and a 204: each stream gets its whole answer and END_STREAM."""
+    big = bytes(range(256)) * 1000
+
+    def handler(req: Received) -> Reply:
+        if req.target == "/eof":
+            return Reply(200, [], big, close_delimited=True)
+        if req.target == "/empty-chunked":
+            return Reply(200, [], chunks=[])
+        return Reply(204, [], b"")
+
+    origin = make_origin(handler)
+    port = free_port()
+    proxy = start_proxy(tls_listener(port, certs), app(origin), port)
+    client = RawH2(port, certs)
+    try:
+        for path, status, body in (("/eof", 200, big), ("/empty-chunked", 200, b""),
+                                   ("/none", 204, b"")):
+            sid = client.request(path)
+            got = client.response(sid)
+            assert (got[0], got[2]) == (status, body), path
+            assert client.of(h2.events.StreamEnded, sid), path
+    finally:
+        client.close()
+    assert "Traceback" not in proxy.log(), proxy.log()
 
 
 def test_idle_connection_closes_after_keepalive(make_origin: OriginFactory, certs: Path,

@@ -261,7 +261,8 @@ cdef class H2Session:
         if stream is not None and not self.closed:
             (<H2Stream>stream).request_ended()
 
-    def h2_reset(self, int sid, int code, bint remote):
+    # Error codes are 32-bit and unknown ones legal (RFC 9113 7): not C ints.
+    def h2_reset(self, int sid, code, bint remote):
         if not self.closed:
             self._reset(sid, remote)
 
@@ -278,7 +279,7 @@ cdef class H2Session:
     def h2_flood_frame(self, str kind):
         self._control_frame(kind, False)
 
-    def h2_goaway(self, int code, int last_stream_id):
+    def h2_goaway(self, code, int last_stream_id):
         if self.closed:
             return
         if code != NO_ERROR or not self.streams:
