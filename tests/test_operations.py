@@ -31,6 +31,10 @@ def get(port: int) -> int:
         data = b""
         while chunk := s.recv(65536):
             data += chunk
+    if not data:
+        # Closed without an answer (a worker killed with the connection in its accept
+        # queue): a failed request, as a reset is.
+        raise ConnectionResetError("closed without a response")
     return int(data.split(b" ", 2)[1])
 
 
