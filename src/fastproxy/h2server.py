@@ -35,13 +35,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fastproxy._h2 import Malformed, request_head
-from fastproxy._h2stream import CONN_WINDOW, RESET_WINDOW, STREAM_WINDOW, H2Session, H2Stream
+from fastproxy._h2stream import H2Session
 
-# Request fields are checked by _h2.request_head (RFC 9113 8.2 and 8.3) in one C
-# pass, which also writes the HTTP/1.1 head; the connection layer checks the frames.
-__all__ = ["CONN_WINDOW", "RESET_WINDOW", "STREAM_WINDOW", "H2Limits", "H2Session", "H2Stream",
-           "Malformed", "request_head", "session_factory"]
+__all__ = ["H2Limits", "session_factory"]
 
 
 class H2Limits:
