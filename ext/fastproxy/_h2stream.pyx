@@ -29,6 +29,7 @@ from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcmp
 
 from fastproxy._h2 cimport ServerConnection
+from fastproxy.ascii cimport is_lower_literal, lower
 from fastproxy._http cimport K_LENGTH, MessageHead, ParserHandler, ResponseParser
 from fastproxy.xxhash cimport XXH3_64bits, XXH3_64bits_withSeed
 
@@ -72,10 +73,8 @@ cdef bytes lower_bytes(const char* p, Py_ssize_t n):
     cdef bytes out = PyBytes_FromStringAndSize(NULL, n)
     cdef char* q = PyBytes_AS_STRING(out)
     cdef Py_ssize_t i
-    cdef char c
     for i in range(n):
-        c = p[i]
-        q[i] = c + 32 if b'A' <= c <= b'Z' else c
+        q[i] = lower(p[i])
     return out
 
 
@@ -104,21 +103,9 @@ cdef bint same_field(tuple field, const char* name, Py_ssize_t nl, const char* v
                      Py_ssize_t vl) noexcept:
     """Whether `field` is this name (in any case) and value."""
     cdef bytes fname = <bytes>field[0], fvalue = <bytes>field[1]
-    cdef const char* q
-    cdef Py_ssize_t i
-    cdef char c
-    if PyBytes_GET_SIZE(fname) != nl or PyBytes_GET_SIZE(fvalue) != vl:
+    if PyBytes_GET_SIZE(fvalue) != vl or memcmp(PyBytes_AS_STRING(fvalue), value, vl) != 0:
         return False
-    if memcmp(PyBytes_AS_STRING(fvalue), value, vl) != 0:
-        return False
-    q = PyBytes_AS_STRING(fname)
-    for i in range(nl):
-        c = name[i]
-        if b'A' <= c <= b'Z':
-            c = c + 32
-        if c != q[i]:
-            return False
-    return True
+    return is_lower_literal(name, nl, PyBytes_AS_STRING(fname), PyBytes_GET_SIZE(fname))
 
 
 cdef tuple status_field(int status):
