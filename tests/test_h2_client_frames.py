@@ -9,7 +9,6 @@ the streams above its last stream id, and the server's stream limit
 from __future__ import annotations
 
 import struct
-from typing import Any
 
 import h2.config
 import h2.connection
@@ -28,46 +27,22 @@ from fastproxy._h2 import (
     H2StreamClosed,
     error_name,
 )
+from test_h2_frames import Recorder as ServerRecorder
+from test_h2_frames import frame
 
 REQ = [(b":method", b"POST"), (b":path", b"/svc/Call"), (b":scheme", b"http"),
        (b":authority", b"up.example"), (b"te", b"trailers")]
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.calls: list[tuple[Any, ...]] = []
+class Recorder(ServerRecorder):
+    """The handler of a client side: a server's calls but h2_response for
+    h2_request, and h2_trailers."""
 
     def h2_response(self, sid: int, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
         self.calls.append(("response", sid, headers, ended))
 
     def h2_trailers(self, sid: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.calls.append(("trailers", sid, headers))
-
-    def h2_data(self, sid: int, data: bytes, size: int) -> None:
-        self.calls.append(("data", sid, data, size))
-
-    def h2_end(self, sid: int) -> None:
-        self.calls.append(("end", sid))
-
-    def h2_reset(self, sid: int, code: int, remote: bool) -> None:
-        self.calls.append(("reset", sid, code, remote))
-
-    def h2_window(self, sid: int) -> None:
-        self.calls.append(("window", sid))
-
-    def h2_ping(self) -> None:
-        self.calls.append(("ping",))
-
-    def h2_settings(self) -> None:
-        self.calls.append(("settings",))
-
-    def h2_goaway(self, code: int, last: int) -> None:
-        self.calls.append(("goaway", code, last))
-
-
-def frame(kind: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
-    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(
-        ">I", sid) + payload
 
 
 def started() -> tuple[ClientConnection, Recorder, h2.connection.H2Connection]:
