@@ -4,6 +4,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from fastproxy._actions import Template
+from fastproxy._balance import Balancer, RetryBudget
 from fastproxy._http import MessageHead
 from fastproxy._router import RequestContext, Router, Rule
 from fastproxy.config import Config, Upstream
@@ -114,3 +116,23 @@ class WaitQueue:
     capacity: int
     timeout: float
     def __len__(self) -> int: ...
+
+class GroupBase:
+    balancer: Balancer
+    backup: Balancer | None
+    budget: RetryBudget
+    hash_key: Template | None
+    sticky_cookie: bytes | None
+    sticky_values: tuple[bytes, ...]
+    sticky_peers: dict[bytes, int]
+    sticky_lines: tuple[bytes, ...]
+    retries: int
+    retry_on: frozenset[str]
+    retry_reset: bool
+    retry_timeout: bool
+    retry_statuses: frozenset[int]
+    retry_buffer: int
+    waiting: WaitQueue | None
+    busy: bytes
+    unavailable: bytes
+    stats_base: int

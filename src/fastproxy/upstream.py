@@ -26,7 +26,7 @@ from fastproxy._balance import (
 )
 from fastproxy._hashring import Maglev, Ring
 from fastproxy._peers import PeerTable
-from fastproxy._proxy import Core, ServerPool
+from fastproxy._proxy import Core, GroupBase, ServerPool
 from fastproxy.config import ServerAddress, Upstream
 
 
@@ -66,16 +66,14 @@ def sticky_value(address: str) -> bytes:
     return b"%016x" % key_hash(address.encode())
 
 
-class UpstreamGroup:
+class UpstreamGroup(GroupBase):
     """A named upstream: its servers, the balancers choosing among them, for the
     hashing algorithms the template of the key that is hashed, for sticky
     sessions the cookie and each primary's value and Set-Cookie line, and the
-    retry policy with its budget and the queue of requests waiting for room."""
+    retry policy with its budget and the queue of requests waiting for room.
+    What requests read of it are the compiled base's fields (`_proxy.GroupBase`)."""
 
-    __slots__ = ("config", "pools", "balancer", "backup", "name", "hash_key", "sticky_cookie",
-                 "sticky_values", "sticky_peers", "sticky_lines", "retries", "retry_on",
-                 "retry_reset", "retry_timeout", "retry_statuses", "retry_buffer", "budget",
-                 "waiting", "busy", "unavailable", "stats_base")
+    __slots__ = ("config", "pools", "name")
 
     def __init__(self, config: Upstream, core: Core, table: PeerTable | None = None,
                  first_slot: int = 0) -> None:
