@@ -69,6 +69,7 @@ from fastproxy._compress cimport (C_NONE, D_IDENTITY, Encoder, Policy, coding_na
 from fastproxy._peers cimport now_ns
 from fastproxy._tops cimport Analytics
 from fastproxy._proxyproto cimport socket_addresses, tlv, upstream_header
+from fastproxy._tls cimport TlsPipe
 from fastproxy._proxyproto import (PP2_CLIENT_CERT_CONN, PP2_CLIENT_SSL, PP2_SUBTYPE_SSL_CIPHER,
                                    PP2_SUBTYPE_SSL_CN, PP2_SUBTYPE_SSL_VERSION, PP2_TYPE_ALPN,
                                    PP2_TYPE_AUTHORITY, PP2_TYPE_SSL)
@@ -187,12 +188,17 @@ cdef int plain_fd(object transport) noexcept:
 
 
 cdef int send_via_transport(object transport, object parts, bint single) except -1:
-    if single:
+    if type(transport) is _TlsTransport:  # our TLS connection: C calls
+        if single:
+            (<TlsPipe>transport).put(parts)
+        elif len(parts) == 1:
+            (<TlsPipe>transport).put(parts[0])
+        else:
+            (<TlsPipe>transport).put_parts(parts)  # joined into one record when small
+    elif single:
         transport.write(parts)
     elif len(parts) == 1:
         transport.write(parts[0])
-    elif type(transport) is _TlsTransport:
-        transport.writelines(parts)  # joined in C into one TLS record when small
     elif type(transport) is not _PlainTransport:
         # uvloop's TLS (or another transport): one write, as uvloop's TLS transport makes a
         # record per write (a 1 KiB response went out as two records, a head and a

@@ -491,6 +491,7 @@ cdef class TlsServer:
         cdef TlsConnection conn = TlsConnection.__new__(TlsConnection)
         conn.server = self
         conn.app = self.app_factory()
+        conn.received = conn.app.data_received
         return conn
 
     cdef int _accepted(self, Poller poller, int fd, sockaddr_storage* addr) except -1:
@@ -509,6 +510,7 @@ cdef class TlsServer:
         conn.low = HIGH_WATER // 4
         try:
             conn.app = self.app_factory()
+            conn.received = conn.app.data_received
             if poller.add(fd, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, conn) < 0:
                 raise OSError(errno, strerror(errno).decode())
         except BaseException:
@@ -620,9 +622,16 @@ cdef class TlsAcceptor:
         return self.fd >= 0
 
 
+cdef class TlsPipe:
+    cdef int put(self, object data) except -1:
+        raise NotImplementedError
+
+    cdef int put_parts(self, object parts) except -1:
+        raise NotImplementedError
+
+
 @cython.final
-@cython.freelist(64)
-cdef class TlsConnection:
+cdef class TlsConnection(TlsPipe):
     """One TLS connection: below, uvloop's TCP transport (as its protocol) or, when
     accepted by a TlsAcceptor, the socket itself; above, the client protocol's
     transport."""
@@ -633,6 +642,7 @@ cdef class TlsConnection:
     cdef BIO* wbio
     cdef object transport       # uvloop's TCP transport
     cdef readonly object app    # the client protocol (made at accept)
+    cdef object received        # its data_received, looked up once
     cdef double deadline        # of the handshake
     cdef bint established       # the handshake is done; the app got connection_made
     cdef bint app_paused        # the app paused reading
@@ -766,7 +776,7 @@ cdef class TlsConnection:
         cdef object app = self.app
         self.tcp_closed = self.closing = True
         self.server.handshaking.discard(self)
-        self.app = None  # the app holds us as its transport: no cycle left
+        self.app = self.received = None  # the app holds us as its transport: no cycle left
         if self.ssl != NULL:
             SSL_free(self.ssl)
             self.ssl = NULL
@@ -882,26 +892,33 @@ cdef class TlsConnection:
 
     # -- above: the transport of the client protocol --------------------------------------
     def write(self, data):
+        self.put(data)
+
+    def writelines(self, parts):
+        self.put_parts(parts)
+
+    cdef int put(self, object data) except -1:
         cdef Py_buffer view
         if self.ssl == NULL or self.closing or self.eof_sent:
-            return
+            return 0
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
             if view.len and not self._encrypt(<const char*>view.buf, view.len,
                                               view.len <= RECORD):
-                return
+                return 0
         finally:
             PyBuffer_Release(&view)
         self._flush()
+        return 0
 
-    def writelines(self, parts):
+    cdef int put_parts(self, object parts) except -1:
         """Small parts are joined into one record (a 1 KiB response is one record,
         not a head record and a body record); large ones are encrypted in place."""
         cdef Py_buffer view
         cdef Py_ssize_t used = 0
         cdef bint first = True  # nothing encrypted yet in this call
         if self.ssl == NULL or self.closing or self.eof_sent:
-            return
+            return 0
         for part in parts:
             PyObject_GetBuffer(part, &view, PyBUF_SIMPLE)
             try:
@@ -912,20 +929,21 @@ cdef class TlsConnection:
                 first = False
                 if used:
                     if not self._encrypt(_gather, used, False):
-                        return
+                        return 0
                     used = 0
                 if view.len <= GATHER_SIZE:
                     memcpy(_gather, view.buf, view.len)
                     used = view.len
                 elif not self._encrypt(<const char*>view.buf, view.len, False):
-                    return
+                    return 0
             finally:
                 PyBuffer_Release(&view)
         # A response that fits in one record (the usual case) goes to the socket from
         # OpenSSL's buffer (see _Out).
         if used and not self._encrypt(_gather, used, first):
-            return
+            return 0
         self._flush()
+        return 0
 
     def can_write_eof(self):
         return True
@@ -1160,7 +1178,7 @@ cdef class TlsConnection:
                     err = SSL_ERROR_WANT_READ
                     break
             if used:
-                self.app.data_received(PyBytes_FromStringAndSize(_plain, used))
+                self.received(PyBytes_FromStringAndSize(_plain, used))
                 if r > 0:
                     continue  # the buffer was full: there may be more
             if self.ssl == NULL:
