@@ -13,7 +13,8 @@ reads the CPU time of that proxy's worker from /proc/PID/schedstat (nanoseconds,
 the 10 ms ticks of /proc/PID/stat) before and after: CPU per handshake or request is
 that time over what the client completed. Alternating the proxies within seconds of
 each other puts them under the same load from other processes on a shared machine;
-the medians of the rounds and their ratios are printed.
+the medians of the rounds and their ratios are printed, and the median of each
+round's own ratio to nginx (less moved by load that changes between rounds).
 """
 
 from __future__ import annotations
@@ -148,6 +149,14 @@ def main() -> int:
             print(f"| nginx / this (per CPU-s vs nginx) | "
                   f"{med['nginx'] / med['fastproxy']:.3f} | "
                   f"{med['nginx'] / med['fastproxy-uvloop']:.3f} | 1 |")
+            # Within a round the three loads run seconds apart, so a ratio per round
+            # is less moved by other processes' load changing between rounds.
+            own = [n / f for f, n in zip(per["fastproxy"], per["nginx"], strict=True)]
+            old = [n / f for f, n in zip(per["fastproxy-uvloop"], per["nginx"], strict=True)]
+            print(f"| nginx / this, per round | {' '.join(f'{x:.3f}' for x in own)} | "
+                  f"{' '.join(f'{x:.3f}' for x in old)} | |")
+            print(f"| median of the rounds' ratios | **{statistics.median(own):.3f}** | "
+                  f"{statistics.median(old):.3f} | 1 |")
             rounds = [(u / o) for o, u in zip(per["fastproxy"], per["fastproxy-uvloop"],
                                               strict=True)]
             print(f"| uvloop / own, per round | "
