@@ -128,7 +128,7 @@ def test_the_version_lives_in_one_place() -> None:
 
 
 def test_the_license_is_shipped() -> None:
-    assert importlib.metadata.metadata("fastproxy")["License"] == "MIT"
+    assert importlib.metadata.metadata("fastproxy")["License-Expression"] == "MIT"
     files = importlib.metadata.files("fastproxy") or []
     [license_file] = [f for f in files if f.name == "LICENSE"]
     text = Path(str(license_file.locate())).read_text(encoding="utf-8")
