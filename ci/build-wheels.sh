@@ -117,6 +117,15 @@ mkdir -p "$STAGE/include/openssl" "$STAGE/lib"
 cp -r /usr/include/openssl/. "$STAGE/include/openssl/"
 cp -r "/usr/include/$MULTIARCH/openssl/." "$STAGE/include/openssl/"
 cp /usr/include/zlib.h /usr/include/zconf.h "$STAGE/include/"
+# Debian's own Pythons (/usr/bin/python3.X) have a pyconfig.h that includes
+# <MULTIARCH/python3.X/pyconfig.h>; zig does not search /usr/include, and putting
+# /usr/include/MULTIARCH on the path would bring glibc's headers with it: stage
+# just those folders.
+for dir in "/usr/include/$MULTIARCH"/python3.*; do
+    [ -d "$dir" ] || continue
+    mkdir -p "$STAGE/include/$MULTIARCH"
+    cp -r "$dir" "$STAGE/include/$MULTIARCH/"
+done
 ln -s "$LIBDIR/libssl.a" "$LIBDIR/libcrypto.a" "$STAGE/lib/"
 ln -s "$LIBDIR/libz.so.1" "$STAGE/lib/libz.so"
 printf '{ global: PyInit_*; local: *; };\n' > "$STAGE/exports.map"

@@ -67,9 +67,12 @@ fi
 
 cp -r "$ROOT/tests" "$WORK/tests"
 cp -rL "$ROOT/examples" "$WORK/examples"   # -L: demo.toml is a link into src/
-# The reference and the README: tests check them against the code (test_config_schema).
+# The reference and the README: tests check them against the code (test_config_schema),
+# their links, the README's feature table, the version and the license (test_docs).
 cp -r "$ROOT/docs" "$WORK/docs"
-cp "$ROOT/README.md" "$WORK/README.md"
+cp "$ROOT/README.md" "$ROOT/CHANGELOG.md" "$ROOT/LICENSE" "$WORK/"
+mkdir -p "$WORK/benchmarks"
+cp "$ROOT/benchmarks/README.md" "$WORK/benchmarks/README.md"
 rm -rf "$WORK/tests/__pycache__" "$WORK/tests/fuzz"
 # pyproject.toml's pytest settings that change outcomes (no pyproject here: no src/ either).
 printf '[pytest]\nxfail_strict = true\naddopts = -ra\n' >"$WORK/tests/pytest.ini"
