@@ -3462,7 +3462,7 @@ cdef class UpstreamConnection(ParserHandler):
         """Progress on the request side: push the read deadline out."""
         if not self.write_paused:
             self.deadline = coarse() + (self.pool.read_timeout if self.got_bytes
-                                           else self.pool.head_timeout)
+                                        else self.pool.head_timeout)
 
     cdef int release(self, bint reusable) except -1:
         """The exchange is over: back to the pool, or closed."""
