@@ -406,7 +406,7 @@ cdef class HttpParser:
     cdef char _two_back(self, const char* at) noexcept:
         """The byte two before `at`, looking back into the previous feed if needed."""
         cdef size_t back = at - self._data_ptr
-        return at[-2] if back >= 2 else self._tail[back]
+        return (at - 2)[0] if back >= 2 else self._tail[back]
 
     cdef int _trailer(self, size_t length) noexcept:
         """Trailer fields count against the head limit (they are kept: `trailers`)."""
