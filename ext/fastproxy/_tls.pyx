@@ -24,6 +24,10 @@ name) ends that connection only: the alert OpenSSL wrote is sent, the error
 queue is cleared, the TCP connection is closed. Nothing is raised or logged;
 the client protocol was never told of a connection whose handshake failed, so
 it counts it as a failed handshake when it is freed (as with uvloop's TLS).
+
+Plain HTTP listeners use the same Poller and TlsAcceptor: `PlainServer` makes a
+`PlainConnection` per socket, the client protocol's transport without TLS (see
+"plain HTTP on the same sockets" below).
 """
 
 cimport cython
