@@ -8,8 +8,9 @@ uvloop transports (`FASTPROXY_TLS_SOCKETS=uvloop`), and of nginx's worker, side 
     python benchmarks/tls_sockets.py --plain              # 1k,64k,close over plain HTTP
 
 With `--plain` the same for plain-HTTP listeners: their sockets in the epoll set
-(`_tls.PlainConnection`, the default) against uvloop's transports
-(`FASTPROXY_PLAIN_SOCKETS=uvloop`), with e2e.py's plain cases.
+(`_tls.PlainConnection`, `FASTPROXY_PLAIN_SOCKETS=own`; "fastproxy") against uvloop's
+transports (`FASTPROXY_PLAIN_SOCKETS=uvloop`, the default; "fastproxy-uvloop"), with
+e2e.py's plain cases.
 
 Same set-up as e2e.py (its configurations, an upstream nginx and the clients on CPU 1,
 the proxies on CPU 0, one worker each, all three running at once). Each round runs the
@@ -122,6 +123,8 @@ def main() -> int:
             saved = os.environ.pop(switch, None)
             if name == "fastproxy-uvloop":
                 os.environ[switch] = "uvloop"
+            elif args.plain:
+                os.environ[switch] = "own"  # (plain HTTP's default is uvloop's transports)
             try:
                 servers[name] = e2e.start_fastproxy(d, conf, e2e.PROXY_CPU)
             finally:

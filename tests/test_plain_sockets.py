@@ -1,9 +1,9 @@
 """Plain HTTP listeners on sockets of our own (fastproxy._tls.PlainConnection in the
-worker's epoll set) rather than uvloop's transports: partial writes to a client that
-does not read, back-pressure down to the upstream, a half-closed client, large
-uploads, descriptor exhaustion on accept, and FASTPROXY_PLAIN_SOCKETS=uvloop, which
-selects uvloop's transports again. The rest of the plain-HTTP tests run on this path
-too (it is the default)."""
+worker's epoll set, FASTPROXY_PLAIN_SOCKETS=own) rather than uvloop's transports (the
+default, or FASTPROXY_PLAIN_SOCKETS=uvloop): partial writes to a client that does not
+read, back-pressure down to the upstream, a half-closed client, large uploads,
+descriptor exhaustion on accept, and which path the switch selects. (The other
+plain-HTTP test files pass with FASTPROXY_PLAIN_SOCKETS=own in the environment too.)"""
 
 from __future__ import annotations
 
@@ -58,13 +58,19 @@ def exchange(port: int, request: bytes, *, rcvbuf: int = 0, wait: float = 0.0,
         sock.close()
 
 
-@pytest.mark.parametrize("sockets", ["own", "uvloop"])
+@pytest.fixture(autouse=True)
+def own_sockets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FASTPROXY_PLAIN_SOCKETS", "own")  # inherited by the proxies
+
+
+@pytest.mark.parametrize("sockets", ["own", "uvloop", None])
 def test_the_switch_selects_the_path(origin: Origin, make_proxy: ProxyFactory,
-                                     monkeypatch: pytest.MonkeyPatch, sockets: str) -> None:
-    if sockets == "uvloop":
-        monkeypatch.setenv("FASTPROXY_PLAIN_SOCKETS", "uvloop")
+                                     monkeypatch: pytest.MonkeyPatch,
+                                     sockets: str | None) -> None:
+    if sockets is None:
+        monkeypatch.delenv("FASTPROXY_PLAIN_SOCKETS")  # the default: uvloop's transports
     else:
-        monkeypatch.delenv("FASTPROXY_PLAIN_SOCKETS", raising=False)
+        monkeypatch.setenv("FASTPROXY_PLAIN_SOCKETS", sockets)
     proxy = make_proxy({"backend": [origin.address]})
     data = exchange(proxy.port, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
                     b"GET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")

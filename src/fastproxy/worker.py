@@ -282,9 +282,11 @@ class Worker:
                 server = await loop.create_server(
                     factory, sock=sock, backlog=1024,
                     ssl=self.contexts[index], ssl_handshake_timeout=listener.tls.handshake_timeout)
-            elif listener.mode == "tcp" or os.environ.get("FASTPROXY_PLAIN_SOCKETS") == "uvloop":
-                # TCP streams keep uvloop's transports; FASTPROXY_PLAIN_SOCKETS=uvloop selects
-                # them for plain HTTP too (side-by-side benchmarks, see docs/architecture.md).
+            elif listener.mode == "tcp" or os.environ.get("FASTPROXY_PLAIN_SOCKETS") != "own":
+                # TCP streams keep uvloop's transports, and so does plain HTTP unless
+                # FASTPROXY_PLAIN_SOCKETS=own: our own sockets cost less per connection but
+                # more per keep-alive request (the nested epoll set's wake-ups), see
+                # docs/architecture.md and benchmarks/README.md.
                 server = await loop.create_server(factory, sock=sock, backlog=1024)
             else:
                 # Plain HTTP: the socket and its connections in our epoll set (_tls.Poller).
