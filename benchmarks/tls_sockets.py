@@ -5,6 +5,12 @@ uvloop transports (`FASTPROXY_TLS_SOCKETS=uvloop`), and of nginx's worker, side 
 
     python benchmarks/tls_sockets.py                      # tls-handshake,tls-keepalive, 6 rounds
     python benchmarks/tls_sockets.py --cases tls-handshake --rounds 10 --seconds 4
+    python benchmarks/tls_sockets.py --plain              # 1k,64k,close over plain HTTP
+
+With `--plain` the same for plain-HTTP listeners: their sockets in the epoll set
+(`_tls.PlainConnection`, `FASTPROXY_PLAIN_SOCKETS=own`; "fastproxy") against uvloop's
+transports (`FASTPROXY_PLAIN_SOCKETS=uvloop`, the default; "fastproxy-uvloop"), with
+e2e.py's plain cases.
 
 Same set-up as e2e.py (its configurations, an upstream nginx and the clients on CPU 1,
 the proxies on CPU 0, one worker each, all three running at once). Each round runs the
@@ -64,16 +70,24 @@ def worker_of(item: e2e.Started, timeout: float = 15.0) -> int:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cases", default="tls-handshake,tls-keepalive",
-                   help="from: tls-handshake, tls-keepalive, tls-resume")
+    p.add_argument("--cases", default=None,
+                   help="from: tls-handshake, tls-keepalive, tls-resume (default: the first "
+                        "two); with --plain from 1k, 64k, close (default: all three)")
+    p.add_argument("--plain", action="store_true",
+                   help="plain HTTP listeners: FASTPROXY_PLAIN_SOCKETS instead of "
+                        "FASTPROXY_TLS_SOCKETS")
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--seconds", type=int, default=4, help="load per proxy and round")
     p.add_argument("--connections", type=int, default=50, help="wrk -c (tls-keepalive)")
     p.add_argument("--tls-clients", type=int, default=e2e.TLS_CLIENTS,
                    help="openssl s_time processes (tls-handshake, tls-resume)")
     args = p.parse_args()
+    known = ("1k", "64k", "close") if args.plain else tuple(e2e.TLS_CASES)
+    if args.cases is None:
+        args.cases = "1k,64k,close" if args.plain else "tls-handshake,tls-keepalive"
+    switch = "FASTPROXY_PLAIN_SOCKETS" if args.plain else "FASTPROXY_TLS_SOCKETS"
     cases = [c for c in args.cases.split(",") if c]
-    if any(c not in e2e.TLS_CASES for c in cases) or args.rounds < 1 or args.seconds < 1:
+    if any(c not in known for c in cases) or args.rounds < 1 or args.seconds < 1:
         p.error("unknown case, or rounds/seconds below 1")
     for tool in ("wrk", "nginx", "openssl"):
         if shutil.which(tool) is None:
@@ -106,15 +120,17 @@ def main() -> int:
                 continue
             conf = e2e.fastproxy_conf(ports[name], up_port, 128, tls=tls,
                                       tls_port=tls_ports[name])
-            saved = os.environ.pop("FASTPROXY_TLS_SOCKETS", None)
+            saved = os.environ.pop(switch, None)
             if name == "fastproxy-uvloop":
-                os.environ["FASTPROXY_TLS_SOCKETS"] = "uvloop"
+                os.environ[switch] = "uvloop"
+            elif args.plain:
+                os.environ[switch] = "own"  # (plain HTTP's default is uvloop's transports)
             try:
                 servers[name] = e2e.start_fastproxy(d, conf, e2e.PROXY_CPU)
             finally:
-                os.environ.pop("FASTPROXY_TLS_SOCKETS", None)
+                os.environ.pop(switch, None)
                 if saved is not None:
-                    os.environ["FASTPROXY_TLS_SOCKETS"] = saved
+                    os.environ[switch] = saved
         workers = {}
         for name in VARIANTS:
             e2e.wait_ready(servers[name], ports[name], scratch)
@@ -125,15 +141,16 @@ def main() -> int:
               f"upstream on CPU {e2e.LOAD_CPU}; {args.rounds} rounds x {args.seconds} s; "
               f"wrk -t1 -c{args.connections}, s_time x{args.tls_clients}; "
               f"load average at start {loadavg}")
+        load_ports = ports if args.plain else tls_ports
         for case in cases:
             for name in VARIANTS:  # warm-up
-                e2e.run_load(case, tls_ports[name], 2, load, e2e.LOAD_CPU)
+                e2e.run_load(case, load_ports[name], 2, load, e2e.LOAD_CPU)
             per: dict[str, list[float]] = {name: [] for name in VARIANTS}
             for r in range(args.rounds):
                 order = VARIANTS[r % 3:] + VARIANTS[:r % 3]
                 for name in order:
                     before = cpu_ns(workers[name])
-                    result, raw, _, marks = e2e.run_load(case, tls_ports[name], args.seconds,
+                    result, raw, _, marks = e2e.run_load(case, load_ports[name], args.seconds,
                                                          load, e2e.LOAD_CPU)
                     used = cpu_ns(workers[name]) - before
                     e2e.check_load(f"{case}/{name}", case, result, raw, marks)
@@ -141,7 +158,8 @@ def main() -> int:
                 print(f"  {case} round {r + 1}: " + ", ".join(
                     f"{name} {per[name][-1]:.2f} us" for name in VARIANTS), flush=True)
             med = {name: statistics.median(v) for name, v in per.items()}
-            print(f"\n| {case}: CPU per {'handshake' if case != 'tls-keepalive' else 'request'}"
+            unit = "handshake" if case in ("tls-handshake", "tls-resume") else "request"
+            print(f"\n| {case}: CPU per {unit}"
                   " (median) | fastproxy | fastproxy-uvloop | nginx |")
             print("| --- | ---: | ---: | ---: |")
             print(f"| µs | {med['fastproxy']:.2f} | {med['fastproxy-uvloop']:.2f} | "

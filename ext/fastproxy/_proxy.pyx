@@ -89,6 +89,7 @@ from collections import deque
 
 from fastproxy._http import HttpParseError
 from fastproxy._tls import TlsConnection as _TlsTransport
+from fastproxy._tls import PlainConnection as _OwnPlainTransport
 from fastproxy._httpcache import DEFAULT_KEY
 from fastproxy.routeconf import parse_template
 
@@ -188,7 +189,8 @@ cdef int plain_fd(object transport) noexcept:
 
 
 cdef int send_via_transport(object transport, object parts, bint single) except -1:
-    if type(transport) is _TlsTransport:  # our TLS connection: C calls
+    if type(transport) is _TlsTransport or type(transport) is _OwnPlainTransport:
+        # our TLS connection, or a plain one on our own socket: C calls
         if single:
             (<TlsPipe>transport).put(parts)
         elif len(parts) == 1:
@@ -977,6 +979,9 @@ cdef class ClientConnection(ParserHandler):
         self.closed = True
         self.lingering = False
         if self.transport is None:
+            return 0
+        if type(self.transport) is _OwnPlainTransport:
+            (<TlsPipe>self.transport).cut()  # SO_LINGER 0, then close
             return 0
         if self.fd >= 0:
             # uvloop's abort() only drops its own buffer; the kernel would still

@@ -24,6 +24,10 @@ name) ends that connection only: the alert OpenSSL wrote is sent, the error
 queue is cleared, the TCP connection is closed. Nothing is raised or logged;
 the client protocol was never told of a connection whose handshake failed, so
 it counts it as a failed handshake when it is freed (as with uvloop's TLS).
+
+Plain HTTP listeners use the same Poller and TlsAcceptor: `PlainServer` makes a
+`PlainConnection` per socket, the client protocol's transport without TLS (see
+"plain HTTP on the same sockets" below).
 """
 
 cimport cython
@@ -36,6 +40,7 @@ from libc.errno cimport (EAGAIN, ECONNABORTED, ECONNRESET, EINTR, EMFILE, ENFILE
 from libc.stdint cimport uint16_t, uint32_t
 from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy, memmove, strerror
+from posix.uio cimport iovec, writev
 from posix.unistd cimport close, write
 
 from fastproxy.openssl cimport *
@@ -131,6 +136,7 @@ cdef enum:
     EVENTS = 64              # epoll events taken in one wake-up of the poller
     ACCEPTS = 16             # connections accepted in one wake-up of a listener
     HIGH_WATER = 64 * 1024   # pause_writing above this much unsent (as uvloop's default)
+    IOV = 64                 # parts of one writelines() sent in one writev
 
 
 # -- the output BIO -------------------------------------------------------------------
@@ -461,19 +467,33 @@ cdef class Poller:
             # closed earlier in this batch finds it alive and ignores it.
             target = <object>events[i].data.ptr
             try:
-                if type(target) is TlsConnection:
+                if type(target) is PlainConnection:
+                    (<PlainConnection>target)._events(events[i].events)
+                elif type(target) is TlsConnection:
                     (<TlsConnection>target)._events(events[i].events)
                 else:
                     (<TlsAcceptor>target)._events(events[i].events)
             except Exception as exc:
-                if type(target) is TlsConnection:
-                    (<TlsConnection>target)._failed()
-                self.report({"message": "fastproxy: error in a TLS connection's event",
+                if type(target) is PlainConnection:
+                    (<PlainConnection>target)._failed()
+                    what = "a connection's"
+                else:
+                    what = "a TLS connection's"
+                    if type(target) is TlsConnection:
+                        (<TlsConnection>target)._failed()
+                self.report({"message": f"fastproxy: error in {what} event",
                              "exception": exc})
 
 
+cdef class _Accepting:
+    """What a TlsAcceptor hands its accepted sockets to: TlsServer or PlainServer."""
+
+    cdef int _accepted(self, Poller poller, int fd, sockaddr_storage* addr) except -1:
+        raise NotImplementedError
+
+
 @cython.final
-cdef class TlsServer:
+cdef class TlsServer(_Accepting):
     """One worker's side of a TLS listener: the protocol factory for
     `loop.create_server` and the handshakes in progress (their deadlines are
     checked by the worker's tick, `expire`, instead of a timer each)."""
@@ -541,21 +561,24 @@ cdef class TlsServer:
 
 @cython.final
 cdef class TlsAcceptor:
-    """A TLS listener's socket in one worker, in the poller's set: up to ACCEPTS
-    connections per wake-up, each a TlsConnection on its own descriptor. `close()`
+    """A listener's socket in one worker, in the poller's set: up to ACCEPTS
+    connections per wake-up, each a TlsConnection (TLS listeners, `server` a TlsServer)
+    or a PlainConnection (plain HTTP, a PlainServer) on its own descriptor. `close()`
     stops accepting and closes the listening socket (as uvloop's Server.close)."""
 
     cdef Poller poller
-    cdef TlsServer server
+    cdef _Accepting server
+    cdef str what               # "a TLS listener" or "a listener", for the log
     cdef object sock
     cdef int fd
     cdef object resume_handle
     cdef double reported        # when a failing accept was last logged
     cdef readonly long long accept_errors
 
-    def __cinit__(self, Poller poller not None, TlsServer server not None, sock not None):
+    def __cinit__(self, Poller poller not None, _Accepting server not None, sock not None):
         self.poller = poller
         self.server = server
+        self.what = "a TLS listener" if type(server) is TlsServer else "a listener"
         self.sock = sock
         sock.setblocking(False)
         self.fd = sock.fileno()
@@ -594,7 +617,7 @@ cdef class TlsAcceptor:
         self.accept_errors += 1
         if now - self.reported >= 10.0 or self.reported == 0:  # one line per 10 s at most
             self.reported = now
-            self.poller.report({"message": f"fastproxy: accept on a TLS listener: "
+            self.poller.report({"message": f"fastproxy: accept on {self.what}: "
                                            f"{strerror(err).decode()} (failed "
                                            f"{self.accept_errors} times so far); "
                                            f"retrying every 0.1s"})
@@ -627,6 +650,9 @@ cdef class TlsPipe:
         raise NotImplementedError
 
     cdef int put_parts(self, object parts) except -1:
+        raise NotImplementedError
+
+    cdef int cut(self) except -1:
         raise NotImplementedError
 
 
@@ -976,6 +1002,10 @@ cdef class TlsConnection(TlsPipe):
         elif not self.tcp_closed:
             self.tcp_closed = True
             self.transport.close()
+
+    cdef int cut(self) except -1:
+        self.abort()
+        return 0
 
     def abort(self):
         """Cut the connection with a TCP reset (SO_LINGER 0), whatever is unsent."""
@@ -1349,6 +1379,403 @@ cdef class TlsConnection(TlsPipe):
             self.tcp_closed = True
             self.transport.close()
         return 0
+
+
+# -- plain HTTP on the same sockets ---------------------------------------------------
+# A plain (non-TLS) HTTP listener's connections too are driven from the Poller, unless
+# the listener has `proxy_protocol` (the gate reads the header through uvloop) or
+# FASTPROXY_PLAIN_SOCKETS=uvloop. A PlainConnection is the client protocol's transport:
+# each read is one recv into the shared buffer handed over as `bytes` in one C-level
+# call of the app's data_received (looked up once); writes go to the socket with
+# send/writev, and what the kernel does not take waits in a buffer of the
+# connection's own (`_Out`, as TLS uses it) until the poller says it is writable.
+
+@cython.final
+cdef class PlainServer(_Accepting):
+    """One worker's side of a plain HTTP listener: a PlainConnection, around a client
+    protocol from `app_factory`, per socket its TlsAcceptor accepts."""
+
+    cdef object app_factory
+
+    def __cinit__(self, app_factory not None):
+        self.app_factory = app_factory
+
+    cdef int _accepted(self, Poller poller, int fd, sockaddr_storage* addr) except -1:
+        cdef PlainConnection conn
+        cdef int one = 1
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))  # as uvloop
+        conn = PlainConnection.__new__(PlainConnection)
+        conn.poller = poller
+        conn.fd = fd
+        conn.peer = addr[0]
+        conn.high = HIGH_WATER
+        conn.low = HIGH_WATER // 4
+        try:
+            conn.app = self.app_factory()
+            conn.received = conn.app.data_received
+            if poller.add(fd, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, conn) < 0:
+                raise OSError(errno, strerror(errno).decode())
+        except BaseException:
+            conn.fd = -1
+            close(fd)
+            raise
+        Py_INCREF(conn)  # the registration's reference (let go by _lost)
+        try:
+            conn.app.connection_made(conn)
+            # The request often came with the connection: read it now rather than
+            # after one more wake-up.
+            conn.readable = True
+            conn._fd_read()
+        except Exception as exc:  # from the app (as Poller._ready does for an event)
+            conn._failed()
+            poller.report({"message": "fastproxy: error in a new connection",
+                           "exception": exc})
+        return 0
+
+
+@cython.final
+cdef class PlainConnection(TlsPipe):
+    """One plain TCP connection on a socket of ours (accepted by a TlsAcceptor for a
+    PlainServer): the client protocol's transport, as uvloop's TCPTransport is."""
+
+    cdef readonly object app    # the client protocol
+    cdef object received        # its data_received, looked up once
+    cdef Poller poller
+    cdef int fd                 # -1 once closed
+    cdef _Out out               # what the kernel did not take yet (its fd stays -1)
+    cdef bint readable          # edge-triggered: the socket may hold more to read
+    cdef bint rdhup             # the poller reported the client's FIN (or an error)
+    cdef bint paused            # the app paused reading
+    cdef bint eof_seen          # the client's FIN was read
+    cdef bint closing           # close() or abort() was called, or the socket is gone
+    cdef bint eof_sent          # write_eof() was called
+    cdef bint eof_when_sent     # ... with bytes unsent: FIN once they are out
+    cdef bint close_when_sent   # close() with bytes unsent: close once they are out
+    cdef bint write_paused      # the app was told pause_writing
+    cdef bint resume_scheduled
+    cdef bint resume_write_scheduled
+    cdef Py_ssize_t high, low   # write buffer limits
+    cdef sockaddr_storage peer  # from accept4
+    cdef object peername
+
+    def __dealloc__(self):
+        free(self.out.buf)
+        self.out.buf = NULL
+        if self.fd >= 0:  # (never: _lost comes first)
+            close(self.fd)
+
+    # -- the poller's side ----------------------------------------------------------------
+    cdef int _events(self, uint32_t events) except -1:
+        if self.fd < 0:
+            return 0  # closed earlier in this batch of events
+        if events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+            self.rdhup = True
+        if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+            self.readable = True
+            self._fd_read()
+        if events & (EPOLLOUT | EPOLLERR) and self.fd >= 0 and (
+                self.out.len or self.write_paused):
+            self._fd_writable()
+        return 0
+
+    cdef int _failed(self) noexcept:
+        # An exception escaped from the app: as uvloop would, cut the connection.
+        try:
+            self.abort()
+        except Exception:
+            pass
+        return 0
+
+    cdef int _fd_read(self) except -1:
+        """Read the socket until it is empty, the app pauses or the connection ends."""
+        cdef ssize_t n
+        while self.readable and self.fd >= 0 and not self.paused and not self.closing \
+                and not self.eof_seen:
+            n = recv(self.fd, _inptr, IN_SIZE, 0)
+            if n > 0:
+                if n < IN_SIZE and not self.rdhup:
+                    # As nginx: a short read emptied the socket; more data is a new edge.
+                    self.readable = False
+                self.received(PyBytes_FromStringAndSize(_inptr, n))
+            elif n == 0:
+                self.readable = False
+                self.eof_seen = True
+                if not self.app.eof_received():
+                    self.close()  # as uvloop does when eof_received returns false
+            elif errno == EINTR:
+                continue
+            else:
+                self.readable = False
+                if errno != EAGAIN:
+                    self._fd_close(OSError(errno, strerror(errno).decode()))
+                return 0
+        return 0
+
+    cdef int _fd_writable(self) except -1:
+        """The socket takes bytes again: send what waits, then a FIN or the close that
+        waited for it; resume the app's writing below the low-water mark."""
+        if self.out.len:
+            self._fd_flush()
+        if self.fd < 0:
+            return 0
+        if self.out.len == 0:
+            if self.close_when_sent:
+                self._fd_close(None)
+                return 0
+            if self.eof_when_sent:
+                self.eof_when_sent = False
+                shutdown(self.fd, SHUT_WR)
+        if self.write_paused and self.out.len <= self.low:
+            self.write_paused = False
+            if self.app is not None:
+                self.app.resume_writing()
+        return 0
+
+    def _writable_again(self):
+        self.resume_write_scheduled = False
+        if self.write_paused and self.out.len <= self.low and self.fd >= 0:
+            self.write_paused = False
+            if self.app is not None:
+                self.app.resume_writing()
+
+    cdef int _fd_close(self, object exc) except -1:
+        """Close the socket now; the app hears of it (connection_lost) from the loop,
+        as from a transport."""
+        if self.fd < 0:
+            return 0
+        self.closing = True
+        close(self.fd)
+        self.fd = -1
+        self.out.len = 0
+        self.poller.loop.call_soon(self._lost, exc)
+        return 0
+
+    def _lost(self, exc):
+        cdef object app = self.app
+        try:
+            self.app = self.received = None  # the app holds us: no cycle left
+            free(self.out.buf)
+            self.out.buf = NULL
+            self.out.len = self.out.cap = 0
+            if app is not None:
+                app.connection_lost(exc)
+        finally:
+            Py_DECREF(self)  # the registration's reference (see PlainServer._accepted)
+
+    # -- the client protocol's side: a transport ------------------------------------------
+    def write(self, data):
+        self.put(data)
+
+    def writelines(self, parts):
+        self.put_parts(parts)
+
+    cdef int put(self, object data) except -1:
+        cdef Py_buffer view
+        cdef ssize_t done = 0
+        if self.fd < 0 or self.closing or self.eof_sent:
+            return 0
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            if view.len == 0:
+                return 0
+            if self.out.len == 0:
+                while True:
+                    done = write(self.fd, view.buf, view.len)
+                    if done >= 0 or errno != EINTR:
+                        break
+                if done == view.len:
+                    return 0
+                if done < 0:
+                    if errno != EAGAIN:
+                        return self._fd_close(OSError(errno, strerror(errno).decode()))
+                    done = 0
+            if _out_append(&self.out, <const char*>view.buf + done, view.len - done) < 0:
+                raise MemoryError()
+        finally:
+            PyBuffer_Release(&view)
+        self._check_high()
+        return 0
+
+    cdef int put_parts(self, object parts) except -1:
+        cdef Py_buffer views[IOV]
+        cdef iovec iov[IOV]
+        cdef Py_ssize_t n, i, got = 0, total = 0, left, size
+        cdef ssize_t done = -1
+        if self.fd < 0 or self.closing or self.eof_sent:
+            return 0
+        if type(parts) is not list and type(parts) is not tuple:
+            parts = list(parts)
+        n = len(parts)
+        if n == 1:
+            return self.put(parts[0])
+        if self.out.len or n > IOV:
+            was_empty = self.out.len == 0
+            for part in parts:
+                PyObject_GetBuffer(part, &views[0], PyBUF_SIMPLE)
+                try:
+                    if _out_append(&self.out, <const char*>views[0].buf, views[0].len) < 0:
+                        raise MemoryError()
+                finally:
+                    PyBuffer_Release(&views[0])
+            if was_empty and self.out.len:  # (more parts than one writev takes)
+                self._fd_flush()
+            self._check_high()
+            return 0
+        try:
+            for i in range(n):
+                PyObject_GetBuffer(parts[i], &views[i], PyBUF_SIMPLE)
+                got += 1
+                iov[i].iov_base = views[i].buf
+                iov[i].iov_len = views[i].len
+                total += views[i].len
+            while True:
+                done = writev(self.fd, iov, <int>n)
+                if done >= 0 or errno != EINTR:
+                    break
+            if done == total:
+                return 0
+            if done < 0:
+                if errno != EAGAIN:
+                    return self._fd_close(OSError(errno, strerror(errno).decode()))
+                done = 0
+            left = done  # keep what the kernel did not take, in order
+            for i in range(n):
+                size = views[i].len
+                if left >= size:
+                    left -= size
+                    continue
+                if _out_append(&self.out, <const char*>views[i].buf + left, size - left) < 0:
+                    raise MemoryError()
+                left = 0
+        finally:
+            for i in range(got):
+                PyBuffer_Release(&views[i])
+        self._check_high()
+        return 0
+
+    cdef int _check_high(self) except -1:
+        if (self.out.len > self.high and not self.write_paused and not self.closing
+                and self.app is not None):
+            self.write_paused = True
+            self.app.pause_writing()  # as uvloop: from inside the write
+        return 0
+
+    cdef int _fd_flush(self) except -1:
+        """Write what waits; keep what the kernel does not take."""
+        cdef Py_ssize_t n = self.out.len
+        cdef ssize_t done
+        while True:
+            done = write(self.fd, self.out.buf, n)
+            if done >= 0 or errno != EINTR:
+                break
+        if done == n:
+            self._sent()
+            return 0
+        if done < 0:
+            if errno != EAGAIN:
+                return self._fd_close(OSError(errno, strerror(errno).decode()))
+            return 0
+        if done:
+            memmove(self.out.buf, self.out.buf + done, n - done)
+            self.out.len = n - done
+        return 0
+
+    cdef void _sent(self) noexcept:
+        """The output buffer is empty again; a large one is not kept."""
+        self.out.len = 0
+        if self.out.cap > OUT_KEEP:
+            free(self.out.buf)
+            self.out.buf = NULL
+            self.out.cap = 0
+
+    def can_write_eof(self):
+        return True
+
+    def write_eof(self):
+        """A FIN once what was written is out; reading goes on."""
+        if self.fd < 0 or self.closing or self.eof_sent:
+            return
+        self.eof_sent = True
+        if self.out.len:
+            self.eof_when_sent = True
+        else:
+            shutdown(self.fd, SHUT_WR)
+
+    def close(self):
+        """Stop reading; close once what was written is out (connection_lost then)."""
+        if self.closing:
+            return
+        self.closing = True
+        if self.fd < 0:
+            return
+        if self.out.len:
+            self.close_when_sent = True
+        else:
+            self._fd_close(None)
+
+    def abort(self):
+        """Close now, dropping what is unsent (as uvloop's abort: the kernel still
+        sends what it holds; `cut` resets instead)."""
+        self.closing = True
+        self._fd_close(None)
+
+    cdef int cut(self) except -1:
+        cdef linger lg
+        self.closing = True
+        if self.fd >= 0:
+            lg.l_onoff = 1
+            lg.l_linger = 0
+            setsockopt(self.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg))
+            self._fd_close(None)
+        return 0
+
+    def is_closing(self):
+        return self.closing
+
+    def pause_reading(self):
+        self.paused = True
+
+    def resume_reading(self):
+        self.paused = False
+        if self.readable and self.fd >= 0 and not self.resume_scheduled:
+            # What came during the pause: read from the loop, never from inside the
+            # app's own call (as a transport does).
+            self.resume_scheduled = True
+            self.poller.loop.call_soon(self._resumed)
+
+    def _resumed(self):
+        self.resume_scheduled = False
+        if not self.paused:
+            self._fd_read()
+
+    def get_write_buffer_size(self):
+        return self.out.len
+
+    def get_write_buffer_limits(self):
+        return (self.low, self.high)
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        if high is None:
+            high = HIGH_WATER if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self.high = high
+        self.low = low
+        self._check_high()
+
+    def get_extra_info(self, name, default=None):
+        cdef sockaddr_storage here
+        cdef socklen_t size = sizeof(here)
+        if name == "peername":
+            if self.peername is None:
+                self.peername = _address(&self.peer)
+            return self.peername
+        if name == "sockname" and self.fd >= 0:
+            if getsockname(self.fd, <sockaddr*>&here, &size) == 0:
+                return _address(&here)
+        return default
 
 
 cdef object _address(sockaddr_storage* addr):

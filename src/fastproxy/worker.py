@@ -28,7 +28,7 @@ from fastproxy._proxy import Core
 from fastproxy._ratelimit import BanTable, ConnTable, LimitTable, RateLimit
 from fastproxy._stats import LAYOUT, Stats
 from fastproxy._stream import StreamHub, StreamListener
-from fastproxy._tls import Poller, ServerContext, TlsAcceptor, TlsServer
+from fastproxy._tls import PlainServer, Poller, ServerContext, TlsAcceptor, TlsServer
 from fastproxy._tops import Analytics
 from fastproxy._url import IpSet
 from fastproxy.accesslog import AccessLog
@@ -282,8 +282,17 @@ class Worker:
                 server = await loop.create_server(
                     factory, sock=sock, backlog=1024,
                     ssl=self.contexts[index], ssl_handshake_timeout=listener.tls.handshake_timeout)
-            else:
+            elif listener.mode == "tcp" or os.environ.get("FASTPROXY_PLAIN_SOCKETS") != "own":
+                # TCP streams keep uvloop's transports, and so does plain HTTP unless
+                # FASTPROXY_PLAIN_SOCKETS=own: our own sockets cost less per connection but
+                # more per keep-alive request (the nested epoll set's wake-ups), see
+                # docs/architecture.md and benchmarks/README.md.
                 server = await loop.create_server(factory, sock=sock, backlog=1024)
+            else:
+                # Plain HTTP: the socket and its connections in our epoll set (_tls.Poller).
+                if self._poller is None:
+                    self._poller = Poller(loop)
+                server = TlsAcceptor(self._poller, PlainServer(factory), sock)
             self._servers.append(server)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.shutdown)
