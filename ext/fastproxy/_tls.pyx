@@ -477,10 +477,11 @@ cdef class Poller:
                 if type(target) is PlainConnection:
                     (<PlainConnection>target)._failed()
                     what = "a connection's"
-                else:
+                elif type(target) is TlsConnection:
+                    (<TlsConnection>target)._failed()
                     what = "a TLS connection's"
-                    if type(target) is TlsConnection:
-                        (<TlsConnection>target)._failed()
+                else:
+                    what = f"{(<TlsAcceptor>target).what}'s"
                 self.report({"message": f"fastproxy: error in {what} event",
                              "exception": exc})
 
@@ -1442,7 +1443,7 @@ cdef class PlainConnection(TlsPipe):
     cdef object received        # its data_received, looked up once
     cdef Poller poller
     cdef int fd                 # -1 once closed
-    cdef _Out out               # what the kernel did not take yet (its fd stays -1)
+    cdef _Out out               # what the kernel did not take yet (only TLS's BIO reads out.fd)
     cdef bint readable          # edge-triggered: the socket may hold more to read
     cdef bint rdhup             # the poller reported the client's FIN (or an error)
     cdef bint paused            # the app paused reading
@@ -1453,7 +1454,6 @@ cdef class PlainConnection(TlsPipe):
     cdef bint close_when_sent   # close() with bytes unsent: close once they are out
     cdef bint write_paused      # the app was told pause_writing
     cdef bint resume_scheduled
-    cdef bint resume_write_scheduled
     cdef Py_ssize_t high, low   # write buffer limits
     cdef sockaddr_storage peer  # from accept4
     cdef object peername
@@ -1530,13 +1530,6 @@ cdef class PlainConnection(TlsPipe):
             if self.app is not None:
                 self.app.resume_writing()
         return 0
-
-    def _writable_again(self):
-        self.resume_write_scheduled = False
-        if self.write_paused and self.out.len <= self.low and self.fd >= 0:
-            self.write_paused = False
-            if self.app is not None:
-                self.app.resume_writing()
 
     cdef int _fd_close(self, object exc) except -1:
         """Close the socket now; the app hears of it (connection_lost) from the loop,
