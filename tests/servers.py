@@ -999,3 +999,41 @@ class WebSocketOrigin:
             self.big_sent += 65536
         writer.write(ws_frame(OP_CLOSE, (1000).to_bytes(2, "big")))
         await writer.drain()
+
+
+def answered(send: Callable[[], bytes], suffix: bytes,
+             errors: tuple[type[BaseException], ...], seconds: float = 10.0) -> bytes:
+    """`send()` again every 0.1 s (one of `errors` counting as no answer) until what it
+    returns ends with `suffix` or `seconds` have passed; the last answer."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            data = send()
+        except errors:
+            data = b""
+        if data.endswith(suffix) or time.monotonic() > deadline:
+            return data
+        time.sleep(0.1)
+
+
+def starve_descriptors(proxy: ProxyProcess, worker: int, expect: str) -> None:
+    """Let `worker` have only two descriptors more than it uses, connect 12 clients
+    (more than it may accept: the rest wait in the backlog) until its log says `expect`,
+    then close them and give the limit back."""
+    import resource
+
+    limits = resource.prlimit(worker, resource.RLIMIT_NOFILE)
+    used = len(os.listdir(f"/proc/{worker}/fd"))
+    clients = []
+    try:
+        resource.prlimit(worker, resource.RLIMIT_NOFILE, (used + 2, limits[1]))
+        for _ in range(12):
+            clients.append(socket.create_connection(("127.0.0.1", proxy.port), timeout=10))
+        deadline = time.monotonic() + 10
+        while "Too many open files" not in proxy.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert expect in proxy.log(), proxy.log()
+    finally:
+        for client in clients:
+            client.close()
+        resource.prlimit(worker, resource.RLIMIT_NOFILE, limits)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from servers import Origin, ProxyProcess, Received, Reply
+from servers import Origin, ProxyProcess, Received, Reply, answered, starve_descriptors
 
 OriginFactory = Callable[..., Origin]
 ProxyFactory = Callable[..., ProxyProcess]
@@ -164,37 +164,15 @@ def test_large_upload_while_the_upstream_reads_slowly(make_origin: OriginFactory
 
 def test_out_of_descriptors_pauses_accepting_then_serves_again(
         origin: Origin, make_proxy: ProxyFactory, tmp_path: Path) -> None:
-    import resource
-
     proxy = make_proxy({"backend": [origin.address]})
     assert exchange(proxy.port, b"GET /before HTTP/1.1\r\nHost: x\r\n"
                     b"Connection: close\r\n\r\n").endswith(b"origin /before")
     (worker,) = proxy.worker_pids()
-    limits = resource.prlimit(worker, resource.RLIMIT_NOFILE)
-    used = len(os.listdir(f"/proc/{worker}/fd"))
-    clients = []
-    try:
-        resource.prlimit(worker, resource.RLIMIT_NOFILE, (used + 2, limits[1]))
-        for _ in range(12):  # more than it may accept now: the rest wait in the backlog
-            clients.append(socket.create_connection(("127.0.0.1", proxy.port), timeout=10))
-        deadline = time.monotonic() + 10
-        while "Too many open files" not in proxy.log() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert "accept on a listener: Too many open files" in proxy.log(), proxy.log()
-    finally:
-        for client in clients:
-            client.close()
-        resource.prlimit(worker, resource.RLIMIT_NOFILE, limits)
-    deadline = time.monotonic() + 10
-    while True:  # its own retry picks the listener up again
-        try:
-            data = exchange(proxy.port, b"GET /after HTTP/1.1\r\nHost: x\r\n"
-                            b"Connection: close\r\n\r\n")
-        except OSError:
-            data = b""
-        if data.endswith(b"origin /after") or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    starve_descriptors(proxy, worker, "accept on a listener: Too many open files")
+    # Its own retry picks the listener up again.
+    data = answered(lambda: exchange(proxy.port, b"GET /after HTTP/1.1\r\nHost: x\r\n"
+                                     b"Connection: close\r\n\r\n"),
+                    b"origin /after", (OSError,))
     assert data.endswith(b"origin /after"), data
     assert proxy.log().count("accept on a listener") == 1  # one line, not one per retry
     assert proxy.worker_pids() == [worker]

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from servers import Origin, ProxyProcess, Received, Reply, free_port
+from servers import Origin, ProxyProcess, Received, Reply, answered, free_port, starve_descriptors
 
 OriginFactory = Callable[..., Origin]
 BIG = 8 * 1024 * 1024
@@ -434,16 +434,9 @@ def test_max_connections_cuts_the_connection_over_the_limit(
         first.close()
         second.close()
     # Once the worker has seen them go, a new connection is served again.
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            data = https(proxy.port, certs, b"GET /again HTTP/1.1\r\nHost: x\r\n"
-                         b"Connection: close\r\n\r\n")
-        except (ConnectionResetError, ssl.SSLError):
-            data = b""
-        if data.endswith(b"app /again") or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    data = answered(lambda: https(proxy.port, certs, b"GET /again HTTP/1.1\r\nHost: x\r\n"
+                                  b"Connection: close\r\n\r\n"),
+                    b"app /again", (ConnectionResetError, ssl.SSLError))
     assert data.endswith(b"app /again"), data
 
 
@@ -495,37 +488,15 @@ def test_stop_finishes_a_request_in_flight_and_closes_idle_connections(
 def test_out_of_descriptors_pauses_accepting_then_serves_again(
         make_origin: OriginFactory, start_proxy: Callable[..., ProxyProcess],
         certs: Path) -> None:
-    import resource
-
     proxy = start_proxy(make_origin(name="app"))
     assert https(proxy.port, certs, b"GET /before HTTP/1.1\r\nHost: x\r\n"
                  b"Connection: close\r\n\r\n").endswith(b"app /before")
     (worker,) = proxy.worker_pids()
-    limits = resource.prlimit(worker, resource.RLIMIT_NOFILE)
-    used = len(os.listdir(f"/proc/{worker}/fd"))
-    clients = []
-    try:
-        resource.prlimit(worker, resource.RLIMIT_NOFILE, (used + 2, limits[1]))
-        for _ in range(12):  # more than it may accept now: the rest wait in the backlog
-            clients.append(socket.create_connection(("127.0.0.1", proxy.port), timeout=10))
-        deadline = time.monotonic() + 10
-        while "Too many open files" not in proxy.log() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert "accept on a TLS listener: Too many open files" in proxy.log(), proxy.log()
-    finally:
-        for client in clients:
-            client.close()
-        resource.prlimit(worker, resource.RLIMIT_NOFILE, limits)
-    deadline = time.monotonic() + 10
-    while True:  # its own retry picks the listener up again
-        try:
-            data = https(proxy.port, certs, b"GET /after HTTP/1.1\r\nHost: x\r\n"
-                         b"Connection: close\r\n\r\n")
-        except (OSError, ssl.SSLError):
-            data = b""
-        if data.endswith(b"app /after") or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    starve_descriptors(proxy, worker, "accept on a TLS listener: Too many open files")
+    # Its own retry picks the listener up again.
+    data = answered(lambda: https(proxy.port, certs, b"GET /after HTTP/1.1\r\nHost: x\r\n"
+                                  b"Connection: close\r\n\r\n"),
+                    b"app /after", (OSError, ssl.SSLError))
     assert data.endswith(b"app /after"), data
     assert proxy.log().count("accept on a TLS listener") == 1  # one line, not one per retry
     assert proxy.worker_pids() == [worker]
