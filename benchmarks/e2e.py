@@ -1601,6 +1601,35 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@dataclass
+class Bench:
+    """What side-by-side scripts (tls_sockets.py, instructions.py) share: a directory per
+    proxy, an ECDSA certificate, ports, and the upstream nginx, started and ready."""
+
+    dirs: dict[str, Path]
+    scratch: Path
+    tls: TlsFiles
+    up_port: int
+    ports: dict[str, int]
+    tls_ports: dict[str, int]
+
+
+def bench_setup(tmp: Path, names: list[str] | tuple[str, ...]) -> Bench:
+    os.chmod(tmp, 0o755)
+    up_dir, www = tmp / "upstream", tmp / "upstream" / "www"
+    dirs = {name: tmp / name for name in names}
+    make_dirs(up_dir, www, *dirs.values())
+    write_files(www)
+    bench = Bench(dirs=dirs, scratch=tmp / "check.bin",
+                  tls=make_certificate(tmp, "ecdsa", False), up_port=free_port(),
+                  ports={name: free_port() for name in names},
+                  tls_ports={name: free_port() for name in names})
+    upstream = start_nginx("upstream nginx", up_dir, upstream_conf(up_dir, bench.up_port),
+                           LOAD_CPU)
+    wait_ready(upstream, bench.up_port, bench.scratch)
+    return bench
+
+
 def make_dirs(*dirs: Path) -> None:
     for d in dirs:
         d.mkdir(exist_ok=True)

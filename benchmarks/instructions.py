@@ -176,19 +176,9 @@ def main() -> int:
                               duration=args.seconds)
     tmp = Path(tempfile.mkdtemp(prefix="fastproxy-instructions-"))
     try:
-        os.chmod(tmp, 0o755)
-        up_dir, www = tmp / "upstream", tmp / "upstream" / "www"
-        dirs = {name: tmp / name for name in proxies}
-        e2e.make_dirs(up_dir, www, *dirs.values())
-        e2e.write_files(www)
-        scratch = tmp / "check.bin"
-        tls = e2e.make_certificate(tmp, "ecdsa", False)
-        up_port = e2e.free_port()
-        ports = {name: e2e.free_port() for name in proxies}
-        tls_ports = {name: e2e.free_port() for name in proxies}
-        upstream = e2e.start_nginx("upstream nginx", up_dir, e2e.upstream_conf(up_dir, up_port),
-                                   e2e.LOAD_CPU)
-        e2e.wait_ready(upstream, up_port, scratch)
+        bench = e2e.bench_setup(tmp, proxies)
+        dirs, scratch, tls, up_port = bench.dirs, bench.scratch, bench.tls, bench.up_port
+        ports, tls_ports = bench.ports, bench.tls_ports
         grind = ["taskset", "-c", e2e.PROXY_CPU, "valgrind", "--tool=callgrind",
                  f"--callgrind-out-file={tmp}/cg.%p"]
         servers = {}
