@@ -156,6 +156,15 @@ ctypedef struct _Out:
     bint gone       # a write to fd met EPIPE or ECONNRESET: the peer has gone
 
 
+cdef void _out_sent(_Out* o) noexcept nogil:
+    """The output buffer is empty again; a large one is not kept."""
+    o.len = 0
+    if o.cap > OUT_KEEP:
+        free(o.buf)
+        o.buf = NULL
+        o.cap = 0
+
+
 cdef int _out_append(_Out* o, const char* data, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t cap
     cdef char* grown
@@ -1079,14 +1088,7 @@ cdef class TlsConnection(TlsPipe):
         if not self.own:
             self.transport.set_write_buffer_limits(high, low)
             return
-        if high is None:
-            high = HIGH_WATER if low is None else 4 * low
-        if low is None:
-            low = high // 4
-        if not high >= low >= 0:
-            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
-        self.high = high
-        self.low = low
+        self.high, self.low = _write_limits(high, low)
 
     def get_extra_info(self, name, default=None):
         cdef sockaddr_storage here
@@ -1286,7 +1288,7 @@ cdef class TlsConnection(TlsPipe):
         if n <= 0:
             return 0
         if self.tcp_closed:
-            self._sent()
+            _out_sent(&self.out)
             return 0
         if self._direct_ok():
             while True:
@@ -1294,14 +1296,14 @@ cdef class TlsConnection(TlsPipe):
                 if done >= 0 or errno != EINTR:
                     break
             if done == n:
-                self._sent()
+                _out_sent(&self.out)
                 return 0
             if done < 0:
                 if errno == EPIPE or errno == ECONNRESET:
                     return self._gone()
                 done = 0  # EAGAIN, or an error the transport will meet and report
         data = PyBytes_FromStringAndSize(self.out.buf + done, n - done)
-        self._sent()
+        _out_sent(&self.out)
         self.queued = True
         self.transport.write(data)
         return 0
@@ -1312,20 +1314,20 @@ cdef class TlsConnection(TlsPipe):
         cdef Py_ssize_t n = self.out.len
         cdef Py_ssize_t done
         if self.fd < 0:
-            self._sent()
+            _out_sent(&self.out)
             return 0
         while True:
             done = write(self.fd, self.out.buf, n)
             if done >= 0 or errno != EINTR:
                 break
         if done == n:
-            self._sent()
+            _out_sent(&self.out)
             return 0
         if done < 0:
             if errno == EPIPE or errno == ECONNRESET:
                 return self._gone()
             if errno != EAGAIN:
-                self._sent()
+                _out_sent(&self.out)
                 return self._fd_close(False, OSError(errno, strerror(errno).decode()))
             done = 0
         if done:
@@ -1343,7 +1345,7 @@ cdef class TlsConnection(TlsPipe):
         fail again and build an exception (a client that closes right after its
         handshake, before the session tickets arrive, does this each time)."""
         self.out.gone = False
-        self._sent()
+        _out_sent(&self.out)
         self.closing = True
         self.server.handshaking.discard(self)
         if self.own:
@@ -1352,14 +1354,6 @@ cdef class TlsConnection(TlsPipe):
             self.tcp_closed = True
             self.transport.close()
         return 0
-
-    cdef void _sent(self) noexcept:
-        """The output buffer is empty again; a large one is not kept."""
-        self.out.len = 0
-        if self.out.cap > OUT_KEEP:
-            free(self.out.buf)
-            self.out.buf = NULL
-            self.out.cap = 0
 
     cdef int _shutdown(self) except -1:
         if self.ssl != NULL and self.established:
@@ -1662,7 +1656,7 @@ cdef class PlainConnection(TlsPipe):
             if done >= 0 or errno != EINTR:
                 break
         if done == n:
-            self._sent()
+            _out_sent(&self.out)
             return 0
         if done < 0:
             if errno != EAGAIN:
@@ -1672,14 +1666,6 @@ cdef class PlainConnection(TlsPipe):
             memmove(self.out.buf, self.out.buf + done, n - done)
             self.out.len = n - done
         return 0
-
-    cdef void _sent(self) noexcept:
-        """The output buffer is empty again; a large one is not kept."""
-        self.out.len = 0
-        if self.out.cap > OUT_KEEP:
-            free(self.out.buf)
-            self.out.buf = NULL
-            self.out.cap = 0
 
     def can_write_eof(self):
         return True
@@ -1748,14 +1734,7 @@ cdef class PlainConnection(TlsPipe):
         return (self.low, self.high)
 
     def set_write_buffer_limits(self, high=None, low=None):
-        if high is None:
-            high = HIGH_WATER if low is None else 4 * low
-        if low is None:
-            low = high // 4
-        if not high >= low >= 0:
-            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
-        self.high = high
-        self.low = low
+        self.high, self.low = _write_limits(high, low)
         self._check_high()
 
     def get_extra_info(self, name, default=None):
@@ -1769,6 +1748,17 @@ cdef class PlainConnection(TlsPipe):
             if getsockname(self.fd, <sockaddr*>&here, &size) == 0:
                 return _address(&here)
         return default
+
+
+cdef tuple _write_limits(high, low):
+    """set_write_buffer_limits' (high, low), defaults as uvloop's transports."""
+    if high is None:
+        high = HIGH_WATER if low is None else 4 * low
+    if low is None:
+        low = high // 4
+    if not high >= low >= 0:
+        raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+    return high, low
 
 
 cdef object _address(sockaddr_storage* addr):
