@@ -517,11 +517,9 @@ class Nginx:
                 self.proc.wait(5)
 
 
-@pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
-@pytest.mark.parametrize("version", ["v1", "v2"])
-@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
-def test_nginx_reads_the_header(tmp_path: Path, start_proxy,  # type: ignore[no-untyped-def]
-                                version: str, tls: bool) -> None:
+def _nginx_reading_headers(tmp_path: Path, tls: bool) -> tuple[Nginx, str, str]:
+    """An nginx with `proxy_protocol` on its listener (and TLS, with a certificate from
+    a test CA); the upstream keys that trust that CA, and the servers' scheme."""
     cert = None
     extra = ""
     scheme = ""
@@ -534,7 +532,16 @@ def test_nginx_reads_the_header(tmp_path: Path, start_proxy,  # type: ignore[no-
         ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
         extra = f'tls = {{ ca = "{tmp_path / "ca.pem"}" }}\n'
         scheme = "https://"
-    nginx = Nginx(tmp_path / "nginx", "ssl proxy_protocol" if tls else "proxy_protocol", cert)
+    return Nginx(tmp_path / "nginx", "ssl proxy_protocol" if tls else "proxy_protocol",
+                 cert), extra, scheme
+
+
+@pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
+@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_nginx_reads_the_header(tmp_path: Path, start_proxy,  # type: ignore[no-untyped-def]
+                                version: str, tls: bool) -> None:
+    nginx, extra, scheme = _nginx_reading_headers(tmp_path, tls)
     # Health checks too (over TLS to https://, after their header): with fall = 1, one
     # failed check would take the only server down and the requests below would get 503.
     extra += ('\n[upstreams.app.health_check]\npath = "/health"\ninterval = "100ms"\n'
@@ -571,19 +578,7 @@ def test_cache_explain_asks_the_upstream_as_the_proxy_does(
     closes a connection that does not start with one."""
     from fastproxy.cli import main
 
-    cert = None
-    extra = ""
-    scheme = ""
-    if tls:
-        ca = trustme.CA()
-        leaf = ca.issue_cert("127.0.0.1")
-        cert = (str(tmp_path / "cert.pem"), str(tmp_path / "key.pem"))
-        leaf.cert_chain_pems[0].write_to_path(cert[0])
-        leaf.private_key_pem.write_to_path(cert[1])
-        ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-        extra = f'tls = {{ ca = "{tmp_path / "ca.pem"}" }}\n'
-        scheme = "https://"
-    nginx = Nginx(tmp_path / "nginx", "ssl proxy_protocol" if tls else "proxy_protocol", cert)
+    nginx, extra, scheme = _nginx_reading_headers(tmp_path, tls)
     try:
         config = tmp_path / "fastproxy.toml"
         config.write_text(f'[[listeners]]\naddress = "127.0.0.1:{free_port()}"\n'
